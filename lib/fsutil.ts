@@ -1,0 +1,153 @@
+/**
+ * Small filesystem helpers: crash-safe ("atomic") writes and JSON reading with
+ * error messages that name the file.
+ *
+ * Atomic write protocol (POSIX):
+ *   1. write everything to `<path>.tmp-<pid>-<random>` in the *same* directory
+ *      (so the final rename never crosses a filesystem boundary),
+ *   2. fsync the temporary file so its bytes are on disk,
+ *   3. rename it over `<path>` (atomic: readers see the old or the new file,
+ *      never a half-written one),
+ *   4. fsync the directory so the rename itself survives a power loss.
+ * If anything fails the temporary file is removed and an UndoError naming the
+ * destination is thrown.
+ */
+import * as fs from 'fs';
+import * as path from 'path';
+import * as crypto from 'crypto';
+import { UndoError, describeError } from './errors';
+
+/** Data accepted by {@link writeFileAtomic}: one buffer/string, or a list of chunks written back to back. */
+export type AtomicData = Buffer | Uint8Array | string | ReadonlyArray<Uint8Array>;
+
+/** Write `buf` fully at the current file position (writeSync may write less than asked). */
+function writeAll(fd: number, buf: Uint8Array): void {
+  // Large chunks are written in slices: some platforms reject single writes > 2 GiB.
+  const MAX_CHUNK = 1 << 30;
+  let off = 0;
+  while (off < buf.byteLength) {
+    const len = Math.min(MAX_CHUNK, buf.byteLength - off);
+    const n = fs.writeSync(fd, buf, off, len);
+    if (n <= 0) throw new Error(`write returned ${n}`);
+    off += n;
+  }
+}
+
+/** fsync a directory; silently skipped where the platform cannot do it (e.g. Windows). */
+function fsyncDir(dir: string): void {
+  let fd: number | undefined;
+  try {
+    fd = fs.openSync(dir, 'r');
+    fs.fsyncSync(fd);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code !== 'EISDIR' && code !== 'EINVAL' && code !== 'EPERM' && code !== 'EACCES' && code !== 'EBADF') {
+      throw e;
+    }
+  } finally {
+    if (fd !== undefined) fs.closeSync(fd);
+  }
+}
+
+/**
+ * Atomically replace `filePath` with `data`. The parent directory is created if
+ * needed. A list of chunks is written sequentially without concatenating it,
+ * so very large payloads (e.g. safetensors files) are never copied in memory.
+ */
+export function writeFileAtomic(filePath: string, data: AtomicData, opts: { mode?: number } = {}): void {
+  const dir = path.dirname(path.resolve(filePath));
+  try {
+    fs.mkdirSync(dir, { recursive: true });
+  } catch (e) {
+    throw new UndoError(`cannot create directory ${dir} for ${filePath}: ${describeError(e)}`);
+  }
+  const tmp = path.join(
+    dir,
+    `${path.basename(filePath)}.tmp-${process.pid}-${crypto.randomBytes(6).toString('hex')}`,
+  );
+  const chunks: ReadonlyArray<Uint8Array> =
+    typeof data === 'string' ? [Buffer.from(data, 'utf8')] : data instanceof Uint8Array ? [data] : data;
+
+  let fd: number | undefined;
+  try {
+    fd = fs.openSync(tmp, 'wx', opts.mode ?? 0o644);
+    for (const chunk of chunks) writeAll(fd, chunk);
+    fs.fsyncSync(fd);
+    fs.closeSync(fd);
+    fd = undefined;
+    fs.renameSync(tmp, filePath);
+  } catch (e) {
+    if (fd !== undefined) {
+      try {
+        fs.closeSync(fd);
+      } catch {
+        /* already failing; keep the original error */
+      }
+    }
+    try {
+      fs.unlinkSync(tmp);
+    } catch {
+      /* the temp file may not exist */
+    }
+    throw new UndoError(`cannot write ${filePath}: ${describeError(e)}`, { cause: e });
+  }
+  try {
+    fsyncDir(dir);
+  } catch (e) {
+    throw new UndoError(`wrote ${filePath} but could not fsync its directory ${dir}: ${describeError(e)}`, {
+      cause: e,
+    });
+  }
+}
+
+/** Atomically write `value` as JSON (pretty-printed with `indent` spaces, trailing newline). */
+export function writeJsonAtomic(filePath: string, value: unknown, opts: { indent?: number } = {}): void {
+  let text: string;
+  try {
+    text = JSON.stringify(value, null, opts.indent ?? 2);
+  } catch (e) {
+    throw new UndoError(`cannot serialise JSON for ${filePath}: ${describeError(e)}`, { cause: e });
+  }
+  if (text === undefined) throw new UndoError(`cannot serialise JSON for ${filePath}: value is not JSON-serialisable`);
+  writeFileAtomic(filePath, text + '\n');
+}
+
+/**
+ * Read a whole file, turning filesystem errors into an UndoError that names
+ * the file. `what` describes the file for the message (e.g. "model config").
+ */
+export function readFileOrThrow(filePath: string, what = 'file'): Buffer {
+  try {
+    return fs.readFileSync(filePath);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT') throw new UndoError(`${what} not found: ${filePath}`);
+    if (code === 'EISDIR') throw new UndoError(`${what} ${filePath} is a directory, expected a file`);
+    throw new UndoError(`cannot read ${what} ${filePath}: ${describeError(e)}`, { cause: e });
+  }
+}
+
+/**
+ * Read and parse a JSON file. `what` describes the file for error messages
+ * (e.g. "tokenizer.json", "checkpoint state"). A missing file, an unreadable
+ * file or invalid JSON each raise an UndoError naming the file.
+ */
+export function readJson<T = unknown>(filePath: string, what = 'JSON file'): T {
+  const text = readFileOrThrow(filePath, what).toString('utf8');
+  try {
+    // Tolerate a UTF-8 byte-order mark written by some editors.
+    return JSON.parse(text.charCodeAt(0) === 0xfeff ? text.slice(1) : text) as T;
+  } catch (e) {
+    throw new UndoError(`${what} ${filePath} is not valid JSON: ${describeError(e)}`);
+  }
+}
+
+/** `true` if `p` exists (file, directory or anything else). */
+export function pathExists(p: string): boolean {
+  try {
+    fs.statSync(p);
+    return true;
+  } catch {
+    return false;
+  }
+}

@@ -1,0 +1,150 @@
+/**
+ * The compiled CPU addon (binding.gyp → build/Release/undo_native.node), loaded with node-gyp-build, and
+ * the TypeScript types of what it exports. Everything here is thin: argument checks happen in the C++ glue
+ * (native/napi/addon.cc), the work in native/cpu.
+ */
+import * as path from 'path';
+import { UndoError } from './errors';
+
+export interface AttnDims {
+  B: number;
+  Tq: number;
+  Tk?: number;
+  Hq: number;
+  Hkv?: number;
+  D: number;
+  qOffset?: number;
+  kvBstride?: number;
+  window?: number;
+  scale?: number;
+  softcap?: number;
+}
+
+export interface AdamWHyper {
+  lr: number;
+  beta1?: number;
+  beta2?: number;
+  eps?: number;
+  weightDecay?: number;
+  gradScale?: number;
+}
+
+export interface NativeModelConfig {
+  family: 'llama' | 'gemma2';
+  vocabSize: number;
+  hiddenSize: number;
+  numLayers: number;
+  numHeads: number;
+  numKvHeads: number;
+  headDim: number;
+  intermediateSize: number;
+  maxPositions: number;
+  rmsNormEps: number;
+  ropeTheta: number;
+  tieWordEmbeddings: boolean;
+  attnLogitSoftcapping: number;
+  finalLogitSoftcapping: number;
+  queryPreAttnScalar: number;
+  slidingWindow: number;
+  activation: 'silu' | 'gelu_tanh';
+}
+
+export interface NativeTensorInfo {
+  name: string;
+  shape: number[];
+  offset: number;
+  numel: number;
+  frozen: boolean;
+}
+
+export interface LossResult {
+  /** Σ w·ce / normalizer */
+  loss: number;
+  /** Σ w over rows whose target is not ignored */
+  counted: number;
+}
+
+export interface NativeModel {
+  tensors(): NativeTensorInfo[];
+  params(): Float32Array;
+  grads(): Float32Array;
+  adamM(): Float32Array;
+  adamV(): Float32Array;
+  adamStep(): number;
+  setAdamStep(step: number): void;
+  init(seed: number, scheme: 'normal' | 'xavier', std: number): void;
+  setFrozen(tensor: number, frozen: boolean): void;
+  setDecay(tensor: number, decay: boolean): void;
+  forward(ids: Int32Array, B: number, T: number): Promise<void>;
+  headLoss(targets: Int32Array, weights: Float32Array | null, ignoreIndex: number, normalizer: number,
+    backward: boolean, rowLoss: Float32Array | null): Promise<LossResult>;
+  backward(useHead: boolean, hiddenGrads: (Float32Array | null)[] | null): Promise<void>;
+  trainStep(ids: Int32Array, targets: Int32Array, B: number, T: number, weights: Float32Array | null,
+    normalizer: number, ignoreIndex: number): Promise<LossResult>;
+  logits(rows: Int32Array | null): Promise<Float32Array>;
+  hidden(layer: number): Float32Array;
+  zeroGrad(): void;
+  gradNorm(): number;
+  adamw(h: AdamWHyper): Promise<void>;
+  cacheBegin(B: number, capacity: number): void;
+  cacheStep(ids: Int32Array, T: number): Promise<Float32Array>;
+}
+
+export interface NativeBinding {
+  supportedIsas(): string[];
+  getIsa(): string;
+  bestIsa(): string;
+  setIsa(name: string): void;
+  setThreads(n: number): void;
+  getThreads(): number;
+  gemm(ta: boolean, tb: boolean, M: number, N: number, K: number, alpha: number, A: Float32Array, lda: number,
+    B: Float32Array, ldb: number, beta: number, C: Float32Array, ldc: number): void;
+  attentionForward(d: AttnDims, q: Float32Array, k: Float32Array, v: Float32Array, out: Float32Array,
+    lse: Float32Array | null): void;
+  attentionBackward(d: AttnDims, q: Float32Array, k: Float32Array, v: Float32Array, out: Float32Array,
+    dout: Float32Array, lse: Float32Array, dq: Float32Array, dk: Float32Array, dv: Float32Array): void;
+  rmsnormForward(rows: number, dim: number, x: Float32Array, w: Float32Array, eps: number, unitOffset: boolean,
+    y: Float32Array, rstd: Float32Array | null): void;
+  rmsnormBackward(rows: number, dim: number, x: Float32Array, w: Float32Array, rstd: Float32Array,
+    unitOffset: boolean, dy: Float32Array, dx: Float32Array, accumulate: boolean, dw: Float32Array | null): void;
+  ropeApply(B: number, T: number, H: number, D: number, x: Float32Array, theta: number, posOffset: number,
+    inverse: boolean): void;
+  gluForward(kind: 'swiglu' | 'geglu', gate: Float32Array, up: Float32Array, out: Float32Array): void;
+  gluBackward(kind: 'swiglu' | 'geglu', gate: Float32Array, up: Float32Array, dout: Float32Array,
+    dgate: Float32Array, dup: Float32Array): void;
+  embeddingForward(rows: number, dim: number, ids: Int32Array, table: Float32Array, scale: number,
+    out: Float32Array): void;
+  embeddingBackward(rows: number, dim: number, ids: Int32Array, dout: Float32Array, scale: number,
+    dtable: Float32Array): void;
+  crossEntropy(rows: number, vocab: number, logits: Float32Array, targets: Int32Array, ignoreIndex: number,
+    softcap: number, weights: Float32Array | null, loss: Float32Array, dlogits: Float32Array | null): void;
+  adamwUpdate(param: Float32Array, grad: Float32Array, m: Float32Array, v: Float32Array,
+    h: AdamWHyper & { step: number }): void;
+  sumSquares(x: Float32Array): number;
+  fillRandom(out: Float32Array, seed: number, stream: string, kind: 'normal' | 'uniform', a: number, b: number): void;
+  NativeModel: new (config: NativeModelConfig) => NativeModel;
+}
+
+function load(): NativeBinding {
+  const root = path.join(__dirname, '..', '..');
+  try {
+    // eslint-disable-next-line @typescript-eslint/no-var-requires
+    return require('node-gyp-build')(root) as NativeBinding;
+  } catch (e) {
+    throw new UndoError(`could not load the native addon from ${root}/build: ${(e as Error).message}`,
+      'run `npm install` (or `npm run build:native`) to compile it');
+  }
+}
+
+export const native: NativeBinding = load();
+
+/** Run `fn` with the given ISA forced, restoring the previous one afterwards. */
+export function withIsa<T>(isa: string, fn: () => T): T {
+  const prev = native.getIsa();
+  native.setIsa(isa);
+  try {
+    return fn();
+  } finally {
+    native.setIsa(prev);
+  }
+}

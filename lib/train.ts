@@ -1,0 +1,226 @@
+/**
+ * The training loop: gradient accumulation, global-norm clipping, AdamW, learning-rate schedules,
+ * periodic evaluation, JSONL metrics, atomic checkpoints with optimizer state, exact resume, and a clean
+ * stop (checkpoint first) on Ctrl-C or an AbortSignal.
+ */
+import * as fs from 'fs';
+import * as path from 'path';
+import { Batcher, BatcherPosition } from './data';
+import { UndoError } from './errors';
+import { readJson } from './fsutil';
+import { Model } from './model';
+import { readSafetensors } from './safetensors';
+
+export type Schedule = 'constant' | 'linear' | 'cosine';
+
+export interface OptimConfig {
+  lr: number;
+  /** final learning rate of the linear/cosine decay (default lr/10) */
+  minLr?: number;
+  warmup: number;
+  schedule: Schedule;
+  weightDecay: number;
+  beta1: number;
+  beta2: number;
+  eps: number;
+  /** global-norm clipping threshold, 0 = off */
+  clip: number;
+}
+
+export interface TrainConfig extends OptimConfig {
+  steps: number;
+  gradAccum: number;
+  evalEvery: number;
+  checkpointEvery: number;
+}
+
+export const DEFAULT_OPTIM: OptimConfig = {
+  lr: 1e-3, warmup: 0, schedule: 'constant', weightDecay: 0.0, beta1: 0.9, beta2: 0.95, eps: 1e-8, clip: 1.0,
+};
+
+/** Learning rate at optimizer step `step` (0-based): linear warm-up from 0, then constant/linear/cosine. */
+export function lrAt(step: number, c: OptimConfig & { steps: number }): number {
+  if (c.warmup > 0 && step < c.warmup) return (c.lr * (step + 1)) / c.warmup;
+  const minLr = c.minLr ?? c.lr / 10;
+  if (c.schedule === 'constant') return c.lr;
+  const span = Math.max(1, c.steps - c.warmup);
+  const frac = Math.min(1, Math.max(0, (step - c.warmup) / span));
+  if (c.schedule === 'linear') return c.lr + (minLr - c.lr) * frac;
+  return minLr + 0.5 * (c.lr - minLr) * (1 + Math.cos(Math.PI * frac));
+}
+
+export interface StepInfo {
+  step: number;
+  loss: number;
+  lr: number;
+  gradNorm: number;
+  tokens: number;
+  tokensPerSec: number;
+  elapsedSec: number;
+}
+
+export interface TrainerState {
+  step: number;
+  tokens: number;
+  position: BatcherPosition;
+  elapsedSec: number;
+}
+
+export interface TrainOptions {
+  /** model directory written at checkpoints and at the end (with optimizer state) */
+  outDir?: string;
+  /** continue from the state saved in outDir */
+  resume?: boolean;
+  onStep?: (info: StepInfo) => void;
+  /** called every evalEvery steps and at the end; returns metrics that are logged */
+  evaluate?: (step: number) => Promise<Record<string, number>>;
+  onEval?: (step: number, metrics: Record<string, number>) => void;
+  /** stop early when this returns true for the latest eval metrics */
+  stopWhen?: (metrics: Record<string, number>) => boolean;
+  signal?: AbortSignal;
+  /** extra JSON stored in trainer_state.json (e.g. the task), echoed back on resume */
+  meta?: Record<string, unknown>;
+}
+
+export interface TrainResult {
+  state: TrainerState;
+  interrupted: boolean;
+  lastEval?: Record<string, number>;
+}
+
+const STATE_FILE = 'trainer_state.json';
+const OPTIM_FILE = 'optimizer.safetensors';
+const METRICS_FILE = 'metrics.jsonl';
+
+/** Save the model plus optimizer/trainer state atomically into dir. */
+export function saveCheckpoint(model: Model, dir: string, state: TrainerState, meta: Record<string, unknown> = {}): void {
+  const m = model.native.adamM();
+  const v = model.native.adamV();
+  const { serializeSafetensors } = require('./safetensors') as typeof import('./safetensors');
+  const optim = serializeSafetensors({
+    adam_m: { dtype: 'F32', shape: [m.length], data: m },
+    adam_v: { dtype: 'F32', shape: [v.length], data: v },
+  }, { adam_step: String(model.native.adamStep()) });
+  const metricsPath = path.join(dir, METRICS_FILE);
+  const extra: Record<string, string | Buffer> = {
+    [STATE_FILE]: JSON.stringify({ ...state, meta }, null, 2) + '\n',
+    [OPTIM_FILE]: optim,
+  };
+  if (fs.existsSync(metricsPath)) extra[METRICS_FILE] = fs.readFileSync(metricsPath);
+  model.save(dir, extra);
+}
+
+/** Restore optimizer and trainer state saved by saveCheckpoint (the weights are loaded with Model.load). */
+export function loadTrainerState(model: Model, dir: string): TrainerState & { meta?: Record<string, unknown> } {
+  const statePath = path.join(dir, STATE_FILE);
+  const state = readJson<TrainerState & { meta?: Record<string, unknown> }>(statePath, 'trainer state');
+  if (typeof state.step !== 'number' || !state.position) throw new UndoError(`${statePath}: not a trainer state (fields step, position)`);
+  const optPath = path.join(dir, OPTIM_FILE);
+  const st = readSafetensors(optPath);
+  const m = st.readTensorF32('adam_m', [model.numParams()]);
+  const v = st.readTensorF32('adam_v', [model.numParams()]);
+  model.native.adamM().set(m);
+  model.native.adamV().set(v);
+  model.native.setAdamStep(Number(st.metadata.adam_step ?? state.step));
+  return state;
+}
+
+function appendMetrics(dir: string | undefined, record: Record<string, unknown>): void {
+  if (!dir) return;
+  fs.mkdirSync(dir, { recursive: true });
+  fs.appendFileSync(path.join(dir, METRICS_FILE), JSON.stringify(record) + '\n');
+}
+
+/** Drop metric lines past `step` (left by a run interrupted after its last checkpoint). */
+function trimMetrics(dir: string, step: number): void {
+  const p = path.join(dir, METRICS_FILE);
+  if (!fs.existsSync(p)) return;
+  const keep = fs.readFileSync(p, 'utf8').split('\n').filter((line) => {
+    if (!line.trim()) return false;
+    try {
+      return (JSON.parse(line) as { step?: number }).step! <= step;
+    } catch {
+      return false;
+    }
+  });
+  fs.writeFileSync(p, keep.map((l) => l + '\n').join(''));
+}
+
+/**
+ * Train `model` on batches from `batcher` for cfg.steps optimizer steps. Each step accumulates
+ * cfg.gradAccum micro-batches; the loss is the mean next-token cross-entropy over all their tokens.
+ */
+export async function train(model: Model, batcher: Batcher, cfg: TrainConfig, opts: TrainOptions = {}): Promise<TrainResult> {
+  if (!(cfg.steps >= 0) || !Number.isInteger(cfg.steps)) throw new UndoError(`steps must be a non-negative integer, got ${cfg.steps}`);
+  if (!(cfg.gradAccum >= 1)) throw new UndoError(`gradient accumulation must be >= 1, got ${cfg.gradAccum}`);
+  if (!(cfg.lr > 0)) throw new UndoError(`learning rate must be > 0, got ${cfg.lr}`);
+  let state: TrainerState = { step: 0, tokens: 0, position: batcher.position, elapsedSec: 0 };
+  if (opts.resume) {
+    if (!opts.outDir) throw new UndoError('--resume needs the output directory of the run');
+    state = loadTrainerState(model, opts.outDir);
+    batcher.position = state.position;
+    trimMetrics(opts.outDir, state.step);
+  } else if (opts.outDir && fs.existsSync(path.join(opts.outDir, METRICS_FILE))) {
+    fs.rmSync(path.join(opts.outDir, METRICS_FILE));
+  }
+  let interrupted = false;
+  const onSigint = () => {
+    interrupted = true;
+  };
+  process.on('SIGINT', onSigint);
+  const started = Date.now() - state.elapsedSec * 1000;
+  let lastEval: Record<string, number> | undefined;
+  let evaluatedAt = -1;
+  const checkpoint = () => {
+    if (opts.outDir) saveCheckpoint(model, opts.outDir, state, opts.meta);
+  };
+  const runEval = async () => {
+    if (!opts.evaluate) return false;
+    lastEval = await opts.evaluate(state.step);
+    evaluatedAt = state.step;
+    appendMetrics(opts.outDir, { step: state.step, eval: lastEval });
+    opts.onEval?.(state.step, lastEval);
+    return opts.stopWhen ? opts.stopWhen(lastEval) : false;
+  };
+  try {
+    while (state.step < cfg.steps) {
+      if (interrupted || opts.signal?.aborted) {
+        interrupted = true;
+        break;
+      }
+      model.native.zeroGrad();
+      const normalizer = batcher.batchSize * batcher.data.seqLen * cfg.gradAccum;
+      let loss = 0;
+      for (let a = 0; a < cfg.gradAccum; a++) {
+        const b = batcher.next();
+        const r = await model.native.trainStep(b.inputs, b.targets, b.B, b.T, null, normalizer, -100);
+        loss += r.loss;
+        state.tokens += b.B * b.T;
+      }
+      if (!Number.isFinite(loss)) {
+        throw new UndoError(`training diverged: the loss is ${loss} at step ${state.step + 1}`, 'lower the learning rate (--lr) or enable clipping (--clip 1)');
+      }
+      const gradNorm = model.native.gradNorm();
+      if (!Number.isFinite(gradNorm)) throw new UndoError(`training diverged: the gradient norm is ${gradNorm} at step ${state.step + 1}`);
+      const gradScale = cfg.clip > 0 ? Math.min(1, cfg.clip / (gradNorm + 1e-6)) : 1;
+      const lr = lrAt(state.step, cfg);
+      await model.native.adamw({ lr, beta1: cfg.beta1, beta2: cfg.beta2, eps: cfg.eps, weightDecay: cfg.weightDecay, gradScale });
+      state.step++;
+      state.position = batcher.position;
+      const elapsedSec = (Date.now() - started) / 1000;
+      state.elapsedSec = elapsedSec;
+      const info: StepInfo = { step: state.step, loss, lr, gradNorm, tokens: state.tokens, tokensPerSec: state.tokens / Math.max(elapsedSec, 1e-9), elapsedSec };
+      appendMetrics(opts.outDir, { step: info.step, loss, lr, grad_norm: gradNorm, tokens: info.tokens, tokens_per_sec: info.tokensPerSec, elapsed_sec: elapsedSec });
+      opts.onStep?.(info);
+      let stop = false;
+      if (cfg.evalEvery > 0 && state.step % cfg.evalEvery === 0) stop = await runEval();
+      if (cfg.checkpointEvery > 0 && state.step % cfg.checkpointEvery === 0 && state.step < cfg.steps) checkpoint();
+      if (stop) break;
+    }
+    if (!interrupted && evaluatedAt !== state.step) await runEval();
+    checkpoint();
+  } finally {
+    process.off('SIGINT', onSigint);
+  }
+  return { state, interrupted, lastEval };
+}

@@ -1,0 +1,78 @@
+// SwiGLU / GeGLU forward and backward (see glu.h). Compiled once per ISA.
+#include "glu.h"
+#include "simd.h"
+
+UNDO_ISA_BEGIN
+
+static const float kGeluC = 0.7978845608028654f;  // sqrt(2/pi)
+static const float kGeluA = 0.044715f;
+
+void glu_forward(int64_t n, GluKind kind, const float* gate, const float* up, float* out) {
+  const int64_t chunk = 16384;
+  const int64_t nchunks = (n + chunk - 1) / chunk;
+#pragma omp parallel for num_threads(num_threads()) schedule(static) if (nchunks > 1)
+  for (int64_t c = 0; c < nchunks; c++) {
+    const int64_t lo = c * chunk, hi = lo + chunk < n ? lo + chunk : n;
+    if (kind == GluKind::swiglu) {
+#pragma omp simd
+      for (int64_t i = lo; i < hi; i++) {
+        const float g = gate[i];
+        out[i] = g / (1.0f + undo_expf(-g)) * up[i];
+      }
+    } else {
+#pragma omp simd
+      for (int64_t i = lo; i < hi; i++) {
+        const float g = gate[i];
+        const float t = undo_tanhf(kGeluC * (g + kGeluA * g * g * g));
+        out[i] = 0.5f * g * (1.0f + t) * up[i];
+      }
+    }
+  }
+}
+
+void glu_backward(int64_t n, GluKind kind, const float* gate, const float* up, const float* dout, float* dgate,
+                  float* dup) {
+  const int64_t chunk = 16384;
+  const int64_t nchunks = (n + chunk - 1) / chunk;
+#pragma omp parallel for num_threads(num_threads()) schedule(static) if (nchunks > 1)
+  for (int64_t c = 0; c < nchunks; c++) {
+    const int64_t lo = c * chunk, hi = lo + chunk < n ? lo + chunk : n;
+    if (kind == GluKind::swiglu) {
+#pragma omp simd
+      for (int64_t i = lo; i < hi; i++) {
+        const float g = gate[i];
+        const float sg = 1.0f / (1.0f + undo_expf(-g));
+        const float act = g * sg;
+        const float dact = sg * (1.0f + g * (1.0f - sg));
+        const float d = dout[i];
+        dup[i] = d * act;
+        dgate[i] = d * up[i] * dact;
+      }
+    } else {
+#pragma omp simd
+      for (int64_t i = lo; i < hi; i++) {
+        const float g = gate[i];
+        const float t = undo_tanhf(kGeluC * (g + kGeluA * g * g * g));
+        const float act = 0.5f * g * (1.0f + t);
+        const float dact = 0.5f * (1.0f + t) + 0.5f * g * (1.0f - t * t) * kGeluC * (1.0f + 3.0f * kGeluA * g * g);
+        const float d = dout[i];
+        dup[i] = d * act;
+        dgate[i] = d * up[i] * dact;
+      }
+    }
+  }
+}
+
+UNDO_ISA_END
+
+#if UNDO_ISA_IS_GENERIC
+namespace undo {
+void glu_forward(int64_t n, GluKind kind, const float* gate, const float* up, float* out) {
+  UNDO_DISPATCH(glu_forward, n, kind, gate, up, out)
+}
+void glu_backward(int64_t n, GluKind kind, const float* gate, const float* up, const float* dout, float* dgate,
+                  float* dup) {
+  UNDO_DISPATCH(glu_backward, n, kind, gate, up, dout, dgate, dup)
+}
+}  // namespace undo
+#endif

@@ -1,0 +1,597 @@
+// Single-precision GEMM (see matmul.h). Compiled once per ISA (binding.gyp: UNDO_ISA=generic|avx2|avx512).
+//
+// Goto/BLIS structure, row-major C:
+//   jc over N in NC columns
+//     pc over K in KC           pack op(B)[pc:pc+KC, jc:jc+NC] into NR-wide k-major panels (shared, L3)
+//       ic over M in MC rows    pack alpha·op(A)[ic:ic+MC, pc:pc+KC] into MR-tall k-major panels (L2)
+//         jr over NR panels     (a KC×NR panel of B stays in L1)
+//           ir over MR panels   micro-kernel: MR×NR block of C in registers, KC rank-1 updates
+// Packing absorbs ta/tb (transposed sources go through in-register transposes) and alpha; partial panels
+// are zero-padded, so the micro-kernel always runs full MR×NR tiles and edge tiles are written back from a
+// scratch tile. beta is applied by the first K block only (beta = 0 never reads C).
+//
+// Threads: one OpenMP team per call. The team packs each B block together (double-buffered, one barrier per
+// K block). Then either every thread owns a contiguous range of MR-panels of rows (split M: private A
+// packing, no more barriers), or, when M is short (dW = dYᵀ·X with small weights), the team packs each A
+// block together and splits the NR-panels of columns. The split with the smaller per-thread tile count wins.
+//
+// Per-ISA micro-kernels:
+//   avx512  MR×NR = 14×32: 28 zmm accumulators, 2 zmm B loads + 14 broadcasts per k
+//   avx2    MR×NR =  6×16: 12 ymm accumulators, 2 ymm B loads +  6 broadcasts per k
+//   generic MR×NR =  6×8 : plain C on a fixed-size accumulator array, vectorised by the compiler
+#include "matmul.h"
+#include "simd.h"
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#if UNDO_ISA_ID == 2
+#if !defined(__AVX512F__) || !defined(__FMA__)
+#error "matmul.cc: the avx512 build needs -mavx512f -mfma"
+#endif
+#define GEMM_MR 14
+#define GEMM_NR 32
+#define GEMM_KC 256
+#define GEMM_MC 280
+#define GEMM_NC 2048
+#define GEMM_VL 16
+#elif UNDO_ISA_ID == 1
+#if !defined(__AVX2__) || !defined(__FMA__)
+#error "matmul.cc: the avx2 build needs -mavx2 -mfma"
+#endif
+#define GEMM_MR 6
+#define GEMM_NR 16
+#define GEMM_KC 256
+#define GEMM_MC 144
+#define GEMM_NC 2048
+#define GEMM_VL 8
+#else
+#define GEMM_MR 6
+#define GEMM_NR 8
+#define GEMM_KC 256
+#define GEMM_MC 96
+#define GEMM_NC 1024
+#define GEMM_VL 4
+#endif
+
+UNDO_ISA_BEGIN
+
+namespace {
+
+// ---------------------------------------------------------------------------------------------------------
+// Scratch: one 64-byte aligned block per calling thread (libuv workers may call gemm concurrently; each
+// gets its own), grown as needed and released when the thread exits. The OpenMP team only uses slices of
+// the caller's block for the duration of the call.
+struct Scratch {
+  float* p = nullptr;
+  size_t n = 0;
+  ~Scratch() { std::free(p); }
+};
+thread_local Scratch t_scratch;
+
+float* scratch_get(size_t nfloats) {
+  Scratch& s = t_scratch;
+  if (s.n < nfloats) {
+    std::free(s.p);
+    size_t bytes = (nfloats * sizeof(float) + 63) & ~(size_t)63;
+    s.p = (float*)std::aligned_alloc(64, bytes);
+    s.n = s.p ? nfloats : 0;
+  }
+  return s.p;
+}
+
+}  // namespace
+
+static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+static inline int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
+static inline int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+static inline int64_t round_up(int64_t a, int64_t b) { return cdiv(a, b) * b; }
+
+// ---------------------------------------------------------------------------------------------------------
+// Micro-kernels: c[0:MR, 0:NR] (row stride ldc) = beta·c + Σ_k a[k·MR + i]·b[k·NR + j]. beta = 0 does not
+// read c. a and b are packed panels (b 64-byte aligned).
+
+#if UNDO_ISA_ID == 2
+
+static void ukernel(int64_t kc, const float* __restrict a, const float* __restrict b, float* __restrict c,
+                    int64_t ldc, float beta) {
+  __m512 c00 = _mm512_setzero_ps(), c01 = _mm512_setzero_ps(), c10 = _mm512_setzero_ps(), c11 = _mm512_setzero_ps();
+  __m512 c20 = _mm512_setzero_ps(), c21 = _mm512_setzero_ps(), c30 = _mm512_setzero_ps(), c31 = _mm512_setzero_ps();
+  __m512 c40 = _mm512_setzero_ps(), c41 = _mm512_setzero_ps(), c50 = _mm512_setzero_ps(), c51 = _mm512_setzero_ps();
+  __m512 c60 = _mm512_setzero_ps(), c61 = _mm512_setzero_ps(), c70 = _mm512_setzero_ps(), c71 = _mm512_setzero_ps();
+  __m512 c80 = _mm512_setzero_ps(), c81 = _mm512_setzero_ps(), c90 = _mm512_setzero_ps(), c91 = _mm512_setzero_ps();
+  __m512 cA0 = _mm512_setzero_ps(), cA1 = _mm512_setzero_ps(), cB0 = _mm512_setzero_ps(), cB1 = _mm512_setzero_ps();
+  __m512 cC0 = _mm512_setzero_ps(), cC1 = _mm512_setzero_ps(), cD0 = _mm512_setzero_ps(), cD1 = _mm512_setzero_ps();
+  for (int i = 0; i < 14; i++) {
+    _mm_prefetch((const char*)(c + i * ldc), _MM_HINT_T0);
+    _mm_prefetch((const char*)(c + i * ldc + 16), _MM_HINT_T0);
+  }
+#define UNDO_GEMM_ROW(r, R)                                        \
+  {                                                                \
+    const __m512 av = _mm512_set1_ps(a[r]);                        \
+    c##R##0 = _mm512_fmadd_ps(av, b0, c##R##0);                    \
+    c##R##1 = _mm512_fmadd_ps(av, b1, c##R##1);                    \
+  }
+#define UNDO_GEMM_STEP                                                                          \
+  {                                                                                             \
+    const __m512 b0 = _mm512_load_ps(b), b1 = _mm512_load_ps(b + 16);                           \
+    UNDO_GEMM_ROW(0, 0) UNDO_GEMM_ROW(1, 1) UNDO_GEMM_ROW(2, 2) UNDO_GEMM_ROW(3, 3)             \
+    UNDO_GEMM_ROW(4, 4) UNDO_GEMM_ROW(5, 5) UNDO_GEMM_ROW(6, 6) UNDO_GEMM_ROW(7, 7)             \
+    UNDO_GEMM_ROW(8, 8) UNDO_GEMM_ROW(9, 9) UNDO_GEMM_ROW(10, A) UNDO_GEMM_ROW(11, B)           \
+    UNDO_GEMM_ROW(12, C) UNDO_GEMM_ROW(13, D)                                                   \
+    a += 14;                                                                                    \
+    b += 32;                                                                                    \
+  }
+  int64_t k = 0;
+  for (; k + 4 <= kc; k += 4) {
+    _mm_prefetch((const char*)(b + 512), _MM_HINT_T0);
+    UNDO_GEMM_STEP UNDO_GEMM_STEP UNDO_GEMM_STEP UNDO_GEMM_STEP
+  }
+  for (; k < kc; k++) UNDO_GEMM_STEP
+#undef UNDO_GEMM_STEP
+#undef UNDO_GEMM_ROW
+#define UNDO_GEMM_ST(r, R)                                                                       \
+  {                                                                                              \
+    float* cr = c + (r) * ldc;                                                                   \
+    if (beta == 0.0f) {                                                                          \
+      _mm512_storeu_ps(cr, c##R##0);                                                             \
+      _mm512_storeu_ps(cr + 16, c##R##1);                                                        \
+    } else if (beta == 1.0f) {                                                                   \
+      _mm512_storeu_ps(cr, _mm512_add_ps(_mm512_loadu_ps(cr), c##R##0));                         \
+      _mm512_storeu_ps(cr + 16, _mm512_add_ps(_mm512_loadu_ps(cr + 16), c##R##1));               \
+    } else {                                                                                     \
+      const __m512 bv = _mm512_set1_ps(beta);                                                    \
+      _mm512_storeu_ps(cr, _mm512_fmadd_ps(bv, _mm512_loadu_ps(cr), c##R##0));                   \
+      _mm512_storeu_ps(cr + 16, _mm512_fmadd_ps(bv, _mm512_loadu_ps(cr + 16), c##R##1));         \
+    }                                                                                            \
+  }
+  UNDO_GEMM_ST(0, 0) UNDO_GEMM_ST(1, 1) UNDO_GEMM_ST(2, 2) UNDO_GEMM_ST(3, 3) UNDO_GEMM_ST(4, 4)
+  UNDO_GEMM_ST(5, 5) UNDO_GEMM_ST(6, 6) UNDO_GEMM_ST(7, 7) UNDO_GEMM_ST(8, 8) UNDO_GEMM_ST(9, 9)
+  UNDO_GEMM_ST(10, A) UNDO_GEMM_ST(11, B) UNDO_GEMM_ST(12, C) UNDO_GEMM_ST(13, D)
+#undef UNDO_GEMM_ST
+}
+
+#elif UNDO_ISA_ID == 1
+
+static void ukernel(int64_t kc, const float* __restrict a, const float* __restrict b, float* __restrict c,
+                    int64_t ldc, float beta) {
+  __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps(), c10 = _mm256_setzero_ps(), c11 = _mm256_setzero_ps();
+  __m256 c20 = _mm256_setzero_ps(), c21 = _mm256_setzero_ps(), c30 = _mm256_setzero_ps(), c31 = _mm256_setzero_ps();
+  __m256 c40 = _mm256_setzero_ps(), c41 = _mm256_setzero_ps(), c50 = _mm256_setzero_ps(), c51 = _mm256_setzero_ps();
+  for (int i = 0; i < 6; i++) {
+    _mm_prefetch((const char*)(c + i * ldc), _MM_HINT_T0);
+    _mm_prefetch((const char*)(c + i * ldc + 15), _MM_HINT_T0);
+  }
+#define UNDO_GEMM_ROW(r)                                           \
+  {                                                                \
+    const __m256 av = _mm256_broadcast_ss(a + (r));                \
+    c##r##0 = _mm256_fmadd_ps(av, b0, c##r##0);                    \
+    c##r##1 = _mm256_fmadd_ps(av, b1, c##r##1);                    \
+  }
+#define UNDO_GEMM_STEP                                                                          \
+  {                                                                                             \
+    const __m256 b0 = _mm256_load_ps(b), b1 = _mm256_load_ps(b + 8);                            \
+    UNDO_GEMM_ROW(0) UNDO_GEMM_ROW(1) UNDO_GEMM_ROW(2) UNDO_GEMM_ROW(3) UNDO_GEMM_ROW(4)        \
+    UNDO_GEMM_ROW(5)                                                                            \
+    a += 6;                                                                                     \
+    b += 16;                                                                                    \
+  }
+  int64_t k = 0;
+  for (; k + 4 <= kc; k += 4) {
+    _mm_prefetch((const char*)(b + 256), _MM_HINT_T0);
+    UNDO_GEMM_STEP UNDO_GEMM_STEP UNDO_GEMM_STEP UNDO_GEMM_STEP
+  }
+  for (; k < kc; k++) UNDO_GEMM_STEP
+#undef UNDO_GEMM_STEP
+#undef UNDO_GEMM_ROW
+#define UNDO_GEMM_ST(r)                                                                          \
+  {                                                                                              \
+    float* cr = c + (r) * ldc;                                                                   \
+    if (beta == 0.0f) {                                                                          \
+      _mm256_storeu_ps(cr, c##r##0);                                                             \
+      _mm256_storeu_ps(cr + 8, c##r##1);                                                         \
+    } else if (beta == 1.0f) {                                                                   \
+      _mm256_storeu_ps(cr, _mm256_add_ps(_mm256_loadu_ps(cr), c##r##0));                         \
+      _mm256_storeu_ps(cr + 8, _mm256_add_ps(_mm256_loadu_ps(cr + 8), c##r##1));                 \
+    } else {                                                                                     \
+      const __m256 bv = _mm256_set1_ps(beta);                                                    \
+      _mm256_storeu_ps(cr, _mm256_fmadd_ps(bv, _mm256_loadu_ps(cr), c##r##0));                   \
+      _mm256_storeu_ps(cr + 8, _mm256_fmadd_ps(bv, _mm256_loadu_ps(cr + 8), c##r##1));           \
+    }                                                                                            \
+  }
+  UNDO_GEMM_ST(0) UNDO_GEMM_ST(1) UNDO_GEMM_ST(2) UNDO_GEMM_ST(3) UNDO_GEMM_ST(4) UNDO_GEMM_ST(5)
+#undef UNDO_GEMM_ST
+}
+
+#else
+
+// Portable: a fixed-size accumulator block the compiler keeps in vector registers (6×8 = 12 SSE registers).
+static void ukernel(int64_t kc, const float* __restrict a, const float* __restrict b, float* __restrict c,
+                    int64_t ldc, float beta) {
+  float acc[GEMM_MR][GEMM_NR];
+  for (int i = 0; i < GEMM_MR; i++)
+    for (int j = 0; j < GEMM_NR; j++) acc[i][j] = 0.0f;
+  for (int64_t k = 0; k < kc; k++) {
+    const float* bk = b + k * GEMM_NR;
+    const float* ak = a + k * GEMM_MR;
+    for (int i = 0; i < GEMM_MR; i++) {
+      const float ai = ak[i];
+      for (int j = 0; j < GEMM_NR; j++) acc[i][j] += ai * bk[j];
+    }
+  }
+  for (int i = 0; i < GEMM_MR; i++) {
+    float* cr = c + i * ldc;
+    if (beta == 0.0f) {
+      for (int j = 0; j < GEMM_NR; j++) cr[j] = acc[i][j];
+    } else if (beta == 1.0f) {
+      for (int j = 0; j < GEMM_NR; j++) cr[j] += acc[i][j];
+    } else {
+      for (int j = 0; j < GEMM_NR; j++) cr[j] = beta * cr[j] + acc[i][j];
+    }
+  }
+}
+
+#endif
+
+// ---------------------------------------------------------------------------------------------------------
+// Packing.
+//
+// pack_T: rows r < R of a row-major source (row stride ld, contiguous along k) become one W-wide k-major
+// panel: dst[k·W + r] = scale·src[r·ld + k] for k < kc, zero for R ≤ r < W. Used for op(A) when !ta and for
+// op(B) when tb; vectorised as VL×VL in-register transposes.
+//
+// pack_N: the source is already k-major (row k at src + k·ld, contiguous along the panel): copy w ≤ W
+// columns per k, zero-pad to W.
+
+#if UNDO_ISA_ID == 2
+
+// GCC 12 flags _mm512_undefined_ps() inside the unpack intrinsics as maybe-uninitialized (false positive)
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+
+static inline void transpose16(__m512* r) {
+  __m512 t[16];
+  for (int i = 0; i < 8; i++) {
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; i++) {
+    const __m512d t0 = _mm512_castps_pd(t[4 * i]), t1 = _mm512_castps_pd(t[4 * i + 1]);
+    const __m512d t2 = _mm512_castps_pd(t[4 * i + 2]), t3 = _mm512_castps_pd(t[4 * i + 3]);
+    r[4 * i + 0] = _mm512_castpd_ps(_mm512_unpacklo_pd(t0, t2));
+    r[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(t0, t2));
+    r[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(t1, t3));
+    r[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(t1, t3));
+  }
+  // r[4i+j], 128-bit lane L now holds rows 4i..4i+3 of column 4L+j
+  for (int j = 0; j < 4; j++) {
+    const __m512 u0 = _mm512_shuffle_f32x4(r[j], r[4 + j], 0x88);
+    const __m512 u1 = _mm512_shuffle_f32x4(r[j], r[4 + j], 0xDD);
+    const __m512 u2 = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0x88);
+    const __m512 u3 = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0xDD);
+    t[j] = _mm512_shuffle_f32x4(u0, u2, 0x88);
+    t[8 + j] = _mm512_shuffle_f32x4(u0, u2, 0xDD);
+    t[4 + j] = _mm512_shuffle_f32x4(u1, u3, 0x88);
+    t[12 + j] = _mm512_shuffle_f32x4(u1, u3, 0xDD);
+  }
+  for (int i = 0; i < 16; i++) r[i] = t[i];
+}
+
+static void pack_T(const float* src, int64_t ld, int64_t R, int64_t kc, float scale, float* dst, int W) {
+  const __m512 sv = _mm512_set1_ps(scale);
+  for (int rb = 0; rb < W; rb += 16) {
+    const int rows = W - rb < 16 ? W - rb : 16;                    // panel rows this block stores
+    const int64_t valid = R - rb < 0 ? 0 : (R - rb < rows ? R - rb : rows);  // rows with data
+    const __mmask16 smask = (__mmask16)((1u << rows) - 1u);
+    int64_t k = 0;
+    for (; k + 16 <= kc; k += 16) {
+      __m512 v[16];
+      for (int r = 0; r < 16; r++)
+        v[r] = r < valid ? _mm512_mul_ps(sv, _mm512_loadu_ps(src + (rb + r) * ld + k)) : _mm512_setzero_ps();
+      transpose16(v);
+      float* d = dst + k * W + rb;
+      if (rows == 16) {
+        for (int kk = 0; kk < 16; kk++) _mm512_storeu_ps(d + kk * W, v[kk]);
+      } else {
+        for (int kk = 0; kk < 16; kk++) _mm512_mask_storeu_ps(d + kk * W, smask, v[kk]);
+      }
+    }
+    for (; k < kc; k++) {
+      float* d = dst + k * W + rb;
+      for (int r = 0; r < rows; r++) d[r] = r < valid ? scale * src[(rb + r) * ld + k] : 0.0f;
+    }
+  }
+}
+
+#elif UNDO_ISA_ID == 1
+
+static inline void transpose8(__m256* r) {
+  __m256 t[8];
+  for (int i = 0; i < 4; i++) {
+    t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  __m256 s[8];
+  for (int i = 0; i < 2; i++) {
+    const __m256d t0 = _mm256_castps_pd(t[4 * i]), t1 = _mm256_castps_pd(t[4 * i + 1]);
+    const __m256d t2 = _mm256_castps_pd(t[4 * i + 2]), t3 = _mm256_castps_pd(t[4 * i + 3]);
+    s[4 * i + 0] = _mm256_castpd_ps(_mm256_unpacklo_pd(t0, t2));
+    s[4 * i + 1] = _mm256_castpd_ps(_mm256_unpackhi_pd(t0, t2));
+    s[4 * i + 2] = _mm256_castpd_ps(_mm256_unpacklo_pd(t1, t3));
+    s[4 * i + 3] = _mm256_castpd_ps(_mm256_unpackhi_pd(t1, t3));
+  }
+  for (int j = 0; j < 4; j++) {
+    r[j] = _mm256_permute2f128_ps(s[j], s[4 + j], 0x20);
+    r[4 + j] = _mm256_permute2f128_ps(s[j], s[4 + j], 0x31);
+  }
+}
+
+static void pack_T(const float* src, int64_t ld, int64_t R, int64_t kc, float scale, float* dst, int W) {
+  const __m256 sv = _mm256_set1_ps(scale);
+  for (int rb = 0; rb < W; rb += 8) {
+    const int rows = W - rb < 8 ? W - rb : 8;
+    const int64_t valid = R - rb < 0 ? 0 : (R - rb < rows ? R - rb : rows);
+    int64_t k = 0;
+    for (; k + 8 <= kc; k += 8) {
+      __m256 v[8];
+      for (int r = 0; r < 8; r++)
+        v[r] = r < valid ? _mm256_mul_ps(sv, _mm256_loadu_ps(src + (rb + r) * ld + k)) : _mm256_setzero_ps();
+      transpose8(v);
+      float* d = dst + k * W + rb;
+      if (rows == 8) {
+        for (int kk = 0; kk < 8; kk++) _mm256_storeu_ps(d + kk * W, v[kk]);
+      } else {
+        // partial block (W = 6): 4 + 2 floats per k, no masked stores (slow on some AMD parts)
+        for (int kk = 0; kk < 8; kk++) {
+          float* dk = d + kk * W;
+          int r = 0;
+          __m128 lo = _mm256_castps256_ps128(v[kk]);
+          if (rows >= 4) {
+            _mm_storeu_ps(dk, lo);
+            lo = _mm256_extractf128_ps(v[kk], 1);
+            r = 4;
+            dk += 4;
+          }
+          if (rows - r >= 2) {
+            _mm_storel_pi((__m64*)dk, lo);
+            lo = _mm_movehl_ps(lo, lo);
+            r += 2;
+            dk += 2;
+          }
+          if (rows - r >= 1) _mm_store_ss(dk, lo);
+        }
+      }
+    }
+    for (; k < kc; k++) {
+      float* d = dst + k * W + rb;
+      for (int r = 0; r < rows; r++) d[r] = r < valid ? scale * src[(rb + r) * ld + k] : 0.0f;
+    }
+  }
+}
+
+#else
+
+static void pack_T(const float* src, int64_t ld, int64_t R, int64_t kc, float scale, float* dst, int W) {
+  // 4 k at a time so each source row is read in short contiguous runs
+  int64_t k = 0;
+  for (; k + 4 <= kc; k += 4) {
+    float* d = dst + k * W;
+    for (int64_t r = 0; r < R; r++) {
+      const float* s = src + r * ld + k;
+      d[r] = scale * s[0];
+      d[W + r] = scale * s[1];
+      d[2 * W + r] = scale * s[2];
+      d[3 * W + r] = scale * s[3];
+    }
+    for (int64_t r = R; r < W; r++) d[r] = d[W + r] = d[2 * W + r] = d[3 * W + r] = 0.0f;
+  }
+  for (; k < kc; k++) {
+    float* d = dst + k * W;
+    for (int64_t r = 0; r < R; r++) d[r] = scale * src[r * ld + k];
+    for (int64_t r = R; r < W; r++) d[r] = 0.0f;
+  }
+}
+
+#endif
+
+static void pack_N(const float* src, int64_t ld, int64_t w, int64_t kc, float scale, float* dst, int W) {
+  if (w == W && scale == 1.0f) {
+    for (int64_t k = 0; k < kc; k++) {
+      const float* s = src + k * ld;
+      float* d = dst + k * W;
+#pragma omp simd
+      for (int j = 0; j < W; j++) d[j] = s[j];
+    }
+  } else if (w == W) {
+    for (int64_t k = 0; k < kc; k++) {
+      const float* s = src + k * ld;
+      float* d = dst + k * W;
+#pragma omp simd
+      for (int j = 0; j < W; j++) d[j] = scale * s[j];
+    }
+  } else {
+    for (int64_t k = 0; k < kc; k++) {
+      const float* s = src + k * ld;
+      float* d = dst + k * W;
+      for (int64_t j = 0; j < w; j++) d[j] = scale * s[j];
+      for (int64_t j = w; j < W; j++) d[j] = 0.0f;
+    }
+  }
+}
+
+// Panels [p0, p1) of the MR-tall packing of alpha·op(A)[i0:i0+mc, k0:k0+kc]; panel p at Ap + p·MR·kc.
+static void pack_A(bool ta, const float* A, int64_t lda, float alpha, int64_t i0, int64_t mc, int64_t k0,
+                   int64_t kc, float* Ap, int64_t p0, int64_t p1) {
+  for (int64_t p = p0; p < p1; p++) {
+    const int64_t i = i0 + p * GEMM_MR, rows = min64(GEMM_MR, mc - p * GEMM_MR);
+    float* d = Ap + p * GEMM_MR * kc;
+    if (ta)
+      pack_N(A + k0 * lda + i, lda, rows, kc, alpha, d, GEMM_MR);
+    else
+      pack_T(A + i * lda + k0, lda, rows, kc, alpha, d, GEMM_MR);
+  }
+}
+
+// Panels [q0, q1) of the NR-wide packing of op(B)[k0:k0+kc, j0:j0+nc]; panel q at Bp + q·NR·kc.
+static void pack_B(bool tb, const float* B, int64_t ldb, int64_t j0, int64_t nc, int64_t k0, int64_t kc,
+                   float* Bp, int64_t q0, int64_t q1) {
+  for (int64_t q = q0; q < q1; q++) {
+    const int64_t j = j0 + q * GEMM_NR, cols = min64(GEMM_NR, nc - q * GEMM_NR);
+    float* d = Bp + q * GEMM_NR * kc;
+    if (tb)
+      pack_T(B + j * ldb + k0, ldb, cols, kc, 1.0f, d, GEMM_NR);
+    else
+      pack_N(B + k0 * ldb + j, ldb, cols, kc, 1.0f, d, GEMM_NR);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Macro-kernel: C[0:mc, NR-panels q0..q1) += packed A block × packed B panels.
+static void macro_kernel(int64_t mc, int64_t nc, int64_t kc, const float* Ap, const float* Bp, float* C,
+                         int64_t ldc, float beta, int64_t q0, int64_t q1) {
+  alignas(64) float tile[GEMM_MR * GEMM_NR];
+  const int64_t np = cdiv(mc, GEMM_MR);
+  for (int64_t q = q0; q < q1; q++) {
+    const int64_t nr = min64(GEMM_NR, nc - q * GEMM_NR);
+    const float* b = Bp + q * GEMM_NR * kc;
+    for (int64_t p = 0; p < np; p++) {
+      const int64_t mr = min64(GEMM_MR, mc - p * GEMM_MR);
+      const float* a = Ap + p * GEMM_MR * kc;
+      float* c = C + p * GEMM_MR * ldc + q * GEMM_NR;
+      if (mr == GEMM_MR && nr == GEMM_NR) {
+        ukernel(kc, a, b, c, ldc, beta);
+      } else {
+        ukernel(kc, a, b, tile, GEMM_NR, 0.0f);
+        for (int64_t i = 0; i < mr; i++) {
+          float* cr = c + i * ldc;
+          const float* tr = tile + i * GEMM_NR;
+          if (beta == 0.0f)
+            for (int64_t j = 0; j < nr; j++) cr[j] = tr[j];
+          else if (beta == 1.0f)
+            for (int64_t j = 0; j < nr; j++) cr[j] += tr[j];
+          else
+            for (int64_t j = 0; j < nr; j++) cr[j] = beta * cr[j] + tr[j];
+        }
+      }
+    }
+  }
+}
+
+static void scale_c(int64_t M, int64_t N, float beta, float* C, int64_t ldc) {
+  if (beta == 1.0f) return;
+#pragma omp parallel for num_threads(num_threads()) schedule(static) if (M * N > 65536)
+  for (int64_t i = 0; i < M; i++) {
+    float* c = C + i * ldc;
+    if (beta == 0.0f)
+      std::memset(c, 0, (size_t)N * sizeof(float));
+    else
+      for (int64_t j = 0; j < N; j++) c[j] *= beta;
+  }
+}
+
+// Even split of n items over nth parts: part t gets [lo, hi).
+static inline void split(int64_t n, int nth, int t, int64_t* lo, int64_t* hi) {
+  *lo = n * t / nth;
+  *hi = n * (t + 1) / nth;
+}
+
+void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+          const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  if (M <= 0 || N <= 0) return;
+  if (K <= 0 || alpha == 0.0f) {
+    scale_c(M, N, beta, C, ldc);
+    return;
+  }
+  const int64_t MR = GEMM_MR, NR = GEMM_NR;
+  const int64_t KC = min64(GEMM_KC, K);
+  const int64_t NC = min64(GEMM_NC, round_up(N, NR));
+  const int64_t MC = min64(GEMM_MC, round_up(M, MR));
+
+  // threads: ~1 MFLOP per thread at least, and at least a couple of micro-tiles each
+  const double flops = 2.0 * (double)M * (double)N * (double)K;
+  int T = num_threads();
+  if (T > 1 && flops < 2.0e6) T = 1;
+  const int64_t tiles = cdiv(M, MR) * cdiv(N, NR);
+  if (T > tiles) T = (int)max64(1, tiles);
+
+  // scratch: Bp double buffer | Ap double buffer (shared, split-N) | Ap per thread (split-M)
+  const size_t bsz = (size_t)(KC * NC), asz = (size_t)(KC * MC);
+  float* base = scratch_get(2 * bsz + 2 * asz + (size_t)T * asz);
+  if (!base) std::abort();
+  float* Bbuf = base;
+  float* Ashared = base + 2 * bsz;
+  float* Apriv = Ashared + 2 * asz;
+
+#pragma omp parallel num_threads(T) if (T > 1)
+  {
+#ifdef _OPENMP
+    const int nth = omp_get_num_threads(), tid = omp_get_thread_num();
+#else
+    const int nth = 1, tid = 0;
+#endif
+    const int64_t Pm = cdiv(M, MR), Pn = cdiv(N, NR);
+    const bool split_m = nth == 1 || cdiv(Pm, nth) * Pn <= Pm * cdiv(Pn, nth);
+    // split M: my rows [r0, r1) on MR-panel boundaries
+    int64_t r0 = 0, r1 = M;
+    if (split_m && nth > 1) {
+      int64_t p0, p1;
+      split(Pm, nth, tid, &p0, &p1);
+      r0 = p0 * MR;
+      r1 = min64(p1 * MR, M);
+    }
+    float* Amine = Apriv + (size_t)tid * asz;
+    int64_t iter = 0;
+    for (int64_t jc = 0; jc < N; jc += NC) {
+      const int64_t nc = min64(NC, N - jc);
+      const int64_t qn = cdiv(nc, NR);
+      for (int64_t pc = 0; pc < K; pc += KC, iter++) {
+        const int64_t kc = min64(KC, K - pc);
+        const float bt = pc == 0 ? beta : 1.0f;
+        float* Bp = Bbuf + (iter & 1) * bsz;
+        {
+          int64_t q0, q1;
+          split(qn, nth, tid, &q0, &q1);
+          pack_B(tb, B, ldb, jc, nc, pc, kc, Bp, q0, q1);
+        }
+        if (nth > 1) {
+#pragma omp barrier
+        }
+        if (split_m) {
+          for (int64_t ic = r0; ic < r1; ic += MC) {
+            const int64_t mc = min64(MC, r1 - ic);
+            pack_A(ta, A, lda, alpha, ic, mc, pc, kc, Amine, 0, cdiv(mc, MR));
+            macro_kernel(mc, nc, kc, Amine, Bp, C + ic * ldc + jc, ldc, bt, 0, qn);
+          }
+        } else {
+          int64_t q0, q1;
+          split(qn, nth, tid, &q0, &q1);
+          int64_t ai = 0;
+          for (int64_t ic = 0; ic < M; ic += MC, ai++) {
+            const int64_t mc = min64(MC, M - ic);
+            float* Ap = Ashared + (ai & 1) * asz;
+            int64_t p0, p1;
+            split(cdiv(mc, MR), nth, tid, &p0, &p1);
+            pack_A(ta, A, lda, alpha, ic, mc, pc, kc, Ap, p0, p1);
+#pragma omp barrier
+            macro_kernel(mc, nc, kc, Ap, Bp, C + ic * ldc + jc, ldc, bt, q0, q1);
+          }
+        }
+      }
+    }
+  }
+}
+
+UNDO_ISA_END
+
+#if UNDO_ISA_IS_GENERIC
+namespace undo {
+void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+          const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  UNDO_DISPATCH(gemm, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+}  // namespace undo
+#endif

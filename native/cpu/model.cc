@@ -1,0 +1,523 @@
+// The decoder's layer sequencing: parameter layout, forward, fused head + loss, backward, AdamW, and
+// KV-cache decoding, for Llama and Gemma-2 (see model.h). Every heavy loop is a kernel call.
+#include "model.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <stdexcept>
+
+#include "attention.h"
+#include "cross_entropy.h"
+#include "embedding.h"
+#include "matmul.h"
+#include "random.h"
+#include "rmsnorm.h"
+#include "rope.h"
+
+namespace undo {
+namespace {
+
+// Per-layer tensors, in storage order. Gemma-2 only: post_attention_layernorm is the attention output norm
+// and pre/post_feedforward_layernorm wrap the MLP; in Llama post_attention_layernorm is the MLP input norm.
+enum LayerTensor { kInNorm, kWq, kWk, kWv, kWo, kPostAttnNorm, kPreFfNorm, kPostFfNorm, kWg, kWu, kWd, kLayerTensors };
+const char* kLayerNames[kLayerTensors] = {
+    "input_layernorm.weight",    "self_attn.q_proj.weight",          "self_attn.k_proj.weight",
+    "self_attn.v_proj.weight",   "self_attn.o_proj.weight",          "post_attention_layernorm.weight",
+    "pre_feedforward_layernorm.weight", "post_feedforward_layernorm.weight", "mlp.gate_proj.weight",
+    "mlp.up_proj.weight",        "mlp.down_proj.weight"};
+
+void fail(const std::string& msg) { throw std::invalid_argument(msg); }
+
+}  // namespace
+
+Model::Model(const ModelConfig& cfg) : cfg_(cfg) {
+  auto positive = [](int64_t v, const char* field) {
+    if (v <= 0) fail(std::string("config field ") + field + " must be a positive integer, got " + std::to_string(v));
+  };
+  positive(cfg_.vocab, "vocab_size");
+  positive(cfg_.d, "hidden_size");
+  positive(cfg_.n_layers, "num_hidden_layers");
+  positive(cfg_.n_heads, "num_attention_heads");
+  positive(cfg_.n_kv_heads, "num_key_value_heads");
+  positive(cfg_.head_dim, "head_dim");
+  positive(cfg_.ffn, "intermediate_size");
+  positive(cfg_.max_pos, "max_position_embeddings");
+  if (cfg_.n_heads % cfg_.n_kv_heads)
+    fail("config: num_attention_heads (" + std::to_string(cfg_.n_heads) + ") must be a multiple of num_key_value_heads (" +
+         std::to_string(cfg_.n_kv_heads) + ")");
+  if (cfg_.head_dim % 2) fail("config: head_dim must be even for RoPE, got " + std::to_string(cfg_.head_dim));
+  if (!(cfg_.norm_eps > 0)) fail("config: rms_norm_eps must be > 0");
+  if (!(cfg_.rope_theta > 0)) fail("config: rope_theta must be > 0");
+  layout();
+  rope_cos_.resize((size_t)(cfg_.max_pos * cfg_.head_dim / 2));
+  rope_sin_.resize(rope_cos_.size());
+  rope_tables(cfg_.max_pos, cfg_.head_dim, cfg_.rope_theta, rope_cos_.data(), rope_sin_.data());
+}
+
+void Model::layout() {
+  const bool gemma = cfg_.family == Family::gemma2;
+  const int64_t d = cfg_.d, qd = cfg_.n_heads * cfg_.head_dim, kvd = cfg_.n_kv_heads * cfg_.head_dim, F = cfg_.ffn;
+  int64_t off = 0;
+  auto add = [&](const std::string& name, std::vector<int64_t> shape, bool decay) {
+    TensorInfo t;
+    t.name = name;
+    t.shape = shape;
+    t.numel = 1;
+    for (auto s : shape) t.numel *= s;
+    t.offset = off;
+    t.decay = decay;
+    off += t.numel;
+    tensors_.push_back(t);
+    return t.offset;
+  };
+  off_embed_ = add("model.embed_tokens.weight", {cfg_.vocab, d}, true);
+  layer_off_.assign((size_t)(cfg_.n_layers * kLayerTensors), -1);
+  for (int64_t l = 0; l < cfg_.n_layers; l++) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    int64_t* lo = &layer_off_[(size_t)(l * kLayerTensors)];
+    lo[kInNorm] = add(p + kLayerNames[kInNorm], {d}, false);
+    lo[kWq] = add(p + kLayerNames[kWq], {qd, d}, true);
+    lo[kWk] = add(p + kLayerNames[kWk], {kvd, d}, true);
+    lo[kWv] = add(p + kLayerNames[kWv], {kvd, d}, true);
+    lo[kWo] = add(p + kLayerNames[kWo], {d, qd}, true);
+    lo[kPostAttnNorm] = add(p + kLayerNames[kPostAttnNorm], {d}, false);
+    if (gemma) {
+      lo[kPreFfNorm] = add(p + kLayerNames[kPreFfNorm], {d}, false);
+      lo[kPostFfNorm] = add(p + kLayerNames[kPostFfNorm], {d}, false);
+    }
+    lo[kWg] = add(p + kLayerNames[kWg], {F, d}, true);
+    lo[kWu] = add(p + kLayerNames[kWu], {F, d}, true);
+    lo[kWd] = add(p + kLayerNames[kWd], {d, F}, true);
+  }
+  off_norm_ = add("model.norm.weight", {d}, false);
+  off_head_ = cfg_.tied ? off_embed_ : add("lm_head.weight", {cfg_.vocab, d}, true);
+  params_.assign((size_t)off, 0.0f);
+  grads_.assign((size_t)off, 0.0f);
+}
+
+int Model::tensor_index(const std::string& name) const {
+  for (size_t i = 0; i < tensors_.size(); i++)
+    if (tensors_[i].name == name) return (int)i;
+  return -1;
+}
+
+LayerParams Model::layer(float* base, int64_t l) const {
+  const int64_t* lo = &layer_off_[(size_t)(l * kLayerTensors)];
+  auto at = [&](int i) { return lo[i] < 0 ? nullptr : base + lo[i]; };
+  LayerParams p;
+  p.in_norm = at(kInNorm);
+  p.wq = at(kWq);
+  p.wk = at(kWk);
+  p.wv = at(kWv);
+  p.wo = at(kWo);
+  if (cfg_.family == Family::gemma2) {
+    p.attn_out_norm = at(kPostAttnNorm);
+    p.mlp_in_norm = at(kPreFfNorm);
+    p.mlp_out_norm = at(kPostFfNorm);
+  } else {
+    p.attn_out_norm = nullptr;
+    p.mlp_in_norm = at(kPostAttnNorm);
+    p.mlp_out_norm = nullptr;
+  }
+  p.wg = at(kWg);
+  p.wu = at(kWu);
+  p.wd = at(kWd);
+  return p;
+}
+
+bool Model::trainable_at(const float* p) const {
+  const int64_t off = p - params_.data();
+  for (const auto& t : tensors_)
+    if (off >= t.offset && off < t.offset + t.numel) return !t.frozen;
+  return false;
+}
+
+int Model::lowest_trainable_layer() const {
+  if (!tensors_[0].frozen) return -1;  // embedding
+  for (int64_t l = 0; l < cfg_.n_layers; l++)
+    for (int i = 0; i < kLayerTensors; i++) {
+      const int64_t off = layer_off_[(size_t)(l * kLayerTensors + i)];
+      if (off >= 0 && trainable_at(params_.data() + off)) return (int)l;
+    }
+  return (int)cfg_.n_layers;  // only the final norm / head
+}
+
+void Model::init(uint64_t seed, const std::string& scheme, float std) {
+  if (scheme != "normal" && scheme != "xavier") fail("unknown init scheme '" + scheme + "' (normal|xavier)");
+  const bool gemma = cfg_.family == Family::gemma2;
+  for (const auto& t : tensors_) {
+    float* p = params_.data() + t.offset;
+    const uint64_t stream = stream_of(t.name.c_str());
+    if (t.shape.size() == 1) {
+      std::fill(p, p + t.numel, gemma ? 0.0f : 1.0f);
+    } else if (scheme == "normal") {
+      fill_normal(p, t.numel, seed, stream, 0.0f, std);
+    } else {
+      const double fan_out = (double)t.shape[0], fan_in = (double)t.shape[1];
+      const float a = (float)std::sqrt(6.0 / (fan_in + fan_out));
+      fill_uniform(p, t.numel, seed, stream, -a, a);
+    }
+  }
+}
+
+void Model::ensure_acts(int64_t B, int64_t T) {
+  if (T > cfg_.max_pos)
+    fail("sequence length " + std::to_string(T) + " exceeds max_position_embeddings " + std::to_string(cfg_.max_pos));
+  B_ = B;
+  T_ = T;
+  N_ = B * T;
+  if (N_ <= cap_N_ && !acts_.empty()) return;
+  cap_N_ = N_;
+  const int64_t d = cfg_.d, qd = cfg_.n_heads * cfg_.head_dim, kvd = cfg_.n_kv_heads * cfg_.head_dim, F = cfg_.ffn;
+  const bool gemma = cfg_.family == Family::gemma2;
+  const size_t n = (size_t)N_;
+  acts_.assign((size_t)cfg_.n_layers, Acts());
+  for (auto& a : acts_) {
+    a.x_in.resize(n * d);
+    a.rstd1.resize(n);
+    a.a1.resize(n * d);
+    a.q.resize(n * qd);
+    a.k.resize(n * kvd);
+    a.v.resize(n * kvd);
+    a.att.resize(n * qd);
+    a.lse.resize(n * cfg_.n_heads);
+    a.ao.resize(n * d);
+    if (gemma) a.rstd_pa.resize(n);
+    a.x_mid.resize(n * d);
+    a.rstd2.resize(n);
+    a.a2.resize(n * d);
+    a.gate.resize(n * F);
+    a.up.resize(n * F);
+    a.g.resize(n * F);
+    a.mo.resize(n * d);
+    if (gemma) a.rstd_pf.resize(n);
+  }
+  x_final_.resize(n * d);
+  rstd_f_.resize(n);
+  h_final_.resize(n * d);
+  dh_final_.resize(n * d);
+  ids_.resize(n);
+  // backward scratch is sized lazily in backward()
+  dx_.clear();
+}
+
+void Model::run_layers(const int32_t* ids, int64_t B, int64_t T, bool training, int64_t pos_offset) {
+  const ModelConfig& c = cfg_;
+  const bool gemma = c.family == Family::gemma2;
+  const int64_t N = B * T, d = c.d, hd = c.head_dim, Hq = c.n_heads, Hkv = c.n_kv_heads;
+  const int64_t qd = Hq * hd, kvd = Hkv * hd, F = c.ffn;
+  if (pos_offset + T > c.max_pos)
+    fail("position " + std::to_string(pos_offset + T) + " exceeds max_position_embeddings " + std::to_string(c.max_pos));
+  for (int64_t i = 0; i < N; i++)
+    if (ids[i] < 0 || ids[i] >= c.vocab)
+      fail("token id " + std::to_string(ids[i]) + " at position " + std::to_string(i) + " is outside the vocabulary [0, " +
+           std::to_string(c.vocab) + ")");
+  std::memcpy(ids_.data(), ids, sizeof(int32_t) * (size_t)N);
+  float* P = params_.data();
+  const float emb_scale = gemma ? (float)std::sqrt((double)d) : 1.0f;
+  embedding_forward(N, d, ids, P + off_embed_, emb_scale, acts_[0].x_in.data());
+  const float scale = gemma && c.query_pre_attn_scalar > 0 ? 1.0f / std::sqrt(c.query_pre_attn_scalar)
+                                                           : 1.0f / std::sqrt((float)hd);
+  for (int64_t l = 0; l < c.n_layers; l++) {
+    Acts& A = acts_[(size_t)l];
+    const LayerParams W = layer(P, l);
+    float* out = l + 1 < c.n_layers ? acts_[(size_t)l + 1].x_in.data() : x_final_.data();
+    // attention block
+    rmsnorm_forward(N, d, A.x_in.data(), W.in_norm, c.norm_eps, gemma, A.a1.data(), A.rstd1.data());
+    gemm(false, true, N, qd, d, 1.0f, A.a1.data(), d, W.wq, d, 0.0f, A.q.data(), qd);
+    gemm(false, true, N, kvd, d, 1.0f, A.a1.data(), d, W.wk, d, 0.0f, A.k.data(), kvd);
+    gemm(false, true, N, kvd, d, 1.0f, A.a1.data(), d, W.wv, d, 0.0f, A.v.data(), kvd);
+    rope_apply(B, T, Hq, hd, A.q.data(), rope_cos_.data(), rope_sin_.data(), pos_offset, false);
+    rope_apply(B, T, Hkv, hd, A.k.data(), rope_cos_.data(), rope_sin_.data(), pos_offset, false);
+    AttnDims dims;
+    dims.B = B;
+    dims.Tq = T;
+    dims.Hq = Hq;
+    dims.Hkv = Hkv;
+    dims.D = hd;
+    dims.q_offset = pos_offset;
+    dims.window = (gemma && c.sliding_window > 0 && l % 2 == 0) ? c.sliding_window : 0;
+    dims.scale = scale;
+    dims.softcap = gemma ? c.attn_softcap : 0.0f;
+    const float *kp = A.k.data(), *vp = A.v.data();
+    if (cache_mode_) {
+      float* kc = kcache_[(size_t)l].data();
+      float* vc = vcache_[(size_t)l].data();
+      for (int64_t b = 0; b < B; b++) {
+        const size_t dst = (size_t)((b * cache_cap_ + pos_offset) * kvd);
+        std::memcpy(kc + dst, A.k.data() + b * T * kvd, sizeof(float) * (size_t)(T * kvd));
+        std::memcpy(vc + dst, A.v.data() + b * T * kvd, sizeof(float) * (size_t)(T * kvd));
+      }
+      kp = kc;
+      vp = vc;
+      dims.Tk = pos_offset + T;
+      dims.kv_bstride = cache_cap_ * kvd;
+    } else {
+      dims.Tk = T;
+      dims.kv_bstride = T * kvd;
+    }
+    attention_forward(dims, A.q.data(), kp, vp, A.att.data(), training ? A.lse.data() : nullptr);
+    gemm(false, true, N, d, qd, 1.0f, A.att.data(), qd, W.wo, qd, 0.0f, A.ao.data(), d);
+    float* xm = A.x_mid.data();
+    const float* xin = A.x_in.data();
+    if (gemma) {
+      rmsnorm_forward(N, d, A.ao.data(), W.attn_out_norm, c.norm_eps, true, xm, A.rstd_pa.data());
+      for (int64_t i = 0; i < N * d; i++) xm[i] += xin[i];
+    } else {
+      const float* ao = A.ao.data();
+      for (int64_t i = 0; i < N * d; i++) xm[i] = xin[i] + ao[i];
+    }
+    // MLP block
+    rmsnorm_forward(N, d, xm, W.mlp_in_norm, c.norm_eps, gemma, A.a2.data(), A.rstd2.data());
+    gemm(false, true, N, F, d, 1.0f, A.a2.data(), d, W.wg, d, 0.0f, A.gate.data(), F);
+    gemm(false, true, N, F, d, 1.0f, A.a2.data(), d, W.wu, d, 0.0f, A.up.data(), F);
+    glu_forward(N * F, c.act, A.gate.data(), A.up.data(), A.g.data());
+    gemm(false, true, N, d, F, 1.0f, A.g.data(), F, W.wd, F, 0.0f, A.mo.data(), d);
+    if (gemma) {
+      rmsnorm_forward(N, d, A.mo.data(), W.mlp_out_norm, c.norm_eps, true, out, A.rstd_pf.data());
+      for (int64_t i = 0; i < N * d; i++) out[i] += xm[i];
+    } else {
+      const float* mo = A.mo.data();
+      for (int64_t i = 0; i < N * d; i++) out[i] = xm[i] + mo[i];
+    }
+  }
+  rmsnorm_forward(N, d, x_final_.data(), P + off_norm_, c.norm_eps, gemma, h_final_.data(), rstd_f_.data());
+}
+
+void Model::forward(const int32_t* ids, int64_t B, int64_t T) {
+  cache_mode_ = false;
+  ensure_acts(B, T);
+  have_head_grad_ = false;
+  run_layers(ids, B, T, true, 0);
+}
+
+double Model::head_loss(const int32_t* targets, const float* weights, int32_t ignore_index, double normalizer,
+                        bool backward, float* row_loss, double* counted, int64_t chunk) {
+  const ModelConfig& c = cfg_;
+  const int64_t N = N_, d = c.d, V = c.vocab;
+  if (N == 0) fail("head_loss called before forward");
+  double wsum = 0.0;
+  for (int64_t i = 0; i < N; i++) {
+    if (targets[i] == ignore_index) continue;
+    if (targets[i] < 0 || targets[i] >= V)
+      fail("target id " + std::to_string(targets[i]) + " at position " + std::to_string(i) +
+           " is outside the vocabulary [0, " + std::to_string(V) + ")");
+    wsum += weights ? (double)weights[i] : 1.0;
+  }
+  if (counted) *counted = wsum;
+  const double norm = normalizer > 0 ? normalizer : wsum;
+  const float* Wh = params_.data() + off_head_;
+  float* gWh = grads_.data() + off_head_;
+  const bool head_trainable = trainable_at(params_.data() + off_head_);
+  chunk = std::max<int64_t>(1, std::min(chunk, N));
+  std::vector<float> buf((size_t)(chunk * V)), wchunk((size_t)chunk), lrow((size_t)chunk);
+  double total = 0.0;
+  for (int64_t r0 = 0; r0 < N; r0 += chunk) {
+    const int64_t n = std::min(chunk, N - r0);
+    const float* h = h_final_.data() + r0 * d;
+    gemm(false, true, n, V, d, 1.0f, h, d, Wh, d, 0.0f, buf.data(), V);
+    for (int64_t i = 0; i < n; i++) {
+      const float w = weights ? weights[r0 + i] : 1.0f;
+      wchunk[(size_t)i] = norm > 0 ? (float)(w / norm) : 0.0f;
+    }
+    cross_entropy(n, V, buf.data(), V, targets + r0, ignore_index, c.final_softcap, wchunk.data(), lrow.data(),
+                  backward ? buf.data() : nullptr);
+    for (int64_t i = 0; i < n; i++) {
+      if (row_loss) row_loss[r0 + i] = lrow[(size_t)i];
+      if (targets[r0 + i] != ignore_index) total += (double)lrow[(size_t)i] * (weights ? (double)weights[r0 + i] : 1.0);
+    }
+    if (backward) {
+      gemm(false, false, n, d, V, 1.0f, buf.data(), V, Wh, d, 0.0f, dh_final_.data() + r0 * d, d);
+      if (head_trainable) gemm(true, false, V, d, n, 1.0f, buf.data(), V, h, d, 1.0f, gWh, d);
+    }
+  }
+  if (backward) have_head_grad_ = true;
+  return norm > 0 ? total / norm : 0.0;
+}
+
+void Model::logits(const int64_t* rows_sel, int64_t n_sel, float* out) {
+  const int64_t d = cfg_.d, V = cfg_.vocab;
+  std::vector<float> h;
+  const float* src = h_final_.data();
+  if (rows_sel) {
+    h.resize((size_t)(n_sel * d));
+    for (int64_t i = 0; i < n_sel; i++) {
+      if (rows_sel[i] < 0 || rows_sel[i] >= N_) fail("logits: row " + std::to_string(rows_sel[i]) + " out of range");
+      std::memcpy(h.data() + i * d, h_final_.data() + rows_sel[i] * d, sizeof(float) * (size_t)d);
+    }
+    src = h.data();
+  } else {
+    n_sel = N_;
+  }
+  gemm(false, true, n_sel, V, d, 1.0f, src, d, params_.data() + off_head_, d, 0.0f, out, V);
+  if (cfg_.final_softcap > 0) {
+    const float cap = cfg_.final_softcap;
+    for (int64_t i = 0; i < n_sel * V; i++) out[i] = cap * std::tanh(out[i] / cap);
+  }
+}
+
+const float* Model::hidden(int64_t l) const {
+  if (l < 0 || l >= cfg_.n_layers) fail("hidden: layer " + std::to_string(l) + " out of range");
+  return l + 1 < cfg_.n_layers ? acts_[(size_t)l + 1].x_in.data() : x_final_.data();
+}
+
+void Model::backward(bool use_head, const std::vector<const float*>& hidden_grads) {
+  const ModelConfig& c = cfg_;
+  const bool gemma = c.family == Family::gemma2;
+  const int64_t N = N_, d = c.d, hd = c.head_dim, Hq = c.n_heads, Hkv = c.n_kv_heads;
+  const int64_t qd = Hq * hd, kvd = Hkv * hd, F = c.ffn, T = T_, B = B_;
+  if (cache_mode_ || N == 0) fail("backward needs a training forward first");
+  if (use_head && !have_head_grad_) fail("backward: head_loss(backward=true) was not called after forward");
+  float* P = params_.data();
+  float* G = grads_.data();
+  auto gptr = [&](float* p) -> float* { return (p && trainable_at(p)) ? G + (p - P) : nullptr; };
+
+  int top = -1;
+  if (use_head) top = (int)c.n_layers - 1;
+  for (size_t l = 0; l < hidden_grads.size() && l < (size_t)c.n_layers; l++)
+    if (hidden_grads[l]) top = std::max(top, (int)l);
+  if (top < 0) return;
+  const int stop = std::max(0, lowest_trainable_layer());
+  if (stop > top) {
+    // nothing trainable below the gradient sources, except maybe the final norm (handled below)
+  }
+  const size_t n = (size_t)N;
+  dx_.assign(n * d, 0.0f);
+  dmo_.resize(n * d);
+  dbig1_.resize(n * std::max(F, qd));
+  dbig2_.resize(n * F);
+  dq_.resize(n * qd);
+  dk_.resize(n * kvd);
+  dv_.resize(n * kvd);
+  datt_.resize(n * qd);
+  float* dx = dx_.data();
+  if (use_head)
+    rmsnorm_backward(N, d, x_final_.data(), P + off_norm_, rstd_f_.data(), gemma, dh_final_.data(), dx, false,
+                     gptr(P + off_norm_));
+  const float scale = gemma && c.query_pre_attn_scalar > 0 ? 1.0f / std::sqrt(c.query_pre_attn_scalar)
+                                                           : 1.0f / std::sqrt((float)hd);
+  for (int l = top; l >= stop; l--) {
+    if ((size_t)l < hidden_grads.size() && hidden_grads[(size_t)l]) {
+      const float* hg = hidden_grads[(size_t)l];
+      for (int64_t i = 0; i < N * d; i++) dx[i] += hg[i];
+    }
+    Acts& A = acts_[(size_t)l];
+    const LayerParams W = layer(P, l);
+    // ---- MLP block: out = x_mid + [norm](g · Wdᵀ)
+    const float* dmo = dx;
+    if (gemma) {
+      rmsnorm_backward(N, d, A.mo.data(), W.mlp_out_norm, A.rstd_pf.data(), true, dx, dmo_.data(), false,
+                       gptr(W.mlp_out_norm));
+      dmo = dmo_.data();
+    }
+    float* dgate = dbig1_.data();
+    float* dup = dbig2_.data();
+    gemm(false, false, N, F, d, 1.0f, dmo, d, W.wd, F, 0.0f, dgate, F);  // dg = dmo · Wd
+    if (float* g = gptr(W.wd)) gemm(true, false, d, F, N, 1.0f, dmo, d, A.g.data(), F, 1.0f, g, F);
+    glu_backward(N * F, c.act, A.gate.data(), A.up.data(), dgate, dgate, dup);
+    float* da = dmo_.data();  // reuse: da2 [N, d]
+    gemm(false, false, N, d, F, 1.0f, dgate, F, W.wg, d, 0.0f, da, d);
+    gemm(false, false, N, d, F, 1.0f, dup, F, W.wu, d, 1.0f, da, d);
+    if (float* g = gptr(W.wg)) gemm(true, false, F, d, N, 1.0f, dgate, F, A.a2.data(), d, 1.0f, g, d);
+    if (float* g = gptr(W.wu)) gemm(true, false, F, d, N, 1.0f, dup, F, A.a2.data(), d, 1.0f, g, d);
+    rmsnorm_backward(N, d, A.x_mid.data(), W.mlp_in_norm, A.rstd2.data(), gemma, da, dx, true, gptr(W.mlp_in_norm));
+    // ---- attention block: x_mid = x_in + [norm](att · Woᵀ)
+    const float* dao = dx;
+    if (gemma) {
+      rmsnorm_backward(N, d, A.ao.data(), W.attn_out_norm, A.rstd_pa.data(), true, dx, dmo_.data(), false,
+                       gptr(W.attn_out_norm));
+      dao = dmo_.data();
+    }
+    gemm(false, false, N, qd, d, 1.0f, dao, d, W.wo, qd, 0.0f, datt_.data(), qd);
+    if (float* g = gptr(W.wo)) gemm(true, false, d, qd, N, 1.0f, dao, d, A.att.data(), qd, 1.0f, g, qd);
+    AttnDims dims;
+    dims.B = B;
+    dims.Tq = T;
+    dims.Tk = T;
+    dims.Hq = Hq;
+    dims.Hkv = Hkv;
+    dims.D = hd;
+    dims.q_offset = 0;
+    dims.kv_bstride = T * kvd;
+    dims.window = (gemma && c.sliding_window > 0 && l % 2 == 0) ? c.sliding_window : 0;
+    dims.scale = scale;
+    dims.softcap = gemma ? c.attn_softcap : 0.0f;
+    attention_backward(dims, A.q.data(), A.k.data(), A.v.data(), A.att.data(), datt_.data(), A.lse.data(),
+                       dq_.data(), dk_.data(), dv_.data());
+    rope_apply(B, T, Hq, hd, dq_.data(), rope_cos_.data(), rope_sin_.data(), 0, true);
+    rope_apply(B, T, Hkv, hd, dk_.data(), rope_cos_.data(), rope_sin_.data(), 0, true);
+    da = dmo_.data();  // da1 [N, d]
+    gemm(false, false, N, d, qd, 1.0f, dq_.data(), qd, W.wq, d, 0.0f, da, d);
+    gemm(false, false, N, d, kvd, 1.0f, dk_.data(), kvd, W.wk, d, 1.0f, da, d);
+    gemm(false, false, N, d, kvd, 1.0f, dv_.data(), kvd, W.wv, d, 1.0f, da, d);
+    if (float* g = gptr(W.wq)) gemm(true, false, qd, d, N, 1.0f, dq_.data(), qd, A.a1.data(), d, 1.0f, g, d);
+    if (float* g = gptr(W.wk)) gemm(true, false, kvd, d, N, 1.0f, dk_.data(), kvd, A.a1.data(), d, 1.0f, g, d);
+    if (float* g = gptr(W.wv)) gemm(true, false, kvd, d, N, 1.0f, dv_.data(), kvd, A.a1.data(), d, 1.0f, g, d);
+    rmsnorm_backward(N, d, A.x_in.data(), W.in_norm, A.rstd1.data(), gemma, da, dx, true, gptr(W.in_norm));
+  }
+  if (stop == 0) {
+    if (float* g = gptr(P + off_embed_)) {
+      const float emb_scale = gemma ? (float)std::sqrt((double)d) : 1.0f;
+      embedding_backward(N, d, ids_.data(), dx, emb_scale, g);
+    }
+  }
+  have_head_grad_ = false;
+}
+
+void Model::zero_grad() { std::fill(grads_.begin(), grads_.end(), 0.0f); }
+
+double Model::grad_norm() const {
+  double s = 0.0;
+  for (const auto& t : tensors_)
+    if (!t.frozen) s += sum_squares(t.numel, grads_.data() + t.offset);
+  return std::sqrt(s);
+}
+
+void Model::ensure_moments() {
+  if (m_.size() != params_.size()) {
+    m_.assign(params_.size(), 0.0f);
+    v_.assign(params_.size(), 0.0f);
+  }
+}
+
+void Model::adamw(const AdamWParams& p) {
+  ensure_moments();
+  adam_step_++;
+  for (const auto& t : tensors_) {
+    if (t.frozen) continue;
+    AdamWParams q = p;
+    q.step = adam_step_;
+    if (!t.decay) q.weight_decay = 0.0f;
+    adamw_update(t.numel, params_.data() + t.offset, grads_.data() + t.offset, m_.data() + t.offset,
+                 v_.data() + t.offset, q);
+  }
+}
+
+void Model::cache_begin(int64_t B, int64_t capacity) {
+  if (B <= 0 || capacity <= 0) fail("cache_begin: batch and capacity must be positive");
+  if (capacity > cfg_.max_pos)
+    fail("generation length " + std::to_string(capacity) + " exceeds max_position_embeddings " +
+         std::to_string(cfg_.max_pos));
+  const int64_t kvd = cfg_.n_kv_heads * cfg_.head_dim;
+  kcache_.assign((size_t)cfg_.n_layers, std::vector<float>((size_t)(B * capacity * kvd)));
+  vcache_.assign((size_t)cfg_.n_layers, std::vector<float>((size_t)(B * capacity * kvd)));
+  cache_B_ = B;
+  cache_cap_ = capacity;
+  cache_pos_ = 0;
+}
+
+void Model::cache_step(const int32_t* ids, int64_t T, float* out_last_logits) {
+  if (cache_B_ == 0) fail("cache_step before cache_begin");
+  if (cache_pos_ + T > cache_cap_)
+    fail("KV cache full: position " + std::to_string(cache_pos_ + T) + " > capacity " + std::to_string(cache_cap_));
+  cache_mode_ = true;
+  ensure_acts(cache_B_, T);
+  run_layers(ids, cache_B_, T, false, cache_pos_);
+  cache_pos_ += T;
+  std::vector<int64_t> rows((size_t)cache_B_);
+  for (int64_t b = 0; b < cache_B_; b++) rows[(size_t)b] = b * T + T - 1;
+  logits(rows.data(), cache_B_, out_last_logits);
+}
+
+}  // namespace undo

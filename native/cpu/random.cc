@@ -1,0 +1,68 @@
+// Philox4x32-10 (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3", SC'11).
+#include "random.h"
+
+#include <cmath>
+
+#include "isa.h"
+
+namespace undo {
+
+void philox4x32(uint64_t seed, uint64_t stream, uint64_t index, uint32_t out[4]) {
+  uint32_t c0 = (uint32_t)index, c1 = (uint32_t)(index >> 32), c2 = (uint32_t)stream, c3 = (uint32_t)(stream >> 32);
+  uint32_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
+  for (int round = 0; round < 10; round++) {
+    const uint64_t p0 = (uint64_t)0xD2511F53u * c0;
+    const uint64_t p1 = (uint64_t)0xCD9E8D57u * c2;
+    const uint32_t n0 = (uint32_t)(p1 >> 32) ^ c1 ^ k0;
+    const uint32_t n1 = (uint32_t)p1;
+    const uint32_t n2 = (uint32_t)(p0 >> 32) ^ c3 ^ k1;
+    const uint32_t n3 = (uint32_t)p0;
+    c0 = n0; c1 = n1; c2 = n2; c3 = n3;
+    k0 += 0x9E3779B9u;
+    k1 += 0xBB67AE85u;
+  }
+  out[0] = c0; out[1] = c1; out[2] = c2; out[3] = c3;
+}
+
+uint64_t stream_of(const char* name) {
+  uint64_t h = 1469598103934665603ull;
+  for (const unsigned char* p = (const unsigned char*)name; *p; p++) {
+    h ^= *p;
+    h *= 1099511628211ull;
+  }
+  return h;
+}
+
+static inline double to_unit_open(uint32_t a, uint32_t b) {
+  // 53-bit uniform in (0, 1)
+  const uint64_t bits = ((uint64_t)a << 21) ^ (uint64_t)b;
+  return ((double)(bits & ((1ull << 53) - 1)) + 0.5) / 9007199254740992.0;
+}
+
+void fill_normal(float* x, int64_t n, uint64_t seed, uint64_t stream, float mean, float std) {
+#pragma omp parallel for num_threads(num_threads()) schedule(static) if (n > 65536)
+  for (int64_t pair = 0; pair < (n + 1) / 2; pair++) {
+    uint32_t r[4];
+    philox4x32(seed, stream, (uint64_t)pair, r);
+    const double u1 = to_unit_open(r[0], r[1]), u2 = to_unit_open(r[2], r[3]);
+    const double rad = std::sqrt(-2.0 * std::log(u1));
+    const double ang = 6.283185307179586 * u2;
+    const int64_t i = pair * 2;
+    x[i] = (float)(mean + std * rad * std::cos(ang));
+    if (i + 1 < n) x[i + 1] = (float)(mean + std * rad * std::sin(ang));
+  }
+}
+
+void fill_uniform(float* x, int64_t n, uint64_t seed, uint64_t stream, float lo, float hi) {
+#pragma omp parallel for num_threads(num_threads()) schedule(static) if (n > 65536)
+  for (int64_t quad = 0; quad < (n + 3) / 4; quad++) {
+    uint32_t r[4];
+    philox4x32(seed, stream, (uint64_t)quad, r);
+    for (int j = 0; j < 4; j++) {
+      const int64_t i = quad * 4 + j;
+      if (i < n) x[i] = lo + (hi - lo) * (float)(((double)r[j] + 0.5) / 4294967296.0);
+    }
+  }
+}
+
+}  // namespace undo

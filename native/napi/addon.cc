@@ -1,0 +1,657 @@
+// N-API glue: thin wrappers that check argument types and sizes, then call the kernels (native/cpu) or the
+// Model. Heavy Model work runs on the libuv pool (Task below) and returns a Promise; the JS side keeps
+// the typed arrays it passed alive through `keep`. Kernel entry points are synchronous (tests, benches).
+#include <napi.h>
+
+#include <cmath>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "adamw.h"
+#include "attention.h"
+#include "cross_entropy.h"
+#include "embedding.h"
+#include "glu.h"
+#include "isa.h"
+#include "matmul.h"
+#include "model.h"
+#include "random.h"
+#include "rmsnorm.h"
+#include "rope.h"
+
+namespace {
+
+using undo::Model;
+
+// ---------- argument helpers
+
+[[noreturn]] void type_error(Napi::Env env, const std::string& msg) { throw Napi::TypeError::New(env, msg); }
+
+Napi::Float32Array f32(const Napi::CallbackInfo& info, size_t i, const char* what, size_t min_len,
+                       bool nullable = false) {
+  Napi::Env env = info.Env();
+  if (nullable && (info[i].IsNull() || info[i].IsUndefined())) return Napi::Float32Array();
+  if (!info[i].IsTypedArray() || info[i].As<Napi::TypedArray>().TypedArrayType() != napi_float32_array)
+    type_error(env, std::string(what) + " must be a Float32Array");
+  auto a = info[i].As<Napi::Float32Array>();
+  if (a.ElementLength() < min_len)
+    type_error(env, std::string(what) + " has " + std::to_string(a.ElementLength()) + " elements, needs " +
+                        std::to_string(min_len));
+  return a;
+}
+
+Napi::Int32Array i32(const Napi::CallbackInfo& info, size_t i, const char* what, size_t min_len, bool nullable = false) {
+  Napi::Env env = info.Env();
+  if (nullable && (info[i].IsNull() || info[i].IsUndefined())) return Napi::Int32Array();
+  if (!info[i].IsTypedArray() || info[i].As<Napi::TypedArray>().TypedArrayType() != napi_int32_array)
+    type_error(env, std::string(what) + " must be an Int32Array");
+  auto a = info[i].As<Napi::Int32Array>();
+  if (a.ElementLength() < min_len)
+    type_error(env, std::string(what) + " has " + std::to_string(a.ElementLength()) + " elements, needs " +
+                        std::to_string(min_len));
+  return a;
+}
+
+float* data(Napi::Float32Array a) { return a.IsEmpty() ? nullptr : a.Data(); }
+int32_t* data(Napi::Int32Array a) { return a.IsEmpty() ? nullptr : a.Data(); }
+
+int64_t num(const Napi::CallbackInfo& info, size_t i, const char* what) {
+  if (!info[i].IsNumber()) type_error(info.Env(), std::string(what) + " must be a number");
+  return info[i].As<Napi::Number>().Int64Value();
+}
+double dbl(const Napi::CallbackInfo& info, size_t i, const char* what) {
+  if (!info[i].IsNumber()) type_error(info.Env(), std::string(what) + " must be a number");
+  return info[i].As<Napi::Number>().DoubleValue();
+}
+bool flag(const Napi::CallbackInfo& info, size_t i) { return info[i].ToBoolean().Value(); }
+
+double field(Napi::Object o, const char* name, double dflt, bool required = false) {
+  Napi::Value v = o.Get(name);
+  if (v.IsUndefined() || v.IsNull()) {
+    if (required) throw Napi::TypeError::New(o.Env(), std::string("missing field ") + name);
+    return dflt;
+  }
+  if (!v.IsNumber()) throw Napi::TypeError::New(o.Env(), std::string("field ") + name + " must be a number");
+  return v.As<Napi::Number>().DoubleValue();
+}
+
+// ---------- ISA and threads
+
+Napi::Value SupportedIsas(const Napi::CallbackInfo& info) {
+  Napi::Array out = Napi::Array::New(info.Env());
+  uint32_t n = 0;
+  for (auto isa : {undo::Isa::generic, undo::Isa::avx2, undo::Isa::avx512})
+    if (undo::isa_supported(isa)) out.Set(n++, undo::isa_name(isa));
+  return out;
+}
+Napi::Value GetIsa(const Napi::CallbackInfo& info) { return Napi::String::New(info.Env(), undo::isa_name(undo::active_isa())); }
+Napi::Value BestIsa(const Napi::CallbackInfo& info) { return Napi::String::New(info.Env(), undo::isa_name(undo::best_isa())); }
+Napi::Value SetIsa(const Napi::CallbackInfo& info) {
+  std::string name = info[0].ToString();
+  undo::Isa isa;
+  if (!undo::parse_isa(name.c_str(), &isa))
+    throw Napi::Error::New(info.Env(), "unknown ISA '" + name + "' (expected generic, avx2 or avx512)");
+  if (!undo::isa_supported(isa))
+    throw Napi::Error::New(info.Env(), "ISA '" + name + "' is not supported by this CPU");
+  undo::set_isa(isa);
+  return info.Env().Undefined();
+}
+Napi::Value SetThreads(const Napi::CallbackInfo& info) {
+  undo::set_num_threads((int)num(info, 0, "threads"));
+  return info.Env().Undefined();
+}
+Napi::Value GetThreads(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), undo::num_threads()); }
+
+// ---------- kernels (synchronous; for tests, benches and small library calls)
+
+Napi::Value Gemm(const Napi::CallbackInfo& info) {
+  const bool ta = flag(info, 0), tb = flag(info, 1);
+  const int64_t M = num(info, 2, "M"), N = num(info, 3, "N"), K = num(info, 4, "K");
+  const float alpha = (float)dbl(info, 5, "alpha");
+  const int64_t lda = num(info, 7, "lda"), ldb = num(info, 9, "ldb"), ldc = num(info, 12, "ldc");
+  const float beta = (float)dbl(info, 10, "beta");
+  if (M < 0 || N < 0 || K < 0) type_error(info.Env(), "gemm: negative dimension");
+  const int64_t arows = ta ? K : M, acols = ta ? M : K, brows = tb ? N : K, bcols = tb ? K : N;
+  if (lda < acols || ldb < bcols || ldc < N) type_error(info.Env(), "gemm: leading dimension too small");
+  auto need = [](int64_t rows, int64_t cols, int64_t ld) { return rows == 0 || cols == 0 ? 0 : (size_t)((rows - 1) * ld + cols); };
+  auto A = f32(info, 6, "A", need(arows, acols, lda));
+  auto B = f32(info, 8, "B", need(brows, bcols, ldb));
+  auto C = f32(info, 11, "C", need(M, N, ldc));
+  undo::gemm(ta, tb, M, N, K, alpha, A.Data(), lda, B.Data(), ldb, beta, C.Data(), ldc);
+  return info.Env().Undefined();
+}
+
+undo::AttnDims attn_dims(Napi::Object o) {
+  undo::AttnDims d;
+  d.B = (int64_t)field(o, "B", 0, true);
+  d.Tq = (int64_t)field(o, "Tq", 0, true);
+  d.Tk = (int64_t)field(o, "Tk", (double)d.Tq);
+  d.Hq = (int64_t)field(o, "Hq", 0, true);
+  d.Hkv = (int64_t)field(o, "Hkv", (double)d.Hq);
+  d.D = (int64_t)field(o, "D", 0, true);
+  d.q_offset = (int64_t)field(o, "qOffset", 0);
+  d.kv_bstride = (int64_t)field(o, "kvBstride", (double)(d.Tk * d.Hkv * d.D));
+  d.window = (int64_t)field(o, "window", 0);
+  d.scale = (float)field(o, "scale", 1.0 / std::sqrt((double)d.D));
+  d.softcap = (float)field(o, "softcap", 0);
+  if (d.B <= 0 || d.Tq <= 0 || d.Tk <= 0 || d.Hq <= 0 || d.Hkv <= 0 || d.D <= 0 || d.Hq % d.Hkv)
+    throw Napi::TypeError::New(o.Env(), "attention: bad dims");
+  return d;
+}
+
+Napi::Value AttentionForward(const Napi::CallbackInfo& info) {
+  auto d = attn_dims(info[0].As<Napi::Object>());
+  const size_t nq = (size_t)(d.B * d.Tq * d.Hq * d.D);
+  const size_t nkv = (size_t)((d.B - 1) * d.kv_bstride + d.Tk * d.Hkv * d.D);
+  auto q = f32(info, 1, "q", nq), k = f32(info, 2, "k", nkv), v = f32(info, 3, "v", nkv), out = f32(info, 4, "out", nq);
+  auto lse = f32(info, 5, "lse", (size_t)(d.B * d.Hq * d.Tq), true);
+  undo::attention_forward(d, q.Data(), k.Data(), v.Data(), out.Data(), data(lse));
+  return info.Env().Undefined();
+}
+
+Napi::Value AttentionBackward(const Napi::CallbackInfo& info) {
+  auto d = attn_dims(info[0].As<Napi::Object>());
+  if (d.Tq != d.Tk || d.q_offset != 0 || d.kv_bstride != d.Tk * d.Hkv * d.D)
+    type_error(info.Env(), "attentionBackward needs Tq == Tk, qOffset 0 and packed k/v");
+  const size_t nq = (size_t)(d.B * d.Tq * d.Hq * d.D), nkv = (size_t)(d.B * d.Tk * d.Hkv * d.D);
+  auto q = f32(info, 1, "q", nq), k = f32(info, 2, "k", nkv), v = f32(info, 3, "v", nkv);
+  auto out = f32(info, 4, "out", nq), dout = f32(info, 5, "dout", nq), lse = f32(info, 6, "lse", (size_t)(d.B * d.Hq * d.Tq));
+  auto dq = f32(info, 7, "dq", nq), dk = f32(info, 8, "dk", nkv), dv = f32(info, 9, "dv", nkv);
+  undo::attention_backward(d, q.Data(), k.Data(), v.Data(), out.Data(), dout.Data(), lse.Data(), dq.Data(), dk.Data(),
+                           dv.Data());
+  return info.Env().Undefined();
+}
+
+// rmsnormForward(rows, dim, x, w, eps, unitOffset, y, rstd|null)
+Napi::Value RmsnormForward(const Napi::CallbackInfo& info) {
+  const int64_t rows = num(info, 0, "rows"), dim = num(info, 1, "dim");
+  const size_t n = (size_t)(rows * dim);
+  auto x = f32(info, 2, "x", n), w = f32(info, 3, "w", (size_t)dim), y = f32(info, 6, "y", n);
+  auto rstd = f32(info, 7, "rstd", (size_t)rows, true);
+  undo::rmsnorm_forward(rows, dim, x.Data(), w.Data(), (float)dbl(info, 4, "eps"), flag(info, 5), y.Data(), data(rstd));
+  return info.Env().Undefined();
+}
+// rmsnormBackward(rows, dim, x, w, rstd, unitOffset, dy, dx, accumulate, dw|null)
+Napi::Value RmsnormBackward(const Napi::CallbackInfo& info) {
+  const int64_t rows = num(info, 0, "rows"), dim = num(info, 1, "dim");
+  const size_t n = (size_t)(rows * dim);
+  auto x = f32(info, 2, "x", n), w = f32(info, 3, "w", (size_t)dim), rstd = f32(info, 4, "rstd", (size_t)rows);
+  auto dy = f32(info, 6, "dy", n), dx = f32(info, 7, "dx", n), dw = f32(info, 9, "dw", (size_t)dim, true);
+  undo::rmsnorm_backward(rows, dim, x.Data(), w.Data(), rstd.Data(), flag(info, 5), dy.Data(), dx.Data(), flag(info, 8),
+                         data(dw));
+  return info.Env().Undefined();
+}
+// ropeApply(B, T, H, D, x, theta, posOffset, inverse)
+Napi::Value RopeApply(const Napi::CallbackInfo& info) {
+  const int64_t B = num(info, 0, "B"), T = num(info, 1, "T"), H = num(info, 2, "H"), D = num(info, 3, "D");
+  auto x = f32(info, 4, "x", (size_t)(B * T * H * D));
+  const double theta = dbl(info, 5, "theta");
+  const int64_t off = num(info, 6, "posOffset");
+  if (D % 2) type_error(info.Env(), "ropeApply: D must be even");
+  std::vector<float> c((size_t)((off + T) * D / 2)), s(c.size());
+  undo::rope_tables(off + T, D, theta, c.data(), s.data());
+  undo::rope_apply(B, T, H, D, x.Data(), c.data(), s.data(), off, flag(info, 7));
+  return info.Env().Undefined();
+}
+undo::GluKind glu_kind(const Napi::CallbackInfo& info, size_t i) {
+  std::string k = info[i].ToString();
+  if (k == "swiglu") return undo::GluKind::swiglu;
+  if (k == "geglu") return undo::GluKind::geglu;
+  throw Napi::TypeError::New(info.Env(), "unknown GLU kind '" + k + "' (swiglu|geglu)");
+}
+// gluForward(kind, gate, up, out)
+Napi::Value GluForward(const Napi::CallbackInfo& info) {
+  auto kind = glu_kind(info, 0);
+  auto gate = f32(info, 1, "gate", 0);
+  const size_t n = gate.ElementLength();
+  auto up = f32(info, 2, "up", n), out = f32(info, 3, "out", n);
+  undo::glu_forward((int64_t)n, kind, gate.Data(), up.Data(), out.Data());
+  return info.Env().Undefined();
+}
+// gluBackward(kind, gate, up, dout, dgate, dup)
+Napi::Value GluBackward(const Napi::CallbackInfo& info) {
+  auto kind = glu_kind(info, 0);
+  auto gate = f32(info, 1, "gate", 0);
+  const size_t n = gate.ElementLength();
+  auto up = f32(info, 2, "up", n), dout = f32(info, 3, "dout", n), dg = f32(info, 4, "dgate", n), du = f32(info, 5, "dup", n);
+  undo::glu_backward((int64_t)n, kind, gate.Data(), up.Data(), dout.Data(), dg.Data(), du.Data());
+  return info.Env().Undefined();
+}
+// embeddingForward(rows, dim, ids, table, scale, out) / embeddingBackward(rows, dim, ids, dout, scale, dtable)
+Napi::Value EmbeddingForward(const Napi::CallbackInfo& info) {
+  const int64_t rows = num(info, 0, "rows"), dim = num(info, 1, "dim");
+  auto ids = i32(info, 2, "ids", (size_t)rows);
+  auto table = f32(info, 3, "table", 0);
+  const int64_t vocab = (int64_t)table.ElementLength() / dim;
+  const int32_t* idp = ids.Data();
+  for (int64_t r = 0; r < rows; r++)
+    if (idp[r] < 0 || idp[r] >= vocab) type_error(info.Env(), "embedding: id " + std::to_string(idp[r]) + " out of range");
+  auto out = f32(info, 5, "out", (size_t)(rows * dim));
+  undo::embedding_forward(rows, dim, ids.Data(), table.Data(), (float)dbl(info, 4, "scale"), out.Data());
+  return info.Env().Undefined();
+}
+Napi::Value EmbeddingBackward(const Napi::CallbackInfo& info) {
+  const int64_t rows = num(info, 0, "rows"), dim = num(info, 1, "dim");
+  auto ids = i32(info, 2, "ids", (size_t)rows);
+  auto dout = f32(info, 3, "dout", (size_t)(rows * dim));
+  auto dtable = f32(info, 5, "dtable", 0);
+  const int64_t vocab = (int64_t)dtable.ElementLength() / dim;
+  const int32_t* idp = ids.Data();
+  for (int64_t r = 0; r < rows; r++)
+    if (idp[r] < 0 || idp[r] >= vocab) type_error(info.Env(), "embedding: id " + std::to_string(idp[r]) + " out of range");
+  undo::embedding_backward(rows, dim, ids.Data(), dout.Data(), (float)dbl(info, 4, "scale"), dtable.Data());
+  return info.Env().Undefined();
+}
+// crossEntropy(rows, vocab, logits, targets, ignoreIndex, softcap, weights|null, loss, dlogits|null)
+Napi::Value CrossEntropy(const Napi::CallbackInfo& info) {
+  const int64_t rows = num(info, 0, "rows"), vocab = num(info, 1, "vocab");
+  auto logits = f32(info, 2, "logits", (size_t)(rows * vocab));
+  auto targets = i32(info, 3, "targets", (size_t)rows);
+  const int32_t ignore = (int32_t)num(info, 4, "ignoreIndex");
+  const int32_t* tp = targets.Data();
+  for (int64_t r = 0; r < rows; r++)
+    if (tp[r] != ignore && (tp[r] < 0 || tp[r] >= vocab))
+      type_error(info.Env(), "crossEntropy: target " + std::to_string(tp[r]) + " out of range");
+  auto weights = f32(info, 6, "weights", (size_t)rows, true);
+  auto loss = f32(info, 7, "loss", (size_t)rows);
+  auto dl = f32(info, 8, "dlogits", (size_t)(rows * vocab), true);
+  undo::cross_entropy(rows, vocab, logits.Data(), vocab, targets.Data(), ignore, (float)dbl(info, 5, "softcap"),
+                      data(weights), loss.Data(), data(dl));
+  return info.Env().Undefined();
+}
+// adamwUpdate(param, grad, m, v, {lr, beta1, beta2, eps, weightDecay, gradScale, step})
+Napi::Value AdamwUpdate(const Napi::CallbackInfo& info) {
+  auto p = f32(info, 0, "param", 0);
+  const size_t n = p.ElementLength();
+  auto g = f32(info, 1, "grad", n), m = f32(info, 2, "m", n), v = f32(info, 3, "v", n);
+  Napi::Object o = info[4].As<Napi::Object>();
+  undo::AdamWParams h{(float)field(o, "lr", 0, true), (float)field(o, "beta1", 0.9), (float)field(o, "beta2", 0.999),
+                      (float)field(o, "eps", 1e-8), (float)field(o, "weightDecay", 0.0), (float)field(o, "gradScale", 1.0),
+                      (int64_t)field(o, "step", 0, true)};
+  undo::adamw_update((int64_t)n, p.Data(), g.Data(), m.Data(), v.Data(), h);
+  return info.Env().Undefined();
+}
+Napi::Value SumSquares(const Napi::CallbackInfo& info) {
+  auto x = f32(info, 0, "x", 0);
+  return Napi::Number::New(info.Env(), undo::sum_squares((int64_t)x.ElementLength(), x.Data()));
+}
+// fillRandom(out, seed, streamName, 'normal'|'uniform', a, b)
+Napi::Value FillRandom(const Napi::CallbackInfo& info) {
+  auto x = f32(info, 0, "out", 0);
+  const uint64_t seed = (uint64_t)num(info, 1, "seed");
+  std::string stream = info[2].ToString(), kind = info[3].ToString();
+  const float a = (float)dbl(info, 4, "a"), b = (float)dbl(info, 5, "b");
+  if (kind == "normal")
+    undo::fill_normal(x.Data(), (int64_t)x.ElementLength(), seed, undo::stream_of(stream.c_str()), a, b);
+  else if (kind == "uniform")
+    undo::fill_uniform(x.Data(), (int64_t)x.ElementLength(), seed, undo::stream_of(stream.c_str()), a, b);
+  else
+    type_error(info.Env(), "fillRandom: kind must be normal or uniform");
+  return info.Env().Undefined();
+}
+
+// ---------- asynchronous tasks
+
+// Runs `work` on the libuv pool under the model's mutex; resolves with `done()` on the JS thread.
+class Task : public Napi::AsyncWorker {
+ public:
+  Task(Napi::Env env, std::shared_ptr<Model> model, std::function<void()> work,
+       std::function<Napi::Value(Napi::Env)> done, std::vector<Napi::Value> keep)
+      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), model_(std::move(model)),
+        work_(std::move(work)), done_(std::move(done)) {
+    for (auto& v : keep)
+      if (v.IsObject()) keep_.push_back(Napi::Persistent(v.As<Napi::Object>()));
+  }
+  Napi::Promise promise() { return deferred_.Promise(); }
+  void Execute() override {
+    try {
+      std::lock_guard<std::mutex> lock(model_->mutex());
+      work_();
+    } catch (const std::exception& e) {
+      SetError(e.what());
+    }
+  }
+  void OnOK() override {
+    Napi::HandleScope scope(Env());
+    try {
+      deferred_.Resolve(done_ ? done_(Env()) : Env().Undefined());
+    } catch (const Napi::Error& e) {
+      deferred_.Reject(e.Value());
+    }
+  }
+  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  std::shared_ptr<Model> model_;
+  std::function<void()> work_;
+  std::function<Napi::Value(Napi::Env)> done_;
+  std::vector<Napi::ObjectReference> keep_;
+};
+
+Napi::Promise run_task(Napi::Env env, std::shared_ptr<Model> m, std::function<void()> work,
+                       std::function<Napi::Value(Napi::Env)> done, std::vector<Napi::Value> keep) {
+  auto* t = new Task(env, std::move(m), std::move(work), std::move(done), std::move(keep));
+  Napi::Promise p = t->promise();
+  t->Queue();
+  return p;
+}
+
+// ---------- Model
+
+class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
+ public:
+  static Napi::Function Init(Napi::Env env) {
+    return DefineClass(env, "NativeModel",
+                       {InstanceMethod("tensors", &ModelWrap::Tensors), InstanceMethod("params", &ModelWrap::Params),
+                        InstanceMethod("grads", &ModelWrap::Grads), InstanceMethod("adamM", &ModelWrap::AdamM),
+                        InstanceMethod("adamV", &ModelWrap::AdamV), InstanceMethod("adamStep", &ModelWrap::AdamStep),
+                        InstanceMethod("setAdamStep", &ModelWrap::SetAdamStep), InstanceMethod("init", &ModelWrap::Init_),
+                        InstanceMethod("setFrozen", &ModelWrap::SetFrozen), InstanceMethod("setDecay", &ModelWrap::SetDecay),
+                        InstanceMethod("forward", &ModelWrap::Forward), InstanceMethod("headLoss", &ModelWrap::HeadLoss),
+                        InstanceMethod("backward", &ModelWrap::Backward), InstanceMethod("trainStep", &ModelWrap::TrainStep),
+                        InstanceMethod("logits", &ModelWrap::Logits), InstanceMethod("hidden", &ModelWrap::Hidden),
+                        InstanceMethod("zeroGrad", &ModelWrap::ZeroGrad), InstanceMethod("gradNorm", &ModelWrap::GradNorm),
+                        InstanceMethod("adamw", &ModelWrap::Adamw), InstanceMethod("cacheBegin", &ModelWrap::CacheBegin),
+                        InstanceMethod("cacheStep", &ModelWrap::CacheStep)});
+  }
+
+  ModelWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<ModelWrap>(info) {
+    Napi::Env env = info.Env();
+    if (!info[0].IsObject()) type_error(env, "NativeModel(config): config must be an object");
+    Napi::Object o = info[0].As<Napi::Object>();
+    undo::ModelConfig c;
+    std::string fam = o.Get("family").ToString();
+    if (fam == "llama") c.family = undo::Family::llama;
+    else if (fam == "gemma2") c.family = undo::Family::gemma2;
+    else type_error(env, "unknown model family '" + fam + "'");
+    c.vocab = (int64_t)field(o, "vocabSize", 0, true);
+    c.d = (int64_t)field(o, "hiddenSize", 0, true);
+    c.n_layers = (int64_t)field(o, "numLayers", 0, true);
+    c.n_heads = (int64_t)field(o, "numHeads", 0, true);
+    c.n_kv_heads = (int64_t)field(o, "numKvHeads", 0, true);
+    c.head_dim = (int64_t)field(o, "headDim", 0, true);
+    c.ffn = (int64_t)field(o, "intermediateSize", 0, true);
+    c.max_pos = (int64_t)field(o, "maxPositions", 2048);
+    c.norm_eps = (float)field(o, "rmsNormEps", 1e-5);
+    c.rope_theta = field(o, "ropeTheta", 10000.0);
+    c.tied = o.Get("tieWordEmbeddings").ToBoolean().Value();
+    c.attn_softcap = (float)field(o, "attnLogitSoftcapping", 0);
+    c.final_softcap = (float)field(o, "finalLogitSoftcapping", 0);
+    c.query_pre_attn_scalar = (float)field(o, "queryPreAttnScalar", 0);
+    c.sliding_window = (int64_t)field(o, "slidingWindow", 0);
+    std::string act = o.Get("activation").ToString();
+    if (act == "silu") c.act = undo::GluKind::swiglu;
+    else if (act == "gelu_tanh") c.act = undo::GluKind::geglu;
+    else type_error(env, "unknown activation '" + act + "' (silu|gelu_tanh)");
+    try {
+      model_ = std::make_shared<Model>(c);
+    } catch (const std::exception& e) {
+      throw Napi::Error::New(env, e.what());
+    }
+    Napi::MemoryManagement::AdjustExternalMemory(env, model_->num_params() * 8);
+  }
+
+ private:
+  std::shared_ptr<Model> model_;
+
+  Napi::Value Tensors(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    Napi::Array arr = Napi::Array::New(env);
+    uint32_t i = 0;
+    for (const auto& t : model_->tensors()) {
+      Napi::Object o = Napi::Object::New(env);
+      o.Set("name", t.name);
+      Napi::Array shape = Napi::Array::New(env);
+      for (uint32_t j = 0; j < t.shape.size(); j++) shape.Set(j, Napi::Number::New(env, (double)t.shape[j]));
+      o.Set("shape", shape);
+      o.Set("offset", Napi::Number::New(env, (double)t.offset));
+      o.Set("numel", Napi::Number::New(env, (double)t.numel));
+      o.Set("frozen", Napi::Boolean::New(env, t.frozen));
+      arr.Set(i++, o);
+    }
+    return arr;
+  }
+  Napi::Value view(Napi::Env env, float* p) {
+    const size_t n = (size_t)model_->num_params();
+    // External buffer over the model's own memory: the JS Model object keeps this wrapper alive.
+    auto ab = Napi::ArrayBuffer::New(env, p, n * sizeof(float));
+    return Napi::Float32Array::New(env, n, ab, 0);
+  }
+  Napi::Value Params(const Napi::CallbackInfo& info) { return view(info.Env(), model_->params()); }
+  Napi::Value Grads(const Napi::CallbackInfo& info) { return view(info.Env(), model_->grads()); }
+  Napi::Value AdamM(const Napi::CallbackInfo& info) { return view(info.Env(), model_->adam_m()); }
+  Napi::Value AdamV(const Napi::CallbackInfo& info) { return view(info.Env(), model_->adam_v()); }
+  Napi::Value AdamStep(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), (double)model_->adam_step()); }
+  Napi::Value SetAdamStep(const Napi::CallbackInfo& info) {
+    model_->set_adam_step(num(info, 0, "step"));
+    return info.Env().Undefined();
+  }
+  Napi::Value Init_(const Napi::CallbackInfo& info) {
+    const uint64_t seed = (uint64_t)num(info, 0, "seed");
+    std::string scheme = info[1].ToString();
+    const float std = (float)dbl(info, 2, "std");
+    try {
+      std::lock_guard<std::mutex> lock(model_->mutex());
+      model_->init(seed, scheme, std);
+    } catch (const std::exception& e) {
+      throw Napi::Error::New(info.Env(), e.what());
+    }
+    return info.Env().Undefined();
+  }
+  int tensor_arg(const Napi::CallbackInfo& info) {
+    const int64_t i = num(info, 0, "tensor index");
+    if (i < 0 || i >= (int64_t)model_->tensors().size()) type_error(info.Env(), "tensor index out of range");
+    return (int)i;
+  }
+  Napi::Value SetFrozen(const Napi::CallbackInfo& info) {
+    model_->set_frozen(tensor_arg(info), flag(info, 1));
+    return info.Env().Undefined();
+  }
+  Napi::Value SetDecay(const Napi::CallbackInfo& info) {
+    model_->set_decay(tensor_arg(info), flag(info, 1));
+    return info.Env().Undefined();
+  }
+  // forward(ids Int32Array, B, T) → Promise<void>
+  Napi::Value Forward(const Napi::CallbackInfo& info) {
+    const int64_t B = num(info, 1, "B"), T = num(info, 2, "T");
+    if (B <= 0 || T <= 0) type_error(info.Env(), "forward: B and T must be positive");
+    auto ids = i32(info, 0, "ids", (size_t)(B * T));
+    auto m = model_;
+    int32_t* p = ids.Data();
+    return run_task(info.Env(), m, [m, p, B, T] { m->forward(p, B, T); }, nullptr, {info[0]});
+  }
+  struct LossOut {
+    double loss = 0, counted = 0;
+  };
+  static Napi::Value loss_value(Napi::Env env, const LossOut& r) {
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("loss", Napi::Number::New(env, r.loss));
+    o.Set("counted", Napi::Number::New(env, r.counted));
+    return o;
+  }
+  // headLoss(targets, weights|null, ignoreIndex, normalizer, backward, rowLoss|null) → Promise<{loss, counted}>
+  Napi::Value HeadLoss(const Napi::CallbackInfo& info) {
+    const size_t N = (size_t)model_->rows();
+    auto targets = i32(info, 0, "targets", N);
+    auto weights = f32(info, 1, "weights", N, true);
+    const int32_t ignore = (int32_t)num(info, 2, "ignoreIndex");
+    const double normalizer = dbl(info, 3, "normalizer");
+    const bool bwd = flag(info, 4);
+    auto row_loss = f32(info, 5, "rowLoss", N, true);
+    auto m = model_;
+    auto r = std::make_shared<LossOut>();
+    int32_t* tp = targets.Data();
+    float *wp = data(weights), *rp = data(row_loss);
+    return run_task(
+        info.Env(), m, [=] { r->loss = m->head_loss(tp, wp, ignore, normalizer, bwd, rp, &r->counted); },
+        [r](Napi::Env env) { return loss_value(env, *r); }, {info[0], info[1], info[5]});
+  }
+  std::vector<const float*> hidden_grads(const Napi::CallbackInfo& info, size_t i, std::vector<Napi::Value>* keep) {
+    std::vector<const float*> hg;
+    if (info[i].IsArray()) {
+      Napi::Array a = info[i].As<Napi::Array>();
+      const size_t need = (size_t)(model_->rows() * model_->config().d);
+      for (uint32_t l = 0; l < a.Length(); l++) {
+        Napi::Value v = a.Get(l);
+        if (v.IsNull() || v.IsUndefined()) {
+          hg.push_back(nullptr);
+          continue;
+        }
+        if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_float32_array ||
+            v.As<Napi::Float32Array>().ElementLength() < need)
+          type_error(info.Env(), "hiddenGrads[" + std::to_string(l) + "] must be a Float32Array of rows×hidden");
+        hg.push_back(v.As<Napi::Float32Array>().Data());
+        keep->push_back(v);
+      }
+    }
+    return hg;
+  }
+  // backward(useHead, hiddenGrads: (Float32Array|null)[] | null) → Promise<void>
+  Napi::Value Backward(const Napi::CallbackInfo& info) {
+    const bool use_head = flag(info, 0);
+    std::vector<Napi::Value> keep;
+    auto hg = hidden_grads(info, 1, &keep);
+    auto m = model_;
+    return run_task(info.Env(), m, [m, use_head, hg] { m->backward(use_head, hg); }, nullptr, keep);
+  }
+  // trainStep(ids, targets, B, T, weights|null, normalizer, ignoreIndex) → Promise<{loss, counted}>:
+  // forward, fused head + cross-entropy, backward, in one task. Gradients accumulate.
+  Napi::Value TrainStep(const Napi::CallbackInfo& info) {
+    const int64_t B = num(info, 2, "B"), T = num(info, 3, "T");
+    if (B <= 0 || T <= 0) type_error(info.Env(), "trainStep: B and T must be positive");
+    const size_t N = (size_t)(B * T);
+    auto ids = i32(info, 0, "ids", N);
+    auto targets = i32(info, 1, "targets", N);
+    auto weights = f32(info, 4, "weights", N, true);
+    const double normalizer = dbl(info, 5, "normalizer");
+    const int32_t ignore = (int32_t)num(info, 6, "ignoreIndex");
+    auto m = model_;
+    auto r = std::make_shared<LossOut>();
+    int32_t *ip = ids.Data(), *tp = targets.Data();
+    float* wp = data(weights);
+    return run_task(
+        info.Env(), m,
+        [=] {
+          m->forward(ip, B, T);
+          r->loss = m->head_loss(tp, wp, ignore, normalizer, true, nullptr, &r->counted);
+          m->backward(true, {});
+        },
+        [r](Napi::Env env) { return loss_value(env, *r); }, {info[0], info[1], info[4]});
+  }
+  // logits(rows: Int32Array|null) → Promise<Float32Array [n, V]> for the rows of the last forward
+  Napi::Value Logits(const Napi::CallbackInfo& info) {
+    auto m = model_;
+    std::vector<int64_t> rows;
+    if (!(info[0].IsNull() || info[0].IsUndefined())) {
+      auto r = i32(info, 0, "rows", 0);
+      for (size_t i = 0; i < r.ElementLength(); i++) rows.push_back(r.Data()[i]);
+    } else {
+      for (int64_t i = 0; i < m->rows(); i++) rows.push_back(i);
+    }
+    const size_t V = (size_t)m->config().vocab;
+    auto out = std::make_shared<std::vector<float>>(rows.size() * V);
+    return run_task(
+        info.Env(), m, [m, rows, out] { m->logits(rows.data(), (int64_t)rows.size(), out->data()); },
+        [out](Napi::Env env) {
+          auto a = Napi::Float32Array::New(env, out->size());
+          std::memcpy(a.Data(), out->data(), out->size() * sizeof(float));
+          return a;
+        },
+        {});
+  }
+  // hidden(l) → Float32Array copy [rows, d] of layer l's output from the last forward
+  Napi::Value Hidden(const Napi::CallbackInfo& info) {
+    const int64_t l = num(info, 0, "layer");
+    std::lock_guard<std::mutex> lock(model_->mutex());
+    const float* h;
+    try {
+      h = model_->hidden(l);
+    } catch (const std::exception& e) {
+      throw Napi::Error::New(info.Env(), e.what());
+    }
+    const size_t n = (size_t)(model_->rows() * model_->config().d);
+    auto a = Napi::Float32Array::New(info.Env(), n);
+    std::memcpy(a.Data(), h, n * sizeof(float));
+    return a;
+  }
+  Napi::Value ZeroGrad(const Napi::CallbackInfo& info) {
+    std::lock_guard<std::mutex> lock(model_->mutex());
+    model_->zero_grad();
+    return info.Env().Undefined();
+  }
+  Napi::Value GradNorm(const Napi::CallbackInfo& info) {
+    std::lock_guard<std::mutex> lock(model_->mutex());
+    return Napi::Number::New(info.Env(), model_->grad_norm());
+  }
+  // adamw({lr, beta1, beta2, eps, weightDecay, gradScale}) → Promise<void>
+  Napi::Value Adamw(const Napi::CallbackInfo& info) {
+    Napi::Object o = info[0].As<Napi::Object>();
+    undo::AdamWParams h{(float)field(o, "lr", 0, true), (float)field(o, "beta1", 0.9), (float)field(o, "beta2", 0.999),
+                        (float)field(o, "eps", 1e-8), (float)field(o, "weightDecay", 0.0),
+                        (float)field(o, "gradScale", 1.0), 0};
+    auto m = model_;
+    return run_task(info.Env(), m, [m, h] { m->adamw(h); }, nullptr, {});
+  }
+  Napi::Value CacheBegin(const Napi::CallbackInfo& info) {
+    const int64_t B = num(info, 0, "B"), cap = num(info, 1, "capacity");
+    std::lock_guard<std::mutex> lock(model_->mutex());
+    try {
+      model_->cache_begin(B, cap);
+    } catch (const std::exception& e) {
+      throw Napi::Error::New(info.Env(), e.what());
+    }
+    return info.Env().Undefined();
+  }
+  // cacheStep(ids Int32Array [B·T], T) → Promise<Float32Array [B, V]> (logits of each row's last position)
+  Napi::Value CacheStep(const Napi::CallbackInfo& info) {
+    const int64_t T = num(info, 1, "T");
+    auto m = model_;
+    auto ids = i32(info, 0, "ids", 0);
+    if (T <= 0 || ids.ElementLength() % (size_t)T) type_error(info.Env(), "cacheStep: ids length must be B·T");
+    const int64_t B = (int64_t)ids.ElementLength() / T;
+    const size_t V = (size_t)m->config().vocab;
+    auto out = std::make_shared<std::vector<float>>((size_t)B * V);
+    int32_t* p = ids.Data();
+    return run_task(
+        info.Env(), m, [m, p, T, out] { m->cache_step(p, T, out->data()); },
+        [out](Napi::Env env) {
+          auto a = Napi::Float32Array::New(env, out->size());
+          std::memcpy(a.Data(), out->data(), out->size() * sizeof(float));
+          return a;
+        },
+        {info[0]});
+  }
+};
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("supportedIsas", Napi::Function::New(env, SupportedIsas));
+  exports.Set("getIsa", Napi::Function::New(env, GetIsa));
+  exports.Set("bestIsa", Napi::Function::New(env, BestIsa));
+  exports.Set("setIsa", Napi::Function::New(env, SetIsa));
+  exports.Set("setThreads", Napi::Function::New(env, SetThreads));
+  exports.Set("getThreads", Napi::Function::New(env, GetThreads));
+  exports.Set("gemm", Napi::Function::New(env, Gemm));
+  exports.Set("attentionForward", Napi::Function::New(env, AttentionForward));
+  exports.Set("attentionBackward", Napi::Function::New(env, AttentionBackward));
+  exports.Set("rmsnormForward", Napi::Function::New(env, RmsnormForward));
+  exports.Set("rmsnormBackward", Napi::Function::New(env, RmsnormBackward));
+  exports.Set("ropeApply", Napi::Function::New(env, RopeApply));
+  exports.Set("gluForward", Napi::Function::New(env, GluForward));
+  exports.Set("gluBackward", Napi::Function::New(env, GluBackward));
+  exports.Set("embeddingForward", Napi::Function::New(env, EmbeddingForward));
+  exports.Set("embeddingBackward", Napi::Function::New(env, EmbeddingBackward));
+  exports.Set("crossEntropy", Napi::Function::New(env, CrossEntropy));
+  exports.Set("adamwUpdate", Napi::Function::New(env, AdamwUpdate));
+  exports.Set("sumSquares", Napi::Function::New(env, SumSquares));
+  exports.Set("fillRandom", Napi::Function::New(env, FillRandom));
+  exports.Set("NativeModel", ModelWrap::Init(env));
+  return exports;
+}
+
+}  // namespace
+
+NODE_API_MODULE(undo_native, Init)
