@@ -24,6 +24,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <vector>
+#include <sys/resource.h>
 
 #include "isa.h"
 #include "matmul.h"
@@ -207,6 +208,14 @@ static int check_all() {
   return nfail;
 }
 
+static double cpu_s() {  // process CPU time (user + system)
+  struct rusage ru;
+  getrusage(RUSAGE_SELF, &ru);
+  return (double)ru.ru_utime.tv_sec + 1e-6 * (double)ru.ru_utime.tv_usec + (double)ru.ru_stime.tv_sec +
+         1e-6 * (double)ru.ru_stime.tv_usec;
+}
+static double g_last_cpu_share = 0;  // CPU seconds per wall second during the best timed run
+
 static double now_s() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
@@ -232,10 +241,11 @@ static double bench_one(GemmFn fn, const char* form, int64_t d, double run_s = 0
   int iters = (int)(run_s / (one > 1e-6 ? one : 1e-6)) + 1;
   double best = 1e30;
   for (int r = 0; r < 3; r++) {
+    const double c0 = cpu_s();
     t0 = now_s();
     for (int i = 0; i < iters; i++) once();
-    const double t = (now_s() - t0) / iters;
-    if (t < best) best = t;
+    const double wall = now_s() - t0, t = wall / iters;
+    if (t < best) best = t, g_last_cpu_share = (cpu_s() - c0) / wall;
   }
   return 2.0 * (double)M * (double)N * (double)K / best * 1e-9;
 }
@@ -259,7 +269,8 @@ int main(int argc, char** argv) {
         std::printf("%-7s %s", e.name, f);
         for (int64_t d : ds) {
           if (only_d && only_d != d) continue;
-          std::printf("  d=%-4ld %7.1f", (long)d, bench_one(e.fn, f, d));
+          const double g = bench_one(e.fn, f, d);
+          std::printf("  d=%-4ld %7.1f (cpu %.2f)", (long)d, g, g_last_cpu_share);
           std::fflush(stdout);
         }
         std::printf("  GFLOP/s\n");

@@ -1,0 +1,63 @@
+/**
+ * Evaluation: greedy exact-match accuracy on the arithmetic task (per operation and form), and the mean
+ * next-token cross-entropy of a text under a model.
+ */
+import { UndoError } from './errors';
+import { generateIds } from './generate';
+import { Model } from './model';
+import { arithmeticEvalSet, ArithmeticScore, isCorrect, Op, scoreArithmetic } from './tasks/arithmetic';
+
+export interface ArithmeticEvalOptions {
+  ops?: readonly Op[];
+  perForm?: number;
+  seed?: number;
+  maxNewTokens?: number;
+}
+
+/** Greedy generation on the held-out eval prompts; an answer counts when it parses to the right number. */
+export async function evalArithmetic(model: Model, opts: ArithmeticEvalOptions = {}): Promise<ArithmeticScore> {
+  const items = arithmeticEvalSet({ ops: opts.ops, perForm: opts.perForm ?? 100, seed: opts.seed ?? 42 });
+  const prompts = items.map((it) => model.tokenizer.encode(it.prompt, { bos: true }));
+  const gen = await generateIds(model, prompts, { maxNewTokens: opts.maxNewTokens ?? 6, batchSize: 128 });
+  const results = items.map((it, i) => ({
+    op: it.op,
+    form: it.form,
+    correct: isCorrect(model.tokenizer.decode(gen[i], { skipSpecial: true }), it.answer),
+  }));
+  return scoreArithmetic(results);
+}
+
+/** Flatten a score into metric names like "add/equation". */
+export function arithmeticMetrics(s: ArithmeticScore): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const [op, sc] of Object.entries(s.perOp)) {
+    if (sc.n === 0) continue;
+    out[`${op}/equation`] = sc.equation;
+    out[`${op}/word_problem`] = sc.word_problem;
+  }
+  if (Number.isFinite(s.retain)) out.retain = s.retain;
+  if (Number.isFinite(s.forget)) out.forget = s.forget;
+  return out;
+}
+
+/**
+ * Mean per-token cross-entropy (nats) of `text` under the model: tokenized with the model's tokenizer, BOS
+ * prepended, every next-token prediction counted. Texts longer than the context are scored in consecutive
+ * windows (each window starts fresh at position 0).
+ */
+export async function evalTextLoss(model: Model, text: string, window = Math.min(model.config.maxPositions, 1024)): Promise<{ loss: number; tokens: number }> {
+  const ids = model.tokenizer.encode(text, { bos: true });
+  if (ids.length < 2) throw new UndoError('the text is empty: nothing to predict');
+  let total = 0;
+  let count = 0;
+  for (let start = 0; start + 1 < ids.length; start += window) {
+    const T = Math.min(window, ids.length - 1 - start);
+    const inp = ids.subarray(start, start + T);
+    const tgt = ids.subarray(start + 1, start + T + 1);
+    await model.native.forward(Int32Array.from(inp), 1, T);
+    const r = await model.native.headLoss(Int32Array.from(tgt), null, -100, 0, false, null);
+    total += r.loss * r.counted;
+    count += r.counted;
+  }
+  return { loss: total / count, tokens: count };
+}

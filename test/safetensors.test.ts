@@ -1,0 +1,277 @@
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
+import { UndoError } from '../lib/errors';
+import {
+  readSafetensors,
+  readSafetensorsHeader,
+  writeSafetensors,
+  encodeSafetensors,
+  serializeSafetensors,
+  parseSafetensors,
+  float32ToBf16Bits,
+  bf16BitsToFloat32,
+} from '../lib/safetensors';
+
+const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'undo-st-'));
+test.after(() => fs.rmSync(tmp, { recursive: true, force: true }));
+
+/** Build a safetensors file by hand: `header` is serialised as-is (no validation). */
+function rawFile(name: string, header: unknown, data: Buffer, opts: { pad?: boolean } = {}): string {
+  let json = Buffer.from(typeof header === 'string' ? header : JSON.stringify(header), 'utf8');
+  if (opts.pad ?? true) {
+    const pad = (8 - (json.length % 8)) % 8;
+    json = Buffer.concat([json, Buffer.alloc(pad, 0x20)]);
+  }
+  const len = Buffer.alloc(8);
+  len.writeBigUInt64LE(BigInt(json.length));
+  const p = path.join(tmp, name);
+  fs.writeFileSync(p, Buffer.concat([len, json, data]));
+  return p;
+}
+
+/** Assert that fn throws an UndoError whose message contains every fragment. */
+function throwsUndo(fn: () => unknown, ...fragments: string[]): UndoError {
+  try {
+    fn();
+  } catch (e) {
+    assert.instance(e, UndoError, `expected UndoError, got ${e}`);
+    for (const f of fragments) assert.ok((e as Error).message.includes(f), `message "${(e as Error).message}" lacks "${f}"`);
+    return e as UndoError;
+  }
+  assert.unreachable('expected an error');
+  throw new Error('unreachable');
+}
+
+function f32(...v: number[]): Float32Array {
+  return new Float32Array(v);
+}
+
+test('round trip of F32 / BF16 / I32 / U8 with odd shapes and metadata', () => {
+  const a = new Float32Array(3 * 5 * 7);
+  for (let i = 0; i < a.length; i++) a[i] = Math.sin(i * 1.3) * 100 + i / 7;
+  // bf16-exact values (8 significant bits) survive unchanged.
+  const b = f32(1, -2, 0.5, 3.140625, -0, 65280, 1.5, 2 ** -20, -1024, 0.09375, 7, 255);
+  const c = Int32Array.from([0, 1, -1, 2147483647, -2147483648, 12345, -777, 42, 9, 10, 11]);
+  const u = Uint8Array.from([0, 7, 255]);
+  const empty = new Float32Array(0);
+  const p = path.join(tmp, 'roundtrip.safetensors');
+  writeSafetensors(p, {
+    'layer.weight': { dtype: 'F32', shape: [3, 5, 7], data: a },
+    'b16': { dtype: 'BF16', shape: [2, 3, 2], data: b },
+    'ids': { dtype: 'I32', shape: [11], data: c },
+    'mask': { dtype: 'U8', shape: [1, 3], data: u },
+    'zero': { dtype: 'F32', shape: [4, 0], data: empty },
+  }, { format: 'pt', note: 'héllo' });
+
+  const f = readSafetensors(p);
+  assert.equal(f.metadata, { format: 'pt', note: 'héllo' });
+  assert.equal(f.names(), ['b16', 'ids', 'layer.weight', 'mask', 'zero']);
+  const w = f.get('layer.weight');
+  assert.is(w.dtype, 'F32');
+  assert.equal(w.shape, [3, 5, 7]);
+  assert.instance(w.data, Float32Array);
+  assert.equal(Array.from(w.data), Array.from(a));
+  assert.equal(Array.from(f.readTensorF32('layer.weight', [3, 5, 7])), Array.from(a));
+
+  const bt = f.get('b16');
+  assert.is(bt.dtype, 'BF16');
+  assert.equal(bt.shape, [2, 3, 2]);
+  assert.instance(bt.data, Float32Array);
+  assert.equal(Array.from(bt.data), Array.from(b));
+  assert.ok(Object.is(bt.data[4], -0), 'negative zero preserved');
+
+  const it = f.get('ids');
+  assert.instance(it.data, Int32Array);
+  assert.equal(Array.from(it.data), Array.from(c));
+  assert.equal(Array.from(f.get('mask').data), [0, 7, 255]);
+  assert.instance(f.get('mask').data, Uint8Array);
+  assert.equal(f.get('zero').shape, [4, 0]);
+  assert.is(f.get('zero').data.length, 0);
+
+  // Byte-level layout: 8-aligned header padded with spaces, tensors sorted, contiguous offsets.
+  const raw = fs.readFileSync(p);
+  const n = Number(raw.readBigUInt64LE(0));
+  assert.is((8 + n) % 8, 0);
+  const headerText = raw.subarray(8, 8 + n).toString('utf8');
+  assert.ok(/^\{.*\} *$/.test(headerText));
+  const header = JSON.parse(headerText);
+  assert.equal(Object.keys(header), ['__metadata__', 'b16', 'ids', 'layer.weight', 'mask', 'zero']);
+  assert.equal(header.b16, { dtype: 'BF16', shape: [2, 3, 2], data_offsets: [0, 24] });
+  assert.equal(header.ids.data_offsets, [24, 68]);
+  assert.equal(header['layer.weight'].data_offsets, [68, 68 + 420]);
+  assert.equal(header.mask.data_offsets, [488, 491]);
+  assert.equal(header.zero.data_offsets, [491, 491]);
+  assert.is(raw.length, 8 + n + 491);
+  // F32 data stored little-endian.
+  assert.is(raw.readFloatLE(8 + n + 68), a[0]);
+  assert.is(raw.readFloatLE(8 + n + 68 + 4 * 10), a[10]);
+
+  // The header-only reader agrees.
+  const h = readSafetensorsHeader(p);
+  assert.is(h.headerLength, n);
+  assert.equal(h.tensors.get('ids'), { dtype: 'I32', shape: [11], dataOffsets: [24, 68] });
+  assert.equal(h.metadata.format, 'pt');
+
+  // No temp files left behind by the atomic write.
+  assert.equal(fs.readdirSync(tmp).filter((x) => x.includes('.tmp-')), []);
+});
+
+test('bf16 rounds to nearest, ties to even', () => {
+  // 1 + 2^-8 is exactly halfway between bf16 1.0 (0x3F80) and 1.0078125 (0x3F81): tie -> even 0x3F80.
+  // 1 + 3*2^-8 is halfway between 0x3F81 and 0x3F82: tie -> even 0x3F82 = 1.015625.
+  // 1 + 2^-8 + 2^-12 is just above halfway: rounds up to 1.0078125.
+  // pi = 0x40490FDB: low half 0x0FDB < 0x8000 -> 0x4049 = 3.140625.
+  // 0.1 = 0x3DCCCCCD: low half 0xCCCD > 0x8000 -> 0x3DCD = 0.10009765625.
+  const src = f32(1 + 2 ** -8, 1 + 3 * 2 ** -8, 1 + 2 ** -8 + 2 ** -12, Math.PI, 0.1, -(1 + 2 ** -8), 3.4028234663852886e38);
+  const bits = float32ToBf16Bits(src);
+  assert.equal(Array.from(bits), [0x3f80, 0x3f82, 0x3f81, 0x4049, 0x3dcd, 0xbf80, 0x7f80 /* max f32 rounds to +inf */]);
+  assert.equal(Array.from(bf16BitsToFloat32(bits)), [1, 1.015625, 1.0078125, 3.140625, 0.10009765625, -1, Infinity]);
+
+  const nan = float32ToBf16Bits(f32(NaN, Infinity, -Infinity));
+  assert.ok(Number.isNaN(bf16BitsToFloat32(nan)[0]));
+  assert.equal(Array.from(nan.subarray(1)), [0x7f80, 0xff80]);
+
+  // Through a file: raw stored bytes are the rounded bf16 patterns, read back as float32.
+  const p = path.join(tmp, 'bf16.safetensors');
+  writeSafetensors(p, { x: { dtype: 'BF16', shape: [5], data: src.subarray(0, 5) } });
+  const raw = fs.readFileSync(p);
+  const start = 8 + Number(raw.readBigUInt64LE(0));
+  assert.equal([0, 1, 2, 3, 4].map((i) => raw.readUInt16LE(start + 2 * i)), [0x3f80, 0x3f82, 0x3f81, 0x4049, 0x3dcd]);
+  assert.equal(Array.from(readSafetensors(p).readTensorF32('x')), [1, 1.015625, 1.0078125, 3.140625, 0.10009765625]);
+});
+
+test('F16 and I64 are converted; I64 out of int32 range is an error', () => {
+  const half = Buffer.alloc(12);
+  [0x3c00, 0xc000, 0x7bff, 0x0001, 0x7c00, 0x3555].forEach((h, i) => half.writeUInt16LE(h, 2 * i));
+  const i64 = Buffer.alloc(32);
+  [5n, -3n, 2147483647n, -2147483648n].forEach((v, i) => i64.writeBigInt64LE(v, 8 * i));
+  const p = rawFile('f16i64.safetensors', {
+    h: { dtype: 'F16', shape: [2, 3], data_offsets: [0, 12] },
+    q: { dtype: 'I64', shape: [4], data_offsets: [12, 44] },
+  }, Buffer.concat([half, i64]));
+  const f = readSafetensors(p);
+  assert.equal(Array.from(f.readTensorF32('h')), [1, -2, 65504, 2 ** -24, Infinity, Math.fround(0.333251953125)]);
+  assert.instance(f.get('q').data, Int32Array);
+  assert.equal(Array.from(f.get('q').data), [5, -3, 2147483647, -2147483648]);
+  throwsUndo(() => f.readTensorF32('q'), 'f16i64.safetensors', '"q"', 'I64');
+  throwsUndo(() => f.get('nope'), 'f16i64.safetensors', 'nope');
+
+  const big = Buffer.alloc(16);
+  big.writeBigInt64LE(1n, 0);
+  big.writeBigInt64LE(2147483648n, 8);
+  const p2 = rawFile('i64big.safetensors', { big: { dtype: 'I64', shape: [2], data_offsets: [0, 16] } }, big);
+  throwsUndo(() => readSafetensors(p2), 'i64big.safetensors', '"big"', '2147483648');
+});
+
+test('unaligned data section is copied into aligned Float32Array', () => {
+  // Header of 10 bytes without padding: data starts at byte 18, not 4-byte aligned.
+  const header = '{"a":{"dtype":"F32","shape":[3],"data_offsets":[0,12]}}';
+  const data = Buffer.alloc(12);
+  [1.5, -2.25, 1e-3].forEach((v, i) => data.writeFloatLE(v, 4 * i));
+  const p = rawFile('unaligned.safetensors', header, data, { pad: false });
+  assert.is((8 + Buffer.byteLength(header)) % 4 !== 0, true);
+  const a = readSafetensors(p).readTensorF32('a');
+  assert.equal(Array.from(a), [1.5, -2.25, Math.fround(1e-3)]);
+  assert.is(a.byteOffset % 4, 0);
+});
+
+test('corrupt files raise errors naming the file (and tensor)', () => {
+  const good = path.join(tmp, 'good.safetensors');
+  writeSafetensors(good, {
+    alpha: { dtype: 'F32', shape: [2, 3], data: f32(1, 2, 3, 4, 5, 6) },
+    beta: { dtype: 'I32', shape: [2], data: Int32Array.from([7, 8]) },
+  });
+  const bytes = fs.readFileSync(good);
+
+  // Missing file.
+  throwsUndo(() => readSafetensors(path.join(tmp, 'missing.safetensors')), 'missing.safetensors', 'not found');
+
+  // Truncated file: the last tensor's data is cut.
+  const trunc = path.join(tmp, 'trunc.safetensors');
+  fs.writeFileSync(trunc, bytes.subarray(0, bytes.length - 4));
+  throwsUndo(() => readSafetensors(trunc), 'trunc.safetensors', 'truncated', '"beta"');
+
+  // Shorter than the 8-byte prefix.
+  const tiny = path.join(tmp, 'tiny.safetensors');
+  fs.writeFileSync(tiny, Buffer.from([1, 2, 3]));
+  throwsUndo(() => readSafetensors(tiny), 'tiny.safetensors', '3 bytes');
+
+  // Header length larger than the file.
+  const badLen = path.join(tmp, 'badlen.safetensors');
+  const copy = Buffer.from(bytes);
+  copy.writeBigUInt64LE(BigInt(bytes.length * 10), 0);
+  fs.writeFileSync(badLen, copy);
+  throwsUndo(() => readSafetensors(badLen), 'badlen.safetensors', 'header length');
+  throwsUndo(() => readSafetensorsHeader(badLen), 'badlen.safetensors', 'header length');
+
+  // Header that is not JSON.
+  const badJson = rawFile('badjson.safetensors', '{"alpha": {"dtype": "F32", ', Buffer.alloc(0));
+  throwsUndo(() => readSafetensors(badJson), 'badjson.safetensors', 'not valid JSON');
+
+  // Unknown dtype.
+  const badDtype = rawFile('baddtype.safetensors', { w: { dtype: 'Q7', shape: [2], data_offsets: [0, 8] } }, Buffer.alloc(8));
+  throwsUndo(() => readSafetensors(badDtype), 'baddtype.safetensors', '"w"', 'Q7');
+
+  // Known but unsupported dtype.
+  const i16 = rawFile('i16.safetensors', { s: { dtype: 'I16', shape: [2], data_offsets: [0, 4] } }, Buffer.alloc(4));
+  throwsUndo(() => readSafetensors(i16), 'i16.safetensors', '"s"', 'I16');
+
+  // Offsets do not match shape * itemsize.
+  const span = rawFile('span.safetensors', { w: { dtype: 'F32', shape: [3], data_offsets: [0, 8] } }, Buffer.alloc(8));
+  throwsUndo(() => readSafetensors(span), 'span.safetensors', '"w"', '12 bytes', 'span 8 bytes');
+
+  // Overlapping tensors.
+  const overlap = rawFile('overlap.safetensors', {
+    a: { dtype: 'F32', shape: [2], data_offsets: [0, 8] },
+    b: { dtype: 'F32', shape: [2], data_offsets: [4, 12] },
+  }, Buffer.alloc(12));
+  throwsUndo(() => readSafetensors(overlap), 'overlap.safetensors', '"b"', 'overlaps', '"a"');
+
+  // Hole between tensors.
+  const hole = rawFile('hole.safetensors', {
+    a: { dtype: 'F32', shape: [1], data_offsets: [0, 4] },
+    b: { dtype: 'F32', shape: [1], data_offsets: [8, 12] },
+  }, Buffer.alloc(12));
+  throwsUndo(() => readSafetensors(hole), 'hole.safetensors', '"b"', 'hole');
+
+  // Trailing garbage.
+  const trailing = rawFile('trailing.safetensors', { a: { dtype: 'F32', shape: [1], data_offsets: [0, 4] } }, Buffer.alloc(9));
+  throwsUndo(() => readSafetensors(trailing), 'trailing.safetensors', 'trailing');
+
+  // Bad shape / offsets fields.
+  const badShape = rawFile('badshape.safetensors', { a: { dtype: 'F32', shape: [-1], data_offsets: [0, 4] } }, Buffer.alloc(4));
+  throwsUndo(() => readSafetensors(badShape), 'badshape.safetensors', '"a"', 'shape');
+  const badOff = rawFile('badoff.safetensors', { a: { dtype: 'F32', shape: [1], data_offsets: [4, 0] } }, Buffer.alloc(4));
+  throwsUndo(() => readSafetensors(badOff), 'badoff.safetensors', '"a"', 'data_offsets');
+
+  // The good file is still fine.
+  assert.equal(Array.from(readSafetensors(good).readTensorF32('alpha')), [1, 2, 3, 4, 5, 6]);
+});
+
+test('writer validates its input and names the tensor', () => {
+  const p = path.join(tmp, 'w.safetensors');
+  throwsUndo(() => writeSafetensors(p, { w: { dtype: 'F32', shape: [2, 2], data: f32(1, 2, 3) } }), 'w.safetensors', '"w"', '4 elements');
+  throwsUndo(() => writeSafetensors(p, { w: { dtype: 'I32', shape: [1], data: f32(1) as unknown as Int32Array } }), '"w"', 'Int32Array');
+  throwsUndo(() => writeSafetensors(p, { w: { dtype: 'F64' as 'F32', shape: [1], data: f32(1) } }), '"w"', 'F64');
+  throwsUndo(() => writeSafetensors(p, { w: { dtype: 'F32', shape: [1.5], data: f32(1) } }), '"w"', 'shape');
+  assert.not.ok(fs.existsSync(p), 'nothing written on error');
+});
+
+test('chunked encoding: F32 tensors are written from views, no copies', () => {
+  const big = new Float32Array(1000).map((_, i) => i * 0.25);
+  const tensors = new Map([
+    ['z', { dtype: 'F32' as const, shape: [1000], data: big }],
+    ['a', { dtype: 'I32' as const, shape: [2], data: Int32Array.from([3, 4]) }],
+  ]);
+  const chunks = encodeSafetensors(tensors);
+  assert.is(chunks.length, 3);
+  assert.ok(chunks[2].buffer === big.buffer, 'F32 chunk shares the caller buffer');
+  const f = parseSafetensors(serializeSafetensors(tensors), 'mem');
+  assert.equal(f.names(), ['a', 'z']);
+  assert.equal(Array.from(f.readTensorF32('z')), Array.from(big));
+});
+
+test.run();
