@@ -16,6 +16,7 @@
 //                                           then GFLOP/s at the training shapes
 //   build/harness/matmul_harness check      correctness only
 //   build/harness/matmul_harness bench [isa] [form] [d]   timing only (form nt|nn|tn, d in 256..2048)
+//   build/harness/matmul_harness shape isa ta tb M N K     timing of one shape
 // UNDO_THREADS sets the thread count (default: all cores).
 #include <chrono>
 #include <cmath>
@@ -220,14 +221,8 @@ static double now_s() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
-// GFLOP/s of one form at M = 4096 rows, K, N = d (tn: M = N = d, K = 4096): best of 3 runs of ~0.3 s each.
-static double bench_one(GemmFn fn, const char* form, int64_t d, double run_s = 0.3) {
-  const int64_t R = 4096;
-  int64_t M, N, K;
-  bool ta = false, tb = false;
-  if (!std::strcmp(form, "nt")) M = R, N = d, K = d, tb = true;
-  else if (!std::strcmp(form, "nn")) M = R, N = d, K = d;
-  else M = d, N = d, K = R, ta = true;
+// GFLOP/s of one gemm shape: best of 3 runs of ~run_s seconds each. beta = 1 when ta (dW accumulates).
+static double bench_shape(GemmFn fn, bool ta, bool tb, int64_t M, int64_t N, int64_t K, double run_s = 0.3) {
   std::vector<float> A((size_t)(M * K)), B((size_t)(K * N)), C((size_t)(M * N));
   for (auto& v : A) v = frand();
   for (auto& v : B) v = frand();
@@ -250,10 +245,28 @@ static double bench_one(GemmFn fn, const char* form, int64_t d, double run_s = 0
   return 2.0 * (double)M * (double)N * (double)K / best * 1e-9;
 }
 
+// One form at M = 4096 rows, K, N = d (tn: M = N = d, K = 4096).
+static double bench_one(GemmFn fn, const char* form, int64_t d) {
+  const int64_t R = 4096;
+  if (!std::strcmp(form, "nt")) return bench_shape(fn, false, true, R, d, d);
+  if (!std::strcmp(form, "nn")) return bench_shape(fn, false, false, R, d, d);
+  return bench_shape(fn, true, false, d, d, R);
+}
+
 int main(int argc, char** argv) {
   const char* mode = argc > 1 ? argv[1] : "all";
   std::printf("threads %d, best isa %s\n", undo::num_threads(), undo::isa_name(undo::best_isa()));
   int fails = 0;
+  if (!std::strcmp(mode, "shape") && argc > 7) {  // shape ISA ta tb M N K
+    for (const IsaEntry& e : kIsas)
+      if (!std::strcmp(argv[2], e.name))
+        std::printf("%s ta=%s tb=%s M=%s N=%s K=%s: %.1f GFLOP/s (cpu %.2f)\n", e.name, argv[3], argv[4], argv[5],
+                    argv[6], argv[7],
+                    bench_shape(e.fn, std::atoi(argv[3]), std::atoi(argv[4]), std::atol(argv[5]), std::atol(argv[6]),
+                                std::atol(argv[7])),
+                    g_last_cpu_share);
+    return 0;
+  }
   if (!std::strcmp(mode, "all") || !std::strcmp(mode, "check")) fails = check_all();
   if (!std::strcmp(mode, "all") || !std::strcmp(mode, "bench")) {
     const char* only_isa = argc > 2 ? argv[2] : nullptr;
