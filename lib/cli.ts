@@ -8,7 +8,7 @@ import { Command, InvalidArgumentError, Option } from 'commander';
 import * as cliProgress from 'cli-progress';
 import { Batcher, loadDocuments, packDocuments, splitTrainVal } from './data';
 import { describeError, UndoError } from './errors';
-import { arithmeticMetrics, evalArithmetic, evalTextLoss } from './evaluate';
+import { arithmeticMetrics, evalArithmetic, evalPackedLoss, evalTextLoss } from './evaluate';
 import { generateText } from './generate';
 import { readJson } from './fsutil';
 import { configFromHF, Model, presetConfig, PRESETS } from './model';
@@ -90,6 +90,7 @@ interface PretrainOpts {
   evalPerForm: number;
   checkpointEvery: number;
   docs: number;
+  wordProblems: number;
   valFraction: number;
   targetAccuracy?: number;
   init: 'normal' | 'xavier';
@@ -122,11 +123,11 @@ async function pretrain(o: PretrainOpts): Promise<void> {
   }
   let docs: string[];
   if (o.data) docs = loadDocuments(o.data);
-  else docs = generateArithmeticCorpus({ ops: o.ops, count: o.docs, seed: o.seed });
+  else docs = generateArithmeticCorpus({ ops: o.ops, count: o.docs, seed: o.seed, wordProblemFraction: o.wordProblems });
   const { train: trainDocs, val: valDocs } = splitTrainVal(docs, o.valFraction, o.seed);
   const packed = packDocuments(tok, trainDocs, o.seqLen, { seed: o.seed });
   const batcher = new Batcher(packed, { batchSize: o.batchSize, seed: o.seed });
-  const valText = valDocs.slice(0, 200).join('\n');
+  const valData = valDocs.length ? packDocuments(tok, valDocs.slice(0, 400), o.seqLen, { seed: o.seed }) : undefined;
   const cfg: TrainConfig = {
     steps: o.steps, gradAccum: o.gradAccum, lr: o.lr, minLr: o.minLr, warmup: o.warmup, schedule: o.schedule,
     weightDecay: o.weightDecay, beta1: 0.9, beta2: 0.95, eps: 1e-8, clip: o.clip, evalEvery: o.evalEvery,
@@ -143,7 +144,7 @@ async function pretrain(o: PretrainOpts): Promise<void> {
   bar?.start(o.steps, 0, { loss: '-', tps: '-' });
   const evaluate = async (): Promise<Record<string, number>> => {
     const m: Record<string, number> = {};
-    if (valText.length > 0) m.val_loss = (await evalTextLoss(model, valText, o.seqLen)).loss;
+    if (valData && valData.count > 0) m.val_loss = (await evalPackedLoss(model, valData)).loss;
     if (o.task === 'arithmetic') Object.assign(m, arithmeticMetrics(await evalArithmetic(model, { ops: o.ops, perForm: o.evalPerForm })));
     return m;
   };
@@ -205,6 +206,7 @@ export function buildProgram(): Command {
       .option('--eval-per-form <n>', 'arithmetic eval problems per operation and form', int('--eval-per-form', 1), 100)
       .option('--checkpoint-every <n>', 'checkpoint every n steps (0 = only at the end)', int('--checkpoint-every', 0), 500)
       .option('--docs <n>', 'arithmetic documents to generate', int('--docs', 1), 200000)
+      .option('--word-problems <x>', 'fraction of arithmetic documents that are word problems', float('--word-problems', 0, 1), 0.5)
       .option('--val-fraction <x>', 'documents held out for validation loss', float('--val-fraction', 0, 0.5), 0.01)
       .option('--target-accuracy <x>', 'stop early once every op reaches this equation accuracy', float('--target-accuracy', 0, 1))
       .addOption(new Option('--init <scheme>', 'weight init').choices(['normal', 'xavier']).default('normal'))

@@ -5,6 +5,7 @@
 import { UndoError } from './errors';
 import { generateIds } from './generate';
 import { Model } from './model';
+import { PackedDataset } from './data';
 import { arithmeticEvalSet, ArithmeticScore, isCorrect, Op, scoreArithmetic } from './tasks/arithmetic';
 
 export interface ArithmeticEvalOptions {
@@ -60,4 +61,25 @@ export async function evalTextLoss(model: Model, text: string, window = Math.min
     count += r.counted;
   }
   return { loss: total / count, tokens: count };
+}
+
+/** Mean next-token cross-entropy over every window of a packed dataset (the validation loss of training). */
+export async function evalPackedLoss(model: Model, data: PackedDataset, batchSize = 16): Promise<{ loss: number; tokens: number }> {
+  let total = 0;
+  let count = 0;
+  const T = data.seqLen;
+  for (let i = 0; i < data.count; i += batchSize) {
+    const B = Math.min(batchSize, data.count - i);
+    const ids = new Int32Array(B * T);
+    const tgt = new Int32Array(B * T);
+    for (let b = 0; b < B; b++) {
+      ids.set(data.inputs(i + b), b * T);
+      tgt.set(data.targets(i + b), b * T);
+    }
+    await model.native.forward(ids, B, T);
+    const r = await model.native.headLoss(tgt, null, -100, 0, false, null);
+    total += r.loss * r.counted;
+    count += r.counted;
+  }
+  return { loss: count ? total / count : NaN, tokens: count };
 }

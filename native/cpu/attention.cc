@@ -480,10 +480,12 @@ static void forward_decode(const AttnDims& d, const float* q, const float* k, co
   const float sc = cap > 0.0f ? d.scale / cap : d.scale;
   const int64_t ntask = B * Hq * Tq;
   const int nt = nthreads_for(ntask);
+  const int64_t per_thread = round_up(Tk, 16) + round_up(D, 16);
+  float* scratch = falloc(nt * per_thread);  // all allocation before the parallel region
 #pragma omp parallel num_threads(nt)
   {
-    float* s = falloc(Tk + 1);
-    float* acc = falloc(D);
+    float* s = scratch + thread_id() * per_thread;
+    float* acc = s + round_up(Tk, 16);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t t = 0; t < ntask; ++t) {
       const int64_t b = t / (Hq * Tq), h = (t / Tq) % Hq, i = t % Tq, g = h / G;
@@ -509,9 +511,8 @@ static void forward_decode(const AttnDims& d, const float* q, const float* k, co
       for (int64_t c = 0; c < D; ++c) orow[c] = acc[c] * inv;
       if (lse) lse[(b * Hq + h) * Tq + i] = m + std::log(l);
     }
-    free(acc);
-    free(s);
   }
+  std::free(scratch);
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -526,11 +527,14 @@ static void forward_tiled(const AttnDims& d, const float* q, const float* k, con
   const int64_t Dp = round_up(D, AT_VL);
   const int64_t Tkp = round_up(Tk, AT_BC_F);  // every key tile reads whole (zero-padded) columns / rows
   const int64_t kt_sz = D * Tkp, vp_sz = Tkp * Dp;
-  float* kt = falloc(B * Hkv * kt_sz);
-  float* vp = falloc(B * Hkv * vp_sz);
   const int64_t nqt = (Tq + AT_BR_F - 1) / AT_BR_F;
   const int64_t ntask = B * Hq * nqt;
   const int nt = nthreads_for(imax(ntask, B * Hkv));
+  // One allocation: packed Kᵀ and V panels, then per-thread S (BR_F × BC_F) and O (BR_F × Dp) tiles.
+  const int64_t per_thread = AT_BR_F * AT_BC_F + AT_BR_F * Dp;
+  float* const kt = falloc(B * Hkv * (kt_sz + vp_sz) + nt * per_thread);
+  float* const vp = kt + B * Hkv * kt_sz;
+  float* const thread_scratch = vp + B * Hkv * vp_sz;
 #pragma omp parallel num_threads(nt)
   {
 #pragma omp for schedule(dynamic, 1)
@@ -540,8 +544,8 @@ static void forward_tiled(const AttnDims& d, const float* q, const float* k, con
       pack_rows(v + b * d.kv_bstride + g * D, Hkv * D, Tk, D, vp + bg * vp_sz, Dp, Tkp);
     }
     // implicit barrier
-    float* S = falloc(AT_BR_F * AT_BC_F);
-    float* O = falloc(AT_BR_F * Dp);
+    float* const S = thread_scratch + thread_id() * per_thread;
+    float* const O = S + AT_BR_F * AT_BC_F;
     float m[AT_BR_F], l[AT_BR_F], alpha[AT_BR_F];
 #pragma omp for schedule(dynamic, 1)
     for (int64_t t = 0; t < ntask; ++t) {
@@ -603,11 +607,8 @@ static void forward_tiled(const AttnDims& d, const float* q, const float* k, con
         }
       }
     }
-    free(O);
-    free(S);
   }
-  free(vp);
-  free(kt);
+  std::free(kt);
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -666,15 +667,27 @@ static void backward_impl(const AttnDims& d, const float* q, const float* k, con
     while (s <= nsplit) split_at[s++] = nkt;
   }
 
-  float* qp = falloc(B * Hq * q_sz);
-  float* dop = falloc(B * Hq * q_sz);
-  float* dqp = falloc(nsplit * B * Hq * q_sz);
-  float* Dv = falloc(B * Hq * Tq);
-  float* kt = falloc(B * Hkv * kt_sz);
-  float* vt = falloc(B * Hkv * kt_sz);
-  float* kp = falloc(B * Hkv * kp_sz);
-
   const int nt = nthreads_for(imax(B * Hq, B * Hkv * nsplit));
+  // One allocation: Q, dO and the dQ partials as [b, h][Tq][Dp] panels, Dᵢ, Kᵀ, Vᵀ, K panels, then the
+  // per-thread tiles S, dP (BR_B × BC_B) and dK, dV (BC_B × Dp).
+  const int64_t per_thread = 2 * AT_BR_B * AT_BC_B + 2 * AT_BC_B * Dp;
+  const int64_t dv_sz = round_up(B * Hq * Tq, 16);
+  float* block;
+  try {
+    block = falloc(B * Hq * q_sz * (2 + nsplit) + dv_sz + B * Hkv * (2 * kt_sz + kp_sz) + nt * per_thread);
+  } catch (...) {
+    std::free(split_at);
+    throw;
+  }
+  float* const qp = block;
+  float* const dop = qp + B * Hq * q_sz;
+  float* const dqp = dop + B * Hq * q_sz;
+  float* const Dv = dqp + nsplit * B * Hq * q_sz;
+  float* const kt = Dv + dv_sz;
+  float* const vt = kt + B * Hkv * kt_sz;
+  float* const kp = vt + B * Hkv * kt_sz;
+  float* const thread_scratch = kp + B * Hkv * kp_sz;
+
 #pragma omp parallel num_threads(nt)
   {
     // Packing and Dᵢ = rowsum(dO ∘ O).
@@ -699,10 +712,10 @@ static void backward_impl(const AttnDims& d, const float* q, const float* k, con
     }
     // implicit barrier
 
-    float* S = falloc(AT_BR_B * AT_BC_B);
-    float* dP = falloc(AT_BR_B * AT_BC_B);
-    float* dKs = falloc(AT_BC_B * Dp);
-    float* dVs = falloc(AT_BC_B * Dp);
+    float* const S = thread_scratch + thread_id() * per_thread;
+    float* const dP = S + AT_BR_B * AT_BC_B;
+    float* const dKs = dP + AT_BR_B * AT_BC_B;
+    float* const dVs = dKs + AT_BC_B * Dp;
 #pragma omp for schedule(dynamic, 1)
     for (int64_t t = 0; t < B * Hkv * nsplit; ++t) {
       const int64_t s = t / (B * Hkv), bg = t % (B * Hkv), b = bg / Hkv, g = bg % Hkv;
@@ -764,10 +777,6 @@ static void backward_impl(const AttnDims& d, const float* q, const float* k, con
         }
       }
     }
-    free(dVs);
-    free(dKs);
-    free(dP);
-    free(S);
 
     // dq = Σ_s dQ partials (fixed order).
 #pragma omp for schedule(static)
@@ -784,13 +793,7 @@ static void backward_impl(const AttnDims& d, const float* q, const float* k, con
       }
     }
   }
-  free(kp);
-  free(vt);
-  free(kt);
-  free(Dv);
-  free(dqp);
-  free(dop);
-  free(qp);
+  std::free(block);
   std::free(split_at);
 }
 

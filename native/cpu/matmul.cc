@@ -34,9 +34,15 @@
 #endif
 #define GEMM_MR 14
 #define GEMM_NR 32
+#ifndef GEMM_KC
 #define GEMM_KC 256
+#endif
+#ifndef GEMM_MC
 #define GEMM_MC 280
+#endif
+#ifndef GEMM_NC
 #define GEMM_NC 2048
+#endif
 #define GEMM_VL 16
 #elif UNDO_ISA_ID == 1
 #if !defined(__AVX2__) || !defined(__FMA__)
@@ -105,10 +111,20 @@ static void ukernel(int64_t kc, const float* __restrict a, const float* __restri
   __m512 c80 = _mm512_setzero_ps(), c81 = _mm512_setzero_ps(), c90 = _mm512_setzero_ps(), c91 = _mm512_setzero_ps();
   __m512 cA0 = _mm512_setzero_ps(), cA1 = _mm512_setzero_ps(), cB0 = _mm512_setzero_ps(), cB1 = _mm512_setzero_ps();
   __m512 cC0 = _mm512_setzero_ps(), cC1 = _mm512_setzero_ps(), cD0 = _mm512_setzero_ps(), cD1 = _mm512_setzero_ps();
+#ifndef GEMM_CPF
+#define GEMM_CPF 1
+#endif
+#if GEMM_CPF == 1
   for (int i = 0; i < 14; i++) {
     _mm_prefetch((const char*)(c + i * ldc), _MM_HINT_T0);
     _mm_prefetch((const char*)(c + i * ldc + 16), _MM_HINT_T0);
   }
+#elif GEMM_CPF == 2
+  for (int i = 0; i < 14; i++) {
+    __asm__ volatile("prefetchw %0" ::"m"(c[i * ldc]));
+    __asm__ volatile("prefetchw %0" ::"m"(c[i * ldc + 16]));
+  }
+#endif
 #define UNDO_GEMM_ROW(r, R)                                        \
   {                                                                \
     const __m512 av = _mm512_set1_ps(a[r]);                        \
@@ -398,54 +414,107 @@ static void pack_T(const float* src, int64_t ld, int64_t R, int64_t kc, float sc
 
 #endif
 
+// pack_N over panels: the source is already k-major (row k at src + k·ld, contiguous along the panels).
+// Walks each source row once, left to right (sequential reads, friendly to the hardware prefetchers), and
+// scatters it over the panels: panel p gets columns [p·W, p·W + W) of the first w columns, zero-padded.
+#if UNDO_ISA_ID == 2
 static void pack_N(const float* src, int64_t ld, int64_t w, int64_t kc, float scale, float* dst, int W) {
-  if (w == W && scale == 1.0f) {
-    for (int64_t k = 0; k < kc; k++) {
-      const float* s = src + k * ld;
-      float* d = dst + k * W;
-#pragma omp simd
-      for (int j = 0; j < W; j++) d[j] = s[j];
-    }
-  } else if (w == W) {
-    for (int64_t k = 0; k < kc; k++) {
-      const float* s = src + k * ld;
-      float* d = dst + k * W;
-#pragma omp simd
-      for (int j = 0; j < W; j++) d[j] = scale * s[j];
-    }
-  } else {
-    for (int64_t k = 0; k < kc; k++) {
-      const float* s = src + k * ld;
-      float* d = dst + k * W;
-      for (int64_t j = 0; j < w; j++) d[j] = scale * s[j];
-      for (int64_t j = w; j < W; j++) d[j] = 0.0f;
+  const int64_t np = cdiv(w, W);
+  const __m512 sv = _mm512_set1_ps(scale);
+  const int nv = (W + 15) / 16;  // vectors per panel row (W <= 32)
+  // masks of the last panel (the only partial one); full panels use all-ones / W masks
+  const int64_t wl = w - (np - 1) * W;
+  __mmask16 lm_full[2], lm_last[2], sm[2];
+  for (int v = 0; v < 2; v++) {
+    const int o = 16 * v;
+    const int wf = W - o < 0 ? 0 : (W - o > 16 ? 16 : W - o);
+    const int64_t wv = wl - o < 0 ? 0 : (wl - o > 16 ? 16 : wl - o);
+    sm[v] = (__mmask16)((1u << wf) - 1u);
+    lm_full[v] = sm[v];
+    lm_last[v] = (__mmask16)((1u << wv) - 1u);
+  }
+  for (int64_t k = 0; k < kc; k++) {
+    const float* s = src + k * ld;
+    float* d = dst + k * W;
+    for (int64_t p = 0; p < np; p++, s += W, d += (int64_t)W * kc) {
+      const __mmask16* lm = p == np - 1 ? lm_last : lm_full;
+      for (int v = 0; v < nv; v++)
+        _mm512_mask_storeu_ps(d + 16 * v, sm[v], _mm512_mul_ps(sv, _mm512_maskz_loadu_ps(lm[v], s + 16 * v)));
     }
   }
 }
+#elif UNDO_ISA_ID == 1
+static void pack_N(const float* src, int64_t ld, int64_t w, int64_t kc, float scale, float* dst, int W) {
+  const int64_t np = cdiv(w, W), nfull = w / W;
+  const __m256 sv = _mm256_set1_ps(scale);
+  for (int64_t k = 0; k < kc; k++) {
+    const float* s = src + k * ld;
+    float* d = dst + k * W;
+    int64_t p = 0;
+    if (W == 16) {
+      for (; p < nfull; p++, s += 16, d += 16 * kc) {
+        _mm256_storeu_ps(d, _mm256_mul_ps(sv, _mm256_loadu_ps(s)));
+        _mm256_storeu_ps(d + 8, _mm256_mul_ps(sv, _mm256_loadu_ps(s + 8)));
+      }
+    } else if (W == 6) {
+      const __m128 sv4 = _mm256_castps256_ps128(sv);
+      for (; p < nfull; p++, s += 6, d += 6 * kc) {
+        _mm_storeu_ps(d, _mm_mul_ps(sv4, _mm_loadu_ps(s)));
+        _mm_storel_pi((__m64*)(d + 4), _mm_mul_ps(sv4, _mm_castpd_ps(_mm_load_sd((const double*)(s + 4)))));
+      }
+    }
+    for (; p < np; p++, s += W, d += (int64_t)W * kc) {
+      const int64_t wp = min64(W, w - p * W);
+      for (int64_t j = 0; j < wp; j++) d[j] = scale * s[j];
+      for (int64_t j = wp; j < W; j++) d[j] = 0.0f;
+    }
+  }
+}
+#else
+static void pack_N(const float* src, int64_t ld, int64_t w, int64_t kc, float scale, float* dst, int W) {
+  const int64_t np = cdiv(w, W), nfull = w / W;
+  for (int64_t k = 0; k < kc; k++) {
+    const float* s = src + k * ld;
+    float* d = dst + k * W;
+    int64_t p = 0;
+    for (; p < nfull; p++, s += W, d += (int64_t)W * kc)
+      for (int j = 0; j < W; j++) d[j] = scale * s[j];
+    for (; p < np; p++, s += W, d += (int64_t)W * kc) {
+      const int64_t wp = min64(W, w - p * W);
+      for (int64_t j = 0; j < wp; j++) d[j] = scale * s[j];
+      for (int64_t j = wp; j < W; j++) d[j] = 0.0f;
+    }
+  }
+}
+#endif
 
 // Panels [p0, p1) of the MR-tall packing of alpha·op(A)[i0:i0+mc, k0:k0+kc]; panel p at Ap + p·MR·kc.
 static void pack_A(bool ta, const float* A, int64_t lda, float alpha, int64_t i0, int64_t mc, int64_t k0,
                    int64_t kc, float* Ap, int64_t p0, int64_t p1) {
+  if (p0 >= p1) return;
+  if (ta) {
+    const int64_t i = i0 + p0 * GEMM_MR, rows = min64(p1 * GEMM_MR, mc) - p0 * GEMM_MR;
+    pack_N(A + k0 * lda + i, lda, rows, kc, alpha, Ap + p0 * GEMM_MR * kc, GEMM_MR);
+    return;
+  }
   for (int64_t p = p0; p < p1; p++) {
     const int64_t i = i0 + p * GEMM_MR, rows = min64(GEMM_MR, mc - p * GEMM_MR);
-    float* d = Ap + p * GEMM_MR * kc;
-    if (ta)
-      pack_N(A + k0 * lda + i, lda, rows, kc, alpha, d, GEMM_MR);
-    else
-      pack_T(A + i * lda + k0, lda, rows, kc, alpha, d, GEMM_MR);
+    pack_T(A + i * lda + k0, lda, rows, kc, alpha, Ap + p * GEMM_MR * kc, GEMM_MR);
   }
 }
 
 // Panels [q0, q1) of the NR-wide packing of op(B)[k0:k0+kc, j0:j0+nc]; panel q at Bp + q·NR·kc.
 static void pack_B(bool tb, const float* B, int64_t ldb, int64_t j0, int64_t nc, int64_t k0, int64_t kc,
                    float* Bp, int64_t q0, int64_t q1) {
+  if (q0 >= q1) return;
+  if (!tb) {
+    const int64_t j = j0 + q0 * GEMM_NR, cols = min64(q1 * GEMM_NR, nc) - q0 * GEMM_NR;
+    pack_N(B + k0 * ldb + j, ldb, cols, kc, 1.0f, Bp + q0 * GEMM_NR * kc, GEMM_NR);
+    return;
+  }
   for (int64_t q = q0; q < q1; q++) {
     const int64_t j = j0 + q * GEMM_NR, cols = min64(GEMM_NR, nc - q * GEMM_NR);
-    float* d = Bp + q * GEMM_NR * kc;
-    if (tb)
-      pack_T(B + j * ldb + k0, ldb, cols, kc, 1.0f, d, GEMM_NR);
-    else
-      pack_N(B + k0 * ldb + j, ldb, cols, kc, 1.0f, d, GEMM_NR);
+    pack_T(B + j * ldb + k0, ldb, cols, kc, 1.0f, Bp + q * GEMM_NR * kc, GEMM_NR);
   }
 }
 

@@ -98,6 +98,7 @@ class Model {
   void cache_begin(int64_t B, int64_t capacity);
   void cache_step(const int32_t* ids, int64_t T, float* out_last_logits);
   int64_t cache_pos() const { return cache_pos_; }
+  int64_t cache_batch() const { return cache_B_; }  // 0 before cache_begin
 
  private:
   struct Acts {

@@ -60,7 +60,15 @@ void fill_uniform(float* x, int64_t n, uint64_t seed, uint64_t stream, float lo,
     philox4x32(seed, stream, (uint64_t)quad, r);
     for (int j = 0; j < 4; j++) {
       const int64_t i = quad * 4 + j;
-      if (i < n) x[i] = lo + (hi - lo) * (float)(((double)r[j] + 0.5) / 4294967296.0);
+      if (i < n) {
+        // (w + 0.5)/2^32 < 1 in double, but the top 128 words round to 1.0f, and lo + (hi − lo)·u can round
+        // up to hi: keep both below their bound so that samples lie in [lo, hi). Other values are unchanged.
+        float u = (float)(((double)r[j] + 0.5) / 4294967296.0);
+        u = u < 1.0f ? u : 0x1.fffffep-1f;
+        float v = lo + (hi - lo) * u;
+        if (lo < hi && v >= hi) v = std::nextafter(hi, lo);
+        x[i] = v;
+      }
     }
   }
 }

@@ -3,10 +3,14 @@
 // the typed arrays it passed alive through `keep`. Kernel entry points are synchronous (tests, benches).
 #include <napi.h>
 
+#include <algorithm>
+#include <climits>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <functional>
 #include <memory>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -417,8 +421,11 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
   }
   Napi::Value view(Napi::Env env, float* p) {
     const size_t n = (size_t)model_->num_params();
-    // External buffer over the model's own memory: the JS Model object keeps this wrapper alive.
-    auto ab = Napi::ArrayBuffer::New(env, p, n * sizeof(float));
+    // External buffer over the model's own memory. The buffer holds a reference to the Model, so a view
+    // that outlives the JS Model object (or this wrapper) never points at freed memory.
+    auto* owner = new std::shared_ptr<Model>(model_);
+    auto ab = Napi::ArrayBuffer::New(
+        env, p, n * sizeof(float), [](Napi::Env, void*, std::shared_ptr<Model>* o) { delete o; }, owner);
     return Napi::Float32Array::New(env, n, ab, 0);
   }
   Napi::Value Params(const Napi::CallbackInfo& info) { return view(info.Env(), model_->params()); }
@@ -486,8 +493,18 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
     auto r = std::make_shared<LossOut>();
     int32_t* tp = targets.Data();
     float *wp = data(weights), *rp = data(row_loss);
+    const size_t tlen = targets.ElementLength(), wlen = wp ? weights.ElementLength() : 0,
+                 rlen = rp ? row_loss.ElementLength() : 0;
     return run_task(
-        info.Env(), m, [=] { r->loss = m->head_loss(tp, wp, ignore, normalizer, bwd, rp, &r->counted); },
+        info.Env(), m,
+        [=] {
+          // re-checked under the lock: a forward queued before this call may have changed the row count
+          const size_t n = (size_t)m->rows();
+          if (tlen < n || (wp && wlen < n) || (rp && rlen < n))
+            throw std::invalid_argument("headLoss: targets/weights/rowLoss hold fewer than the " + std::to_string(n) +
+                                        " rows of the last forward");
+          r->loss = m->head_loss(tp, wp, ignore, normalizer, bwd, rp, &r->counted);
+        },
         [r](Napi::Env env) { return loss_value(env, *r); }, {info[0], info[1], info[5]});
   }
   std::vector<const float*> hidden_grads(const Napi::CallbackInfo& info, size_t i, std::vector<Napi::Value>* keep) {
@@ -515,8 +532,18 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
     const bool use_head = flag(info, 0);
     std::vector<Napi::Value> keep;
     auto hg = hidden_grads(info, 1, &keep);
+    size_t min_len = SIZE_MAX;
+    for (auto& v : keep) min_len = std::min(min_len, v.As<Napi::Float32Array>().ElementLength());
     auto m = model_;
-    return run_task(info.Env(), m, [m, use_head, hg] { m->backward(use_head, hg); }, nullptr, keep);
+    return run_task(
+        info.Env(), m,
+        [m, use_head, hg, min_len] {
+          // re-checked under the lock: a forward queued before this call may have changed the row count
+          if (min_len != SIZE_MAX && min_len < (size_t)(m->rows() * m->config().d))
+            throw std::invalid_argument("backward: hiddenGrads hold fewer than rows×hidden of the last forward");
+          m->backward(use_head, hg);
+        },
+        nullptr, keep);
   }
   // trainStep(ids, targets, B, T, weights|null, normalizer, ignoreIndex) → Promise<{loss, counted}>:
   // forward, fused head + cross-entropy, backward, in one task. Gradients accumulate.
@@ -545,17 +572,27 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
   // logits(rows: Int32Array|null) → Promise<Float32Array [n, V]> for the rows of the last forward
   Napi::Value Logits(const Napi::CallbackInfo& info) {
     auto m = model_;
+    const bool all = info[0].IsNull() || info[0].IsUndefined();
     std::vector<int64_t> rows;
-    if (!(info[0].IsNull() || info[0].IsUndefined())) {
+    if (!all) {
       auto r = i32(info, 0, "rows", 0);
       for (size_t i = 0; i < r.ElementLength(); i++) rows.push_back(r.Data()[i]);
-    } else {
-      for (int64_t i = 0; i < m->rows(); i++) rows.push_back(i);
     }
     const size_t V = (size_t)m->config().vocab;
-    auto out = std::make_shared<std::vector<float>>(rows.size() * V);
+    auto out = std::make_shared<std::vector<float>>();
     return run_task(
-        info.Env(), m, [m, rows, out] { m->logits(rows.data(), (int64_t)rows.size(), out->data()); },
+        info.Env(), m,
+        [m, all, rows, V, out] {
+          // sized under the model's lock, from the forward that actually ran before this task. An empty
+          // selection must not reach Model::logits, which reads a null selection as "all rows".
+          if (all) {
+            out->resize((size_t)m->rows() * V);
+            m->logits(nullptr, 0, out->data());
+          } else if (!rows.empty()) {
+            out->resize(rows.size() * V);
+            m->logits(rows.data(), (int64_t)rows.size(), out->data());
+          }
+        },
         [out](Napi::Env env) {
           auto a = Napi::Float32Array::New(env, out->size());
           std::memcpy(a.Data(), out->data(), out->size() * sizeof(float));
@@ -617,7 +654,15 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
     auto out = std::make_shared<std::vector<float>>((size_t)B * V);
     int32_t* p = ids.Data();
     return run_task(
-        info.Env(), m, [m, p, T, out] { m->cache_step(p, T, out->data()); },
+        info.Env(), m,
+        [m, p, B, T, out] {
+          // checked under the model's lock: cache_step reads cache_batch()·T ids and writes cache_batch() rows
+          if (m->cache_batch() != 0 && m->cache_batch() != B)
+            throw std::invalid_argument("cacheStep: ids hold " + std::to_string(B) + " rows of " + std::to_string(T) +
+                                        " tokens but cacheBegin set a batch of " + std::to_string(m->cache_batch()) +
+                                        " rows");
+          m->cache_step(p, T, out->data());
+        },
         [out](Napi::Env env) {
           auto a = Napi::Float32Array::New(env, out->size());
           std::memcpy(a.Data(), out->data(), out->size() * sizeof(float));

@@ -419,6 +419,11 @@ int main(int argc, char** argv) {
         ncases += 2;
       }
   run_case(dims(1, 257, 257, 2, 2, 16, 0, 257, 100, 5.f), seed++, 2, true);
+  // windows whose reach ends exactly at / next to a 64-row tile boundary
+  for (int64_t win : {63, 64, 65, 66, 67, 129}) {
+    run_case(dims(1, 300, 300, 2, 1, 16, 0, 300, win, 0.f), seed++, 2, true);
+    ++ncases;
+  }
   run_case(dims(1, 257, 257, 1, 1, 128, 0, 257, 0, 0.f), seed++, hw_threads, true);
   ncases += 2;
   // Decode / chunked prefill: q_offset > 0, KV cache capacity > Tk (NaN past Tk), forward only.
