@@ -180,7 +180,7 @@ export function buildProgram(): Command {
     .name('undo-native')
     .description('Train, distill and unlearn transformer language models on a native CPU core.')
     .version((JSON.parse(fs.readFileSync(path.join(__dirname, '..', '..', 'package.json'), 'utf8')) as { version: string }).version)
-    .showHelpAfterError();
+    .showHelpAfterError('(run with --help for usage)');
 
   runtimeOptions(
     program.command('pretrain')

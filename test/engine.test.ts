@@ -618,6 +618,19 @@ test('forward / cacheStep / trainStep reject out-of-vocabulary ids with a messag
   await rejectsWith(m.native.forward(new Int32Array(cfg.maxPositions + 1), 1, cfg.maxPositions + 1), /max_position_embeddings/, 'too long');
   // ids shorter than B·T
   assert.throws(() => m.native.forward(new Int32Array(3), 2, 4), /ids has 3 elements, needs 8/);
+  // logits: an empty row selection is empty (it once meant "all rows" to the native side and overflowed),
+  // rows out of range are rejected
+  await m.native.forward(randomIds(8, V, 3), 2, 4);
+  assert.is((await m.native.logits(new Int32Array(0))).length, 0);
+  await rejectsWith(m.native.logits(Int32Array.of(0, 8)), /row 8 out of range/, 'logits row');
+  // logits(null) right after a forward that was not awaited: sized by the forward that ran before it, never
+  // by a stale row count
+  const big = randomIds(4 * 32, V, 4);
+  const f = m.native.forward(big, 4, 32);
+  const all = m.native.logits(null);
+  await f;
+  const got = await all;
+  assert.ok(got.length === 8 * V || got.length === 128 * V, `logits(null) has ${got.length} values`);
   // the model still works after the rejections
   await m.native.forward(randomIds(8, V, 3), 2, 4);
   assert.is((await m.native.logits(null)).length, 8 * V);

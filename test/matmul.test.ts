@@ -110,10 +110,10 @@ function withThreads(n: number, fn: () => void): void {
 
 const tol = (K: number) => 1e-6 * (4 + Math.sqrt(K));
 
-// shapes: edge tiles around every micro-kernel size (6, 8, 14, 16, 32), K across the K-block size (256)
+// shapes: edge tiles around every micro-kernel size (6, 8, 14, 16, 32), K across the K-block sizes (256, 1024)
 const SHAPES: [number, number, number][] = [];
 for (const M of [1, 7, 17, 33, 65]) for (const N of [1, 3, 17, 33, 65]) SHAPES.push([M, N, [1, 16, 31, 300][(M + N) % 4]]);
-SHAPES.push([130, 70, 257], [3, 200, 520], [300, 5, 64], [97, 129, 600], [1, 1, 1000]);
+SHAPES.push([130, 70, 257], [3, 200, 520], [300, 5, 64], [97, 129, 600], [1, 1, 1000], [20, 45, 1100], [33, 17, 2100]);
 
 const COMBOS: [boolean, boolean][] = [[false, false], [false, true], [true, false], [true, true]];
 

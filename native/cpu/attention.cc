@@ -206,10 +206,19 @@ static inline float v_hmax(vf a) {
 #endif
 
 // Tile sizes. Forward: BR_F query rows × BC_F keys; backward: BR_B × BC_B. All multiples of AT_VL.
+// (Overridable with -D for tuning experiments; bench/attention.ts mirrors the defaults.)
+#ifndef AT_BR_F
 #define AT_BR_F 64
+#endif
+#ifndef AT_BC_F
 #define AT_BC_F 128
+#endif
+#ifndef AT_BR_B
 #define AT_BR_B 64
+#endif
+#ifndef AT_BC_B
 #define AT_BC_B 64
+#endif
 // At most this many query rows: the decode path (no repacking) is used instead of the tiled one.
 #define AT_DECODE_ROWS 4
 

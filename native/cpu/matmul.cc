@@ -35,15 +35,17 @@
 #define GEMM_MR 14
 #define GEMM_NR 32
 #ifndef GEMM_KC
-#define GEMM_KC 256
+#define GEMM_KC 1024
 #endif
 #ifndef GEMM_MC
-#define GEMM_MC 280
+#define GEMM_MC 84
 #endif
 #ifndef GEMM_NC
-#define GEMM_NC 2048
+#define GEMM_NC 1024
 #endif
-#define GEMM_VL 16
+#ifndef GEMM_PRIVATE_B_ROWS
+#define GEMM_PRIVATE_B_ROWS 512
+#endif
 #elif UNDO_ISA_ID == 1
 #if !defined(__AVX2__) || !defined(__FMA__)
 #error "matmul.cc: the avx2 build needs -mavx2 -mfma"
@@ -53,14 +55,14 @@
 #define GEMM_KC 256
 #define GEMM_MC 144
 #define GEMM_NC 2048
-#define GEMM_VL 8
+#define GEMM_PRIVATE_B_ROWS 512
 #else
 #define GEMM_MR 6
 #define GEMM_NR 8
 #define GEMM_KC 256
 #define GEMM_MC 96
 #define GEMM_NC 1024
-#define GEMM_VL 4
+#define GEMM_PRIVATE_B_ROWS 256
 #endif
 
 UNDO_ISA_BEGIN
@@ -112,7 +114,7 @@ static void ukernel(int64_t kc, const float* __restrict a, const float* __restri
   __m512 cA0 = _mm512_setzero_ps(), cA1 = _mm512_setzero_ps(), cB0 = _mm512_setzero_ps(), cB1 = _mm512_setzero_ps();
   __m512 cC0 = _mm512_setzero_ps(), cC1 = _mm512_setzero_ps(), cD0 = _mm512_setzero_ps(), cD1 = _mm512_setzero_ps();
 #ifndef GEMM_CPF
-#define GEMM_CPF 1
+#define GEMM_CPF 2
 #endif
 #if GEMM_CPF == 1
   for (int i = 0; i < 14; i++) {
@@ -568,6 +570,13 @@ static inline void split(int64_t n, int nth, int t, int64_t* lo, int64_t* hi) {
   *hi = n * (t + 1) / nth;
 }
 
+// Block size for n items with at most cap per block, balanced (a 1100-long K becomes 2×552, not 1024 + 76),
+// rounded up to a multiple of m.
+static inline int64_t balanced_block(int64_t n, int64_t cap, int64_t m) {
+  const int64_t nb = cdiv(n, cap);
+  return min64(round_up(cdiv(n, nb), m), round_up(cap, m));
+}
+
 void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
           const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
   if (M <= 0 || N <= 0) return;
@@ -576,24 +585,34 @@ void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const 
     return;
   }
   const int64_t MR = GEMM_MR, NR = GEMM_NR;
-  const int64_t KC = min64(GEMM_KC, K);
-  const int64_t NC = min64(GEMM_NC, round_up(N, NR));
-  const int64_t MC = min64(GEMM_MC, round_up(M, MR));
+  const int64_t Pm = cdiv(M, MR), Pn = cdiv(N, NR);
 
-  // threads: ~1 MFLOP per thread at least, and at least a couple of micro-tiles each
-  const double flops = 2.0 * (double)M * (double)N * (double)K;
+  // threads: at least ~1 MFLOP and a few micro-tiles per thread
   int T = num_threads();
-  if (T > 1 && flops < 2.0e6) T = 1;
-  const int64_t tiles = cdiv(M, MR) * cdiv(N, NR);
-  if (T > tiles) T = (int)max64(1, tiles);
+  if (T > 1 && 2.0 * (double)M * (double)N * (double)K < 2.0e6) T = 1;
+  if (T > 1 && Pm * Pn < 4 * (int64_t)T) T = (int)max64(1, Pm * Pn / 4);
 
-  // scratch: Bp double buffer | Ap double buffer (shared, split-N) | Ap per thread (split-M)
-  const size_t bsz = (size_t)(KC * NC), asz = (size_t)(KC * MC);
-  float* base = scratch_get(2 * bsz + 2 * asz + (size_t)T * asz);
+  // Work split (for T threads; a nested call may get fewer, see below). split M: each thread owns a range
+  // of MR-panels of rows for the whole call; split N: the team shares each packed A block and splits its
+  // NR-panels of columns. Whichever gives the smaller per-thread tile count.
+  const bool split_m = T == 1 || cdiv(Pm, T) * Pn <= Pm * cdiv(Pn, T);
+  // With enough rows per thread every thread packs all of B itself: redundant packing costs ~1/rows per
+  // flop, and the team then needs no barrier at all (a barrier per K block costs a scheduler time slice
+  // whenever another process holds one of the cores).
+  const bool private_b = split_m && M >= (int64_t)T * GEMM_PRIVATE_B_ROWS;
+
+  const int64_t KC = balanced_block(K, GEMM_KC, 16);
+  const int64_t NC = balanced_block(N, GEMM_NC, NR);
+  const int64_t MC = split_m ? balanced_block(round_up(cdiv(M, T), MR), GEMM_MC, MR) : balanced_block(M, GEMM_MC, MR);
+
+  // scratch: per-thread A blocks | (private B) per-thread B panels, or (shared) B double buffer + A double
+  // buffer. Sizes in floats, each a multiple of 16 (64 bytes).
+  const size_t bsz = (size_t)(KC * NC), asz = (size_t)round_up(KC * MC, 16);
+  const size_t shared_sz = 2 * bsz + 2 * asz, priv_sz = (size_t)T * bsz;
+  float* base = scratch_get((size_t)T * asz + (shared_sz > priv_sz ? shared_sz : priv_sz));
   if (!base) std::abort();
-  float* Bbuf = base;
-  float* Ashared = base + 2 * bsz;
-  float* Apriv = Ashared + 2 * asz;
+  float* const Apriv = base;
+  float* const region = base + (size_t)T * asz;
 
 #pragma omp parallel num_threads(T) if (T > 1)
   {
@@ -602,17 +621,16 @@ void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const 
 #else
     const int nth = 1, tid = 0;
 #endif
-    const int64_t Pm = cdiv(M, MR), Pn = cdiv(N, NR);
-    const bool split_m = nth == 1 || cdiv(Pm, nth) * Pn <= Pm * cdiv(Pn, nth);
-    // split M: my rows [r0, r1) on MR-panel boundaries
-    int64_t r0 = 0, r1 = M;
-    if (split_m && nth > 1) {
+    // a nested call runs on one thread: split M, private B, no barriers
+    const bool sm = nth == 1 || split_m, pb = nth == 1 || private_b;
+    int64_t r0 = 0, r1 = M;  // split M: my rows, on MR-panel boundaries
+    if (sm && nth > 1) {
       int64_t p0, p1;
       split(Pm, nth, tid, &p0, &p1);
       r0 = p0 * MR;
       r1 = min64(p1 * MR, M);
     }
-    float* Amine = Apriv + (size_t)tid * asz;
+    float* const Amine = Apriv + (size_t)tid * asz;
     int64_t iter = 0;
     for (int64_t jc = 0; jc < N; jc += NC) {
       const int64_t nc = min64(NC, N - jc);
@@ -620,16 +638,20 @@ void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const 
       for (int64_t pc = 0; pc < K; pc += KC, iter++) {
         const int64_t kc = min64(KC, K - pc);
         const float bt = pc == 0 ? beta : 1.0f;
-        float* Bp = Bbuf + (iter & 1) * bsz;
-        {
+        float* Bp;
+        if (pb) {
+          Bp = region + (size_t)tid * bsz;
+          if (r0 < r1) pack_B(tb, B, ldb, jc, nc, pc, kc, Bp, 0, qn);
+        } else {
+          // shared, double-buffered: the barrier after packing iteration i also guarantees that everyone
+          // is done computing with iteration i - 1's buffer before anyone packs iteration i + 1 into it
+          Bp = region + (size_t)(iter & 1) * bsz;
           int64_t q0, q1;
           split(qn, nth, tid, &q0, &q1);
           pack_B(tb, B, ldb, jc, nc, pc, kc, Bp, q0, q1);
-        }
-        if (nth > 1) {
 #pragma omp barrier
         }
-        if (split_m) {
+        if (sm) {
           for (int64_t ic = r0; ic < r1; ic += MC) {
             const int64_t mc = min64(MC, r1 - ic);
             pack_A(ta, A, lda, alpha, ic, mc, pc, kc, Amine, 0, cdiv(mc, MR));
@@ -641,7 +663,7 @@ void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const 
           int64_t ai = 0;
           for (int64_t ic = 0; ic < M; ic += MC, ai++) {
             const int64_t mc = min64(MC, M - ic);
-            float* Ap = Ashared + (ai & 1) * asz;
+            float* Ap = region + 2 * bsz + (size_t)(ai & 1) * asz;
             int64_t p0, p1;
             split(cdiv(mc, MR), nth, tid, &p0, &p1);
             pack_A(ta, A, lda, alpha, ic, mc, pc, kc, Ap, p0, p1);
