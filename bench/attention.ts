@@ -29,13 +29,16 @@ const roundUp = (x: number, m: number) => Math.ceil(x / m) * m;
 /** Bytes of scratch attention.cc allocates for a forward / backward call (training shapes, Tq = Tk = T). */
 function kernelScratchBytes(B: number, T: number, Hq: number, Hkv: number, D: number, threads: number, isa: string) {
   const Dp = roundUp(D, vecLanes(isa));
+  const direct = D === Dp; // V / Q / dO / K rows read in place, dQ split 0 accumulated in dq
   const TkpF = roundUp(T, BC_F), TkpB = roundUp(T, BC_B);
-  const forward = 4 * (B * Hkv * (D * TkpF + TkpF * Dp) + threads * (BR_F * BC_F + BR_F * Dp));
-  // dQ partials: one buffer per key-range split; one split when B·Hkv is a multiple of the thread count
+  const forward = 4 * (B * Hkv * (D * TkpF + (direct ? 0 : TkpF * Dp)) + threads * (BR_F * BC_F + BR_F * Dp));
+  // dQ partials: one per key-range split (less split 0 when direct); one split when B·Hkv is a multiple of
+  // the thread count or at least 4× it
   const groups = B * Hkv, nkt = Math.ceil(T / BC_B);
   const nsplit = groups % threads !== 0 && groups < 4 * threads ? Math.min(nkt, Math.ceil((4 * threads) / groups)) : 1;
-  const backward = 4 * (B * Hq * T * Dp * (2 + nsplit) + B * Hq * T + B * Hkv * (2 * D * TkpB + TkpB * Dp) +
-    threads * (2 * BR_B * BC_B + 2 * BC_B * Dp));
+  const npart = direct ? nsplit - 1 : nsplit;
+  const backward = 4 * (B * Hq * T * Dp * ((direct ? 0 : 2) + npart) + roundUp(B * Hq * T, 16) +
+    B * Hkv * (2 * D * TkpB + (direct ? 0 : TkpB * Dp)) + threads * (2 * BR_B * BC_B + 2 * BC_B * Dp));
   return { forward, backward };
 }
 
@@ -56,7 +59,7 @@ function randomArray(n: number, seed: number): Float32Array {
   return a;
 }
 
-interface Timing { forwardMs: number; forwardBackwardMs: number; reps: number }
+interface Timing { forwardMs: number; forwardBackwardMs: number; forwardMinMs: number; forwardBackwardMinMs: number; reps: number }
 
 function timeOurs(B: number, T: number, H: number, D: number, reps: number): Timing {
   const n = B * T * H * D;
@@ -75,7 +78,7 @@ function timeOurs(B: number, T: number, H: number, D: number, reps: number): Tim
     fwd.push(Number(t1 - t0) / 1e6);
     fb.push(Number(t2 - t0) / 1e6);
   }
-  return { forwardMs: median(fwd), forwardBackwardMs: median(fb), reps };
+  return { forwardMs: median(fwd), forwardBackwardMs: median(fb), forwardMinMs: Math.min(...fwd), forwardBackwardMinMs: Math.min(...fb), reps };
 }
 
 /** Peak-RSS growth (bytes) of a fresh Node process around one forward + backward at this shape. */
@@ -97,13 +100,20 @@ function measureOurPeakRss(B: number, T: number, H: number, D: number, threads: 
     native.attentionBackward(d, q, k, v, out, g, lse, dq, dk, dv);
     const after = process.resourceUsage().maxRSS;
     process.stdout.write(JSON.stringify({ kib: after - before }));`;
-  const r = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', timeout: 60_000 });
-  if (r.status !== 0) return null;
-  try {
-    return JSON.parse(r.stdout).kib * 1024;
-  } catch {
-    return null;
+  // The kernel reads peak RSS lazily (per-thread / per-CPU RSS counters), so one run can under-report:
+  // take the largest of three fresh processes.
+  let best: number | null = null;
+  for (let i = 0; i < 3; i++) {
+    const r = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', timeout: 60_000 });
+    if (r.status !== 0) continue;
+    try {
+      const bytes = JSON.parse(r.stdout).kib * 1024;
+      best = best === null ? bytes : Math.max(best, bytes);
+    } catch {
+      // ignore a garbled run
+    }
   }
+  return best;
 }
 
 const TORCH_SCRIPT = String.raw`
@@ -115,7 +125,13 @@ except Exception as e:
 threads, shapes = int(sys.argv[1]), json.loads(sys.argv[2])
 torch.set_num_threads(threads)
 torch.manual_seed(0)
-res = {"version": torch.__version__, "threads": torch.get_num_threads(), "runs": []}
+blas = []
+try:
+    with open("/proc/self/maps") as f:
+        blas = sorted({l.split()[-1] for l in f if "blas" in l.lower() or "mkl" in l.lower()})
+except Exception:
+    pass
+res = {"version": torch.__version__, "threads": torch.get_num_threads(), "blas": blas, "runs": []}
 for (B, T, H, D, reps) in shapes:
     q = torch.randn(B, H, T, D, requires_grad=True)
     k = torch.randn(B, H, T, D, requires_grad=True)
@@ -142,16 +158,18 @@ for (B, T, H, D, reps) in shapes:
         fb.append((time.perf_counter() - t0) * 1e3)
     fw.sort(); fb.sort()
     res["runs"].append({"T": T, "forwardMs": fw[len(fw) // 2], "forwardBackwardMs": fb[len(fb) // 2],
+                        "forwardMinMs": fw[0], "forwardBackwardMinMs": fb[0],
                         "reps": reps, "peakRssGrowthBytes": (rss1 - rss0) * 1024})
 print(json.dumps(res))
 `;
 
-interface TorchRun { T: number; forwardMs: number; forwardBackwardMs: number; reps: number; peakRssGrowthBytes: number }
+interface TorchRun extends Timing { T: number; peakRssGrowthBytes: number }
 
 function runTorch(threads: number, shapes: [number, number, number, number, number][]):
-  { version?: string; threads?: number; runs?: TorchRun[]; error?: string } {
+  { version?: string; threads?: number; blas?: string[]; runs?: TorchRun[]; error?: string } {
   const r = spawnSync(PYTHON, ['-c', TORCH_SCRIPT, String(threads), JSON.stringify(shapes)], {
-    encoding: 'utf8', timeout: 120_000, env: { ...process.env, OMP_NUM_THREADS: String(threads) },
+    encoding: 'utf8', timeout: 120_000,
+    env: { ...process.env, OMP_NUM_THREADS: String(threads), OPENBLAS_NUM_THREADS: String(threads), MKL_NUM_THREADS: String(threads) },
   });
   if (r.error) return { error: `${PYTHON}: ${r.error.message}` };
   const line = (r.stdout || '').trim().split('\n').pop() || '';
@@ -163,13 +181,17 @@ function runTorch(threads: number, shapes: [number, number, number, number, numb
 }
 
 const round = (x: number, digits = 2) => Math.round(x * 10 ** digits) / 10 ** digits;
+const timingJson = (t: Timing) => ({
+  forwardMs: round(t.forwardMs), forwardBackwardMs: round(t.forwardBackwardMs),
+  forwardMinMs: round(t.forwardMinMs), forwardBackwardMinMs: round(t.forwardBackwardMinMs), reps: t.reps,
+});
 
 export async function benchAttention(): Promise<object> {
   const threads = native.getThreads();
   const isa = native.getIsa();
   const B = 2, H = 8, D = 64;
   const plan: [number, number][] = [[256, 20], [1024, 5]]; // T, reps (ours)
-  const torchReps: Record<number, number> = { 256: 5, 1024: 3 };
+  const torchReps: Record<number, number> = { 256: 10, 1024: 3 };
   const torch = runTorch(threads, plan.map(([T]) => [B, T, H, D, torchReps[T]]));
   const results = plan.map(([T, reps]) => {
     const ours = timeOurs(B, T, H, D, reps);
@@ -179,11 +201,14 @@ export async function benchAttention(): Promise<object> {
     const measured = measureOurPeakRss(B, T, H, D, threads, isa);
     return {
       shape: { B, T, H, D, causal: true },
-      ours: { forwardMs: round(ours.forwardMs), forwardBackwardMs: round(ours.forwardBackwardMs), reps: ours.reps },
-      torch: tr ? { forwardMs: round(tr.forwardMs), forwardBackwardMs: round(tr.forwardBackwardMs), reps: tr.reps } : null,
+      ours: timingJson(ours),
+      torch: tr ? timingJson(tr) : null,
+      // PyTorch time / our time (medians; "...Min" from the fastest repetitions)
       speedup: tr ? {
         forward: round(tr.forwardMs / ours.forwardMs),
         forwardBackward: round(tr.forwardBackwardMs / ours.forwardBackwardMs),
+        forwardMin: round(tr.forwardMinMs / ours.forwardMinMs),
+        forwardBackwardMin: round(tr.forwardBackwardMinMs / ours.forwardBackwardMinMs),
       } : null,
       memory: {
         oursScratchForwardMiB: round(scratch.forward / MiB),
@@ -200,7 +225,7 @@ export async function benchAttention(): Promise<object> {
     baseline: 'PyTorch eager: q@kᵀ·scale, masked_fill, softmax, @v, autograd backward',
     isa,
     threads,
-    torch: torch.error ? { error: torch.error } : { version: torch.version, threads: torch.threads },
+    torch: torch.error ? { error: torch.error } : { version: torch.version, threads: torch.threads, blas: torch.blas },
     tiles: { forward: `${BR_F}x${BC_F}`, backward: `${BR_B}x${BC_B}` },
     results,
     targetMet: results.every((r) => r.speedup === null || r.shape.T !== 1024 || r.speedup.forwardBackward >= 1.5),

@@ -34,3 +34,16 @@ export function runTorch(args: string[], timeoutMs = 600000): unknown {
   const lines = r.stdout.trim().split('\n');
   return JSON.parse(lines[lines.length - 1]);
 }
+
+/**
+ * Which BLAS Debian's torch will call (it links libblas.so.3 through update-alternatives): the reference
+ * BLAS is ~10× slower than OpenBLAS, so ratios against it mean little. `apt-get install libopenblas0-pthread`
+ * switches it.
+ */
+export function torchBlas(): string {
+  try {
+    return fs.realpathSync('/usr/lib/x86_64-linux-gnu/libblas.so.3');
+  } catch {
+    return 'unknown';
+  }
+}

@@ -3,6 +3,7 @@
  * `npm run bench -- matmul attention` runs a subset.
  */
 import { native } from '../lib/native';
+import { torchBlas, torchPython } from './common';
 import { benchTrainStep } from './train_step';
 
 type Bench = () => Promise<object>;
@@ -15,7 +16,10 @@ async function main(): Promise<void> {
   };
   const want = process.argv.slice(2).filter((a) => !a.startsWith('-'));
   const names = want.length ? want : Object.keys(all);
-  const out: Record<string, unknown> = { date: new Date().toISOString(), isa: native.getIsa(), threads: native.getThreads() };
+  const out: Record<string, unknown> = {
+    date: new Date().toISOString(), isa: native.getIsa(), threads: native.getThreads(),
+    pytorch: torchPython() ? { python: torchPython(), blas: torchBlas() } : 'absent (apt-get install python3-torch libopenblas0-pthread)',
+  };
   for (const n of names) {
     if (!all[n]) throw new Error(`unknown benchmark "${n}" (have: ${Object.keys(all).join(', ')})`);
     process.stderr.write(`bench ${n}...\n`);

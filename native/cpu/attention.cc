@@ -20,7 +20,13 @@
 //     a soft cap, ·scale), dV += Pᵀ·dO, dK += dSᵀ·Q, dQ += dS·K.
 //   * Decode (few query rows): per (batch, head, row) direct dot products against the (possibly strided)
 //     KV cache, no repacking: one row of Tk scores in per-thread scratch.
-// Nothing T×T is ever allocated: scratch is O(T·D) for the packed panels plus O(tile²) per thread.
+// Nothing T×T is ever allocated: scratch is O(T·D) for the packed panels plus O(tile²) per thread, taken
+// as one block before each parallel region (so an allocation failure throws outside OpenMP); the last
+// block is cached for the next call (scratch_acquire / scratch_release). When D is a multiple of the
+// vector width, V (forward) and Q, dO, K (backward) are read in place and dQ accumulates straight into dq.
+// exp/tanh are vectorised explicitly (v_exp / v_tanh: the polynomial of undo_expf in simd.h) because GCC 12
+// does not auto-vectorise loops that call undo_expf ("control flow in loop").
+// Results are deterministic for a given ISA and thread count (fixed reduction orders, no atomics).
 #include "attention.h"
 
 #if defined(__AVX2__) || defined(__AVX512F__)
@@ -233,6 +239,50 @@ static float* falloc(int64_t n) {
   return (float*)p;
 }
 
+// Scratch blocks. The last block released is kept (one slot per ISA build, up to AT_CACHE_MAX_FLOATS) and
+// handed to the next call that fits in it, so that back-to-back calls (every layer of a forward / backward)
+// do not mmap, page-fault and zero fresh megabytes each time. The slot is taken and returned with atomic
+// exchanges, so concurrent calls simply get separate blocks. A block is never assumed to be zeroed.
+#ifndef AT_CACHE_MAX_FLOATS
+#define AT_CACHE_MAX_FLOATS (int64_t(16) << 20)  // 64 MiB
+#endif
+#define AT_HEADER 16  // floats before the payload: the capacity, keeping 64-byte alignment
+static float* g_cached_block = nullptr;
+
+static float* scratch_acquire(int64_t n) {
+  if (n < 1) n = 1;
+  float* p = __atomic_exchange_n(&g_cached_block, (float*)nullptr, __ATOMIC_ACQ_REL);
+  if (p) {
+    int64_t cap;
+    std::memcpy(&cap, p, sizeof cap);
+    if (cap >= n) {
+#ifdef AT_DEBUG_POISON
+      for (int64_t i = 0; i < cap; ++i) p[AT_HEADER + i] = NAN;
+#endif
+      return p + AT_HEADER;
+    }
+    std::free(p);
+  }
+  p = falloc(AT_HEADER + n);
+  std::memcpy(p, &n, sizeof n);
+#ifdef AT_DEBUG_POISON
+  for (int64_t i = 0; i < n; ++i) p[AT_HEADER + i] = NAN;
+#endif
+  return p + AT_HEADER;
+}
+
+static void scratch_release(float* payload) {
+  float* p = payload - AT_HEADER;
+  int64_t cap;
+  std::memcpy(&cap, p, sizeof cap);
+  if (cap > AT_CACHE_MAX_FLOATS) {
+    std::free(p);
+    return;
+  }
+  float* old = __atomic_exchange_n(&g_cached_block, p, __ATOMIC_ACQ_REL);
+  if (old) std::free(old);  // keep the newest block
+}
+
 static inline int nthreads_for(int64_t work_items) {
   int nt = ::undo::num_threads();
   if (nt < 1) nt = 1;
@@ -321,7 +371,7 @@ static void gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t ars, i
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// Row helpers (vectorised; loops calling undo_expf / undo_tanhf are auto-vectorised).
+// Row helpers, vectorised with the vf abstraction (ragged tails go through a zero-padded copy).
 // ---------------------------------------------------------------------------------------------------------
 static inline float dot(const float* a, const float* b, int64_t n) {
   vf acc0 = v_zero(), acc1 = v_zero();
@@ -490,7 +540,7 @@ static void forward_decode(const AttnDims& d, const float* q, const float* k, co
   const int64_t ntask = B * Hq * Tq;
   const int nt = nthreads_for(ntask);
   const int64_t per_thread = round_up(Tk, 16) + round_up(D, 16);
-  float* scratch = falloc(nt * per_thread);  // all allocation before the parallel region
+  float* scratch = scratch_acquire(nt * per_thread);  // all allocation before the parallel region
 #pragma omp parallel num_threads(nt)
   {
     float* s = scratch + thread_id() * per_thread;
@@ -521,7 +571,7 @@ static void forward_decode(const AttnDims& d, const float* q, const float* k, co
       if (lse) lse[(b * Hq + h) * Tq + i] = m + std::log(l);
     }
   }
-  std::free(scratch);
+  scratch_release(scratch);
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -534,14 +584,16 @@ static void forward_tiled(const AttnDims& d, const float* q, const float* k, con
   const float cap = d.softcap > 0.0f ? d.softcap : 0.0f;
   const float sc = cap > 0.0f ? d.scale / cap : d.scale;
   const int64_t Dp = round_up(D, AT_VL);
-  const int64_t Tkp = round_up(Tk, AT_BC_F);  // every key tile reads whole (zero-padded) columns / rows
-  const int64_t kt_sz = D * Tkp, vp_sz = Tkp * Dp;
+  const int64_t Tkp = round_up(Tk, AT_BC_F);  // every key tile reads whole (zero-padded) Kᵀ columns
+  // V rows are read in place when D is a whole number of vectors, else from a zero-padded copy.
+  const bool v_direct = D == Dp;
+  const int64_t kt_sz = D * Tkp, vp_sz = v_direct ? 0 : Tkp * Dp;
   const int64_t nqt = (Tq + AT_BR_F - 1) / AT_BR_F;
   const int64_t ntask = B * Hq * nqt;
   const int nt = nthreads_for(imax(ntask, B * Hkv));
-  // One allocation: packed Kᵀ and V panels, then per-thread S (BR_F × BC_F) and O (BR_F × Dp) tiles.
+  // One allocation: packed Kᵀ (and V) panels, then per-thread S (BR_F × BC_F) and O (BR_F × Dp) tiles.
   const int64_t per_thread = AT_BR_F * AT_BC_F + AT_BR_F * Dp;
-  float* const kt = falloc(B * Hkv * (kt_sz + vp_sz) + nt * per_thread);
+  float* const kt = scratch_acquire(B * Hkv * (kt_sz + vp_sz) + nt * per_thread);
   float* const vp = kt + B * Hkv * kt_sz;
   float* const thread_scratch = vp + B * Hkv * vp_sz;
 #pragma omp parallel num_threads(nt)
@@ -550,7 +602,7 @@ static void forward_tiled(const AttnDims& d, const float* q, const float* k, con
     for (int64_t bg = 0; bg < B * Hkv; ++bg) {
       const int64_t b = bg / Hkv, g = bg % Hkv;
       pack_transposed(k + b * d.kv_bstride + g * D, Hkv * D, Tk, D, kt + bg * kt_sz, Tkp);
-      pack_rows(v + b * d.kv_bstride + g * D, Hkv * D, Tk, D, vp + bg * vp_sz, Dp, Tkp);
+      if (!v_direct) pack_rows(v + b * d.kv_bstride + g * D, Hkv * D, Tk, D, vp + bg * vp_sz, Dp, Tkp);
     }
     // implicit barrier
     float* const S = thread_scratch + thread_id() * per_thread;
@@ -564,7 +616,8 @@ static void forward_tiled(const AttnDims& d, const float* q, const float* k, con
       const int64_t p0 = d.q_offset + i0, p1 = p0 + mr - 1;
       const float* qb = q + ((b * Tq + i0) * Hq + h) * D;  // row r at qb + r·Hq·D
       const float* ktb = kt + (b * Hkv + g) * kt_sz;
-      const float* vpb = vp + (b * Hkv + g) * vp_sz;
+      const float* vb = v_direct ? v + b * d.kv_bstride + g * D : vp + (b * Hkv + g) * vp_sz;
+      const int64_t ldv = v_direct ? Hkv * D : Dp;
       int64_t jlo, jhi, unused;
       visible(p0, Tk, d.window, &jlo, &unused);
       visible(p1, Tk, d.window, &unused, &jhi);
@@ -601,7 +654,7 @@ static void forward_tiled(const AttnDims& d, const float* q, const float* k, con
           if (rescale)
             for (int64_t r = 0; r < mr; ++r)
               if (alpha[r] != 1.0f) row_scale(O + r * Dp, Dp, alpha[r]);
-          gemm(mr, Dp, kn, S, AT_BC_F, 1, vpb + j0 * Dp, Dp, O, Dp, true);
+          gemm(mr, Dp, kn, S, AT_BC_F, 1, vb + j0 * ldv, ldv, O, Dp, true);
         }
       }
       for (int64_t r = 0; r < mr; ++r) {
@@ -617,7 +670,7 @@ static void forward_tiled(const AttnDims& d, const float* q, const float* k, con
       }
     }
   }
-  std::free(kt);
+  scratch_release(kt);
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -647,8 +700,11 @@ static void backward_impl(const AttnDims& d, const float* q, const float* k, con
   const int64_t Dp = round_up(D, AT_VL);
   const int64_t Tkp = round_up(Tk, AT_BC_B);
   const int64_t nkt = (Tk + AT_BC_B - 1) / AT_BC_B;
-  const int64_t q_sz = Tq * Dp;  // one (b, h) panel of Q / dO / dQ
-  const int64_t kt_sz = D * Tkp, kp_sz = Tkp * Dp;
+  // When D is a whole number of vectors, Q, dO and K rows are read in place and split 0 accumulates dQ
+  // straight into dq; otherwise they go through zero-padded [rows][Dp] copies.
+  const bool direct = D == Dp;
+  const int64_t q_sz = Tq * Dp;  // one (b, h) panel of a padded Q / dO / dQ copy
+  const int64_t kt_sz = D * Tkp, kp_sz = direct ? 0 : Tkp * Dp;
   const int nth = ::undo::num_threads() > 0 ? ::undo::num_threads() : 1;
 
   // Work per key tile (query tiles it meets) and the split of key tiles into work-balanced ranges.
@@ -676,22 +732,24 @@ static void backward_impl(const AttnDims& d, const float* q, const float* k, con
     while (s <= nsplit) split_at[s++] = nkt;
   }
 
+  const int64_t npart = direct ? nsplit - 1 : nsplit;  // padded dQ partial buffers
+  const int64_t qcopy_sz = direct ? 0 : B * Hq * q_sz;
   const int nt = nthreads_for(imax(B * Hq, B * Hkv * nsplit));
-  // One allocation: Q, dO and the dQ partials as [b, h][Tq][Dp] panels, Dᵢ, Kᵀ, Vᵀ, K panels, then the
-  // per-thread tiles S, dP (BR_B × BC_B) and dK, dV (BC_B × Dp).
+  // One allocation: padded Q and dO copies, the dQ partials ([b, h][Tq][Dp] panels), Dᵢ, Kᵀ, Vᵀ and padded
+  // K panels, then the per-thread tiles S, dP (BR_B × BC_B) and dK, dV (BC_B × Dp).
   const int64_t per_thread = 2 * AT_BR_B * AT_BC_B + 2 * AT_BC_B * Dp;
   const int64_t dv_sz = round_up(B * Hq * Tq, 16);
   float* block;
   try {
-    block = falloc(B * Hq * q_sz * (2 + nsplit) + dv_sz + B * Hkv * (2 * kt_sz + kp_sz) + nt * per_thread);
+    block = scratch_acquire(2 * qcopy_sz + npart * B * Hq * q_sz + dv_sz + B * Hkv * (2 * kt_sz + kp_sz) + nt * per_thread);
   } catch (...) {
     std::free(split_at);
     throw;
   }
   float* const qp = block;
-  float* const dop = qp + B * Hq * q_sz;
-  float* const dqp = dop + B * Hq * q_sz;
-  float* const Dv = dqp + nsplit * B * Hq * q_sz;
+  float* const dop = qp + qcopy_sz;
+  float* const dqp = dop + qcopy_sz;
+  float* const Dv = dqp + npart * B * Hq * q_sz;
   float* const kt = Dv + dv_sz;
   float* const vt = kt + B * Hkv * kt_sz;
   float* const kp = vt + B * Hkv * kt_sz;
@@ -706,10 +764,14 @@ static void backward_impl(const AttnDims& d, const float* q, const float* k, con
       const float* qb = q + (b * Tq * Hq + h) * D;
       const float* ob = out + (b * Tq * Hq + h) * D;
       const float* gb = dout + (b * Tq * Hq + h) * D;
-      pack_rows(qb, Hq * D, Tq, D, qp + bh * q_sz, Dp, Tq);
-      pack_rows(gb, Hq * D, Tq, D, dop + bh * q_sz, Dp, Tq);
+      if (direct) {
+        for (int64_t i = 0; i < Tq; ++i) std::memset(dq + ((b * Tq + i) * Hq + h) * D, 0, sizeof(float) * D);
+      } else {
+        pack_rows(qb, Hq * D, Tq, D, qp + bh * q_sz, Dp, Tq);
+        pack_rows(gb, Hq * D, Tq, D, dop + bh * q_sz, Dp, Tq);
+      }
       for (int64_t i = 0; i < Tq; ++i) Dv[bh * Tq + i] = dot(gb + i * Hq * D, ob + i * Hq * D, D);
-      for (int64_t s = 0; s < nsplit; ++s) std::memset(dqp + (s * B * Hq + bh) * q_sz, 0, sizeof(float) * q_sz);
+      for (int64_t s = 0; s < npart; ++s) std::memset(dqp + (s * B * Hq + bh) * q_sz, 0, sizeof(float) * q_sz);
     }
 #pragma omp for schedule(dynamic, 1)
     for (int64_t bg = 0; bg < B * Hkv; ++bg) {
@@ -717,7 +779,7 @@ static void backward_impl(const AttnDims& d, const float* q, const float* k, con
       const float* kb = k + b * d.kv_bstride + g * D;
       pack_transposed(kb, Hkv * D, Tk, D, kt + bg * kt_sz, Tkp);
       pack_transposed(v + b * d.kv_bstride + g * D, Hkv * D, Tk, D, vt + bg * kt_sz, Tkp);
-      pack_rows(kb, Hkv * D, Tk, D, kp + bg * kp_sz, Dp, Tkp);
+      if (!direct) pack_rows(kb, Hkv * D, Tk, D, kp + bg * kp_sz, Dp, Tkp);
     }
     // implicit barrier
 
@@ -730,7 +792,10 @@ static void backward_impl(const AttnDims& d, const float* q, const float* k, con
       const int64_t s = t / (B * Hkv), bg = t % (B * Hkv), b = bg / Hkv, g = bg % Hkv;
       const float* ktb = kt + bg * kt_sz;
       const float* vtb = vt + bg * kt_sz;
-      const float* kpb = kp + bg * kp_sz;
+      const float* kpb = direct ? k + b * d.kv_bstride + g * D : kp + bg * kp_sz;
+      const int64_t ldk = direct ? Hkv * D : Dp;
+      const int64_t ldq = direct ? Hq * D : Dp;  // Q, dO rows
+      const int64_t lddq = direct && s == 0 ? Hq * D : Dp;
       for (int64_t kb = split_at[s]; kb < split_at[s + 1]; ++kb) {
         const int64_t j0 = kb * AT_BC_B, kn = imin(AT_BC_B, Tk - j0), knp = round_up(kn, AT_VL);
         std::memset(dKs, 0, sizeof(float) * kn * Dp);
@@ -739,15 +804,16 @@ static void backward_impl(const AttnDims& d, const float* q, const float* k, con
         query_tiles_for(d, j0, kn, &qa, &qe);
         for (int64_t hh = 0; hh < G; ++hh) {
           const int64_t h = g * G + hh, bh = b * Hq + h;
-          const float* qh = qp + bh * q_sz;
-          const float* doh = dop + bh * q_sz;
-          float* dqh = dqp + (s * B * Hq + bh) * q_sz;
+          const float* qh = direct ? q + (b * Tq * Hq + h) * D : qp + bh * q_sz;
+          const float* doh = direct ? dout + (b * Tq * Hq + h) * D : dop + bh * q_sz;
+          float* dqh = direct && s == 0 ? dq + (b * Tq * Hq + h) * D
+                                        : dqp + ((direct ? s - 1 : s) * B * Hq + bh) * q_sz;
           const float* lseh = lse + bh * Tq;
           const float* Dh = Dv + bh * Tq;
           for (int64_t qt = qa; qt < qe; ++qt) {
             const int64_t i0 = qt * AT_BR_B, mr = imin(AT_BR_B, Tq - i0);
-            gemm(mr, knp, D, qh + i0 * Dp, Dp, 1, ktb + j0, Tkp, S, AT_BC_B, false);
-            gemm(mr, knp, D, doh + i0 * Dp, Dp, 1, vtb + j0, Tkp, dP, AT_BC_B, false);
+            gemm(mr, knp, D, qh + i0 * ldq, ldq, 1, ktb + j0, Tkp, S, AT_BC_B, false);
+            gemm(mr, knp, D, doh + i0 * ldq, ldq, 1, vtb + j0, Tkp, dP, AT_BC_B, false);
             for (int64_t r = 0; r < mr; ++r) {
               float* prow = S + r * AT_BC_B;
               float* drow = dP + r * AT_BC_B;
@@ -772,10 +838,10 @@ static void backward_impl(const AttnDims& d, const float* q, const float* k, con
               }
             }
             // dV += Pᵀ·dO, dK += dSᵀ·Q   (rows: keys; reduction over the mr query rows)
-            gemm(kn, Dp, mr, S, 1, AT_BC_B, doh + i0 * Dp, Dp, dVs, Dp, true);
-            gemm(kn, Dp, mr, dP, 1, AT_BC_B, qh + i0 * Dp, Dp, dKs, Dp, true);
+            gemm(kn, Dp, mr, S, 1, AT_BC_B, doh + i0 * ldq, ldq, dVs, Dp, true);
+            gemm(kn, Dp, mr, dP, 1, AT_BC_B, qh + i0 * ldq, ldq, dKs, Dp, true);
             // dQ += dS·K
-            gemm(mr, Dp, kn, dP, AT_BC_B, 1, kpb + j0 * Dp, Dp, dqh + i0 * Dp, Dp, true);
+            gemm(mr, Dp, kn, dP, AT_BC_B, 1, kpb + j0 * ldk, ldk, dqh + i0 * lddq, lddq, true);
           }
         }
         float* dkb = dk + b * d.kv_bstride + g * D;
@@ -787,22 +853,24 @@ static void backward_impl(const AttnDims& d, const float* q, const float* k, con
       }
     }
 
-    // dq = Σ_s dQ partials (fixed order).
+    // dq = Σ_s dQ of split s (fixed order; split 0 already in dq when direct).
+    if (npart > 0) {
 #pragma omp for schedule(static)
-    for (int64_t bh = 0; bh < B * Hq; ++bh) {
-      const int64_t b = bh / Hq, h = bh % Hq;
-      for (int64_t i = 0; i < Tq; ++i) {
-        float* o = dq + ((b * Tq + i) * Hq + h) * D;
-        const float* p0 = dqp + bh * q_sz + i * Dp;
-        std::memcpy(o, p0, sizeof(float) * D);
-        for (int64_t s = 1; s < nsplit; ++s) {
-          const float* ps = dqp + (s * B * Hq + bh) * q_sz + i * Dp;
-          for (int64_t c = 0; c < D; ++c) o[c] += ps[c];
+      for (int64_t bh = 0; bh < B * Hq; ++bh) {
+        const int64_t b = bh / Hq, h = bh % Hq;
+        for (int64_t i = 0; i < Tq; ++i) {
+          float* o = dq + ((b * Tq + i) * Hq + h) * D;
+          int64_t s = 0;
+          if (!direct) std::memcpy(o, dqp + bh * q_sz + i * Dp, sizeof(float) * D), s = 1;
+          for (; s < npart; ++s) {
+            const float* ps = dqp + (s * B * Hq + bh) * q_sz + i * Dp;
+            for (int64_t c = 0; c < D; ++c) o[c] += ps[c];
+          }
         }
       }
     }
   }
-  std::free(block);
+  scratch_release(block);
   std::free(split_at);
 }
 

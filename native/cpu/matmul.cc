@@ -43,9 +43,6 @@
 #ifndef GEMM_NC
 #define GEMM_NC 1024
 #endif
-#ifndef GEMM_PRIVATE_B_ROWS
-#define GEMM_PRIVATE_B_ROWS 512
-#endif
 #elif UNDO_ISA_ID == 1
 #if !defined(__AVX2__) || !defined(__FMA__)
 #error "matmul.cc: the avx2 build needs -mavx2 -mfma"
@@ -55,14 +52,12 @@
 #define GEMM_KC 256
 #define GEMM_MC 144
 #define GEMM_NC 2048
-#define GEMM_PRIVATE_B_ROWS 512
 #else
 #define GEMM_MR 6
 #define GEMM_NR 8
 #define GEMM_KC 256
 #define GEMM_MC 96
 #define GEMM_NC 1024
-#define GEMM_PRIVATE_B_ROWS 256
 #endif
 
 UNDO_ISA_BEGIN
@@ -490,63 +485,59 @@ static void pack_N(const float* src, int64_t ld, int64_t w, int64_t kc, float sc
 }
 #endif
 
-// Panels [p0, p1) of the MR-tall packing of alpha·op(A)[i0:i0+mc, k0:k0+kc]; panel p at Ap + p·MR·kc.
+// alpha·op(A)[i0:i0+mc, k0:k0+kc] as ceil(mc/MR) MR-tall panels, panel p at Ap + p·MR·kc.
 static void pack_A(bool ta, const float* A, int64_t lda, float alpha, int64_t i0, int64_t mc, int64_t k0,
-                   int64_t kc, float* Ap, int64_t p0, int64_t p1) {
-  if (p0 >= p1) return;
+                   int64_t kc, float* Ap) {
   if (ta) {
-    const int64_t i = i0 + p0 * GEMM_MR, rows = min64(p1 * GEMM_MR, mc) - p0 * GEMM_MR;
-    pack_N(A + k0 * lda + i, lda, rows, kc, alpha, Ap + p0 * GEMM_MR * kc, GEMM_MR);
+    pack_N(A + k0 * lda + i0, lda, mc, kc, alpha, Ap, GEMM_MR);
     return;
   }
-  for (int64_t p = p0; p < p1; p++) {
-    const int64_t i = i0 + p * GEMM_MR, rows = min64(GEMM_MR, mc - p * GEMM_MR);
-    pack_T(A + i * lda + k0, lda, rows, kc, alpha, Ap + p * GEMM_MR * kc, GEMM_MR);
+  for (int64_t p = 0; p * GEMM_MR < mc; p++) {
+    const int64_t i = i0 + p * GEMM_MR;
+    pack_T(A + i * lda + k0, lda, min64(GEMM_MR, mc - p * GEMM_MR), kc, alpha, Ap + p * GEMM_MR * kc, GEMM_MR);
   }
 }
 
-// Panels [q0, q1) of the NR-wide packing of op(B)[k0:k0+kc, j0:j0+nc]; panel q at Bp + q·NR·kc.
+// op(B)[k0:k0+kc, j0:j0+nc] as ceil(nc/NR) NR-wide panels, panel q at Bp + q·NR·kc.
 static void pack_B(bool tb, const float* B, int64_t ldb, int64_t j0, int64_t nc, int64_t k0, int64_t kc,
-                   float* Bp, int64_t q0, int64_t q1) {
-  if (q0 >= q1) return;
+                   float* Bp) {
   if (!tb) {
-    const int64_t j = j0 + q0 * GEMM_NR, cols = min64(q1 * GEMM_NR, nc) - q0 * GEMM_NR;
-    pack_N(B + k0 * ldb + j, ldb, cols, kc, 1.0f, Bp + q0 * GEMM_NR * kc, GEMM_NR);
+    pack_N(B + k0 * ldb + j0, ldb, nc, kc, 1.0f, Bp, GEMM_NR);
     return;
   }
-  for (int64_t q = q0; q < q1; q++) {
-    const int64_t j = j0 + q * GEMM_NR, cols = min64(GEMM_NR, nc - q * GEMM_NR);
-    pack_T(B + j * ldb + k0, ldb, cols, kc, 1.0f, Bp + q * GEMM_NR * kc, GEMM_NR);
+  for (int64_t q = 0; q * GEMM_NR < nc; q++) {
+    const int64_t j = j0 + q * GEMM_NR;
+    pack_T(B + j * ldb + k0, ldb, min64(GEMM_NR, nc - q * GEMM_NR), kc, 1.0f, Bp + q * GEMM_NR * kc, GEMM_NR);
   }
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// Macro-kernel: C[0:mc, NR-panels q0..q1) += packed A block × packed B panels.
+// Macro-kernel: C[0:mc, 0:nc] = beta·C + packed A block × packed B panels. jr outer, ir inner: one B panel
+// is reused by all the A panels of the block.
 static void macro_kernel(int64_t mc, int64_t nc, int64_t kc, const float* Ap, const float* Bp, float* C,
-                         int64_t ldc, float beta, int64_t q0, int64_t q1) {
+                         int64_t ldc, float beta) {
   alignas(64) float tile[GEMM_MR * GEMM_NR];
-  const int64_t np = cdiv(mc, GEMM_MR);
-  for (int64_t q = q0; q < q1; q++) {
-    const int64_t nr = min64(GEMM_NR, nc - q * GEMM_NR);
-    const float* b = Bp + q * GEMM_NR * kc;
-    for (int64_t p = 0; p < np; p++) {
-      const int64_t mr = min64(GEMM_MR, mc - p * GEMM_MR);
-      const float* a = Ap + p * GEMM_MR * kc;
-      float* c = C + p * GEMM_MR * ldc + q * GEMM_NR;
+  for (int64_t j = 0; j < nc; j += GEMM_NR) {
+    const int64_t nr = min64(GEMM_NR, nc - j);
+    const float* b = Bp + j * kc;
+    for (int64_t i = 0; i < mc; i += GEMM_MR) {
+      const int64_t mr = min64(GEMM_MR, mc - i);
+      const float* a = Ap + i * kc;
+      float* c = C + i * ldc + j;
       if (mr == GEMM_MR && nr == GEMM_NR) {
         ukernel(kc, a, b, c, ldc, beta);
-      } else {
-        ukernel(kc, a, b, tile, GEMM_NR, 0.0f);
-        for (int64_t i = 0; i < mr; i++) {
-          float* cr = c + i * ldc;
-          const float* tr = tile + i * GEMM_NR;
-          if (beta == 0.0f)
-            for (int64_t j = 0; j < nr; j++) cr[j] = tr[j];
-          else if (beta == 1.0f)
-            for (int64_t j = 0; j < nr; j++) cr[j] += tr[j];
-          else
-            for (int64_t j = 0; j < nr; j++) cr[j] = beta * cr[j] + tr[j];
-        }
+        continue;
+      }
+      ukernel(kc, a, b, tile, GEMM_NR, 0.0f);
+      for (int64_t r = 0; r < mr; r++) {
+        float* cr = c + r * ldc;
+        const float* tr = tile + r * GEMM_NR;
+        if (beta == 0.0f)
+          for (int64_t x = 0; x < nr; x++) cr[x] = tr[x];
+        else if (beta == 1.0f)
+          for (int64_t x = 0; x < nr; x++) cr[x] += tr[x];
+        else
+          for (int64_t x = 0; x < nr; x++) cr[x] = beta * cr[x] + tr[x];
       }
     }
   }
@@ -577,6 +568,25 @@ static inline int64_t balanced_block(int64_t n, int64_t cap, int64_t m) {
   return min64(round_up(cdiv(n, nb), m), round_up(cap, m));
 }
 
+// One thread's rectangle C[0:m, 0:n] (A, B, C already offset to it), serial Goto loops.
+static void gemm_block(bool ta, bool tb, int64_t m, int64_t n, int64_t K, float alpha, const float* A,
+                       int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc, int64_t MC,
+                       int64_t NC, int64_t KC, float* Ap, float* Bp) {
+  for (int64_t jc = 0; jc < n; jc += NC) {
+    const int64_t nc = min64(NC, n - jc);
+    for (int64_t pc = 0; pc < K; pc += KC) {
+      const int64_t kc = min64(KC, K - pc);
+      const float bt = pc == 0 ? beta : 1.0f;
+      pack_B(tb, B, ldb, jc, nc, pc, kc, Bp);
+      for (int64_t ic = 0; ic < m; ic += MC) {
+        const int64_t mc = min64(MC, m - ic);
+        pack_A(ta, A, lda, alpha, ic, mc, pc, kc, Ap);
+        macro_kernel(mc, nc, kc, Ap, Bp, C + ic * ldc + jc, ldc, bt);
+      }
+    }
+  }
+}
+
 void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
           const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
   if (M <= 0 || N <= 0) return;
@@ -587,32 +597,35 @@ void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const 
   const int64_t MR = GEMM_MR, NR = GEMM_NR;
   const int64_t Pm = cdiv(M, MR), Pn = cdiv(N, NR);
 
-  // threads: at least ~1 MFLOP and a few micro-tiles per thread
+  // Threads: at least ~1 MFLOP each. The threads tile C as a tm × tn grid of rectangles on micro-tile
+  // boundaries; each thread packs its own A rows and B columns and runs the serial loops on its rectangle,
+  // so the team never synchronises inside a call (a barrier costs a scheduler time slice whenever another
+  // process holds one of the cores). The price is that A is packed tn times and B tm times in total; the
+  // grid minimises (micro-tiles per thread) + (packing per thread), packing one float ≈ 8 FMAs.
   int T = num_threads();
   if (T > 1 && 2.0 * (double)M * (double)N * (double)K < 2.0e6) T = 1;
-  if (T > 1 && Pm * Pn < 4 * (int64_t)T) T = (int)max64(1, Pm * Pn / 4);
-
-  // Work split (for T threads; a nested call may get fewer, see below). split M: each thread owns a range
-  // of MR-panels of rows for the whole call; split N: the team shares each packed A block and splits its
-  // NR-panels of columns. Whichever gives the smaller per-thread tile count.
-  const bool split_m = T == 1 || cdiv(Pm, T) * Pn <= Pm * cdiv(Pn, T);
-  // With enough rows per thread every thread packs all of B itself: redundant packing costs ~1/rows per
-  // flop, and the team then needs no barrier at all (a barrier per K block costs a scheduler time slice
-  // whenever another process holds one of the cores).
-  const bool private_b = split_m && M >= (int64_t)T * GEMM_PRIVATE_B_ROWS;
-
+  int tm = 1, tn = 1;
+  if (T > 1) {
+    double best = 1e300;
+    for (int a = 1; a <= T; a++) {
+      if (T % a) continue;
+      const int b = T / a;
+      if (a > Pm || b > Pn) continue;
+      const double rows = (double)(cdiv(Pm, a) * MR), cols = (double)(cdiv(Pn, b) * NR);
+      const double cost = rows * cols + 8.0 * (rows + cols);
+      if (cost < best) best = cost, tm = a, tn = b;
+    }
+    if (best == 1e300) T = 1;  // fewer micro-tiles than threads in every grid: not worth threading
+    else T = tm * tn;
+  }
+  const int64_t rows_max = min64(cdiv(Pm, tm) * MR, M), cols_max = min64(cdiv(Pn, tn) * NR, N);
   const int64_t KC = balanced_block(K, GEMM_KC, 16);
-  const int64_t NC = balanced_block(N, GEMM_NC, NR);
-  const int64_t MC = split_m ? balanced_block(round_up(cdiv(M, T), MR), GEMM_MC, MR) : balanced_block(M, GEMM_MC, MR);
-
-  // scratch: per-thread A blocks | (private B) per-thread B panels, or (shared) B double buffer + A double
-  // buffer. Sizes in floats, each a multiple of 16 (64 bytes).
-  const size_t bsz = (size_t)(KC * NC), asz = (size_t)round_up(KC * MC, 16);
-  const size_t shared_sz = 2 * bsz + 2 * asz, priv_sz = (size_t)T * bsz;
-  float* base = scratch_get((size_t)T * asz + (shared_sz > priv_sz ? shared_sz : priv_sz));
+  const int64_t MC = balanced_block(rows_max, GEMM_MC, MR);
+  const int64_t NC = balanced_block(cols_max, GEMM_NC, NR);
+  // scratch per thread: A block MC×KC | B panel KC×NC, each a multiple of 16 floats (64 bytes)
+  const size_t asz = (size_t)round_up(MC * KC, 16), bsz = (size_t)round_up(KC * NC, 16);
+  float* base = scratch_get((size_t)T * (asz + bsz));
   if (!base) std::abort();
-  float* const Apriv = base;
-  float* const region = base + (size_t)T * asz;
 
 #pragma omp parallel num_threads(T) if (T > 1)
   {
@@ -621,56 +634,17 @@ void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const 
 #else
     const int nth = 1, tid = 0;
 #endif
-    // a nested call runs on one thread: split M, private B, no barriers
-    const bool sm = nth == 1 || split_m, pb = nth == 1 || private_b;
-    int64_t r0 = 0, r1 = M;  // split M: my rows, on MR-panel boundaries
-    if (sm && nth > 1) {
-      int64_t p0, p1;
-      split(Pm, nth, tid, &p0, &p1);
-      r0 = p0 * MR;
-      r1 = min64(p1 * MR, M);
+    int64_t p0 = 0, p1 = Pm, q0 = 0, q1 = Pn;
+    if (nth == T && T > 1) {  // (a nested call gets one thread: it does the whole product)
+      split(Pm, tm, tid / tn, &p0, &p1);
+      split(Pn, tn, tid % tn, &q0, &q1);
     }
-    float* const Amine = Apriv + (size_t)tid * asz;
-    int64_t iter = 0;
-    for (int64_t jc = 0; jc < N; jc += NC) {
-      const int64_t nc = min64(NC, N - jc);
-      const int64_t qn = cdiv(nc, NR);
-      for (int64_t pc = 0; pc < K; pc += KC, iter++) {
-        const int64_t kc = min64(KC, K - pc);
-        const float bt = pc == 0 ? beta : 1.0f;
-        float* Bp;
-        if (pb) {
-          Bp = region + (size_t)tid * bsz;
-          if (r0 < r1) pack_B(tb, B, ldb, jc, nc, pc, kc, Bp, 0, qn);
-        } else {
-          // shared, double-buffered: the barrier after packing iteration i also guarantees that everyone
-          // is done computing with iteration i - 1's buffer before anyone packs iteration i + 1 into it
-          Bp = region + (size_t)(iter & 1) * bsz;
-          int64_t q0, q1;
-          split(qn, nth, tid, &q0, &q1);
-          pack_B(tb, B, ldb, jc, nc, pc, kc, Bp, q0, q1);
-#pragma omp barrier
-        }
-        if (sm) {
-          for (int64_t ic = r0; ic < r1; ic += MC) {
-            const int64_t mc = min64(MC, r1 - ic);
-            pack_A(ta, A, lda, alpha, ic, mc, pc, kc, Amine, 0, cdiv(mc, MR));
-            macro_kernel(mc, nc, kc, Amine, Bp, C + ic * ldc + jc, ldc, bt, 0, qn);
-          }
-        } else {
-          int64_t q0, q1;
-          split(qn, nth, tid, &q0, &q1);
-          int64_t ai = 0;
-          for (int64_t ic = 0; ic < M; ic += MC, ai++) {
-            const int64_t mc = min64(MC, M - ic);
-            float* Ap = region + 2 * bsz + (size_t)(ai & 1) * asz;
-            int64_t p0, p1;
-            split(cdiv(mc, MR), nth, tid, &p0, &p1);
-            pack_A(ta, A, lda, alpha, ic, mc, pc, kc, Ap, p0, p1);
-#pragma omp barrier
-            macro_kernel(mc, nc, kc, Ap, Bp, C + ic * ldc + jc, ldc, bt, q0, q1);
-          }
-        }
+    if (tid == 0 || nth == T) {
+      const int64_t i0 = p0 * MR, i1 = min64(p1 * MR, M), j0 = q0 * NR, j1 = min64(q1 * NR, N);
+      if (i0 < i1 && j0 < j1) {
+        float* Ap = base + (size_t)tid * (asz + bsz);
+        gemm_block(ta, tb, i1 - i0, j1 - j0, K, alpha, ta ? A + i0 : A + i0 * lda, lda, tb ? B + j0 * ldb : B + j0,
+                   ldb, beta, C + i0 * ldc + j0, ldc, MC, NC, KC, Ap, Ap + asz);
       }
     }
   }

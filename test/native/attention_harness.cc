@@ -5,6 +5,8 @@
 //
 //   mkdir -p build/attn_harness; F="-std=c++17 -O3 -fopenmp -fno-math-errno -fno-trapping-math -Wall -Wno-unused-function -Wno-unknown-pragmas -Inative/cpu"; g++ $F -DUNDO_ISA=generic -DUNDO_ISA_ID=0 -c native/cpu/attention.cc -o build/attn_harness/attention_generic.o && g++ $F -DUNDO_ISA=avx2 -DUNDO_ISA_ID=1 -mavx2 -mfma -mf16c -c native/cpu/attention.cc -o build/attn_harness/attention_avx2.o && g++ $F -DUNDO_ISA=avx512 -DUNDO_ISA_ID=2 -mavx512f -mavx512bw -mavx512dq -mavx512vl -mavx2 -mfma -mf16c -mprefer-vector-width=512 -c native/cpu/attention.cc -o build/attn_harness/attention_avx512.o && g++ $F native/cpu/cpu_features.cc test/native/attention_harness.cc build/attn_harness/attention_*.o -o build/attn_harness/attention_harness && ./build/attn_harness/attention_harness
 //
+//   (`node-gyp rebuild` wipes build/; any other output directory works as well.)
+//
 //   ./build/attn_harness/attention_harness            # correctness (every supported ISA); exit status 0 = pass
 //   ./build/attn_harness/attention_harness --bench    # timing at T=256/1024, D=64 (all threads, each ISA)
 //

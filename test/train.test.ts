@@ -1,0 +1,112 @@
+/**
+ * The training loop's pieces: LR schedules, gradient accumulation, init schemes, sampling, divergence errors.
+ */
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { Batcher, PackedDataset } from '../lib/data';
+import { sampleToken } from '../lib/generate';
+import { Model, ModelConfig } from '../lib/model';
+import { Rng } from '../lib/rng';
+import { lrAt, train, TrainConfig } from '../lib/train';
+import { assertClose } from './helpers';
+
+const CFG: ModelConfig = {
+  family: 'llama', vocabSize: 37, hiddenSize: 24, numLayers: 2, numHeads: 4, numKvHeads: 2, headDim: 6,
+  intermediateSize: 40, maxPositions: 64, rmsNormEps: 1e-5, ropeTheta: 10000, tieWordEmbeddings: false,
+  attnLogitSoftcapping: 0, finalLogitSoftcapping: 0, queryPreAttnScalar: 0, slidingWindow: 0, activation: 'silu',
+  bosTokenId: 1, eosTokenId: 2, padTokenId: 0,
+};
+
+test('lrAt: linear warm-up, then constant / linear / cosine decay to minLr', () => {
+  const base = { lr: 1e-3, minLr: 1e-4, warmup: 10, steps: 110, weightDecay: 0, beta1: 0.9, beta2: 0.95, eps: 1e-8, clip: 1 };
+  assert.ok(Math.abs(lrAt(0, { ...base, schedule: 'cosine' }) - 1e-4) < 1e-12);
+  assert.ok(Math.abs(lrAt(9, { ...base, schedule: 'cosine' }) - 1e-3) < 1e-12);
+  assert.is(lrAt(50, { ...base, schedule: 'constant' }), 1e-3);
+  assert.ok(Math.abs(lrAt(60, { ...base, schedule: 'linear' }) - (1e-3 + (1e-4 - 1e-3) * 0.5)) < 1e-12);
+  assert.ok(Math.abs(lrAt(60, { ...base, schedule: 'cosine' }) - (1e-4 + 0.5 * 9e-4)) < 1e-12);
+  assert.ok(Math.abs(lrAt(110, { ...base, schedule: 'cosine' }) - 1e-4) < 1e-12);
+  assert.ok(lrAt(30, { ...base, schedule: 'cosine' }) > lrAt(31, { ...base, schedule: 'cosine' }));
+});
+
+test('gradient accumulation: two micro-batches of 1 give the gradient of one batch of 2', async () => {
+  const T = 11;
+  const r = new Rng(3);
+  const ids = Int32Array.from({ length: 2 * T }, () => r.int(0, CFG.vocabSize - 1));
+  const tg = Int32Array.from({ length: 2 * T }, () => r.int(0, CFG.vocabSize - 1));
+  const a = Model.create(CFG, { seed: 5 });
+  a.native.zeroGrad();
+  const ra = await a.native.trainStep(ids, tg, 2, T, null, 0, -100);
+  const b = Model.create(CFG, { seed: 5 });
+  b.native.zeroGrad();
+  let lb = 0;
+  for (let m = 0; m < 2; m++) {
+    lb += (await b.native.trainStep(ids.slice(m * T, (m + 1) * T), tg.slice(m * T, (m + 1) * T), 1, T, null, 2 * T, -100)).loss;
+  }
+  assert.ok(Math.abs(ra.loss - lb) < 1e-5 * ra.loss, `${ra.loss} vs ${lb}`);
+  assertClose(b.grads, a.grads, 1e-5, 'accumulated gradient');
+});
+
+test('init: normal(0, std) for matrices, ones for Llama norms; xavier bounds; seeds differ', () => {
+  const m = Model.create({ ...CFG, hiddenSize: 64, headDim: 16, intermediateSize: 96 }, { seed: 1, init: 'normal', std: 0.02 });
+  const w = m.tensor('model.layers.0.mlp.up_proj.weight');
+  let s = 0, s2 = 0;
+  for (const x of w) { s += x; s2 += x * x; }
+  const mean = s / w.length, std = Math.sqrt(s2 / w.length - mean * mean);
+  assert.ok(Math.abs(mean) < 0.002 && Math.abs(std - 0.02) < 0.0015, `mean ${mean} std ${std}`);
+  assert.ok(m.tensor('model.norm.weight').every((x) => x === 1));
+  const x = Model.create(CFG, { seed: 1, init: 'xavier' });
+  const q = x.tensor('model.layers.0.self_attn.q_proj.weight');
+  const bound = Math.sqrt(6 / (24 + 24));
+  assert.ok(q.every((v) => Math.abs(v) <= bound) && q.some((v) => Math.abs(v) > 0.8 * bound));
+  const other = Model.create(CFG, { seed: 2 });
+  assert.not.equal(Array.from(other.tensor('model.embed_tokens.weight').slice(0, 8)), Array.from(Model.create(CFG, { seed: 1 }).tensor('model.embed_tokens.weight').slice(0, 8)));
+});
+
+test('sampleToken: greedy, top-k restricts the support, top-p keeps the nucleus', () => {
+  const logits = Float32Array.from([0, 3, 1, 2.5, -1]);
+  const rng = new Rng(1);
+  assert.is(sampleToken(logits, {}, rng), 1);
+  const seen = new Set<number>();
+  for (let i = 0; i < 400; i++) seen.add(sampleToken(logits, { temperature: 1, topK: 2 }, rng));
+  assert.equal([...seen].sort(), [1, 3]);
+  // p ∝ e^[0,3,1,2.5,-1]: top two hold ≈ 0.87 of the mass, so top-p 0.8 keeps exactly {1, 3}
+  const seenP = new Set<number>();
+  for (let i = 0; i < 400; i++) seenP.add(sampleToken(logits, { temperature: 1, topP: 0.8 }, rng));
+  assert.equal([...seenP].sort(), [1, 3]);
+  const all = new Set<number>();
+  for (let i = 0; i < 2000; i++) all.add(sampleToken(logits, { temperature: 2 }, rng));
+  assert.is(all.size, 5);
+});
+
+test('train: a NaN weight stops training with an error naming the step', async () => {
+  const m = Model.create(CFG, { seed: 1 });
+  m.tensor('model.layers.1.mlp.down_proj.weight')[3] = NaN;
+  const tokens = Int32Array.from({ length: 8 * 16 + 1 }, (_, i) => i % CFG.vocabSize);
+  const batcher = new Batcher(new PackedDataset(tokens, 16, 8), { batchSize: 2, seed: 1 });
+  const cfg: TrainConfig = { steps: 3, gradAccum: 1, lr: 1e-3, warmup: 0, schedule: 'constant', weightDecay: 0, beta1: 0.9, beta2: 0.95, eps: 1e-8, clip: 1, evalEvery: 0, checkpointEvery: 0 };
+  try {
+    await train(m, batcher, cfg);
+    assert.unreachable('expected divergence');
+  } catch (e) {
+    assert.match((e as Error).message, /loss is NaN at step 1/);
+  }
+});
+
+test('train: loss falls on a repeated sequence and the result is reproducible', async () => {
+  const run = async () => {
+    const m = Model.create(CFG, { seed: 9 });
+    const tokens = Int32Array.from({ length: 8 * 16 + 1 }, (_, i) => (i * 5) % CFG.vocabSize);
+    const batcher = new Batcher(new PackedDataset(tokens, 16, 8), { batchSize: 4, seed: 1 });
+    const losses: number[] = [];
+    const cfg: TrainConfig = { steps: 30, gradAccum: 2, lr: 1e-2, warmup: 3, schedule: 'cosine', weightDecay: 0.1, beta1: 0.9, beta2: 0.95, eps: 1e-8, clip: 1, evalEvery: 0, checkpointEvery: 0 };
+    await train(m, batcher, cfg, { onStep: (s) => losses.push(s.loss) });
+    return { losses, params: m.params.slice() };
+  };
+  const a = await run();
+  assert.ok(a.losses[29] < 0.5 * a.losses[0], `loss ${a.losses[0]} -> ${a.losses[29]}`);
+  const b = await run();
+  assert.equal(b.losses, a.losses);
+  assert.ok(b.params.every((v, i) => v === a.params[i]));
+});
+
+test.run();
