@@ -226,7 +226,11 @@ static inline float v_hmax(vf a) {
 #define AT_BC_B 64
 #endif
 // At most this many query rows: the decode path (no repacking) is used instead of the tiled one.
-#define AT_DECODE_ROWS 4
+#ifndef AT_DECODE_ROWS
+#define AT_DECODE_ROWS 16
+#endif
+// Keys per block in the decode path.
+#define AT_DECODE_KEYS 256
 
 static inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 static inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
@@ -537,38 +541,108 @@ static void forward_decode(const AttnDims& d, const float* q, const float* k, co
   const int64_t G = Hq / Hkv;
   const float cap = d.softcap > 0.0f ? d.softcap : 0.0f;
   const float sc = cap > 0.0f ? d.scale / cap : d.scale;
-  const int64_t ntask = B * Hq * Tq;
+  // A task takes a chunk of the R = G·Tq query rows that share one kv head (row r: head g·G + r / Tq,
+  // query i = r % Tq) and keeps them in the vector lanes: per key block, Sᵀ = K·Qᵀ ([keys][rows]) and
+  // Oᵀ += Vᵀ·Pᵀ ([D][rows]) with the block-product kernel (any D, no horizontal sums), online softmax
+  // across key blocks. Each K/V row is read once per chunk, straight from the (strided) cache.
+  const int64_t R = G * Tq;
+  const int64_t RCMAX = AT_NVMAX * AT_VL;  // rows per chunk: one register block of lanes
+  const int nth = ::undo::num_threads() > 0 ? ::undo::num_threads() : 1;
+  int64_t chunks = imin(R, imax(1, (2 * nth + B * Hkv - 1) / (B * Hkv)));
+  chunks = imax(chunks, (R + RCMAX - 1) / RCMAX);
+  const int64_t rc = (R + chunks - 1) / chunks;
+  chunks = (R + rc - 1) / rc;
+  const int64_t Rp = round_up(rc, AT_VL);
+  const int64_t ntask = B * Hkv * chunks;
   const int nt = nthreads_for(ntask);
-  const int64_t per_thread = round_up(Tk, 16) + round_up(D, 16);
+  const int64_t KB = AT_DECODE_KEYS;
+  const int64_t per_thread = round_up(2 * D * Rp + KB * Rp + 3 * Rp, 16);
   float* scratch = scratch_acquire(nt * per_thread);  // all allocation before the parallel region
 #pragma omp parallel num_threads(nt)
   {
-    float* s = scratch + thread_id() * per_thread;
-    float* acc = s + round_up(Tk, 16);
+    float* const Qt = scratch + thread_id() * per_thread;  // [D][Rp]
+    float* const Ot = Qt + D * Rp;                         // [D][Rp]
+    float* const St = Ot + D * Rp;                         // [KB][Rp]
+    float* const m = St + KB * Rp;                         // running max, sum, rescale per lane
+    float* const l = m + Rp;
+    float* const alpha = l + Rp;
 #pragma omp for schedule(dynamic, 1)
     for (int64_t t = 0; t < ntask; ++t) {
-      const int64_t b = t / (Hq * Tq), h = (t / Tq) % Hq, i = t % Tq, g = h / G;
-      const float* qr = q + ((b * Tq + i) * Hq + h) * D;
-      float* orow = out + ((b * Tq + i) * Hq + h) * D;
-      int64_t lo, hi;
-      visible(d.q_offset + i, Tk, d.window, &lo, &hi);
-      if (lo >= hi) {
-        std::memset(orow, 0, sizeof(float) * D);
-        if (lse) lse[(b * Hq + h) * Tq + i] = -INFINITY;
-        continue;
-      }
+      const int64_t bg = t / chunks, b = bg / Hkv, g = bg % Hkv;
+      const int64_t r0 = (t % chunks) * rc, nr = imin(rc, R - r0);
       const float* kb = k + b * d.kv_bstride + g * D;
       const float* vb = v + b * d.kv_bstride + g * D;
-      const int64_t ks = Hkv * D, n = hi - lo;
-      for (int64_t j = 0; j < n; ++j) s[j] = dot(qr, kb + (lo + j) * ks, D);
-      row_scores(s, n, sc, cap);
-      const float m = row_max(s, n);
-      const float l = row_exp_sum(s, n, m);
-      std::memset(acc, 0, sizeof(float) * D);
-      for (int64_t j = 0; j < n; ++j) row_axpy(acc, vb + (lo + j) * ks, D, s[j]);
-      const float inv = 1.0f / l;
-      for (int64_t c = 0; c < D; ++c) orow[c] = acc[c] * inv;
-      if (lse) lse[(b * Hq + h) * Tq + i] = m + std::log(l);
+      const int64_t ks = Hkv * D;
+      int64_t lo[AT_NVMAX * AT_VL], hi[AT_NVMAX * AT_VL];  // visible key ranges of the rows
+      int64_t jlo = Tk, jhi = 0;
+      for (int64_t r = 0; r < Rp; ++r) {
+        if (r < nr) {
+          const int64_t h = g * G + (r0 + r) / Tq, i = (r0 + r) % Tq;
+          const float* qr = q + ((b * Tq + i) * Hq + h) * D;
+          for (int64_t c = 0; c < D; ++c) Qt[c * Rp + r] = qr[c];
+          visible(d.q_offset + i, Tk, d.window, &lo[r], &hi[r]);
+          if (lo[r] < hi[r]) {
+            jlo = imin(jlo, lo[r]);
+            jhi = imax(jhi, hi[r]);
+          }
+        } else {
+          for (int64_t c = 0; c < D; ++c) Qt[c * Rp + r] = 0.0f;  // padding lanes: finite, never read
+          lo[r] = hi[r] = 0;
+        }
+        m[r] = -INFINITY;
+        l[r] = 0.0f;
+      }
+      std::memset(Ot, 0, sizeof(float) * D * Rp);
+      for (int64_t j0 = jlo; j0 < jhi; j0 += KB) {
+        const int64_t kn = imin(KB, jhi - j0);
+        gemm(kn, Rp, D, kb + j0 * ks, ks, 1, Qt, Rp, St, Rp, false);  // Sᵀ = K·Qᵀ
+        row_scores(St, kn * Rp, sc, cap);
+        // mask the keys a row does not see (ranges differ by at most a few keys between rows)
+        for (int64_t r = 0; r < nr; ++r) {
+          for (int64_t j = j0; j < imin(j0 + kn, lo[r]); ++j) St[(j - j0) * Rp + r] = -INFINITY;
+          for (int64_t j = imax(j0, hi[r]); j < j0 + kn; ++j) St[(j - j0) * Rp + r] = -INFINITY;
+        }
+        // per-lane block max, new running max, rescale factors
+        float mb[AT_NVMAX * AT_VL];
+        for (int64_t n = 0; n < Rp; n += AT_VL) {
+          vf vm = v_set1(-INFINITY);
+          for (int64_t j = 0; j < kn; ++j) vm = v_max(vm, v_load(St + j * Rp + n));
+          v_store(mb + n, vm);
+        }
+        float msub[AT_NVMAX * AT_VL];
+        for (int64_t r = 0; r < Rp; ++r) {
+          const float mn = mb[r] > m[r] ? mb[r] : m[r];
+          alpha[r] = mn == m[r] ? 1.0f : undo_expf(m[r] - mn);  // m = −inf → 0
+          m[r] = mn;
+          msub[r] = mn == -INFINITY ? 0.0f : mn;  // a lane that sees nothing yet: exp(−inf − 0) = 0
+        }
+        // P = exp(Sᵀ − m), lane sums
+        for (int64_t n = 0; n < Rp; n += AT_VL) {
+          const vf vmn = v_load(msub + n);
+          vf vs = v_zero();
+          for (int64_t j = 0; j < kn; ++j) {
+            const vf e = v_exp(v_sub(v_load(St + j * Rp + n), vmn));
+            v_store(St + j * Rp + n, e);
+            vs = v_add(vs, e);
+          }
+          const vf va = v_load(alpha + n);
+          v_store(l + n, v_fma(v_load(l + n), va, vs));
+          for (int64_t c = 0; c < D; ++c) v_store(Ot + c * Rp + n, v_mul(va, v_load(Ot + c * Rp + n)));
+        }
+        gemm(D, Rp, kn, vb + j0 * ks, 1, ks, St, Rp, Ot, Rp, true);  // Oᵀ += Vᵀ·Pᵀ
+      }
+      for (int64_t r = 0; r < nr; ++r) {
+        const int64_t h = g * G + (r0 + r) / Tq, i = (r0 + r) % Tq;
+        float* orow = out + ((b * Tq + i) * Hq + h) * D;
+        if (!(l[r] > 0.0f)) {
+          std::memset(orow, 0, sizeof(float) * D);
+          if (lse) lse[(b * Hq + h) * Tq + i] = -INFINITY;
+          continue;
+        }
+        const float inv = 1.0f / l[r];
+        for (int64_t c = 0; c < D; ++c) orow[c] = Ot[c * Rp + r] * inv;
+        if (lse) lse[(b * Hq + h) * Tq + i] = m[r] + std::log(l[r]);
+      }
     }
   }
   scratch_release(scratch);

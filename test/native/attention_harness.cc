@@ -429,7 +429,7 @@ int main(int argc, char** argv) {
   run_case(dims(1, 257, 257, 1, 1, 128, 0, 257, 0, 0.f), seed++, hw_threads, true);
   ncases += 2;
   // Decode / chunked prefill: q_offset > 0, KV cache capacity > Tk (NaN past Tk), forward only.
-  for (int64_t Tq : {1, 3, 20, 70})
+  for (int64_t Tq : {1, 3, 16, 20, 70})
     for (float cap : caps)
       for (int64_t win : {0, 5, 40}) {
         const int64_t off = 37;
@@ -437,10 +437,19 @@ int main(int argc, char** argv) {
         run_case(dims(2, Tq, off + Tq, 3, 1, 7, off, off + Tq + 5, win, cap), seed++, 2, false);
         ncases += 2;
       }
+  // Decode with large GQA groups: a group's rows are cut into several chunks (chunk edges inside a head).
+  for (int threads : {1, 2, 3})
+    for (int64_t win : {0, 7}) {
+      run_case(dims(1, 3, 50, 40, 1, 16, 47, 64, win, 5.f), seed++, threads, false);
+      run_case(dims(2, 1, 33, 12, 2, 7, 32, 40, win, 0.f), seed++, threads, false);
+      ncases += 2;
+    }
   // Tk shorter than q_offset + Tq (rows past the cache see only the cache) and a long decode.
   run_case(dims(1, 3, 30, 2, 1, 16, 40, 48, 0, 0.f), seed++, 2, false);
   run_case(dims(2, 1, 1000, 8, 2, 64, 999, 1024, 0, 5.f), seed++, 2, false);
-  ncases += 2;
+  run_case(dims(1, 3, 700, 6, 2, 12, 697, 720, 300, 0.f), seed++, 3, false);  // window across key blocks
+  run_case(dims(1, 4, 600, 64, 2, 16, 596, 600, 0, 0.f), seed++, 2, false);   // 128 rows per kv head
+  ncases += 4;
   std::printf("%d cases\n", ncases);
   std::printf("max normwise relative error per ISA (out, lse, dq, dk, dv):\n");
   for (int ii = 0; ii < 3; ++ii)
