@@ -82,6 +82,8 @@ export interface NativeModel {
   trainStep(ids: Int32Array, targets: Int32Array, B: number, T: number, weights: Float32Array | null,
     normalizer: number, ignoreIndex: number): Promise<LossResult>;
   logits(rows: Int32Array | null): Promise<Float32Array>;
+  /** d(loss)/d(capped logits) [rows, V] of the last forward → head gradient + d(final hidden) for backward(true). */
+  headGrad(dlogits: Float32Array): Promise<void>;
   hidden(layer: number): Float32Array;
   zeroGrad(): void;
   gradNorm(): number;

@@ -33,6 +33,28 @@ for (const family of ['llama', 'gemma2']) {
     });
   });
 
+  test(`${family}: headGrad (a loss computed outside the engine) reproduces PyTorch's gradients`, async () => {
+    const m = Model.load(dir);
+    await m.native.forward(ids, B, T);
+    const z = await m.native.logits(null);
+    const V = m.config.vocabSize;
+    const n = targets.filter((t) => t !== -100).length;
+    const g = new Float32Array(z.length);
+    for (let r = 0; r < B * T; r++) {
+      if (targets[r] === -100) continue;
+      let mx = -Infinity;
+      for (let v = 0; v < V; v++) mx = Math.max(mx, z[r * V + v]);
+      let s = 0;
+      for (let v = 0; v < V; v++) s += Math.exp(z[r * V + v] - mx);
+      for (let v = 0; v < V; v++) g[r * V + v] = Math.exp(z[r * V + v] - mx) / s / n;
+      g[r * V + targets[r]] -= 1 / n;
+    }
+    m.native.zeroGrad();
+    await m.native.headGrad(g);
+    await m.native.backward(true, null);
+    for (const t of m.tensors) assertClose(m.grad(t.name), exp.readTensorF32(`grad.${t.name}`), 1e-3, `grad ${t.name}`);
+  });
+
   test(`${family}: 10 AdamW steps with clipping follow PyTorch's losses`, async () => {
     const m = Model.load(dir);
     m.tensors.forEach((_, i) => m.native.setDecay(i, true));

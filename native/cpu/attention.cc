@@ -18,8 +18,9 @@
 //     the per-split dQ partials are summed in a fixed order at the end — deterministic, no atomics).
 //     Per (key tile, query tile): S = Q·Kᵀ, dP = dO·Vᵀ, P = exp(s − lse), dS = P∘(dP − Dᵢ) (·(1−tanh²) with
 //     a soft cap, ·scale), dV += Pᵀ·dO, dK += dSᵀ·Q, dQ += dS·K.
-//   * Decode (few query rows): per (batch, head, row) direct dot products against the (possibly strided)
-//     KV cache, no repacking: one row of Tk scores in per-thread scratch.
+//   * Decode / short chunks (Tq <= AT_DECODE_ROWS): no repacking. Tasks = batch × kv head × chunk of the
+//     G·Tq query rows that share the kv head, held in the vector lanes; per block of keys read straight
+//     from the (possibly strided) KV cache: Sᵀ = K·Qᵀ, mask, online softmax per lane, Oᵀ += Vᵀ·Pᵀ.
 // Nothing T×T is ever allocated: scratch is O(T·D) for the packed panels plus O(tile²) per thread, taken
 // as one block before each parallel region (so an allocation failure throws outside OpenMP); the last
 // block is cached for the next call (scratch_acquire / scratch_release). When D is a multiple of the

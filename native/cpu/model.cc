@@ -336,6 +336,51 @@ double Model::head_loss(const int32_t* targets, const float* weights, int32_t ig
   return norm > 0 ? total / norm : 0.0;
 }
 
+double Model::head_custom(const HeadFn& fn, bool backward, float* row_loss, int64_t chunk) {
+  const int64_t N = N_, d = cfg_.d, V = cfg_.vocab;
+  if (N == 0 || cache_mode_) fail("head: needs a training forward first");
+  const float* Wh = params_.data() + off_head_;
+  float* gWh = grads_.data() + off_head_;
+  const bool head_trainable = trainable_at(params_.data() + off_head_);
+  const float cap = cfg_.final_softcap;
+  chunk = std::max<int64_t>(1, std::min(chunk, N));
+  std::vector<float> z((size_t)(chunk * V)), dz(backward ? (size_t)(chunk * V) : 0), lrow((size_t)chunk);
+  double total = 0.0;
+  for (int64_t r0 = 0; r0 < N; r0 += chunk) {
+    const int64_t n = std::min(chunk, N - r0);
+    logits_range(r0, n, z.data());
+    fn(r0, n, z.data(), backward ? dz.data() : nullptr, lrow.data());
+    for (int64_t i = 0; i < n; i++) {
+      total += (double)lrow[(size_t)i];
+      if (row_loss) row_loss[r0 + i] = lrow[(size_t)i];
+    }
+    if (backward) {
+      if (cap > 0) {
+        const float inv = 1.0f / cap;
+        for (int64_t i = 0; i < n * V; i++) {
+          const float t = z[(size_t)i] * inv;
+          dz[(size_t)i] *= 1.0f - t * t;
+        }
+      }
+      const float* h = h_final_.data() + r0 * d;
+      gemm(false, false, n, d, V, 1.0f, dz.data(), V, Wh, d, 0.0f, dh_final_.data() + r0 * d, d);
+      if (head_trainable) gemm(true, false, V, d, n, 1.0f, dz.data(), V, h, d, 1.0f, gWh, d);
+    }
+  }
+  if (backward) have_head_grad_ = true;
+  return total;
+}
+
+void Model::logits_range(int64_t row0, int64_t n, float* out) {
+  const int64_t d = cfg_.d, V = cfg_.vocab;
+  if (row0 < 0 || n < 0 || row0 + n > N_) fail("logits: rows [" + std::to_string(row0) + ", " + std::to_string(row0 + n) + ") out of range");
+  gemm(false, true, n, V, d, 1.0f, h_final_.data() + row0 * d, d, params_.data() + off_head_, d, 0.0f, out, V);
+  if (cfg_.final_softcap > 0) {
+    const float cap = cfg_.final_softcap;
+    for (int64_t i = 0; i < n * V; i++) out[i] = cap * std::tanh(out[i] / cap);
+  }
+}
+
 void Model::logits(const int64_t* rows_sel, int64_t n_sel, float* out) {
   const int64_t d = cfg_.d, V = cfg_.vocab;
   std::vector<float> h;

@@ -4,6 +4,7 @@
 // contiguous native buffers; the JS side holds a handle and views.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -69,6 +70,17 @@ class Model {
   // Returns the mean loss, and the number of counted rows in *counted.
   double head_loss(const int32_t* targets, const float* weights, int32_t ignore_index, double normalizer,
                    bool backward, float* row_loss, double* counted, int64_t chunk = 256);
+
+  // Generic fused head for any loss on the logits: per chunk of rows, z = softcap(h·Wᵀ) [n, V] is handed to
+  // fn(row0, n, z, dz, loss_rows), which writes the per-row losses and, when backward, dz = d(loss)/dz (all
+  // scaling included). The head applies the soft-cap chain rule, stores d(loss)/d(final hidden) for
+  // backward() and accumulates the LM-head gradient. Never holds more than two chunks of logits.
+  // Returns Σ loss_rows; row_loss (may be null) receives them.
+  using HeadFn = std::function<void(int64_t row0, int64_t n, const float* z, float* dz, float* loss_rows)>;
+  double head_custom(const HeadFn& fn, bool backward, float* row_loss, int64_t chunk = 256);
+
+  // Capped logits of the contiguous rows [row0, row0 + n) of the last forward (e.g. a teacher's chunk).
+  void logits_range(int64_t row0, int64_t n, float* out);
 
   // Full logits [B·T, V] (after soft-capping) for the rows of the last forward. rows_sel: which rows (null =
   // all), n_sel of them.

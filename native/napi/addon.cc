@@ -357,7 +357,7 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
                         InstanceMethod("setFrozen", &ModelWrap::SetFrozen), InstanceMethod("setDecay", &ModelWrap::SetDecay),
                         InstanceMethod("forward", &ModelWrap::Forward), InstanceMethod("headLoss", &ModelWrap::HeadLoss),
                         InstanceMethod("backward", &ModelWrap::Backward), InstanceMethod("trainStep", &ModelWrap::TrainStep),
-                        InstanceMethod("logits", &ModelWrap::Logits), InstanceMethod("hidden", &ModelWrap::Hidden),
+                        InstanceMethod("logits", &ModelWrap::Logits), InstanceMethod("headGrad", &ModelWrap::HeadGrad), InstanceMethod("hidden", &ModelWrap::Hidden),
                         InstanceMethod("zeroGrad", &ModelWrap::ZeroGrad), InstanceMethod("gradNorm", &ModelWrap::GradNorm),
                         InstanceMethod("adamw", &ModelWrap::Adamw), InstanceMethod("cacheBegin", &ModelWrap::CacheBegin),
                         InstanceMethod("cacheStep", &ModelWrap::CacheStep)});
@@ -568,6 +568,28 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
           m->backward(true, {});
         },
         [r](Napi::Env env) { return loss_value(env, *r); }, {info[0], info[1], info[4]});
+  }
+  // headGrad(dlogits Float32Array [rows, V]) → Promise<void>: d(loss)/d(capped logits) computed by the caller
+  // for every row of the last forward; the head turns it into d(final hidden) for backward(true, ...) and
+  // accumulates the LM-head gradient. For losses written in JS over small vocabularies.
+  Napi::Value HeadGrad(const Napi::CallbackInfo& info) {
+    auto m = model_;
+    auto g = f32(info, 0, "dlogits", 0);
+    float* gp = g.Data();
+    const size_t len = g.ElementLength();
+    return run_task(
+        info.Env(), m,
+        [m, gp, len] {
+          const int64_t V = m->config().vocab;
+          if (len < (size_t)(m->rows() * V)) throw std::invalid_argument("headGrad: dlogits must hold rows×vocab of the last forward");
+          m->head_custom(
+              [gp, V](int64_t row0, int64_t n, const float*, float* dz, float* loss) {
+                std::memcpy(dz, gp + row0 * V, sizeof(float) * (size_t)(n * V));
+                for (int64_t i = 0; i < n; i++) loss[i] = 0.0f;
+              },
+              true, nullptr);
+        },
+        nullptr, {info[0]});
   }
   // logits(rows: Int32Array|null) → Promise<Float32Array [n, V]> for the rows of the last forward
   Napi::Value Logits(const Napi::CallbackInfo& info) {
