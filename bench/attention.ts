@@ -147,11 +147,13 @@ for (B, T, H, D, reps) in shapes:
     o = f(); o.backward(g)  # warm-up (also the peak-RSS measurement)
     rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     fw, fb = [], []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        with torch.no_grad():
+    with torch.no_grad():
+        f()  # warm the inference path too
+        for _ in range(reps):
+            t0 = time.perf_counter()
             f()
-        fw.append((time.perf_counter() - t0) * 1e3)
+            fw.append((time.perf_counter() - t0) * 1e3)
+    for _ in range(reps):
         q.grad = k.grad = v.grad = None
         t0 = time.perf_counter()
         o = f(); o.backward(g)

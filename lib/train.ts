@@ -5,7 +5,7 @@
  */
 import * as fs from 'fs';
 import * as path from 'path';
-import { Batcher, BatcherPosition } from './data';
+import { Batch, Batcher, BatcherPosition } from './data';
 import { UndoError } from './errors';
 import { readJson } from './fsutil';
 import { Model } from './model';
@@ -80,6 +80,12 @@ export interface TrainOptions {
   signal?: AbortSignal;
   /** extra JSON stored in trainer_state.json (e.g. the task), echoed back on resume */
   meta?: Record<string, unknown>;
+  /**
+   * The objective of one micro-batch: accumulate its gradient into model.grads and return its share of the
+   * step's loss. `share` is 1/gradAccum. Default: next-token cross-entropy on the batch (trainStep).
+   * Distillation and unlearning plug their objectives in here and reuse the rest of the loop.
+   */
+  microStep?: (batch: Batch, share: number) => Promise<number>;
 }
 
 export interface TrainResult {
@@ -163,6 +169,10 @@ export async function train(model: Model, batcher: Batcher, cfg: TrainConfig, op
   } else if (opts.outDir && fs.existsSync(path.join(opts.outDir, METRICS_FILE))) {
     fs.rmSync(path.join(opts.outDir, METRICS_FILE));
   }
+  const microStep = opts.microStep ?? (async (b: Batch, share: number) => {
+    const r = await model.native.trainStep(b.inputs, b.targets, b.B, b.T, null, b.B * b.T / share, -100);
+    return r.loss;
+  });
   let interrupted = false;
   const onSigint = () => {
     interrupted = true;
@@ -189,12 +199,10 @@ export async function train(model: Model, batcher: Batcher, cfg: TrainConfig, op
         break;
       }
       model.native.zeroGrad();
-      const normalizer = batcher.batchSize * batcher.data.seqLen * cfg.gradAccum;
       let loss = 0;
       for (let a = 0; a < cfg.gradAccum; a++) {
         const b = batcher.next();
-        const r = await model.native.trainStep(b.inputs, b.targets, b.B, b.T, null, normalizer, -100);
-        loss += r.loss;
+        loss += await microStep(b, 1 / cfg.gradAccum);
         state.tokens += b.B * b.T;
       }
       if (!Number.isFinite(loss)) {
