@@ -11,7 +11,8 @@
       "native/cpu/glu.cc",
       "native/cpu/embedding.cc",
       "native/cpu/cross_entropy.cc",
-      "native/cpu/adamw.cc"
+      "native/cpu/adamw.cc",
+      "native/cpu/kd_losses.cc"
     ],
     "common_cflags": ["-O3", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-fPIC", "-Wall", "-Wno-unused-function", "-Wno-unknown-pragmas"]
   },

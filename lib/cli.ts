@@ -15,7 +15,8 @@ import { configFromHF, Model, presetConfig, PRESETS } from './model';
 import { native } from './native';
 import { ALL_OPS, generateArithmeticCorpus, Op } from './tasks/arithmetic';
 import { ByteTokenizer } from './tokenizer';
-import { train, TrainConfig } from './train';
+import { train, TrainConfig, TrainOptions } from './train';
+import { registerUnlearningCommands } from './cli_unlearn';
 
 function int(name: string, min = 0) {
   return (v: string): number => {
@@ -66,6 +67,28 @@ function printArithmeticTable(metrics: Record<string, number>): void {
   for (const op of rows) console.log(`${op.padEnd(5)} ${pct(metrics[`${op}/equation`]).padStart(8)}  ${pct(metrics[`${op}/word_problem`]).padStart(12)}`);
   if (metrics.retain !== undefined) console.log(`retain (add, sub): ${pct(metrics.retain)}`);
   if (metrics.forget !== undefined) console.log(`forget (mul, div): ${pct(metrics.forget)}`);
+}
+
+
+/** Progress bar (step, loss, tokens/s, ETA) and eval lines for a training-style job. */
+function trainingUi(steps: number, enabled: boolean) {
+  const bar = enabled
+    ? new cliProgress.SingleBar({
+      format: 'step {value}/{total} |{bar}| loss {loss} | {tps} tok/s | ETA {eta_formatted}',
+      hideCursor: true, etaBuffer: 20, stream: process.stderr, noTTYOutput: !process.stderr.isTTY, notTTYSchedule: 10000,
+    }, cliProgress.Presets.shades_classic)
+    : undefined;
+  bar?.start(steps, 0, { loss: '-', tps: '-' });
+  const hooks: Pick<TrainOptions, 'onStep' | 'onEval'> = {
+    onStep: (s) => bar?.update(s.step, { loss: s.loss.toFixed(4), tps: Math.round(s.tokensPerSec) }),
+    onEval: (step, m) => {
+      const msg = `[eval @ ${step}] ` + Object.entries(m).map(([k, v]) => `${k}=${k.endsWith('loss') ? v.toFixed(4) : pct(v)}`).join(' ');
+      bar?.stop();
+      console.log(msg);
+      if (bar && step < steps) bar.start(steps, step, { loss: '-', tps: '-' });
+    },
+  };
+  return { hooks, stop: () => bar?.stop() };
 }
 
 interface PretrainOpts {
@@ -135,13 +158,7 @@ async function pretrain(o: PretrainOpts): Promise<void> {
   };
   console.log(`model: ${model.config.family}, ${(model.numParams() / 1e6).toFixed(2)}M parameters; data: ${packed.count} windows of ${o.seqLen} tokens; ` +
     `${native.getIsa()} kernels on ${native.getThreads()} threads`);
-  const bar = o.progress && process.stderr.isTTY !== undefined
-    ? new cliProgress.SingleBar({
-      format: 'step {value}/{total} |{bar}| loss {loss} | {tps} tok/s | ETA {eta_formatted}',
-      hideCursor: true, etaBuffer: 20, stream: process.stderr, noTTYOutput: !process.stderr.isTTY, notTTYSchedule: 10000,
-    }, cliProgress.Presets.shades_classic)
-    : undefined;
-  bar?.start(o.steps, 0, { loss: '-', tps: '-' });
+  const ui = trainingUi(o.steps, o.progress);
   const evaluate = async (): Promise<Record<string, number>> => {
     const m: Record<string, number> = {};
     if (valData && valData.count > 0) m.val_loss = (await evalPackedLoss(model, valData)).loss;
@@ -153,18 +170,12 @@ async function pretrain(o: PretrainOpts): Promise<void> {
     outDir: o.out,
     resume: o.resume,
     meta: { task: o.task ?? null, data: o.data ?? null, ops: o.ops },
-    onStep: (s) => bar?.update(s.step, { loss: s.loss.toFixed(4), tps: Math.round(s.tokensPerSec) }),
+    ...ui.hooks,
     evaluate,
-    onEval: (step, m) => {
-      const msg = `[eval @ ${step}] ` + Object.entries(m).map(([k, v]) => `${k}=${k === 'val_loss' ? v.toFixed(4) : pct(v)}`).join(' ');
-      if (bar) bar.stop();
-      console.log(msg);
-      if (bar && step < o.steps) bar.start(o.steps, step, { loss: '-', tps: '-' });
-    },
     stopWhen: target === undefined ? undefined
       : (m) => o.ops.every((op) => (m[`${op}/equation`] ?? 0) >= target),
   });
-  bar?.stop();
+  ui.stop();
   if (result.interrupted) {
     console.log(`interrupted at step ${result.state.step}: checkpoint saved in ${o.out}; continue with --resume`);
     process.exitCode = 130;
@@ -262,6 +273,8 @@ export function buildProgram(): Command {
     const [text] = await generateText(model, [o.prompt], { maxNewTokens: o.maxNewTokens, temperature: o.temperature, topK: o.topK, topP: o.topP, seed: o.seed });
     console.log(o.prompt + text);
   });
+
+  registerUnlearningCommands(program, { int, float, runtimeOptions, applyRuntime, trainingUi, printArithmeticTable, arithmeticMetrics });
 
   program.command('info')
     .description('show the CPU features, threads and (optionally) a model')

@@ -13,3 +13,5 @@ export * as arithmetic from './tasks/arithmetic';
 export { ByteTokenizer, loadTokenizer, saveTokenizer } from './tokenizer';
 export { readSafetensors, writeSafetensors } from './safetensors';
 export { UndoError } from './errors';
+export { loss, TaidSchedule } from './losses';
+export type { LossName, LossOptions, LossResult, TopKTeacher, TaidScheduleOptions } from './losses';

@@ -92,6 +92,36 @@ export interface NativeModel {
   cacheStep(ids: Int32Array, T: number): Promise<Float32Array>;
 }
 
+/** Arguments of native.kdLoss (field names as in native/napi/addon.cc; lengths are checked exactly). */
+export interface NativeKdOptions {
+  rows: number;
+  vocab: number;
+  validVocab?: number;
+  student: Float32Array;
+  teacher?: Float32Array | null;
+  topkIds?: Int32Array | null;
+  topkLogprobs?: Float32Array | null;
+  k?: number;
+  tail?: 'renorm' | 'bucket';
+  studentBase?: Float32Array | null;
+  teacherBase?: Float32Array | null;
+  targets?: Int32Array | null;
+  ignoreIndex?: number;
+  mask?: Uint8Array | null;
+  temperature?: number;
+  beta?: number;
+  alpha?: number;
+  t?: number;
+  lambda?: number;
+  dkdAlpha?: number;
+  dkdBeta?: number;
+  t2Scale?: boolean;
+  reduction?: 'mean' | 'sum';
+  gradScale?: number;
+  perRow: Float32Array;
+  grad?: Float32Array | null;
+}
+
 export interface NativeBinding {
   supportedIsas(): string[];
   getIsa(): string;
@@ -120,6 +150,8 @@ export interface NativeBinding {
     dtable: Float32Array): void;
   crossEntropy(rows: number, vocab: number, logits: Float32Array, targets: Int32Array, ignoreIndex: number,
     softcap: number, weights: Float32Array | null, loss: Float32Array, dlogits: Float32Array | null): void;
+  /** Distillation/unlearning losses (native/cpu/kd_losses.h); use lib/losses.ts `loss.compute`. */
+  kdLoss(name: string, opts: NativeKdOptions): { loss: number; count: number };
   adamwUpdate(param: Float32Array, grad: Float32Array, m: Float32Array, v: Float32Array,
     h: AdamWHyper & { step: number }): void;
   sumSquares(x: Float32Array): number;

@@ -411,6 +411,14 @@ static void pack_T(const float* src, int64_t ld, int64_t R, int64_t kc, float sc
 
 #endif
 
+// Software prefetch of the w floats at p. A k-major source walked row by row with a row stride of a few KB
+// (dYᵀ and X in dW = dYᵀ·X) crosses a page every row or two, where the hardware prefetchers stop.
+static inline void prefetch_row(const float* p, int64_t w) {
+  for (int64_t o = 0; o < w; o += 16) __builtin_prefetch(p + o, 0, 3);
+  __builtin_prefetch(p + w - 1, 0, 3);
+}
+#define GEMM_PACK_PD 6  // rows ahead
+
 // pack_N over panels: the source is already k-major (row k at src + k·ld, contiguous along the panels).
 // Walks each source row once, left to right (sequential reads, friendly to the hardware prefetchers), and
 // scatters it over the panels: panel p gets columns [p·W, p·W + W) of the first w columns, zero-padded.
@@ -433,6 +441,7 @@ static void pack_N(const float* src, int64_t ld, int64_t w, int64_t kc, float sc
   for (int64_t k = 0; k < kc; k++) {
     const float* s = src + k * ld;
     float* d = dst + k * W;
+    if (k + GEMM_PACK_PD < kc) prefetch_row(s + GEMM_PACK_PD * ld, w);
     for (int64_t p = 0; p < np; p++, s += W, d += (int64_t)W * kc) {
       const __mmask16* lm = p == np - 1 ? lm_last : lm_full;
       for (int v = 0; v < nv; v++)
@@ -447,6 +456,7 @@ static void pack_N(const float* src, int64_t ld, int64_t w, int64_t kc, float sc
   for (int64_t k = 0; k < kc; k++) {
     const float* s = src + k * ld;
     float* d = dst + k * W;
+    if (k + GEMM_PACK_PD < kc) prefetch_row(s + GEMM_PACK_PD * ld, w);
     int64_t p = 0;
     if (W == 16) {
       for (; p < nfull; p++, s += 16, d += 16 * kc) {
@@ -473,6 +483,7 @@ static void pack_N(const float* src, int64_t ld, int64_t w, int64_t kc, float sc
   for (int64_t k = 0; k < kc; k++) {
     const float* s = src + k * ld;
     float* d = dst + k * W;
+    if (k + GEMM_PACK_PD < kc) prefetch_row(s + GEMM_PACK_PD * ld, w);
     int64_t p = 0;
     for (; p < nfull; p++, s += W, d += (int64_t)W * kc)
       for (int j = 0; j < W; j++) d[j] = scale * s[j];

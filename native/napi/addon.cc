@@ -20,6 +20,7 @@
 #include "embedding.h"
 #include "glu.h"
 #include "isa.h"
+#include "kd_losses.h"
 #include "matmul.h"
 #include "model.h"
 #include "random.h"
@@ -265,6 +266,96 @@ Napi::Value CrossEntropy(const Napi::CallbackInfo& info) {
   undo::cross_entropy(rows, vocab, logits.Data(), vocab, targets.Data(), ignore, (float)dbl(info, 5, "softcap"),
                       data(weights), loss.Data(), data(dl));
   return info.Env().Undefined();
+}
+// kdLoss(name, {rows, vocab, validVocab?, student, teacher?, topkIds?, topkLogprobs?, k?, tail?, studentBase?,
+//   teacherBase?, targets?, ignoreIndex?, mask?, temperature?, beta?, alpha?, t?, lambda?, dkdAlpha?, dkdBeta?,
+//   t2Scale?, reduction?, gradScale?, perRow, grad?}) → {loss, count}. Distillation losses (kd_losses.h);
+// perRow [rows] and grad [rows·vocab] (or null: loss only) are written. lib/losses.ts is the friendly API.
+Napi::Value KdLoss(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const std::string name = info[0].ToString();
+  if (!info[1].IsObject()) type_error(env, "kdLoss: options must be an object");
+  Napi::Object o = info[1].As<Napi::Object>();
+  undo::KdArgs a;
+  if (!undo::kd_parse_kind(name.c_str(), &a.kind)) type_error(env, "kdLoss: unknown loss '" + name + "'");
+  a.rows = (int64_t)field(o, "rows", 0, true);
+  a.vocab = (int64_t)field(o, "vocab", 0, true);
+  a.valid_vocab = (int64_t)field(o, "validVocab", 0);
+  if (a.rows < 0 || a.vocab <= 0) type_error(env, "kdLoss: rows must be >= 0 and vocab > 0");
+  // a typed array field of exactly `len` elements (or absent when !required)
+  auto arr = [&](const char* f, napi_typedarray_type type, size_t len, bool required) -> void* {
+    Napi::Value v = o.Get(f);
+    if (v.IsUndefined() || v.IsNull()) {
+      if (required) type_error(env, std::string("kdLoss: missing ") + f);
+      return nullptr;
+    }
+    const char* tn = type == napi_float32_array ? "Float32Array" : type == napi_int32_array ? "Int32Array" : "Uint8Array";
+    if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != type)
+      type_error(env, std::string("kdLoss: ") + f + " must be a " + tn);
+    Napi::TypedArray t = v.As<Napi::TypedArray>();
+    if (t.ElementLength() != len)
+      type_error(env, std::string("kdLoss: ") + f + " has " + std::to_string(t.ElementLength()) + " elements, expected " +
+                          std::to_string(len));
+    void* data = nullptr;
+    napi_status st = napi_get_typedarray_info(env, v, nullptr, nullptr, &data, nullptr, nullptr);
+    if (st != napi_ok) type_error(env, std::string("kdLoss: cannot read ") + f);
+    return data;
+  };
+  const size_t n = (size_t)(a.rows * a.vocab), R = (size_t)a.rows;
+  a.student = (const float*)arr("student", napi_float32_array, n, true);
+  a.teacher = (const float*)arr("teacher", napi_float32_array, n, false);
+  a.k = (int64_t)field(o, "k", 0);
+  if (a.k < 0) type_error(env, "kdLoss: k must be >= 0");
+  a.topk_ids = (const int32_t*)arr("topkIds", napi_int32_array, R * (size_t)a.k, false);
+  a.topk_logprobs = (const float*)arr("topkLogprobs", napi_float32_array, R * (size_t)a.k, false);
+  Napi::Value tail = o.Get("tail");
+  if (!tail.IsUndefined() && !tail.IsNull()) {
+    const std::string t = tail.ToString();
+    if (t == "renorm") a.tail = undo::KdTail::renorm;
+    else if (t == "bucket") a.tail = undo::KdTail::bucket;
+    else type_error(env, "kdLoss: tail must be 'renorm' or 'bucket'");
+  }
+  a.student_base = (const float*)arr("studentBase", napi_float32_array, n, false);
+  a.teacher_base = (const float*)arr("teacherBase", napi_float32_array, n, false);
+  a.targets = (const int32_t*)arr("targets", napi_int32_array, R, false);
+  a.ignore_index = (int32_t)field(o, "ignoreIndex", -100);
+  a.mask = (const uint8_t*)arr("mask", napi_uint8_array, R, false);
+  a.temperature = (float)field(o, "temperature", 1.0);
+  a.beta = field(o, "beta", 0.5);
+  a.alpha = field(o, "alpha", 0.1);
+  a.t = field(o, "t", 0.0);
+  a.lambda = field(o, "lambda", 0.5);
+  a.dkd_alpha = field(o, "dkdAlpha", 1.0);
+  a.dkd_beta = field(o, "dkdBeta", 8.0);
+  a.t2_scale = o.Get("t2Scale").ToBoolean().Value();
+  Napi::Value red = o.Get("reduction");
+  if (!red.IsUndefined() && !red.IsNull()) {
+    const std::string r = red.ToString();
+    if (r == "mean") a.reduction = undo::KdReduction::mean;
+    else if (r == "sum") a.reduction = undo::KdReduction::sum;
+    else type_error(env, "kdLoss: reduction must be 'mean' or 'sum'");
+  }
+  a.grad_scale = field(o, "gradScale", 1.0);
+  a.row_loss = (float*)arr("perRow", napi_float32_array, R, true);
+  a.grad = (float*)arr("grad", napi_float32_array, n, false);
+  const undo::KdResult r = undo::kd_loss(a);
+  switch (r.status) {
+    case undo::KdStatus::ok: break;
+    case undo::KdStatus::bad_id:
+      throw Napi::RangeError::New(env, "kdLoss: row " + std::to_string(r.bad_row) + ": top-k id " +
+                                           std::to_string(r.bad_value) + " is outside [0, vocab)");
+    case undo::KdStatus::duplicate_id:
+      throw Napi::RangeError::New(env, "kdLoss: row " + std::to_string(r.bad_row) + ": top-k id " +
+                                           std::to_string(r.bad_value) + " appears twice");
+    case undo::KdStatus::bad_target:
+      throw Napi::RangeError::New(env, "kdLoss: row " + std::to_string(r.bad_row) + ": target " +
+                                           std::to_string(r.bad_value) + " is outside [0, vocab)");
+    default: throw Napi::TypeError::New(env, std::string("kdLoss: ") + r.message);
+  }
+  Napi::Object out = Napi::Object::New(env);
+  out.Set("loss", Napi::Number::New(env, r.loss));
+  out.Set("count", Napi::Number::New(env, (double)r.counted));
+  return out;
 }
 // adamwUpdate(param, grad, m, v, {lr, beta1, beta2, eps, weightDecay, gradScale, step})
 Napi::Value AdamwUpdate(const Napi::CallbackInfo& info) {
@@ -712,6 +803,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("embeddingForward", Napi::Function::New(env, EmbeddingForward));
   exports.Set("embeddingBackward", Napi::Function::New(env, EmbeddingBackward));
   exports.Set("crossEntropy", Napi::Function::New(env, CrossEntropy));
+  exports.Set("kdLoss", Napi::Function::New(env, KdLoss));
   exports.Set("adamwUpdate", Napi::Function::New(env, AdamwUpdate));
   exports.Set("sumSquares", Napi::Function::New(env, SumSquares));
   exports.Set("fillRandom", Napi::Function::New(env, FillRandom));

@@ -1,0 +1,38 @@
+/**
+ * Distillation: train a student on a teacher's output distributions (online teacher model), with any loss
+ * of lib/losses.ts, optionally mixed with the hard-label cross-entropy. Plugs into the shared training loop.
+ */
+import { Batch, Batcher } from './data';
+import { UndoError } from './errors';
+import { LossName } from './losses';
+import { Model } from './model';
+import { ceObjective, logitObjective } from './objectives';
+import { train, TrainConfig, TrainOptions, TrainResult } from './train';
+
+export interface DistillOptions extends TrainOptions {
+  loss: LossName;
+  temperature?: number;
+  /** loss parameters (beta for jsd, alpha for skl/srkl, t for taid, ...) */
+  params?: Record<string, number>;
+  /** weight of the hard-label CE in the mix (0 = pure distillation) */
+  hardWeight?: number;
+}
+
+export function checkCompatible(student: Model, teacher: Model): void {
+  if (student.config.vocabSize !== teacher.config.vocabSize) {
+    throw new UndoError(`student vocab_size ${student.config.vocabSize} differs from the teacher's ${teacher.config.vocabSize}: distillation needs a shared vocabulary`);
+  }
+}
+
+export async function distill(student: Model, teacher: Model, batcher: Batcher, cfg: TrainConfig, opts: DistillOptions): Promise<TrainResult> {
+  checkCompatible(student, teacher);
+  const hw = opts.hardWeight ?? 0;
+  if (!(hw >= 0 && hw <= 1)) throw new UndoError(`hard-label weight must be in [0, 1], got ${hw}`);
+  const microStep = async (b: Batch, share: number): Promise<number> => {
+    let loss = 0;
+    if (hw < 1) loss += (1 - hw) * (await logitObjective(student, b, opts.loss, { teacher, scale: (1 - hw) * share, temperature: opts.temperature, params: opts.params }));
+    if (hw > 0) loss += hw * (await ceObjective(student, b, hw * share));
+    return loss * share;
+  };
+  return train(student, batcher, cfg, { ...opts, microStep });
+}

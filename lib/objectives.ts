@@ -1,0 +1,49 @@
+/**
+ * Training objectives on one batch, shared by unlearning, distillation and the relearning attack. Each runs
+ * forward on the model, puts the gradient of its loss into model.grads (accumulating) and returns the loss.
+ * Losses over the logits go through the loss kernels (lib/losses.ts) and model.native.headGrad.
+ */
+import { Batch } from './data';
+import { loss as kdLoss, LossName } from './losses';
+import { Model } from './model';
+
+/** scale · mean next-token cross-entropy of the batch (scale < 0 ascends). Returns the unscaled mean CE. */
+export async function ceObjective(model: Model, b: Batch, scale = 1): Promise<number> {
+  const n = b.B * b.T;
+  if (scale === 0) return 0;
+  const weights = scale === 1 ? null : new Float32Array(n).fill(scale);
+  const r = await model.native.trainStep(b.inputs, b.targets, b.B, b.T, weights, n, -100);
+  return r.loss / scale;
+}
+
+/** Per-row next-token CE of a batch under a model (no gradient). */
+export async function rowCE(model: Model, b: Batch): Promise<Float32Array> {
+  const rows = new Float32Array(b.B * b.T);
+  await model.native.forward(b.inputs, b.B, b.T);
+  await model.native.headLoss(b.targets, null, -100, 0, false, rows);
+  return rows;
+}
+
+/**
+ * scale · a loss on the student's logits (name from lib/losses.ts) against a teacher model's logits on the
+ * same inputs (or none, e.g. maxent). The teacher runs forward only. Returns the unscaled loss.
+ */
+export async function logitObjective(
+  model: Model, b: Batch, name: LossName, opts: { teacher?: Model; scale?: number; temperature?: number; params?: Record<string, number> } = {},
+): Promise<number> {
+  const rows = b.B * b.T;
+  const vocab = model.config.vocabSize;
+  let teacher: Float32Array | undefined;
+  if (opts.teacher) {
+    await opts.teacher.native.forward(b.inputs, b.B, b.T);
+    teacher = await opts.teacher.native.logits(null);
+  }
+  await model.native.forward(b.inputs, b.B, b.T);
+  const student = await model.native.logits(null);
+  const r = kdLoss.compute(name, { student, teacher, rows, vocab, temperature: opts.temperature, targets: b.targets, ...(opts.params ?? {}) });
+  const scale = opts.scale ?? 1;
+  if (scale !== 1) for (let i = 0; i < r.grad.length; i++) r.grad[i] *= scale;
+  await model.native.headGrad(r.grad);
+  await model.native.backward(true, null);
+  return r.loss;
+}

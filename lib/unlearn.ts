@@ -1,0 +1,189 @@
+/**
+ * Unlearning methods users compare UNDO against (shared/research/unlearning.md, undo.md §3): gradient
+ * ascent, GradDiff, NPO, SimNPO, MaxEnt (UNDO's default teacher) and RMU. Each is an objective on a forget
+ * batch (plus a retain batch) plugged into the shared training loop (lib/train.ts).
+ */
+import { Batch, Batcher } from './data';
+import { UndoError } from './errors';
+import { Model } from './model';
+import { ceObjective, logitObjective, rowCE } from './objectives';
+import { Rng } from './rng';
+import { train, TrainConfig, TrainOptions, TrainResult } from './train';
+
+export const UNLEARN_METHODS = ['gradascent', 'graddiff', 'npo', 'simnpo', 'maxent', 'rmu'] as const;
+export type UnlearnMethod = (typeof UNLEARN_METHODS)[number];
+
+export interface UnlearnParams {
+  /** retain-loss weight (GradDiff a, MaxEnt balance, NPO/SimNPO retain weight, RMU retain weight) */
+  retainWeight: number;
+  /** NPO/SimNPO inverse temperature β */
+  beta: number;
+  /** SimNPO reward margin γ */
+  gamma: number;
+  /** RMU: layer whose output is steered (0-based block index), steering coefficient c, first trainable layer */
+  rmuLayer: number;
+  rmuC: number;
+  rmuFirstLayer: number;
+  seed: number;
+}
+
+/** Each method's defaults from its paper / the UNDO authors' arithmetic runs. */
+export function defaultUnlearnParams(method: UnlearnMethod, model: Model): UnlearnParams {
+  const L = model.config.numLayers;
+  const layer = Math.max(0, Math.floor((2 * L) / 3) - 1);
+  return {
+    retainWeight: method === 'graddiff' ? 1 : method === 'gradascent' ? 0 : method === 'rmu' ? 0 : 1,
+    beta: method === 'simnpo' ? 2.5 : 0.1,
+    gamma: 0,
+    rmuLayer: layer,
+    rmuC: 6,
+    rmuFirstLayer: Math.max(0, layer - Math.floor(L / 3)),
+    seed: 0,
+  };
+}
+
+export function parseMethod(name: string): UnlearnMethod {
+  const m = name.toLowerCase().replace(/[-_]/g, '');
+  if (!(UNLEARN_METHODS as readonly string[]).includes(m)) {
+    throw new UndoError(`unknown unlearning method "${name}"`, `choose one of: ${UNLEARN_METHODS.join(', ')}`);
+  }
+  return m as UnlearnMethod;
+}
+
+/** Σ of per-row values over each sequence of a batch ([B·T] → [B]). */
+function perSequence(rows: Float32Array, B: number, T: number): Float64Array {
+  const out = new Float64Array(B);
+  for (let b = 0; b < B; b++) for (let t = 0; t < T; t++) out[b] += rows[b * T + t];
+  return out;
+}
+
+const sigmoid = (x: number) => 1 / (1 + Math.exp(-x));
+const softplus = (x: number) => (x > 30 ? x : Math.log1p(Math.exp(x)));
+
+/**
+ * NPO (Zhang et al. 2024): L = (2/β)·mean_s log(1 + (π_θ(s)/π_ref(s))^β) over forget sequences s. Its
+ * gradient is that of a CE ascent whose sequence s is weighted by 2·σ(β·(log π_θ(s) − log π_ref(s))), so
+ * it runs as a weighted cross-entropy on the fused head. SimNPO (Fan et al. 2024) drops the reference and
+ * length-normalises: L = −(2/β)·mean_s log σ(−β·log π_θ(s)/|s| − γ).
+ */
+async function npoObjective(model: Model, ref: Model | null, b: Batch, p: UnlearnParams, simple: boolean, scale: number): Promise<number> {
+  const { B, T } = b;
+  const rowsTheta = await rowCE(model, b); // also leaves the forward for the weighted head below
+  const nllTheta = perSequence(rowsTheta, B, T);
+  let nllRef: Float64Array = new Float64Array(B);
+  if (!simple) {
+    if (!ref) throw new UndoError('NPO needs a reference model');
+    nllRef = perSequence(await rowCE(ref, b), B, T);
+  }
+  const weights = new Float32Array(B * T);
+  let loss = 0;
+  for (let s = 0; s < B; s++) {
+    let w: number;
+    if (simple) {
+      // L_s = −(2/β)·log σ(x), x = β·NLL_s/|s| − γ;  dL_s/dNLL_s = −(2/|s|)·σ(−x)
+      const x = (p.beta * nllTheta[s]) / T - p.gamma;
+      loss += (2 / p.beta) * softplus(-x);
+      w = -(2 / T) * sigmoid(-x);
+    } else {
+      // L_s = (2/β)·softplus(β·Δ), Δ = log π_θ − log π_ref = NLL_ref − NLL_θ;  dL_s/dNLL_θ = −2·σ(β·Δ)
+      const delta = nllRef[s] - nllTheta[s];
+      loss += (2 / p.beta) * softplus(p.beta * delta);
+      w = -2 * sigmoid(p.beta * delta);
+    }
+    for (let t = 0; t < T; t++) weights[s * T + t] = w * scale;
+  }
+  // weighted CE, d/dθ Σ_s w_s·NLL_s / B, on the activations rowCE(model) left (the reference is another model)
+  await model.native.headLoss(b.targets, weights, -100, B, true, null);
+  await model.native.backward(true, null);
+  return loss / B;
+}
+
+/**
+ * RMU (Li et al. 2024, WMDP): steer the forget activations at layer ℓ to c·u (u a fixed random unit vector),
+ * L = mean ‖h_ℓ − c·u‖² / d, training only the MLP down-projections of layers [first, ℓ].
+ */
+async function rmuObjective(model: Model, b: Batch, p: UnlearnParams, u: Float32Array, scale: number): Promise<number> {
+  const d = model.config.hiddenSize;
+  await model.native.forward(b.inputs, b.B, b.T);
+  const h = model.native.hidden(p.rmuLayer);
+  const n = b.B * b.T;
+  const g = new Float32Array(h.length);
+  let loss = 0;
+  for (let r = 0; r < n; r++) {
+    for (let j = 0; j < d; j++) {
+      const diff = h[r * d + j] - p.rmuC * u[j];
+      loss += diff * diff;
+      g[r * d + j] = (2 * diff * scale) / (n * d);
+    }
+  }
+  const grads: (Float32Array | null)[] = new Array(model.config.numLayers).fill(null);
+  grads[p.rmuLayer] = g;
+  await model.native.backward(false, grads);
+  return loss / (n * d);
+}
+
+export interface UnlearnOptions extends TrainOptions {
+  method: UnlearnMethod;
+  params?: Partial<UnlearnParams>;
+  /** frozen reference for NPO (default: a copy of the model before unlearning) */
+  reference?: Model;
+}
+
+/**
+ * Unlearn: cfg.steps optimizer steps, each on one forget batch (from `forget`) and, when the method has a
+ * retain term, one retain batch. Returns the training result; the model is changed in place.
+ */
+export async function unlearn(model: Model, forget: Batcher, retain: Batcher | null, cfg: TrainConfig, opts: UnlearnOptions): Promise<TrainResult> {
+  const p: UnlearnParams = { ...defaultUnlearnParams(opts.method, model), ...(opts.params ?? {}) };
+  const method = opts.method;
+  if (p.rmuLayer < 0 || p.rmuLayer >= model.config.numLayers) throw new UndoError(`--rmu-layer ${p.rmuLayer} is outside [0, ${model.config.numLayers})`);
+  if (p.retainWeight > 0 && !retain) throw new UndoError(`${method} with a retain weight needs retain data (--retain)`);
+  let ref: Model | null = null;
+  if (method === 'npo') ref = opts.reference ?? cloneModel(model);
+  let u = new Float32Array(0);
+  if (method === 'rmu') {
+    const rng = new Rng(p.seed);
+    u = Float32Array.from({ length: model.config.hiddenSize }, () => rng.normal());
+    const norm = Math.hypot(...u);
+    for (let i = 0; i < u.length; i++) u[i] /= norm;
+    const trainable = new Set<string>();
+    for (let l = p.rmuFirstLayer; l <= p.rmuLayer; l++) trainable.add(`model.layers.${l}.mlp.down_proj.weight`);
+    model.setFrozen((name) => !trainable.has(name), true);
+  }
+  const microStep = async (fb: Batch, share: number): Promise<number> => {
+    let loss = 0;
+    switch (method) {
+      case 'gradascent':
+      case 'graddiff':
+        loss -= await ceObjective(model, fb, -share);
+        break;
+      case 'npo':
+      case 'simnpo':
+        loss += await npoObjective(model, ref, fb, p, method === 'simnpo', share);
+        break;
+      case 'maxent':
+        loss += await logitObjective(model, fb, 'maxent', { scale: share });
+        break;
+      case 'rmu':
+        loss += await rmuObjective(model, fb, p, u, share);
+        break;
+    }
+    if (retain && p.retainWeight > 0) {
+      const rb = retain.next();
+      loss += p.retainWeight * (await ceObjective(model, rb, p.retainWeight * share));
+    }
+    return loss * share;
+  };
+  try {
+    return await train(model, forget, cfg, { ...opts, microStep });
+  } finally {
+    if (method === 'rmu') model.setFrozen(() => true, false);
+  }
+}
+
+/** A deep copy of a model's weights (same config and tokenizer). */
+export function cloneModel(m: Model): Model {
+  const c = new Model(m.config, m.tokenizer);
+  c.params.set(m.params);
+  return c;
+}
