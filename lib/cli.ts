@@ -16,7 +16,7 @@ import { native } from './native';
 import { ALL_OPS, generateArithmeticCorpus, Op } from './tasks/arithmetic';
 import { ByteTokenizer } from './tokenizer';
 import { train, TrainConfig, TrainOptions } from './train';
-import { registerUnlearningCommands } from './cli_unlearn';
+import { registerUndoCommand, registerUnlearningCommands } from './cli_unlearn';
 
 function int(name: string, min = 0) {
   return (v: string): number => {
@@ -274,7 +274,9 @@ export function buildProgram(): Command {
     console.log(o.prompt + text);
   });
 
-  registerUnlearningCommands(program, { int, float, runtimeOptions, applyRuntime, trainingUi, printArithmeticTable, arithmeticMetrics });
+  const kit = { int, float, runtimeOptions, applyRuntime, trainingUi, printArithmeticTable, arithmeticMetrics };
+  registerUnlearningCommands(program, kit);
+  registerUndoCommand(program, kit);
 
   program.command('info')
     .description('show the CPU features, threads and (optionally) a model')

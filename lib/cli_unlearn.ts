@@ -13,7 +13,9 @@ import { noiseModel } from './noise';
 import { relearn } from './relearn';
 import { ALL_OPS, FORGET_OPS, generateArithmeticCorpus, Op } from './tasks/arithmetic';
 import { TrainConfig, TrainOptions } from './train';
-import { parseMethod, unlearn, UNLEARN_METHODS } from './unlearn';
+import { cloneModel, parseMethod, unlearn, UNLEARN_METHODS } from './unlearn';
+import { arithmeticScores, defaultStudyOut, runStudy, STUDIES } from './undo';
+import { reportMarkdown } from './report';
 
 export interface CliKit {
   int: (name: string, min?: number) => (v: string) => number;
@@ -201,5 +203,55 @@ export function registerUnlearningCommands(program: Command, k: CliKit): void {
     });
     if (o.json) console.log(JSON.stringify(r));
     else console.log('attacker best: ' + r.best.map((p) => `${p.step}:${(100 * p.value).toFixed(1)}%`).join(' '));
+  });
+}
+
+export function registerUndoCommand(program: Command, k: CliKit): void {
+  const { int, float } = k;
+  k.runtimeOptions(
+    program.command('undo')
+      .description('UNDO: unlearn → noise → distill. With no arguments, a quick study on the built-in arithmetic task; --preset arithmetic runs the whole study; --teacher DIR distills an unlearned model into its noised copy')
+      .addOption(new Option('--preset <name>', 'study to run').choices(Object.keys(STUDIES)).default('quick'))
+      .option('--teacher <dir>', 'an unlearned model: run only noise → distill on it')
+      .option('--data <data>', 'with --teacher: the pretraining mixture (file or arithmetic:OPS)', 'arithmetic')
+      .option('--alpha <a>', 'with --teacher: noise α', float('--alpha', 0, 1), 0.6)
+      .option('--beta <b>', 'with --teacher: noise β', float('--beta', 0, 1), 0.1)
+      .option('--steps <n>', 'with --teacher: maximum distillation steps', int('--steps', 1), 2000)
+      .option('--lr <x>', 'with --teacher: distillation learning rate', float('--lr', 0), 2e-3)
+      .option('--tolerance <x>', 'stop when retain accuracy is within this of the teacher\'s', float('--tolerance', 0, 1), 0.05)
+      .option('--seed <n>', 'seed', int('--seed', 0), 42)
+      .option('--out <dir>', 'output directory (default runs/undo-<preset>)')
+      .option('--cache <dir>', 'where pretrained models are cached (default .undo-cache or UNDO_CACHE)')
+      .option('--no-progress', 'no progress bar'),
+  ).action(async (o: { preset: string; teacher?: string; data: string; alpha: number; beta: number; steps: number; lr: number; tolerance: number; seed: number; out?: string; cache?: string; progress: boolean; threads?: number; isa?: string }) => {
+    k.applyRuntime(o);
+    if (o.teacher) {
+      const out = o.out ?? 'runs/undo';
+      const teacher = Model.load(o.teacher);
+      const student = cloneModel(teacher);
+      noiseModel(student, { alpha: o.alpha, beta: o.beta, seed: o.seed });
+      const docs = documentsFrom(o.data, '--data', 200000, o.seed);
+      const batcher = new Batcher(packed(docs, student, 128, o.seed, '--data'), { batchSize: 16, seed: o.seed });
+      const arith = o.data.startsWith('arithmetic');
+      const t = arith ? await arithmeticScores(teacher, 50) : undefined;
+      const ui = k.trainingUi(o.steps, o.progress);
+      const r = await distill(student, teacher, batcher, { ...optimCfg({ steps: o.steps, lr: o.lr, warmup: 50, clip: 1, schedule: 'cosine' }), evalEvery: arith ? 100 : 0 }, {
+        loss: 'fkl', outDir: out, ...ui.hooks,
+        evaluate: arith ? async () => { const s = await arithmeticScores(student, 25); return { retain: s.retain, forget: s.forget }; } : undefined,
+        stopWhen: t ? (m) => m.retain >= t.retain - o.tolerance : undefined,
+      });
+      ui.stop();
+      console.log(`UNDO (α=${o.alpha}, β=${o.beta}): ${r.state.step} distillation steps, ${r.state.tokens} tokens; saved in ${out}`);
+      return;
+    }
+    const study = STUDIES[o.preset];
+    const out = o.out ?? defaultStudyOut(study.name);
+    const report = await runStudy({ ...study, seed: o.seed }, {
+      outDir: out, cacheDir: o.cache, log: (m) => console.log(m),
+      hooks: (stage, steps) => (o.progress ? k.trainingUi(steps, true) : { hooks: {}, stop: () => undefined }),
+    });
+    console.log('');
+    console.log(reportMarkdown(report));
+    console.log(`report: ${out}/report.md, ${out}/report.json, ${out}/pareto.svg`);
   });
 }

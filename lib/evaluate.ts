@@ -13,11 +13,14 @@ export interface ArithmeticEvalOptions {
   perForm?: number;
   seed?: number;
   maxNewTokens?: number;
+  /** only these forms (default both) */
+  forms?: readonly ('equation' | 'word_problem')[];
 }
 
 /** Greedy generation on the held-out eval prompts; an answer counts when it parses to the right number. */
 export async function evalArithmetic(model: Model, opts: ArithmeticEvalOptions = {}): Promise<ArithmeticScore> {
-  const items = arithmeticEvalSet({ ops: opts.ops, perForm: opts.perForm ?? 100, seed: opts.seed ?? 42 });
+  const items = arithmeticEvalSet({ ops: opts.ops, perForm: opts.perForm ?? 100, seed: opts.seed ?? 42 })
+    .filter((it) => !opts.forms || opts.forms.includes(it.form));
   const prompts = items.map((it) => model.tokenizer.encode(it.prompt, { bos: true }));
   const gen = await generateIds(model, prompts, { maxNewTokens: opts.maxNewTokens ?? 6, batchSize: 128 });
   const results = items.map((it, i) => ({

@@ -142,25 +142,35 @@ static inline void lse_range(const float* x, int64_t lo, int64_t hi, float iT, f
   for (int64_t b = lo; b < hi; b += KD_BLOCK) lse_block(x + b, blk(b, hi), iT, m, s);
 }
 
-// Online (max, sum) of z/T plus a = Σ exp((z − m)/T)·(z − y) (reverse KL's row term), rescaled with s.
-static inline void rkl_block(const float* z, const float* y, int64_t n, float iT, float* m, double* s, double* a) {
+// Online (max, sum) of z/T plus a = Σ exp((z − ms)/T)·((z − ms) − (y − mt)) (reverse KL's row term), kept in
+// the frames of the student's running max ms and the teacher's running max mt, which lse_block has already
+// moved over this block of y. Centred differences stay exact where it matters (the heavy entries have
+// z ≈ ms); a raw z − y would round to an ulp of |z| (5e-4 at 1e4). mt_prev: the teacher max that a was
+// accumulated with.
+static inline void rkl_block(const float* z, const float* y, int64_t n, float iT, float mt, float* mt_prev, float* m,
+                             double* s, double* a) {
   float bm = -INFINITY;
 #pragma omp simd reduction(max : bm)
   for (int64_t i = 0; i < n; i++) bm = z[i] > bm ? z[i] : bm;
-  if (bm > *m) {
-    const double r = std::exp((double)(*m - bm) * (double)iT);
-    *s = r > 0.0 ? *s * r : 0.0;
-    *a = r > 0.0 ? *a * r : 0.0;
-    *m = bm;
+  if (*s > 0.0) {
+    if (mt > *mt_prev) *a += ((double)mt - (double)*mt_prev) * *s;  // −(y − mt) grew by Δmt in every term
+    if (bm > *m) {
+      const double r = std::exp((double)(*m - bm) * (double)iT);
+      *a = r > 0.0 ? r * (*a - ((double)bm - (double)*m) * *s) : 0.0;
+      *s = r > 0.0 ? *s * r : 0.0;
+    }
   }
+  *mt_prev = mt;
+  if (bm > *m) *m = bm;
   if (*m == -INFINITY) return;
   const float mm = *m;
   float bs = 0.0f, ba = 0.0f;
 #pragma omp simd reduction(+ : bs, ba)
   for (int64_t i = 0; i < n; i++) {
     const float e = kd_exp((z[i] - mm) * iT);
+    const float yc = y[i] == -INFINITY ? -INFINITY : y[i] - mt;  // a −inf teacher entry under student mass: +inf
     bs += e;
-    ba += e > 0.0f ? e * (z[i] - y[i]) : 0.0f;
+    ba += e > 0.0f ? e * ((z[i] - mm) - yc) : 0.0f;
   }
   *s += bs;
   *a += ba;
@@ -278,16 +288,16 @@ static double row_fkl(const KdCtx& c, const float* z, const float* y, float* dz,
 static double row_rkl(const KdCtx& c, const float* z, const float* y, float* dz, KdScratch& sc) {
   const int64_t Vv = c.Vv;
   const float iT = c.iT;
-  float ms = -INFINITY, mt = -INFINITY;
+  float ms = -INFINITY, mt = -INFINITY, mt_prev = -INFINITY;
   double ss = 0, st = 0, A = 0;
   for (int64_t b = 0; b < Vv; b += KD_BLOCK) {
     const int64_t n = blk(b, Vv);
-    rkl_block(z + b, y + b, n, iT, &ms, &ss, &A);
     lse_block(y + b, n, iT, &mt, &st);
+    rkl_block(z + b, y + b, n, iT, mt, &mt_prev, &ms, &ss, &A);
   }
   const double lsd = std::log(ss), ltd = std::log(st);
-  // Σ q (log q − log p) = (Σ q (z − y) − (ms − mt))/T − log ss + log st
-  const double R = (A / ss - ((double)ms - (double)mt)) * c.iTd - lsd + ltd;
+  // Σ q (log q − log p) = Σ q ((z − ms) − (y − mt))/T − log ss + log st
+  const double R = A / ss * c.iTd - lsd + ltd;
   if (!dz) return R;
   const float ls = (float)lsd, lt = (float)ltd, Rf = (float)R;
   const float C = (float)(c.gs * c.s2 * c.iTd);
