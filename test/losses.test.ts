@@ -382,8 +382,13 @@ function assertEach(a: ArrayLike<number>, b: ArrayLike<number>, rtol: number, at
     }
   }
   assert.ok(worstRatio <= 1, `${what}: element ${worst}: ${a[worst]} vs ${b[worst]} (${worstRatio.toFixed(2)}× tolerance)`);
+  const key = process.env.UNDO_TEST_VERBOSE === "2" ? what : what.replace(/^\S+ /, '').replace(/[^:]*: /, '');
+  if (!(worstRatio <= (WORST.get(key) ?? 0))) WORST.set(key, worstRatio);
   return worstRatio;
 }
+
+/** Worst error seen per kind of check, as a fraction of its tolerance (printed with UNDO_TEST_VERBOSE=1). */
+const WORST = new Map<string, number>();
 
 // Tolerances. The kernels work in float32 on log-probabilities (x − max)/T − log s, so a term carries an
 // absolute error of a few u·|log q| (u = 6e-8, |log q| ≲ 30 here): losses of O(1) to ~1e-6 absolute;
@@ -684,6 +689,11 @@ test('TaidSchedule: the TAID update (momentum of the relative loss change, linea
   }
   assert.is(last, 0.9);
   assert.throws(() => new TaidSchedule({ totalSteps: 0 }), /totalSteps/);
+});
+
+test.after(() => {
+  if (process.env.UNDO_TEST_VERBOSE)
+    for (const [k, v] of [...WORST.entries()].sort()) console.log(`  worst ${k}: ${v.toFixed(3)} of tolerance`);
 });
 
 test.run();

@@ -1,0 +1,135 @@
+/**
+ * Unlearning methods, distillation, the relearning attack and the study report on tiny models: each method
+ * moves its own objective the right way, RMU trains only its layers, distillation closes the gap to the
+ * teacher, the attack's best curve dominates every learning rate, and bad options fail before any work.
+ */
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { Batcher, PackedDataset } from '../lib/data';
+import { distill } from '../lib/distill';
+import { Model, ModelConfig } from '../lib/model';
+import { rowCE } from '../lib/objectives';
+import { relearn } from '../lib/relearn';
+import { reportMarkdown, paretoSvg } from '../lib/report';
+import { Rng } from '../lib/rng';
+import { TrainConfig } from '../lib/train';
+import { cloneModel, parseMethod, unlearn, UNLEARN_METHODS } from '../lib/unlearn';
+import { STUDIES, StudyReport } from '../lib/undo';
+
+const CFG: ModelConfig = {
+  family: 'llama', vocabSize: 29, hiddenSize: 32, numLayers: 3, numHeads: 4, numKvHeads: 2, headDim: 8,
+  intermediateSize: 48, maxPositions: 64, rmsNormEps: 1e-5, ropeTheta: 10000, tieWordEmbeddings: true,
+  attnLogitSoftcapping: 0, finalLogitSoftcapping: 0, queryPreAttnScalar: 0, slidingWindow: 0, activation: 'silu',
+  bosTokenId: 1, eosTokenId: 2, padTokenId: 0,
+};
+const T = 12;
+
+/** Two learnable "languages": forget uses tokens 3..15 in one cycle, retain 16..28 in another. */
+function dataset(lo: number, step: number, seed: number): PackedDataset {
+  const n = 16 * T + 1;
+  const r = new Rng(seed);
+  const toks = new Int32Array(n);
+  let x = lo;
+  for (let i = 0; i < n; i++) {
+    x = lo + ((x - lo + step + (r.next() < 0.05 ? 1 : 0)) % 13);
+    toks[i] = x;
+  }
+  return new PackedDataset(toks, T, 16);
+}
+const cfg = (steps: number, lr: number): TrainConfig => ({ steps, gradAccum: 1, lr, warmup: 0, schedule: 'constant', weightDecay: 0, beta1: 0.9, beta2: 0.95, eps: 1e-8, clip: 1, evalEvery: 0, checkpointEvery: 0 });
+
+async function meanCE(m: Model, d: PackedDataset): Promise<number> {
+  const b = new Batcher(d, { batchSize: 16, shuffle: false }).next();
+  const rows = await rowCE(m, b);
+  return rows.reduce((a, v) => a + v, 0) / rows.length;
+}
+
+let base: Model;
+const forget = dataset(3, 5, 1);
+const retain = dataset(16, 3, 2);
+
+test.before(async () => {
+  base = Model.create(CFG, { seed: 3 });
+  const { train } = await import('../lib/train');
+  // learn both "languages"
+  const mixed = new PackedDataset(Int32Array.from([...forget.tokens, ...retain.tokens]), T, 32);
+  await train(base, new Batcher(mixed, { batchSize: 8, seed: 1 }), cfg(150, 1e-2));
+});
+
+for (const method of UNLEARN_METHODS) {
+  test(`${method}: forget loss rises more than retain loss`, async () => {
+    const m = cloneModel(base);
+    const f0 = await meanCE(m, forget);
+    const r0 = await meanCE(m, retain);
+    await unlearn(m, new Batcher(forget, { batchSize: 4, seed: 1 }), new Batcher(retain, { batchSize: 4, seed: 2 }), cfg(method === 'rmu' ? 40 : 15, method === 'rmu' ? 1e-2 : 2e-3), { method, params: method === 'rmu' ? { rmuLayer: 1, rmuFirstLayer: 0, rmuC: 20 } : {} });
+    const f1 = await meanCE(m, forget);
+    const r1 = await meanCE(m, retain);
+    assert.ok(f1 - f0 > 0.2, `${method}: forget CE ${f0.toFixed(3)} → ${f1.toFixed(3)}`);
+    assert.ok(f1 - f0 > r1 - r0, `${method}: forget Δ ${(f1 - f0).toFixed(3)} vs retain Δ ${(r1 - r0).toFixed(3)}`);
+    if (method === 'rmu') {
+      for (const t of m.tensors) {
+        const changed = m.tensor(t.name).some((v, i) => v !== base.tensor(t.name)[i]);
+        const trainable = /^model\.layers\.[01]\.mlp\.down_proj\.weight$/.test(t.name);
+        assert.is(changed, trainable, `${t.name} changed=${changed}`);
+      }
+      assert.ok(m.tensors.every((t) => !t.frozen), 'frozen flags restored');
+    }
+  });
+}
+
+test('parseMethod rejects unknown methods with the list', () => {
+  assert.is(parseMethod('Grad-Diff'), 'graddiff');
+  assert.throws(() => parseMethod('forgetall'), /unknown unlearning method "forgetall"/);
+});
+
+test('distill: forward KL to the teacher falls; a copy of the teacher has zero loss', async () => {
+  const student = Model.create(CFG, { seed: 11 });
+  const losses: number[] = [];
+  const mixed = new PackedDataset(Int32Array.from([...forget.tokens, ...retain.tokens]), T, 32);
+  await distill(student, base, new Batcher(mixed, { batchSize: 8, seed: 3 }), cfg(40, 1e-2), { loss: 'fkl', onStep: (s) => losses.push(s.loss) });
+  assert.ok(losses[39] < 0.5 * losses[0], `fkl ${losses[0]} → ${losses[39]}`);
+  const copy: number[] = [];
+  await distill(cloneModel(base), base, new Batcher(mixed, { batchSize: 8, seed: 3 }), cfg(1, 1e-9), { loss: 'fkl', onStep: (s) => copy.push(s.loss) });
+  assert.ok(Math.abs(copy[0]) < 1e-5, `self-distillation loss ${copy[0]}`);
+});
+
+test('relearn: the best curve is the max over learning rates, budgets are monotone', async () => {
+  const m = cloneModel(base);
+  await unlearn(m, new Batcher(forget, { batchSize: 4, seed: 1 }), new Batcher(retain, { batchSize: 4, seed: 2 }), cfg(15, 2e-3), { method: 'graddiff' });
+  const metric = async (x: Model) => -(await meanCE(x, forget));
+  const r = await relearn(m, forget, { lrs: [1e-2, 1e-4], steps: 10, evalEvery: 5, batchSize: 4, metric });
+  assert.is(r.curves.length, 2);
+  for (const p of r.best) for (const c of r.curves) assert.ok(p.value >= (c.points.find((q) => q.step === p.step)?.value ?? -Infinity));
+  assert.ok(r.best[r.best.length - 1].value > r.best[0].value, 'the attack relearns');
+  assert.ok(r.atBudget[10] >= r.atBudget[5] && r.atBudget[5] >= r.atBudget[0]);
+  try {
+    await relearn(m, forget, { lrs: [-1], steps: 1, evalEvery: 1, batchSize: 1, metric });
+    assert.unreachable();
+  } catch (e) {
+    assert.match((e as Error).message, /learning rates must be positive/);
+  }
+});
+
+test('report: markdown table and SVG plot from a study result', async () => {
+  const rep: StudyReport = {
+    study: STUDIES.quick, elapsedSec: 60,
+    rows: [
+      { name: 'base', kind: 'base', retain: 1, forget: 1, relearned: { 20: 1, 60: 1 }, computeFraction: 1, metrics: {} },
+      { name: 'UNDO α=0.6', kind: 'undo', alpha: 0.6, retain: 0.97, forget: 0.01, relearned: { 20: 0.1, 60: 0.3 }, computeFraction: 0.4, robustness: 0.7, metrics: {} },
+    ],
+  };
+  const md = reportMarkdown(rep);
+  assert.match(md, /\| UNDO α=0\.6 \| 97\.0% \| 1\.0% \| 10\.0% \| 30\.0% \| 0\.40 \| 0\.70 \|/);
+  const svg = await paretoSvg(rep);
+  assert.ok(svg.startsWith('<svg') && svg.includes('UNDO α=0.6'), 'svg with labels');
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'undo-report-'));
+  const { writeReport } = await import('../lib/report');
+  await writeReport(rep, dir);
+  assert.equal(fs.readdirSync(dir).sort(), ['pareto.svg', 'report.json', 'report.md']);
+  fs.rmSync(dir, { recursive: true });
+});
+
+test.run();
