@@ -87,7 +87,7 @@ const QUICK = ['--task', 'arithmetic', '--preset', 'tiny', '--docs', '2000', '--
 test('--help lists the commands', () => {
   const r = cli(['--help']);
   assert.is(r.status, 0, show(r));
-  for (const cmd of ['pretrain', 'eval', 'generate']) assert.match(r.stdout, new RegExp(`^\\s+${cmd}\\b`, 'm'), `--help lacks ${cmd}`);
+  for (const cmd of ['pretrain', 'eval', 'generate', 'distill', 'unlearn', 'noise', 'relearn', 'undo']) assert.match(r.stdout, new RegExp(`^\\s+${cmd}\\b`, 'm'), `--help lacks ${cmd}`);
   const p = cli(['pretrain', '--help']);
   assert.is(p.status, 0, show(p));
   for (const opt of ['--steps', '--resume', '--out', '--data', '--isa']) assert.ok(p.stdout.includes(opt), `pretrain --help lacks ${opt}`);
@@ -119,6 +119,20 @@ test('bad input: one clean error line, exit 1, no stack trace', () => {
   assertCleanError(cli(['pretrain', '--task', 'poetry', '--out', out, '--steps', '1']), /unknown task "poetry"/);
   assertCleanError(cli(['pretrain', '--resume', '--out', out, '--steps', '1']), new RegExp(`${out}.*does not exist`));
   assert.not.ok(fs.existsSync(out), 'a failed pretrain left an output directory');
+});
+
+test('bad input for distill / unlearn / noise / undo fails before any work', () => {
+  const llama = path.join(FIXTURES, 'llama');
+  const out = path.join(TMP, 'never-written-2');
+  assertCleanError(cli(['unlearn', '--method', 'forgetall', '--model', llama, '--out', out]), /--method.*forgetall/);
+  assertCleanError(cli(['noise', '--model', llama, '--alpha', '1.5', '--out', out]), /--alpha must be in \[0, 1\], got 1\.5/);
+  assertCleanError(cli(['noise', '--model', llama, '--alpha', '0.5', '--beta', '-1', '--out', out]), /--beta/);
+  assertCleanError(cli(['unlearn', '--model', llama, '--forget', 'arithmetic:add', '--retain', 'arithmetic:add', '--docs', '50', '--out', out]), /same documents/);
+  assertCleanError(cli(['unlearn', '--model', llama, '--forget', 'arithmetic:pow', '--out', out]), /unknown operation "pow"/);
+  assertCleanError(cli(['distill', '--teacher', llama, '--student', path.join(FIXTURES, 'gemma2'), '--docs', '50', '--out', out]), /vocab_size 61 differs from the teacher's 67/);
+  assertCleanError(cli(['undo', '--preset', 'everything']), /--preset.*everything/);
+  assertCleanError(cli(['undo', '--teacher', llama, '--alpha', '2']), /--alpha/);
+  assert.not.ok(fs.existsSync(out), 'a failed command left an output directory');
 });
 
 test('pretrain 20 steps → files and falling loss; --resume to 25 is exact; eval --json; generate', () => {

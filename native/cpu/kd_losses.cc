@@ -236,29 +236,28 @@ struct KdScratch {
 
 // ---------------------------------------------------------------- full teacher: fkl, taid
 
-static inline float taid_target(float z, float y, float t, float omt, int mode) {
-  return mode == 0 ? y : (mode == 1 ? z : omt * z + t * y);
-}
-
-// KL(p‖q) with p = softmax(y'/T), y' = y (fkl) or the TAID target; gradient (q − p)/T.
+// KL(p‖q) with p = softmax(y'/T), y' = y (fkl) or TAID's target (1−t)·z + t·y (built per block in scratch,
+// so the loops below are the same for both); gradient (q − p)/T.
 static double row_fkl(const KdCtx& c, const float* z, const float* y, float* dz, KdScratch& sc) {
   const int64_t Vv = c.Vv;
   const float iT = c.iT;
-  const int mode = c.kind == KdKind::taid ? c.taid_mode : 0;
+  const bool mix = c.kind == KdKind::taid && c.taid_mode == 2;
+  if (c.kind == KdKind::taid && c.taid_mode == 1) {  // t = 0: the target is q itself
+    if (dz) zero_range(dz, Vv);
+    return 0.0;
+  }
   const float tt = c.taid_t, omt = c.taid_omt;
+  float* yt = sc.blockB;
   float ms = -INFINITY, mt = -INFINITY;
   double ss = 0, st = 0;
   for (int64_t b = 0; b < Vv; b += KD_BLOCK) {
     const int64_t n = blk(b, Vv);
     lse_block(z + b, n, iT, &ms, &ss);
-    if (mode == 0) {
-      lse_block(y + b, n, iT, &mt, &st);
-    } else {
-      float* yt = sc.blockB;
+    if (mix) {
 #pragma omp simd
-      for (int64_t i = 0; i < n; i++) yt[i] = taid_target(z[b + i], y[b + i], tt, omt, mode);
-      lse_block(yt, n, iT, &mt, &st);
+      for (int64_t i = 0; i < n; i++) yt[i] = omt * z[b + i] + tt * y[b + i];
     }
+    lse_block(mix ? yt : y + b, n, iT, &mt, &st);
   }
   const float ls = (float)std::log(ss), lt = (float)std::log(st);
   const float C = (float)(c.gs * c.s2 * c.iTd);
@@ -266,14 +265,17 @@ static double row_fkl(const KdCtx& c, const float* z, const float* y, float* dz,
   for (int64_t b = 0; b < Vv; b += KD_BLOCK) {
     const int64_t n = blk(b, Vv);
     const float* zb = z + b;
-    const float* yb = y + b;
+    if (mix) {
+#pragma omp simd
+      for (int64_t i = 0; i < n; i++) yt[i] = omt * zb[i] + tt * y[b + i];
+    }
+    const float* yb = mix ? yt : y + b;
     float* d = dz ? dz + b : sc.blockA;
     float acc = 0.0f;
 #pragma omp simd reduction(+ : acc)
     for (int64_t i = 0; i < n; i++) {
-      const float yt = taid_target(zb[i], yb[i], tt, omt, mode);
       const float lq = (zb[i] - ms) * iT - ls;
-      const float lp = (yt - mt) * iT - lt;
+      const float lp = (yb[i] - mt) * iT - lt;
       const float q = kd_exp(lq), p = kd_exp(lp);
       d[i] = C * (q - p);
       acc += p > 0.0f ? p * (lp - lq) : 0.0f;
@@ -578,7 +580,7 @@ static double row_deltakd(const KdCtx& c, const float* z, const float* y, const 
     for (int64_t i = 0; i < n; i++) zt[i] = delta_target(zsb[b + i], y[b + i], ytb[b + i]);
     lse_block(zt, n, iT, &mt, &st);
   }
-  if (!sep1) {
+  if (!sep1) {  // T = 1 (then q1 = q) or λ = 0 (q1 unused)
     m1 = ms;
     s1 = ss;
   }
@@ -598,7 +600,7 @@ static double row_deltakd(const KdCtx& c, const float* z, const float* y, const 
     for (int64_t i = 0; i < n; i++) {
       const float lq = (zb[i] - ms) * iT - ls, lp = (zt[i] - mt) * iT - lt;
       const float q = kd_exp(lq), p = kd_exp(lp);
-      const float q1 = sep1 ? kd_exp((zb[i] - m1) - l1) : q;
+      const float q1 = kd_exp((zb[i] - m1) - l1);  // softmax(z) for the CE term
       d[i] = ckl * (q - p) + cce * q1;
       acc += p > 0.0f ? p * (lp - lq) : 0.0f;
     }
