@@ -105,6 +105,7 @@ export function registerUnlearningCommands(program: Command, k: CliKit): void {
   ).action(async (o: { method: string; model: string; forget: string; retain: string; out: string; steps: number; lr: number; batchSize: number; seqLen: number; retainWeight?: number; beta?: number; rmuLayer?: number; rmuC: number; clip: number; docs: number; seed: number; progress: boolean; threads?: number; isa?: string }) => {
     k.applyRuntime(o);
     const method = parseMethod(o.method);
+    if (o.forget === o.retain) throw new UndoError(`--forget and --retain are the same data (${o.forget})`);
     const fdocs = documentsFrom(o.forget, '--forget', o.docs, o.seed + 1);
     const rdocs = documentsFrom(o.retain, '--retain', o.docs, o.seed + 2);
     const fset = new Set(fdocs);

@@ -127,7 +127,7 @@ test('bad input for distill / unlearn / noise / undo fails before any work', () 
   assertCleanError(cli(['unlearn', '--method', 'forgetall', '--model', llama, '--out', out]), /--method.*forgetall/);
   assertCleanError(cli(['noise', '--model', llama, '--alpha', '1.5', '--out', out]), /--alpha must be in \[0, 1\], got 1\.5/);
   assertCleanError(cli(['noise', '--model', llama, '--alpha', '0.5', '--beta', '-1', '--out', out]), /--beta/);
-  assertCleanError(cli(['unlearn', '--model', llama, '--forget', 'arithmetic:add', '--retain', 'arithmetic:add', '--docs', '50', '--out', out]), /same documents/);
+  assertCleanError(cli(['unlearn', '--model', llama, '--forget', 'arithmetic:add', '--retain', 'arithmetic:add', '--docs', '50', '--out', out]), /same data/);
   assertCleanError(cli(['unlearn', '--model', llama, '--forget', 'arithmetic:pow', '--out', out]), /unknown operation "pow"/);
   assertCleanError(cli(['distill', '--teacher', llama, '--student', path.join(FIXTURES, 'gemma2'), '--docs', '50', '--out', out]), /vocab_size 61 differs from the teacher's 67/);
   assertCleanError(cli(['undo', '--preset', 'everything']), /--preset.*everything/);

@@ -3,13 +3,18 @@
 // Per row, with raw logits x and temperature T, a distribution is kept as (M, s): M = max x over the valid
 // columns, s = Σ exp((x − M)/T), so log-probabilities are (x − M)/T − log s: the subtraction x − M happens
 // on the raw logits (exact for nearby values), so large logits (±1e4) keep their small differences.
-//   pass 1  blocked online max/sum: per block of KD_BLOCK columns, the block max (rescaling the running sum
-//           when it rises), then the block's exp-sum while the block is in L1. Both the student's and the
-//           teacher's rows are consumed block by block, so each is read from memory once.
-//   pass 2  the gradient (and the loss terms that need the final (M, s)); for JSD, TVD, SKL and SRKL a
-//           reduction pass comes first, since their gradient needs a row sum of the same terms.
-// Top-k teachers: the k ids are sorted; pass 1 and the gradient pass walk the gaps between them, so the
-// student's mass outside the ids is summed directly; the k+1 bucket distributions are handled in double.
+//   pass 1  blocked online max/sum over the student row (and the teacher's): per block of KD_BLOCK columns,
+//           the block max (rescaling the running sum when it rises), then e_i = exp((z_i − m)/T) against the
+//           running max m, summed and *stored in the gradient row* (m is remembered per block). Each row is
+//           read from memory once; every later pass re-reads it from L1/L2.
+//   pass 2  q_i = e_i·exp((m_block − M)/T − log s): a multiply instead of a second exp. It writes the
+//           gradient, or, for the losses whose gradient needs a row sum first (JSD, TVD, skew KL, skew
+//           reverse KL), accumulates that sum and leaves a per-column value in the row for
+//   pass 3  the gradient.
+// Top-k teachers: the k ids are sorted; their columns are zeroed in the stored row before it is summed, so
+// the student's mass outside the ids (the tail) is a direct sum, not 1 − Σ; the k+1 bucket distributions are
+// then handled in double, and pass 2 rescales the stored row and writes the k id columns.
+// Without a gradient output the stored values go to a per-thread row of scratch (vocab floats per thread).
 #include "kd_losses.h"
 
 #include <cstdlib>
@@ -20,17 +25,17 @@ UNDO_ISA_BEGIN
 
 static const int64_t KD_BLOCK = 2048;
 
-// exp(x), vectorisable in loops that store (undo_expf's trailing selects on its own result become branches
-// there and GCC 12 then leaves such loops scalar): the clamp to [−88, 89] is on the input side, e^x past
-// FLT_MAX overflows to +inf through the 2^128 scale, and everything below e^−87 (under FLT_MIN) is flushed
-// to exactly 0 by a multiply, so "probability 0" tests are exact (0·(−inf) never happens behind a p > 0
-// guard) and no denormals enter the sums. NaN propagates (through r). Same polynomial as undo_expf
-// (~2 ulp).
+// e^x for x ≤ 88 (NaN stays NaN, x > 88.72 gives +inf), ~2 ulp (Cephes polynomial, as undo_expf), written
+// so that GCC vectorises loops that store its result: all the range handling is on the input side
+// (undo_expf's trailing selects on its own result turn into branches in such loops, which then stay
+// scalar). Round-to-nearest by the 1.5·2^23 trick leaves n in the low mantissa bits, so 2^n needs no
+// conversion. Results below e^−87 (under FLT_MIN) are flushed to exactly 0, so "probability 0" guards are
+// exact (0·(−inf) never happens behind a p > 0 test) and no denormals enter the sums.
 static inline float kd_exp(float x) {
-  float xc = x > 89.0f ? 89.0f : x;
-  xc = xc < -88.0f ? -88.0f : xc;
-  const int32_t ni = (int32_t)(xc * 1.44269504088896341f + (xc >= 0.0f ? 0.5f : -0.5f));
-  const float n = (float)ni;
+  float xc = x < -87.5f ? -87.5f : x;
+  xc = xc > 88.8f ? 88.8f : xc;
+  const float kf = xc * 1.44269504088896341f + 12582912.0f;
+  const float n = kf - 12582912.0f;
   float r = xc - n * 0.693359375f;
   r = r - n * -2.12194440e-4f;
   float p = 1.9875691500E-4f;
@@ -39,13 +44,13 @@ static inline float kd_exp(float x) {
   p = p * r + 4.1665795894E-2f;
   p = p * r + 1.6666665459E-1f;
   p = p * r + 5.0000001201E-1f;
-  p = p * r * r + r + 1.0f;
-  const int32_t n1 = ni / 2, n2 = ni - n1;  // |n| ≤ 128: two factors 2^n1·2^n2 stay normal
-  const int32_t b1 = (n1 + 127) << 23, b2 = (n2 + 127) << 23;
-  float s1, s2;
-  std::memcpy(&s1, &b1, 4);
-  std::memcpy(&s2, &b2, 4);
-  return p * s1 * s2 * (float)(x >= -87.0f);
+  p = p * (r * r) + r + 1.0f;
+  int32_t kb;
+  std::memcpy(&kb, &kf, 4);
+  const int32_t sb = (kb - 0x4B400000 + 127) << 23;  // 2^n, n ∈ [−126, 128] (2^128 = +inf)
+  float s;
+  std::memcpy(&s, &sb, 4);
+  return p * s * (float)(x >= -87.0f);
 }
 
 // Natural log of x > 0 (Cephes logf polynomial, ~1 ulp), vectorisable: no branches, no libm call.
@@ -81,55 +86,53 @@ static inline float kd_log(float x) {
   return r + (x - x);
 }
 
-// log((1 − c) + c·e^x) for c ∈ [0, 1], cbar = 1 − c, x ≤ ~88 (callers keep x ≤ 80), accurate relative to
-// the result even when it is tiny: with t = c·expm1(x), log1p(t) when t ≥ −½ (Goldberg's
-// log1p(t) = log(u)·t/(u − 1), u = 1 + t), else log(cbar + c·e^x) directly (a sum of two non-negative
-// terms, far from 1, so the log is well conditioned).
-static inline float kd_logmix(float c, float cbar, float x) {
-  const float e = kd_exp(x);
-  float p = 2.48015873e-5f;  // expm1 by its Taylor series on |x| < ½ (error < 2e-8 relative)
-  p = p * x + 1.98412698e-4f;
-  p = p * x + 1.38888889e-3f;
-  p = p * x + 8.33333333e-3f;
-  p = p * x + 4.16666667e-2f;
-  p = p * x + 1.66666667e-1f;
-  p = p * x + 0.5f;
-  p = p * x * x + x;
-  const float em1 = (x < 0.5f && x > -0.5f) ? p : e - 1.0f;
-  const float t = c * em1;
-  const bool direct = t < -0.5f;
-  const float u = direct ? cbar + c * e : 1.0f + t;
-  const float l = kd_log(u);
+// log1p(t) for t > −1, accurate relative to the result for small t (Goldberg: log(u)·t/(u − 1), u = 1 + t).
+static inline float kd_log1p(float t) {
+  const float u = 1.0f + t;
   const float d = u - 1.0f;
-  return direct ? l : (d == 0.0f ? t : l * (t / d));
+  return d == 0.0f ? t : kd_log(u) * (t / d);
 }
 
-// Mixture m = w·p + wbar·q, δ = log p − log q. Returns log q − log m (want_q) or log p − log m:
-//   log q − log m = −log(wbar + w·e^δ),   log p − log m = −log(w + wbar·e^−δ).
-// Each is evaluated in the form whose exponent is ≤ 80 (the other one plus or minus δ beyond that, where
-// the sum no longer cancels), so neither overflows and both stay accurate when w or wbar is tiny.
-static inline float kd_mixlog(float delta, float w, float wbar, bool want_q) {
-  // log q − log m directly when δ ≤ 80, else (log p − log m) − δ; mirrored for log p − log m
-  const bool flip = want_q ? delta > 80.0f : delta < -80.0f;
-  const bool use_q_form = want_q != flip;
-  const float c = use_q_form ? w : wbar;
-  const float cb = use_q_form ? wbar : w;
-  const float x = use_q_form ? delta : -delta;
-  const float f = -kd_logmix(c, cb, x);
-  return flip ? (want_q ? f - delta : f + delta) : f;
+// Mixture m = w·p + (1−w)·q of two probabilities, δ = log p − log q (from the logits):
+//   dq = log q − log m = −log1p(w·(p − q)/q),   dp = log p − log m = −log1p((1−w)·(q − p)/p) = dq + δ.
+// kd_mix_direct evaluates one of them by its log1p form, chosen by `flip` (1 when w > ½, else 0): dp when
+// flipped, else dq, with c = min(w, 1−w); callers derive the other by ±δ (kd_mix_other). The log1p argument
+// is then > −½, and the derived side is the one whose weight in JS_β/(β(1−β)) is ≤ 2, so nothing amplifies
+// rounding near β → 0 or β → 1. Where the direct side's probability is 0, the other is exactly −log c.
+static inline float kd_mix_direct(float p, float q, float c, float flip) {
+  const float s = flip > 0.5f ? p : q, o = flip > 0.5f ? q : p;
+  return -kd_log1p(c * ((o - s) / s));
+}
+static inline float kd_mix_other(float direct, float p, float q, float delta, float logc, float flip) {
+  const float s = flip > 0.5f ? p : q;
+  return s > 0.0f ? (flip > 0.5f ? direct - delta : direct + delta) : -logc;
 }
 
 static inline int64_t blk(int64_t b, int64_t hi) { return hi - b < KD_BLOCK ? hi - b : KD_BLOCK; }
 
-// One block of the online (max, sum) of x/T: m = running max of the raw logits, s = Σ exp((x − m)/T).
-static inline void lse_block(const float* x, int64_t n, float iT, float* m, double* s) {
+static inline void zero_range(float* d, int64_t n) {
+  if (n > 0) std::memset(d, 0, (size_t)n * sizeof(float));
+}
+
+static inline float block_max(const float* x, int64_t n) {
   float bm = -INFINITY;
 #pragma omp simd reduction(max : bm)
   for (int64_t i = 0; i < n; i++) bm = x[i] > bm ? x[i] : bm;
+  return bm;
+}
+
+// Running (max, sum) update for a block whose max is bm; returns the frame (running max) of the block.
+static inline float raise_max(float bm, float iT, float* m, double* s) {
   if (bm > *m) {
     *s = *s > 0.0 ? *s * std::exp((double)(*m - bm) * (double)iT) : 0.0;
     *m = bm;
   }
+  return *m;
+}
+
+// One block of the online (max, sum) of x/T, not stored (teacher rows).
+static inline void lse_block(const float* x, int64_t n, float iT, float* m, double* s) {
+  raise_max(block_max(x, n), iT, m, s);
   if (*m == -INFINITY) return;
   const float mm = *m;
   float bs = 0.0f;
@@ -138,73 +141,27 @@ static inline void lse_block(const float* x, int64_t n, float iT, float* m, doub
   *s += bs;
 }
 
-static inline void lse_range(const float* x, int64_t lo, int64_t hi, float iT, float* m, double* s) {
-  for (int64_t b = lo; b < hi; b += KD_BLOCK) lse_block(x + b, blk(b, hi), iT, m, s);
-}
-
-// Online (max, sum) of z/T plus a = Σ exp((z − ms)/T)·((z − ms) − (y − mt)) (reverse KL's row term), kept in
-// the frames of the student's running max ms and the teacher's running max mt, which lse_block has already
-// moved over this block of y. Centred differences stay exact where it matters (the heavy entries have
-// z ≈ ms); a raw z − y would round to an ulp of |z| (5e-4 at 1e4). mt_prev: the teacher max that a was
-// accumulated with.
-static inline void rkl_block(const float* z, const float* y, int64_t n, float iT, float mt, float* mt_prev, float* m,
-                             double* s, double* a) {
-  float bm = -INFINITY;
-#pragma omp simd reduction(max : bm)
-  for (int64_t i = 0; i < n; i++) bm = z[i] > bm ? z[i] : bm;
-  if (*s > 0.0) {
-    if (mt > *mt_prev) *a += ((double)mt - (double)*mt_prev) * *s;  // −(y − mt) grew by Δmt in every term
-    if (bm > *m) {
-      const double r = std::exp((double)(*m - bm) * (double)iT);
-      *a = r > 0.0 ? r * (*a - ((double)bm - (double)*m) * *s) : 0.0;
-      *s = r > 0.0 ? *s * r : 0.0;
-    }
+// One block of the online (max, sum) of x/T with e_i = exp((x_i − m)/T) stored in out; returns the frame m.
+static inline float lse_store_block(const float* x, int64_t n, float iT, float* m, double* s, float* out) {
+  const float mm = raise_max(block_max(x, n), iT, m, s);
+  if (mm == -INFINITY) {
+    zero_range(out, n);
+    return mm;
   }
-  *mt_prev = mt;
-  if (bm > *m) *m = bm;
-  if (*m == -INFINITY) return;
-  const float mm = *m;
-  float bs = 0.0f, ba = 0.0f;
-#pragma omp simd reduction(+ : bs, ba)
+  float bs = 0.0f;
+#pragma omp simd reduction(+ : bs)
   for (int64_t i = 0; i < n; i++) {
-    const float e = kd_exp((z[i] - mm) * iT);
-    const float yc = y[i] == -INFINITY ? -INFINITY : y[i] - mt;  // a −inf teacher entry under student mass: +inf
+    const float e = kd_exp((x[i] - mm) * iT);
+    out[i] = e;
     bs += e;
-    ba += e > 0.0f ? e * ((z[i] - mm) - yc) : 0.0f;
   }
   *s += bs;
-  *a += ba;
+  return mm;
 }
 
-// Online (max, sum) of z/T plus a = Σ exp((z − m)/T)·(z − m) (entropy's row term), kept in the frame of m.
-static inline void ent_block(const float* z, int64_t n, float iT, float* m, double* s, double* a) {
-  float bm = -INFINITY;
-#pragma omp simd reduction(max : bm)
-  for (int64_t i = 0; i < n; i++) bm = z[i] > bm ? z[i] : bm;
-  if (bm > *m) {
-    if (*s > 0.0) {
-      const double r = std::exp((double)(*m - bm) * (double)iT);
-      *a = r > 0.0 ? r * (*a - (double)(bm - *m) * *s) : 0.0;
-      *s = r > 0.0 ? *s * r : 0.0;
-    }
-    *m = bm;
-  }
-  if (*m == -INFINITY) return;
-  const float mm = *m;
-  float bs = 0.0f, ba = 0.0f;
-#pragma omp simd reduction(+ : bs, ba)
-  for (int64_t i = 0; i < n; i++) {
-    const float d = z[i] - mm;
-    const float e = kd_exp(d * iT);
-    bs += e;
-    ba += e > 0.0f ? e * d : 0.0f;
-  }
-  *s += bs;
-  *a += ba;
-}
-
-static inline void zero_range(float* d, int64_t n) {
-  if (n > 0) std::memset(d, 0, (size_t)n * sizeof(float));
+// Factor turning a block's stored e_i into scale·q_i: scale·exp((m_b − M)/T − log s).
+static inline float frame_factor(float mb, double M, double iT, double L, double scale) {
+  return mb == -INFINITY ? 0.0f : (float)(scale * std::exp(((double)mb - M) * iT - L));
 }
 
 struct KdCtx {
@@ -217,20 +174,27 @@ struct KdCtx {
   double gs;          // gradient multiplier of each row's loss: grad_scale / (mean ? counted : 1)
   float w, wbar;      // mixture weight on p (jsd β, skl α, srkl 1 − α) and 1 − it
   double wd, wbard;
+  float mixc, mixlogc;  // min(w, 1 − w) and its log (kd_mix)
+  float mixflip;        // 1 when w > ½, else 0
   float taid_t, taid_omt;
   int taid_mode;      // 0: target = teacher (t = 1), 1: target = student (t = 0), 2: mixed
 };
 
-// Per-thread scratch: two blocks of floats (a discard target for loss-only runs, TAID/Delta-KD targets) and
-// the top-k work arrays.
+// Per-thread scratch: a block for built targets (TAID, Delta-KD), a row for the student's stored values when
+// there is no gradient output, a row for the teacher's stored values, the per-block frames, and the top-k
+// work arrays. (Per thread, not per row: threads × vocab floats at most.)
 struct KdScratch {
-  float* blockA;
-  float* blockB;
+  float* block;
+  float* row;
+  float* frames;
+  float* trow;     // the teacher's stored exp values (full-teacher losses), vocab floats
+  float* tframes;
   int64_t* keys;
-  double* lq;   // [k+1]
-  double* lp;   // [k+1]
-  double* g;    // [k+1]
-  double* h;    // [k+1]
+  double* lq;   // [k+1] bucket log-probabilities and probabilities, student and teacher
+  double* lp;
+  double* q;
+  double* p;
+  double* g;    // [k+1] ∂L/∂log q per bucket
   float* zs;    // [k]
 };
 
@@ -238,31 +202,35 @@ struct KdScratch {
 
 // KL(p‖q) with p = softmax(y'/T), y' = y (fkl) or TAID's target (1−t)·z + t·y (built per block in scratch,
 // so the loops below are the same for both); gradient (q − p)/T.
-static double row_fkl(const KdCtx& c, const float* z, const float* y, float* dz, KdScratch& sc) {
+static double row_fkl(const KdCtx& c, const float* z, const float* y, float* d, KdScratch& sc) {
   const int64_t Vv = c.Vv;
   const float iT = c.iT;
   const bool mix = c.kind == KdKind::taid && c.taid_mode == 2;
   if (c.kind == KdKind::taid && c.taid_mode == 1) {  // t = 0: the target is q itself
-    if (dz) zero_range(dz, Vv);
+    zero_range(d, Vv);
     return 0.0;
   }
   const float tt = c.taid_t, omt = c.taid_omt;
-  float* yt = sc.blockB;
+  float* yt = sc.block;
   float ms = -INFINITY, mt = -INFINITY;
   double ss = 0, st = 0;
-  for (int64_t b = 0; b < Vv; b += KD_BLOCK) {
+  int64_t bi = 0;
+  for (int64_t b = 0; b < Vv; b += KD_BLOCK, bi++) {
     const int64_t n = blk(b, Vv);
-    lse_block(z + b, n, iT, &ms, &ss);
+    sc.frames[bi] = lse_store_block(z + b, n, iT, &ms, &ss, d + b);
     if (mix) {
 #pragma omp simd
       for (int64_t i = 0; i < n; i++) yt[i] = omt * z[b + i] + tt * y[b + i];
     }
-    lse_block(mix ? yt : y + b, n, iT, &mt, &st);
+    sc.tframes[bi] = lse_store_block(mix ? yt : y + b, n, iT, &mt, &st, sc.trow + b);
   }
-  const float ls = (float)std::log(ss), lt = (float)std::log(st);
-  const float C = (float)(c.gs * c.s2 * c.iTd);
+  const double L = std::log(ss), Lt = std::log(st);
+  const float ls = (float)L, lt = (float)Lt;
+  const double Cd = c.gs * c.s2 * c.iTd;
+  const float C = (float)Cd;
   double loss = 0;
-  for (int64_t b = 0; b < Vv; b += KD_BLOCK) {
+  bi = 0;
+  for (int64_t b = 0; b < Vv; b += KD_BLOCK, bi++) {
     const int64_t n = blk(b, Vv);
     const float* zb = z + b;
     if (mix) {
@@ -270,14 +238,17 @@ static double row_fkl(const KdCtx& c, const float* z, const float* y, float* dz,
       for (int64_t i = 0; i < n; i++) yt[i] = omt * zb[i] + tt * y[b + i];
     }
     const float* yb = mix ? yt : y + b;
-    float* d = dz ? dz + b : sc.blockA;
+    const float* tb = sc.trow + b;
+    float* db = d + b;
+    const float fq = frame_factor(sc.frames[bi], ms, c.iTd, L, 1.0);
+    const float fp = frame_factor(sc.tframes[bi], mt, c.iTd, Lt, 1.0);
     float acc = 0.0f;
 #pragma omp simd reduction(+ : acc)
     for (int64_t i = 0; i < n; i++) {
       const float lq = (zb[i] - ms) * iT - ls;
       const float lp = (yb[i] - mt) * iT - lt;
-      const float q = kd_exp(lq), p = kd_exp(lp);
-      d[i] = C * (q - p);
+      const float q = db[i] * fq, p = tb[i] * fp;
+      db[i] = C * (q - p);
       acc += p > 0.0f ? p * (lp - lq) : 0.0f;
     }
     loss += acc;
@@ -287,209 +258,301 @@ static double row_fkl(const KdCtx& c, const float* z, const float* y, float* dz,
 
 // ---------------------------------------------------------------- full teacher: rkl
 
-static double row_rkl(const KdCtx& c, const float* z, const float* y, float* dz, KdScratch& sc) {
+// Pass 1 block for reverse KL: the stored online (max, sum) of z/T plus
+// a = Σ e_i·((z_i − ms) − (y_i − mt)), kept in the frames of the student's running max ms and the teacher's
+// running max mt (which lse_block has already moved over this block of y). Centred differences stay exact
+// where it matters (the heavy entries have z ≈ ms); a raw z − y would round to an ulp of |z| (5e-4 at 1e4).
+// mt_prev: the teacher max that a was accumulated with.
+static inline float rkl_store_block(const float* z, const float* y, int64_t n, float iT, float mt, float* mt_prev,
+                                    float* m, double* s, double* a, float* out) {
+  const float bm = block_max(z, n);
+  if (*s > 0.0) {
+    if (mt > *mt_prev) *a += ((double)mt - (double)*mt_prev) * *s;  // −(y − mt) grew by Δmt in every term
+    if (bm > *m) {
+      const double r = std::exp((double)(*m - bm) * (double)iT);
+      *a = r > 0.0 ? r * (*a - ((double)bm - (double)*m) * *s) : 0.0;
+      *s = r > 0.0 ? *s * r : 0.0;
+    }
+  }
+  *mt_prev = mt;
+  if (bm > *m) *m = bm;
+  const float mm = *m;
+  if (mm == -INFINITY) {
+    zero_range(out, n);
+    return mm;
+  }
+  float bs = 0.0f, ba = 0.0f;
+#pragma omp simd reduction(+ : bs, ba)
+  for (int64_t i = 0; i < n; i++) {
+    const float e = kd_exp((z[i] - mm) * iT);
+    const float yc = y[i] == -INFINITY ? -INFINITY : y[i] - mt;  // a −inf teacher entry under student mass: +inf
+    out[i] = e;
+    bs += e;
+    ba += e > 0.0f ? e * ((z[i] - mm) - yc) : 0.0f;
+  }
+  *s += bs;
+  *a += ba;
+  return mm;
+}
+
+static double row_rkl(const KdCtx& c, const float* z, const float* y, float* d, bool want_grad, KdScratch& sc) {
   const int64_t Vv = c.Vv;
   const float iT = c.iT;
   float ms = -INFINITY, mt = -INFINITY, mt_prev = -INFINITY;
   double ss = 0, st = 0, A = 0;
-  for (int64_t b = 0; b < Vv; b += KD_BLOCK) {
+  int64_t bi = 0;
+  for (int64_t b = 0; b < Vv; b += KD_BLOCK, bi++) {
     const int64_t n = blk(b, Vv);
     lse_block(y + b, n, iT, &mt, &st);
-    rkl_block(z + b, y + b, n, iT, mt, &mt_prev, &ms, &ss, &A);
+    sc.frames[bi] = rkl_store_block(z + b, y + b, n, iT, mt, &mt_prev, &ms, &ss, &A, d + b);
   }
-  const double lsd = std::log(ss), ltd = std::log(st);
+  const double L = std::log(ss), ltd = std::log(st);
   // Σ q (log q − log p) = Σ q ((z − ms) − (y − mt))/T − log ss + log st
-  const double R = A / ss * c.iTd - lsd + ltd;
-  if (!dz) return R;
-  const float ls = (float)lsd, lt = (float)ltd, Rf = (float)R;
-  const float C = (float)(c.gs * c.s2 * c.iTd);
-  (void)sc;
+  const double R = A / ss * c.iTd - L + ltd;
+  if (!want_grad) return R;
+  const float ls = (float)L, lt = (float)ltd, Rf = (float)R;
+  bi = 0;
+  for (int64_t b = 0; b < Vv; b += KD_BLOCK, bi++) {
+    const int64_t n = blk(b, Vv);
+    const float* zb = z + b;
+    const float* yb = y + b;
+    float* db = d + b;
+    const float fq = frame_factor(sc.frames[bi], ms, c.iTd, L, c.gs * c.s2 * c.iTd);
 #pragma omp simd
-  for (int64_t i = 0; i < Vv; i++) {
-    const float lq = (z[i] - ms) * iT - ls;
-    const float lp = (y[i] - mt) * iT - lt;
-    const float q = kd_exp(lq);
-    dz[i] = q > 0.0f ? C * q * (lq - lp - Rf) : 0.0f;
+    for (int64_t i = 0; i < n; i++) {
+      const float lq = (zb[i] - ms) * iT - ls;
+      const float lp = (yb[i] - mt) * iT - lt;
+      const float cq = db[i] * fq;  // C·q
+      db[i] = cq != 0.0f ? cq * (lq - lp - Rf) : 0.0f;
+    }
   }
   return R;
 }
 
 // ---------------------------------------------------------------- full teacher: jsd, tvd, skl, srkl
 
-static double row_mix(const KdCtx& c, const float* z, const float* y, float* dz, KdScratch& sc) {
-  (void)sc;
+static double row_mix(const KdCtx& c, const float* z, const float* y, float* d, bool want_grad, KdScratch& sc) {
   const int64_t Vv = c.Vv;
   const float iT = c.iT;
   const KdKind kind = c.kind;
   float ms = -INFINITY, mt = -INFINITY;
   double ss = 0, st = 0;
-  for (int64_t b = 0; b < Vv; b += KD_BLOCK) {
+  int64_t bi = 0;
+  for (int64_t b = 0; b < Vv; b += KD_BLOCK, bi++) {
     const int64_t n = blk(b, Vv);
-    lse_block(z + b, n, iT, &ms, &ss);
-    lse_block(y + b, n, iT, &mt, &st);
+    sc.frames[bi] = lse_store_block(z + b, n, iT, &ms, &ss, d + b);
+    sc.tframes[bi] = lse_store_block(y + b, n, iT, &mt, &st, sc.trow + b);
   }
-  const float ls = (float)std::log(ss), lt = (float)std::log(st);
-  const float w = c.w, wbar = c.wbar;
-  // reduction pass: the loss and the row sum S the gradient needs
-  //   jsd  loss Σ p·dp/(1−β) + q·dq/β, S = Σ q·dq (= KL(q‖m))
-  //   tvd  loss ½Σ|q − p|, S = Σ q·s
-  //   skl  loss Σ p·dp, S = Σ q·p/r   (Σg = −(1−α)·S)
-  //   srkl loss Σ q·dq, S = Σ q·q/r
+  const double L = std::log(ss), Lt = std::log(st);
+  const float ls = (float)L, lt = (float)Lt;
+  const float w = c.w, wbar = c.wbar, mc = c.mixc, mlc = c.mixlogc;
+  const float flip = c.mixflip;
+  // pass 2: the loss, the row sum S the gradient needs, and a per-column value v left in the row (and q in
+  // the teacher's row, for pass 3):
+  //   jsd  loss Σ p·dp/(1−β) + q·dq/β   S = Σ q·dq (= KL(q‖m))   v = dq
+  //   tvd  loss ½Σ|q − p|                S = Σ q·s               v = s = ½·sign(q − p)
+  //   skl  loss Σ p·dp                   S = Σ q·p/r             v = p/r     (r = αp + (1−α)q)
+  //   srkl loss Σ q·dq                   S = Σ q·q/r             v = dq − α·q/r  (r = (1−α)p + αq)
   const float ib = (float)(1.0 / c.wd), ib1 = (float)(1.0 / c.wbard);
   double loss = 0, S = 0;
-  for (int64_t b = 0; b < Vv; b += KD_BLOCK) {
+  bi = 0;
+  for (int64_t b = 0; b < Vv; b += KD_BLOCK, bi++) {
     const int64_t n = blk(b, Vv);
     const float* zb = z + b;
     const float* yb = y + b;
+    float* db = d + b;
+    float* tb = sc.trow + b;
+    const float fq = frame_factor(sc.frames[bi], ms, c.iTd, L, 1.0);
+    const float fp = frame_factor(sc.tframes[bi], mt, c.iTd, Lt, 1.0);
     float accl = 0.0f, accs = 0.0f;
     if (kind == KdKind::jsd) {
 #pragma omp simd reduction(+ : accl, accs)
       for (int64_t i = 0; i < n; i++) {
         const float lq = (zb[i] - ms) * iT - ls, lp = (yb[i] - mt) * iT - lt;
-        const float q = kd_exp(lq), p = kd_exp(lp), dl = lp - lq;
-        const float dq = kd_mixlog(dl, w, wbar, true), dp = kd_mixlog(dl, w, wbar, false);
+        const float q = db[i] * fq, p = tb[i] * fp;
+        const float dd = kd_mix_direct(p, q, mc, flip), od = kd_mix_other(dd, p, q, lp - lq, mlc, flip);
+        const float dq = flip > 0.5f ? od : dd, dp = flip > 0.5f ? dd : od;
         const float tq = q > 0.0f ? q * dq : 0.0f, tp = p > 0.0f ? p * dp : 0.0f;
         accl += tp * ib1 + tq * ib;
         accs += tq;
+        db[i] = dq;
+        tb[i] = q;
       }
     } else if (kind == KdKind::tvd) {
 #pragma omp simd reduction(+ : accl, accs)
       for (int64_t i = 0; i < n; i++) {
-        const float q = kd_exp((zb[i] - ms) * iT - ls), p = kd_exp((yb[i] - mt) * iT - lt);
+        const float q = db[i] * fq, p = tb[i] * fp;
         const float s = q > p ? 0.5f : (q < p ? -0.5f : 0.0f);
         accl += q > p ? q - p : p - q;
         accs += q * s;
+        db[i] = s;
+        tb[i] = q;
       }
     } else if (kind == KdKind::skl) {
 #pragma omp simd reduction(+ : accl, accs)
       for (int64_t i = 0; i < n; i++) {
         const float lq = (zb[i] - ms) * iT - ls, lp = (yb[i] - mt) * iT - lt;
-        const float q = kd_exp(lq), p = kd_exp(lp);
-        const float dp = kd_mixlog(lp - lq, w, wbar, false);
+        const float q = db[i] * fq, p = tb[i] * fp;
+        const float dd = kd_mix_direct(p, q, mc, flip), od = kd_mix_other(dd, p, q, lp - lq, mlc, flip);
+        const float dp = flip > 0.5f ? dd : od;
+        const float pr = p / (w * p + wbar * q);
         accl += p > 0.0f ? p * dp : 0.0f;
-        accs += q > 0.0f ? q * (p / (w * p + wbar * q)) : 0.0f;  // q·p/r
+        accs += q > 0.0f ? q * pr : 0.0f;
+        db[i] = pr;
+        tb[i] = q;
       }
     } else {  // srkl
 #pragma omp simd reduction(+ : accl, accs)
       for (int64_t i = 0; i < n; i++) {
         const float lq = (zb[i] - ms) * iT - ls, lp = (yb[i] - mt) * iT - lt;
-        const float q = kd_exp(lq), p = kd_exp(lp);
-        const float dq = kd_mixlog(lp - lq, w, wbar, true);
+        const float q = db[i] * fq, p = tb[i] * fp;
+        const float dd = kd_mix_direct(p, q, mc, flip), od = kd_mix_other(dd, p, q, lp - lq, mlc, flip);
+        const float dq = flip > 0.5f ? od : dd;
+        const float qr = q / (w * p + wbar * q);
         accl += q > 0.0f ? q * dq : 0.0f;
-        accs += q > 0.0f ? q * (q / (w * p + wbar * q)) : 0.0f;  // q·q/r
+        accs += q > 0.0f ? q * qr : 0.0f;
+        db[i] = dq - wbar * qr;
+        tb[i] = q;
       }
     }
     loss += accl;
     S += accs;
   }
   if (kind == KdKind::tvd) loss *= 0.5;
-  if (!dz) return loss;
-  // gradient pass
+  if (!want_grad) return loss;
+  // pass 3: the gradient q·(a·v + b)
+  //   jsd  q·(dq − S)/(βT)    tvd  q·(s − S)/T    skl  (1−α)·q·(S − p/r)/T    srkl  q·(v − L + α·S)/T
   const double Cd = c.gs * c.s2 * c.iTd;
+  float ca, cb;
   if (kind == KdKind::jsd) {
-    // ∂/∂z = q·(dq − KL(q‖m))/(βT)
-    const float C = (float)(Cd / c.wd), Sf = (float)S;
-#pragma omp simd
-    for (int64_t i = 0; i < Vv; i++) {
-      const float lq = (z[i] - ms) * iT - ls, lp = (y[i] - mt) * iT - lt;
-      const float q = kd_exp(lq);
-      const float dq = kd_mixlog(lp - lq, w, wbar, true);
-      dz[i] = q > 0.0f ? C * q * (dq - Sf) : 0.0f;
-    }
+    ca = (float)(Cd / c.wd);
+    cb = (float)(-Cd / c.wd * S);
   } else if (kind == KdKind::tvd) {
-    const float C = (float)Cd, Sf = (float)S;
-#pragma omp simd
-    for (int64_t i = 0; i < Vv; i++) {
-      const float q = kd_exp((z[i] - ms) * iT - ls), p = kd_exp((y[i] - mt) * iT - lt);
-      const float s = q > p ? 0.5f : (q < p ? -0.5f : 0.0f);
-      dz[i] = C * q * (s - Sf);
-    }
+    ca = (float)Cd;
+    cb = (float)(-Cd * S);
   } else if (kind == KdKind::skl) {
-    // g = −(1−α)·q·p/r; ∂/∂z = (g − q·Σg)/T = (1−α)·q·(S − p/r)/T
-    const float C = (float)(Cd * c.wbard), Sf = (float)S;
-#pragma omp simd
-    for (int64_t i = 0; i < Vv; i++) {
-      const float q = kd_exp((z[i] - ms) * iT - ls), p = kd_exp((y[i] - mt) * iT - lt);
-      dz[i] = q > 0.0f ? C * q * (Sf - p / (w * p + wbar * q)) : 0.0f;
-    }
+    ca = (float)(-Cd * c.wbard);
+    cb = (float)(Cd * c.wbard * S);
   } else {
-    // g = q·(dq + 1 − α·q/r); ∂/∂z = q·(dq − α·q/r − L + α·S)/T
-    const float C = (float)Cd, al = wbar, K = (float)(c.wbard * S - loss);
-#pragma omp simd
-    for (int64_t i = 0; i < Vv; i++) {
-      const float lq = (z[i] - ms) * iT - ls, lp = (y[i] - mt) * iT - lt;
-      const float q = kd_exp(lq), p = kd_exp(lp);
-      const float dq = kd_mixlog(lp - lq, w, wbar, true);
-      dz[i] = q > 0.0f ? C * q * (dq - al * (q / (w * p + wbar * q)) + K) : 0.0f;
-    }
+    ca = (float)Cd;
+    cb = (float)(Cd * (c.wbard * S - loss));
   }
+  const float* tq = sc.trow;
+#pragma omp simd
+  for (int64_t i = 0; i < Vv; i++) d[i] = tq[i] > 0.0f ? tq[i] * (ca * d[i] + cb) : 0.0f;
   return loss;
 }
 
 // ---------------------------------------------------------------- no teacher: ce, maxent, entropy
 
-static double row_ce(const KdCtx& c, const float* z, int32_t g, float* dz) {
+static double row_ce(const KdCtx& c, const float* z, int32_t g, float* d, bool want_grad, KdScratch& sc) {
   const int64_t Vv = c.Vv;
   const float iT = c.iT;
   float ms = -INFINITY;
   double ss = 0;
-  lse_range(z, 0, Vv, iT, &ms, &ss);
-  const double lsd = std::log(ss);
+  int64_t bi = 0;
+  for (int64_t b = 0; b < Vv; b += KD_BLOCK, bi++) sc.frames[bi] = lse_store_block(z + b, blk(b, Vv), iT, &ms, &ss, d + b);
+  const double L = std::log(ss);
   // (M − z_g)/T + log s: both terms ≥ 0, nothing cancels
-  const double loss = ((double)ms - (double)z[g]) * c.iTd + lsd;
-  if (dz) {
-    const float ls = (float)lsd;
-    const float C = (float)(c.gs * c.s2 * c.iTd);
+  const double loss = ((double)ms - (double)z[g]) * c.iTd + L;
+  if (want_grad) {
+    const double Cd = c.gs * c.s2 * c.iTd;
+    bi = 0;
+    for (int64_t b = 0; b < Vv; b += KD_BLOCK, bi++) {
+      const int64_t n = blk(b, Vv);
+      float* db = d + b;
+      const float f = frame_factor(sc.frames[bi], ms, c.iTd, L, Cd);
 #pragma omp simd
-    for (int64_t i = 0; i < Vv; i++) dz[i] = C * kd_exp((z[i] - ms) * iT - ls);
-    dz[g] -= C;
+      for (int64_t i = 0; i < n; i++) db[i] *= f;
+    }
+    d[g] -= (float)Cd;
   }
   return loss;
 }
 
-static double row_maxent(const KdCtx& c, const float* z, float* dz, KdScratch& sc) {
+static double row_maxent(const KdCtx& c, const float* z, float* d, KdScratch& sc) {
   const int64_t Vv = c.Vv;
   const float iT = c.iT;
   float ms = -INFINITY;
   double ss = 0;
-  lse_range(z, 0, Vv, iT, &ms, &ss);
-  const double lsd = std::log(ss);
-  const float ls = (float)lsd;
-  const float C = (float)(c.gs * c.s2 * c.iTd), u = (float)(1.0 / (double)Vv);
+  int64_t bi = 0;
+  for (int64_t b = 0; b < Vv; b += KD_BLOCK, bi++) sc.frames[bi] = lse_store_block(z + b, blk(b, Vv), iT, &ms, &ss, d + b);
+  const double L = std::log(ss);
+  const double Cd = c.gs * c.s2 * c.iTd;
+  const float Cu = (float)(Cd / (double)Vv);
   double sum = 0;  // Σ (z − M)/T
-  for (int64_t b = 0; b < Vv; b += KD_BLOCK) {
+  bi = 0;
+  for (int64_t b = 0; b < Vv; b += KD_BLOCK, bi++) {
     const int64_t n = blk(b, Vv);
     const float* zb = z + b;
-    float* d = dz ? dz + b : sc.blockA;
+    float* db = d + b;
+    const float f = frame_factor(sc.frames[bi], ms, c.iTd, L, Cd);
     float acc = 0.0f;
 #pragma omp simd reduction(+ : acc)
     for (int64_t i = 0; i < n; i++) {
-      const float x = (zb[i] - ms) * iT;
-      d[i] = C * (kd_exp(x - ls) - u);
-      acc += x;
+      db[i] = db[i] * f - Cu;
+      acc += (zb[i] - ms) * iT;
     }
     sum += acc;
   }
   // KL(u‖q) = −log V − mean log q = −log V − mean (z − M)/T + log s
-  return -std::log((double)Vv) - sum / (double)Vv + lsd;
+  return -std::log((double)Vv) - sum / (double)Vv + L;
 }
 
-static double row_entropy(const KdCtx& c, const float* z, float* dz) {
+// Pass 1 block for the entropy: stored online (max, sum) plus a = Σ e·(z − m) in the frame of m.
+static inline float ent_store_block(const float* z, int64_t n, float iT, float* m, double* s, double* a, float* out) {
+  const float bm = block_max(z, n);
+  if (bm > *m) {
+    if (*s > 0.0) {
+      const double r = std::exp((double)(*m - bm) * (double)iT);
+      *a = r > 0.0 ? r * (*a - (double)(bm - *m) * *s) : 0.0;
+      *s = r > 0.0 ? *s * r : 0.0;
+    }
+    *m = bm;
+  }
+  const float mm = *m;
+  if (mm == -INFINITY) {
+    zero_range(out, n);
+    return mm;
+  }
+  float bs = 0.0f, ba = 0.0f;
+#pragma omp simd reduction(+ : bs, ba)
+  for (int64_t i = 0; i < n; i++) {
+    const float dz = z[i] - mm;
+    const float e = kd_exp(dz * iT);
+    out[i] = e;
+    bs += e;
+    ba += e > 0.0f ? e * dz : 0.0f;
+  }
+  *s += bs;
+  *a += ba;
+  return mm;
+}
+
+static double row_entropy(const KdCtx& c, const float* z, float* d, bool want_grad, KdScratch& sc) {
   const int64_t Vv = c.Vv;
   const float iT = c.iT;
   float ms = -INFINITY;
   double ss = 0, A = 0;
-  for (int64_t b = 0; b < Vv; b += KD_BLOCK) ent_block(z + b, blk(b, Vv), iT, &ms, &ss, &A);
-  const double lsd = std::log(ss);
-  const double H = lsd - c.iTd * A / ss;  // −Σ q log q = log s − Σ q (z − M)/T
-  if (dz) {
-    const float ls = (float)lsd, Hf = (float)H;
-    const float C = (float)(c.gs * c.s2 * c.iTd);
+  int64_t bi = 0;
+  for (int64_t b = 0; b < Vv; b += KD_BLOCK, bi++) sc.frames[bi] = ent_store_block(z + b, blk(b, Vv), iT, &ms, &ss, &A, d + b);
+  const double L = std::log(ss);
+  const double H = L - c.iTd * A / ss;  // −Σ q log q = log s − Σ q (z − M)/T
+  if (want_grad) {
+    const float ls = (float)L, Hf = (float)H;
+    const double Cd = c.gs * c.s2 * c.iTd;
+    bi = 0;
+    for (int64_t b = 0; b < Vv; b += KD_BLOCK, bi++) {
+      const int64_t n = blk(b, Vv);
+      const float* zb = z + b;
+      float* db = d + b;
+      const float f = frame_factor(sc.frames[bi], ms, c.iTd, L, -Cd);
 #pragma omp simd
-    for (int64_t i = 0; i < Vv; i++) {
-      const float lq = (z[i] - ms) * iT - ls;
-      const float q = kd_exp(lq);
-      dz[i] = q > 0.0f ? -C * q * (lq + Hf) : 0.0f;
+      for (int64_t i = 0; i < n; i++) {
+        const float lq = (zb[i] - ms) * iT - ls;
+        const float cq = db[i] * f;  // −C·q
+        db[i] = cq != 0.0f ? cq * (lq + Hf) : 0.0f;
+      }
     }
   }
   return H;
@@ -507,18 +570,18 @@ static inline void split_logs(float m_ng, double s_ng, float xg, double iT, doub
   *l_ng = s_ng > 0.0 ? std::log(s_ng) + ((double)m_ng - M) * iT - L : -INFINITY;
 }
 
-static double row_dkd(const KdCtx& c, const float* z, const float* y, int32_t g, float* dz, KdScratch& sc) {
+static double row_dkd(const KdCtx& c, const float* z, const float* y, int32_t g, float* d, KdScratch& sc) {
   const int64_t Vv = c.Vv;
   const float iT = c.iT;
   float ms = -INFINITY, mt = -INFINITY;
   double ss = 0, st = 0;
-  for (int64_t b = 0; b < g; b += KD_BLOCK) {
-    lse_block(z + b, blk(b, g), iT, &ms, &ss);
-    lse_block(y + b, blk(b, g), iT, &mt, &st);
-  }
-  for (int64_t b = g + 1; b < Vv; b += KD_BLOCK) {
-    lse_block(z + b, blk(b, Vv), iT, &ms, &ss);
-    lse_block(y + b, blk(b, Vv), iT, &mt, &st);
+  int64_t bi = 0;
+  for (int seg = 0; seg < 2; seg++) {
+    const int64_t lo = seg == 0 ? 0 : g + 1, hi = seg == 0 ? g : Vv;
+    for (int64_t b = lo; b < hi; b += KD_BLOCK, bi++) {
+      sc.frames[bi] = lse_store_block(z + b, blk(b, hi), iT, &ms, &ss, d + b);
+      sc.tframes[bi] = lse_store_block(y + b, blk(b, hi), iT, &mt, &st, sc.trow + b);
+    }
   }
   double lqg, l1q, lpg, l1p;
   split_logs(ms, ss, z[g], c.iTd, &lqg, &l1q);
@@ -526,31 +589,36 @@ static double row_dkd(const KdCtx& c, const float* z, const float* y, int32_t g,
   const double qg = std::exp(lqg), pg = std::exp(lpg), p1 = std::exp(l1p);
   const double tckd = (pg > 0 ? pg * (lpg - lqg) : 0.0) + (p1 > 0 ? p1 * (l1p - l1q) : 0.0);
   // non-target distributions q̂ = softmax over i ≠ g; a row with no non-target mass gets q̂ = 0
+  const double Ls = ss > 0 ? std::log(ss) : INFINITY, Lt = st > 0 ? std::log(st) : INFINITY;
   const float msn = ss > 0 ? ms : 0.0f, mtn = st > 0 ? mt : 0.0f;
-  const float lsn = ss > 0 ? (float)std::log(ss) : INFINITY, ltn = st > 0 ? (float)std::log(st) : INFINITY;
+  const float lsn = (float)Ls, ltn = (float)Lt;
   const double al = c.a->dkd_alpha, be = c.a->dkd_beta;
   const double Cd = c.gs * c.s2 * c.iTd;
   const float ca = (float)(-Cd * al * (qg - pg)), cb = (float)(Cd * be);
   double nckd = 0;
+  bi = 0;
   for (int seg = 0; seg < 2; seg++) {
     const int64_t lo = seg == 0 ? 0 : g + 1, hi = seg == 0 ? g : Vv;
-    for (int64_t b = lo; b < hi; b += KD_BLOCK) {
+    for (int64_t b = lo; b < hi; b += KD_BLOCK, bi++) {
       const int64_t n = blk(b, hi);
       const float* zb = z + b;
       const float* yb = y + b;
-      float* d = dz ? dz + b : sc.blockA;
+      float* db = d + b;
+      const float* tb = sc.trow + b;
+      const float fq = ss > 0 ? frame_factor(sc.frames[bi], ms, c.iTd, Ls, 1.0) : 0.0f;
+      const float fp = st > 0 ? frame_factor(sc.tframes[bi], mt, c.iTd, Lt, 1.0) : 0.0f;
       float acc = 0.0f;
 #pragma omp simd reduction(+ : acc)
       for (int64_t i = 0; i < n; i++) {
         const float lq = (zb[i] - msn) * iT - lsn, lp = (yb[i] - mtn) * iT - ltn;
-        const float q = kd_exp(lq), p = kd_exp(lp);
-        d[i] = ca * q + cb * (q - p);
+        const float q = db[i] * fq, p = tb[i] * fp;
+        db[i] = ca * q + cb * (q - p);
         acc += p > 0.0f ? p * (lp - lq) : 0.0f;
       }
       nckd += acc;
     }
   }
-  if (dz) dz[g] = (float)(Cd * al * (qg - pg));
+  d[g] = (float)(Cd * al * (qg - pg));
   return al * tckd + be * nckd;
 }
 
@@ -563,7 +631,7 @@ static inline float delta_target(float zsb, float ytf, float ytb) {
 
 // λ·CE(softmax(z), g) + (1−λ)·s2·KL(p*‖q). Returns the row loss with s2 already applied to the KL part.
 static double row_deltakd(const KdCtx& c, const float* z, const float* y, const float* zsb, const float* ytb,
-                          int32_t g, float* dz, KdScratch& sc) {
+                          int32_t g, float* d, KdScratch& sc) {
   const int64_t Vv = c.Vv;
   const float iT = c.iT;
   const double lam = c.a->lambda;
@@ -571,45 +639,59 @@ static double row_deltakd(const KdCtx& c, const float* z, const float* y, const 
   const bool sep1 = use_ce && c.iTd != 1.0;  // a separate temperature-1 softmax for the CE term
   float ms = -INFINITY, mt = -INFINITY, m1 = -INFINITY;
   double ss = 0, st = 0, s1 = 0;
-  float* zt = sc.blockB;
-  for (int64_t b = 0; b < Vv; b += KD_BLOCK) {
+  float* zt = sc.block;
+  int64_t bi = 0;
+  for (int64_t b = 0; b < Vv; b += KD_BLOCK, bi++) {
     const int64_t n = blk(b, Vv);
-    lse_block(z + b, n, iT, &ms, &ss);
+    sc.frames[bi] = lse_store_block(z + b, n, iT, &ms, &ss, d + b);
     if (sep1) lse_block(z + b, n, 1.0f, &m1, &s1);
 #pragma omp simd
     for (int64_t i = 0; i < n; i++) zt[i] = delta_target(zsb[b + i], y[b + i], ytb[b + i]);
-    lse_block(zt, n, iT, &mt, &st);
+    sc.tframes[bi] = lse_store_block(zt, n, iT, &mt, &st, sc.trow + b);
   }
-  if (!sep1) {  // T = 1 (then q1 = q) or λ = 0 (q1 unused)
+  if (!sep1) {  // T = 1 (then the CE softmax is q) or λ = 0 (unused)
     m1 = ms;
     s1 = ss;
   }
-  const double l1d = std::log(s1);
-  const float ls = (float)std::log(ss), lt = (float)std::log(st), l1 = (float)l1d;
+  const double L = std::log(ss), l1d = std::log(s1), Lt = std::log(st);
+  const float ls = (float)L, lt = (float)Lt, l1 = (float)l1d;
   const float ckl = (float)(c.gs * (1.0 - lam) * c.s2 * c.iTd);
   const float cce = (float)(c.gs * lam);
   double kl = 0;
-  for (int64_t b = 0; b < Vv; b += KD_BLOCK) {
+  bi = 0;
+  for (int64_t b = 0; b < Vv; b += KD_BLOCK, bi++) {
     const int64_t n = blk(b, Vv);
     const float* zb = z + b;
-    float* d = dz ? dz + b : sc.blockA;
+    const float* tb = sc.trow + b;
+    float* db = d + b;
 #pragma omp simd
     for (int64_t i = 0; i < n; i++) zt[i] = delta_target(zsb[b + i], y[b + i], ytb[b + i]);
+    const float fq = frame_factor(sc.frames[bi], ms, c.iTd, L, 1.0);
+    const float fp = frame_factor(sc.tframes[bi], mt, c.iTd, Lt, 1.0);
     float acc = 0.0f;
+    if (sep1) {  // CE's softmax(z) at temperature 1 differs from q
 #pragma omp simd reduction(+ : acc)
-    for (int64_t i = 0; i < n; i++) {
-      const float lq = (zb[i] - ms) * iT - ls, lp = (zt[i] - mt) * iT - lt;
-      const float q = kd_exp(lq), p = kd_exp(lp);
-      const float q1 = kd_exp((zb[i] - m1) - l1);  // softmax(z) for the CE term
-      d[i] = ckl * (q - p) + cce * q1;
-      acc += p > 0.0f ? p * (lp - lq) : 0.0f;
+      for (int64_t i = 0; i < n; i++) {
+        const float lq = (zb[i] - ms) * iT - ls, lp = (zt[i] - mt) * iT - lt;
+        const float q = db[i] * fq, p = tb[i] * fp;
+        db[i] = ckl * (q - p) + cce * kd_exp((zb[i] - m1) - l1);
+        acc += p > 0.0f ? p * (lp - lq) : 0.0f;
+      }
+    } else {
+#pragma omp simd reduction(+ : acc)
+      for (int64_t i = 0; i < n; i++) {
+        const float lq = (zb[i] - ms) * iT - ls, lp = (zt[i] - mt) * iT - lt;
+        const float q = db[i] * fq, p = tb[i] * fp;
+        db[i] = (ckl + cce) * q - ckl * p;
+        acc += p > 0.0f ? p * (lp - lq) : 0.0f;
+      }
     }
     kl += acc;
   }
   double ce = 0;
   if (use_ce) {
     ce = ((double)m1 - (double)z[g]) + l1d;
-    if (dz) dz[g] -= cce;
+    d[g] -= cce;
   }
   return lam * ce + (1.0 - lam) * c.s2 * kl;
 }
@@ -645,61 +727,59 @@ static inline double lae(double x, double y) {
   return y == -INFINITY ? x : x + std::log1p(std::exp(y - x));
 }
 
-// Divergence between bucket distributions Q (student) and P (teacher) given as log-probabilities, and
-// h[b] = ∂L/∂Q_b, g[b] = Q_b·h[b] = ∂L/∂log Q_b.
-static double bucket_div(KdKind kind, double w, int64_t nb, const double* lQ, const double* lP, double* g,
-                         double* h) {
-  double L = 0;
-  const double lw = std::log(w), lw1 = std::log1p(-w);
+// Divergence between bucket distributions Q (student) and P (teacher), given as probabilities and their
+// logs (double). g[b] = ∂L/∂log Q_b; *h_last = ∂L/∂Q of the last bucket (the tail's per-unit-mass
+// derivative). The last bucket's mixture log is taken in log space (lae), so that a tail whose mass
+// underflows double still gets a finite h.
+static double bucket_div(KdKind kind, double w, int64_t nb, const double* lQ, const double* lP, const double* Q,
+                         const double* P, double* g, double* h_last) {
+  double L = 0, h = 0;
+  const double w1 = 1.0 - w, lw = std::log(w), lw1 = std::log1p(-w);
   for (int64_t b = 0; b < nb; b++) {
-    const double lq = lQ[b], lp = lP[b], Q = std::exp(lq), P = std::exp(lp);
-    double hb = 0, gb;
+    const double lq = lQ[b], lp = lP[b], q = Q[b], p = P[b];
+    const bool last = b == nb - 1;
+    double lm = 0;  // log of the mixture (jsd: βp + (1−β)q; skl, srkl: r = w·p + (1−w)·q)
+    if (kind == KdKind::jsd || kind == KdKind::skl || kind == KdKind::srkl)
+      lm = last ? lae(lw + lp, lw1 + lq) : std::log(w * p + w1 * q);
     switch (kind) {
       case KdKind::fkl:
-        L += P > 0 ? P * (lp - lq) : 0.0;
-        hb = P > 0 ? -std::exp(lp - lq) : 0.0;
-        gb = -P;
+        L += p > 0 ? p * (lp - lq) : 0.0;
+        g[b] = -p;
+        if (last) h = p > 0 ? -std::exp(lp - lq) : 0.0;
         break;
       case KdKind::rkl:
-        L += Q > 0 ? Q * (lq - lp) : 0.0;
-        hb = lq - lp + 1.0;
-        gb = Q > 0 ? Q * hb : 0.0;
+        L += q > 0 ? q * (lq - lp) : 0.0;
+        h = lq - lp + 1.0;
+        g[b] = q > 0 ? q * h : 0.0;
         break;
-      case KdKind::jsd: {
-        const double lm = lae(lw + lp, lw1 + lq);
-        L += (P > 0 ? P * (lp - lm) : 0.0) / (1.0 - w) + (Q > 0 ? Q * (lq - lm) : 0.0) / w;
-        hb = (lq - lm) / w;
-        gb = Q > 0 ? Q * hb : 0.0;
+      case KdKind::jsd:
+        L += (p > 0 ? p * (lp - lm) : 0.0) / w1 + (q > 0 ? q * (lq - lm) : 0.0) / w;
+        h = (lq - lm) / w;
+        g[b] = q > 0 ? q * h : 0.0;
         break;
-      }
       case KdKind::tvd:
-        L += 0.5 * std::fabs(Q - P);
-        hb = Q > P ? 0.5 : (Q < P ? -0.5 : 0.0);
-        gb = Q * hb;
+        L += 0.5 * std::fabs(q - p);
+        h = q > p ? 0.5 : (q < p ? -0.5 : 0.0);
+        g[b] = q * h;
         break;
-      case KdKind::skl: {  // r = w·p + (1−w)·q, w = α
-        const double lr = lae(lw + lp, lw1 + lq);
-        L += P > 0 ? P * (lp - lr) : 0.0;
-        hb = P > 0 ? -(1.0 - w) * std::exp(lp - lr) : 0.0;
-        gb = Q > 0 ? Q * hb : 0.0;
+      case KdKind::skl:  // KL(p‖r), r = αp + (1−α)q, w = α
+        L += p > 0 ? p * (lp - lm) : 0.0;
+        h = p > 0 ? -w1 * std::exp(lp - lm) : 0.0;
+        g[b] = q > 0 ? q * h : 0.0;
         break;
-      }
-      default: {  // srkl: r = w·p + (1−w)·q, w = 1 − α
-        const double lr = lae(lw + lp, lw1 + lq);
-        L += Q > 0 ? Q * (lq - lr) : 0.0;
-        hb = lq - lr + 1.0 - (1.0 - w) * std::exp(lq - lr);
-        gb = Q > 0 ? Q * hb : 0.0;
+      default:  // srkl: KL(q‖r), r = (1−α)p + αq, w = 1 − α
+        L += q > 0 ? q * (lq - lm) : 0.0;
+        h = lq - lm + 1.0 - w1 * std::exp(lq - lm);
+        g[b] = q > 0 ? q * h : 0.0;
         break;
-      }
     }
-    h[b] = hb;
-    g[b] = gb;
   }
+  *h_last = h;
   return L;
 }
 
 // Returns the row loss; on a bad id sets *bad_status/*bad_value and returns 0.
-static double row_topk(const KdCtx& c, const float* z, const int32_t* ids, const float* lps, float* dz,
+static double row_topk(const KdCtx& c, const float* z, const int32_t* ids, const float* lps, float* d, bool want_grad,
                        KdScratch& sc, KdStatus* bad_status, int64_t* bad_value) {
   const KdArgs& a = *c.a;
   const int64_t Vv = c.Vv, k = a.k;
@@ -722,82 +802,120 @@ static double row_topk(const KdCtx& c, const float* z, const int32_t* ids, const
       *bad_value = keys[j] >> 32;
       return 0.0;
     }
-  // pass 1: the student's (max, sum) over the gaps between the ids (the tail), then the ids themselves
-  float mtail = -INFINITY;
+  // pass 1: stored online (max, sum) of the student; the id columns are zeroed in the stored row before each
+  // block is summed, so s is the student's mass outside the ids (the tail), in the frame of the running max
+  float m = -INFINITY;
   double stail = 0;
-  int64_t prev = 0;
-  float M = -INFINITY;
-  for (int64_t j = 0; j < k; j++) {
-    const int64_t id = keys[j] >> 32;
-    lse_range(z, prev, id, iT, &mtail, &stail);
-    sc.zs[j] = z[id];
-    M = z[id] > M ? z[id] : M;
-    prev = id + 1;
+  int64_t j = 0, bi = 0;
+  for (int64_t b = 0; b < Vv; b += KD_BLOCK, bi++) {
+    const int64_t n = blk(b, Vv);
+    const float mm = raise_max(block_max(z + b, n), iT, &m, &stail);
+    sc.frames[bi] = mm;
+    float* db = d + b;
+    if (mm == -INFINITY) {
+      zero_range(db, n);
+      for (; j < k && (keys[j] >> 32) < b + n; j++) sc.zs[j] = z[keys[j] >> 32];
+      continue;
+    }
+    const float* zb = z + b;
+#pragma omp simd
+    for (int64_t i = 0; i < n; i++) db[i] = kd_exp((zb[i] - mm) * iT);
+    for (; j < k && (keys[j] >> 32) < b + n; j++) {
+      const int64_t id = keys[j] >> 32;
+      sc.zs[j] = z[id];
+      d[id] = 0.0f;
+    }
+    float bs = 0.0f;
+#pragma omp simd reduction(+ : bs)
+    for (int64_t i = 0; i < n; i++) bs += db[i];
+    stail += bs;
   }
-  lse_range(z, prev, Vv, iT, &mtail, &stail);
-  M = mtail > M ? mtail : M;
-  const double Md = (double)M;
-  const double etail = stail > 0 ? stail * std::exp(((double)mtail - Md) * iTd) : 0.0;
-  double tot = etail;
-  for (int64_t j = 0; j < k; j++) tot += std::exp(((double)sc.zs[j] - Md) * iTd);
-  const double L = std::log(tot);
+  const double M = (double)m;  // the row max (the ids included)
   double* lq = sc.lq;
   double* lp = sc.lp;
-  for (int64_t j = 0; j < k; j++) lq[j] = ((double)sc.zs[j] - Md) * iTd - L;
-  lq[k] = etail > 0 ? std::log(stail) + ((double)mtail - Md) * iTd - L : -INFINITY;
+  double* Q = sc.q;
+  double* P = sc.p;
+  double tot = stail;
+  for (int64_t i = 0; i < k; i++) {
+    lq[i] = ((double)sc.zs[i] - M) * iTd;  // log of exp((z_id − M)/T)
+    Q[i] = std::exp(lq[i]);
+    tot += Q[i];
+  }
+  const bool rkl_renorm = c.kind == KdKind::rkl && a.tail == KdTail::renorm;
+  // k ids + the tail bucket (q over the full row); tot ≥ 1 (the row max contributes e = 1)
+  const double L = std::log(tot);
+  if (rkl_renorm) {
+    // q̃ = q renormalised over the ids, in log space (Σ_ids e may underflow when the ids sit far below the max)
+    double mS = -INFINITY, sS = 0;
+    for (int64_t i = 0; i < k; i++) mS = lq[i] > mS ? lq[i] : mS;
+    for (int64_t i = 0; i < k; i++) sS += std::exp(lq[i] - mS);
+    const double Lb = mS + std::log(sS);
+    for (int64_t i = 0; i < k; i++) {
+      lq[i] -= Lb;
+      Q[i] = std::exp(lq[i]);
+    }
+  } else {
+    for (int64_t i = 0; i < k; i++) {
+      lq[i] -= L;
+      Q[i] /= tot;
+    }
+  }
+  lq[k] = stail > 0 ? std::log(stail) - L : -INFINITY;
+  Q[k] = stail / tot;
   // teacher buckets, re-tempered: P_b ∝ exp(logprob_b / T)
   const bool bucket = a.tail == KdTail::bucket;
+  double ptail = 0;
+  if (bucket) {
+    double psum = 0;
+    for (int64_t i = 0; i < k; i++) psum += std::exp((double)lps[keys[i] & 0xffffffff]);
+    ptail = psum < 1.0 ? 1.0 - psum : 0.0;
+  }
+  double amax = ptail > 0 ? std::log(ptail) * iTd : -INFINITY;
+  lp[k] = amax;
+  for (int64_t i = 0; i < k; i++) {
+    lp[i] = (double)lps[keys[i] & 0xffffffff] * iTd;
+    amax = lp[i] > amax ? lp[i] : amax;
+  }
   double psum = 0;
-  for (int64_t j = 0; j < k; j++) {
-    lp[j] = (double)lps[keys[j] & 0xffffffff];
-    psum += std::exp(lp[j]);
+  for (int64_t i = 0; i <= k; i++) {
+    P[i] = std::exp(lp[i] - amax);
+    psum += P[i];
   }
-  const double ptail = bucket && psum < 1.0 ? 1.0 - psum : 0.0;
-  lp[k] = ptail > 0 ? std::log(ptail) : -INFINITY;
-  double lnorm = -INFINITY;
-  for (int64_t j = 0; j <= k; j++) {
-    lp[j] *= iTd;
-    lnorm = lae(lnorm, lp[j]);
+  const double lpsum = std::log(psum);
+  for (int64_t i = 0; i <= k; i++) {
+    lp[i] -= amax + lpsum;
+    P[i] /= psum;
   }
-  for (int64_t j = 0; j <= k; j++) lp[j] -= lnorm;
 
   const double Cd = c.gs * c.s2 * iTd;
-  double loss;
-  if (c.kind == KdKind::rkl && !bucket) {
+  double loss, coef, h_tail;  // coef: ∂/∂z_i = coef·q_i for the columns outside the ids
+  if (rkl_renorm) {
     // KL(q̃‖p̃), both renormalised over the ids; the gradient lives on the ids only
-    double ls = -INFINITY;
-    for (int64_t j = 0; j < k; j++) ls = lae(ls, lq[j]);
-    for (int64_t j = 0; j < k; j++) lq[j] -= ls;
-    loss = bucket_div(KdKind::rkl, c.wd, k, lq, lp, sc.g, sc.h);
-    if (dz) {
-      double G = 0;
-      for (int64_t j = 0; j < k; j++) G += sc.g[j];
-      zero_range(dz, Vv);
-      for (int64_t j = 0; j < k; j++) dz[keys[j] >> 32] = (float)(Cd * (sc.g[j] - std::exp(lq[j]) * G));
-    }
-    return loss;
+    loss = bucket_div(KdKind::rkl, c.wd, k, lq, lp, Q, P, sc.g, &h_tail);
+    if (!want_grad) return loss;
+    double G = 0;
+    for (int64_t i = 0; i < k; i++) G += sc.g[i];
+    for (int64_t i = 0; i < k; i++) sc.g[i] = Cd * (sc.g[i] - Q[i] * G);
+    coef = 0.0;
+  } else {
+    loss = bucket_div(c.kind, c.wd, k + 1, lq, lp, Q, P, sc.g, &h_tail);
+    if (!want_grad) return loss;
+    double G = 0;
+    for (int64_t i = 0; i <= k; i++) G += sc.g[i];
+    // outside the ids: ∂/∂z_i = q_i·(h_tail − Σg)/T; on them: (g_j − q_j·Σg)/T
+    coef = stail > 0 ? (h_tail - G) * Cd : 0.0;
+    for (int64_t i = 0; i < k; i++) sc.g[i] = Cd * (sc.g[i] - Q[i] * G);
   }
-  loss = bucket_div(c.kind, c.wd, k + 1, lq, lp, sc.g, sc.h);
-  if (!dz) return loss;
-  double G = 0;
-  for (int64_t j = 0; j <= k; j++) G += sc.g[j];
-  // columns outside the ids: ∂/∂z_i = q_i·(h_tail − Σg)/T, written as ±exp(log q_i + log|coef|)
-  const double coef = lq[k] > -INFINITY ? (sc.h[k] - G) * Cd : 0.0;
-  const bool any = coef != 0.0 && coef == coef;
-  const float sgn = coef < 0 ? -1.0f : 1.0f;
-  const float off = any ? (float)(L - std::log(std::fabs(coef))) : 0.0f;
-  prev = 0;
-  for (int64_t j = 0; j <= k; j++) {
-    const int64_t hi = j < k ? keys[j] >> 32 : Vv;
-    if (any) {
+  // pass 2: rescale the stored row (e_i·exp((m_b − M)/T − L)·coef), then the id columns
+  bi = 0;
+  for (int64_t b = 0; b < Vv; b += KD_BLOCK, bi++) {
+    const int64_t n = blk(b, Vv);
+    float* db = d + b;
+    const float f = coef != 0.0 && coef == coef ? frame_factor(sc.frames[bi], M, iTd, L, coef) : 0.0f;
 #pragma omp simd
-      for (int64_t i = prev; i < hi; i++) dz[i] = sgn * kd_exp((z[i] - M) * iT - off);
-    } else {
-      zero_range(dz + prev, hi - prev);
-    }
-    if (j < k) dz[hi] = (float)(Cd * (sc.g[j] - std::exp(lq[j]) * G));
-    prev = hi + 1;
+    for (int64_t i = 0; i < n; i++) db[i] *= f;
   }
+  for (int64_t i = 0; i < k; i++) d[keys[i] >> 32] = (float)sc.g[i];
   return loss;
 }
 
@@ -822,6 +940,9 @@ KdResult kd_loss(const KdArgs& a) {
   c.wbard = 1.0 - c.wd;
   c.w = (float)c.wd;
   c.wbar = (float)c.wbard;
+  c.mixflip = c.wd > 0.5 ? 1.0f : 0.0f;
+  c.mixc = (float)(c.wd > 0.5 ? c.wbard : c.wd);
+  c.mixlogc = (float)std::log(c.wd > 0.5 ? c.wbard : c.wd);
   c.taid_t = (float)a.t;
   c.taid_omt = (float)(1.0 - a.t);
   c.taid_mode = a.t >= 1.0 ? 0 : (a.t <= 0.0 ? 1 : 2);
@@ -854,17 +975,24 @@ KdResult kd_loss(const KdArgs& a) {
 #pragma omp parallel num_threads(num_threads()) if (threaded)
   {
     KdScratch sc;
-    const size_t bytes = (size_t)(2 * KD_BLOCK) * sizeof(float) + (size_t)kk * sizeof(int64_t) +
-                         (size_t)(4 * (kk + 1)) * sizeof(double) + (size_t)kk * sizeof(float) + 64;
+    const int64_t nblk = (Vv + KD_BLOCK - 1) / KD_BLOCK + 2;  // + 2: dkd splits the row around the target
+    const int64_t rowf = a.grad ? 0 : V;
+    const int64_t trowf = topk || !kd_uses_teacher(a.kind) ? 0 : V;
+    const size_t bytes = (size_t)(5 * (kk + 1)) * sizeof(double) + (size_t)kk * sizeof(int64_t) +
+                         (size_t)(KD_BLOCK + rowf + trowf + 2 * nblk + kk) * sizeof(float) + 64;
     char* mem = (char*)std::malloc(bytes);
     sc.lq = (double*)mem;
     sc.lp = sc.lq + (kk + 1);
-    sc.g = sc.lp + (kk + 1);
-    sc.h = sc.g + (kk + 1);
-    sc.keys = (int64_t*)(sc.h + (kk + 1));
-    sc.blockA = (float*)(sc.keys + kk);
-    sc.blockB = sc.blockA + KD_BLOCK;
-    sc.zs = sc.blockB + KD_BLOCK;
+    sc.q = sc.lp + (kk + 1);
+    sc.p = sc.q + (kk + 1);
+    sc.g = sc.p + (kk + 1);
+    sc.keys = (int64_t*)(sc.g + (kk + 1));
+    sc.block = (float*)(sc.keys + kk);
+    sc.row = sc.block + KD_BLOCK;
+    sc.trow = sc.row + rowf;
+    sc.frames = sc.trow + trowf;
+    sc.tframes = sc.frames + nblk;
+    sc.zs = sc.tframes + nblk;
 #pragma omp for schedule(dynamic, 8)
     for (int64_t r = 0; r < a.rows; r++) {
       const float* z = a.student + r * V;
@@ -877,12 +1005,14 @@ KdResult kd_loss(const KdArgs& a) {
         continue;
       }
       const float* y = a.teacher ? a.teacher + r * V : nullptr;
+      const bool want = dz != nullptr;
+      float* d = want ? dz : sc.row;  // pass 1 stores exp values here
       double loss = 0;
       bool soft = true;  // multiply the row loss by s2
       if (topk) {
         KdStatus st = KdStatus::ok;
         int64_t val = 0;
-        loss = row_topk(c, z, a.topk_ids + r * kk, a.topk_logprobs + r * kk, dz, sc, &st, &val);
+        loss = row_topk(c, z, a.topk_ids + r * kk, a.topk_logprobs + r * kk, d, want, sc, &st, &val);
         if (st != KdStatus::ok) {
 #pragma omp critical(undo_kd_error)
           if (bad_row < 0 || r < bad_row) {
@@ -894,20 +1024,20 @@ KdResult kd_loss(const KdArgs& a) {
       } else {
         switch (c.kind) {
           case KdKind::fkl:
-          case KdKind::taid: loss = row_fkl(c, z, y, dz, sc); break;
-          case KdKind::rkl: loss = row_rkl(c, z, y, dz, sc); break;
+          case KdKind::taid: loss = row_fkl(c, z, y, d, sc); break;
+          case KdKind::rkl: loss = row_rkl(c, z, y, d, want, sc); break;
           case KdKind::jsd:
           case KdKind::tvd:
           case KdKind::skl:
-          case KdKind::srkl: loss = row_mix(c, z, y, dz, sc); break;
-          case KdKind::dkd: loss = row_dkd(c, z, y, g, dz, sc); break;
+          case KdKind::srkl: loss = row_mix(c, z, y, d, want, sc); break;
+          case KdKind::dkd: loss = row_dkd(c, z, y, g, d, sc); break;
           case KdKind::deltakd:
-            loss = row_deltakd(c, z, y, a.student_base + r * V, a.teacher_base + r * V, g, dz, sc);
+            loss = row_deltakd(c, z, y, a.student_base + r * V, a.teacher_base + r * V, g, d, sc);
             soft = false;
             break;
-          case KdKind::ce: loss = row_ce(c, z, g, dz); break;
-          case KdKind::maxent: loss = row_maxent(c, z, dz, sc); break;
-          default: loss = row_entropy(c, z, dz); break;
+          case KdKind::ce: loss = row_ce(c, z, g, d, want, sc); break;
+          case KdKind::maxent: loss = row_maxent(c, z, d, sc); break;
+          default: loss = row_entropy(c, z, d, want, sc); break;
         }
       }
       a.row_loss[r] = (float)(soft ? c.s2 * loss : loss);

@@ -49,9 +49,15 @@
 #endif
 #define GEMM_MR 6
 #define GEMM_NR 16
+#ifndef GEMM_KC
 #define GEMM_KC 256
+#endif
+#ifndef GEMM_MC
 #define GEMM_MC 144
+#endif
+#ifndef GEMM_NC
 #define GEMM_NC 2048
+#endif
 #else
 #define GEMM_MR 6
 #define GEMM_NR 8
@@ -221,7 +227,41 @@ static void ukernel(int64_t kc, const float* __restrict a, const float* __restri
 
 #else
 
-// Portable: a fixed-size accumulator block the compiler keeps in vector registers (6×8 = 12 SSE registers).
+// Portable: 6×8 accumulators as GCC/Clang generic 4-float vectors (12 SSE / NEON registers); plain loops
+// for other compilers.
+#if defined(__GNUC__)
+typedef float gemm_v4 __attribute__((vector_size(16)));
+static void ukernel(int64_t kc, const float* __restrict a, const float* __restrict b, float* __restrict c,
+                    int64_t ldc, float beta) {
+  gemm_v4 acc[GEMM_MR][2];
+  for (int i = 0; i < GEMM_MR; i++) acc[i][0] = acc[i][1] = (gemm_v4){0.0f, 0.0f, 0.0f, 0.0f};
+  for (int64_t k = 0; k < kc; k++) {
+    gemm_v4 b0, b1;
+    std::memcpy(&b0, b + k * GEMM_NR, 16);
+    std::memcpy(&b1, b + k * GEMM_NR + 4, 16);
+    const float* ak = a + k * GEMM_MR;
+#pragma GCC unroll 8
+    for (int i = 0; i < GEMM_MR; i++) {
+      const float ai = ak[i];
+      acc[i][0] += ai * b0;
+      acc[i][1] += ai * b1;
+    }
+  }
+  for (int i = 0; i < GEMM_MR; i++) {
+    float* cr = c + i * ldc;
+    float t[8];
+    std::memcpy(t, &acc[i][0], 16);
+    std::memcpy(t + 4, &acc[i][1], 16);
+    if (beta == 0.0f) {
+      for (int j = 0; j < GEMM_NR; j++) cr[j] = t[j];
+    } else if (beta == 1.0f) {
+      for (int j = 0; j < GEMM_NR; j++) cr[j] += t[j];
+    } else {
+      for (int j = 0; j < GEMM_NR; j++) cr[j] = beta * cr[j] + t[j];
+    }
+  }
+}
+#else
 static void ukernel(int64_t kc, const float* __restrict a, const float* __restrict b, float* __restrict c,
                     int64_t ldc, float beta) {
   float acc[GEMM_MR][GEMM_NR];
@@ -246,8 +286,9 @@ static void ukernel(int64_t kc, const float* __restrict a, const float* __restri
     }
   }
 }
-
 #endif
+
+#endif  // generic
 
 // ---------------------------------------------------------------------------------------------------------
 // Packing.
