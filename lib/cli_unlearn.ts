@@ -99,10 +99,11 @@ export function registerUnlearningCommands(program: Command, k: CliKit): void {
       .option('--rmu-layer <n>', 'RMU: steered layer (default 2/3 of depth)', int('--rmu-layer', 0))
       .option('--rmu-c <x>', 'RMU: steering coefficient c', float('--rmu-c', 0), 6)
       .option('--clip <x>', 'gradient clipping', float('--clip', 0), 1)
+      .option('--sam <rho>', 'wrap the method in SAM with radius ρ (0 = off)', float('--sam', 0), 0)
       .option('--docs <n>', 'documents generated per built-in data set', int('--docs', 1), 20000)
       .option('--seed <n>', 'seed', int('--seed', 0), 0)
       .option('--no-progress', 'no progress bar'),
-  ).action(async (o: { method: string; model: string; forget: string; retain: string; out: string; steps: number; lr: number; batchSize: number; seqLen: number; retainWeight?: number; beta?: number; rmuLayer?: number; rmuC: number; clip: number; docs: number; seed: number; progress: boolean; threads?: number; isa?: string }) => {
+  ).action(async (o: { method: string; model: string; forget: string; retain: string; out: string; steps: number; lr: number; batchSize: number; seqLen: number; retainWeight?: number; beta?: number; rmuLayer?: number; rmuC: number; clip: number; sam: number; docs: number; seed: number; progress: boolean; threads?: number; isa?: string }) => {
     k.applyRuntime(o);
     const method = parseMethod(o.method);
     if (o.forget === o.retain) throw new UndoError(`--forget and --retain are the same data (${o.forget})`);
@@ -118,7 +119,7 @@ export function registerUnlearningCommands(program: Command, k: CliKit): void {
     if (o.beta !== undefined) params.beta = o.beta;
     if (o.rmuLayer !== undefined) params.rmuLayer = o.rmuLayer;
     const ui = k.trainingUi(o.steps, o.progress);
-    const r = await unlearn(model, forget, retain, optimCfg({ ...o, warmup: 0 }), { method, params, ...ui.hooks, outDir: o.out });
+    const r = await unlearn(model, forget, retain, optimCfg({ ...o, warmup: 0 }), { method, params, sam: o.sam, ...ui.hooks, outDir: o.out });
     ui.stop();
     console.log(`${method}: ${r.state.step} steps; model saved in ${o.out}`);
     if (o.forget.startsWith('arithmetic') || o.retain.startsWith('arithmetic')) k.printArithmeticTable(k.arithmeticMetrics(await evalArithmetic(model)));

@@ -127,6 +127,8 @@ export interface UnlearnOptions extends TrainOptions {
   params?: Partial<UnlearnParams>;
   /** frozen reference for NPO (default: a copy of the model before unlearning) */
   reference?: Model;
+  /** sharpness-aware minimisation radius ρ around any method (0 = off; the UNDO authors use 0.05) */
+  sam?: number;
 }
 
 /**
@@ -150,7 +152,7 @@ export async function unlearn(model: Model, forget: Batcher, retain: Batcher | n
     for (let l = p.rmuFirstLayer; l <= p.rmuLayer; l++) trainable.add(`model.layers.${l}.mlp.down_proj.weight`);
     model.setFrozen((name) => !trainable.has(name), true);
   }
-  const microStep = async (fb: Batch, share: number): Promise<number> => {
+  const objective = async (fb: Batch, rb: Batch | null, share: number): Promise<number> => {
     let loss = 0;
     switch (method) {
       case 'gradascent':
@@ -168,11 +170,28 @@ export async function unlearn(model: Model, forget: Batcher, retain: Batcher | n
         loss += await rmuObjective(model, fb, p, u, share);
         break;
     }
-    if (retain && p.retainWeight > 0) {
-      const rb = retain.next();
-      loss += p.retainWeight * (await ceObjective(model, rb, p.retainWeight * share));
-    }
+    if (rb) loss += p.retainWeight * (await ceObjective(model, rb, p.retainWeight * share));
     return loss * share;
+  };
+  const rho = opts.sam ?? 0;
+  if (rho < 0) throw new UndoError(`SAM ρ must be >= 0, got ${rho}`);
+  if (rho > 0 && cfg.gradAccum !== 1) throw new UndoError('SAM needs gradient accumulation 1');
+  const microStep = async (fb: Batch, share: number): Promise<number> => {
+    const rb = retain && p.retainWeight > 0 ? retain.next() : null;
+    if (rho === 0) return objective(fb, rb, share);
+    // SAM (Foret et al. 2021): gradient at θ + ρ·g/‖g‖ on the same batches, applied at θ
+    await objective(fb, rb, share);
+    const norm = model.native.gradNorm();
+    const saved = model.params.slice();
+    if (norm > 0) {
+      const g = model.grads;
+      const k = rho / norm;
+      for (let i = 0; i < g.length; i++) model.params[i] += k * g[i];
+    }
+    model.native.zeroGrad();
+    const loss = await objective(fb, rb, share);
+    model.params.set(saved);
+    return loss;
   };
   try {
     return await train(model, forget, cfg, { ...opts, microStep });

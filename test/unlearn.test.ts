@@ -80,6 +80,21 @@ for (const method of UNLEARN_METHODS) {
   });
 }
 
+test('SAM: the update uses the gradient at the perturbed point and leaves no perturbation behind', async () => {
+  const run = async (sam: number) => {
+    const m = cloneModel(base);
+    await unlearn(m, new Batcher(forget, { batchSize: 4, seed: 1 }), new Batcher(retain, { batchSize: 4, seed: 2 }), cfg(3, 2e-3), { method: 'graddiff', sam });
+    return m;
+  };
+  const plain = await run(0);
+  const sam = await run(0.05);
+  const tiny = await run(1e-7);
+  const diff = (a: Model, b: Model) => a.params.reduce((s, v, i) => Math.max(s, Math.abs(v - b.params[i])), 0);
+  assert.ok(diff(sam, plain) > 1e-5, 'SAM changes the trajectory');
+  assert.ok(diff(tiny, plain) < 1e-4, `ρ → 0 recovers the plain method (${diff(tiny, plain)})`);
+  assert.ok(await meanCE(sam, forget) > (await meanCE(base, forget)), 'SAM-GradDiff still unlearns');
+});
+
 test('parseMethod rejects unknown methods with the list', () => {
   assert.is(parseMethod('Grad-Diff'), 'graddiff');
   assert.throws(() => parseMethod('forgetall'), /unknown unlearning method "forgetall"/);
