@@ -84,7 +84,8 @@ export interface LossOptions {
   reduction?: 'mean' | 'sum';
   /** Extra factor on the loss and the gradient (default 1). */
   gradScale?: number;
-  /** false: loss only (grad is then an empty array); a Float32Array (rows × vocab): written in place. */
+  /** false: loss only (grad is then an empty array); a Float32Array (rows × vocab, not sharing memory
+   * with the inputs): written in place. */
   grad?: boolean | Float32Array;
   /** Output array for the per-row losses (rows long); allocated when absent. */
   perRow?: Float32Array;
@@ -111,6 +112,10 @@ function isTopK(t: unknown): t is TopKTeacher {
 
 function checkLen(name: string, what: string, a: ArrayLike<number>, n: number, expect: string): void {
   if (a.length !== n) fail(name, `${what} has ${a.length} elements, expected ${expect} = ${n}`);
+}
+
+function overlaps(a: Float32Array, b: Float32Array): boolean {
+  return a.buffer === b.buffer && a.byteOffset < b.byteOffset + b.byteLength && b.byteOffset < a.byteOffset + a.byteLength;
 }
 
 function unitParam(name: string, what: string, v: number | undefined): void {
@@ -226,6 +231,9 @@ export function compute(name: LossName, opts: LossOptions): LossResult {
     nat.grad = null;
   } else if (opts.grad instanceof Float32Array) {
     checkLen(name, 'grad', opts.grad, n, `rows × vocab = ${rows} × ${vocab}`);
+    // the kernel uses the gradient row as scratch while it still reads the inputs
+    for (const [what, a] of [['student', opts.student], ['teacher', nat.teacher], ['studentBase', nat.studentBase], ['teacherBase', nat.teacherBase]] as const)
+      if (a && overlaps(opts.grad, a)) fail(name, `grad must not share memory with ${what}`);
     grad = opts.grad;
     nat.grad = grad;
   } else {

@@ -26,14 +26,16 @@ export async function rowCE(model: Model, b: Batch): Promise<Float32Array> {
 
 /**
  * scale · a loss on the student's logits (name from lib/losses.ts) against a teacher model's logits on the
- * same inputs (or none, e.g. maxent). The teacher runs forward only. Returns the unscaled loss.
+ * same inputs, or given teacher logits, or none (e.g. maxent). The teacher runs forward only. Returns the
+ * unscaled loss.
  */
 export async function logitObjective(
-  model: Model, b: Batch, name: LossName, opts: { teacher?: Model; scale?: number; temperature?: number; params?: Record<string, number> } = {},
+  model: Model, b: Batch, name: LossName,
+  opts: { teacher?: Model; teacherLogits?: Float32Array; scale?: number; temperature?: number; params?: Record<string, number> } = {},
 ): Promise<number> {
   const rows = b.B * b.T;
   const vocab = model.config.vocabSize;
-  let teacher: Float32Array | undefined;
+  let teacher = opts.teacherLogits;
   if (opts.teacher) {
     await opts.teacher.native.forward(b.inputs, b.B, b.T);
     teacher = await opts.teacher.native.logits(null);

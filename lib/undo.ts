@@ -55,6 +55,7 @@ const UNLEARN_DEFAULTS: Record<UnlearnMethod, UnlearnStage> = {
   gradascent: { steps: 20, lr: 3e-4 },
   npo: { steps: 60, lr: 3e-4, retainWeight: 4 },
   simnpo: { steps: 60, lr: 3e-4, retainWeight: 4 },
+  whp: { steps: 60, lr: 3e-4 },
 };
 
 export const STUDIES: Record<string, StudyConfig> = {

