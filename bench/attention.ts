@@ -14,6 +14,7 @@
 import { spawnSync } from 'child_process';
 import * as path from 'path';
 import { AttnDims, native } from '../lib/native';
+import { median, randomArray } from './common';
 
 const PYTHON = '/usr/bin/python3';
 const MiB = 1024 * 1024;
@@ -40,23 +41,6 @@ function kernelScratchBytes(B: number, T: number, Hq: number, Hkv: number, D: nu
   const backward = 4 * (B * Hq * T * Dp * ((direct ? 0 : 2) + npart) + roundUp(B * Hq * T, 16) +
     B * Hkv * (2 * D * TkpB + (direct ? 0 : TkpB * Dp)) + threads * (2 * BR_B * BC_B + 2 * BC_B * Dp));
   return { forward, backward };
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)];
-}
-
-function randomArray(n: number, seed: number): Float32Array {
-  const a = new Float32Array(n);
-  let s = seed >>> 0 || 1;
-  for (let i = 0; i < n; i++) {
-    s ^= s << 13; s >>>= 0;
-    s ^= s >>> 17;
-    s ^= s << 5; s >>>= 0;
-    a[i] = (s / 4294967296) * 2 - 1;
-  }
-  return a;
 }
 
 interface Timing { forwardMs: number; forwardBackwardMs: number; forwardMinMs: number; forwardBackwardMinMs: number; reps: number }

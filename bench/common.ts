@@ -47,3 +47,21 @@ export function torchBlas(): string {
     return 'unknown';
   }
 }
+
+/** Deterministic uniform(−1, 1) test data (xorshift32), cheap enough for large benchmark buffers. */
+export function randomArray(n: number, seed: number): Float32Array {
+  const a = new Float32Array(n);
+  let s = seed >>> 0 || 1;
+  for (let i = 0; i < n; i++) {
+    s ^= s << 13; s >>>= 0;
+    s ^= s >>> 17;
+    s ^= s << 5; s >>>= 0;
+    a[i] = (s / 4294967296) * 2 - 1;
+  }
+  return a;
+}
+
+export function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)];
+}

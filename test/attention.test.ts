@@ -12,6 +12,7 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { AttnDims, native } from '../lib/native';
 import { Rng } from '../lib/rng';
+import { forEachIsa } from './helpers';
 
 interface Dims {
   B: number;
@@ -184,24 +185,11 @@ function forward(d: Dims, x: Inputs): { out: Float32Array; lse: Float32Array } {
   return { out, lse };
 }
 
-/** Every supported ISA, restoring the active one afterwards (also on failure). */
-function eachIsa(fn: (isa: string) => void): void {
-  const prev = native.getIsa();
-  try {
-    for (const isa of native.supportedIsas()) {
-      native.setIsa(isa);
-      fn(isa);
-    }
-  } finally {
-    native.setIsa(prev);
-  }
-  assert.is(native.getIsa(), prev, 'active ISA restored');
-}
 
 function checkForwardBackward(d: Dims, seed: number): void {
   const x = inputs(d, seed);
   const ref = reference(d, x, x.dout);
-  eachIsa((isa) => {
+  forEachIsa((isa) => {
     const name = `[${isa}] ${label(d)}`;
     const { out, lse } = forward(d, x);
     check(`${name} out`, err(out, ref.out, ref.outMag));
@@ -244,7 +232,7 @@ test('decode and chunked prefill: q_offset > 0, strided KV cache (NaN past Tk), 
           const d = dims(2, Tq, Tk, Hq, Hkv, D, { qOffset: off, capacity: Tk + 11, window, softcap });
           const x = inputs(d, seed++);
           const ref = reference(d, x, null);
-          eachIsa((isa) => {
+          forEachIsa((isa) => {
             const { out, lse } = forward(d, x);
             check(`[${isa}] ${label(d)} out`, err(out, ref.out, ref.outMag));
             check(`[${isa}] ${label(d)} lse`, err(lse, ref.lse, ref.lseMag));
@@ -272,7 +260,7 @@ test('backward agrees with central finite differences of the reference (and of t
       for (let i = 0; i < w.length; i++) L += out[i] * w[i];
       return L;
     };
-    eachIsa((isa) => {
+    forEachIsa((isa) => {
       const { out, lse } = forward(d, x);
       const g = { q: new Float32Array(nq(d)), k: new Float32Array(nkv(d)), v: new Float32Array(nkv(d)) };
       native.attentionBackward(d as AttnDims, x.q, x.k, x.v, out, w, lse, g.q, g.k, g.v);
