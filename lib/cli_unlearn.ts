@@ -13,7 +13,7 @@ import { noiseModel } from './noise';
 import { relearn } from './relearn';
 import { ALL_OPS, FORGET_OPS, generateArithmeticCorpus, Op } from './tasks/arithmetic';
 import { TrainConfig, TrainOptions } from './train';
-import { cloneModel, parseMethod, unlearn, UNLEARN_METHODS } from './unlearn';
+import { cloneModel, parseMethod, unlearn, UNLEARN_DEFAULTS, UNLEARN_METHODS } from './unlearn';
 import { arithmeticScores, defaultStudyOut, runStudy, STUDIES } from './undo';
 import { reportMarkdown } from './report';
 
@@ -90,11 +90,11 @@ export function registerUnlearningCommands(program: Command, k: CliKit): void {
       .option('--forget <data>', 'forget data: a .txt/.jsonl file or arithmetic:OPS', 'arithmetic:mul,div')
       .option('--retain <data>', 'retain data: a .txt/.jsonl file or arithmetic:OPS', 'arithmetic:add,sub')
       .requiredOption('--out <dir>', 'output model directory')
-      .option('--steps <n>', 'optimizer steps', int('--steps', 1), 40)
-      .option('--lr <x>', 'learning rate (constant)', float('--lr', 0), 1e-3)
+      .option('--steps <n>', 'optimizer steps (default: tuned per method for the tiny arithmetic model)', int('--steps', 1))
+      .option('--lr <x>', 'learning rate, constant (default: tuned per method)', float('--lr', 0))
       .option('--batch-size <n>', 'sequences per forget (and retain) batch', int('--batch-size', 1), 16)
       .option('--seq-len <n>', 'tokens per sequence', int('--seq-len', 2), 128)
-      .option('--retain-weight <x>', 'weight of the retain loss (default: the method\'s)', float('--retain-weight', 0))
+      .option('--retain-weight <x>', 'weight of the retain loss (default: tuned per method)', float('--retain-weight', 0))
       .option('--beta <x>', 'NPO / SimNPO β', float('--beta', 0))
       .option('--rmu-layer <n>', 'RMU: steered layer (default 2/3 of depth)', int('--rmu-layer', 0))
       .option('--rmu-c <x>', 'RMU: steering coefficient c', float('--rmu-c', 0), 6)
@@ -103,9 +103,13 @@ export function registerUnlearningCommands(program: Command, k: CliKit): void {
       .option('--docs <n>', 'documents generated per built-in data set', int('--docs', 1), 20000)
       .option('--seed <n>', 'seed', int('--seed', 0), 0)
       .option('--no-progress', 'no progress bar'),
-  ).action(async (o: { method: string; model: string; forget: string; retain: string; out: string; steps: number; lr: number; batchSize: number; seqLen: number; retainWeight?: number; beta?: number; rmuLayer?: number; rmuC: number; clip: number; sam: number; docs: number; seed: number; progress: boolean; threads?: number; isa?: string }) => {
+  ).action(async (o: { method: string; model: string; forget: string; retain: string; out: string; steps?: number; lr?: number; batchSize: number; seqLen: number; retainWeight?: number; beta?: number; rmuLayer?: number; rmuC: number; clip: number; sam: number; docs: number; seed: number; progress: boolean; threads?: number; isa?: string }) => {
     k.applyRuntime(o);
     const method = parseMethod(o.method);
+    const tuned = UNLEARN_DEFAULTS[method];
+    o.steps = o.steps ?? tuned.steps;
+    o.lr = o.lr ?? tuned.lr;
+    o.retainWeight = o.retainWeight ?? tuned.retainWeight;
     if (o.forget === o.retain) throw new UndoError(`--forget and --retain are the same data (${o.forget})`);
     const fdocs = documentsFrom(o.forget, '--forget', o.docs, o.seed + 1);
     const rdocs = documentsFrom(o.retain, '--retain', o.docs, o.seed + 2);
@@ -119,7 +123,7 @@ export function registerUnlearningCommands(program: Command, k: CliKit): void {
     if (o.beta !== undefined) params.beta = o.beta;
     if (o.rmuLayer !== undefined) params.rmuLayer = o.rmuLayer;
     const ui = k.trainingUi(o.steps, o.progress);
-    const r = await unlearn(model, forget, retain, optimCfg({ ...o, warmup: 0 }), { method, params, sam: o.sam, ...ui.hooks, outDir: o.out });
+    const r = await unlearn(model, forget, retain, optimCfg({ ...o, steps: o.steps, lr: o.lr, warmup: 0 }), { method, params, sam: o.sam, ...ui.hooks, outDir: o.out });
     ui.stop();
     console.log(`${method}: ${r.state.step} steps; model saved in ${o.out}`);
     if (o.forget.startsWith('arithmetic') || o.retain.startsWith('arithmetic')) k.printArithmeticTable(k.arithmeticMetrics(await evalArithmetic(model)));

@@ -25,8 +25,8 @@
  * are renormalised over the ids; `tail: 'bucket'` adds a tail bucket: teacher mass 1 − Σ exp(logprobs)
  * against the student's mass outside the same ids.
  *
- * Rows: `mask[r] == 0`, or (ce, dkd, deltakd) `targets[r] == ignoreIndex` (default −100), are not counted:
- * perRow 0, gradient 0. `loss` = gradScale · (mean over counted rows, or the sum with reduction 'sum') of
+ * Rows: `mask[r] == 0`, or `targets[r] == ignoreIndex` (default −100; for any loss when targets are given),
+ * are not counted: perRow 0, gradient 0. `loss` = gradScale · (mean over counted rows, or the sum with reduction 'sum') of
  * perRow, and `grad` is exactly d(loss)/d(student). `t2Scale: true` multiplies the soft (teacher) terms by
  * T² (Hinton's factor, keeping gradient sizes independent of T); it is off by default. For a trainer that
  * processes a batch in chunks: reduction 'sum' with gradScale = 1/(rows counted in the whole batch).
@@ -61,9 +61,10 @@ export interface LossOptions {
   temperature?: number;
   /** Per-row mask, rows long: 0 = skip the row. */
   mask?: Uint8Array;
-  /** Gold tokens, rows long (ce, dkd, deltakd with lambda > 0). */
+  /** Gold tokens, rows long (needed by ce, dkd, deltakd with lambda > 0; other losses only use them to
+   * skip the rows whose target is ignoreIndex). */
   targets?: Int32Array;
-  /** Rows whose target equals this are skipped (default −100). */
+  /** Rows whose target equals this are skipped, whatever the loss (default −100). */
   ignoreIndex?: number;
   /** Top-k tail mode (default 'renorm'). */
   tail?: 'renorm' | 'bucket';
@@ -177,13 +178,25 @@ export function compute(name: LossName, opts: LossOptions): LossResult {
   }
   const lambda = opts.lambda ?? 0.5;
   const needTargets = name === 'ce' || name === 'dkd' || (name === 'deltakd' && lambda > 0);
-  if (needTargets || opts.targets !== undefined) {
-    if (!(opts.targets instanceof Int32Array)) fail(name, needTargets ? 'this loss needs targets (an Int32Array, rows long)' : 'targets must be an Int32Array');
-    checkLen(name, 'targets', opts.targets, rows, 'rows');
-    nat.targets = opts.targets;
-  }
   nat.ignoreIndex = opts.ignoreIndex ?? -100;
   if (!Number.isInteger(nat.ignoreIndex)) fail(name, `ignoreIndex must be an integer, got ${nat.ignoreIndex}`);
+  if (needTargets || (opts.targets !== undefined && opts.targets !== null)) {
+    if (!(opts.targets instanceof Int32Array)) fail(name, needTargets ? 'this loss needs targets (an Int32Array, rows long)' : 'targets must be an Int32Array');
+    checkLen(name, 'targets', opts.targets, rows, 'rows');
+    if (needTargets) {
+      nat.targets = opts.targets;
+    } else {
+      // a loss that does not use the targets still skips the rows whose target is ignoreIndex (padding)
+      const t = opts.targets;
+      let any = false;
+      for (let r = 0; r < rows && !any; r++) any = t[r] === nat.ignoreIndex;
+      if (any) {
+        const m = new Uint8Array(rows);
+        for (let r = 0; r < rows; r++) m[r] = t[r] !== nat.ignoreIndex && (!nat.mask || nat.mask[r] !== 0) ? 1 : 0;
+        nat.mask = m;
+      }
+    }
+  }
 
   switch (name) {
     case 'jsd':

@@ -17,7 +17,7 @@ import { relearn, RelearnResult } from './relearn';
 import { ALL_OPS, FORGET_OPS, generateArithmeticCorpus, Op, RETAIN_OPS } from './tasks/arithmetic';
 import { ByteTokenizer } from './tokenizer';
 import { train, TrainConfig, TrainOptions } from './train';
-import { cloneModel, unlearn, UnlearnMethod } from './unlearn';
+import { cloneModel, unlearn, UnlearnMethod, UNLEARN_DEFAULTS, UnlearnStage } from './unlearn';
 
 export interface StudyConfig {
   name: string;
@@ -45,18 +45,6 @@ export interface StudyConfig {
   evalPerForm: number;
 }
 
-type UnlearnStage = { steps: number; lr: number; retainWeight?: number };
-
-/** Tuned for the tiny preset on arithmetic: forget ≤ 10%, retain within ~5 points (see the README). */
-const UNLEARN_DEFAULTS: Record<UnlearnMethod, UnlearnStage> = {
-  maxent: { steps: 100, lr: 3e-4, retainWeight: 4 },
-  graddiff: { steps: 40, lr: 3e-4, retainWeight: 4 },
-  rmu: { steps: 100, lr: 1e-3 },
-  gradascent: { steps: 20, lr: 3e-4 },
-  npo: { steps: 60, lr: 3e-4, retainWeight: 4 },
-  simnpo: { steps: 60, lr: 3e-4, retainWeight: 4 },
-  whp: { steps: 60, lr: 3e-4 },
-};
 
 export const STUDIES: Record<string, StudyConfig> = {
   // `npx undo-native undo`: one teacher, one α, a short attack; ≤ 15 min on 2 cores with nothing cached

@@ -13,6 +13,19 @@ import { train, TrainConfig, TrainOptions, TrainResult } from './train';
 export const UNLEARN_METHODS = ['gradascent', 'graddiff', 'npo', 'simnpo', 'maxent', 'rmu', 'whp'] as const;
 export type UnlearnMethod = (typeof UNLEARN_METHODS)[number];
 
+export type UnlearnStage = { steps: number; lr: number; retainWeight?: number };
+
+/** Tuned for the tiny preset on arithmetic: forget ≤ 10%, retain within ~5 points (see the README). */
+export const UNLEARN_DEFAULTS: Record<UnlearnMethod, UnlearnStage> = {
+  maxent: { steps: 150, lr: 2e-4, retainWeight: 16 },
+  graddiff: { steps: 40, lr: 3e-4, retainWeight: 4 },
+  rmu: { steps: 100, lr: 1e-3 },
+  gradascent: { steps: 20, lr: 3e-4 },
+  npo: { steps: 60, lr: 3e-4, retainWeight: 4 },
+  simnpo: { steps: 60, lr: 3e-4, retainWeight: 4 },
+  whp: { steps: 60, lr: 3e-4 },
+};
+
 export interface UnlearnParams {
   /** retain-loss weight (GradDiff a, MaxEnt balance, NPO/SimNPO retain weight, RMU retain weight) */
   retainWeight: number;
