@@ -13,6 +13,7 @@ async function main(): Promise<void> {
     matmul: async () => (await import('./matmul')).benchMatmul(),
     attention: async () => (await import('./attention')).benchAttention(),
     train_step: () => benchTrainStep(),
+    losses: async () => (await import('./losses')).benchLosses(),
   };
   const want = process.argv.slice(2).filter((a) => !a.startsWith('-'));
   const names = want.length ? want : Object.keys(all);

@@ -415,11 +415,14 @@ function checkAgainstReference(v: Variant, d: Data, T: number, t2: boolean, tag:
     let sum = 0;
     for (const x of ref.perRow) sum += x;
     assert.ok(Math.abs(res.loss - sum) <= LOSS_ATOL * d.rows + LOSS_RTOL * Math.abs(sum), `${t}: loss ${res.loss} vs ${sum}`);
+    // loss only (no gradient output: the kernel stores into per-thread scratch instead) gives the same losses
+    const only = compute(v.name, { ...options(v, d, T, t2), grad: false });
+    assert.equal(Array.from(only.perRow), Array.from(res.perRow), `${t}: loss-only perRow`);
     for (let r = 0; r < d.rows; r++) {
       const skipped = !d.mask[r] || (usesTargets(v) && d.targets[r] === -100);
-      for (let i = 0; i < d.vocab; i++) {
-        if (skipped || i >= d.validVocab) assert.is(res.grad[r * d.vocab + i], 0, `${t}: row ${r} col ${i} must have zero gradient`);
-      }
+      let bad = -1;
+      for (let i = skipped ? 0 : d.validVocab; i < d.vocab && bad < 0; i++) if (res.grad[r * d.vocab + i] !== 0) bad = i;
+      assert.is(bad, -1, `${t}: row ${r} col ${bad} must have zero gradient (${skipped ? 'skipped row' : 'padding'})`);
       if (skipped) assert.is(res.perRow[r], 0, `${t}: skipped row ${r} loss`);
     }
   });
@@ -428,13 +431,17 @@ function checkAgainstReference(v: Variant, d: Data, T: number, t2: boolean, tag:
 // ---------------------------------------------------------------- tests
 
 test('every loss vs float64: T ∈ {0.5, 1, 2, 4}, masked rows, padding, 37 and 1031 columns, every ISA', () => {
-  const small = makeData(6, 37, 33, 5, 11);    // 33 valid columns + 4 padding; not a multiple of 4/8/16
-  const big = makeData(33, 1031, 1031, 16, 12); // 33 × 1031 > 32768: the threaded path
+  const small = makeData(6, 37, 33, 5, 11);     // 33 valid columns + 4 padding; not a multiple of 4/8/16
+  const mid = makeData(5, 1031, 1031, 16, 12);  // several blocks' worth of vector loops and remainders
+  // 33 × 1031 > 32768: the OpenMP-threaded path (at one T: on a busy machine each threaded call can wait
+  // milliseconds for a core)
+  const big = makeData(33, 1031, 1031, 16, 13);
   for (const v of VARIANTS) {
     for (const T of TEMPS) {
       const t2 = T === 2 || T === 0.5;
       checkAgainstReference(v, small, T, t2, '6x37/33');
-      checkAgainstReference(v, big, T, t2, '33x1031');
+      checkAgainstReference(v, mid, T, t2, '5x1031');
+      if (T === 2) checkAgainstReference(v, big, T, t2, '33x1031');
     }
   }
 });
@@ -477,7 +484,10 @@ test('every loss: native gradient vs central finite differences of the native lo
           fd.push((lp - lm) / (xp - xm));
           an.push(g[j]);
         }
-        const atol = v.name === 'tvd' ? 2e-3 : 6e-4;
+        // both error terms scale with the size of the loss's derivatives (dkd's NCKD weight β = 8 makes them
+        // ~8× those of a plain KL), so the absolute tolerance does too
+        const gmax = Math.max(1, maxAbs(g));
+        const atol = (v.name === 'tvd' ? 2e-3 : 6e-4) * gmax;
         assertEach(an, fd, 5e-3, atol, `${isa} ${vtag(v)} T=${T} (analytic vs finite difference)`);
       });
     }
@@ -608,6 +618,16 @@ test('reductions and scaling: mean over counted rows, sum, gradScale, t2Scale, i
       const only = compute(v.name, { ...base, grad: false });
       assert.is(only.grad.length, 0, `${tag} loss-only grad`);
       assert.equal(Array.from(only.perRow), Array.from(sum.perRow), `${tag} loss-only perRow is the same`);
+      if (!usesTargets(v)) {
+        // targets given to a loss that does not use them still skip the ignoreIndex rows
+        const withT = compute(v.name, { ...base, targets: d.targets });
+        const skipped = Array.from({ length: d.rows }, (_, r) => !d.mask[r] || d.targets[r] === -100);
+        assert.is(withT.count, skipped.filter((x) => !x).length, `${tag} ignoreIndex rows skipped without targets in the loss`);
+        for (let r = 0; r < d.rows; r++) {
+          if (skipped[r]) assert.is(withT.perRow[r], 0, `${tag} row ${r} skipped`);
+          else assert.is(withT.perRow[r], sum.perRow[r], `${tag} row ${r} unchanged`);
+        }
+      }
       const g = new Float32Array(d.rows * d.vocab).fill(NaN), pr = new Float32Array(d.rows).fill(NaN);
       const into = compute(v.name, { ...base, grad: g, perRow: pr });
       assert.ok(into.grad === g && into.perRow === pr, `${tag} out arrays returned`);
@@ -653,6 +673,7 @@ test('errors: bad name, lengths, k > vocab, ids out of range or repeated, missin
   throwsUndo(() => compute('fkl', { ...base, temperature: 0 }), /temperature must be finite and > 0/, 'temperature');
   throwsUndo(() => compute('jsd', { ...base, beta: 1.5 }), /beta must be a number in \[0, 1\]/, 'beta range');
   throwsUndo(() => compute('fkl', { ...base, grad: new Float32Array(5) }), /grad has 5 elements/, 'grad length');
+  throwsUndo(() => compute('fkl', { ...base, grad: student }), /grad must not share memory with student/, 'grad aliasing');
   // the addon checks lengths itself as well (memory safety when called directly)
   assert.throws(() => native.kdLoss('fkl', { rows, vocab, student, teacher: teacher.subarray(3), perRow: new Float32Array(rows) }), /teacher has 30 elements/);
   assert.throws(() => native.kdLoss('nope', { rows, vocab, student, perRow: new Float32Array(rows) }), /unknown loss 'nope'/);
@@ -689,6 +710,14 @@ test('TaidSchedule: the TAID update (momentum of the relative loss change, linea
   }
   assert.is(last, 0.9);
   assert.throws(() => new TaidSchedule({ totalSteps: 0 }), /totalSteps/);
+});
+
+let t0 = 0;
+test.before.each(() => {
+  t0 = Date.now();
+});
+test.after.each((ctx) => {
+  if (process.env.UNDO_TEST_VERBOSE) console.log(`  ${Date.now() - t0} ms: ${(ctx as { __test__?: string }).__test__ ?? ''}`);
 });
 
 test.after(() => {

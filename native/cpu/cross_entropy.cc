@@ -29,7 +29,7 @@ void cross_entropy(int64_t rows, int64_t vocab, const float* logits, int64_t ld,
     }
     float s = 0.0f;
 #pragma omp simd reduction(+ : s)
-    for (int64_t i = 0; i < vocab; i++) s += undo_expf(capped(z[i], softcap, inv_cap) - m);
+    for (int64_t i = 0; i < vocab; i++) s += undo_exp_neg(capped(z[i], softcap, inv_cap) - m);
     const float zt = capped(z[t], softcap, inv_cap);
     // (m − z_t) + log s, not (m + log s) − z_t: both terms are ≥ 0 (s ≥ 1), so nothing cancels. The other
     // order rounds m + log s to an ulp of |m| first, which for confident rows with large logits swamps a
@@ -38,17 +38,18 @@ void cross_entropy(int64_t rows, int64_t vocab, const float* logits, int64_t ld,
     if (dz) {
       const float inv_s = w / s;
       if (softcap > 0.0f) {
+        // the target's tanh exactly as the loop computes it (read before an in-place loop overwrites z)
+        const float tht = undo_tanhf(z[t] * inv_cap);
 #pragma omp simd
         for (int64_t i = 0; i < vocab; i++) {
           const float th = undo_tanhf(z[i] * inv_cap);
-          const float p = undo_expf(softcap * th - m) * inv_s;
+          const float p = undo_exp_neg(softcap * th - m) * inv_s;
           dz[i] = p * (1.0f - th * th);
         }
-        const float tht = zt * inv_cap;
         dz[t] -= w * (1.0f - tht * tht);
       } else {
 #pragma omp simd
-        for (int64_t i = 0; i < vocab; i++) dz[i] = undo_expf(z[i] - m) * inv_s;
+        for (int64_t i = 0; i < vocab; i++) dz[i] = undo_exp_neg(z[i] - m) * inv_s;
         dz[t] -= w;
       }
     }

@@ -4,17 +4,21 @@
 // columns, s = Σ exp((x − M)/T), so log-probabilities are (x − M)/T − log s: the subtraction x − M happens
 // on the raw logits (exact for nearby values), so large logits (±1e4) keep their small differences.
 //   pass 1  blocked online max/sum over the student row (and the teacher's): per block of KD_BLOCK columns,
-//           the block max (rescaling the running sum when it rises), then e_i = exp((z_i − m)/T) against the
-//           running max m, summed and *stored in the gradient row* (m is remembered per block). Each row is
-//           read from memory once; every later pass re-reads it from L1/L2.
-//   pass 2  q_i = e_i·exp((m_block − M)/T − log s): a multiply instead of a second exp. It writes the
-//           gradient, or, for the losses whose gradient needs a row sum first (JSD, TVD, skew KL, skew
-//           reverse KL), accumulates that sum and leaves a per-column value in the row for
+//           the block max (rescaling the running sum when it rises), then e_i = exp((x_i − m)/T) against the
+//           running max m, summed and *stored* (m is remembered per block): the student's in the gradient
+//           row, the teacher's in a per-thread scratch row. Each input row is read from memory once; later
+//           passes re-read it from L1/L2.
+//   pass 2  q_i = e_i·exp((m_block − M)/T − log s): a multiply instead of a second exp (likewise p_i). It
+//           writes the gradient, or, for the losses whose gradient needs a row sum first (JSD, TVD, skew
+//           KL, skew reverse KL), accumulates that sum and leaves per-column values in the two rows for
 //   pass 3  the gradient.
-// Top-k teachers: the k ids are sorted; their columns are zeroed in the stored row before it is summed, so
-// the student's mass outside the ids (the tail) is a direct sum, not 1 − Σ; the k+1 bucket distributions are
-// then handled in double, and pass 2 rescales the stored row and writes the k id columns.
-// Without a gradient output the stored values go to a per-thread row of scratch (vocab floats per thread).
+// So every element costs one exp per distribution (two with a full teacher), plus one log for JSD and the
+// skew KLs. Top-k teachers: the k id columns are marked (a per-thread byte row, which also catches
+// repeated ids) and stored as 0 in pass 1, so the block sums give the student's mass outside the ids (the
+// tail) directly, not as 1 − Σ; the k+1 bucket distributions are then handled in double, and pass 2
+// rescales the stored row and writes the k id columns.
+// Without a gradient output the student's stored values go to a per-thread scratch row instead.
+// All scratch is per thread (at most three rows of vocab floats and bytes), never rows × vocab.
 #include "kd_losses.h"
 
 #include <cstdlib>
@@ -25,33 +29,13 @@ UNDO_ISA_BEGIN
 
 static const int64_t KD_BLOCK = 2048;
 
-// e^x for x ≤ 88 (NaN stays NaN, x > 88.72 gives +inf), ~2 ulp (Cephes polynomial, as undo_expf), written
-// so that GCC vectorises loops that store its result: all the range handling is on the input side
-// (undo_expf's trailing selects on its own result turn into branches in such loops, which then stay
-// scalar). Round-to-nearest by the 1.5·2^23 trick leaves n in the low mantissa bits, so 2^n needs no
-// conversion. Results below e^−87 (under FLT_MIN) are flushed to exactly 0, so "probability 0" guards are
-// exact (0·(−inf) never happens behind a p > 0 test) and no denormals enter the sums.
-static inline float kd_exp(float x) {
-  float xc = x < -87.5f ? -87.5f : x;
-  xc = xc > 88.8f ? 88.8f : xc;
-  const float kf = xc * 1.44269504088896341f + 12582912.0f;
-  const float n = kf - 12582912.0f;
-  float r = xc - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  float p = 1.9875691500E-4f;
-  p = p * r + 1.3981999507E-3f;
-  p = p * r + 8.3334519073E-3f;
-  p = p * r + 4.1665795894E-2f;
-  p = p * r + 1.6666665459E-1f;
-  p = p * r + 5.0000001201E-1f;
-  p = p * (r * r) + r + 1.0f;
-  int32_t kb;
-  std::memcpy(&kb, &kf, 4);
-  const int32_t sb = (kb - 0x4B400000 + 127) << 23;  // 2^n, n ∈ [−126, 128] (2^128 = +inf)
-  float s;
-  std::memcpy(&s, &sb, 4);
-  return p * s * (float)(x >= -87.0f);
-}
+// 2^t for t ≤ 0: undo_exp2_neg in simd.h.
+static inline float kd_exp2(float t) { return undo_exp2_neg(t); }
+
+static const float kLog2e = 1.44269504088896341f;
+
+// e^x for x ≤ 0.
+static inline float kd_exp(float x) { return kd_exp2(x * kLog2e); }
 
 // Natural log of x > 0 (Cephes logf polynomial, ~1 ulp), vectorisable: no branches, no libm call.
 // Denormal inputs are scaled up first; 0 gives ≈ −103 instead of −inf (callers pass x > 0); NaN and inf
@@ -86,11 +70,13 @@ static inline float kd_log(float x) {
   return r + (x - x);
 }
 
-// log1p(t) for t > −1, accurate relative to the result for small t (Goldberg: log(u)·t/(u − 1), u = 1 + t).
+// log1p(t) for t > −1, accurate relative to the result for small t: log(u) + (t − (u − 1))/u with u = fl(1 + t)
+// (the second term restores what rounding 1 + t lost). Division-free: 1/u ≈ 2 − u is plenty for that tiny
+// correction on u < 2, and beyond it the correction is below an ulp of log(u).
 static inline float kd_log1p(float t) {
   const float u = 1.0f + t;
-  const float d = u - 1.0f;
-  return d == 0.0f ? t : kd_log(u) * (t / d);
+  const float c = t - (u - 1.0f);
+  return kd_log(u) + (u < 2.0f ? c * (2.0f - u) : 0.0f);
 }
 
 // Mixture m = w·p + (1−w)·q of two probabilities, δ = log p − log q (from the logits):
@@ -134,10 +120,10 @@ static inline float raise_max(float bm, float iT, float* m, double* s) {
 static inline void lse_block(const float* x, int64_t n, float iT, float* m, double* s) {
   raise_max(block_max(x, n), iT, m, s);
   if (*m == -INFINITY) return;
-  const float mm = *m;
+  const float mm = *m, c2 = iT * kLog2e;
   float bs = 0.0f;
 #pragma omp simd reduction(+ : bs)
-  for (int64_t i = 0; i < n; i++) bs += kd_exp((x[i] - mm) * iT);
+  for (int64_t i = 0; i < n; i++) bs += kd_exp2((x[i] - mm) * c2);
   *s += bs;
 }
 
@@ -148,10 +134,11 @@ static inline float lse_store_block(const float* x, int64_t n, float iT, float* 
     zero_range(out, n);
     return mm;
   }
+  const float c2 = iT * kLog2e;
   float bs = 0.0f;
 #pragma omp simd reduction(+ : bs)
   for (int64_t i = 0; i < n; i++) {
-    const float e = kd_exp((x[i] - mm) * iT);
+    const float e = kd_exp2((x[i] - mm) * c2);
     out[i] = e;
     bs += e;
   }
@@ -174,7 +161,7 @@ struct KdCtx {
   double gs;          // gradient multiplier of each row's loss: grad_scale / (mean ? counted : 1)
   float w, wbar;      // mixture weight on p (jsd β, skl α, srkl 1 − α) and 1 − it
   double wd, wbard;
-  float mixc, mixlogc;  // min(w, 1 − w) and its log (kd_mix)
+  float mixc, mixlogc;  // min(w, 1 − w) and its log (kd_mix_direct / kd_mix_other)
   float mixflip;        // 1 when w > ½, else 0
   float taid_t, taid_omt;
   int taid_mode;      // 0: target = teacher (t = 1), 1: target = student (t = 0), 2: mixed
@@ -189,7 +176,7 @@ struct KdScratch {
   float* frames;
   float* trow;     // the teacher's stored exp values (full-teacher losses), vocab floats
   float* tframes;
-  int64_t* keys;
+  uint8_t* mark;  // [vocab] top-k ids of the current row
   double* lq;   // [k+1] bucket log-probabilities and probabilities, student and teacher
   double* lp;
   double* q;
@@ -281,10 +268,11 @@ static inline float rkl_store_block(const float* z, const float* y, int64_t n, f
     zero_range(out, n);
     return mm;
   }
+  const float c2 = iT * kLog2e;
   float bs = 0.0f, ba = 0.0f;
 #pragma omp simd reduction(+ : bs, ba)
   for (int64_t i = 0; i < n; i++) {
-    const float e = kd_exp((z[i] - mm) * iT);
+    const float e = kd_exp2((z[i] - mm) * c2);
     const float yc = y[i] == -INFINITY ? -INFINITY : y[i] - mt;  // a −inf teacher entry under student mass: +inf
     out[i] = e;
     bs += e;
@@ -365,13 +353,26 @@ static double row_mix(const KdCtx& c, const float* z, const float* y, float* d, 
     const float fq = frame_factor(sc.frames[bi], ms, c.iTd, L, 1.0);
     const float fp = frame_factor(sc.tframes[bi], mt, c.iTd, Lt, 1.0);
     float accl = 0.0f, accs = 0.0f;
-    if (kind == KdKind::jsd) {
+    if (kind == KdKind::jsd && flip < 0.5f) {  // β ≤ ½: dq by log1p, dp = dq + δ (kd_mix_direct, unrolled)
 #pragma omp simd reduction(+ : accl, accs)
       for (int64_t i = 0; i < n; i++) {
         const float lq = (zb[i] - ms) * iT - ls, lp = (yb[i] - mt) * iT - lt;
         const float q = db[i] * fq, p = tb[i] * fp;
-        const float dd = kd_mix_direct(p, q, mc, flip), od = kd_mix_other(dd, p, q, lp - lq, mlc, flip);
-        const float dq = flip > 0.5f ? od : dd, dp = flip > 0.5f ? dd : od;
+        const float dq = -kd_log1p(mc * ((p - q) / q));
+        const float dp = q > 0.0f ? dq + (lp - lq) : -mlc;
+        const float tq = q > 0.0f ? q * dq : 0.0f, tp = p > 0.0f ? p * dp : 0.0f;
+        accl += tp * ib1 + tq * ib;
+        accs += tq;
+        db[i] = dq;
+        tb[i] = q;
+      }
+    } else if (kind == KdKind::jsd) {  // β > ½: dp by log1p, dq = dp − δ
+#pragma omp simd reduction(+ : accl, accs)
+      for (int64_t i = 0; i < n; i++) {
+        const float lq = (zb[i] - ms) * iT - ls, lp = (yb[i] - mt) * iT - lt;
+        const float q = db[i] * fq, p = tb[i] * fp;
+        const float dp = -kd_log1p(mc * ((q - p) / p));
+        const float dq = p > 0.0f ? dp - (lp - lq) : -mlc;
         const float tq = q > 0.0f ? q * dq : 0.0f, tp = p > 0.0f ? p * dp : 0.0f;
         accl += tp * ib1 + tq * ib;
         accs += tq;
@@ -515,11 +516,12 @@ static inline float ent_store_block(const float* z, int64_t n, float iT, float* 
     zero_range(out, n);
     return mm;
   }
+  const float c2 = iT * kLog2e;
   float bs = 0.0f, ba = 0.0f;
 #pragma omp simd reduction(+ : bs, ba)
   for (int64_t i = 0; i < n; i++) {
     const float dz = z[i] - mm;
-    const float e = kd_exp(dz * iT);
+    const float e = kd_exp2(dz * c2);
     out[i] = e;
     bs += e;
     ba += e > 0.0f ? e * dz : 0.0f;
@@ -698,26 +700,6 @@ static double row_deltakd(const KdCtx& c, const float* z, const float* y, const 
 
 // ---------------------------------------------------------------- top-k teacher
 
-static void sort_keys(int64_t* a, int64_t n) {
-  // Shell sort (Ciura's gaps, extended by ×2.25): k is small, and this needs no STL.
-  static const int64_t gaps[] = {1, 4, 10, 23, 57, 132, 301, 701, 1577, 3548, 7983, 17961, 40412, 90927,
-                                 204585, 460316, 1035711};
-  int gi = 0;
-  while (gi + 1 < (int)(sizeof(gaps) / sizeof(gaps[0])) && gaps[gi + 1] < n) gi++;
-  for (; gi >= 0; gi--) {
-    const int64_t gap = gaps[gi];
-    for (int64_t i = gap; i < n; i++) {
-      const int64_t v = a[i];
-      int64_t j = i;
-      while (j >= gap && a[j - gap] > v) {
-        a[j] = a[j - gap];
-        j -= gap;
-      }
-      a[j] = v;
-    }
-  }
-}
-
 static inline double lae(double x, double y) {
   if (x < y) {
     const double t = x;
@@ -778,35 +760,32 @@ static double bucket_div(KdKind kind, double w, int64_t nb, const double* lQ, co
   return L;
 }
 
-// Returns the row loss; on a bad id sets *bad_status/*bad_value and returns 0.
+// Returns the row loss; on a bad id sets *bad_status/*bad_value and returns 0. sc.mark (vocab bytes) is all
+// zero on entry and on return.
 static double row_topk(const KdCtx& c, const float* z, const int32_t* ids, const float* lps, float* d, bool want_grad,
                        KdScratch& sc, KdStatus* bad_status, int64_t* bad_value) {
   const KdArgs& a = *c.a;
   const int64_t Vv = c.Vv, k = a.k;
   const float iT = c.iT;
   const double iTd = c.iTd;
-  int64_t* keys = sc.keys;
+  uint8_t* mark = sc.mark;
   for (int64_t j = 0; j < k; j++) {
     const int32_t id = ids[j];
-    if (id < 0 || id >= Vv) {
-      *bad_status = KdStatus::bad_id;
+    const bool bad = id < 0 || id >= Vv;
+    if (bad || mark[id]) {
+      *bad_status = bad ? KdStatus::bad_id : KdStatus::duplicate_id;
       *bad_value = id;
+      for (int64_t i = 0; i < j; i++) mark[ids[i]] = 0;
       return 0.0;
     }
-    keys[j] = ((int64_t)id << 32) | j;
+    mark[id] = 1;
+    sc.zs[j] = z[id];
   }
-  sort_keys(keys, k);
-  for (int64_t j = 1; j < k; j++)
-    if ((keys[j] >> 32) == (keys[j - 1] >> 32)) {
-      *bad_status = KdStatus::duplicate_id;
-      *bad_value = keys[j] >> 32;
-      return 0.0;
-    }
-  // pass 1: stored online (max, sum) of the student; the id columns are zeroed in the stored row before each
-  // block is summed, so s is the student's mass outside the ids (the tail), in the frame of the running max
+  // pass 1: stored online (max, sum) of the student, with the id columns stored as 0 (they are written last,
+  // in pass 2), so that s is the student's mass outside the ids (the tail), in the frame of the running max
   float m = -INFINITY;
   double stail = 0;
-  int64_t j = 0, bi = 0;
+  int64_t bi = 0;
   for (int64_t b = 0; b < Vv; b += KD_BLOCK, bi++) {
     const int64_t n = blk(b, Vv);
     const float mm = raise_max(block_max(z + b, n), iT, &m, &stail);
@@ -814,22 +793,21 @@ static double row_topk(const KdCtx& c, const float* z, const int32_t* ids, const
     float* db = d + b;
     if (mm == -INFINITY) {
       zero_range(db, n);
-      for (; j < k && (keys[j] >> 32) < b + n; j++) sc.zs[j] = z[keys[j] >> 32];
       continue;
     }
     const float* zb = z + b;
-#pragma omp simd
-    for (int64_t i = 0; i < n; i++) db[i] = kd_exp((zb[i] - mm) * iT);
-    for (; j < k && (keys[j] >> 32) < b + n; j++) {
-      const int64_t id = keys[j] >> 32;
-      sc.zs[j] = z[id];
-      d[id] = 0.0f;
-    }
+    const uint8_t* mk = mark + b;
+    const float c2 = iT * kLog2e;
     float bs = 0.0f;
 #pragma omp simd reduction(+ : bs)
-    for (int64_t i = 0; i < n; i++) bs += db[i];
+    for (int64_t i = 0; i < n; i++) {
+      const float e = mk[i] ? 0.0f : kd_exp2((zb[i] - mm) * c2);
+      db[i] = e;
+      bs += e;
+    }
     stail += bs;
   }
+  for (int64_t j = 0; j < k; j++) mark[ids[j]] = 0;
   const double M = (double)m;  // the row max (the ids included)
   double* lq = sc.lq;
   double* lp = sc.lp;
@@ -867,13 +845,13 @@ static double row_topk(const KdCtx& c, const float* z, const int32_t* ids, const
   double ptail = 0;
   if (bucket) {
     double psum = 0;
-    for (int64_t i = 0; i < k; i++) psum += std::exp((double)lps[keys[i] & 0xffffffff]);
+    for (int64_t i = 0; i < k; i++) psum += std::exp((double)lps[i]);
     ptail = psum < 1.0 ? 1.0 - psum : 0.0;
   }
   double amax = ptail > 0 ? std::log(ptail) * iTd : -INFINITY;
   lp[k] = amax;
   for (int64_t i = 0; i < k; i++) {
-    lp[i] = (double)lps[keys[i] & 0xffffffff] * iTd;
+    lp[i] = (double)lps[i] * iTd;
     amax = lp[i] > amax ? lp[i] : amax;
   }
   double psum = 0;
@@ -915,7 +893,7 @@ static double row_topk(const KdCtx& c, const float* z, const int32_t* ids, const
 #pragma omp simd
     for (int64_t i = 0; i < n; i++) db[i] *= f;
   }
-  for (int64_t i = 0; i < k; i++) d[keys[i] >> 32] = (float)sc.g[i];
+  for (int64_t i = 0; i < k; i++) d[ids[i]] = (float)sc.g[i];
   return loss;
 }
 
@@ -978,7 +956,8 @@ KdResult kd_loss(const KdArgs& a) {
     const int64_t nblk = (Vv + KD_BLOCK - 1) / KD_BLOCK + 2;  // + 2: dkd splits the row around the target
     const int64_t rowf = a.grad ? 0 : V;
     const int64_t trowf = topk || !kd_uses_teacher(a.kind) ? 0 : V;
-    const size_t bytes = (size_t)(5 * (kk + 1)) * sizeof(double) + (size_t)kk * sizeof(int64_t) +
+    const int64_t markb = topk ? (V + 63) / 64 * 64 : 0;
+    const size_t bytes = (size_t)(5 * (kk + 1)) * sizeof(double) + (size_t)markb +
                          (size_t)(KD_BLOCK + rowf + trowf + 2 * nblk + kk) * sizeof(float) + 64;
     char* mem = (char*)std::malloc(bytes);
     sc.lq = (double*)mem;
@@ -986,8 +965,9 @@ KdResult kd_loss(const KdArgs& a) {
     sc.q = sc.lp + (kk + 1);
     sc.p = sc.q + (kk + 1);
     sc.g = sc.p + (kk + 1);
-    sc.keys = (int64_t*)(sc.g + (kk + 1));
-    sc.block = (float*)(sc.keys + kk);
+    sc.mark = (uint8_t*)(sc.g + (kk + 1));
+    if (markb) std::memset(sc.mark, 0, (size_t)markb);
+    sc.block = (float*)(sc.mark + markb);
     sc.row = sc.block + KD_BLOCK;
     sc.trow = sc.row + rowf;
     sc.frames = sc.trow + trowf;

@@ -1,9 +1,10 @@
 // Distillation / unlearning losses over rows of student logits, each computing the loss and
-// d(loss)/d(student logits) in one fused pass family per row: a blocked online max/sum pass (every row is
-// read from memory once; each block is re-read from L1), an optional row-reduction pass for the losses
-// whose gradient needs a row sum first (JSD, TVD, skew KL, skew reverse KL), then the gradient pass.
-// fp32 math (per-block sums are carried across blocks in double), no rows×vocab scratch: only the
-// logits read and the gradient written.
+// d(loss)/d(student logits) in one fused pass family per row: a blocked online max/sum pass that also
+// stores the exponentials (every input row is read from memory once; each block is re-read from L1), an
+// optional row-reduction pass for the losses whose gradient needs a row sum first (JSD, TVD, skew KL, skew
+// reverse KL), then the gradient pass. fp32 math (per-block sums are carried across blocks in double), no
+// rows×vocab scratch: besides the logits read and the gradient written, only per-thread rows of scratch.
+// The gradient is used as scratch during the call, so it must not alias any input.
 //
 // Notation, per row. z = student logits, y = teacher logits, T = temperature (> 0),
 //   q = softmax(z/T), p = softmax(y/T) over the valid columns [0, valid_vocab). Columns ≥ valid_vocab are
@@ -19,8 +20,9 @@
 //            exactly (those two endpoints run the fkl / rkl code). L_½ = 4·JS (the textbook JS divergence,
 //            ≤ 4·ln 2). This is TRL's/Liger's generalised JSD divided by β(1−β): theirs tends to 0 at both
 //            ends and jumps to FKL/RKL there; multiply by β(1−β) to get theirs back.
-//            ∂/∂z = q⊙(log q − log m − KL(q‖m))/(βT). log q − log m and log p − log m are evaluated with
-//            log1p/expm1 forms so that the 1/β and 1/(1−β) factors do not amplify rounding near the ends.
+//            ∂/∂z = q⊙(log q − log m − KL(q‖m))/(βT). For β ≤ ½, log q − log m = −log1p(β(p − q)/q) and
+//            log p − log m = that + (log p − log q); for β > ½ the mirror image. So the small side near either
+//            end is computed directly and the 1/β, 1/(1−β) factors do not amplify rounding there.
 //   tvd      ½·Σ|q − p|.                                         ∂/∂z = q⊙(s − Σ q s)/T, s = ½·sign(q − p)
 //   skl      KL(p‖r), r = αp + (1−α)q (DistiLLM skew KL, α = `alpha`; α = 0 is fkl).
 //   srkl     KL(q‖r), r = (1−α)p + αq (DistiLLM skew reverse KL; α = 0 is rkl).
@@ -52,7 +54,11 @@
 //            the two (k+1)-outcome distributions (as TRL's server trainer does).
 //
 // Rows: mask[r] == 0 (or, for the losses that use targets, targets[r] == ignore_index) rows are skipped:
-// row_loss 0 and a zero gradient row. The others are "counted".
+// row_loss 0 and a zero gradient row. The others are "counted". (lib/losses.ts also skips ignore_index
+// rows for the other losses when targets are given.) A counted row whose valid student logits are all −inf
+// has no distribution; its loss is NaN.
+// Infinite losses are exact: fkl where the teacher has mass on a −inf student logit, rkl the other way
+// round (its gradient is then NaN), maxent as above; jsd, tvd and the skew KLs (α > 0) are always finite.
 // Scaling: row_loss[r] = the row's loss (times T² on the soft terms when t2_scale; Hinton's T² keeps the
 // soft gradient's size independent of T). The returned loss is
 //   grad_scale · Σ_r row_loss[r] / (reduction == mean ? counted : 1)
