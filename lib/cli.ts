@@ -17,6 +17,7 @@ import { ALL_OPS, generateArithmeticCorpus, Op } from './tasks/arithmetic';
 import { ByteTokenizer } from './tokenizer';
 import { train, TrainConfig, TrainOptions } from './train';
 import { registerUndoCommand, registerUnlearningCommands } from './cli_unlearn';
+import { registerTeacherCommands } from './cli_teacher';
 
 function int(name: string, min = 0) {
   return (v: string): number => {
@@ -277,6 +278,7 @@ export function buildProgram(): Command {
   const kit = { int, float, runtimeOptions, applyRuntime, trainingUi, printArithmeticTable, arithmeticMetrics };
   registerUnlearningCommands(program, kit);
   registerUndoCommand(program, kit);
+  registerTeacherCommands(program, kit);
 
   program.command('info')
     .description('show the CPU features, threads and (optionally) a model')

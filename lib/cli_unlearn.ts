@@ -2,6 +2,8 @@
  * CLI commands for the unlearning side: noise, unlearn, distill, relearn. Registered on the program by
  * lib/cli.ts; each is a thin shell over lib/noise.ts, lib/unlearn.ts, lib/distill.ts and lib/relearn.ts.
  */
+import * as fs from 'fs';
+import * as path from 'path';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { Batcher, loadDocuments, packDocuments, PackedDataset } from './data';
 import { distill } from './distill';
@@ -10,6 +12,8 @@ import { evalArithmetic } from './evaluate';
 import { LOSS_NAMES, LossName } from './losses';
 import { Model, presetConfig, PRESETS } from './model';
 import { noiseModel } from './noise';
+import { expectationFor, openTeacherStore } from './teacher_store';
+import { ByteTokenizer } from './tokenizer';
 import { relearn } from './relearn';
 import { ALL_OPS, FORGET_OPS, generateArithmeticCorpus, Op } from './tasks/arithmetic';
 import { TrainConfig, TrainOptions } from './train';
@@ -132,7 +136,8 @@ export function registerUnlearningCommands(program: Command, k: CliKit): void {
   k.runtimeOptions(
     program.command('distill')
       .description('distill a teacher into a student (a preset, a config, or an existing model)')
-      .requiredOption('--teacher <dir>', 'teacher model directory (online teacher)')
+      .requiredOption('--teacher <dir>', 'teacher: a model directory (online) or a top-k store from cache-teacher (offline)')
+      .addOption(new Option('--tail <mode>', 'offline teacher: mass outside the top-k ids').choices(['renorm', 'bucket']).default('bucket'))
       .option('--student <dir|preset>', `student: a model directory, or a preset (${Object.keys(PRESETS).join(', ')}) for a random init`, 'tiny')
       .option('--data <data>', 'data: a .txt/.jsonl file or arithmetic:OPS', 'arithmetic')
       .addOption(new Option('--loss <name>', 'distillation loss').choices([...LOSS_NAMES]).default('fkl'))
@@ -151,23 +156,27 @@ export function registerUnlearningCommands(program: Command, k: CliKit): void {
       .option('--docs <n>', 'documents generated for built-in data', int('--docs', 1), 200000)
       .option('--seed <n>', 'seed', int('--seed', 0), 0)
       .option('--no-progress', 'no progress bar'),
-  ).action(async (o: { teacher: string; student: string; data: string; loss: LossName; temperature: number; beta: number; alpha: number; hardWeight: number; out: string; steps: number; lr: number; warmup: number; batchSize: number; seqLen: number; evalEvery: number; target?: number; docs: number; seed: number; progress: boolean; threads?: number; isa?: string }) => {
+  ).action(async (o: { teacher: string; tail: 'renorm' | 'bucket'; student: string; data: string; loss: LossName; temperature: number; beta: number; alpha: number; hardWeight: number; out: string; steps: number; lr: number; warmup: number; batchSize: number; seqLen: number; evalEvery: number; target?: number; docs: number; seed: number; progress: boolean; threads?: number; isa?: string }) => {
     k.applyRuntime(o);
-    const teacher = Model.load(o.teacher);
-    const student = PRESETS[o.student] ? Model.create(presetConfig(o.student, teacher.tokenizer), { seed: o.seed }, teacher.tokenizer) : Model.load(o.student);
+    const offline = fs.existsSync(path.join(o.teacher, 'manifest.json'));
+    const teacherModel = offline ? undefined : Model.load(o.teacher);
+    const tok = teacherModel?.tokenizer ?? new ByteTokenizer();
+    const student = PRESETS[o.student] ? Model.create(presetConfig(o.student, tok), { seed: o.seed }, tok) : Model.load(o.student);
     const docs = documentsFrom(o.data, '--data', o.docs, o.seed);
-    const batcher = new Batcher(packed(docs, student, o.seqLen, o.seed, '--data'), { batchSize: o.batchSize, seed: o.seed });
+    const data = packed(docs, student, o.seqLen, o.seed, '--data');
+    const batcher = new Batcher(data, { batchSize: o.batchSize, seed: o.seed });
+    const teacher = teacherModel ?? openTeacherStore(o.teacher, { expect: expectationFor(student, data) });
     const arith = o.data.startsWith('arithmetic');
-    const teacherMetrics = arith ? k.arithmeticMetrics(await evalArithmetic(teacher, { perForm: 50 })) : undefined;
+    const teacherMetrics = arith && teacherModel ? k.arithmeticMetrics(await evalArithmetic(teacherModel, { perForm: 50 })) : undefined;
     const ui = k.trainingUi(o.steps, o.progress);
     const r = await distill(student, teacher, batcher, { ...optimCfg({ ...o, clip: 1, schedule: 'cosine' }), evalEvery: o.evalEvery }, {
-      loss: o.loss, temperature: o.temperature, params: { beta: o.beta, alpha: o.alpha }, hardWeight: o.hardWeight, outDir: o.out,
+      loss: o.loss, temperature: o.temperature, params: { beta: o.beta, alpha: o.alpha }, hardWeight: o.hardWeight, tail: o.tail, outDir: o.out,
       ...ui.hooks,
       evaluate: arith ? async () => k.arithmeticMetrics(await evalArithmetic(student, { perForm: 50 })) : undefined,
       stopWhen: o.target !== undefined && teacherMetrics?.retain !== undefined ? (m) => (m.retain ?? 0) >= teacherMetrics.retain - o.target! : undefined,
     });
     ui.stop();
-    console.log(`distilled ${r.state.step} steps (${o.loss}); teacher ${(teacher.numParams() / 1e6).toFixed(2)}M → student ${(student.numParams() / 1e6).toFixed(2)}M parameters; saved in ${o.out}`);
+    console.log(`distilled ${r.state.step} steps (${o.loss}); teacher ${teacherModel ? (teacherModel.numParams() / 1e6).toFixed(2) + 'M' : 'store ' + o.teacher} → student ${(student.numParams() / 1e6).toFixed(2)}M parameters; saved in ${o.out}`);
     if (teacherMetrics && r.lastEval) {
       console.log('teacher:');
       k.printArithmeticTable(teacherMetrics);

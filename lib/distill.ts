@@ -7,6 +7,7 @@ import { UndoError } from './errors';
 import { LossName } from './losses';
 import { Model } from './model';
 import { ceObjective, logitObjective } from './objectives';
+import { TeacherStore, teacherForBatch } from './teacher_store';
 import { train, TrainConfig, TrainOptions, TrainResult } from './train';
 
 export interface DistillOptions extends TrainOptions {
@@ -16,6 +17,8 @@ export interface DistillOptions extends TrainOptions {
   params?: Record<string, number>;
   /** weight of the hard-label CE in the mix (0 = pure distillation) */
   hardWeight?: number;
+  /** offline top-k teacher: how the mass outside the k ids is treated */
+  tail?: 'renorm' | 'bucket';
 }
 
 export function checkCompatible(student: Model, teacher: Model): void {
@@ -24,13 +27,19 @@ export function checkCompatible(student: Model, teacher: Model): void {
   }
 }
 
-export async function distill(student: Model, teacher: Model, batcher: Batcher, cfg: TrainConfig, opts: DistillOptions): Promise<TrainResult> {
-  checkCompatible(student, teacher);
+/**
+ * The teacher is a model (online: it runs forward on every batch) or an offline top-k store made by
+ * `cache-teacher` over the same packed data (lib/teacher_store.ts), streamed batch by batch.
+ */
+export async function distill(student: Model, teacher: Model | TeacherStore, batcher: Batcher, cfg: TrainConfig, opts: DistillOptions): Promise<TrainResult> {
+  if (teacher instanceof Model) checkCompatible(student, teacher);
+  else if (teacher.vocab !== student.config.vocabSize) throw new UndoError(`teacher store ${teacher.dir} has vocab ${teacher.vocab}, the student ${student.config.vocabSize}`);
   const hw = opts.hardWeight ?? 0;
   if (!(hw >= 0 && hw <= 1)) throw new UndoError(`hard-label weight must be in [0, 1], got ${hw}`);
   const microStep = async (b: Batch, share: number): Promise<number> => {
     let loss = 0;
-    if (hw < 1) loss += (1 - hw) * (await logitObjective(student, b, opts.loss, { teacher, scale: (1 - hw) * share, temperature: opts.temperature, params: opts.params }));
+    const source = teacher instanceof Model ? { teacher } : { teacherTopK: teacherForBatch(teacher, batcher, b), tail: opts.tail };
+    if (hw < 1) loss += (1 - hw) * (await logitObjective(student, b, opts.loss, { ...source, scale: (1 - hw) * share, temperature: opts.temperature, params: opts.params }));
     if (hw > 0) loss += hw * (await ceObjective(student, b, hw * share));
     return loss * share;
   };

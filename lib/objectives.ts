@@ -4,7 +4,7 @@
  * Losses over the logits go through the loss kernels (lib/losses.ts) and model.native.headGrad.
  */
 import { Batch } from './data';
-import { loss as kdLoss, LossName } from './losses';
+import { loss as kdLoss, LossName, TopKTeacher } from './losses';
 import { Model } from './model';
 
 /** scale · mean next-token cross-entropy of the batch (scale < 0 ascends). Returns the unscaled mean CE. */
@@ -26,23 +26,26 @@ export async function rowCE(model: Model, b: Batch): Promise<Float32Array> {
 
 /**
  * scale · a loss on the student's logits (name from lib/losses.ts) against a teacher model's logits on the
- * same inputs, or given teacher logits, or none (e.g. maxent). The teacher runs forward only. Returns the
+ * same inputs, given teacher logits, a stored top-k teacher, or none (e.g. maxent). The teacher runs forward only. Returns the
  * unscaled loss.
  */
 export async function logitObjective(
   model: Model, b: Batch, name: LossName,
-  opts: { teacher?: Model; teacherLogits?: Float32Array; scale?: number; temperature?: number; params?: Record<string, number> } = {},
+  opts: {
+    teacher?: Model; teacherLogits?: Float32Array; teacherTopK?: TopKTeacher; tail?: 'renorm' | 'bucket';
+    scale?: number; temperature?: number; params?: Record<string, number>;
+  } = {},
 ): Promise<number> {
   const rows = b.B * b.T;
   const vocab = model.config.vocabSize;
-  let teacher = opts.teacherLogits;
+  let teacher: Float32Array | TopKTeacher | undefined = opts.teacherLogits ?? opts.teacherTopK;
   if (opts.teacher) {
     await opts.teacher.native.forward(b.inputs, b.B, b.T);
     teacher = await opts.teacher.native.logits(null);
   }
   await model.native.forward(b.inputs, b.B, b.T);
   const student = await model.native.logits(null);
-  const r = kdLoss.compute(name, { student, teacher, rows, vocab, temperature: opts.temperature, targets: b.targets, ...(opts.params ?? {}) });
+  const r = kdLoss.compute(name, { student, teacher, rows, vocab, temperature: opts.temperature, targets: b.targets, tail: opts.tail, ...(opts.params ?? {}) });
   const scale = opts.scale ?? 1;
   if (scale !== 1) for (let i = 0; i < r.grad.length; i++) r.grad[i] *= scale;
   await model.native.headGrad(r.grad);

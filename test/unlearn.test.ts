@@ -112,6 +112,26 @@ test('distill: forward KL to the teacher falls; a copy of the teacher has zero l
   assert.ok(Math.abs(copy[0]) < 1e-5, `self-distillation loss ${copy[0]}`);
 });
 
+test('distill from an offline top-k store: loss falls, and matches online fkl at full k', async () => {
+  const mixed = new PackedDataset(Int32Array.from([...forget.tokens, ...retain.tokens]), T, 32);
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'undo-store-'));
+  const { cacheTeacher, openTeacherStore } = await import('../lib/teacher_store');
+  await cacheTeacher(base, mixed, { k: CFG.vocabSize, out: path.join(dir, 's') });
+  const store = openTeacherStore(path.join(dir, 's'));
+  const run = async (teacher: Model | typeof store, steps: number) => {
+    const student = Model.create(CFG, { seed: 11 });
+    const losses: number[] = [];
+    await distill(student, teacher, new Batcher(mixed, { batchSize: 8, seed: 3 }), cfg(steps, 1e-2), { loss: 'fkl', tail: 'renorm', onStep: (s) => losses.push(s.loss) });
+    return losses;
+  };
+  const offline = await run(store, 30);
+  assert.ok(offline[29] < 0.5 * offline[0], `offline fkl ${offline[0]} → ${offline[29]}`);
+  const online = await run(base, 3);
+  // k = vocab: the stored distribution is the teacher's, up to the store's log-prob quantisation
+  for (let s = 0; s < 3; s++) assert.ok(Math.abs(offline[s] - online[s]) < 0.02 * online[s] + 1e-3, `step ${s}: ${offline[s]} vs ${online[s]}`);
+  fs.rmSync(dir, { recursive: true });
+});
+
 test('relearn: the best curve is the max over learning rates, budgets are monotone', async () => {
   const m = cloneModel(base);
   await unlearn(m, new Batcher(forget, { batchSize: 4, seed: 1 }), new Batcher(retain, { batchSize: 4, seed: 2 }), cfg(15, 2e-3), { method: 'graddiff' });
