@@ -145,6 +145,7 @@ export function registerUnlearningCommands(program: Command, k: CliKit): void {
       .option('--beta <x>', 'JSD β', float('--beta', 0, 1), 0.5)
       .option('--alpha <x>', 'skew KL α', float('--alpha', 0, 1), 0.1)
       .option('--hard-weight <x>', 'weight of the hard-label CE in the mix', float('--hard-weight', 0, 1), 0)
+      .option('--on-policy <lambda>', 'fraction of batches sampled from the student and scored by the teacher (GKD)', float('--on-policy', 0, 1), 0)
       .requiredOption('--out <dir>', 'output model directory')
       .option('--steps <n>', 'optimizer steps', int('--steps', 1), 2000)
       .option('--lr <x>', 'peak learning rate', float('--lr', 0), 2e-3)
@@ -156,7 +157,7 @@ export function registerUnlearningCommands(program: Command, k: CliKit): void {
       .option('--docs <n>', 'documents generated for built-in data', int('--docs', 1), 200000)
       .option('--seed <n>', 'seed', int('--seed', 0), 0)
       .option('--no-progress', 'no progress bar'),
-  ).action(async (o: { teacher: string; tail: 'renorm' | 'bucket'; student: string; data: string; loss: LossName; temperature: number; beta: number; alpha: number; hardWeight: number; out: string; steps: number; lr: number; warmup: number; batchSize: number; seqLen: number; evalEvery: number; target?: number; docs: number; seed: number; progress: boolean; threads?: number; isa?: string }) => {
+  ).action(async (o: { teacher: string; tail: 'renorm' | 'bucket'; onPolicy: number; student: string; data: string; loss: LossName; temperature: number; beta: number; alpha: number; hardWeight: number; out: string; steps: number; lr: number; warmup: number; batchSize: number; seqLen: number; evalEvery: number; target?: number; docs: number; seed: number; progress: boolean; threads?: number; isa?: string }) => {
     k.applyRuntime(o);
     const offline = fs.existsSync(path.join(o.teacher, 'manifest.json'));
     const teacherModel = offline ? undefined : Model.load(o.teacher);
@@ -170,7 +171,7 @@ export function registerUnlearningCommands(program: Command, k: CliKit): void {
     const teacherMetrics = arith && teacherModel ? k.arithmeticMetrics(await evalArithmetic(teacherModel, { perForm: 50 })) : undefined;
     const ui = k.trainingUi(o.steps, o.progress);
     const r = await distill(student, teacher, batcher, { ...optimCfg({ ...o, clip: 1, schedule: 'cosine' }), evalEvery: o.evalEvery }, {
-      loss: o.loss, temperature: o.temperature, params: { beta: o.beta, alpha: o.alpha }, hardWeight: o.hardWeight, tail: o.tail, outDir: o.out,
+      loss: o.loss, temperature: o.temperature, params: { beta: o.beta, alpha: o.alpha }, hardWeight: o.hardWeight, tail: o.tail, onPolicy: o.onPolicy, seed: o.seed, outDir: o.out,
       ...ui.hooks,
       evaluate: arith ? async () => k.arithmeticMetrics(await evalArithmetic(student, { perForm: 50 })) : undefined,
       stopWhen: o.target !== undefined && teacherMetrics?.retain !== undefined ? (m) => (m.retain ?? 0) >= teacherMetrics.retain - o.target! : undefined,

@@ -7,6 +7,8 @@ import { UndoError } from './errors';
 import { LossName } from './losses';
 import { Model } from './model';
 import { ceObjective, logitObjective } from './objectives';
+import { generateIds } from './generate';
+import { Rng } from './rng';
 import { TeacherStore, teacherForBatch } from './teacher_store';
 import { train, TrainConfig, TrainOptions, TrainResult } from './train';
 
@@ -19,6 +21,31 @@ export interface DistillOptions extends TrainOptions {
   hardWeight?: number;
   /** offline top-k teacher: how the mass outside the k ids is treated */
   tail?: 'renorm' | 'bucket';
+  /**
+   * On-policy fraction λ (GKD, Agarwal et al. 2024): each batch is, with probability λ, replaced by the
+   * student's own samples — the first quarter of every window as the prompt, the rest sampled at
+   * temperature 1 — which the (online) teacher then scores. 0 = off-policy only.
+   */
+  onPolicy?: number;
+  seed?: number;
+}
+
+/** A batch whose windows continue their first `prompt` tokens with the student's samples. */
+export async function studentBatch(student: Model, b: Batch, rng: Rng): Promise<Batch> {
+  const { B, T } = b;
+  const prompt = Math.max(1, Math.floor(T / 4));
+  const prompts = Array.from({ length: B }, (_, r) => b.inputs.slice(r * T, r * T + prompt));
+  const gen = await generateIds(student, prompts, { maxNewTokens: T + 1 - prompt, temperature: 1, stopIds: [], seed: rng.nextU32(), batchSize: B });
+  const inputs = new Int32Array(B * T);
+  const targets = new Int32Array(B * T);
+  for (let r = 0; r < B; r++) {
+    const seq = new Int32Array(T + 1);
+    seq.set(prompts[r]);
+    seq.set(gen[r].subarray(0, T + 1 - prompt), prompt);
+    inputs.set(seq.subarray(0, T), r * T);
+    targets.set(seq.subarray(1), r * T);
+  }
+  return { ...b, inputs, targets };
 }
 
 export function checkCompatible(student: Model, teacher: Model): void {
@@ -36,8 +63,13 @@ export async function distill(student: Model, teacher: Model | TeacherStore, bat
   else if (teacher.vocab !== student.config.vocabSize) throw new UndoError(`teacher store ${teacher.dir} has vocab ${teacher.vocab}, the student ${student.config.vocabSize}`);
   const hw = opts.hardWeight ?? 0;
   if (!(hw >= 0 && hw <= 1)) throw new UndoError(`hard-label weight must be in [0, 1], got ${hw}`);
-  const microStep = async (b: Batch, share: number): Promise<number> => {
+  const lambda = opts.onPolicy ?? 0;
+  if (!(lambda >= 0 && lambda <= 1)) throw new UndoError(`on-policy fraction must be in [0, 1], got ${lambda}`);
+  if (lambda > 0 && !(teacher instanceof Model)) throw new UndoError('on-policy distillation needs an online teacher model (a store holds only the data it was built on)');
+  const rng = new Rng(opts.seed ?? 0);
+  const microStep = async (batch: Batch, share: number): Promise<number> => {
     let loss = 0;
+    const b = lambda > 0 && rng.next() < lambda ? await studentBatch(student, batch, rng) : batch;
     const source = teacher instanceof Model ? { teacher } : { teacherTopK: teacherForBatch(teacher, batcher, b), tail: opts.tail };
     if (hw < 1) loss += (1 - hw) * (await logitObjective(student, b, opts.loss, { ...source, scale: (1 - hw) * share, temperature: opts.temperature, params: opts.params }));
     if (hw > 0) loss += hw * (await ceObjective(student, b, hw * share));

@@ -132,6 +132,27 @@ test('distill from an offline top-k store: loss falls, and matches online fkl at
   fs.rmSync(dir, { recursive: true });
 });
 
+test('on-policy distillation (GKD): student samples keep the prompt, are scored by the teacher, and training still converges', async () => {
+  const mixed = new PackedDataset(Int32Array.from([...forget.tokens, ...retain.tokens]), T, 32);
+  const { studentBatch } = await import('../lib/distill');
+  const b = new Batcher(mixed, { batchSize: 4, seed: 1 }).next();
+  const sb = await studentBatch(base, b, new Rng(5));
+  for (let r = 0; r < 4; r++) {
+    assert.equal(Array.from(sb.inputs.subarray(r * T, r * T + 3)), Array.from(b.inputs.subarray(r * T, r * T + 3)), 'prompt kept');
+    assert.equal(Array.from(sb.targets.subarray(r * T, r * T + T - 1)), Array.from(sb.inputs.subarray(r * T + 1, r * T + T)), 'targets are inputs shifted');
+  }
+  const student = Model.create(CFG, { seed: 12 });
+  const losses: number[] = [];
+  await distill(student, base, new Batcher(mixed, { batchSize: 8, seed: 3 }), cfg(30, 1e-2), { loss: 'jsd', params: { beta: 0.5 }, onPolicy: 0.5, seed: 1, onStep: (s) => losses.push(s.loss) });
+  assert.ok(losses[29] < 0.5 * losses[0], `on-policy jsd ${losses[0]} → ${losses[29]}`);
+  try {
+    await distill(student, base, new Batcher(mixed, { batchSize: 8 }), cfg(1, 1e-3), { loss: 'fkl', onPolicy: 2 });
+    assert.unreachable();
+  } catch (e) {
+    assert.match((e as Error).message, /on-policy fraction must be in \[0, 1\], got 2/);
+  }
+});
+
 test('relearn: the best curve is the max over learning rates, budgets are monotone', async () => {
   const m = cloneModel(base);
   await unlearn(m, new Batcher(forget, { batchSize: 4, seed: 1 }), new Batcher(retain, { batchSize: 4, seed: 2 }), cfg(15, 2e-3), { method: 'graddiff' });
