@@ -4,7 +4,7 @@
  */
 import { Batch, Batcher } from './data';
 import { UndoError } from './errors';
-import { LossName } from './losses';
+import { LossName, TaidSchedule } from './losses';
 import { Model } from './model';
 import { ceObjective, logitObjective } from './objectives';
 import { generateIds } from './generate';
@@ -67,13 +67,25 @@ export async function distill(student: Model, teacher: Model | TeacherStore, bat
   if (!(lambda >= 0 && lambda <= 1)) throw new UndoError(`on-policy fraction must be in [0, 1], got ${lambda}`);
   if (lambda > 0 && !(teacher instanceof Model)) throw new UndoError('on-policy distillation needs an online teacher model (a store holds only the data it was built on)');
   const rng = new Rng(opts.seed ?? 0);
+  // TAID: the interpolation weight t follows the loss, step by step (lib/losses.ts TaidSchedule)
+  const taid = opts.loss === 'taid' && opts.params?.t === undefined ? new TaidSchedule({ totalSteps: Math.max(1, cfg.steps) }) : null;
+  let stepLoss = 0;
+  let stepIndex = 0;
+  const onStep = opts.onStep;
+  const stepHook = (s: Parameters<NonNullable<TrainOptions['onStep']>>[0]) => {
+    if (taid) taid.update(stepLoss, stepIndex++);
+    stepLoss = 0;
+    onStep?.(s);
+  };
   const microStep = async (batch: Batch, share: number): Promise<number> => {
     let loss = 0;
     const b = lambda > 0 && rng.next() < lambda ? await studentBatch(student, batch, rng) : batch;
     const source = teacher instanceof Model ? { teacher } : { teacherTopK: teacherForBatch(teacher, batcher, b), tail: opts.tail };
-    if (hw < 1) loss += (1 - hw) * (await logitObjective(student, b, opts.loss, { ...source, scale: (1 - hw) * share, temperature: opts.temperature, params: opts.params }));
+    const params = taid ? { ...(opts.params ?? {}), t: taid.t } : opts.params;
+    if (hw < 1) loss += (1 - hw) * (await logitObjective(student, b, opts.loss, { ...source, scale: (1 - hw) * share, temperature: opts.temperature, params }));
     if (hw > 0) loss += hw * (await ceObjective(student, b, hw * share));
+    stepLoss += loss * share;
     return loss * share;
   };
-  return train(student, batcher, cfg, { ...opts, microStep });
+  return train(student, batcher, cfg, { ...opts, microStep, onStep: stepHook });
 }

@@ -153,6 +153,14 @@ test('on-policy distillation (GKD): student samples keep the prompt, are scored 
   }
 });
 
+test('TAID distillation with the adaptive t schedule (TaidSchedule) converges', async () => {
+  const mixed = new PackedDataset(Int32Array.from([...forget.tokens, ...retain.tokens]), T, 32);
+  const student = Model.create(CFG, { seed: 13 });
+  const losses: number[] = [];
+  await distill(student, base, new Batcher(mixed, { batchSize: 8, seed: 3 }), cfg(30, 1e-2), { loss: 'taid', onStep: (s) => losses.push(s.loss) });
+  assert.ok(losses[29] < losses[0], `taid ${losses[0]} → ${losses[29]}`);
+});
+
 test('relearn: the best curve is the max over learning rates, budgets are monotone', async () => {
   const m = cloneModel(base);
   await unlearn(m, new Batcher(forget, { batchSize: 4, seed: 1 }), new Batcher(retain, { batchSize: 4, seed: 2 }), cfg(15, 2e-3), { method: 'graddiff' });
