@@ -174,7 +174,7 @@ export async function runStudy(c: StudyConfig, o: StudyOptions): Promise<StudyRe
       trainCfg(c.distillMaxSteps, c.distillLr, 50, 'cosine', c.distillEvalEvery), {
         loss: 'fkl', ...(ui?.hooks ?? {}),
         evaluate: async () => {
-          const s = await arithmeticScores(student, 25);
+          const s = await arithmeticScores(student, c.evalPerForm);
           return { retain: s.retain, forget: s.forget };
         },
         stopWhen: (m) => m.retain >= teacherScore.retain - c.tolerance,
