@@ -84,6 +84,14 @@ export interface NativeModel {
   logits(rows: Int32Array | null): Promise<Float32Array>;
   /** d(loss)/d(capped logits) [rows, V] of the last forward → head gradient + d(final hidden) for backward(true). */
   headGrad(dlogits: Float32Array): Promise<void>;
+  /**
+   * Fused distillation head: a loss of lib/losses.ts between this model's and the teacher's logits for every
+   * row of both models' last forwards (same ids), in row chunks; the gradient goes through the LM head.
+   */
+  headKd(name: string, teacher: NativeModel | null, opts: {
+    temperature?: number; beta?: number; alpha?: number; t?: number; lambda?: number; dkdAlpha?: number; dkdBeta?: number;
+    t2Scale?: boolean; scale?: number; targets?: Int32Array; ignoreIndex?: number;
+  }): Promise<LossResult>;
   hidden(layer: number): Float32Array;
   zeroGrad(): void;
   gradNorm(): number;

@@ -39,6 +39,16 @@ export async function logitObjective(
   const rows = b.B * b.T;
   const vocab = model.config.vocabSize;
   let teacher: Float32Array | TopKTeacher | undefined = opts.teacherLogits ?? opts.teacherTopK;
+  if (!teacher && name !== 'deltakd') {
+    // fused: student and teacher logits only ever exist one row chunk at a time (Model::head_custom)
+    if (opts.teacher) await opts.teacher.native.forward(b.inputs, b.B, b.T);
+    await model.native.forward(b.inputs, b.B, b.T);
+    const r = await model.native.headKd(name, opts.teacher?.native ?? null, {
+      ...(opts.params ?? {}), temperature: opts.temperature, scale: opts.scale ?? 1, targets: b.targets,
+    });
+    await model.native.backward(true, null);
+    return r.loss / (opts.scale ?? 1);
+  }
   if (opts.teacher) {
     await opts.teacher.native.forward(b.inputs, b.B, b.T);
     teacher = await opts.teacher.native.logits(null);

@@ -7,6 +7,7 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { Model } from '../lib/model';
 import { readSafetensors } from '../lib/safetensors';
+import { loss } from '../lib/losses';
 import { assertClose, FIXTURES, forEachIsaAsync } from './helpers';
 
 for (const family of ['llama', 'gemma2']) {
@@ -70,6 +71,35 @@ for (const family of ['llama', 'gemma2']) {
     for (let s = 0; s < 10; s++) assert.ok(Math.abs(got[s] - want[s]) <= 1e-4 * Math.max(1, Math.abs(want[s])), `step ${s}: ${got[s]} vs ${want[s]}`);
   });
 }
+
+test('fused distillation head (headKd) equals logits → loss.compute → headGrad, with soft-capping', async () => {
+  const dir = path.join(FIXTURES, 'gemma2');
+  const exp = readSafetensors(path.join(dir, 'expected.safetensors'));
+  const ids = exp.get('input_ids').data as Int32Array;
+  const [B, T] = exp.get('input_ids').shape;
+  const teacher = Model.load(dir);
+  for (let i = 0; i < teacher.params.length; i += 7) teacher.params[i] *= 0.5;
+  for (const [name, params] of [['fkl', {}], ['jsd', { beta: 0.3 }], ['rkl', {}], ['maxent', {}]] as const) {
+    const fused = Model.load(dir);
+    await teacher.native.forward(ids, B, T);
+    await fused.native.forward(ids, B, T);
+    fused.native.zeroGrad();
+    const usesTeacher = name !== 'maxent';
+    const r = await fused.native.headKd(name, usesTeacher ? teacher.native : null, { ...params, temperature: 2, scale: 0.5 });
+    await fused.native.backward(true, null);
+    const plain = Model.load(dir);
+    await plain.native.forward(ids, B, T);
+    const z = await plain.native.logits(null);
+    const tz = usesTeacher ? await teacher.native.logits(null) : undefined;
+    const ref = loss.compute(name, { student: z, teacher: tz, rows: B * T, vocab: plain.config.vocabSize, temperature: 2, ...params });
+    for (let i = 0; i < ref.grad.length; i++) ref.grad[i] *= 0.5;
+    plain.native.zeroGrad();
+    await plain.native.headGrad(ref.grad);
+    await plain.native.backward(true, null);
+    assert.ok(Math.abs(r.loss - 0.5 * ref.loss) <= 1e-5 * Math.abs(ref.loss), `${name}: ${r.loss} vs ${0.5 * ref.loss}`);
+    assertClose(fused.grads, plain.grads, 1e-4, `${name} gradients`);
+  }
+});
 
 test('llama: bf16 checkpoint loads (rounded weights) and matches its logits', async () => {
   const dir = path.join(FIXTURES, 'llama', 'model_bf16');

@@ -448,7 +448,7 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
                         InstanceMethod("setFrozen", &ModelWrap::SetFrozen), InstanceMethod("setDecay", &ModelWrap::SetDecay),
                         InstanceMethod("forward", &ModelWrap::Forward), InstanceMethod("headLoss", &ModelWrap::HeadLoss),
                         InstanceMethod("backward", &ModelWrap::Backward), InstanceMethod("trainStep", &ModelWrap::TrainStep),
-                        InstanceMethod("logits", &ModelWrap::Logits), InstanceMethod("headGrad", &ModelWrap::HeadGrad), InstanceMethod("hidden", &ModelWrap::Hidden),
+                        InstanceMethod("logits", &ModelWrap::Logits), InstanceMethod("headGrad", &ModelWrap::HeadGrad), InstanceMethod("headKd", &ModelWrap::HeadKd), InstanceMethod("hidden", &ModelWrap::Hidden),
                         InstanceMethod("zeroGrad", &ModelWrap::ZeroGrad), InstanceMethod("gradNorm", &ModelWrap::GradNorm),
                         InstanceMethod("adamw", &ModelWrap::Adamw), InstanceMethod("cacheBegin", &ModelWrap::CacheBegin),
                         InstanceMethod("cacheStep", &ModelWrap::CacheStep)});
@@ -489,6 +489,9 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
     }
     Napi::MemoryManagement::AdjustExternalMemory(env, model_->num_params() * 8);
   }
+
+ public:
+  std::shared_ptr<Model> model() const { return model_; }
 
  private:
   std::shared_ptr<Model> model_;
@@ -659,6 +662,91 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
           m->backward(true, {});
         },
         [r](Napi::Env env) { return loss_value(env, *r); }, {info[0], info[1], info[4]});
+  }
+  // headKd(name, teacher: NativeModel | null, {temperature, beta, alpha, t, lambda, dkdAlpha, dkdBeta, t2Scale,
+  // scale, targets?, ignoreIndex?}) → Promise<{loss, counted}>: the fused distillation head. For every chunk of
+  // rows of the last forward, the student's logits and (when given) the teacher's logits for the same rows —
+  // the teacher must have run forward on the same ids — go through kd_loss; the gradient flows back through
+  // the LM head. Never holds rows×vocab logits of either model. loss = scale · mean over counted rows.
+  Napi::Value HeadKd(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    const std::string name = info[0].ToString();
+    undo::KdArgs a;
+    if (!undo::kd_parse_kind(name.c_str(), &a.kind)) type_error(env, "headKd: unknown loss '" + name + "'");
+    std::shared_ptr<Model> teacher;
+    if (info[1].IsObject()) {
+      Napi::Object to = info[1].As<Napi::Object>();
+      ModelWrap* tw = nullptr;
+      napi_status st = napi_unwrap(env, to, reinterpret_cast<void**>(&tw));
+      if (st != napi_ok || !tw) type_error(env, "headKd: teacher must be a NativeModel");
+      teacher = tw->model();
+      if (teacher.get() == model_.get()) type_error(env, "headKd: the teacher must be another model");
+      if (teacher->config().vocab != model_->config().vocab) type_error(env, "headKd: teacher and student vocabularies differ");
+    }
+    if (undo::kd_uses_teacher(a.kind) && !teacher) type_error(env, "headKd: '" + name + "' needs a teacher model");
+    Napi::Object o = info[2].IsObject() ? info[2].As<Napi::Object>() : Napi::Object::New(env);
+    a.temperature = (float)field(o, "temperature", 1.0);
+    a.beta = field(o, "beta", 0.5);
+    a.alpha = field(o, "alpha", 0.1);
+    a.t = field(o, "t", 0.0);
+    a.lambda = field(o, "lambda", 0.5);
+    a.dkd_alpha = field(o, "dkdAlpha", 1.0);
+    a.dkd_beta = field(o, "dkdBeta", 8.0);
+    a.t2_scale = o.Get("t2Scale").ToBoolean().Value();
+    a.ignore_index = (int32_t)field(o, "ignoreIndex", -100);
+    a.reduction = undo::KdReduction::sum;
+    const double scale = field(o, "scale", 1.0);
+    Napi::Value tv = o.Get("targets");
+    int32_t* targets = nullptr;
+    std::vector<Napi::Value> keep;
+    if (!tv.IsUndefined() && !tv.IsNull()) {
+      if (!tv.IsTypedArray() || tv.As<Napi::TypedArray>().TypedArrayType() != napi_int32_array)
+        type_error(env, "headKd: targets must be an Int32Array");
+      targets = tv.As<Napi::Int32Array>().Data();
+      keep.push_back(tv);
+      if (tv.As<Napi::Int32Array>().ElementLength() < (size_t)model_->rows()) type_error(env, "headKd: targets shorter than the rows of the last forward");
+    }
+    auto m = model_;
+    auto r = std::make_shared<LossOut>();
+    return run_task(
+        env, m,
+        [m, teacher, a, scale, targets, r] {
+          std::unique_lock<std::mutex> tlock;
+          if (teacher) tlock = std::unique_lock<std::mutex>(teacher->mutex());
+          const int64_t N = m->rows(), V = m->config().vocab;
+          if (teacher && teacher->rows() != N) throw std::invalid_argument("headKd: the teacher's last forward has another number of rows");
+          int64_t counted = N;
+          if (targets) {
+            counted = 0;
+            for (int64_t i = 0; i < N; i++) counted += targets[i] != a.ignore_index;
+          }
+          const double gscale = counted > 0 ? scale / (double)counted : 0.0;
+          std::vector<float> tz;
+          double total = m->head_custom(
+              [&](int64_t row0, int64_t n, const float* z, float* dz, float* loss) {
+                undo::KdArgs c = a;
+                c.rows = n;
+                c.vocab = V;
+                c.student = z;
+                if (teacher) {
+                  tz.resize((size_t)(n * V));
+                  teacher->logits_range(row0, n, tz.data());
+                  c.teacher = tz.data();
+                }
+                if (targets) c.targets = targets + row0;
+                c.row_loss = loss;
+                c.grad = dz;
+                c.grad_scale = gscale;
+                undo::KdResult kr = undo::kd_loss(c);
+                if (kr.status != undo::KdStatus::ok)
+                  throw std::invalid_argument(std::string("headKd: ") + (kr.message && *kr.message ? kr.message : "bad input") +
+                                              (kr.bad_row >= 0 ? " at row " + std::to_string(row0 + kr.bad_row) : std::string()));
+              },
+              true, nullptr);
+          r->loss = total * gscale;
+          r->counted = (double)counted;
+        },
+        [r](Napi::Env e) { return loss_value(e, *r); }, keep);
   }
   // headGrad(dlogits Float32Array [rows, V]) → Promise<void>: d(loss)/d(capped logits) computed by the caller
   // for every row of the last forward; the head turns it into d(final hidden) for backward(true, ...) and
