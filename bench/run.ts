@@ -14,6 +14,7 @@ async function main(): Promise<void> {
     attention: async () => (await import('./attention')).benchAttention(),
     train_step: () => benchTrainStep(),
     losses: async () => (await import('./losses')).benchLosses(),
+    fused_head: async () => (await import('./fused_head')).benchFusedHead(),
   };
   const want = process.argv.slice(2).filter((a) => !a.startsWith('-'));
   const names = want.length ? want : Object.keys(all);
