@@ -140,7 +140,7 @@ export function registerUnlearningCommands(program: Command, k: CliKit): void {
       .addOption(new Option('--tail <mode>', 'offline teacher: mass outside the top-k ids').choices(['renorm', 'bucket']).default('bucket'))
       .option('--student <dir|preset>', `student: a model directory, or a preset (${Object.keys(PRESETS).join(', ')}) for a random init`, 'tiny')
       .option('--data <data>', 'data: a .txt/.jsonl file or arithmetic:OPS', 'arithmetic')
-      .addOption(new Option('--loss <name>', 'distillation loss').choices([...LOSS_NAMES]).default('fkl'))
+      .addOption(new Option('--loss <name>', 'distillation loss (minillm: sequence-level reverse-KL policy gradient)').choices([...LOSS_NAMES, 'minillm']).default('fkl'))
       .option('--temperature <t>', 'temperature', float('--temperature', 0), 1)
       .option('--beta <x>', 'JSD β', float('--beta', 0, 1), 0.5)
       .option('--alpha <x>', 'skew KL α', float('--alpha', 0, 1), 0.1)
@@ -157,7 +157,7 @@ export function registerUnlearningCommands(program: Command, k: CliKit): void {
       .option('--docs <n>', 'documents generated for built-in data', int('--docs', 1), 200000)
       .option('--seed <n>', 'seed', int('--seed', 0), 0)
       .option('--no-progress', 'no progress bar'),
-  ).action(async (o: { teacher: string; tail: 'renorm' | 'bucket'; onPolicy: number; student: string; data: string; loss: LossName; temperature: number; beta: number; alpha: number; hardWeight: number; out: string; steps: number; lr: number; warmup: number; batchSize: number; seqLen: number; evalEvery: number; target?: number; docs: number; seed: number; progress: boolean; threads?: number; isa?: string }) => {
+  ).action(async (o: { teacher: string; tail: 'renorm' | 'bucket'; onPolicy: number; student: string; data: string; loss: LossName | 'minillm'; temperature: number; beta: number; alpha: number; hardWeight: number; out: string; steps: number; lr: number; warmup: number; batchSize: number; seqLen: number; evalEvery: number; target?: number; docs: number; seed: number; progress: boolean; threads?: number; isa?: string }) => {
     k.applyRuntime(o);
     const offline = fs.existsSync(path.join(o.teacher, 'manifest.json'));
     const teacherModel = offline ? undefined : Model.load(o.teacher);
@@ -171,7 +171,7 @@ export function registerUnlearningCommands(program: Command, k: CliKit): void {
     const teacherMetrics = arith && teacherModel ? k.arithmeticMetrics(await evalArithmetic(teacherModel, { perForm: 50 })) : undefined;
     const ui = k.trainingUi(o.steps, o.progress);
     const r = await distill(student, teacher, batcher, { ...optimCfg({ ...o, clip: 1, schedule: 'cosine' }), evalEvery: o.evalEvery }, {
-      loss: o.loss, temperature: o.temperature, params: { beta: o.beta, alpha: o.alpha }, hardWeight: o.hardWeight, tail: o.tail, onPolicy: o.onPolicy, seed: o.seed, outDir: o.out,
+      loss: o.loss === 'minillm' ? 'rkl' : o.loss, miniLlm: o.loss === 'minillm' ? {} : undefined, temperature: o.temperature, params: { beta: o.beta, alpha: o.alpha }, hardWeight: o.hardWeight, tail: o.tail, onPolicy: o.onPolicy, seed: o.seed, outDir: o.out,
       ...ui.hooks,
       evaluate: arith ? async () => k.arithmeticMetrics(await evalArithmetic(student, { perForm: 50 })) : undefined,
       stopWhen: o.target !== undefined && teacherMetrics?.retain !== undefined ? (m) => (m.retain ?? 0) >= teacherMetrics.retain - o.target! : undefined,

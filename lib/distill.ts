@@ -28,6 +28,8 @@ export interface DistillOptions extends TrainOptions {
    */
   onPolicy?: number;
   seed?: number;
+  /** MiniLLM: sequence-level reverse-KL policy gradient on student/teacher-mixture samples (replaces `loss`) */
+  miniLlm?: MiniLlmOptions;
 }
 
 /** A batch whose windows continue their first `prompt` tokens with the student's samples. */
@@ -82,10 +84,114 @@ export async function distill(student: Model, teacher: Model | TeacherStore, bat
     const b = lambda > 0 && rng.next() < lambda ? await studentBatch(student, batch, rng) : batch;
     const source = teacher instanceof Model ? { teacher } : { teacherTopK: teacherForBatch(teacher, batcher, b), tail: opts.tail };
     const params = taid ? { ...(opts.params ?? {}), t: taid.t } : opts.params;
-    if (hw < 1) loss += (1 - hw) * (await logitObjective(student, b, opts.loss, { ...source, scale: (1 - hw) * share, temperature: opts.temperature, params }));
+    if (opts.miniLlm) {
+      if (!(teacher instanceof Model)) throw new UndoError('MiniLLM needs an online teacher model');
+      loss += (1 - hw) * (await miniLlmObjective(student, teacher, b, rng, (1 - hw) * share, opts.miniLlm));
+    } else if (hw < 1) loss += (1 - hw) * (await logitObjective(student, b, opts.loss, { ...source, scale: (1 - hw) * share, temperature: opts.temperature, params }));
     if (hw > 0) loss += hw * (await ceObjective(student, b, hw * share));
     stepLoss += loss * share;
     return loss * share;
   };
   return train(student, batcher, cfg, { ...opts, microStep, onStep: stepHook });
+}
+
+export interface MiniLlmOptions {
+  /** teacher share of the sampling mixture p̃ = mix·p + (1 − mix)·q (MiniLLM: 0.2) */
+  mix?: number;
+  /** importance-weight clip (q/p̃ ≤ clip) */
+  clip?: number;
+  /** prompt tokens taken from each window (default T/4) */
+  prompt?: number;
+}
+
+/**
+ * MiniLLM's sequence-level reverse KL (Gu et al. 2024) on one batch: continue each window's prompt by sampling
+ * from p̃ = mix·p_teacher + (1 − mix)·q_student, then
+ *   L = −Σ_t w_t·R_{t+1}·log q(y_t)/|y|  +  Σ_t KL(q_t‖p_t)/|y|
+ * with w_t = q(y_t)/p̃(y_t) (clipped) and R_{t+1} the length-normalised sum of the rewards
+ * r = log p(y) − log q(y) after t, whitened over the batch (treated as constants: a policy gradient). The second term is the exact
+ * single-step reverse KL, computed by the fused head. Returns the mean reward-weighted loss.
+ */
+export async function miniLlmObjective(student: Model, teacher: Model, b: Batch, rng: Rng, scale: number, o: MiniLlmOptions = {}): Promise<number> {
+  const { B, T } = b;
+  const V = student.config.vocabSize;
+  const P = Math.max(1, Math.min(T - 1, o.prompt ?? Math.floor(T / 4)));
+  const mix = o.mix ?? 0.2;
+  const clip = o.clip ?? 10;
+  const seq = new Int32Array(B * (T + 1));
+  for (let r = 0; r < B; r++) seq.set(b.inputs.subarray(r * T, r * T + P), r * (T + 1));
+  student.native.cacheBegin(B, T + 1);
+  teacher.native.cacheBegin(B, T + 1);
+  const prompt = new Int32Array(B * P);
+  for (let r = 0; r < B; r++) prompt.set(seq.subarray(r * (T + 1), r * (T + 1) + P), r * P);
+  let zs = await student.native.cacheStep(prompt, P);
+  let zt = await teacher.native.cacheStep(prompt, P);
+  const gen = T + 1 - P;
+  const logq = new Float64Array(B * gen), logp = new Float64Array(B * gen), w = new Float64Array(B * gen);
+  const softmax = (z: Float32Array, off: number) => {
+    let m = -Infinity;
+    for (let v = 0; v < V; v++) m = Math.max(m, z[off + v]);
+    let s = 0;
+    const e = new Float64Array(V);
+    for (let v = 0; v < V; v++) s += e[v] = Math.exp(z[off + v] - m);
+    for (let v = 0; v < V; v++) e[v] /= s;
+    return e;
+  };
+  for (let t = 0; t < gen; t++) {
+    const next = new Int32Array(B);
+    for (let r = 0; r < B; r++) {
+      const q = softmax(zs, r * V), p = softmax(zt, r * V);
+      let u = rng.next(), y = V - 1;
+      for (let v = 0; v < V; v++) {
+        u -= mix * p[v] + (1 - mix) * q[v];
+        if (u <= 0) { y = v; break; }
+      }
+      next[r] = y;
+      seq[r * (T + 1) + P + t] = y;
+      logq[r * gen + t] = Math.log(Math.max(q[y], 1e-30));
+      logp[r * gen + t] = Math.log(Math.max(p[y], 1e-30));
+      w[r * gen + t] = Math.min(clip, q[y] / (mix * p[y] + (1 - mix) * q[y]));
+    }
+    if (t + 1 < gen) {
+      zs = await student.native.cacheStep(next, 1);
+      zt = await teacher.native.cacheStep(next, 1);
+    }
+  }
+  // training batch over the sampled sequences: the policy-gradient weights sit on the generated targets
+  const inputs = new Int32Array(B * T), targets = new Int32Array(B * T), weights = new Float32Array(B * T);
+  // returns-to-go, length-normalised, then whitened over the batch (MiniLLM's baseline against variance)
+  const R = new Float64Array(B * gen);
+  for (let r = 0; r < B; r++) {
+    inputs.set(seq.subarray(r * (T + 1), r * (T + 1) + T), r * T);
+    targets.set(seq.subarray(r * (T + 1) + 1, r * (T + 1) + T + 1), r * T);
+    let future = 0;
+    for (let t = gen - 1; t >= 0; t--) {
+      R[r * gen + t] = future / Math.max(1, gen - 1 - t); // mean reward of the tokens after t
+      future += logp[r * gen + t] - logq[r * gen + t];
+    }
+  }
+  let mean = 0;
+  for (const x of R) mean += x / R.length;
+  let sd = 0;
+  for (const x of R) sd += ((x - mean) * (x - mean)) / R.length;
+  sd = Math.sqrt(sd) + 1e-8;
+  let pg = 0;
+  for (let r = 0; r < B; r++) {
+    for (let t = 0; t < gen; t++) {
+      const adv = (R[r * gen + t] - mean) / sd;
+      // generated token t is the target of row P − 1 + t; −w·A·log q = w·A·CE, so its CE weight is w·A
+      weights[r * T + P - 1 + t] = w[r * gen + t] * adv * scale;
+      pg += -w[r * gen + t] * adv * logq[r * gen + t];
+    }
+  }
+  await student.native.forward(inputs, B, T);
+  // Σ weights·(−log q)/(B·gen): the policy-gradient term; rows outside the generated part have weight 0
+  await student.native.headLoss(targets, weights, -100, B * gen, true, null);
+  await student.native.backward(true, null);
+  await teacher.native.forward(inputs, B, T);
+  const mask = new Int32Array(targets);
+  for (let r = 0; r < B; r++) for (let t = 0; t < P - 1; t++) mask[r * T + t] = -100;
+  const kl = await student.native.headKd('rkl', teacher.native, { scale, targets: mask });
+  await student.native.backward(true, null);
+  return pg / (B * gen) + kl.loss / scale;
 }

@@ -161,6 +161,27 @@ test('TAID distillation with the adaptive t schedule (TaidSchedule) converges', 
   assert.ok(losses[29] < losses[0], `taid ${losses[0]} → ${losses[29]}`);
 });
 
+test('MiniLLM: the reverse KL to the teacher on the student\'s own samples falls', async () => {
+  const mixed = new PackedDataset(Int32Array.from([...forget.tokens, ...retain.tokens]), T, 32);
+  const { studentBatch } = await import('../lib/distill');
+  const onPolicyRkl = async (m: Model) => {
+    const b = new Batcher(mixed, { batchSize: 8, seed: 9 }).next();
+    const sb = await studentBatch(m, b, new Rng(4));
+    await base.native.forward(sb.inputs, sb.B, sb.T);
+    await m.native.forward(sb.inputs, sb.B, sb.T);
+    const r = await m.native.headKd('rkl', base.native, {});
+    m.native.zeroGrad();
+    return r.loss;
+  };
+  const student = Model.create(CFG, { seed: 14 });
+  const before = await onPolicyRkl(student);
+  const losses: number[] = [];
+  await distill(student, base, new Batcher(mixed, { batchSize: 4, seed: 3 }), cfg(40, 1e-2), { loss: 'rkl', miniLlm: {}, seed: 2, onStep: (s) => losses.push(s.loss) });
+  const after = await onPolicyRkl(student);
+  assert.ok(after < 0.5 * before, `on-policy reverse KL ${before} → ${after}`);
+  assert.ok(losses.every(Number.isFinite));
+});
+
 test('relearn: the best curve is the max over learning rates, budgets are monotone', async () => {
   const m = cloneModel(base);
   await unlearn(m, new Batcher(forget, { batchSize: 4, seed: 1 }), new Batcher(retain, { batchSize: 4, seed: 2 }), cfg(15, 2e-3), { method: 'graddiff' });
