@@ -14,6 +14,7 @@ import { readJson } from './fsutil';
 import { configFromHF, Model, presetConfig, PRESETS } from './model';
 import { native } from './native';
 import { ALL_OPS, generateArithmeticCorpus, Op } from './tasks/arithmetic';
+import { biographyMetrics, builtinBiographyDocs } from './tasks/biographies';
 import { ByteTokenizer } from './tokenizer';
 import { train, TrainConfig, TrainOptions } from './train';
 import { registerUndoCommand, registerUnlearningCommands } from './cli_unlearn';
@@ -128,7 +129,7 @@ interface PretrainOpts {
 async function pretrain(o: PretrainOpts): Promise<void> {
   applyRuntime(o);
   if (!o.task && !o.data) o.task = 'arithmetic';
-  if (o.task && o.task !== 'arithmetic') throw new UndoError(`unknown task "${o.task}"`, 'built-in tasks: arithmetic');
+  if (o.task && o.task !== 'arithmetic' && o.task !== 'biographies') throw new UndoError(`unknown task "${o.task}"`, 'built-in tasks: arithmetic, biographies');
   if (o.task && o.data) throw new UndoError('give either --task or --data, not both');
   const tok = new ByteTokenizer();
   let model: Model;
@@ -147,6 +148,7 @@ async function pretrain(o: PretrainOpts): Promise<void> {
   }
   let docs: string[];
   if (o.data) docs = loadDocuments(o.data);
+  else if (o.task === 'biographies') docs = builtinBiographyDocs('all', o.seed);
   else docs = generateArithmeticCorpus({ ops: o.ops, count: o.docs, seed: o.seed, wordProblemFraction: o.wordProblems });
   const { train: trainDocs, val: valDocs } = splitTrainVal(docs, o.valFraction, o.seed);
   const packed = packDocuments(tok, trainDocs, o.seqLen, { seed: o.seed });
@@ -164,6 +166,7 @@ async function pretrain(o: PretrainOpts): Promise<void> {
     const m: Record<string, number> = {};
     if (valData && valData.count > 0) m.val_loss = (await evalPackedLoss(model, valData)).loss;
     if (o.task === 'arithmetic') Object.assign(m, arithmeticMetrics(await evalArithmetic(model, { ops: o.ops, perForm: o.evalPerForm })));
+    if (o.task === 'biographies') Object.assign(m, await biographyMetrics(model));
     return m;
   };
   const target = o.targetAccuracy;
@@ -197,7 +200,7 @@ export function buildProgram(): Command {
   runtimeOptions(
     program.command('pretrain')
       .description('train a model from scratch on a built-in task or a text/JSONL file')
-      .option('--task <name>', 'built-in task: arithmetic (default when --data is not given)')
+      .option('--task <name>', 'built-in task: arithmetic (default when --data is not given) or biographies')
       .option('--data <file>', 'training text (.txt: paragraphs) or JSONL ({"text": ...} per line)')
       .option('--ops <list>', 'arithmetic operations to train on', parseOps, [...ALL_OPS] as Op[])
       .addOption(new Option('--preset <name>', 'model size').choices(Object.keys(PRESETS)).default('tiny'))
@@ -231,7 +234,7 @@ export function buildProgram(): Command {
     program.command('eval')
       .description('evaluate a model: arithmetic accuracy, or the loss of a text file')
       .requiredOption('--model <dir>', 'model directory')
-      .option('--task <name>', 'built-in task: arithmetic')
+      .option('--task <name>', 'built-in task: arithmetic or biographies')
       .option('--ops <list>', 'arithmetic operations', parseOps, [...ALL_OPS] as Op[])
       .option('--per-form <n>', 'problems per operation and form', int('--per-form', 1), 100)
       .option('--text-file <file>', 'report the mean per-token cross-entropy of this text')
@@ -239,7 +242,7 @@ export function buildProgram(): Command {
   ).action(async (o: { model: string; task?: string; ops: Op[]; perForm: number; textFile?: string; json?: boolean; threads?: number; isa?: string }) => {
     applyRuntime(o);
     if (!o.textFile && !o.task) o.task = 'arithmetic';
-    if (o.task && o.task !== 'arithmetic') throw new UndoError(`unknown task "${o.task}"`, 'built-in tasks: arithmetic');
+    if (o.task && o.task !== 'arithmetic' && o.task !== 'biographies') throw new UndoError(`unknown task "${o.task}"`, 'built-in tasks: arithmetic, biographies');
     const model = Model.load(o.model);
     if (o.textFile) {
       let text: string;
@@ -251,6 +254,11 @@ export function buildProgram(): Command {
       const r = await evalTextLoss(model, text);
       if (o.json) console.log(JSON.stringify(r));
       else console.log(`loss ${r.loss.toFixed(6)} nats/token over ${r.tokens} tokens`);
+      return;
+    }
+    if (o.task === 'biographies') {
+      const b = await biographyMetrics(model);
+      console.log(o.json ? JSON.stringify(b) : Object.entries(b).map(([k, v]) => `${k}: ${v.toFixed(3)}`).join('\n'));
       return;
     }
     const metrics = arithmeticMetrics(await evalArithmetic(model, { ops: o.ops, perForm: o.perForm }));

@@ -16,6 +16,7 @@ import { expectationFor, openTeacherStore } from './teacher_store';
 import { ByteTokenizer } from './tokenizer';
 import { relearn } from './relearn';
 import { ALL_OPS, FORGET_OPS, generateArithmeticCorpus, Op } from './tasks/arithmetic';
+import { biographyMetrics, builtinBiographyDocs } from './tasks/biographies';
 import { TrainConfig, TrainOptions } from './train';
 import { cloneModel, parseMethod, unlearn, UNLEARN_DEFAULTS, UNLEARN_METHODS } from './unlearn';
 import { arithmeticScores, defaultStudyOut, runStudy, STUDIES } from './undo';
@@ -36,6 +37,11 @@ export interface CliKit {
  * (.txt paragraphs or JSONL).
  */
 export function documentsFrom(spec: string, what: string, count: number, seed: number, wordProblems = 0.25): string[] {
+  if (spec.startsWith('biographies')) {
+    const part = spec.includes(':') ? spec.slice(spec.indexOf(':') + 1) : 'all';
+    if (part !== 'all' && part !== 'forget' && part !== 'retain') throw new UndoError(`${what} "${spec}": choose biographies:all, biographies:forget or biographies:retain`);
+    return builtinBiographyDocs(part, seed);
+  }
   if (spec.startsWith('arithmetic')) {
     const list = spec.includes(':') ? spec.slice(spec.indexOf(':') + 1).split(',').filter(Boolean) : [...ALL_OPS];
     for (const op of list) if (!(ALL_OPS as readonly string[]).includes(op)) throw new UndoError(`${what} "${spec}": unknown operation "${op}"`, `operations: ${ALL_OPS.join(',')}`);
@@ -131,6 +137,7 @@ export function registerUnlearningCommands(program: Command, k: CliKit): void {
     ui.stop();
     console.log(`${method}: ${r.state.step} steps; model saved in ${o.out}`);
     if (o.forget.startsWith('arithmetic') || o.retain.startsWith('arithmetic')) k.printArithmeticTable(k.arithmeticMetrics(await evalArithmetic(model)));
+    if (o.forget.startsWith('biographies')) console.log(JSON.stringify(await biographyMetrics(model)));
   });
 
   k.runtimeOptions(

@@ -469,3 +469,38 @@ export async function membershipAuc(
   const nonMemberScores = await membershipScores(model, nonMembers, opts);
   return { auc: rocAuc(memberScores, nonMemberScores), memberScores, nonMemberScores };
 }
+
+// ---------------------------------------------------------------------------------------------
+// The built-in setting used by the CLI (`--task biographies`, data specs `biographies:forget|retain|all`)
+// ---------------------------------------------------------------------------------------------
+
+/** 40 people (seed 7); the first 4 are the forget set. */
+export function builtinBiographies(): { people: Person[]; forget: Person[]; retain: Person[]; heldOutPeople: Person[] } {
+  const all = generatePeople({ count: 50, seed: 7 });
+  const people = all.slice(0, 40);
+  const { forget, retain } = splitForget(people, { forget: 4 });
+  return { people, forget, retain, heldOutPeople: all.slice(40) };
+}
+
+/** Training documents for a spec part: 'all', 'forget' or 'retain' (each document repeated `repeat` times). */
+export function builtinBiographyDocs(part: 'all' | 'forget' | 'retain', seed: number, repeat = 20): string[] {
+  const b = builtinBiographies();
+  const who = part === 'forget' ? b.forget : part === 'retain' ? b.retain : b.people;
+  const docs: string[] = [];
+  for (let r = 0; r < repeat; r++) docs.push(...biographyCorpus(who, { seed: seed + r }));
+  return docs;
+}
+
+/** Forget/retain fact accuracy (training phrasings), extraction strength and membership AUCs of the forget set. */
+export async function biographyMetrics(model: Model): Promise<Record<string, number>> {
+  const b = builtinBiographies();
+  const q = (p: readonly Person[]) => factQueries(p, { heldOut: false });
+  const forgetAcc = await factAccuracy(model, q(b.forget));
+  const retainAcc = await factAccuracy(model, q(b.retain));
+  const es = await extractionStrength(model, q(b.forget));
+  const members = factSentences(b.forget);
+  const nonMembers = factSentences(b.heldOutPeople).slice(0, members.length);
+  const lossAuc = await membershipAuc(model, members, nonMembers, { method: 'loss' });
+  const minkAuc = await membershipAuc(model, members, nonMembers, { method: 'mink', k: 0.2 });
+  return { forget: forgetAcc.accuracy, retain: retainAcc.accuracy, extraction_strength: es.mean, mia_auc_loss: lossAuc.auc, mia_auc_mink: minkAuc.auc };
+}
