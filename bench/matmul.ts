@@ -74,7 +74,7 @@ function timeOurs(s: Shape, repeatS = 0.3, repeats = 3): OurTiming {
 
 // argv: threads, JSON [[form, M, N, K], ...]; prints one JSON line {version, results: {"form:d": {...}}}
 const TORCH_SCRIPT = String.raw`
-import json, sys, time
+import json, re, sys, time
 import torch
 torch.set_num_threads(int(sys.argv[1]))
 shapes = json.loads(sys.argv[2])
@@ -115,9 +115,8 @@ for form, d, M, N, K in shapes:
         except Exception as e:
             r['onednnError'] = str(e)[:200]
     out[form + ':' + str(d)] = r
-cfg = torch.__config__.show()
-blas = [l.strip() for l in cfg.split(',') if 'BLAS_INFO' in l]
-print(json.dumps({'version': torch.__version__, 'blas': blas[0] if blas else None, 'results': out}))
+m = re.search(r'BLAS_INFO=(\w+)', torch.__config__.show())
+print(json.dumps({'version': torch.__version__, 'blas': m.group(1) if m else None, 'results': out}))
 `;
 
 function runTorch(threads: number, shapes: Shape[]): { version?: string; blas?: string; results?: Record<string, Record<string, number | string>>; error?: string } {

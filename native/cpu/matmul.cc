@@ -1,24 +1,29 @@
 // Single-precision GEMM (see matmul.h). Compiled once per ISA (binding.gyp: UNDO_ISA=generic|avx2|avx512).
 //
-// Goto/BLIS structure, row-major C:
+// Goto/BLIS structure, row-major C, per thread on its rectangle of C:
 //   jc over N in NC columns
-//     pc over K in KC           pack op(B)[pc:pc+KC, jc:jc+NC] into NR-wide k-major panels (shared, L3)
+//     pc over K in KC           pack op(B)[pc:pc+KC, jc:jc+NC] into NR-wide k-major panels
 //       ic over M in MC rows    pack alpha·op(A)[ic:ic+MC, pc:pc+KC] into MR-tall k-major panels (L2)
-//         jr over NR panels     (a KC×NR panel of B stays in L1)
+//         jr over NR panels     one KC×NR panel of B, reused by every A panel of the block
 //           ir over MR panels   micro-kernel: MR×NR block of C in registers, KC rank-1 updates
-// Packing absorbs ta/tb (transposed sources go through in-register transposes) and alpha; partial panels
-// are zero-padded, so the micro-kernel always runs full MR×NR tiles and edge tiles are written back from a
-// scratch tile. beta is applied by the first K block only (beta = 0 never reads C).
+// Packing absorbs ta/tb (k-contiguous sources go through in-register transposes; k-major ones are walked
+// row by row with software prefetch) and alpha. Partial panels are zero-padded, so the micro-kernel always
+// runs full MR×NR tiles; edge tiles go through a scratch tile and only the valid part is written back.
+// beta is applied by the first K block only (beta = 0 never reads C); K blocks are balanced (K = 1100 is
+// 2×552, not 1024 + 76), and so are M and N blocks.
 //
-// Threads: one OpenMP team per call. The team packs each B block together (double-buffered, one barrier per
-// K block). Then either every thread owns a contiguous range of MR-panels of rows (split M: private A
-// packing, no more barriers), or, when M is short (dW = dYᵀ·X with small weights), the team packs each A
-// block together and splits the NR-panels of columns. The split with the smaller per-thread tile count wins.
+// Threads (OpenMP, undo::num_threads()): the team tiles C as a tm × tn grid of rectangles on micro-tile
+// boundaries; each thread packs its own A rows and B columns and runs the loops above on its rectangle, so
+// a call has no barrier besides the fork/join (a barrier costs a whole scheduler time slice whenever another
+// process holds a core). Problems under ~8 MFLOP run on the calling thread. At most 4 rows (decode) skip
+// packing and stream op(B) once (gemm_small_m).
 //
-// Per-ISA micro-kernels:
-//   avx512  MR×NR = 14×32: 28 zmm accumulators, 2 zmm B loads + 14 broadcasts per k
-//   avx2    MR×NR =  6×16: 12 ymm accumulators, 2 ymm B loads +  6 broadcasts per k
-//   generic MR×NR =  6×8 : plain C on a fixed-size accumulator array, vectorised by the compiler
+// Per ISA (MR×NR micro-kernel; MC/KC/NC):
+//   avx512  14×32: 28 zmm accumulators, 2 aligned zmm loads of B + 14 broadcasts of A per k, C tile
+//           prefetched for write; MC 84, KC 1024, NC 1024. A KC×NR B panel (128 KB) streams from L2,
+//           which has the bandwidth; long K blocks cut the C read/write passes (C often lives in DRAM).
+//   avx2     6×16: 12 ymm accumulators (BLIS haswell shape); MC 144, KC 256, NC 2048
+//   generic  6×8 : generic 4-float vectors (SSE2 / NEON), plain loops for other compilers; 96, 256, 1024
 #include "matmul.h"
 #include "simd.h"
 #include <cstdint>
@@ -34,30 +39,18 @@
 #endif
 #define GEMM_MR 14
 #define GEMM_NR 32
-#ifndef GEMM_KC
 #define GEMM_KC 1024
-#endif
-#ifndef GEMM_MC
 #define GEMM_MC 84
-#endif
-#ifndef GEMM_NC
 #define GEMM_NC 1024
-#endif
 #elif UNDO_ISA_ID == 1
 #if !defined(__AVX2__) || !defined(__FMA__)
 #error "matmul.cc: the avx2 build needs -mavx2 -mfma"
 #endif
 #define GEMM_MR 6
 #define GEMM_NR 16
-#ifndef GEMM_KC
 #define GEMM_KC 256
-#endif
-#ifndef GEMM_MC
 #define GEMM_MC 144
-#endif
-#ifndef GEMM_NC
 #define GEMM_NC 2048
-#endif
 #else
 #define GEMM_MR 6
 #define GEMM_NR 8
@@ -95,7 +88,6 @@ float* scratch_get(size_t nfloats) {
 }  // namespace
 
 static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
-static inline int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 static inline int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 static inline int64_t round_up(int64_t a, int64_t b) { return cdiv(a, b) * b; }
 
@@ -114,20 +106,11 @@ static void ukernel(int64_t kc, const float* __restrict a, const float* __restri
   __m512 c80 = _mm512_setzero_ps(), c81 = _mm512_setzero_ps(), c90 = _mm512_setzero_ps(), c91 = _mm512_setzero_ps();
   __m512 cA0 = _mm512_setzero_ps(), cA1 = _mm512_setzero_ps(), cB0 = _mm512_setzero_ps(), cB1 = _mm512_setzero_ps();
   __m512 cC0 = _mm512_setzero_ps(), cC1 = _mm512_setzero_ps(), cD0 = _mm512_setzero_ps(), cD1 = _mm512_setzero_ps();
-#ifndef GEMM_CPF
-#define GEMM_CPF 2
-#endif
-#if GEMM_CPF == 1
-  for (int i = 0; i < 14; i++) {
-    _mm_prefetch((const char*)(c + i * ldc), _MM_HINT_T0);
-    _mm_prefetch((const char*)(c + i * ldc + 16), _MM_HINT_T0);
-  }
-#elif GEMM_CPF == 2
+  // C tile: ask for the lines in exclusive state now, ~KC·14 cycles before the stores (PREFETCHW)
   for (int i = 0; i < 14; i++) {
     __asm__ volatile("prefetchw %0" ::"m"(c[i * ldc]));
     __asm__ volatile("prefetchw %0" ::"m"(c[i * ldc + 16]));
   }
-#endif
 #define UNDO_GEMM_ROW(r, R)                                        \
   {                                                                \
     const __m512 av = _mm512_set1_ps(a[r]);                        \
@@ -639,6 +622,56 @@ static void gemm_block(bool ta, bool tb, int64_t m, int64_t n, int64_t K, float 
   }
 }
 
+// A few rows (decode: one row per sequence): packing B would cost more than the product, so stream op(B)
+// once. alpha·op(A) is first copied to a contiguous M×K buffer a; the team splits the columns of C.
+#define GEMM_SMALL_M 4
+#define GEMM_SMALL_CH 256
+static void gemm_small_m(bool tb, int64_t M, int64_t N, int64_t K, const float* a, const float* B, int64_t ldb,
+                         float beta, float* C, int64_t ldc, int T) {
+  const int64_t nch = cdiv(N, GEMM_SMALL_CH);
+#pragma omp parallel for num_threads(T) schedule(static) if (T > 1)
+  for (int64_t ch = 0; ch < nch; ch++) {
+    const int64_t j0 = ch * GEMM_SMALL_CH, j1 = min64(j0 + GEMM_SMALL_CH, N);
+    float acc[GEMM_SMALL_M][GEMM_SMALL_CH];
+    if (tb) {  // C[i][j] = a_i · B[j, :], both contiguous along k
+      for (int64_t j = j0; j < j1; j++) {
+        const float* bj = B + j * ldb;
+        for (int64_t i = 0; i < M; i++) {
+          const float* ai = a + i * K;
+          float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+          for (int64_t k = 0; k < K; k++) sum += ai[k] * bj[k];
+          acc[i][j - j0] = sum;
+        }
+      }
+    } else {  // C[i, j0:j1] = Σ_k a_ik · B[k, j0:j1]
+      const int64_t w = j1 - j0;
+      for (int64_t i = 0; i < M; i++)
+        for (int64_t j = 0; j < w; j++) acc[i][j] = 0.0f;
+      for (int64_t k = 0; k < K; k++) {
+        const float* bk = B + k * ldb + j0;
+        if (k + GEMM_PACK_PD < K) prefetch_row(bk + GEMM_PACK_PD * ldb, w);
+        for (int64_t i = 0; i < M; i++) {
+          const float aik = a[i * K + k];
+          float* ci = acc[i];
+#pragma omp simd
+          for (int64_t j = 0; j < w; j++) ci[j] += aik * bk[j];
+        }
+      }
+    }
+    for (int64_t i = 0; i < M; i++) {
+      float* ci = C + i * ldc;
+      const float* t = acc[i] - j0;
+      if (beta == 0.0f)
+        for (int64_t j = j0; j < j1; j++) ci[j] = t[j];
+      else if (beta == 1.0f)
+        for (int64_t j = j0; j < j1; j++) ci[j] += t[j];
+      else
+        for (int64_t j = j0; j < j1; j++) ci[j] = beta * ci[j] + t[j];
+    }
+  }
+}
+
 void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
           const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
   if (M <= 0 || N <= 0) return;
@@ -649,13 +682,23 @@ void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const 
   const int64_t MR = GEMM_MR, NR = GEMM_NR;
   const int64_t Pm = cdiv(M, MR), Pn = cdiv(N, NR);
 
-  // Threads: at least ~1 MFLOP each. The threads tile C as a tm × tn grid of rectangles on micro-tile
-  // boundaries; each thread packs its own A rows and B columns and runs the serial loops on its rectangle,
-  // so the team never synchronises inside a call (a barrier costs a scheduler time slice whenever another
-  // process holds one of the cores). The price is that A is packed tn times and B tm times in total; the
-  // grid minimises (micro-tiles per thread) + (packing per thread), packing one float ≈ 8 FMAs.
+  // Threads tile C as a tm × tn grid of rectangles on micro-tile boundaries; each packs its own A rows and
+  // B columns and runs the serial loops on its rectangle, so the team never synchronises inside a call (a
+  // barrier costs a scheduler time slice whenever another process holds one of the cores). The price is
+  // that A is packed tn times and B tm times in total; the grid minimises (micro-tiles per thread) +
+  // (packing per thread), packing one float ≈ 8 FMAs. Below ~8 MFLOP (~30 µs on one AVX-512 core) a
+  // fork/join is not worth it.
   int T = num_threads();
-  if (T > 1 && 2.0 * (double)M * (double)N * (double)K < 2.0e6) T = 1;
+  if (T > 1 && 2.0 * (double)M * (double)N * (double)K < 8.0e6) T = 1;
+  if (M <= GEMM_SMALL_M) {  // memory-bound: threads when op(B) is at least 4 MB
+    if (N * K < ((int64_t)1 << 20)) T = 1;
+    float* a = scratch_get((size_t)(M * K));
+    if (!a) std::abort();
+    for (int64_t i = 0; i < M; i++)
+      for (int64_t k = 0; k < K; k++) a[i * K + k] = alpha * (ta ? A[k * lda + i] : A[i * lda + k]);
+    gemm_small_m(tb, M, N, K, a, B, ldb, beta, C, ldc, (int)min64(T, cdiv(N, GEMM_SMALL_CH)));
+    return;
+  }
   int tm = 1, tn = 1;
   if (T > 1) {
     double best = 1e300;

@@ -1,15 +1,16 @@
 // Standalone correctness + timing harness for native/cpu/matmul.cc (all three ISA builds at once).
 //
-// Build (from the repository root; one compile at a time is fine):
-//   mkdir -p build/harness && \
-//   for isa in generic:0 avx2:1 avx512:2; do n=${isa%:*}; id=${isa#*:}; \
-//     case $n in generic) f="";; avx2) f="-mavx2 -mfma -mf16c";; \
-//       avx512) f="-mavx512f -mavx512bw -mavx512dq -mavx512vl -mavx2 -mfma -mf16c -mprefer-vector-width=512";; esac; \
-//     g++ -std=c++17 -O3 -fopenmp -fno-math-errno -fno-trapping-math -fPIC -Wall -Wno-unused-function \
-//       -Wno-unknown-pragmas -Inative/cpu -DUNDO_ISA=$n -DUNDO_ISA_ID=$id $f \
-//       -c native/cpu/matmul.cc -o build/harness/matmul_$n.o || break; done && \
-//   g++ -std=c++17 -O2 -fopenmp -Inative/cpu native/cpu/cpu_features.cc test/native/matmul_harness.cc \
-//     build/harness/matmul_*.o -o build/harness/matmul_harness
+// Build (from the repository root, one compiler process at a time; build/harness is scratch space):
+//   ( set -e; mkdir -p build/harness
+//     for isa in generic:0 avx2:1 avx512:2; do n=${isa%:*}; id=${isa#*:}
+//       case $n in generic) f="";; avx2) f="-mavx2 -mfma -mf16c";;
+//         avx512) f="-mavx512f -mavx512bw -mavx512dq -mavx512vl -mavx2 -mfma -mf16c -mprefer-vector-width=512";; esac
+//       g++ -std=c++17 -O3 -fopenmp -fno-math-errno -fno-trapping-math -fPIC -Wall -Wno-unused-function \
+//         -Wno-unknown-pragmas -Inative/cpu -DUNDO_ISA=$n -DUNDO_ISA_ID=$id $f \
+//         -c native/cpu/matmul.cc -o build/harness/matmul_$n.o
+//     done
+//     g++ -std=c++17 -O2 -fopenmp -Inative/cpu native/cpu/cpu_features.cc test/native/matmul_harness.cc \
+//       build/harness/matmul_*.o -o build/harness/matmul_harness )
 //
 // Run:
 //   build/harness/matmul_harness            correctness on odd shapes (every supported ISA, 1 and N threads)
@@ -17,7 +18,8 @@
 //   build/harness/matmul_harness check      correctness only
 //   build/harness/matmul_harness bench [isa] [form] [d]   timing only (form nt|nn|tn, d in 256..2048)
 //   build/harness/matmul_harness shape isa ta tb M N K     timing of one shape
-// UNDO_THREADS sets the thread count (default: all cores).
+// UNDO_THREADS sets the thread count (default: all cores). Timings print "cpu x": CPU-seconds used per
+// wall second; well under the thread count means other processes held the cores and the number is low.
 #include <chrono>
 #include <cmath>
 #include <cstdint>
