@@ -6,7 +6,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { Batcher, loadDocuments, packDocuments, PackedDataset } from './data';
-import { distill } from './distill';
+import { checkCompatible, distill } from './distill';
 import { UndoError } from './errors';
 import { evalArithmetic } from './evaluate';
 import { LOSS_NAMES, LossName } from './losses';
@@ -170,6 +170,7 @@ export function registerUnlearningCommands(program: Command, k: CliKit): void {
     const teacherModel = offline ? undefined : Model.load(o.teacher);
     const tok = teacherModel?.tokenizer ?? new ByteTokenizer();
     const student = PRESETS[o.student] ? Model.create(presetConfig(o.student, tok), { seed: o.seed }, tok) : Model.load(o.student);
+    if (teacherModel) checkCompatible(student, teacherModel);
     const docs = documentsFrom(o.data, '--data', o.docs, o.seed);
     const data = packed(docs, student, o.seqLen, o.seed, '--data');
     const batcher = new Batcher(data, { batchSize: o.batchSize, seed: o.seed });
