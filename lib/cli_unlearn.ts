@@ -19,7 +19,7 @@ import { ALL_OPS, FORGET_OPS, generateArithmeticCorpus, Op } from './tasks/arith
 import { biographyMetrics, builtinBiographyDocs } from './tasks/biographies';
 import { TrainConfig, TrainOptions } from './train';
 import { cloneModel, parseMethod, unlearn, UNLEARN_DEFAULTS, UNLEARN_METHODS } from './unlearn';
-import { arithmeticScores, defaultStudyOut, runStudy, STUDIES } from './undo';
+import { arithmeticScores, defaultStudyOut, pretrained, runStudy, STUDIES } from './undo';
 import { reportMarkdown } from './report';
 
 export interface CliKit {
@@ -143,9 +143,9 @@ export function registerUnlearningCommands(program: Command, k: CliKit): void {
   k.runtimeOptions(
     program.command('distill')
       .description('distill a teacher into a student (a preset, a config, or an existing model)')
-      .requiredOption('--teacher <dir>', 'teacher: a model directory (online) or a top-k store from cache-teacher (offline)')
+      .option('--teacher <dir>', 'teacher: a model directory (online) or a top-k store from cache-teacher (offline); default: an arithmetic teacher trained once and cached')
       .addOption(new Option('--tail <mode>', 'offline teacher: mass outside the top-k ids').choices(['renorm', 'bucket']).default('bucket'))
-      .option('--student <dir|preset>', `student: a model directory, or a preset (${Object.keys(PRESETS).join(', ')}) for a random init`, 'tiny')
+      .option('--student <dir|preset>', `student: a model directory, or a preset (${Object.keys(PRESETS).join(', ')}) for a random init`, 'micro')
       .option('--data <data>', 'data: a .txt/.jsonl file or arithmetic:OPS', 'arithmetic')
       .addOption(new Option('--loss <name>', 'distillation loss (minillm: sequence-level reverse-KL policy gradient)').choices([...LOSS_NAMES, 'minillm']).default('fkl'))
       .option('--temperature <t>', 'temperature', float('--temperature', 0), 1)
@@ -153,28 +153,37 @@ export function registerUnlearningCommands(program: Command, k: CliKit): void {
       .option('--alpha <x>', 'skew KL α', float('--alpha', 0, 1), 0.1)
       .option('--hard-weight <x>', 'weight of the hard-label CE in the mix', float('--hard-weight', 0, 1), 0)
       .option('--on-policy <lambda>', 'fraction of batches sampled from the student and scored by the teacher (GKD)', float('--on-policy', 0, 1), 0)
-      .requiredOption('--out <dir>', 'output model directory')
-      .option('--steps <n>', 'optimizer steps', int('--steps', 1), 2000)
-      .option('--lr <x>', 'peak learning rate', float('--lr', 0), 2e-3)
+      .option('--out <dir>', 'output model directory', 'runs/distill')
+      .option('--cache <dir>', 'where the default teacher is cached (default .undo-cache or UNDO_CACHE)')
+      .option('--steps <n>', 'optimizer steps', int('--steps', 1), 8000)
+      .option('--lr <x>', 'peak learning rate', float('--lr', 0), 3e-3)
       .option('--warmup <n>', 'warm-up steps', int('--warmup', 0), 50)
       .option('--batch-size <n>', 'sequences per batch', int('--batch-size', 1), 16)
       .option('--seq-len <n>', 'tokens per sequence', int('--seq-len', 2), 128)
-      .option('--eval-every <n>', 'evaluate every n steps', int('--eval-every', 0), 500)
+      .option('--eval-every <n>', 'evaluate every n steps', int('--eval-every', 0), 1000)
       .option('--target <x>', 'stop when the student\'s retain accuracy is within this of the teacher\'s', float('--target', 0, 1))
       .option('--docs <n>', 'documents generated for built-in data', int('--docs', 1), 200000)
       .option('--seed <n>', 'seed', int('--seed', 0), 0)
       .option('--no-progress', 'no progress bar'),
-  ).action(async (o: { teacher: string; tail: 'renorm' | 'bucket'; onPolicy: number; student: string; data: string; loss: LossName | 'minillm'; temperature: number; beta: number; alpha: number; hardWeight: number; out: string; steps: number; lr: number; warmup: number; batchSize: number; seqLen: number; evalEvery: number; target?: number; docs: number; seed: number; progress: boolean; threads?: number; isa?: string }) => {
+  ).action(async (o: { teacher?: string; cache?: string; tail: 'renorm' | 'bucket'; onPolicy: number; student: string; data: string; loss: LossName | 'minillm'; temperature: number; beta: number; alpha: number; hardWeight: number; out: string; steps: number; lr: number; warmup: number; batchSize: number; seqLen: number; evalEvery: number; target?: number; docs: number; seed: number; progress: boolean; threads?: number; isa?: string }) => {
     k.applyRuntime(o);
-    const offline = fs.existsSync(path.join(o.teacher, 'manifest.json'));
-    const teacherModel = offline ? undefined : Model.load(o.teacher);
+    let teacherModel: Model | undefined;
+    let offline = false;
+    if (!o.teacher) {
+      console.log('no --teacher: using the built-in arithmetic teacher (tiny preset; trained once, then cached)');
+      const q = STUDIES.quick;
+      teacherModel = await pretrained(q, ALL_OPS, { outDir: o.out, cacheDir: o.cache, log: (m) => console.log(m), hooks: (_s, steps) => (o.progress ? k.trainingUi(steps, true) : { hooks: {}, stop: () => undefined }) });
+    } else {
+      offline = fs.existsSync(path.join(o.teacher, 'manifest.json'));
+      if (!offline) teacherModel = Model.load(o.teacher);
+    }
     const tok = teacherModel?.tokenizer ?? new ByteTokenizer();
     const student = PRESETS[o.student] ? Model.create(presetConfig(o.student, tok), { seed: o.seed }, tok) : Model.load(o.student);
     if (teacherModel) checkCompatible(student, teacherModel);
     const docs = documentsFrom(o.data, '--data', o.docs, o.seed);
     const data = packed(docs, student, o.seqLen, o.seed, '--data');
     const batcher = new Batcher(data, { batchSize: o.batchSize, seed: o.seed });
-    const teacher = teacherModel ?? openTeacherStore(o.teacher, { expect: expectationFor(student, data) });
+    const teacher = teacherModel ?? openTeacherStore(o.teacher!, { expect: expectationFor(student, data) });
     const arith = o.data.startsWith('arithmetic');
     const teacherMetrics = arith && teacherModel ? k.arithmeticMetrics(await evalArithmetic(teacherModel, { perForm: 50 })) : undefined;
     const ui = k.trainingUi(o.steps, o.progress);
@@ -187,10 +196,11 @@ export function registerUnlearningCommands(program: Command, k: CliKit): void {
     ui.stop();
     console.log(`distilled ${r.state.step} steps (${o.loss}); teacher ${teacherModel ? (teacherModel.numParams() / 1e6).toFixed(2) + 'M' : 'store ' + o.teacher} → student ${(student.numParams() / 1e6).toFixed(2)}M parameters; saved in ${o.out}`);
     if (teacherMetrics && r.lastEval) {
-      console.log('teacher:');
-      k.printArithmeticTable(teacherMetrics);
-      console.log('student:');
-      k.printArithmeticTable(r.lastEval);
+      const s = r.lastEval;
+      const cell = (x: number | undefined) => (x === undefined || !Number.isFinite(x) ? 'n/a' : `${(100 * x).toFixed(1)}%`).padStart(8);
+      console.log(`\n${'metric'.padEnd(22)} ${'teacher'.padStart(8)} ${'student'.padStart(8)}`);
+      console.log(`${'parameters'.padEnd(22)} ${(teacherModel!.numParams() / 1e6).toFixed(2).padStart(7)}M ${(student.numParams() / 1e6).toFixed(2).padStart(7)}M`);
+      for (const key of Object.keys(teacherMetrics)) console.log(`${key.padEnd(22)} ${cell(teacherMetrics[key])} ${cell(s[key])}`);
     }
   });
 

@@ -268,6 +268,12 @@ export const PRESETS: Record<string, Omit<ModelConfig, 'vocabSize' | 'bosTokenId
     maxPositions: 512, rmsNormEps: 1e-5, ropeTheta: 10000, tieWordEmbeddings: true, attnLogitSoftcapping: 0,
     finalLogitSoftcapping: 0, queryPreAttnScalar: 0, slidingWindow: 0, activation: 'silu',
   },
+  // about 0.2M parameters: the default distillation student
+  micro: {
+    family: 'llama', hiddenSize: 64, numLayers: 4, numHeads: 4, numKvHeads: 2, headDim: 16, intermediateSize: 192,
+    maxPositions: 512, rmsNormEps: 1e-5, ropeTheta: 10000, tieWordEmbeddings: true, attnLogitSoftcapping: 0,
+    finalLogitSoftcapping: 0, queryPreAttnScalar: 0, slidingWindow: 0, activation: 'silu',
+  },
   // about 5M parameters (6 layers, d = 256)
   small: {
     family: 'llama', hiddenSize: 256, numLayers: 6, numHeads: 8, numKvHeads: 4, headDim: 32, intermediateSize: 768,

@@ -119,7 +119,7 @@ export function defaultCacheDir(): string {
 }
 
 /** Pretrain (or reuse from the cache) a model on the given operations. */
-async function pretrained(c: StudyConfig, ops: readonly Op[], o: StudyOptions): Promise<Model> {
+export async function pretrained(c: StudyConfig, ops: readonly Op[], o: StudyOptions): Promise<Model> {
   const key = crypto.createHash('sha256').update(JSON.stringify({ v: 1, preset: c.preset, ops, steps: c.pretrainSteps, lr: c.pretrainLr, docs: c.docs, wp: c.wordProblems, seed: c.seed, T: c.seqLen, B: c.batchSize })).digest('hex').slice(0, 16);
   const dir = path.join(o.cacheDir ?? defaultCacheDir(), `pretrain-${ops.join('-')}-${key}`);
   if (fs.existsSync(path.join(dir, 'model.safetensors'))) {
