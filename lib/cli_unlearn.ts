@@ -11,7 +11,7 @@ import { UndoError } from './errors';
 import { evalArithmetic } from './evaluate';
 import { LOSS_NAMES, LossName } from './losses';
 import { Model, presetConfig, PRESETS } from './model';
-import { noiseModel } from './noise';
+import { noiseModel, projectToDistribution } from './noise';
 import { expectationFor, openTeacherStore } from './teacher_store';
 import { ByteTokenizer } from './tokenizer';
 import { relearn } from './relearn';
@@ -90,6 +90,23 @@ export function registerUnlearningCommands(program: Command, k: CliKit): void {
     noiseModel(m, { alpha: o.alpha, beta: o.beta, seed: o.seed, dist: o.dist });
     m.save(o.out);
     console.log(`noised (α=${o.alpha}, β=${o.beta}, ${o.dist}, seed ${o.seed}) → ${o.out}`);
+  });
+
+  k.runtimeOptions(
+    program.command('project')
+      .description('distribution-constrained projection: move every weight matrix toward a target distribution by rank/quantile matching with step η')
+      .requiredOption('--model <dir>', 'model directory')
+      .requiredOption('--eta <x>', 'step η in [0, 1] (1 = exactly the target quantiles, rank order kept)', float('--eta'))
+      .addOption(new Option('--target <dist>', 'target distribution').choices(['normal', 'uniform']).default('uniform'))
+      .option('--std <x>', 'target std (default: each matrix\'s Xavier std)', float('--std', 0))
+      .requiredOption('--out <dir>', 'output model directory'),
+  ).action((o: { model: string; eta: number; target: 'normal' | 'uniform'; std?: number; out: string; threads?: number; isa?: string }) => {
+    k.applyRuntime(o);
+    checkUnit('--eta', o.eta);
+    const m = Model.load(o.model);
+    projectToDistribution(m, { eta: o.eta, target: o.target, std: o.std });
+    m.save(o.out);
+    console.log(`projected (η=${o.eta}, ${o.target}) → ${o.out}`);
   });
 
   k.runtimeOptions(

@@ -227,7 +227,8 @@ export class Model {
     saveDirAtomic(dir, (tmp) => {
       writeFileAtomic(path.join(tmp, 'config.json'), JSON.stringify(configToHF(this.config), null, 2) + '\n');
       writeSafetensors(path.join(tmp, 'model.safetensors'), this.weightEntries(), { format: 'pt' });
-      saveTokenizer(tmp, this.tokenizer);
+      // a model loaded without a tokenizer.json (vocab smaller than the byte tokenizer's) is saved without one
+      if (this.tokenizer.vocabSize <= this.config.vocabSize) saveTokenizer(tmp, this.tokenizer);
       for (const [name, data] of Object.entries(extra)) writeFileAtomic(path.join(tmp, name), data);
     });
   }

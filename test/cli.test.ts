@@ -131,6 +131,7 @@ test('bad input for distill / unlearn / noise / undo fails before any work', () 
   assertCleanError(cli(['unlearn', '--model', llama, '--forget', 'arithmetic:pow', '--out', out]), /unknown operation "pow"/);
   assertCleanError(cli(['distill', '--teacher', llama, '--student', path.join(FIXTURES, 'gemma2'), '--docs', '50', '--out', out]), /vocab_size 61 differs from the teacher's 67/);
   assertCleanError(cli(['undo', '--preset', 'everything']), /--preset.*everything/);
+  assertCleanError(cli(['project', '--model', llama, '--eta', '3', '--out', out]), /--eta must be in \[0, 1\], got 3/);
   assertCleanError(cli(['undo', '--teacher', llama, '--alpha', '2']), /--alpha/);
   assert.not.ok(fs.existsSync(out), 'a failed command left an output directory');
 });
