@@ -17,6 +17,7 @@
  */
 import { spawnSync } from 'child_process';
 import { native } from '../lib/native';
+import { randomArray } from './common';
 
 const PYTHON = '/usr/bin/python3';
 const ROWS = 4096;
@@ -34,17 +35,6 @@ function shapeOf(form: Form, d: number): Shape {
   return { form, d, ta: true, tb: false, M: d, N: d, K: ROWS };
 }
 
-function randomArray(n: number, seed: number): Float32Array {
-  const a = new Float32Array(n);
-  let s = seed >>> 0 || 1;
-  for (let i = 0; i < n; i++) {
-    s ^= s << 13; s >>>= 0;
-    s ^= s >>> 17;
-    s ^= s << 5; s >>>= 0;
-    a[i] = (s / 4294967296) * 2 - 1;
-  }
-  return a;
-}
 
 const nowS = () => Number(process.hrtime.bigint()) / 1e9;
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];

@@ -10,6 +10,7 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { native } from '../lib/native';
+import { forEachIsa } from './helpers';
 
 function randomArray(n: number, seed: number): Float32Array {
   const a = new Float32Array(n);
@@ -86,17 +87,6 @@ function runGemm(p: Problem, alpha: number, beta: number, nanC: boolean): number
   return worst;
 }
 
-function forEachIsa(fn: (isa: string) => void): void {
-  const prev = native.getIsa();
-  try {
-    for (const isa of native.supportedIsas()) {
-      native.setIsa(isa);
-      fn(isa);
-    }
-  } finally {
-    native.setIsa(prev);
-  }
-}
 
 function withThreads(n: number, fn: () => void): void {
   const prev = native.getThreads();

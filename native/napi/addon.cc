@@ -271,6 +271,18 @@ Napi::Value CrossEntropy(const Napi::CallbackInfo& info) {
 //   teacherBase?, targets?, ignoreIndex?, mask?, temperature?, beta?, alpha?, t?, lambda?, dkdAlpha?, dkdBeta?,
 //   t2Scale?, reduction?, gradScale?, perRow, grad?}) → {loss, count}. Distillation losses (kd_losses.h);
 // perRow [rows] and grad [rows·vocab] (or null: loss only) are written. lib/losses.ts is the friendly API.
+// The scalar loss parameters shared by kdLoss and headKd (names as in lib/losses.ts).
+void kd_params(Napi::Object o, undo::KdArgs* a) {
+  a->temperature = (float)field(o, "temperature", 1.0);
+  a->beta = field(o, "beta", 0.5);
+  a->alpha = field(o, "alpha", 0.1);
+  a->t = field(o, "t", 0.0);
+  a->lambda = field(o, "lambda", 0.5);
+  a->dkd_alpha = field(o, "dkdAlpha", 1.0);
+  a->dkd_beta = field(o, "dkdBeta", 8.0);
+  a->t2_scale = o.Get("t2Scale").ToBoolean().Value();
+}
+
 Napi::Value KdLoss(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const std::string name = info[0].ToString();
@@ -320,14 +332,7 @@ Napi::Value KdLoss(const Napi::CallbackInfo& info) {
   a.targets = (const int32_t*)arr("targets", napi_int32_array, R, false);
   a.ignore_index = (int32_t)field(o, "ignoreIndex", -100);
   a.mask = (const uint8_t*)arr("mask", napi_uint8_array, R, false);
-  a.temperature = (float)field(o, "temperature", 1.0);
-  a.beta = field(o, "beta", 0.5);
-  a.alpha = field(o, "alpha", 0.1);
-  a.t = field(o, "t", 0.0);
-  a.lambda = field(o, "lambda", 0.5);
-  a.dkd_alpha = field(o, "dkdAlpha", 1.0);
-  a.dkd_beta = field(o, "dkdBeta", 8.0);
-  a.t2_scale = o.Get("t2Scale").ToBoolean().Value();
+  kd_params(o, &a);
   Napi::Value red = o.Get("reduction");
   if (!red.IsUndefined() && !red.IsNull()) {
     const std::string r = red.ToString();
@@ -685,14 +690,7 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
     }
     if (undo::kd_uses_teacher(a.kind) && !teacher) type_error(env, "headKd: '" + name + "' needs a teacher model");
     Napi::Object o = info[2].IsObject() ? info[2].As<Napi::Object>() : Napi::Object::New(env);
-    a.temperature = (float)field(o, "temperature", 1.0);
-    a.beta = field(o, "beta", 0.5);
-    a.alpha = field(o, "alpha", 0.1);
-    a.t = field(o, "t", 0.0);
-    a.lambda = field(o, "lambda", 0.5);
-    a.dkd_alpha = field(o, "dkdAlpha", 1.0);
-    a.dkd_beta = field(o, "dkdBeta", 8.0);
-    a.t2_scale = o.Get("t2Scale").ToBoolean().Value();
+    kd_params(o, &a);
     a.ignore_index = (int32_t)field(o, "ignoreIndex", -100);
     a.reduction = undo::KdReduction::sum;
     const double scale = field(o, "scale", 1.0);
