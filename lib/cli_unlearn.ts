@@ -18,7 +18,7 @@ import { relearn } from './relearn';
 import { ALL_OPS, FORGET_OPS, generateArithmeticCorpus, Op } from './tasks/arithmetic';
 import { biographyMetrics, builtinBiographyDocs } from './tasks/biographies';
 import { TrainConfig, TrainOptions } from './train';
-import { cloneModel, parseMethod, unlearn, UNLEARN_DEFAULTS, UNLEARN_METHODS } from './unlearn';
+import { parseMethod, unlearn, UNLEARN_DEFAULTS, UNLEARN_METHODS } from './unlearn';
 import { arithmeticScores, defaultStudyOut, pretrained, runStudy, STUDIES } from './undo';
 import { reportMarkdown } from './report';
 
@@ -279,7 +279,7 @@ export function registerUndoCommand(program: Command, k: CliKit): void {
     if (o.teacher) {
       const out = o.out ?? 'runs/undo';
       const teacher = Model.load(o.teacher);
-      const student = cloneModel(teacher);
+      const student = teacher.clone();
       noiseModel(student, { alpha: o.alpha, beta: o.beta, seed: o.seed });
       const docs = documentsFrom(o.data, '--data', 200000, o.seed);
       const batcher = new Batcher(packed(docs, student, 128, o.seed, '--data'), { batchSize: 16, seed: o.seed });

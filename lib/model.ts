@@ -181,6 +181,13 @@ export class Model {
     if (extra.length) throw new UndoError(`${file}: unexpected tensors for this config: ${extra.slice(0, 5).join(', ')}${extra.length > 5 ? ', ...' : ''}`);
   }
 
+  /** A deep copy of the weights (same config and tokenizer; no gradients or optimizer state). */
+  clone(): Model {
+    const c = new Model(this.config, this.tokenizer);
+    c.params.set(this.params);
+    return c;
+  }
+
   numParams(): number {
     return this.params.length;
   }

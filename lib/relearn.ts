@@ -7,7 +7,6 @@ import { Batcher, PackedDataset } from './data';
 import { UndoError } from './errors';
 import { Model } from './model';
 import { train } from './train';
-import { cloneModel } from './unlearn';
 
 export const DEFAULT_RELEARN_LRS = [1e-3, 7e-4, 4e-4, 1e-4, 7e-5, 5e-5, 1e-5];
 
@@ -42,7 +41,7 @@ export async function relearn(model: Model, data: PackedDataset, opts: RelearnOp
   const curves: RelearnResult['curves'] = [];
   const initial = await opts.metric(model);
   for (const lr of lrs) {
-    const m = cloneModel(model);
+    const m = model.clone();
     const points: CurvePoint[] = [{ step: 0, value: initial }];
     const batcher = new Batcher(data, { batchSize: opts.batchSize, seed: opts.seed ?? 42 });
     await train(m, batcher, {

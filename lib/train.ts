@@ -9,7 +9,7 @@ import { Batch, Batcher, BatcherPosition } from './data';
 import { UndoError } from './errors';
 import { readJson } from './fsutil';
 import { Model } from './model';
-import { readSafetensors } from './safetensors';
+import { readSafetensors, serializeSafetensors } from './safetensors';
 
 export type Schedule = 'constant' | 'linear' | 'cosine';
 
@@ -102,7 +102,6 @@ const METRICS_FILE = 'metrics.jsonl';
 export function saveCheckpoint(model: Model, dir: string, state: TrainerState, meta: Record<string, unknown> = {}): void {
   const m = model.native.adamM();
   const v = model.native.adamV();
-  const { serializeSafetensors } = require('./safetensors') as typeof import('./safetensors');
   const optim = serializeSafetensors({
     adam_m: { dtype: 'F32', shape: [m.length], data: m },
     adam_v: { dtype: 'F32', shape: [v.length], data: v },

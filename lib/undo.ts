@@ -17,7 +17,7 @@ import { relearn, RelearnResult } from './relearn';
 import { ALL_OPS, FORGET_OPS, generateArithmeticCorpus, Op, RETAIN_OPS } from './tasks/arithmetic';
 import { ByteTokenizer } from './tokenizer';
 import { train, TrainConfig, TrainOptions } from './train';
-import { cloneModel, unlearn, UnlearnMethod, UNLEARN_DEFAULTS, UnlearnStage } from './unlearn';
+import { unlearn, UnlearnMethod, UNLEARN_DEFAULTS, UnlearnStage } from './unlearn';
 
 export interface StudyConfig {
   name: string;
@@ -156,7 +156,7 @@ export async function runStudy(c: StudyConfig, o: StudyOptions): Promise<StudyRe
 
   let teacher: Model | null = null;
   for (const method of c.methods) {
-    const u = cloneModel(base);
+    const u = base.clone();
     const p = c.unlearn[method] ?? UNLEARN_DEFAULTS[method];
     log(`unlearning with ${method} (${p.steps} steps, lr ${p.lr})`);
     await unlearn(u, new Batcher(forgetData, { batchSize: c.batchSize, seed: c.seed }), new Batcher(retainData, { batchSize: c.batchSize, seed: c.seed + 1 }),
@@ -190,7 +190,7 @@ export async function runStudy(c: StudyConfig, o: StudyOptions): Promise<StudyRe
   }
   for (const alpha of c.alphas) {
     log(`UNDO α=${alpha}, β=${c.beta}: noise, then distill`);
-    const student = cloneModel(teacher);
+    const student = teacher.clone();
     noiseModel(student, { alpha, beta: c.beta, seed: c.seed });
     const tokens = await distillInto(student, `UNDO α=${alpha}`);
     models.push({ row: { name: `UNDO α=${alpha}`, kind: 'undo', alpha, computeFraction: tokens / oracleTokens }, model: student });

@@ -162,14 +162,14 @@ export async function unlearn(model: Model, forget: Batcher, retain: Batcher | n
   if (p.rmuLayer < 0 || p.rmuLayer >= model.config.numLayers) throw new UndoError(`--rmu-layer ${p.rmuLayer} is outside [0, ${model.config.numLayers})`);
   if (p.retainWeight > 0 && !retain) throw new UndoError(`${method} with a retain weight needs retain data (--retain)`);
   let ref: Model | null = null;
-  if (method === 'npo') ref = opts.reference ?? cloneModel(model);
+  if (method === 'npo') ref = opts.reference ?? model.clone();
   let reinforced: Model | null = null;
   let baseline: Model | null = null;
   if (method === 'whp') {
     // Who's Harry Potter (Eldan & Russinovich 2023): a reinforced model fine-tuned further on the forget data
     // shows which tokens the forget data boosts; generic targets v_base − α·ReLU(v_reinforced − v_base)
-    baseline = cloneModel(model);
-    reinforced = cloneModel(model);
+    baseline = model.clone();
+    reinforced = model.clone();
     await train(reinforced, forget, { ...cfg, steps: p.whpReinforceSteps, lr: p.whpReinforceLr, evalEvery: 0, checkpointEvery: 0 }, {});
   }
   let u = new Float32Array(0);
@@ -237,11 +237,4 @@ export async function unlearn(model: Model, forget: Batcher, retain: Batcher | n
   } finally {
     if (method === 'rmu') model.setFrozen(() => true, false);
   }
-}
-
-/** A deep copy of a model's weights (same config and tokenizer). */
-export function cloneModel(m: Model): Model {
-  const c = new Model(m.config, m.tokenizer);
-  c.params.set(m.params);
-  return c;
 }

@@ -3,26 +3,16 @@ import * as assert from 'uvu/assert';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { UndoError } from '../lib/errors';
 import { ByteTokenizer } from '../lib/tokenizer';
 import { Rng, mixSeeds } from '../lib/rng';
 import { loadDocuments, splitParagraphs, packDocuments, splitTrainVal, Batcher, PackedDataset } from '../lib/data';
+import { throwsUndo } from './helpers';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'undo-data-'));
 test.after(() => fs.rmSync(tmp, { recursive: true, force: true }));
 const tok = new ByteTokenizer();
 const BOS = tok.bos;
 
-function throwsUndo(fn: () => unknown, ...fragments: string[]): void {
-  try {
-    fn();
-  } catch (e) {
-    assert.instance(e, UndoError, `expected UndoError, got ${e}`);
-    for (const f of fragments) assert.ok((e as Error).message.includes(f), `message "${(e as Error).message}" lacks "${f}"`);
-    return;
-  }
-  assert.unreachable('expected an error');
-}
 
 function makeDocs(n: number, seed: number): string[] {
   const rng = new Rng(seed);

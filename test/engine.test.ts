@@ -15,18 +15,8 @@ import { Model, ModelConfig, presetConfig, saveDirAtomic } from '../lib/model';
 import { native } from '../lib/native';
 import { Rng } from '../lib/rng';
 import { readSafetensors } from '../lib/safetensors';
-import { assertClose, FIXTURES, forEachIsaAsync, randn } from './helpers';
+import { FIXTURES, assertClose, bitEqual, forEachIsaAsync, randn, tinyConfig } from './helpers';
 
-/** A tiny config of the given family (hidden 32, 2 layers, GQA 4/2 heads of 8). */
-function tinyConfig(family: 'llama' | 'gemma2', over: Partial<ModelConfig> = {}): ModelConfig {
-  const base = presetConfig(family === 'llama' ? 'tiny' : 'gemma-tiny');
-  return {
-    ...base,
-    hiddenSize: 32, numLayers: 2, numHeads: 4, numKvHeads: 2, headDim: 8, intermediateSize: 64, maxPositions: 64,
-    ...(family === 'gemma2' ? { queryPreAttnScalar: 8, slidingWindow: 4 } : {}),
-    ...over,
-  };
-}
 
 function randomIds(n: number, vocab: number, seed: number): Int32Array {
   const r = new Rng(seed);
@@ -45,13 +35,6 @@ function tmpDir(tag: string): string {
   return fs.mkdtempSync(path.join(os.tmpdir(), `undo-engine-${tag}-`));
 }
 
-function bitEqual(a: Float32Array, b: Float32Array): boolean {
-  if (a.length !== b.length) return false;
-  const x = new Uint32Array(a.buffer, a.byteOffset, a.length);
-  const y = new Uint32Array(b.buffer, b.byteOffset, b.length);
-  for (let i = 0; i < x.length; i++) if (x[i] !== y[i]) return false;
-  return true;
-}
 
 async function rejectsWith(p: Promise<unknown>, re: RegExp, what: string): Promise<Error> {
   try {

@@ -1,6 +1,8 @@
 /** Shared test helpers: seeded data, float64 comparisons, fixture paths, ISA iteration. */
 import * as path from 'path';
 import * as assert from 'uvu/assert';
+import { UndoError } from '../lib/errors';
+import { ModelConfig, presetConfig } from '../lib/model';
 import { native } from '../lib/native';
 import { Rng } from '../lib/rng';
 
@@ -55,4 +57,49 @@ export async function forEachIsaAsync(fn: (isa: string) => Promise<void>): Promi
   } finally {
     native.setIsa(prev);
   }
+}
+
+export function allFinite(a: ArrayLike<number>): boolean {
+  for (let i = 0; i < a.length; i++) if (!Number.isFinite(a[i])) return false;
+  return true;
+}
+
+/** Bit-for-bit equality of two float arrays (NaN payloads and −0 included). */
+export function bitEqual(a: Float32Array, b: Float32Array): boolean {
+  if (a.length !== b.length) return false;
+  const x = new Uint32Array(a.buffer, a.byteOffset, a.length);
+  const y = new Uint32Array(b.buffer, b.byteOffset, b.length);
+  for (let i = 0; i < x.length; i++) if (x[i] !== y[i]) return false;
+  return true;
+}
+
+/**
+ * Assert that fn throws an UndoError whose message contains every string and matches every RegExp in
+ * `expect`; returns the error.
+ */
+export function throwsUndo(fn: () => unknown, ...expect: (string | RegExp)[]): UndoError {
+  try {
+    fn();
+  } catch (e) {
+    assert.instance(e, UndoError, `expected UndoError, got ${String(e)}`);
+    const msg = (e as Error).message;
+    for (const x of expect) {
+      if (typeof x === 'string') assert.ok(msg.includes(x), `message "${msg}" lacks "${x}"`);
+      else assert.match(msg, x, `message "${msg}"`);
+    }
+    return e as UndoError;
+  }
+  assert.unreachable('expected an error');
+  throw new Error('unreachable');
+}
+
+/** A tiny config of the given family (hidden 32, 2 layers, GQA 4/2 heads of 8, vocab 259). */
+export function tinyConfig(family: 'llama' | 'gemma2' = 'llama', over: Partial<ModelConfig> = {}): ModelConfig {
+  const base = presetConfig(family === 'llama' ? 'tiny' : 'gemma-tiny');
+  return {
+    ...base,
+    hiddenSize: 32, numLayers: 2, numHeads: 4, numKvHeads: 2, headDim: 8, intermediateSize: 64, maxPositions: 64,
+    ...(family === 'gemma2' ? { queryPreAttnScalar: 8, slidingWindow: 4 } : {}),
+    ...over,
+  };
 }

@@ -17,7 +17,7 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { native } from '../lib/native';
 import { Rng } from '../lib/rng';
-import { assertClose, forEachIsa, randn, relErr } from './helpers';
+import { allFinite, assertClose, bitEqual, forEachIsa, randn, relErr } from './helpers';
 
 // ---------------------------------------------------------------- small utilities
 
@@ -48,18 +48,7 @@ function assertScaled(a: ArrayLike<number>, b: ArrayLike<number>, scale: number,
   assert.ok(d <= tol * scale, `${what}: max error ${d.toExponential(3)} > ${tol} × ${scale.toExponential(3)}`);
 }
 
-function allFinite(a: ArrayLike<number>): boolean {
-  for (let i = 0; i < a.length; i++) if (!Number.isFinite(a[i])) return false;
-  return true;
-}
 
-function bitEqual(a: Float32Array, b: Float32Array): boolean {
-  if (a.length !== b.length) return false;
-  const ua = new Uint32Array(a.buffer, a.byteOffset, a.length);
-  const ub = new Uint32Array(b.buffer, b.byteOffset, b.length);
-  for (let i = 0; i < ua.length; i++) if (ua[i] !== ub[i]) return false;
-  return true;
-}
 
 /** Elementwise |a − b| ≤ atol(_i) + rtol·|b|, reporting the worst element. */
 function assertEach(a: ArrayLike<number>, b: ArrayLike<number>, rtol: number, atol: number | ArrayLike<number>,

@@ -13,12 +13,11 @@
  */
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { UndoError } from '../lib/errors';
 import { compute, LOSS_NAMES, TaidSchedule } from '../lib/losses';
 import type { LossName, LossOptions, TopKTeacher } from '../lib/losses';
 import { native } from '../lib/native';
 import { Rng } from '../lib/rng';
-import { forEachIsa, randn } from './helpers';
+import { allFinite, forEachIsa, randn, throwsUndo } from './helpers';
 
 // ---------------------------------------------------------------- cases
 
@@ -363,10 +362,6 @@ function maxAbs(a: ArrayLike<number>): number {
   return m;
 }
 
-function allFinite(a: ArrayLike<number>): boolean {
-  for (let i = 0; i < a.length; i++) if (!Number.isFinite(a[i])) return false;
-  return true;
-}
 
 /** Elementwise |a − b| ≤ atol(_i) + rtol·|b| (equal infinities pass), reporting the worst element. */
 function assertEach(a: ArrayLike<number>, b: ArrayLike<number>, rtol: number, atol: number | ArrayLike<number>, what: string): number {
@@ -636,44 +631,34 @@ test('reductions and scaling: mean over counted rows, sum, gradScale, t2Scale, i
   }
 });
 
-function throwsUndo(fn: () => unknown, re: RegExp, what: string): void {
-  try {
-    fn();
-  } catch (e) {
-    assert.ok(e instanceof UndoError, `${what}: not an UndoError: ${(e as Error).message}`);
-    assert.match((e as Error).message, re, what);
-    return;
-  }
-  assert.unreachable(`${what}: did not throw`);
-}
 
 test('errors: bad name, lengths, k > vocab, ids out of range or repeated, missing inputs, parameters', () => {
   const rows = 3, vocab = 11;
   const student = randn(rows * vocab, 61), teacher = randn(rows * vocab, 62);
   const topk = (ids: number[], k: number) => ({ ids: Int32Array.from(ids), logprobs: new Float32Array(ids.length).fill(-2), k });
   const base = { student, teacher, rows, vocab };
-  throwsUndo(() => compute('kl' as LossName, base), /unknown loss 'kl'/, 'bad name');
-  throwsUndo(() => compute('fkl', { ...base, student: student.subarray(1) }), /student has 32 elements, expected rows × vocab = 3 × 11 = 33/, 'student length');
-  throwsUndo(() => compute('fkl', { ...base, vocab: 10 }), /student has 33 elements/, 'vocab disagrees');
-  throwsUndo(() => compute('rkl', { ...base, teacher: new Float32Array(30) }), /teacher has 30 elements/, 'teacher length');
-  throwsUndo(() => compute('fkl', { ...base, teacher: topk(new Array(36).fill(0), 12) }), /k = 12 is larger than the vocabulary \(11\)/, 'k > vocab');
-  throwsUndo(() => compute('fkl', { ...base, teacher: topk([0, 1, 2, 3, 4, 11], 2) }), /row 2: top-k id 11 is outside \[0, vocab\)/, 'id ≥ vocab');
-  throwsUndo(() => compute('rkl', { ...base, teacher: topk([0, 1, -1, 3, 4, 5], 2) }), /row 1: top-k id -1/, 'negative id');
-  throwsUndo(() => compute('fkl', { ...base, teacher: topk([0, 1, 2, 3, 4, 4], 2) }), /row 2: top-k id 4 appears twice/, 'repeated id');
-  throwsUndo(() => compute('fkl', { ...base, teacher: topk([0, 1, 2, 3, 4], 2) }), /teacher.ids has 5 elements, expected rows × k/, 'ids length');
-  throwsUndo(() => compute('fkl', { ...base, validVocab: 8, teacher: topk([0, 1, 2, 3, 4, 9], 2) }), /top-k id 9 is outside/, 'id in the padding');
-  throwsUndo(() => compute('taid', { ...base, t: 0.5, teacher: topk([0, 1, 2, 3, 4, 5], 2) }), /needs full teacher logits/, 'taid top-k');
-  throwsUndo(() => compute('taid', base), /taid needs t/, 'taid without t');
-  throwsUndo(() => compute('fkl', { student, rows, vocab }), /needs a teacher/, 'no teacher');
-  throwsUndo(() => compute('ce', { student, rows, vocab }), /needs targets/, 'no targets');
-  throwsUndo(() => compute('ce', { student, rows, vocab, targets: Int32Array.from([0, 11, 2]) }), /row 1: target 11 is outside/, 'target ≥ vocab');
-  throwsUndo(() => compute('dkd', { ...base, targets: Int32Array.from([0, 1]) }), /targets has 2 elements/, 'targets length');
-  throwsUndo(() => compute('deltakd', { ...base, targets: Int32Array.from([0, 1, 2]) }), /deltakd needs studentBase/, 'deltakd inputs');
-  throwsUndo(() => compute('fkl', { ...base, mask: new Uint8Array(2) }), /mask has 2 elements/, 'mask length');
-  throwsUndo(() => compute('fkl', { ...base, temperature: 0 }), /temperature must be finite and > 0/, 'temperature');
-  throwsUndo(() => compute('jsd', { ...base, beta: 1.5 }), /beta must be a number in \[0, 1\]/, 'beta range');
-  throwsUndo(() => compute('fkl', { ...base, grad: new Float32Array(5) }), /grad has 5 elements/, 'grad length');
-  throwsUndo(() => compute('fkl', { ...base, grad: student }), /grad must not share memory with student/, 'grad aliasing');
+  throwsUndo(() => compute('kl' as LossName, base), /unknown loss 'kl'/);
+  throwsUndo(() => compute('fkl', { ...base, student: student.subarray(1) }), /student has 32 elements, expected rows × vocab = 3 × 11 = 33/);
+  throwsUndo(() => compute('fkl', { ...base, vocab: 10 }), /student has 33 elements/);
+  throwsUndo(() => compute('rkl', { ...base, teacher: new Float32Array(30) }), /teacher has 30 elements/);
+  throwsUndo(() => compute('fkl', { ...base, teacher: topk(new Array(36).fill(0), 12) }), /k = 12 is larger than the vocabulary \(11\)/);
+  throwsUndo(() => compute('fkl', { ...base, teacher: topk([0, 1, 2, 3, 4, 11], 2) }), /row 2: top-k id 11 is outside \[0, vocab\)/);
+  throwsUndo(() => compute('rkl', { ...base, teacher: topk([0, 1, -1, 3, 4, 5], 2) }), /row 1: top-k id -1/);
+  throwsUndo(() => compute('fkl', { ...base, teacher: topk([0, 1, 2, 3, 4, 4], 2) }), /row 2: top-k id 4 appears twice/);
+  throwsUndo(() => compute('fkl', { ...base, teacher: topk([0, 1, 2, 3, 4], 2) }), /teacher.ids has 5 elements, expected rows × k/);
+  throwsUndo(() => compute('fkl', { ...base, validVocab: 8, teacher: topk([0, 1, 2, 3, 4, 9], 2) }), /top-k id 9 is outside/);
+  throwsUndo(() => compute('taid', { ...base, t: 0.5, teacher: topk([0, 1, 2, 3, 4, 5], 2) }), /needs full teacher logits/);
+  throwsUndo(() => compute('taid', base), /taid needs t/);
+  throwsUndo(() => compute('fkl', { student, rows, vocab }), /needs a teacher/);
+  throwsUndo(() => compute('ce', { student, rows, vocab }), /needs targets/);
+  throwsUndo(() => compute('ce', { student, rows, vocab, targets: Int32Array.from([0, 11, 2]) }), /row 1: target 11 is outside/);
+  throwsUndo(() => compute('dkd', { ...base, targets: Int32Array.from([0, 1]) }), /targets has 2 elements/);
+  throwsUndo(() => compute('deltakd', { ...base, targets: Int32Array.from([0, 1, 2]) }), /deltakd needs studentBase/);
+  throwsUndo(() => compute('fkl', { ...base, mask: new Uint8Array(2) }), /mask has 2 elements/);
+  throwsUndo(() => compute('fkl', { ...base, temperature: 0 }), /temperature must be finite and > 0/);
+  throwsUndo(() => compute('jsd', { ...base, beta: 1.5 }), /beta must be a number in \[0, 1\]/);
+  throwsUndo(() => compute('fkl', { ...base, grad: new Float32Array(5) }), /grad has 5 elements/);
+  throwsUndo(() => compute('fkl', { ...base, grad: student }), /grad must not share memory with student/);
   // the addon checks lengths itself as well (memory safety when called directly)
   assert.throws(() => native.kdLoss('fkl', { rows, vocab, student, teacher: teacher.subarray(3), perRow: new Float32Array(rows) }), /teacher has 30 elements/);
   assert.throws(() => native.kdLoss('nope', { rows, vocab, student, perRow: new Float32Array(rows) }), /unknown loss 'nope'/);

@@ -3,7 +3,6 @@ import * as assert from 'uvu/assert';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { UndoError } from '../lib/errors';
 import {
   readSafetensors,
   readSafetensorsHeader,
@@ -14,6 +13,7 @@ import {
   float32ToBf16Bits,
   bf16BitsToFloat32,
 } from '../lib/safetensors';
+import { throwsUndo } from './helpers';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'undo-st-'));
 test.after(() => fs.rmSync(tmp, { recursive: true, force: true }));
@@ -32,18 +32,6 @@ function rawFile(name: string, header: unknown, data: Buffer, opts: { pad?: bool
   return p;
 }
 
-/** Assert that fn throws an UndoError whose message contains every fragment. */
-function throwsUndo(fn: () => unknown, ...fragments: string[]): UndoError {
-  try {
-    fn();
-  } catch (e) {
-    assert.instance(e, UndoError, `expected UndoError, got ${e}`);
-    for (const f of fragments) assert.ok((e as Error).message.includes(f), `message "${(e as Error).message}" lacks "${f}"`);
-    return e as UndoError;
-  }
-  assert.unreachable('expected an error');
-  throw new Error('unreachable');
-}
 
 function f32(...v: number[]): Float32Array {
   return new Float32Array(v);

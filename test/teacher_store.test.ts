@@ -24,21 +24,15 @@ import {
   teacherHashFromDir, toHalf, tokenizerHash, TopKCodec, TopKSelector,
 } from '../lib/teacher_store';
 import { ByteTokenizer } from '../lib/tokenizer';
+import { tinyConfig } from './helpers';
 
 const TMP = fs.mkdtempSync(path.join(os.tmpdir(), 'undo-tstore-'));
 const T = 16;
 const K = 64;
 
-function tinyConfig(over: Partial<ModelConfig> = {}): ModelConfig {
-  return {
-    ...presetConfig('tiny'),
-    hiddenSize: 32, numLayers: 2, numHeads: 4, numKvHeads: 2, headDim: 8, intermediateSize: 64, maxPositions: 64,
-    ...over,
-  };
-}
 
 /** A tiny llama teacher whose logits spread over a few nats (std 0.3 init), vocab 259. */
-const teacher = Model.create(tinyConfig(), { seed: 7, std: 0.3 });
+const teacher = Model.create(tinyConfig('llama'), { seed: 7, std: 0.3 });
 const V = teacher.config.vocabSize;
 
 function windowsOf(docsSeed: number, n: number): PackedDataset {
@@ -224,7 +218,7 @@ test('codec at vocab 131072, k = 64: 199 bytes/token, exact ids, head |Δlogprob
 
 test('a teacher with vocab 131072 writes 199-byte records end to end', async () => {
   const tok = new ByteTokenizer({ byteIds: Array.from({ length: 256 }, (_, i) => i), bos: 256, eos: 257, pad: 258, vocabSize: 131072 });
-  const cfg = tinyConfig({ vocabSize: 131072, hiddenSize: 8, numLayers: 1, numHeads: 2, numKvHeads: 1, headDim: 4, intermediateSize: 16 });
+  const cfg = tinyConfig('llama', { vocabSize: 131072, hiddenSize: 8, numLayers: 1, numHeads: 2, numKvHeads: 1, headDim: 4, intermediateSize: 16 });
   const big = Model.create(cfg, { seed: 1, std: 0.5 }, tok);
   const data = new PackedDataset(DATA.tokens.subarray(0, 2 * 8 + 1), 8, 2);
   const out = dir('big');
@@ -411,7 +405,7 @@ test('resume refuses another k, data, teacher or shard size', async () => {
   await rejectsWith(cacheTeacher(teacher, DATA, { k: 32, out: d, shardWindows: SHARD_W, resume: true }), /different top-k \(field k\)/, 'k');
   await rejectsWith(cacheTeacher(teacher, OTHER, { k: K, out: d, shardWindows: SHARD_W, resume: true }), /different data \(field data\.sha256\)/, 'data');
   await rejectsWith(cacheTeacher(teacher, DATA, { k: K, out: d, shardWindows: 4, resume: true }), /different shard size \(field shardWindows\)/, 'shard windows');
-  const other = Model.create(tinyConfig(), { seed: 8, std: 0.3 });
+  const other = Model.create(tinyConfig('llama'), { seed: 8, std: 0.3 });
   await rejectsWith(cacheTeacher(other, DATA, { k: K, out: d, shardWindows: SHARD_W, resume: true }), /different teacher \(field teacher\.sha256\)/, 'teacher');
   await rejectsWith(cacheTeacher(teacher, DATA, { k: V + 1, out: dir('kbig') }), /k = 260 is larger than the teacher's vocabulary \(259\)/, 'k > vocab');
   assert.ok(!fs.existsSync(dir('kbig')), 'nothing written for a bad k');
@@ -458,7 +452,7 @@ test('corrupt, truncated and foreign shards are refused naming the store, the sh
   throwsWith(() => openTeacherStore(f), /shard shard-00000\.bin was made with another data \(field data: /, 'foreign shard');
   // and one from a store with another tokenizer
   const swapped = new ByteTokenizer({ byteIds: Array.from({ length: 256 }, (_, i) => i), bos: 257, eos: 256, pad: 258 });
-  const t2 = Model.create(tinyConfig(), { seed: 7, std: 0.3 }, swapped);
+  const t2 = Model.create(tinyConfig('llama'), { seed: 7, std: 0.3 }, swapped);
   const tokSrc = dir('foreign-tok');
   await cacheTeacher(t2, DATA, { k: K, out: tokSrc, shardWindows: SHARD_W, batchSize: BATCH });
   const g = dir('foreign2');

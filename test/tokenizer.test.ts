@@ -3,22 +3,12 @@ import * as assert from 'uvu/assert';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { UndoError } from '../lib/errors';
 import { ByteTokenizer, saveTokenizer, loadTokenizer, byteTokenString } from '../lib/tokenizer';
+import { throwsUndo } from './helpers';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'undo-tok-'));
 test.after(() => fs.rmSync(tmp, { recursive: true, force: true }));
 
-function throwsUndo(fn: () => unknown, ...fragments: string[]): void {
-  try {
-    fn();
-  } catch (e) {
-    assert.instance(e, UndoError, `expected UndoError, got ${e}`);
-    for (const f of fragments) assert.ok((e as Error).message.includes(f), `message "${(e as Error).message}" lacks "${f}"`);
-    return;
-  }
-  assert.unreachable('expected an error');
-}
 
 const tok = new ByteTokenizer();
 

@@ -16,7 +16,7 @@ import { relearn } from '../lib/relearn';
 import { reportMarkdown, paretoSvg } from '../lib/report';
 import { Rng } from '../lib/rng';
 import { TrainConfig } from '../lib/train';
-import { cloneModel, parseMethod, unlearn, UNLEARN_METHODS } from '../lib/unlearn';
+import { parseMethod, unlearn, UNLEARN_METHODS } from '../lib/unlearn';
 import { STUDIES, StudyReport } from '../lib/undo';
 
 const CFG: ModelConfig = {
@@ -61,7 +61,7 @@ test.before(async () => {
 
 for (const method of UNLEARN_METHODS) {
   test(`${method}: forget loss rises more than retain loss`, async () => {
-    const m = cloneModel(base);
+    const m = base.clone();
     const f0 = await meanCE(m, forget);
     const r0 = await meanCE(m, retain);
     await unlearn(m, new Batcher(forget, { batchSize: 4, seed: 1 }), new Batcher(retain, { batchSize: 4, seed: 2 }), cfg(method === 'rmu' ? 40 : 15, method === 'rmu' ? 1e-2 : 2e-3), { method, params: method === 'rmu' ? { rmuLayer: 1, rmuFirstLayer: 0, rmuC: 20 } : method === 'whp' ? { whpAlpha: 5, whpReinforceSteps: 20, whpReinforceLr: 1e-2 } : {} });
@@ -83,7 +83,7 @@ for (const method of UNLEARN_METHODS) {
 
 test('SAM: the update uses the gradient at the perturbed point and leaves no perturbation behind', async () => {
   const run = async (sam: number) => {
-    const m = cloneModel(base);
+    const m = base.clone();
     await unlearn(m, new Batcher(forget, { batchSize: 4, seed: 1 }), new Batcher(retain, { batchSize: 4, seed: 2 }), cfg(3, 2e-3), { method: 'graddiff', sam });
     return m;
   };
@@ -108,7 +108,7 @@ test('distill: forward KL to the teacher falls; a copy of the teacher has zero l
   await distill(student, base, new Batcher(mixed, { batchSize: 8, seed: 3 }), cfg(40, 1e-2), { loss: 'fkl', onStep: (s) => losses.push(s.loss) });
   assert.ok(losses[39] < 0.5 * losses[0], `fkl ${losses[0]} → ${losses[39]}`);
   const copy: number[] = [];
-  await distill(cloneModel(base), base, new Batcher(mixed, { batchSize: 8, seed: 3 }), cfg(1, 1e-9), { loss: 'fkl', onStep: (s) => copy.push(s.loss) });
+  await distill(base.clone(), base, new Batcher(mixed, { batchSize: 8, seed: 3 }), cfg(1, 1e-9), { loss: 'fkl', onStep: (s) => copy.push(s.loss) });
   assert.ok(Math.abs(copy[0]) < 1e-5, `self-distillation loss ${copy[0]}`);
 });
 
@@ -183,7 +183,7 @@ test('MiniLLM: the reverse KL to the teacher on the student\'s own samples falls
 });
 
 test('relearn: the best curve is the max over learning rates, budgets are monotone', async () => {
-  const m = cloneModel(base);
+  const m = base.clone();
   await unlearn(m, new Batcher(forget, { batchSize: 4, seed: 1 }), new Batcher(retain, { batchSize: 4, seed: 2 }), cfg(15, 2e-3), { method: 'graddiff' });
   const metric = async (x: Model) => -(await meanCE(x, forget));
   const r = await relearn(m, forget, { lrs: [1e-2, 1e-4], steps: 10, evalEvery: 5, batchSize: 4, metric });

@@ -375,31 +375,25 @@ void Model::logits_range(int64_t row0, int64_t n, float* out) {
   const int64_t d = cfg_.d, V = cfg_.vocab;
   if (row0 < 0 || n < 0 || row0 + n > N_) fail("logits: rows [" + std::to_string(row0) + ", " + std::to_string(row0 + n) + ") out of range");
   gemm(false, true, n, V, d, 1.0f, h_final_.data() + row0 * d, d, params_.data() + off_head_, d, 0.0f, out, V);
-  if (cfg_.final_softcap > 0) {
-    const float cap = cfg_.final_softcap;
-    for (int64_t i = 0; i < n * V; i++) out[i] = cap * std::tanh(out[i] / cap);
-  }
+  softcap_logits(out, n * V);
 }
 
 void Model::logits(const int64_t* rows_sel, int64_t n_sel, float* out) {
+  if (!rows_sel) return logits_range(0, N_, out);
   const int64_t d = cfg_.d, V = cfg_.vocab;
-  std::vector<float> h;
-  const float* src = h_final_.data();
-  if (rows_sel) {
-    h.resize((size_t)(n_sel * d));
-    for (int64_t i = 0; i < n_sel; i++) {
-      if (rows_sel[i] < 0 || rows_sel[i] >= N_) fail("logits: row " + std::to_string(rows_sel[i]) + " out of range");
-      std::memcpy(h.data() + i * d, h_final_.data() + rows_sel[i] * d, sizeof(float) * (size_t)d);
-    }
-    src = h.data();
-  } else {
-    n_sel = N_;
+  std::vector<float> h((size_t)(n_sel * d));
+  for (int64_t i = 0; i < n_sel; i++) {
+    if (rows_sel[i] < 0 || rows_sel[i] >= N_) fail("logits: row " + std::to_string(rows_sel[i]) + " out of range");
+    std::memcpy(h.data() + i * d, h_final_.data() + rows_sel[i] * d, sizeof(float) * (size_t)d);
   }
-  gemm(false, true, n_sel, V, d, 1.0f, src, d, params_.data() + off_head_, d, 0.0f, out, V);
-  if (cfg_.final_softcap > 0) {
-    const float cap = cfg_.final_softcap;
-    for (int64_t i = 0; i < n_sel * V; i++) out[i] = cap * std::tanh(out[i] / cap);
-  }
+  gemm(false, true, n_sel, V, d, 1.0f, h.data(), d, params_.data() + off_head_, d, 0.0f, out, V);
+  softcap_logits(out, n_sel * V);
+}
+
+void Model::softcap_logits(float* z, int64_t n) const {
+  if (cfg_.final_softcap <= 0) return;
+  const float cap = cfg_.final_softcap;
+  for (int64_t i = 0; i < n; i++) z[i] = cap * std::tanh(z[i] / cap);
 }
 
 const float* Model::hidden(int64_t l) const {
@@ -423,10 +417,8 @@ void Model::backward(bool use_head, const std::vector<const float*>& hidden_grad
   for (size_t l = 0; l < hidden_grads.size() && l < (size_t)c.n_layers; l++)
     if (hidden_grads[l]) top = std::max(top, (int)l);
   if (top < 0) return;
+  // layers below the lowest trainable one need no backward (the loop is empty when stop > top)
   const int stop = std::max(0, lowest_trainable_layer());
-  if (stop > top) {
-    // nothing trainable below the gradient sources, except maybe the final norm (handled below)
-  }
   const size_t n = (size_t)N;
   dx_.assign(n * d, 0.0f);
   dmo_.resize(n * d);

@@ -121,6 +121,7 @@ class Model {
   void layout();
   LayerParams layer(float* base, int64_t l) const;
   bool trainable_at(const float* p) const;  // p points into params_: is that tensor trainable?
+  void softcap_logits(float* z, int64_t n) const;  // Gemma-2's final soft-cap, in place (no-op for Llama)
   int lowest_trainable_layer() const;       // backward can stop there (-1: embedding trainable)
   void ensure_acts(int64_t B, int64_t T);
   void ensure_moments();
