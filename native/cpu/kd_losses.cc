@@ -70,13 +70,42 @@ static inline float kd_log(float x) {
   return r + (x - x);
 }
 
+// kd_log for normal x > 0 only (no denormal scaling, no NaN propagation: callers mask what they don't use),
+// the polynomial evaluated by Estrin's scheme (shorter dependency chains, same coefficients).
+static inline float kd_log_norm(float x) {
+  int32_t bits;
+  std::memcpy(&bits, &x, 4);
+  const int32_t e = ((bits >> 23) & 0xff) - 126;
+  const int32_t mbits = (bits & 0x007fffff) | 0x3f000000;
+  float m;
+  std::memcpy(&m, &mbits, 4);
+  const bool lo = m < 0.707106781186547524f;
+  const float f = lo ? m + m - 1.0f : m - 1.0f;
+  const float ef = (float)(lo ? e - 1 : e);
+  const float z = f * f;
+  const float z2 = z * z, z4 = z2 * z2;
+  const float a01 = 3.3333331174E-1f + f * -2.4999993993E-1f;
+  const float a23 = 2.0000714765E-1f + f * -1.6668057665E-1f;
+  const float a45 = 1.4249322787E-1f + f * -1.2420140846E-1f;
+  const float a67 = 1.1676998740E-1f + f * -1.1514610310E-1f;
+  const float b03 = a01 + z * a23, b47 = a45 + z * a67;
+  const float c07 = b03 + z2 * b47;
+  float y = (c07 + z4 * 7.0376836292E-2f) * f * z;
+  y += -2.12194440e-4f * ef;
+  y += -0.5f * z;
+  float r = f + y;
+  r += 0.693359375f * ef;
+  return r;
+}
+
 // log1p(t) for t > −1, accurate relative to the result for small t: log(u) + (t − (u − 1))/u with u = fl(1 + t)
 // (the second term restores what rounding 1 + t lost). Division-free: 1/u ≈ 2 − u is plenty for that tiny
-// correction on u < 2, and beyond it the correction is below an ulp of log(u).
+// correction on u < 2, and beyond it the correction is below an ulp of log(u). Garbage (not NaN) for t = ±inf
+// or NaN: callers select those lanes away.
 static inline float kd_log1p(float t) {
   const float u = 1.0f + t;
   const float c = t - (u - 1.0f);
-  return kd_log(u) + (u < 2.0f ? c * (2.0f - u) : 0.0f);
+  return kd_log_norm(u) + (u < 2.0f ? c * (2.0f - u) : 0.0f);
 }
 
 // Mixture m = w·p + (1−w)·q of two probabilities, δ = log p − log q (from the logits):
@@ -93,6 +122,36 @@ static inline float kd_mix_other(float direct, float p, float q, float delta, fl
   const float s = flip > 0.5f ? p : q;
   return s > 0.0f ? (flip > 0.5f ? direct - delta : direct + delta) : -logc;
 }
+
+#if defined(__AVX512F__)
+// AVX-512 forms of the hot loops (the auto-vectorised scalar code above needs ~5 more instructions per exp and
+// per log for the exponent bit-fiddling that vscalefps / vgetexpps / vgetmantps do in one). Same polynomials,
+// so the results agree with the scalar forms to an ulp or two.
+static inline __m512 v_log_norm(__m512 x) {  // kd_log_norm: x > 0 normal
+  __m512 e = _mm512_getexp_ps(x);
+  __m512 m = _mm512_getmant_ps(x, _MM_MANT_NORM_1_2, _MM_MANT_SIGN_src);  // [1, 2)
+  const __mmask16 hi = _mm512_cmp_ps_mask(m, _mm512_set1_ps(1.41421356237309505f), _CMP_GE_OQ);
+  m = _mm512_mask_mul_ps(m, hi, m, _mm512_set1_ps(0.5f));
+  e = _mm512_mask_add_ps(e, hi, e, _mm512_set1_ps(1.0f));
+  const __m512 f = _mm512_sub_ps(m, _mm512_set1_ps(1.0f));
+  const __m512 z = _mm512_mul_ps(f, f), z2 = _mm512_mul_ps(z, z), z4 = _mm512_mul_ps(z2, z2);
+  const __m512 a01 = _mm512_fmadd_ps(f, _mm512_set1_ps(-2.4999993993E-1f), _mm512_set1_ps(3.3333331174E-1f));
+  const __m512 a23 = _mm512_fmadd_ps(f, _mm512_set1_ps(-1.6668057665E-1f), _mm512_set1_ps(2.0000714765E-1f));
+  const __m512 a45 = _mm512_fmadd_ps(f, _mm512_set1_ps(-1.2420140846E-1f), _mm512_set1_ps(1.4249322787E-1f));
+  const __m512 a67 = _mm512_fmadd_ps(f, _mm512_set1_ps(-1.1514610310E-1f), _mm512_set1_ps(1.1676998740E-1f));
+  const __m512 b03 = _mm512_fmadd_ps(z, a23, a01), b47 = _mm512_fmadd_ps(z, a67, a45);
+  const __m512 c07 = _mm512_fmadd_ps(z2, b47, b03);
+  __m512 y = _mm512_fmadd_ps(z4, _mm512_set1_ps(7.0376836292E-2f), c07);
+  y = _mm512_mul_ps(_mm512_mul_ps(y, f), z);
+  y = _mm512_fmadd_ps(e, _mm512_set1_ps(-2.12194440e-4f), y);
+  y = _mm512_fmadd_ps(z, _mm512_set1_ps(-0.5f), y);
+  return _mm512_fmadd_ps(e, _mm512_set1_ps(0.693359375f), _mm512_add_ps(f, y));
+}
+
+static inline __mmask16 v_tail(int64_t left) { return left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1u); }
+
+static inline float v_sum(__m512 v) { return _mm512_reduce_add_ps(v); }
+#endif
 
 static inline int64_t blk(int64_t b, int64_t hi) { return hi - b < KD_BLOCK ? hi - b : KD_BLOCK; }
 
@@ -183,6 +242,7 @@ struct KdScratch {
   double* p;
   double* g;    // [k+1] ∂L/∂log q per bucket
   float* zs;    // [k]
+  const char* pf[2];  // the next row's student and teacher logits (jsd prefetches them in pass 2), or null
 };
 
 // ---------------------------------------------------------------- full teacher: fkl, taid
@@ -335,6 +395,7 @@ static double row_mix(const KdCtx& c, const float* z, const float* y, float* d, 
   const float ls = (float)L, lt = (float)Lt;
   const float w = c.w, wbar = c.wbar, mc = c.mixc, mlc = c.mixlogc;
   const float flip = c.mixflip;
+  const bool mid = c.mixc >= 0.25f;
   // pass 2: the loss, the row sum S the gradient needs, and a per-column value v left in the row (and q in
   // the teacher's row, for pass 3):
   //   jsd  loss Σ p·dp/(1−β) + q·dq/β   S = Σ q·dq (= KL(q‖m))   v = dq
@@ -353,7 +414,58 @@ static double row_mix(const KdCtx& c, const float* z, const float* y, float* d, 
     const float fq = frame_factor(sc.frames[bi], ms, c.iTd, L, 1.0);
     const float fp = frame_factor(sc.tframes[bi], mt, c.iTd, Lt, 1.0);
     float accl = 0.0f, accs = 0.0f;
-    if (kind == KdKind::jsd && flip < 0.5f) {  // β ≤ ½: dq by log1p, dp = dq + δ (kd_mix_direct, unrolled)
+    if (kind == KdKind::jsd && mid) {
+      // ¼ ≤ β ≤ ¾: dq = log q − log m and dp = log p − log m with one log of the mixture m (no division, no
+      // log1p). Its absolute rounding (an ulp of |log m|, like that of log q itself) is amplified at most 4×
+      // by the 1/β, 1/(1−β) weights; nearer the ends the log1p forms below keep the small side exact.
+#if defined(__AVX512F__)
+      const char* pz = sc.pf[0] ? sc.pf[0] + b * 4 : nullptr;
+      const char* py = sc.pf[1] ? sc.pf[1] + b * 4 : nullptr;
+      const __m512 vms = _mm512_set1_ps(ms), vmt = _mm512_set1_ps(mt), viT = _mm512_set1_ps(iT);
+      const __m512 vls = _mm512_set1_ps(ls), vlt = _mm512_set1_ps(lt), vfq = _mm512_set1_ps(fq), vfp = _mm512_set1_ps(fp);
+      const __m512 vw = _mm512_set1_ps(w), vib = _mm512_set1_ps(ib), vib1 = _mm512_set1_ps(ib1);
+      const __m512 zero = _mm512_setzero_ps();
+      __m512 al = zero, as = zero;
+      int64_t i = 0;
+      auto step = [&](int64_t i, __mmask16 k) __attribute__((always_inline)) {
+        const __m512 lq = _mm512_fmsub_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, zb + i), vms), viT, vls);
+        const __m512 lp = _mm512_fmsub_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, yb + i), vmt), viT, vlt);
+        const __m512 q = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, db + i), vfq);
+        const __m512 p = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, tb + i), vfp);
+        const __m512 lm = v_log_norm(_mm512_fmadd_ps(vw, _mm512_sub_ps(p, q), q));
+        const __m512 dq = _mm512_sub_ps(lq, lm), dp = _mm512_sub_ps(lp, lm);
+        const __m512 tq = _mm512_maskz_mul_ps(_mm512_cmp_ps_mask(q, zero, _CMP_GT_OQ), q, dq);
+        const __m512 tp = _mm512_maskz_mul_ps(_mm512_cmp_ps_mask(p, zero, _CMP_GT_OQ), p, dp);
+        al = _mm512_add_ps(al, _mm512_fmadd_ps(tp, vib1, _mm512_mul_ps(tq, vib)));
+        as = _mm512_add_ps(as, tq);
+        _mm512_mask_storeu_ps(db + i, k, dq);
+        _mm512_mask_storeu_ps(tb + i, k, q);
+      };
+      for (; i + 16 <= n; i += 16) {
+        if (pz) {
+          __builtin_prefetch(pz + i * 4, 0, 2);
+          __builtin_prefetch(py + i * 4, 0, 2);
+        }
+        step(i, (__mmask16)0xffff);
+      }
+      if (i < n) step(i, v_tail(n - i));
+      accl = v_sum(al);
+      accs = v_sum(as);
+#else
+#pragma omp simd reduction(+ : accl, accs)
+      for (int64_t i = 0; i < n; i++) {
+        const float lq = (zb[i] - ms) * iT - ls, lp = (yb[i] - mt) * iT - lt;
+        const float q = db[i] * fq, p = tb[i] * fp;
+        const float lm = kd_log(w * (p - q) + q);
+        const float dq = lq - lm, dp = lp - lm;
+        const float tq = q > 0.0f ? q * dq : 0.0f, tp = p > 0.0f ? p * dp : 0.0f;
+        accl += tp * ib1 + tq * ib;
+        accs += tq;
+        db[i] = dq;
+        tb[i] = q;
+      }
+#endif
+    } else if (kind == KdKind::jsd && flip < 0.5f) {  // β ≤ ½: dq by log1p, dp = dq + δ (kd_mix_direct, unrolled)
 #pragma omp simd reduction(+ : accl, accs)
       for (int64_t i = 0; i < n; i++) {
         const float lq = (zb[i] - ms) * iT - ls, lp = (yb[i] - mt) * iT - lt;
@@ -985,6 +1097,8 @@ KdResult kd_loss(const KdArgs& a) {
         continue;
       }
       const float* y = a.teacher ? a.teacher + r * V : nullptr;
+      sc.pf[0] = r + 1 < a.rows ? (const char*)(z + V) : nullptr;
+      sc.pf[1] = r + 1 < a.rows && y ? (const char*)(y + V) : nullptr;
       const bool want = dz != nullptr;
       float* d = want ? dz : sc.row;  // pass 1 stores exp values here
       double loss = 0;
