@@ -16,9 +16,10 @@ import { native } from './native';
 import { ALL_OPS, generateArithmeticCorpus, Op } from './tasks/arithmetic';
 import { biographyMetrics, builtinBiographyDocs } from './tasks/biographies';
 import { ByteTokenizer } from './tokenizer';
-import { train, TrainConfig, TrainOptions } from './train';
+import { parseStopCondition, StopCondition, stopTest, train, TrainConfig, TrainOptions } from './train';
 import { registerUndoCommand, registerUnlearningCommands } from './cli_unlearn';
 import { registerTeacherCommands } from './cli_teacher';
+import { registerDistillCommand } from './cli_distill';
 
 function int(name: string, min = 0) {
   return (v: string): number => {
@@ -73,6 +74,9 @@ function printArithmeticTable(metrics: Record<string, number>): void {
 
 
 /** Progress bar (step, loss, tokens/s, ETA) and eval lines for a training-style job. */
+/** Progress bars still running: an error stops them, or their timers would keep the process alive. */
+const liveBars = new Set<cliProgress.SingleBar>();
+
 function trainingUi(steps: number, enabled: boolean) {
   const bar = enabled
     ? new cliProgress.SingleBar({
@@ -81,6 +85,7 @@ function trainingUi(steps: number, enabled: boolean) {
     }, cliProgress.Presets.shades_classic)
     : undefined;
   bar?.start(steps, 0, { loss: '-', tps: '-' });
+  if (bar) liveBars.add(bar);
   const hooks: Pick<TrainOptions, 'onStep' | 'onEval'> = {
     onStep: (s) => bar?.update(s.step, { loss: s.loss.toFixed(4), tps: Math.round(s.tokensPerSec) }),
     onEval: (step, m) => {
@@ -90,7 +95,7 @@ function trainingUi(steps: number, enabled: boolean) {
       if (bar && step < steps) bar.start(steps, step, { loss: '-', tps: '-' });
     },
   };
-  return { hooks, stop: () => bar?.stop() };
+  return { hooks, stop: () => { bar?.stop(); if (bar) liveBars.delete(bar); } };
 }
 
 interface PretrainOpts {
@@ -118,6 +123,7 @@ interface PretrainOpts {
   wordProblems: number;
   valFraction: number;
   targetAccuracy?: number;
+  stopWhen?: StopCondition;
   init: 'normal' | 'xavier';
   initStd: number;
   resume?: boolean;
@@ -161,6 +167,16 @@ async function pretrain(o: PretrainOpts): Promise<void> {
   };
   console.log(`model: ${model.config.family}, ${(model.numParams() / 1e6).toFixed(2)}M parameters; data: ${packed.count} windows of ${o.seqLen} tokens; ` +
     `${native.getIsa()} kernels on ${native.getThreads()} threads`);
+  const target = o.targetAccuracy;
+  const stops: ((m: Record<string, number>) => boolean)[] = [];
+  if (target !== undefined) stops.push((m) => o.ops.every((op) => (m[`${op}/equation`] ?? 0) >= target));
+  if (o.stopWhen) {
+    const known = ['val_loss', ...(o.task === 'arithmetic' ? ['retain', 'forget', ...o.ops.flatMap((op) => [`${op}/equation`, `${op}/word_problem`])] : [])];
+    if (o.task !== 'biographies' && !known.includes(o.stopWhen.metric)) {
+      throw new UndoError(`--stop-when ${o.stopWhen.text}: the evaluation has no metric "${o.stopWhen.metric}"`, `metrics evaluated: ${known.join(', ')}`);
+    }
+    stops.push(stopTest(o.stopWhen));
+  }
   const ui = trainingUi(o.steps, o.progress);
   const evaluate = async (): Promise<Record<string, number>> => {
     const m: Record<string, number> = {};
@@ -169,15 +185,13 @@ async function pretrain(o: PretrainOpts): Promise<void> {
     if (o.task === 'biographies') Object.assign(m, await biographyMetrics(model));
     return m;
   };
-  const target = o.targetAccuracy;
   const result = await train(model, batcher, cfg, {
     outDir: o.out,
     resume: o.resume,
     meta: { task: o.task ?? null, data: o.data ?? null, ops: o.ops },
     ...ui.hooks,
     evaluate,
-    stopWhen: target === undefined ? undefined
-      : (m) => o.ops.every((op) => (m[`${op}/equation`] ?? 0) >= target),
+    stopWhen: stops.length ? (m) => stops.some((f) => f(m)) : undefined,
   });
   ui.stop();
   if (result.interrupted) {
@@ -224,6 +238,7 @@ export function buildProgram(): Command {
       .option('--word-problems <x>', 'fraction of arithmetic documents that are word problems (the UNDO paper: 0.5)', float('--word-problems', 0, 1), 0.25)
       .option('--val-fraction <x>', 'documents held out for validation loss', float('--val-fraction', 0, 0.5), 0.01)
       .option('--target-accuracy <x>', 'stop early once every op reaches this equation accuracy', float('--target-accuracy', 0, 1))
+      .option('--stop-when <cond>', 'stop early once an evaluated metric meets this, e.g. val_loss<=1.1 or mul/equation>=0.95', (v: string) => parseStopCondition(v))
       .addOption(new Option('--init <scheme>', 'weight init').choices(['normal', 'xavier']).default('normal'))
       .option('--init-std <x>', 'std of the normal init', float('--init-std', 0), 0.02)
       .option('--resume', 'continue the run saved in --out')
@@ -285,6 +300,7 @@ export function buildProgram(): Command {
 
   const kit = { int, float, runtimeOptions, applyRuntime, trainingUi, printArithmeticTable, arithmeticMetrics };
   registerUnlearningCommands(program, kit);
+  registerDistillCommand(program, kit);
   registerUndoCommand(program, kit);
   registerTeacherCommands(program, kit);
 
@@ -306,6 +322,8 @@ export async function main(argv: string[]): Promise<void> {
   try {
     await buildProgram().parseAsync(argv);
   } catch (e) {
+    for (const bar of liveBars) bar.stop();
+    liveBars.clear();
     if (e instanceof UndoError) {
       console.error(`error: ${e.message}`);
       if (e.hint) console.error(`hint: ${e.hint}`);

@@ -1,25 +1,20 @@
 /**
- * CLI commands for the unlearning side: noise, unlearn, distill, relearn. Registered on the program by
+ * CLI commands for the unlearning side: noise, unlearn, relearn, undo (distill is in lib/cli_distill.ts). Registered on the program by
  * lib/cli.ts; each is a thin shell over lib/noise.ts, lib/unlearn.ts, lib/distill.ts and lib/relearn.ts.
  */
-import * as fs from 'fs';
-import * as path from 'path';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { Batcher, loadDocuments, packDocuments, PackedDataset } from './data';
-import { checkCompatible, distill } from './distill';
+import { distill } from './distill';
 import { UndoError } from './errors';
 import { evalArithmetic } from './evaluate';
-import { LOSS_NAMES, LossName } from './losses';
-import { Model, presetConfig, PRESETS } from './model';
+import { Model } from './model';
 import { noiseModel, projectToDistribution } from './noise';
-import { expectationFor, openTeacherStore } from './teacher_store';
-import { ByteTokenizer } from './tokenizer';
 import { relearn } from './relearn';
 import { ALL_OPS, FORGET_OPS, generateArithmeticCorpus, Op } from './tasks/arithmetic';
-import { biographyMetrics, builtinBiographyDocs } from './tasks/biographies';
+import { biographyMetrics, builtinBiographyDocs, builtinBiographyNames } from './tasks/biographies';
 import { TrainConfig, TrainOptions } from './train';
-import { parseMethod, unlearn, UNLEARN_DEFAULTS, UNLEARN_METHODS } from './unlearn';
-import { arithmeticScores, defaultStudyOut, pretrained, runStudy, STUDIES } from './undo';
+import { CAUSAL_DEFAULT_REPLACEMENTS, CausalOptions, parseMethod, unlearn, UNLEARN_DEFAULTS, UNLEARN_METHODS } from './unlearn';
+import { arithmeticScores, defaultStudyOut, runStudy, STUDIES } from './undo';
 import { reportMarkdown } from './report';
 
 export interface CliKit {
@@ -63,6 +58,38 @@ function optimCfg(o: { steps: number; lr: number; warmup: number; clip: number; 
     steps: o.steps, gradAccum: 1, lr: o.lr, minLr: o.minLr, warmup: o.warmup, schedule: (o.schedule ?? 'constant') as TrainConfig['schedule'],
     weightDecay: o.weightDecay ?? 0, beta1: 0.9, beta2: 0.95, eps: 1e-8, clip: o.clip, evalEvery: o.evalEvery ?? 0, checkpointEvery: 0,
   };
+}
+
+/** The part of a biographies data spec ('biographies' alone is 'all'), or null for other data. */
+function biographiesPart(spec: string): 'all' | 'forget' | 'retain' | null {
+  if (!spec.startsWith('biographies')) return null;
+  const part = spec.includes(':') ? spec.slice(spec.indexOf(':') + 1) : 'all';
+  return part === 'forget' || part === 'retain' || part === 'all' ? part : null;
+}
+
+/**
+ * The target entities of --method causal: --entity names (repeatable, comma-separated), or for the built-in
+ * biographies data the people of the forget split. Every name must occur in some forget document.
+ */
+export function causalEntities(forgetSpec: string, entity: readonly string[], fdocs: readonly string[]): string[] {
+  const part = biographiesPart(forgetSpec);
+  const names = entity.length ? [...entity] : part ? builtinBiographyNames(part) : [];
+  if (!names.length) {
+    throw new UndoError('--method causal needs the target entity: --entity NAME (repeatable or comma-separated)',
+      'the built-in biographies data (--forget biographies:forget) derives the names from its forget split');
+  }
+  // the same boundary rule as lib/unlearn.ts findMentions: ASCII letters, digits and any non-ASCII character are word characters
+  const wordAt = (d: string, i: number) => i >= 0 && i < d.length && (/[0-9A-Za-z]/.test(d[i]) || d.charCodeAt(i) > 0x7f);
+  const occurs = (name: string) => fdocs.some((d) => {
+    for (let i = d.indexOf(name); i >= 0; i = d.indexOf(name, i + 1)) if (!wordAt(d, i - 1) && !wordAt(d, i + name.length)) return true;
+    return false;
+  });
+  const missing = names.filter((n) => !occurs(n));
+  if (missing.length) {
+    throw new UndoError(`--entity ${missing.map((m) => JSON.stringify(m)).join(', ')}: not found in any --forget text (${forgetSpec})`,
+      'names are matched exactly: case-sensitive, as whole words');
+  }
+  return names;
 }
 
 function checkUnit(name: string, v: number): number {
@@ -111,13 +138,13 @@ export function registerUnlearningCommands(program: Command, k: CliKit): void {
 
   k.runtimeOptions(
     program.command('unlearn')
-      .description('unlearn the forget data: gradascent, graddiff, npo, simnpo, maxent (UNDO\'s default teacher) or rmu')
+      .description('unlearn the forget data: gradascent, graddiff, npo, simnpo, maxent (UNDO\'s default teacher), rmu, whp (Who\'s Harry Potter) or causal (causal intervention, Revisiting WHP: distil the original model averaged over counterfactual rewrites that rename the target)')
       .addOption(new Option('--method <m>', 'unlearning method').choices([...UNLEARN_METHODS]).default('maxent'))
       .requiredOption('--model <dir>', 'model to unlearn')
-      .option('--forget <data>', 'forget data: a .txt/.jsonl file or arithmetic:OPS', 'arithmetic:mul,div')
-      .option('--retain <data>', 'retain data: a .txt/.jsonl file or arithmetic:OPS', 'arithmetic:add,sub')
+      .option('--forget <data>', 'forget data: a .txt/.jsonl file, arithmetic:OPS or biographies:forget|retain|all', 'arithmetic:mul,div')
+      .option('--retain <data>', 'retain data: a .txt/.jsonl file, arithmetic:OPS or biographies:forget|retain|all', 'arithmetic:add,sub')
       .requiredOption('--out <dir>', 'output model directory')
-      .option('--steps <n>', 'optimizer steps (default: tuned per method for the tiny arithmetic model)', int('--steps', 1))
+      .option('--steps <n>', 'optimizer steps (default: tuned per method for the tiny preset)', int('--steps', 1))
       .option('--lr <x>', 'learning rate, constant (default: tuned per method)', float('--lr', 0))
       .option('--batch-size <n>', 'sequences per forget (and retain) batch', int('--batch-size', 1), 16)
       .option('--seq-len <n>', 'tokens per sequence', int('--seq-len', 2), 128)
@@ -125,14 +152,24 @@ export function registerUnlearningCommands(program: Command, k: CliKit): void {
       .option('--beta <x>', 'NPO / SimNPO β', float('--beta', 0))
       .option('--rmu-layer <n>', 'RMU: steered layer (default 2/3 of depth)', int('--rmu-layer', 0))
       .option('--rmu-c <x>', 'RMU: steering coefficient c', float('--rmu-c', 0), 6)
+      .option('--entity <name>', 'causal: a target entity to forget, matched as a whole word (repeatable or comma-separated; default for biographies data: the people of the forget split)',
+        (v: string, prev: string[] | undefined) => [...(prev ?? []), ...v.split(',').map((x) => x.trim()).filter(Boolean)])
+      .option('--replacements <n>', `causal: N counterfactual rewrites averaged by the teacher (paper: 20; default ${CAUSAL_DEFAULT_REPLACEMENTS})`, int('--replacements', 1))
+      .option('--counterfactual-prompt', 'causal: start each rewrite with "Complete the following passage about {replacement}."')
+      .option('--name-back', 'causal: where most teachers predict their replacement name, move that mass back onto the target\'s own name')
       .option('--clip <x>', 'gradient clipping', float('--clip', 0), 1)
       .option('--sam <rho>', 'wrap the method in SAM with radius ρ (0 = off)', float('--sam', 0), 0)
       .option('--docs <n>', 'documents generated per built-in data set', int('--docs', 1), 20000)
       .option('--seed <n>', 'seed', int('--seed', 0), 0)
       .option('--no-progress', 'no progress bar'),
-  ).action(async (o: { method: string; model: string; forget: string; retain: string; out: string; steps?: number; lr?: number; batchSize: number; seqLen: number; retainWeight?: number; beta?: number; rmuLayer?: number; rmuC: number; clip: number; sam: number; docs: number; seed: number; progress: boolean; threads?: number; isa?: string }) => {
+  ).action(async (o: { method: string; model: string; forget: string; retain: string; out: string; steps?: number; lr?: number; batchSize: number; seqLen: number; retainWeight?: number; beta?: number; rmuLayer?: number; rmuC: number; entity?: string[]; replacements?: number; counterfactualPrompt?: boolean; nameBack?: boolean; clip: number; sam: number; docs: number; seed: number; progress: boolean; threads?: number; isa?: string }) => {
     k.applyRuntime(o);
     const method = parseMethod(o.method);
+    o.entity = o.entity ?? [];
+    if (method !== 'causal') {
+      const stray = [o.entity.length ? '--entity' : '', o.replacements !== undefined ? '--replacements' : '', o.counterfactualPrompt ? '--counterfactual-prompt' : '', o.nameBack ? '--name-back' : ''].filter(Boolean);
+      if (stray.length) throw new UndoError(`${stray.join(', ')} only ${stray.length === 1 ? 'applies' : 'apply'} to --method causal (got --method ${method})`);
+    }
     const tuned = UNLEARN_DEFAULTS[method];
     o.steps = o.steps ?? tuned.steps;
     o.lr = o.lr ?? tuned.lr;
@@ -142,6 +179,8 @@ export function registerUnlearningCommands(program: Command, k: CliKit): void {
     const rdocs = documentsFrom(o.retain, '--retain', o.docs, o.seed + 2);
     const fset = new Set(fdocs);
     if (rdocs.length === fdocs.length && rdocs.every((d) => fset.has(d))) throw new UndoError('--forget and --retain hold the same documents');
+    let causal: CausalOptions | undefined;
+    if (method === 'causal') causal = { entities: causalEntities(o.forget, o.entity, fdocs), replacements: o.replacements, counterfactualPrompt: !!o.counterfactualPrompt, nameBack: !!o.nameBack };
     const model = Model.load(o.model);
     const forget = new Batcher(packed(fdocs, model, o.seqLen, o.seed, '--forget'), { batchSize: o.batchSize, seed: o.seed });
     const retain = new Batcher(packed(rdocs, model, o.seqLen, o.seed, '--retain'), { batchSize: o.batchSize, seed: o.seed + 1 });
@@ -150,75 +189,13 @@ export function registerUnlearningCommands(program: Command, k: CliKit): void {
     if (o.beta !== undefined) params.beta = o.beta;
     if (o.rmuLayer !== undefined) params.rmuLayer = o.rmuLayer;
     const ui = k.trainingUi(o.steps, o.progress);
-    const r = await unlearn(model, forget, retain, optimCfg({ ...o, steps: o.steps, lr: o.lr, warmup: 0 }), { method, params, sam: o.sam, ...ui.hooks, outDir: o.out });
+    if (causal) console.log(`causal: forgetting ${causal.entities.map((e) => JSON.stringify(e)).join(', ')} with ${causal.replacements ?? CAUSAL_DEFAULT_REPLACEMENTS} counterfactual rewrites` +
+      `${causal.counterfactualPrompt ? ', counterfactual prompt' : ''}${causal.nameBack ? ', name-back' : ''}`);
+    const r = await unlearn(model, forget, retain, optimCfg({ ...o, steps: o.steps, lr: o.lr, warmup: 0 }), { method, params, sam: o.sam, causal, ...ui.hooks, outDir: o.out });
     ui.stop();
     console.log(`${method}: ${r.state.step} steps; model saved in ${o.out}`);
     if (o.forget.startsWith('arithmetic') || o.retain.startsWith('arithmetic')) k.printArithmeticTable(k.arithmeticMetrics(await evalArithmetic(model)));
     if (o.forget.startsWith('biographies')) console.log(JSON.stringify(await biographyMetrics(model)));
-  });
-
-  k.runtimeOptions(
-    program.command('distill')
-      .description('distill a teacher into a student (a preset, a config, or an existing model)')
-      .option('--teacher <dir>', 'teacher: a model directory (online) or a top-k store from cache-teacher (offline); default: an arithmetic teacher trained once and cached')
-      .addOption(new Option('--tail <mode>', 'offline teacher: mass outside the top-k ids').choices(['renorm', 'bucket']).default('bucket'))
-      .option('--student <dir|preset>', `student: a model directory, or a preset (${Object.keys(PRESETS).join(', ')}) for a random init`, 'micro')
-      .option('--data <data>', 'data: a .txt/.jsonl file or arithmetic:OPS', 'arithmetic')
-      .addOption(new Option('--loss <name>', 'distillation loss (minillm: sequence-level reverse-KL policy gradient)').choices([...LOSS_NAMES, 'minillm']).default('fkl'))
-      .option('--temperature <t>', 'temperature', float('--temperature', 0), 1)
-      .option('--beta <x>', 'JSD β', float('--beta', 0, 1), 0.5)
-      .option('--alpha <x>', 'skew KL α', float('--alpha', 0, 1), 0.1)
-      .option('--hard-weight <x>', 'weight of the hard-label CE in the mix', float('--hard-weight', 0, 1), 0)
-      .option('--on-policy <lambda>', 'fraction of batches sampled from the student and scored by the teacher (GKD)', float('--on-policy', 0, 1), 0)
-      .option('--out <dir>', 'output model directory', 'runs/distill')
-      .option('--cache <dir>', 'where the default teacher is cached (default .undo-cache or UNDO_CACHE)')
-      .option('--steps <n>', 'optimizer steps', int('--steps', 1), 8000)
-      .option('--lr <x>', 'peak learning rate', float('--lr', 0), 3e-3)
-      .option('--warmup <n>', 'warm-up steps', int('--warmup', 0), 50)
-      .option('--batch-size <n>', 'sequences per batch', int('--batch-size', 1), 16)
-      .option('--seq-len <n>', 'tokens per sequence', int('--seq-len', 2), 128)
-      .option('--eval-every <n>', 'evaluate every n steps', int('--eval-every', 0), 1000)
-      .option('--target <x>', 'stop when the student\'s retain accuracy is within this of the teacher\'s', float('--target', 0, 1))
-      .option('--docs <n>', 'documents generated for built-in data', int('--docs', 1), 200000)
-      .option('--seed <n>', 'seed', int('--seed', 0), 0)
-      .option('--no-progress', 'no progress bar'),
-  ).action(async (o: { teacher?: string; cache?: string; tail: 'renorm' | 'bucket'; onPolicy: number; student: string; data: string; loss: LossName | 'minillm'; temperature: number; beta: number; alpha: number; hardWeight: number; out: string; steps: number; lr: number; warmup: number; batchSize: number; seqLen: number; evalEvery: number; target?: number; docs: number; seed: number; progress: boolean; threads?: number; isa?: string }) => {
-    k.applyRuntime(o);
-    let teacherModel: Model | undefined;
-    let offline = false;
-    if (!o.teacher) {
-      console.log('no --teacher: using the built-in arithmetic teacher (tiny preset; trained once, then cached)');
-      const q = STUDIES.quick;
-      teacherModel = await pretrained(q, ALL_OPS, { outDir: o.out, cacheDir: o.cache, log: (m) => console.log(m), hooks: (_s, steps) => (o.progress ? k.trainingUi(steps, true) : { hooks: {}, stop: () => undefined }) });
-    } else {
-      offline = fs.existsSync(path.join(o.teacher, 'manifest.json'));
-      if (!offline) teacherModel = Model.load(o.teacher);
-    }
-    const tok = teacherModel?.tokenizer ?? new ByteTokenizer();
-    const student = PRESETS[o.student] ? Model.create(presetConfig(o.student, tok), { seed: o.seed }, tok) : Model.load(o.student);
-    if (teacherModel) checkCompatible(student, teacherModel);
-    const docs = documentsFrom(o.data, '--data', o.docs, o.seed);
-    const data = packed(docs, student, o.seqLen, o.seed, '--data');
-    const batcher = new Batcher(data, { batchSize: o.batchSize, seed: o.seed });
-    const teacher = teacherModel ?? openTeacherStore(o.teacher!, { expect: expectationFor(student, data) });
-    const arith = o.data.startsWith('arithmetic');
-    const teacherMetrics = arith && teacherModel ? k.arithmeticMetrics(await evalArithmetic(teacherModel, { perForm: 50 })) : undefined;
-    const ui = k.trainingUi(o.steps, o.progress);
-    const r = await distill(student, teacher, batcher, { ...optimCfg({ ...o, clip: 1, schedule: 'cosine' }), evalEvery: o.evalEvery }, {
-      loss: o.loss === 'minillm' ? 'rkl' : o.loss, miniLlm: o.loss === 'minillm' ? {} : undefined, temperature: o.temperature, params: { beta: o.beta, alpha: o.alpha }, hardWeight: o.hardWeight, tail: o.tail, onPolicy: o.onPolicy, seed: o.seed, outDir: o.out,
-      ...ui.hooks,
-      evaluate: arith ? async () => k.arithmeticMetrics(await evalArithmetic(student, { perForm: 50 })) : undefined,
-      stopWhen: o.target !== undefined && teacherMetrics?.retain !== undefined ? (m) => (m.retain ?? 0) >= teacherMetrics.retain - o.target! : undefined,
-    });
-    ui.stop();
-    console.log(`distilled ${r.state.step} steps (${o.loss}); teacher ${teacherModel ? (teacherModel.numParams() / 1e6).toFixed(2) + 'M' : 'store ' + o.teacher} → student ${(student.numParams() / 1e6).toFixed(2)}M parameters; saved in ${o.out}`);
-    if (teacherMetrics && r.lastEval) {
-      const s = r.lastEval;
-      const cell = (x: number | undefined) => (x === undefined || !Number.isFinite(x) ? 'n/a' : `${(100 * x).toFixed(1)}%`).padStart(8);
-      console.log(`\n${'metric'.padEnd(22)} ${'teacher'.padStart(8)} ${'student'.padStart(8)}`);
-      console.log(`${'parameters'.padEnd(22)} ${(teacherModel!.numParams() / 1e6).toFixed(2).padStart(7)}M ${(student.numParams() / 1e6).toFixed(2).padStart(7)}M`);
-      for (const key of Object.keys(teacherMetrics)) console.log(`${key.padEnd(22)} ${cell(teacherMetrics[key])} ${cell(s[key])}`);
-    }
   });
 
   k.runtimeOptions(
@@ -288,8 +265,8 @@ export function registerUndoCommand(program: Command, k: CliKit): void {
       const ui = k.trainingUi(o.steps, o.progress);
       const r = await distill(student, teacher, batcher, { ...optimCfg({ steps: o.steps, lr: o.lr, warmup: 50, clip: 1, schedule: 'cosine' }), evalEvery: arith ? 100 : 0 }, {
         loss: 'fkl', outDir: out, ...ui.hooks,
-        evaluate: arith ? async () => { const s = await arithmeticScores(student, 25); return { retain: s.retain, forget: s.forget }; } : undefined,
-        stopWhen: t ? (m) => m.retain >= t.retain - o.tolerance : undefined,
+        evaluate: arith ? async () => { const s = await arithmeticScores(student, 25); return { retain: s.retain, retain_all: s.retainAll, forget: s.forget }; } : undefined,
+        stopWhen: t ? (m) => m.retain_all >= t.retainAll - o.tolerance : undefined,
       });
       ui.stop();
       console.log(`UNDO (α=${o.alpha}, β=${o.beta}): ${r.state.step} distillation steps, ${r.state.tokens} tokens; saved in ${out}`);

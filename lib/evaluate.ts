@@ -1,8 +1,9 @@
 /**
- * Evaluation: greedy exact-match accuracy on the arithmetic task (per operation and form), and the mean
- * next-token cross-entropy of a text under a model.
+ * Evaluation: greedy exact-match accuracy on the arithmetic task (per operation and form), the mean
+ * next-token cross-entropy of a text under a model, and a teacher–student divergence on held-out data.
  */
 import { UndoError } from './errors';
+import { compute as computeLoss, LossName } from './losses';
 import { generateIds } from './generate';
 import { Model } from './model';
 import { PackedDataset } from './data';
@@ -85,4 +86,34 @@ export async function evalPackedLoss(model: Model, data: PackedDataset, batchSiz
     count += r.counted;
   }
   return { loss: count ? total / count : NaN, tokens: count };
+}
+
+/**
+ * Mean per-token divergence between a teacher and a student over every window of a packed dataset (default
+ * forward KL(teacher ‖ student) at temperature 1): the held-out distillation gap, for evaluation and early
+ * stopping. Loss only, no gradient; one batch of logits at a time.
+ */
+export async function evalDivergence(
+  student: Model, teacher: Model, data: PackedDataset,
+  opts: { loss?: LossName; temperature?: number; params?: Record<string, number>; batchSize?: number } = {},
+): Promise<{ value: number; tokens: number }> {
+  const T = data.seqLen;
+  const bs = opts.batchSize ?? 8;
+  const V = student.config.vocabSize;
+  if (teacher.config.vocabSize !== V) throw new UndoError(`evalDivergence: teacher vocab ${teacher.config.vocabSize} ≠ student vocab ${V}`);
+  let total = 0;
+  let count = 0;
+  for (let i = 0; i < data.count; i += bs) {
+    const B = Math.min(bs, data.count - i);
+    const ids = new Int32Array(B * T);
+    for (let b = 0; b < B; b++) ids.set(data.inputs(i + b), b * T);
+    await teacher.native.forward(ids, B, T);
+    const tl = await teacher.native.logits(null);
+    await student.native.forward(ids, B, T);
+    const sl = await student.native.logits(null);
+    const r = computeLoss(opts.loss ?? 'fkl', { student: sl, teacher: tl, rows: B * T, vocab: V, temperature: opts.temperature ?? 1, grad: false, ...(opts.params ?? {}) });
+    total += r.loss * B * T;
+    count += B * T;
+  }
+  return { value: count ? total / count : NaN, tokens: count };
 }

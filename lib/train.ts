@@ -94,6 +94,43 @@ export interface TrainResult {
   lastEval?: Record<string, number>;
 }
 
+/** A stop condition on an evaluated metric: `val_loss<=1.2`, `retain>=0.95`, `val_kl<0.05`. */
+export interface StopCondition {
+  metric: string;
+  op: '<=' | '>=' | '<' | '>';
+  value: number;
+  /** the text it was parsed from */
+  text: string;
+}
+
+/**
+ * Parses `METRIC<=X` (also >=, <, >) for --stop-when. The metric is checked against the evaluated metrics by
+ * stopTest, which names the metrics an evaluation produces when the one asked for is not among them.
+ */
+export function parseStopCondition(text: string, what = '--stop-when'): StopCondition {
+  const m = /^\s*([A-Za-z_][\w/.:-]*)\s*(<=|>=|<|>)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:e[-+]?\d+)?)\s*$/i.exec(text);
+  if (!m) throw new UndoError(`${what} "${text}": expected METRIC<=VALUE or METRIC>=VALUE (also < and >), e.g. val_loss<=1.2 or retain>=0.95`);
+  return { metric: m[1], op: m[2] as StopCondition['op'], value: Number(m[3]), text: text.trim() };
+}
+
+/** stopWhen for train(): true once the condition holds; a metric the evaluation never produces is an error. */
+export function stopTest(c: StopCondition): (metrics: Record<string, number>) => boolean {
+  return (metrics) => {
+    const v = metrics[c.metric];
+    if (v === undefined) {
+      throw new UndoError(`--stop-when ${c.text}: the evaluation has no metric "${c.metric}"`,
+        `metrics evaluated: ${Object.keys(metrics).sort().join(', ') || '(none)'}`);
+    }
+    if (!Number.isFinite(v)) return false;
+    switch (c.op) {
+      case '<=': return v <= c.value;
+      case '>=': return v >= c.value;
+      case '<': return v < c.value;
+      default: return v > c.value;
+    }
+  };
+}
+
 const STATE_FILE = 'trainer_state.json';
 const OPTIM_FILE = 'optimizer.safetensors';
 const METRICS_FILE = 'metrics.jsonl';

@@ -197,6 +197,29 @@ test('pretrain 20 steps → files and falling loss; --resume to 25 is exact; eva
   assert.match(info.stdout, /llama: 4 layers, d=128/);
 });
 
+test('distill: held-out val_loss and val_kl every N steps, --stop-when stops at the first eval that meets it', () => {
+  const teacher = path.join(TMP, 'run');  // the 25-step model of the test above
+  const data = path.join(TMP, 'distill.txt');
+  fs.writeFileSync(data, Array.from({ length: 300 }, (_, i) => `${i} + ${i % 7} = ${i + (i % 7)}`).join('\n\n'));
+  const out = path.join(TMP, 'distilled');
+  const args = ['distill', '--teacher', teacher, '--student', 'micro', '--data', data, '--val-fraction', '0.1', '--steps', '40', '--eval-every', '4', '--batch-size', '4', '--seq-len', '32', '--no-progress'];
+  const r = cli([...args, '--stop-when', 'val_kl<=1000', '--out', out]);
+  assert.is(r.status, 0, show(r));
+  assert.match(r.stdout, /distilled 4 steps \(fkl\) \(stopped early: val_kl<=1000\)/);
+  const evals = readMetrics(out).evals;
+  assert.equal(evals.map((e) => e.step), [4]);
+  const e = evals[0].eval;
+  assert.ok(Number.isFinite(e.val_loss) && e.val_loss > 0, `val_loss ${e.val_loss}`);
+  assert.ok(Number.isFinite(e.val_kl) && e.val_kl > 0, `val_kl ${e.val_kl}`);
+  assert.match(r.stdout, /^val_kl\s+n\/a\s+\d+\.\d{4}$/m, 'the side-by-side table shows the student\'s val_kl');
+  // a condition that is not met runs to the end; an unknown metric is a clean error naming those evaluated
+  const r2 = cli([...args, '--steps', '8', '--stop-when', 'val_kl<=0', '--out', out]);
+  assert.is(r2.status, 0, show(r2));
+  assert.match(r2.stdout, /distilled 8 steps \(fkl\); /);
+  assertCleanError(cli([...args, '--stop-when', 'accuracy>=0.9', '--out', out]), /--stop-when accuracy>=0\.9: the evaluation has no metric "accuracy"/);
+  assertCleanError(cli([...args, '--stop-when', 'val_kl=0.1', '--out', out]), /--stop-when "val_kl=0\.1": expected METRIC<=VALUE/);
+});
+
 test('Ctrl-C during pretrain: checkpoint, exit code 130, a --resume hint, and the run resumes', async () => {
   const out = path.join(TMP, 'interrupted');
   const child = spawn(process.execPath, [BIN, 'pretrain', ...QUICK, '--steps', '100000', '--checkpoint-every', '0', '--out', out],

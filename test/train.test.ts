@@ -7,8 +7,8 @@ import { Batcher, PackedDataset } from '../lib/data';
 import { sampleToken } from '../lib/generate';
 import { Model, ModelConfig } from '../lib/model';
 import { Rng } from '../lib/rng';
-import { lrAt, train, TrainConfig } from '../lib/train';
-import { assertClose } from './helpers';
+import { lrAt, parseStopCondition, stopTest, train, TrainConfig } from '../lib/train';
+import { assertClose, throwsUndo } from './helpers';
 
 const CFG: ModelConfig = {
   family: 'llama', vocabSize: 37, hiddenSize: 24, numLayers: 2, numHeads: 4, numKvHeads: 2, headDim: 6,
@@ -110,3 +110,19 @@ test('train: loss falls on a repeated sequence and the result is reproducible', 
 });
 
 test.run();
+
+test('stop conditions: METRIC<=X / >= / < / > parse, test metrics, and reject bad text or unknown metrics', () => {
+  const c = parseStopCondition(' val_loss <= 1.25 ');
+  assert.equal({ metric: c.metric, op: c.op, value: c.value }, { metric: 'val_loss', op: '<=', value: 1.25 });
+  const le = stopTest(c);
+  assert.ok(le({ val_loss: 1.25 }));
+  assert.ok(le({ val_loss: 0.5, other: 9 }));
+  assert.not.ok(le({ val_loss: 1.2500001 }));
+  assert.not.ok(le({ val_loss: NaN }), 'NaN never meets a condition');
+  assert.ok(stopTest(parseStopCondition('add/equation>=0.9'))({ 'add/equation': 0.95 }));
+  assert.not.ok(stopTest(parseStopCondition('retain>0.9'))({ retain: 0.9 }));
+  assert.ok(stopTest(parseStopCondition('val_kl<2e-2'))({ val_kl: 0.0199 }));
+  assert.is(parseStopCondition('x>=-.5').value, -0.5);
+  for (const bad of ['val_loss', 'val_loss=1', 'val_loss<=abc', '<=1', 'val loss<=1']) throwsUndo(() => parseStopCondition(bad), /expected METRIC<=VALUE/);
+  throwsUndo(() => stopTest(parseStopCondition('acc>=0.9'))({ val_loss: 1, retain: 0.5 }), /no metric "acc"/);
+});

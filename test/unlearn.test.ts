@@ -59,7 +59,8 @@ test.before(async () => {
   await train(base, new Batcher(mixed, { batchSize: 8, seed: 1 }), cfg(150, 1e-2));
 });
 
-for (const method of UNLEARN_METHODS) {
+// causal needs named entities in byte-level text: test/causal.test.ts runs it on a tiny biographies model
+for (const method of UNLEARN_METHODS.filter((m) => m !== 'causal')) {
   test(`${method}: forget loss rises more than retain loss`, async () => {
     const m = base.clone();
     const f0 = await meanCE(m, forget);

@@ -181,6 +181,42 @@ export function generatePeople(opts: GeneratePeopleOptions): Person[] {
   return people;
 }
 
+export interface ReplacementNameOptions {
+  /** default 0 */
+  seed?: number;
+  /** Names never returned (besides the built-in people, always excluded); see {@link replacementNames}. */
+  exclude?: readonly string[];
+}
+
+/**
+ * `count` distinct fictional "First Last" names for counterfactual rewrites (the causal-intervention
+ * unlearning teacher, lib/unlearn.ts): made from the same syllables as the people, so they look like
+ * names the model has seen, but never sharing a word (first or last name) with a person of the built-in
+ * setting ({@link builtinBiographies}, the 50 people including the held-out ones) or with a name in
+ * `exclude`, so a rewrite never keeps half of the target's name nor spells the start of a real person's.
+ * Deterministic by (count, seed, exclude).
+ */
+export function replacementNames(count: number, opts: ReplacementNameOptions = {}): string[] {
+  if (!Number.isSafeInteger(count) || count < 0) throw new UndoError(`replacementNames: "count" must be a non-negative integer, got ${count}`);
+  if (count > 10000) throw new UndoError(`replacementNames: "count" must be at most 10000, got ${count}`);
+  const builtin = builtinBiographies();
+  const banned = new Set([...builtin.people, ...builtin.heldOutPeople].map((p) => p.name).concat(opts.exclude ?? []).flatMap((n) => n.split(/\s+/)));
+  const clash = (name: string) => name.split(' ').some((w) => banned.has(w));
+  const rng = new Rng(mixSeeds(opts.seed ?? 0, 'biographies-replacement-names'));
+  const used = new Set<string>();
+  const out: string[] = [];
+  for (let tries = 0; out.length < count; tries++) {
+    if (tries > 100 * count + 10000) throw new UndoError(`replacementNames: could not draw ${count} distinct names`);
+    const first = cap(Array.from({ length: rng.int(2, 3) }, () => rng.pick(FIRST_SYLLABLES)).join(''));
+    const last = cap(Array.from({ length: rng.int(2, 3) }, () => rng.pick(LAST_SYLLABLES)).join(''));
+    const name = `${first} ${last}`;
+    if (used.has(name) || clash(name)) continue;
+    used.add(name);
+    out.push(name);
+  }
+  return out;
+}
+
 /** The exact answer string of one attribute of a person. */
 export function answerOf(p: Person, attr: Attribute): string {
   return attr === 'birthYear' ? String(p.birthYear) : p[attr];
@@ -489,6 +525,12 @@ export function builtinBiographyDocs(part: 'all' | 'forget' | 'retain', seed: nu
   const docs: string[] = [];
   for (let r = 0; r < repeat; r++) docs.push(...biographyCorpus(who, { seed: seed + r }));
   return docs;
+}
+
+/** Names of the people behind a spec part ('forget', 'retain' or 'all'): the target entities of the causal-intervention teacher. */
+export function builtinBiographyNames(part: 'all' | 'forget' | 'retain'): string[] {
+  const b = builtinBiographies();
+  return (part === 'forget' ? b.forget : part === 'retain' ? b.retain : b.people).map((p) => p.name);
 }
 
 /** Forget/retain fact accuracy (training phrasings), extraction strength and membership AUCs of the forget set. */

@@ -1,0 +1,154 @@
+/**
+ * CLI command `distill`: a thin shell over lib/distill.ts. Teacher online (a model directory) or offline (a
+ * top-k store from cache-teacher); student from a preset or a directory; held-out evaluation every N steps
+ * (validation CE, the teacher–student divergence, the task's own metrics) and early stopping on any of them.
+ */
+import * as fs from 'fs';
+import * as path from 'path';
+import { Command, Option } from 'commander';
+import { Batcher, packDocuments, PackedDataset, splitTrainVal } from './data';
+import { checkCompatible, distill } from './distill';
+import { UndoError } from './errors';
+import { evalArithmetic, evalDivergence, evalPackedLoss } from './evaluate';
+import { LOSS_NAMES, LossName } from './losses';
+import { Model, presetConfig, PRESETS } from './model';
+import { expectationFor, openTeacherStore } from './teacher_store';
+import { ByteTokenizer } from './tokenizer';
+import { ALL_OPS } from './tasks/arithmetic';
+import { biographyMetrics } from './tasks/biographies';
+import { parseStopCondition, StopCondition, stopTest, TrainConfig } from './train';
+import { pretrained, STUDIES } from './undo';
+import type { CliKit } from './cli_unlearn';
+import { documentsFrom } from './cli_unlearn';
+
+interface DistillOpts {
+  teacher?: string; cache?: string; tail: 'renorm' | 'bucket'; onPolicy: number; student: string; data: string;
+  evalData?: string; valFraction: number; loss: LossName | 'minillm'; temperature: number; beta: number; alpha: number;
+  hardWeight: number; out: string; steps: number; lr: number; warmup: number; batchSize: number; seqLen: number;
+  evalEvery: number; target?: number; stopWhen?: StopCondition; docs: number; seed: number; progress: boolean;
+  threads?: number; isa?: string;
+}
+
+function packedOrFail(docs: string[], model: Model, seqLen: number, seed: number, what: string): PackedDataset {
+  const p = packDocuments(model.tokenizer, docs, seqLen, { seed });
+  if (p.count === 0) throw new UndoError(`${what}: not enough text for one window of ${seqLen + 1} tokens`);
+  return p;
+}
+
+export function registerDistillCommand(program: Command, k: CliKit): void {
+  const { int, float } = k;
+  k.runtimeOptions(
+    program.command('distill')
+      .description('distill a teacher into a student (a preset, a config, or an existing model)')
+      .option('--teacher <dir>', 'teacher: a model directory (online) or a top-k store from cache-teacher (offline); default: an arithmetic teacher trained once and cached')
+      .addOption(new Option('--tail <mode>', 'offline teacher: mass outside the top-k ids').choices(['renorm', 'bucket']).default('bucket'))
+      .option('--student <dir|preset>', `student: a model directory, or a preset (${Object.keys(PRESETS).join(', ')}) for a random init`, 'micro')
+      .option('--data <data>', 'data: a .txt/.jsonl file, arithmetic:OPS or biographies:all|forget|retain', 'arithmetic')
+      .option('--eval-data <data>', 'held-out evaluation data (same forms as --data); default: --val-fraction of --data held out')
+      .option('--val-fraction <x>', 'documents of --data held out for evaluation when --eval-data is not given', float('--val-fraction', 0, 0.5), 0.01)
+      .addOption(new Option('--loss <name>', 'distillation loss (minillm: sequence-level reverse-KL policy gradient)').choices([...LOSS_NAMES, 'minillm']).default('fkl'))
+      .option('--temperature <t>', 'temperature', float('--temperature', 0), 1)
+      .option('--beta <x>', 'JSD β', float('--beta', 0, 1), 0.5)
+      .option('--alpha <x>', 'skew KL α', float('--alpha', 0, 1), 0.1)
+      .option('--hard-weight <x>', 'weight of the hard-label CE in the mix', float('--hard-weight', 0, 1), 0)
+      .option('--on-policy <lambda>', 'fraction of batches sampled from the student and scored by the teacher (GKD)', float('--on-policy', 0, 1), 0)
+      .option('--out <dir>', 'output model directory', 'runs/distill')
+      .option('--cache <dir>', 'where the default teacher is cached (default .undo-cache or UNDO_CACHE)')
+      .option('--steps <n>', 'optimizer steps', int('--steps', 1), 8000)
+      .option('--lr <x>', 'peak learning rate', float('--lr', 0), 3e-3)
+      .option('--warmup <n>', 'warm-up steps', int('--warmup', 0), 50)
+      .option('--batch-size <n>', 'sequences per batch', int('--batch-size', 1), 16)
+      .option('--seq-len <n>', 'tokens per sequence', int('--seq-len', 2), 128)
+      .option('--eval-every <n>', 'evaluate every n steps (0 = only at the end)', int('--eval-every', 0), 1000)
+      .option('--stop-when <cond>', 'stop early once an evaluated metric meets this, e.g. val_kl<=0.02, val_loss<=1.1, retain>=0.95 (metrics: val_loss, val_kl with an online teacher, the task\'s own)',
+        (v: string) => parseStopCondition(v))
+      .option('--target <x>', 'arithmetic: stop when the student\'s retain accuracy is within this of the teacher\'s', float('--target', 0, 1))
+      .option('--docs <n>', 'documents generated for built-in data', int('--docs', 1), 200000)
+      .option('--seed <n>', 'seed', int('--seed', 0), 0)
+      .option('--no-progress', 'no progress bar'),
+  ).action(async (o: DistillOpts) => {
+    k.applyRuntime(o);
+    let teacherModel: Model | undefined;
+    let offline = false;
+    if (!o.teacher) {
+      console.log('no --teacher: using the built-in arithmetic teacher (tiny preset; trained once, then cached)');
+      const q = STUDIES.quick;
+      teacherModel = await pretrained(q, ALL_OPS, { outDir: o.out, cacheDir: o.cache, log: (m) => console.log(m), hooks: (_s, steps) => (o.progress ? k.trainingUi(steps, true) : { hooks: {}, stop: () => undefined }) });
+    } else {
+      if (!fs.existsSync(o.teacher)) throw new UndoError(`--teacher ${o.teacher}: no such directory`);
+      offline = fs.existsSync(path.join(o.teacher, 'manifest.json'));
+      if (!offline) teacherModel = Model.load(o.teacher);
+    }
+    const tok = teacherModel?.tokenizer ?? new ByteTokenizer();
+    const student = PRESETS[o.student] ? Model.create(presetConfig(o.student, tok), { seed: o.seed }, tok) : Model.load(o.student);
+    if (teacherModel) checkCompatible(student, teacherModel);
+    const allDocs = documentsFrom(o.data, '--data', o.docs, o.seed);
+    // held-out evaluation documents: --eval-data, or a slice of --data (an offline store was made over all
+    // of --data, so its windows must stay as they are: then nothing is held out unless --eval-data is given)
+    const split = o.evalData || offline ? { train: allDocs, val: [] as string[] } : splitTrainVal(allDocs, o.valFraction, o.seed);
+    const evalDocs = o.evalData ? documentsFrom(o.evalData, '--eval-data', Math.max(200, Math.round(o.docs * o.valFraction)), o.seed + 1) : split.val;
+    const data = packedOrFail(split.train, student, o.seqLen, o.seed, '--data');
+    const evalSet = evalDocs.length ? packDocuments(student.tokenizer, evalDocs.slice(0, 400), o.seqLen, { seed: o.seed }) : undefined;
+    const batcher = new Batcher(data, { batchSize: o.batchSize, seed: o.seed });
+    const teacher = teacherModel ?? openTeacherStore(o.teacher!, { expect: expectationFor(student, data) });
+    const arith = o.data.startsWith('arithmetic');
+    const bios = o.data.startsWith('biographies');
+    const taskMetrics = async (m: Model): Promise<Record<string, number>> => {
+      if (arith) return k.arithmeticMetrics(await evalArithmetic(m, { perForm: 50 }));
+      if (bios) return { ...(await biographyMetrics(m)) };
+      return {};
+    };
+    const evaluate = async (): Promise<Record<string, number>> => {
+      const m: Record<string, number> = {};
+      if (evalSet && evalSet.count > 0) {
+        m.val_loss = (await evalPackedLoss(student, evalSet)).loss;
+        if (teacherModel) m.val_kl = (await evalDivergence(student, teacherModel, evalSet, { temperature: o.temperature })).value;
+      }
+      return Object.assign(m, await taskMetrics(student));
+    };
+    const teacherMetrics = teacherModel ? await taskMetrics(teacherModel) : undefined;
+    if (teacherModel && evalSet && evalSet.count > 0) teacherMetrics!.val_loss = (await evalPackedLoss(teacherModel, evalSet)).loss;
+    const stops: ((m: Record<string, number>) => boolean)[] = [];
+    if (o.stopWhen) {
+      // the metric must be one the evaluation produces: checked now, before any training
+      const known = new Set<string>(Object.keys(teacherMetrics ?? (arith || bios ? await taskMetrics(student) : {})));
+      if (evalSet && evalSet.count > 0) known.add('val_loss');
+      else known.delete('val_loss');
+      if (teacherModel && evalSet && evalSet.count > 0) known.add('val_kl');
+      if (!known.has(o.stopWhen.metric)) {
+        throw new UndoError(`--stop-when ${o.stopWhen.text}: the evaluation has no metric "${o.stopWhen.metric}"`,
+          `metrics evaluated: ${[...known].sort().join(', ') || '(none: give --eval-data or a --val-fraction above 0)'}`);
+      }
+      stops.push(stopTest(o.stopWhen));
+    }
+    if (o.target !== undefined) {
+      if (teacherMetrics?.retain === undefined) throw new UndoError('--target needs an online teacher and arithmetic data (it compares retain accuracy); use --stop-when for other data');
+      stops.push((m) => (m.retain ?? 0) >= teacherMetrics.retain - o.target!);
+    }
+    const ui = k.trainingUi(o.steps, o.progress);
+    const r = await distill(student, teacher, batcher, { ...optimCfg(o), evalEvery: o.evalEvery }, {
+      loss: o.loss === 'minillm' ? 'rkl' : o.loss, miniLlm: o.loss === 'minillm' ? {} : undefined, temperature: o.temperature, params: { beta: o.beta, alpha: o.alpha }, hardWeight: o.hardWeight, tail: o.tail, onPolicy: o.onPolicy, seed: o.seed, outDir: o.out,
+      ...ui.hooks,
+      evaluate,
+      stopWhen: stops.length ? (m) => stops.some((f) => f(m)) : undefined,
+    });
+    ui.stop();
+    const stopped = r.state.step < o.steps && !r.interrupted ? ` (stopped early: ${[o.stopWhen?.text, o.target !== undefined ? `retain within ${o.target} of the teacher` : undefined].filter(Boolean).join(' or ')})` : '';
+    console.log(`distilled ${r.state.step} steps (${o.loss})${stopped}; teacher ${teacherModel ? (teacherModel.numParams() / 1e6).toFixed(2) + 'M' : 'store ' + o.teacher} → student ${(student.numParams() / 1e6).toFixed(2)}M parameters; saved in ${o.out}`);
+    if (r.lastEval) {
+      const s = r.lastEval;
+      const pct = (key: string) => !key.startsWith('val_') && !key.includes('mia') && !key.includes('extraction');
+      const cell = (key: string, x: number | undefined) => (x === undefined || !Number.isFinite(x) ? 'n/a' : pct(key) ? `${(100 * x).toFixed(1)}%` : x.toFixed(4)).padStart(9);
+      console.log(`\n${'metric'.padEnd(24)} ${'teacher'.padStart(9)} ${'student'.padStart(9)}`);
+      if (teacherModel) console.log(`${'parameters'.padEnd(24)} ${((teacherModel.numParams() / 1e6).toFixed(2) + 'M').padStart(9)} ${((student.numParams() / 1e6).toFixed(2) + 'M').padStart(9)}`);
+      for (const key of Object.keys(s)) console.log(`${key.padEnd(24)} ${cell(key, teacherMetrics?.[key])} ${cell(key, s[key])}`);
+    }
+  });
+}
+
+function optimCfg(o: { steps: number; lr: number; warmup: number }): Omit<TrainConfig, 'evalEvery'> {
+  return {
+    steps: o.steps, gradAccum: 1, lr: o.lr, warmup: o.warmup, schedule: 'cosine', weightDecay: 0,
+    beta1: 0.9, beta2: 0.95, eps: 1e-8, clip: 1, checkpointEvery: 0,
+  };
+}
