@@ -5,13 +5,14 @@
  */
 import * as fs from 'fs';
 import * as path from 'path';
-import { Command, Option } from 'commander';
+import { Command, InvalidArgumentError, Option } from 'commander';
 import { Batcher, packDocuments, PackedDataset, splitTrainVal } from './data';
 import { checkCompatible, distill } from './distill';
 import { UndoError } from './errors';
 import { evalArithmetic, evalDivergence, evalPackedLoss } from './evaluate';
 import { LOSS_NAMES, LossName } from './losses';
-import { Model, presetConfig, PRESETS } from './model';
+import { configFromHF, Model, presetConfig, PRESETS } from './model';
+import { readJson } from './fsutil';
 import { expectationFor, openTeacherStore } from './teacher_store';
 import { ByteTokenizer } from './tokenizer';
 import { ALL_OPS } from './tasks/arithmetic';
@@ -23,10 +24,28 @@ import { documentsFrom } from './cli_unlearn';
 
 interface DistillOpts {
   teacher?: string; cache?: string; tail: 'renorm' | 'bucket'; onPolicy: number; student: string; data: string;
-  evalData?: string; valFraction: number; loss: LossName | 'minillm'; temperature: number; beta: number; alpha: number;
+  evalData?: string; valFraction: number; loss: LossSpec; topk?: number; temperature: number; beta: number; alpha: number;
   hardWeight: number; out: string; steps: number; lr: number; warmup: number; batchSize: number; seqLen: number;
   evalEvery: number; target?: number; stopWhen?: StopCondition; docs: number; seed: number; progress: boolean;
   threads?: number; isa?: string;
+}
+
+interface LossSpec {
+  name: LossName | 'minillm';
+  /** jsd:β, skl:α, srkl:α */
+  param?: number;
+}
+
+/** `--loss NAME` or `--loss NAME:X` for the losses with one parameter (jsd β, skl α, srkl α). */
+export function parseLossSpec(v: string): LossSpec {
+  const [name, arg, ...rest] = v.split(':');
+  const names: readonly string[] = [...LOSS_NAMES, 'minillm'];
+  if (!names.includes(name)) throw new InvalidArgumentError(`unknown loss "${name}" (one of: ${names.join(', ')})`);
+  if (arg === undefined) return { name: name as LossSpec['name'] };
+  if (rest.length || !['jsd', 'skl', 'srkl'].includes(name)) throw new InvalidArgumentError(`"${v}": only jsd:β, skl:α and srkl:α take a parameter`);
+  const x = Number(arg);
+  if (arg.trim() === '' || !(x >= 0 && x <= 1)) throw new InvalidArgumentError(`"${v}": the parameter must be a number in [0, 1]`);
+  return { name: name as LossSpec['name'], param: x };
 }
 
 function packedOrFail(docs: string[], model: Model, seqLen: number, seed: number, what: string): PackedDataset {
@@ -41,12 +60,13 @@ export function registerDistillCommand(program: Command, k: CliKit): void {
     program.command('distill')
       .description('distill a teacher into a student (a preset, a config, or an existing model)')
       .option('--teacher <dir>', 'teacher: a model directory (online) or a top-k store from cache-teacher (offline); default: an arithmetic teacher trained once and cached')
-      .addOption(new Option('--tail <mode>', 'offline teacher: mass outside the top-k ids').choices(['renorm', 'bucket']).default('bucket'))
-      .option('--student <dir|preset>', `student: a model directory, or a preset (${Object.keys(PRESETS).join(', ')}) for a random init`, 'micro')
+      .addOption(new Option('--tail <mode>', 'top-k teacher (a store, or --topk): the mass outside the k ids').choices(['renorm', 'bucket']).default('bucket'))
+      .option('--student <dir|preset|config>', `student: a model directory, or a preset (${Object.keys(PRESETS).join(', ')}) or a Hugging Face config.json for a random init`, 'micro')
       .option('--data <data>', 'data: a .txt/.jsonl file, arithmetic:OPS or biographies:all|forget|retain', 'arithmetic')
       .option('--eval-data <data>', 'held-out evaluation data (same forms as --data); default: --val-fraction of --data held out')
       .option('--val-fraction <x>', 'documents of --data held out for evaluation when --eval-data is not given', float('--val-fraction', 0, 0.5), 0.01)
-      .addOption(new Option('--loss <name>', 'distillation loss (minillm: sequence-level reverse-KL policy gradient)').choices([...LOSS_NAMES, 'minillm']).default('fkl'))
+      .option('--loss <name>', `distillation loss: ${[...LOSS_NAMES, 'minillm'].join('|')}; jsd:β, skl:α and srkl:α set the parameter inline (minillm: sequence-level reverse-KL policy gradient)`, parseLossSpec, { name: 'fkl' })
+      .option('--topk <k>', 'online teacher: distill from its top-k log-probabilities only (with --tail), as a store would hold them', int('--topk', 1))
       .option('--temperature <t>', 'temperature', float('--temperature', 0), 1)
       .option('--beta <x>', 'JSD β', float('--beta', 0, 1), 0.5)
       .option('--alpha <x>', 'skew KL α', float('--alpha', 0, 1), 0.1)
@@ -80,7 +100,10 @@ export function registerDistillCommand(program: Command, k: CliKit): void {
       if (!offline) teacherModel = Model.load(o.teacher);
     }
     const tok = teacherModel?.tokenizer ?? new ByteTokenizer();
-    const student = PRESETS[o.student] ? Model.create(presetConfig(o.student, tok), { seed: o.seed }, tok) : Model.load(o.student);
+    const student = PRESETS[o.student] ? Model.create(presetConfig(o.student, tok), { seed: o.seed }, tok)
+      : o.student.endsWith('.json') && fs.existsSync(o.student) && fs.statSync(o.student).isFile()
+        ? Model.create(configFromHF(readJson<Record<string, unknown>>(o.student, 'student config'), o.student), { seed: o.seed }, tok)
+        : Model.load(o.student);
     if (teacherModel) checkCompatible(student, teacherModel);
     const allDocs = documentsFrom(o.data, '--data', o.docs, o.seed);
     // held-out evaluation documents: --eval-data, or a slice of --data (an offline store was made over all
@@ -127,14 +150,16 @@ export function registerDistillCommand(program: Command, k: CliKit): void {
     }
     const ui = k.trainingUi(o.steps, o.progress);
     const r = await distill(student, teacher, batcher, { ...optimCfg(o), evalEvery: o.evalEvery }, {
-      loss: o.loss === 'minillm' ? 'rkl' : o.loss, miniLlm: o.loss === 'minillm' ? {} : undefined, temperature: o.temperature, params: { beta: o.beta, alpha: o.alpha }, hardWeight: o.hardWeight, tail: o.tail, onPolicy: o.onPolicy, seed: o.seed, outDir: o.out,
+      loss: o.loss.name === 'minillm' ? 'rkl' : o.loss.name, miniLlm: o.loss.name === 'minillm' ? {} : undefined, temperature: o.temperature,
+      params: { beta: o.loss.name === 'jsd' && o.loss.param !== undefined ? o.loss.param : o.beta, alpha: o.loss.param !== undefined && o.loss.name !== 'jsd' ? o.loss.param : o.alpha },
+      hardWeight: o.hardWeight, tail: o.tail, topk: o.topk, onPolicy: o.onPolicy, seed: o.seed, outDir: o.out,
       ...ui.hooks,
       evaluate,
       stopWhen: stops.length ? (m) => stops.some((f) => f(m)) : undefined,
     });
     ui.stop();
     const stopped = r.state.step < o.steps && !r.interrupted ? ` (stopped early: ${[o.stopWhen?.text, o.target !== undefined ? `retain within ${o.target} of the teacher` : undefined].filter(Boolean).join(' or ')})` : '';
-    console.log(`distilled ${r.state.step} steps (${o.loss})${stopped}; teacher ${teacherModel ? (teacherModel.numParams() / 1e6).toFixed(2) + 'M' : 'store ' + o.teacher} → student ${(student.numParams() / 1e6).toFixed(2)}M parameters; saved in ${o.out}`);
+    console.log(`distilled ${r.state.step} steps (${o.loss.name}${o.loss.param !== undefined ? ':' + o.loss.param : ''}${o.topk ? `, teacher top-${o.topk}` : ''})${stopped}; teacher ${teacherModel ? (teacherModel.numParams() / 1e6).toFixed(2) + 'M' : 'store ' + o.teacher} → student ${(student.numParams() / 1e6).toFixed(2)}M parameters; saved in ${o.out}`);
     if (r.lastEval) {
       const s = r.lastEval;
       const pct = (key: string) => !key.startsWith('val_') && !key.includes('mia') && !key.includes('extraction');

@@ -4,12 +4,12 @@
  */
 import { Batch, Batcher } from './data';
 import { UndoError } from './errors';
-import { LossName, TaidSchedule } from './losses';
+import { LossName, TaidSchedule, TopKTeacher } from './losses';
 import { Model } from './model';
 import { ceObjective, logitObjective } from './objectives';
 import { generateIds } from './generate';
 import { Rng } from './rng';
-import { TeacherStore, teacherForBatch } from './teacher_store';
+import { TeacherStore, teacherForBatch, TopKSelector } from './teacher_store';
 import { train, TrainConfig, TrainOptions, TrainResult } from './train';
 
 export interface DistillOptions extends TrainOptions {
@@ -19,8 +19,14 @@ export interface DistillOptions extends TrainOptions {
   params?: Record<string, number>;
   /** weight of the hard-label CE in the mix (0 = pure distillation) */
   hardWeight?: number;
-  /** offline top-k teacher: how the mass outside the k ids is treated */
+  /** top-k teacher (offline store, or `topk` below): how the mass outside the k ids is treated */
   tail?: 'renorm' | 'bucket';
+  /**
+   * Online teacher: keep only its top-k log-probabilities per position (sparse KD, as a store would hold them);
+   * the losses that take a top-k teacher (fkl rkl jsd tvd skl srkl) then see k ids plus the tail. The teacher's
+   * logits of one batch are materialised for the selection. 0 / undefined: the full distribution (fused head).
+   */
+  topk?: number;
   /**
    * On-policy fraction λ (GKD, Agarwal et al. 2024): each batch is, with probability λ, replaced by the
    * student's own samples — the first quarter of every window as the prompt, the rest sampled at
@@ -68,6 +74,10 @@ export async function distill(student: Model, teacher: Model | TeacherStore, bat
   const lambda = opts.onPolicy ?? 0;
   if (!(lambda >= 0 && lambda <= 1)) throw new UndoError(`on-policy fraction must be in [0, 1], got ${lambda}`);
   if (lambda > 0 && !(teacher instanceof Model)) throw new UndoError('on-policy distillation needs an online teacher model (a store holds only the data it was built on)');
+  const topk = opts.topk ?? 0;
+  if (topk && !(teacher instanceof Model)) throw new UndoError('--topk applies to an online teacher; a store already holds its own top-k');
+  if (topk && (!Number.isInteger(topk) || topk < 1 || topk > student.config.vocabSize)) throw new UndoError(`top-k must be an integer in [1, vocab = ${student.config.vocabSize}], got ${topk}`);
+  const selector = topk ? new TopKSelector(topk, student.config.vocabSize) : null;
   const rng = new Rng(opts.seed ?? 0);
   // TAID: the interpolation weight t follows the loss, step by step (lib/losses.ts TaidSchedule)
   const taid = opts.loss === 'taid' && opts.params?.t === undefined ? new TaidSchedule({ totalSteps: Math.max(1, cfg.steps) }) : null;
@@ -82,7 +92,8 @@ export async function distill(student: Model, teacher: Model | TeacherStore, bat
   const microStep = async (batch: Batch, share: number): Promise<number> => {
     let loss = 0;
     const b = lambda > 0 && rng.next() < lambda ? await studentBatch(student, batch, rng) : batch;
-    const source = teacher instanceof Model ? { teacher } : { teacherTopK: teacherForBatch(teacher, batcher, b), tail: opts.tail };
+    const source = !(teacher instanceof Model) ? { teacherTopK: teacherForBatch(teacher, batcher, b), tail: opts.tail }
+      : selector ? { teacherTopK: await onlineTopK(teacher, b, selector), tail: opts.tail } : { teacher };
     const params = taid ? { ...(opts.params ?? {}), t: taid.t } : opts.params;
     if (opts.miniLlm) {
       if (!(teacher instanceof Model)) throw new UndoError('MiniLLM needs an online teacher model');
@@ -93,6 +104,20 @@ export async function distill(student: Model, teacher: Model | TeacherStore, bat
     return loss * share;
   };
   return train(student, batcher, cfg, { ...opts, microStep, onStep: stepHook });
+}
+
+/** The online teacher's top-k log-probabilities (temperature 1, as a store keeps them) for every row of a batch. */
+async function onlineTopK(teacher: Model, b: Batch, sel: TopKSelector): Promise<TopKTeacher> {
+  await teacher.native.forward(b.inputs, b.B, b.T);
+  const logits = await teacher.native.logits(null);
+  const rows = b.B * b.T, k = sel.k, V = sel.vocab;
+  const ids = new Int32Array(rows * k), logprobs = new Float32Array(rows * k);
+  for (let r = 0; r < rows; r++) {
+    sel.select(logits, r * V);
+    ids.set(sel.ids, r * k);
+    for (let j = 0; j < k; j++) logprobs[r * k + j] = sel.lps[j];
+  }
+  return { ids, logprobs, k };
 }
 
 export interface MiniLlmOptions {

@@ -218,6 +218,16 @@ test('distill: held-out val_loss and val_kl every N steps, --stop-when stops at 
   assert.match(r2.stdout, /distilled 8 steps \(fkl\); /);
   assertCleanError(cli([...args, '--stop-when', 'accuracy>=0.9', '--out', out]), /--stop-when accuracy>=0\.9: the evaluation has no metric "accuracy"/);
   assertCleanError(cli([...args, '--stop-when', 'val_kl=0.1', '--out', out]), /--stop-when "val_kl=0\.1": expected METRIC<=VALUE/);
+  // jsd:β inline, from the online teacher's top-8 with the bucket tail; a config.json student
+  const cfgFile = path.join(TMP, 'student-config.json');
+  fs.writeFileSync(cfgFile, fs.readFileSync(path.join(teacher, 'config.json')));
+  const r3 = cli([...args, '--steps', '4', '--loss', 'jsd:0.3', '--topk', '8', '--tail', 'bucket', '--student', cfgFile, '--out', out]);
+  assert.is(r3.status, 0, show(r3));
+  assert.match(r3.stdout, /distilled 4 steps \(jsd:0\.3, teacher top-8\); /);
+  assert.match(r3.stdout, /teacher 0\.82M → student 0\.82M parameters/);
+  assertCleanError(cli([...args, '--loss', 'fkl:0.3', '--out', out]), /only jsd:β, skl:α and srkl:α take a parameter/);
+  assertCleanError(cli([...args, '--loss', 'jsd:2', '--out', out]), /the parameter must be a number in \[0, 1\]/);
+  assertCleanError(cli([...args, '--loss', 'kl', '--out', out]), /unknown loss "kl"/);
 });
 
 test('Ctrl-C during pretrain: checkpoint, exit code 130, a --resume hint, and the run resumes', async () => {

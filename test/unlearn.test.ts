@@ -133,6 +133,28 @@ test('distill from an offline top-k store: loss falls, and matches online fkl at
   fs.rmSync(dir, { recursive: true });
 });
 
+test('distill from the top-k of an online teacher: equals full fkl at k = vocab, and a small k still converges', async () => {
+  const mixed = new PackedDataset(Int32Array.from([...forget.tokens, ...retain.tokens]), T, 32);
+  const run = async (steps: number, o: { topk?: number; tail?: 'renorm' | 'bucket'; loss?: 'fkl' | 'jsd' }) => {
+    const student = Model.create(CFG, { seed: 11 });
+    const losses: number[] = [];
+    await distill(student, base, new Batcher(mixed, { batchSize: 8, seed: 3 }), cfg(steps, 1e-2), { loss: o.loss ?? 'fkl', params: { beta: 0.3 }, topk: o.topk, tail: o.tail, onStep: (s) => losses.push(s.loss) });
+    return losses;
+  };
+  const full = await run(3, {});
+  const allK = await run(3, { topk: CFG.vocabSize, tail: 'renorm' });
+  for (let s = 0; s < 3; s++) assert.ok(Math.abs(allK[s] - full[s]) < 1e-4 * full[s] + 1e-6, `step ${s}: top-k=V ${allK[s]} vs full ${full[s]}`);
+  const small = await run(30, { topk: 4, tail: 'bucket', loss: 'jsd' });
+  assert.ok(small[29] < 0.5 * small[0], `jsd top-4 bucket ${small[0]} → ${small[29]}`);
+  let err: unknown;
+  try {
+    await run(1, { topk: CFG.vocabSize + 1 });
+  } catch (e) {
+    err = e;
+  }
+  assert.match(String((err as Error)?.message), /top-k must be an integer in \[1, vocab/);
+});
+
 test('on-policy distillation (GKD): student samples keep the prompt, are scored by the teacher, and training still converges', async () => {
   const mixed = new PackedDataset(Int32Array.from([...forget.tokens, ...retain.tokens]), T, 32);
   const { studentBatch } = await import('../lib/distill');
