@@ -1154,37 +1154,12 @@ KdResult kd_loss(const KdArgs& a) {
 UNDO_ISA_END
 
 #if UNDO_ISA_IS_GENERIC
-#include <cstring>
 namespace undo {
 
-static const char* const kKdNames[] = {"fkl", "rkl", "jsd", "tvd", "skl", "srkl", "taid", "dkd", "deltakd", "ce", "maxent",
-                                       "entropy"};
-
-const char* kd_kind_name(KdKind k) {
-  const int i = (int)k;
-  return i >= 0 && i < (int)KdKind::count_ ? kKdNames[i] : "?";
-}
-
-bool kd_parse_kind(const char* name, KdKind* out) {
-  for (int i = 0; i < (int)KdKind::count_; i++)
-    if (std::strcmp(name, kKdNames[i]) == 0) {
-      *out = (KdKind)i;
-      return true;
-    }
-  return false;
-}
-
-bool kd_uses_teacher(KdKind k) {
-  return k != KdKind::ce && k != KdKind::maxent && k != KdKind::entropy;
-}
+// (the kind names, kd_uses_teacher and kd_supports_topk: kd_kinds.h)
 
 bool kd_uses_targets(const KdArgs& a) {
   return a.kind == KdKind::ce || a.kind == KdKind::dkd || (a.kind == KdKind::deltakd && a.lambda > 0.0);
-}
-
-bool kd_supports_topk(KdKind k) {
-  return k == KdKind::fkl || k == KdKind::rkl || k == KdKind::jsd || k == KdKind::tvd || k == KdKind::skl ||
-         k == KdKind::srkl;
 }
 
 static KdResult kd_bad(const char* msg) {

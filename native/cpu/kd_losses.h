@@ -68,19 +68,9 @@
 #pragma once
 #include <cstdint>
 #include "isa.h"
+#include "kd_kinds.h"  // KdKind, KdTail, KdReduction, KdStatus and their names (shared with native/cuda)
 
 namespace undo {
-
-enum class KdKind : int32_t { fkl = 0, rkl, jsd, tvd, skl, srkl, taid, dkd, deltakd, ce, maxent, entropy, count_ };
-enum class KdTail : int32_t { renorm = 0, bucket = 1 };
-enum class KdReduction : int32_t { mean = 0, sum = 1 };
-enum class KdStatus : int32_t {
-  ok = 0,
-  bad_id,        // a top-k id < 0 or ≥ valid_vocab (bad_row, bad_value = the id)
-  duplicate_id,  // a top-k id repeated within a row (bad_row, bad_value = the id)
-  bad_target,    // a target outside [0, valid_vocab) on a counted row (bad_row, bad_value = the target)
-  bad_args,      // inconsistent arguments (missing arrays, T ≤ 0, parameters out of range, ...)
-};
 
 struct KdArgs {
   KdKind kind = KdKind::fkl;
@@ -127,10 +117,6 @@ UNDO_EACH_ISA(UNDO_KD_DECL)
 #undef UNDO_KD_DECL
 
 KdResult kd_loss(const KdArgs& a);
-const char* kd_kind_name(KdKind k);
-bool kd_parse_kind(const char* name, KdKind* out);
-bool kd_uses_teacher(KdKind k);
 bool kd_uses_targets(const KdArgs& a);
-bool kd_supports_topk(KdKind k);
 
 }  // namespace undo

@@ -141,6 +141,13 @@ __device__ __forceinline__ float mix_other(float direct, float p, float q, float
   const float s = flip > 0.5f ? p : q;
   return s > 0.0f ? (flip > 0.5f ? direct - delta : direct + delta) : -logc;
 }
+// The skew KLs' log-ratio to their mixture m: log p − log m when WantP (skl), else log q − log m (srkl); the side
+// that flip picks is direct, the other is derived from it.
+template <bool WantP>
+__device__ __forceinline__ float mix_log(float p, float q, float delta, float c, float logc, float flip) {
+  const float dd = mix_direct(p, q, c, flip), od = mix_other(dd, p, q, delta, logc, flip);
+  return WantP ? (flip > 0.5f ? dd : od) : (flip > 0.5f ? od : dd);
+}
 
 // ---------------------------------------------------------------- full teacher (or none)
 
@@ -215,14 +222,12 @@ __device__ __forceinline__ void full_pass2(const KdDev& a, const Row<TIn>& R, fl
       acc += q > p ? q - p : p - q;
       accS += q * s;
     } else if constexpr (K == K_SKL) {
-      const float dd = mix_direct(p, q, mc, flip), od = mix_other(dd, p, q, e.dl, mlc, flip);
-      const float dp = flip > 0.5f ? dd : od;
+      const float dp = mix_log<true>(p, q, e.dl, mc, mlc, flip);
       const float pr = p / (w * p + wbar * q);
       acc += p > 0.0f ? p * dp : 0.0f;
       accS += q > 0.0f ? q * pr : 0.0f;
     } else if constexpr (K == K_SRKL) {
-      const float dd = mix_direct(p, q, mc, flip), od = mix_other(dd, p, q, e.dl, mlc, flip);
-      const float dq = flip > 0.5f ? od : dd;
+      const float dq = mix_log<false>(p, q, e.dl, mc, mlc, flip);
       const float qr = q / (w * p + wbar * q);
       acc += q > 0.0f ? q * dq : 0.0f;
       accS += q > 0.0f ? q * qr : 0.0f;
@@ -262,8 +267,7 @@ __device__ __forceinline__ void full_pass3(const KdDev& a, const Row<TIn>& R, fl
       const float pr = p / (w * p + wbar * q);
       v = q > 0.0f ? q * (ca * pr + cb) : 0.0f;
     } else if constexpr (K == K_SRKL) {
-      const float dd = mix_direct(p, q, mc, flip), od = mix_other(dd, p, q, e.dl, mlc, flip);
-      const float dq = flip > 0.5f ? od : dd;
+      const float dq = mix_log<false>(p, q, e.dl, mc, mlc, flip);
       const float qr = q / (w * p + wbar * q);
       v = q > 0.0f ? q * (ca * (dq - wbar * qr) + cb) : 0.0f;
     } else {  // entropy
@@ -603,26 +607,7 @@ __global__ void __launch_bounds__(KD_THREADS) kd_topk_kernel(KdDev a) {
 
 // ---------------------------------------------------------------- host side
 
-static const char* const kKdNames[] = {"fkl", "rkl", "jsd", "tvd", "skl", "srkl", "taid", "dkd", "deltakd", "ce",
-                                       "maxent", "entropy"};
-
-const char* kd_kind_name(KdKind k) {
-  const int i = (int)k;
-  return i >= 0 && i < (int)KdKind::count_ ? kKdNames[i] : "?";
-}
-bool kd_parse_kind(const char* name, KdKind* out) {
-  for (int i = 0; i < (int)KdKind::count_; i++)
-    if (std::strcmp(name, kKdNames[i]) == 0) {
-      *out = (KdKind)i;
-      return true;
-    }
-  return false;
-}
-bool kd_uses_teacher(KdKind k) { return k != KdKind::ce && k != KdKind::maxent && k != KdKind::entropy; }
-bool kd_supports_topk(KdKind k) {
-  return k == KdKind::fkl || k == KdKind::rkl || k == KdKind::jsd || k == KdKind::tvd || k == KdKind::skl ||
-         k == KdKind::srkl;
-}
+// (the kind names, kd_uses_teacher and kd_supports_topk: native/cpu/kd_kinds.h)
 bool kd_uses_targets(KdKind k) { return k == KdKind::ce; }  // (dkd, deltakd: not on CUDA yet)
 
 static bool unit(double x) { return x >= 0.0 && x <= 1.0; }

@@ -10,16 +10,21 @@
 // Implemented: fkl rkl jsd tvd skl srkl taid ce maxent entropy with full teacher logits (or none), and fkl rkl jsd
 // tvd skl srkl with a top-k teacher, both tails (renorm, bucket). Not yet: dkd, deltakd (kd_check_args says so).
 #pragma once
+#include "../cpu/kd_kinds.h"
 #include "common.cuh"
 
 namespace undo {
 namespace cuda {
 
-// Same numbering as undo::KdKind / KdTail / KdReduction / KdStatus in native/cpu/kd_losses.h.
-enum class KdKind : int32_t { fkl = 0, rkl, jsd, tvd, skl, srkl, taid, dkd, deltakd, ce, maxent, entropy, count_ };
-enum class KdTail : int32_t { renorm = 0, bucket = 1 };
-enum class KdReduction : int32_t { mean = 0, sum = 1 };
-enum class KdStatus : int32_t { ok = 0, bad_id, duplicate_id, bad_target, bad_args };
+// The CPU's kinds, options, statuses and names (native/cpu/kd_kinds.h), also reachable as undo::cuda::*.
+using undo::KdKind;
+using undo::KdReduction;
+using undo::KdStatus;
+using undo::KdTail;
+using undo::kd_kind_name;
+using undo::kd_parse_kind;
+using undo::kd_supports_topk;
+using undo::kd_uses_teacher;
 
 struct KdCudaArgs {
   KdKind kind = KdKind::fkl;
@@ -56,11 +61,7 @@ struct KdCudaResult {
   int64_t bad_row = -1, bad_value = 0;  // first offending row (a bad target first, as the CPU checks those first)
 };
 
-const char* kd_kind_name(KdKind k);
-bool kd_parse_kind(const char* name, KdKind* out);
-bool kd_uses_teacher(KdKind k);
-bool kd_supports_topk(KdKind k);
-bool kd_uses_targets(KdKind k);
+bool kd_uses_targets(KdKind k);  // ce only (dkd and deltakd are not on CUDA yet)
 
 size_t kd_work_bytes(int64_t rows);
 // The CPU's bad_args checks (same messages), plus the kinds not yet on CUDA; nullptr when the arguments are fine.

@@ -24,6 +24,28 @@ namespace cuda {
 // in shared memory so both layouts of A and B use the same inner loop.
 constexpr int TM = 64, TN = 64, TK = 16;
 
+// Stages one operand's K-slice: S[kk][oo] = X(o0 + oo, k0 + kk), 0 outside O × K, where X(o, k) = X[k·ld + o] when
+// kmajor (stored K×O) and X[o·ld + k] otherwise (stored O×K). A is (m, k) with kmajor = ta; B is (n, k) with
+// kmajor = !tb. The index order follows memory, so consecutive threads read consecutive addresses.
+template <int TO>
+__device__ __forceinline__ void stage_tile(float (*S)[TO + 1], const float* __restrict__ X, int64_t ld, bool kmajor,
+                                           int64_t o0, int64_t O, int64_t k0, int64_t K) {
+  for (int e = threadIdx.x; e < TO * TK; e += 256) {
+    int oo, kk;
+    if (kmajor) {  // consecutive threads along o
+      oo = e % TO;
+      kk = e / TO;
+    } else {       // consecutive threads along k
+      kk = e % TK;
+      oo = e / TK;
+    }
+    const int64_t go = o0 + oo, gk = k0 + kk;
+    float v = 0.0f;
+    if (go < O && gk < K) v = kmajor ? X[gk * ld + go] : X[go * ld + gk];
+    S[kk][oo] = v;
+  }
+}
+
 __global__ void __launch_bounds__(256) sgemm_tiled_kernel(bool ta, bool tb, int64_t M, int64_t N, int64_t K,
                                                           float alpha, const float* __restrict__ A, int64_t lda,
                                                           const float* __restrict__ B, int64_t ldb, float beta,
@@ -34,35 +56,9 @@ __global__ void __launch_bounds__(256) sgemm_tiled_kernel(bool ta, bool tb, int6
   const int64_t m0 = (int64_t)blockIdx.y * TM, n0 = (int64_t)blockIdx.x * TN;
   float acc[4][4] = {};
   for (int64_t k0 = 0; k0 < K; k0 += TK) {
-    // 64×16 = 1024 elements per operand, 4 per thread; the index order follows memory for coalescing
-    for (int e = threadIdx.x; e < TM * TK; e += 256) {
-      int mm, kk;
-      if (ta) {  // A stored K×M: consecutive threads along m
-        mm = e % TM;
-        kk = e / TM;
-      } else {   // A stored M×K: consecutive threads along k
-        kk = e % TK;
-        mm = e / TK;
-      }
-      const int64_t gm = m0 + mm, gk = k0 + kk;
-      float v = 0.0f;
-      if (gm < M && gk < K) v = ta ? A[gk * lda + gm] : A[gm * lda + gk];
-      As[kk][mm] = v;
-    }
-    for (int e = threadIdx.x; e < TN * TK; e += 256) {
-      int nn, kk;
-      if (tb) {  // B stored N×K: consecutive threads along k
-        kk = e % TK;
-        nn = e / TK;
-      } else {   // B stored K×N: consecutive threads along n
-        nn = e % TN;
-        kk = e / TN;
-      }
-      const int64_t gn = n0 + nn, gk = k0 + kk;
-      float v = 0.0f;
-      if (gn < N && gk < K) v = tb ? B[gn * ldb + gk] : B[gk * ldb + gn];
-      Bs[kk][nn] = v;
-    }
+    // 64×16 = 1024 elements per operand, 4 per thread
+    stage_tile<TM>(As, A, lda, ta, m0, M, k0, K);   // A stored K×M when ta, else M×K
+    stage_tile<TN>(Bs, B, ldb, !tb, n0, N, k0, K);  // B stored N×K when tb, else K×N
     __syncthreads();
 #pragma unroll
     for (int kk = 0; kk < TK; kk++) {

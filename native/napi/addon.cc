@@ -15,11 +15,13 @@
 #include <vector>
 
 #include "adamw.h"
+#include "args.h"
 #include "attention.h"
 #include "cross_entropy.h"
 #include "embedding.h"
 #include "glu.h"
 #include "isa.h"
+#include "kd_args.h"
 #include "kd_losses.h"
 #include "matmul.h"
 #include "model.h"
@@ -29,59 +31,8 @@
 
 namespace {
 
+using namespace undo_napi;  // argument helpers: args.h, kd_args.h
 using undo::Model;
-
-// ---------- argument helpers
-
-[[noreturn]] void type_error(Napi::Env env, const std::string& msg) { throw Napi::TypeError::New(env, msg); }
-
-Napi::Float32Array f32(const Napi::CallbackInfo& info, size_t i, const char* what, size_t min_len,
-                       bool nullable = false) {
-  Napi::Env env = info.Env();
-  if (nullable && (info[i].IsNull() || info[i].IsUndefined())) return Napi::Float32Array();
-  if (!info[i].IsTypedArray() || info[i].As<Napi::TypedArray>().TypedArrayType() != napi_float32_array)
-    type_error(env, std::string(what) + " must be a Float32Array");
-  auto a = info[i].As<Napi::Float32Array>();
-  if (a.ElementLength() < min_len)
-    type_error(env, std::string(what) + " has " + std::to_string(a.ElementLength()) + " elements, needs " +
-                        std::to_string(min_len));
-  return a;
-}
-
-Napi::Int32Array i32(const Napi::CallbackInfo& info, size_t i, const char* what, size_t min_len, bool nullable = false) {
-  Napi::Env env = info.Env();
-  if (nullable && (info[i].IsNull() || info[i].IsUndefined())) return Napi::Int32Array();
-  if (!info[i].IsTypedArray() || info[i].As<Napi::TypedArray>().TypedArrayType() != napi_int32_array)
-    type_error(env, std::string(what) + " must be an Int32Array");
-  auto a = info[i].As<Napi::Int32Array>();
-  if (a.ElementLength() < min_len)
-    type_error(env, std::string(what) + " has " + std::to_string(a.ElementLength()) + " elements, needs " +
-                        std::to_string(min_len));
-  return a;
-}
-
-float* data(Napi::Float32Array a) { return a.IsEmpty() ? nullptr : a.Data(); }
-int32_t* data(Napi::Int32Array a) { return a.IsEmpty() ? nullptr : a.Data(); }
-
-int64_t num(const Napi::CallbackInfo& info, size_t i, const char* what) {
-  if (!info[i].IsNumber()) type_error(info.Env(), std::string(what) + " must be a number");
-  return info[i].As<Napi::Number>().Int64Value();
-}
-double dbl(const Napi::CallbackInfo& info, size_t i, const char* what) {
-  if (!info[i].IsNumber()) type_error(info.Env(), std::string(what) + " must be a number");
-  return info[i].As<Napi::Number>().DoubleValue();
-}
-bool flag(const Napi::CallbackInfo& info, size_t i) { return info[i].ToBoolean().Value(); }
-
-double field(Napi::Object o, const char* name, double dflt, bool required = false) {
-  Napi::Value v = o.Get(name);
-  if (v.IsUndefined() || v.IsNull()) {
-    if (required) throw Napi::TypeError::New(o.Env(), std::string("missing field ") + name);
-    return dflt;
-  }
-  if (!v.IsNumber()) throw Napi::TypeError::New(o.Env(), std::string("field ") + name + " must be a number");
-  return v.As<Napi::Number>().DoubleValue();
-}
 
 // ---------- ISA and threads
 
@@ -285,33 +236,11 @@ void kd_params(Napi::Object o, undo::KdArgs* a) {
 
 Napi::Value KdLoss(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  const std::string name = info[0].ToString();
-  if (!info[1].IsObject()) type_error(env, "kdLoss: options must be an object");
-  Napi::Object o = info[1].As<Napi::Object>();
   undo::KdArgs a;
-  if (!undo::kd_parse_kind(name.c_str(), &a.kind)) type_error(env, "kdLoss: unknown loss '" + name + "'");
-  a.rows = (int64_t)field(o, "rows", 0, true);
-  a.vocab = (int64_t)field(o, "vocab", 0, true);
-  a.valid_vocab = (int64_t)field(o, "validVocab", 0);
-  if (a.rows < 0 || a.vocab <= 0) type_error(env, "kdLoss: rows must be >= 0 and vocab > 0");
+  Napi::Object o = kd_loss_options(info, &a);
   // a typed array field of exactly `len` elements (or absent when !required)
   auto arr = [&](const char* f, napi_typedarray_type type, size_t len, bool required) -> void* {
-    Napi::Value v = o.Get(f);
-    if (v.IsUndefined() || v.IsNull()) {
-      if (required) type_error(env, std::string("kdLoss: missing ") + f);
-      return nullptr;
-    }
-    const char* tn = type == napi_float32_array ? "Float32Array" : type == napi_int32_array ? "Int32Array" : "Uint8Array";
-    if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != type)
-      type_error(env, std::string("kdLoss: ") + f + " must be a " + tn);
-    Napi::TypedArray t = v.As<Napi::TypedArray>();
-    if (t.ElementLength() != len)
-      type_error(env, std::string("kdLoss: ") + f + " has " + std::to_string(t.ElementLength()) + " elements, expected " +
-                          std::to_string(len));
-    void* data = nullptr;
-    napi_status st = napi_get_typedarray_info(env, v, nullptr, nullptr, &data, nullptr, nullptr);
-    if (st != napi_ok) type_error(env, std::string("kdLoss: cannot read ") + f);
-    return data;
+    return typed_field(env, o, "kdLoss", f, type, len, required);
   };
   const size_t n = (size_t)(a.rows * a.vocab), R = (size_t)a.rows;
   a.student = (const float*)arr("student", napi_float32_array, n, true);
@@ -320,42 +249,21 @@ Napi::Value KdLoss(const Napi::CallbackInfo& info) {
   if (a.k < 0) type_error(env, "kdLoss: k must be >= 0");
   a.topk_ids = (const int32_t*)arr("topkIds", napi_int32_array, R * (size_t)a.k, false);
   a.topk_logprobs = (const float*)arr("topkLogprobs", napi_float32_array, R * (size_t)a.k, false);
-  Napi::Value tail = o.Get("tail");
-  if (!tail.IsUndefined() && !tail.IsNull()) {
-    const std::string t = tail.ToString();
-    if (t == "renorm") a.tail = undo::KdTail::renorm;
-    else if (t == "bucket") a.tail = undo::KdTail::bucket;
-    else type_error(env, "kdLoss: tail must be 'renorm' or 'bucket'");
-  }
+  kd_tail_option(env, o, &a.tail);
   a.student_base = (const float*)arr("studentBase", napi_float32_array, n, false);
   a.teacher_base = (const float*)arr("teacherBase", napi_float32_array, n, false);
   a.targets = (const int32_t*)arr("targets", napi_int32_array, R, false);
   a.ignore_index = (int32_t)field(o, "ignoreIndex", -100);
   a.mask = (const uint8_t*)arr("mask", napi_uint8_array, R, false);
   kd_params(o, &a);
-  Napi::Value red = o.Get("reduction");
-  if (!red.IsUndefined() && !red.IsNull()) {
-    const std::string r = red.ToString();
-    if (r == "mean") a.reduction = undo::KdReduction::mean;
-    else if (r == "sum") a.reduction = undo::KdReduction::sum;
-    else type_error(env, "kdLoss: reduction must be 'mean' or 'sum'");
-  }
+  kd_reduction_option(env, o, &a.reduction);
   a.grad_scale = field(o, "gradScale", 1.0);
   a.row_loss = (float*)arr("perRow", napi_float32_array, R, true);
   a.grad = (float*)arr("grad", napi_float32_array, n, false);
   const undo::KdResult r = undo::kd_loss(a);
-  switch (r.status) {
-    case undo::KdStatus::ok: break;
-    case undo::KdStatus::bad_id:
-      throw Napi::RangeError::New(env, "kdLoss: row " + std::to_string(r.bad_row) + ": top-k id " +
-                                           std::to_string(r.bad_value) + " is outside [0, vocab)");
-    case undo::KdStatus::duplicate_id:
-      throw Napi::RangeError::New(env, "kdLoss: row " + std::to_string(r.bad_row) + ": top-k id " +
-                                           std::to_string(r.bad_value) + " appears twice");
-    case undo::KdStatus::bad_target:
-      throw Napi::RangeError::New(env, "kdLoss: row " + std::to_string(r.bad_row) + ": target " +
-                                           std::to_string(r.bad_value) + " is outside [0, vocab)");
-    default: throw Napi::TypeError::New(env, std::string("kdLoss: ") + r.message);
+  if (r.status != undo::KdStatus::ok) {
+    throw_kd_row_status(env, r.status, r.bad_row, r.bad_value);
+    throw Napi::TypeError::New(env, std::string("kdLoss: ") + r.message);
   }
   Napi::Object out = Napi::Object::New(env);
   out.Set("loss", Napi::Number::New(env, r.loss));

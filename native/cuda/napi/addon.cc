@@ -14,6 +14,8 @@
 #include <string>
 #include <vector>
 
+#include "../../napi/args.h"
+#include "../../napi/kd_args.h"
 #include "adamw.cuh"
 #include "cross_entropy.cuh"
 #include "device.cuh"
@@ -25,8 +27,7 @@
 namespace {
 
 namespace uc = undo::cuda;
-
-[[noreturn]] void type_error(Napi::Env env, const std::string& msg) { throw Napi::TypeError::New(env, msg); }
+using namespace undo_napi;  // argument helpers, as the CPU addon's: native/napi/args.h, kd_args.h
 
 void check(Napi::Env env, cudaError_t e, const char* what) {
   if (e == cudaSuccess) return;
@@ -79,53 +80,7 @@ class DevBuf {
   size_t bytes_ = 0;
 };
 
-// ---------- argument helpers (as native/napi/addon.cc)
-
-Napi::Float32Array f32(const Napi::CallbackInfo& info, size_t i, const char* what, size_t min_len,
-                       bool nullable = false) {
-  Napi::Env env = info.Env();
-  if (nullable && (info[i].IsNull() || info[i].IsUndefined())) return Napi::Float32Array();
-  if (!info[i].IsTypedArray() || info[i].As<Napi::TypedArray>().TypedArrayType() != napi_float32_array)
-    type_error(env, std::string(what) + " must be a Float32Array");
-  auto a = info[i].As<Napi::Float32Array>();
-  if (a.ElementLength() < min_len)
-    type_error(env, std::string(what) + " has " + std::to_string(a.ElementLength()) + " elements, needs " +
-                        std::to_string(min_len));
-  return a;
-}
-Napi::Int32Array i32(const Napi::CallbackInfo& info, size_t i, const char* what, size_t min_len) {
-  Napi::Env env = info.Env();
-  if (!info[i].IsTypedArray() || info[i].As<Napi::TypedArray>().TypedArrayType() != napi_int32_array)
-    type_error(env, std::string(what) + " must be an Int32Array");
-  auto a = info[i].As<Napi::Int32Array>();
-  if (a.ElementLength() < min_len)
-    type_error(env, std::string(what) + " has " + std::to_string(a.ElementLength()) + " elements, needs " +
-                        std::to_string(min_len));
-  return a;
-}
-int64_t num(const Napi::CallbackInfo& info, size_t i, const char* what) {
-  if (!info[i].IsNumber()) type_error(info.Env(), std::string(what) + " must be a number");
-  return info[i].As<Napi::Number>().Int64Value();
-}
-double dbl(const Napi::CallbackInfo& info, size_t i, const char* what) {
-  if (!info[i].IsNumber()) type_error(info.Env(), std::string(what) + " must be a number");
-  return info[i].As<Napi::Number>().DoubleValue();
-}
-bool flag(const Napi::CallbackInfo& info, size_t i) { return info[i].ToBoolean().Value(); }
-double field(Napi::Object o, const char* name, double dflt, bool required = false) {
-  Napi::Value v = o.Get(name);
-  if (v.IsUndefined() || v.IsNull()) {
-    if (required) throw Napi::TypeError::New(o.Env(), std::string("missing field ") + name);
-    return dflt;
-  }
-  if (!v.IsNumber()) throw Napi::TypeError::New(o.Env(), std::string("field ") + name + " must be a number");
-  return v.As<Napi::Number>().DoubleValue();
-}
-// the optional trailing options object's boolean field
-bool opt_flag(const Napi::CallbackInfo& info, size_t i, const char* name) {
-  if (info.Length() <= i || !info[i].IsObject()) return false;
-  return info[i].As<Napi::Object>().Get(name).ToBoolean().Value();
-}
+// ---------- bf16 logits
 
 // fp32 → bf16, round to nearest even (NaN stays a quiet NaN)
 uint16_t to_bf16(float f) {
@@ -388,38 +343,15 @@ Napi::Value Gemm(const Napi::CallbackInfo& info) {
 // kdLoss(name, {... as the CPU's kdLoss ..., bf16?}) → {loss, count}
 Napi::Value KdLoss(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  const std::string name = info[0].ToString();
-  if (!info[1].IsObject()) type_error(env, "kdLoss: options must be an object");
-  Napi::Object o = info[1].As<Napi::Object>();
   uc::KdCudaArgs a;
-  if (!uc::kd_parse_kind(name.c_str(), &a.kind)) type_error(env, "kdLoss: unknown loss '" + name + "'");
-  a.rows = (int64_t)field(o, "rows", 0, true);
-  a.vocab = (int64_t)field(o, "vocab", 0, true);
-  a.valid_vocab = (int64_t)field(o, "validVocab", 0);
-  if (a.rows < 0 || a.vocab <= 0) type_error(env, "kdLoss: rows must be >= 0 and vocab > 0");
+  Napi::Object o = kd_loss_options(info, &a);
   struct Arr {
     const void* data = nullptr;
     size_t bytes = 0;
   };
   auto arr = [&](const char* f, napi_typedarray_type type, size_t len, bool required) -> Arr {
-    Napi::Value v = o.Get(f);
-    if (v.IsUndefined() || v.IsNull()) {
-      if (required) type_error(env, std::string("kdLoss: missing ") + f);
-      return Arr();
-    }
-    const char* tn = type == napi_float32_array ? "Float32Array" : type == napi_int32_array ? "Int32Array" : "Uint8Array";
-    if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != type)
-      type_error(env, std::string("kdLoss: ") + f + " must be a " + tn);
-    Napi::TypedArray t = v.As<Napi::TypedArray>();
-    if (t.ElementLength() != len)
-      type_error(env, std::string("kdLoss: ") + f + " has " + std::to_string(t.ElementLength()) + " elements, expected " +
-                          std::to_string(len));
     Arr r;
-    void* data = nullptr;
-    if (napi_get_typedarray_info(env, v, nullptr, nullptr, &data, nullptr, nullptr) != napi_ok)
-      type_error(env, std::string("kdLoss: cannot read ") + f);
-    r.data = data;
-    r.bytes = t.ByteLength();
+    r.data = typed_field(env, o, "kdLoss", f, type, len, required, &r.bytes);
     return r;
   };
   const size_t n = (size_t)(a.rows * a.vocab), R = (size_t)a.rows;
@@ -429,13 +361,7 @@ Napi::Value KdLoss(const Napi::CallbackInfo& info) {
   if (a.k < 0) type_error(env, "kdLoss: k must be >= 0");
   const Arr ids = arr("topkIds", napi_int32_array, R * (size_t)a.k, false);
   const Arr lps = arr("topkLogprobs", napi_float32_array, R * (size_t)a.k, false);
-  Napi::Value tail = o.Get("tail");
-  if (!tail.IsUndefined() && !tail.IsNull()) {
-    const std::string t = tail.ToString();
-    if (t == "renorm") a.tail = uc::KdTail::renorm;
-    else if (t == "bucket") a.tail = uc::KdTail::bucket;
-    else type_error(env, "kdLoss: tail must be 'renorm' or 'bucket'");
-  }
+  kd_tail_option(env, o, &a.tail);
   const Arr targets = arr("targets", napi_int32_array, R, false);
   a.ignore_index = (int32_t)field(o, "ignoreIndex", -100);
   const Arr mask = arr("mask", napi_uint8_array, R, false);
@@ -444,13 +370,7 @@ Napi::Value KdLoss(const Napi::CallbackInfo& info) {
   a.alpha = field(o, "alpha", 0.1);
   a.t = field(o, "t", 0.0);
   a.t2_scale = o.Get("t2Scale").ToBoolean().Value();
-  Napi::Value red = o.Get("reduction");
-  if (!red.IsUndefined() && !red.IsNull()) {
-    const std::string r = red.ToString();
-    if (r == "mean") a.reduction = uc::KdReduction::mean;
-    else if (r == "sum") a.reduction = uc::KdReduction::sum;
-    else type_error(env, "kdLoss: reduction must be 'mean' or 'sum'");
-  }
+  kd_reduction_option(env, o, &a.reduction);
   a.grad_scale = field(o, "gradScale", 1.0);
   const Arr per_row = arr("perRow", napi_float32_array, R, true);
   const Arr grad = arr("grad", napi_float32_array, n, false);
@@ -495,18 +415,9 @@ Napi::Value KdLoss(const Napi::CallbackInfo& info) {
   check(env, e, "kdLoss");
   uc::KdCudaResult res;
   check(env, uc::kd_result(a, &res, 0), "kdLoss");
-  switch (res.status) {
-    case uc::KdStatus::ok: break;
-    case uc::KdStatus::bad_id:
-      throw Napi::RangeError::New(env, "kdLoss: row " + std::to_string(res.bad_row) + ": top-k id " +
-                                           std::to_string(res.bad_value) + " is outside [0, vocab)");
-    case uc::KdStatus::duplicate_id:
-      throw Napi::RangeError::New(env, "kdLoss: row " + std::to_string(res.bad_row) + ": top-k id " +
-                                           std::to_string(res.bad_value) + " appears twice");
-    case uc::KdStatus::bad_target:
-      throw Napi::RangeError::New(env, "kdLoss: row " + std::to_string(res.bad_row) + ": target " +
-                                           std::to_string(res.bad_value) + " is outside [0, vocab)");
-    default: throw Napi::TypeError::New(env, "kdLoss: bad arguments");
+  if (res.status != uc::KdStatus::ok) {
+    throw_kd_row_status(env, res.status, res.bad_row, res.bad_value);
+    throw Napi::TypeError::New(env, "kdLoss: bad arguments");
   }
   br.download(env, per_row.data ? (void*)per_row.data : nullptr, R * 4);
   if (grad.data) bg.download(env, (void*)grad.data, n * 4);
