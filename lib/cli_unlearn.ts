@@ -266,7 +266,7 @@ export function registerUndoCommand(program: Command, k: CliKit): void {
       const r = await distill(student, teacher, batcher, { ...optimCfg({ steps: o.steps, lr: o.lr, warmup: 50, clip: 1, schedule: 'cosine' }), evalEvery: arith ? 100 : 0 }, {
         loss: 'fkl', outDir: out, ...ui.hooks,
         evaluate: arith ? async () => { const s = await arithmeticScores(student, 25); return { retain: s.retain, retain_all: s.retainAll, forget: s.forget }; } : undefined,
-        stopWhen: t ? (m) => m.retain_all >= t.retainAll - o.tolerance : undefined,
+        stopWhen: t ? (m) => m.retain_all >= t.retainAll - o.tolerance && m.retain >= t.retain - o.tolerance : undefined,
       });
       ui.stop();
       console.log(`UNDO (α=${o.alpha}, β=${o.beta}): ${r.state.step} distillation steps, ${r.state.tokens} tokens; saved in ${out}`);
