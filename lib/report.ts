@@ -35,6 +35,14 @@ export async function paretoSvg(r: StudyReport): Promise<string> {
   const vl = require('vega-lite');
   const budget = Math.max(...r.study.relearn.budgets);
   const values = r.rows.map((row) => ({ model: row.name, kind: row.kind, compute: row.computeFraction, relearned: row.relearned[budget] }));
+  // one label per point: models at the same spot (the unlearn-only baselines often are) share it
+  const labels = new Map<string, { compute: number; relearned: number; model: string }>();
+  for (const v of values) {
+    const key = `${v.compute.toFixed(4)}|${v.relearned.toFixed(4)}`;
+    const l = labels.get(key);
+    if (l) l.model += `, ${v.model.replace(/^unlearn-only \((.*)\)$/, '$1')}`;
+    else labels.set(key, { compute: v.compute, relearned: v.relearned, model: v.model });
+  }
   const spec = vl.compile({
     $schema: 'https://vega.github.io/schema/vega-lite/v5.json',
     width: 480,
@@ -47,7 +55,7 @@ export async function paretoSvg(r: StudyReport): Promise<string> {
         y: { field: 'relearned', type: 'quantitative', title: 'forget accuracy after attack', scale: { domain: [0, 1] } },
         color: { field: 'kind', type: 'nominal' },
       } },
-      { mark: { type: 'text', dx: 6, align: 'left', fontSize: 10 }, encoding: {
+      { data: { values: [...labels.values()] }, mark: { type: 'text', dx: 6, align: 'left', fontSize: 10 }, encoding: {
         x: { field: 'compute', type: 'quantitative' }, y: { field: 'relearned', type: 'quantitative' }, text: { field: 'model' },
       } },
     ],
