@@ -56,7 +56,7 @@ export const STUDIES: Record<string, StudyConfig> = {
   quick: {
     name: 'quick', preset: 'tiny', seed: 42, seqLen: 128, batchSize: 16, pretrainSteps: 4000, pretrainLr: 4e-3,
     docs: 300000, wordProblems: 0.25, methods: ['maxent'], unlearn: UNLEARN_DEFAULTS, alphas: [0.6], beta: 0.1,
-    fullDistill: false, oracle: false, distillLr: 7e-3, distillMaxSteps: 1500, distillEvalEvery: 100, tolerance: 0.05,
+    fullDistill: false, oracle: false, distillLr: 7e-3, distillMaxSteps: 3000, distillEvalEvery: 100, tolerance: 0.05,
     relearn: { lrs: [1e-3, 3e-4], steps: 60, evalEvery: 20, budgets: [20, 60] }, evalPerForm: 50,
   },
   // `undo-native undo --preset arithmetic`: the whole study (≤ 60 min on 2 cores)
