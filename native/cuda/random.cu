@@ -12,6 +12,7 @@
 // (test/cuda.test.ts) and test/native/cuda_harness.cu, which count mismatches over millions of samples.
 #include <cstdint>
 
+#include "../cpu/philox.h"
 #include "device_util.cuh"
 #include "random.cuh"
 
@@ -19,40 +20,14 @@ namespace undo {
 namespace cuda {
 
 __host__ __device__ __forceinline__ void philox4x32_hd(uint64_t seed, uint64_t stream, uint64_t index, uint32_t out[4]) {
-  uint32_t c0 = (uint32_t)index, c1 = (uint32_t)(index >> 32), c2 = (uint32_t)stream, c3 = (uint32_t)(stream >> 32);
-  uint32_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
-  for (int round = 0; round < 10; round++) {
-    const uint64_t p0 = (uint64_t)0xD2511F53u * c0;
-    const uint64_t p1 = (uint64_t)0xCD9E8D57u * c2;
-    const uint32_t n0 = (uint32_t)(p1 >> 32) ^ c1 ^ k0;
-    const uint32_t n1 = (uint32_t)p1;
-    const uint32_t n2 = (uint32_t)(p0 >> 32) ^ c3 ^ k1;
-    const uint32_t n3 = (uint32_t)p0;
-    c0 = n0;
-    c1 = n1;
-    c2 = n2;
-    c3 = n3;
-    k0 += 0x9E3779B9u;
-    k1 += 0xBB67AE85u;
-  }
-  out[0] = c0;
-  out[1] = c1;
-  out[2] = c2;
-  out[3] = c3;
+  undo::philox4x32_10(seed, stream, index, out);  // native/cpu/philox.h, the CPU's own definition
 }
 
 void philox4x32_host(uint64_t seed, uint64_t stream, uint64_t index, uint32_t out[4]) {
   philox4x32_hd(seed, stream, index, out);
 }
 
-uint64_t stream_of(const char* name) {
-  uint64_t h = 1469598103934665603ull;
-  for (const unsigned char* p = (const unsigned char*)name; *p; p++) {
-    h ^= *p;
-    h *= 1099511628211ull;
-  }
-  return h;
-}
+uint64_t stream_of(const char* name) { return undo::philox_stream_of(name); }
 
 // 53-bit uniform in (0, 1): ((bits & (2^53 − 1)) + 0.5) / 2^53. The integer converts exactly; the + 0.5 rounds
 // (to even) above 2^52 exactly as on the CPU; the division by 2^53 is exact.
