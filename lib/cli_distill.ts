@@ -6,7 +6,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { Command, InvalidArgumentError, Option } from 'commander';
-import { Batcher, packDocuments, PackedDataset, splitTrainVal } from './data';
+import { Batcher, packDocuments, splitTrainVal } from './data';
 import { checkCompatible, distill } from './distill';
 import { UndoError } from './errors';
 import { evalArithmetic, evalDivergence, evalPackedLoss } from './evaluate';
@@ -20,7 +20,7 @@ import { biographyMetrics } from './tasks/biographies';
 import { parseStopCondition, StopCondition, stopTest, TrainConfig } from './train';
 import { pretrained, STUDIES } from './undo';
 import type { CliKit } from './cli_unlearn';
-import { documentsFrom } from './cli_unlearn';
+import { documentsFrom, packed } from './cli_unlearn';
 
 interface DistillOpts {
   teacher?: string; cache?: string; tail: 'renorm' | 'bucket'; onPolicy: number; student: string; data: string;
@@ -46,12 +46,6 @@ export function parseLossSpec(v: string): LossSpec {
   const x = Number(arg);
   if (arg.trim() === '' || !(x >= 0 && x <= 1)) throw new InvalidArgumentError(`"${v}": the parameter must be a number in [0, 1]`);
   return { name: name as LossSpec['name'], param: x };
-}
-
-function packedOrFail(docs: string[], model: Model, seqLen: number, seed: number, what: string): PackedDataset {
-  const p = packDocuments(model.tokenizer, docs, seqLen, { seed });
-  if (p.count === 0) throw new UndoError(`${what}: not enough text for one window of ${seqLen + 1} tokens`);
-  return p;
 }
 
 export function registerDistillCommand(program: Command, k: CliKit): void {
@@ -110,7 +104,7 @@ export function registerDistillCommand(program: Command, k: CliKit): void {
     // of --data, so its windows must stay as they are: then nothing is held out unless --eval-data is given)
     const split = o.evalData || offline ? { train: allDocs, val: [] as string[] } : splitTrainVal(allDocs, o.valFraction, o.seed);
     const evalDocs = o.evalData ? documentsFrom(o.evalData, '--eval-data', Math.max(200, Math.round(o.docs * o.valFraction)), o.seed + 1) : split.val;
-    const data = packedOrFail(split.train, student, o.seqLen, o.seed, '--data');
+    const data = packed(split.train, student, o.seqLen, o.seed, '--data');
     const evalSet = evalDocs.length ? packDocuments(student.tokenizer, evalDocs.slice(0, 400), o.seqLen, { seed: o.seed }) : undefined;
     const batcher = new Batcher(data, { batchSize: o.batchSize, seed: o.seed });
     const teacher = teacherModel ?? openTeacherStore(o.teacher!, { expect: expectationFor(student, data) });

@@ -47,7 +47,8 @@ export function documentsFrom(spec: string, what: string, count: number, seed: n
   return docs;
 }
 
-function packed(docs: string[], model: Model, seqLen: number, seed: number, what: string): PackedDataset {
+/** Packs documents for a model; too little text for one window is a clear error naming the option. */
+export function packed(docs: string[], model: Model, seqLen: number, seed: number, what: string): PackedDataset {
   const p = packDocuments(model.tokenizer, docs, seqLen, { seed });
   if (p.count === 0) throw new UndoError(`${what}: not enough text for one window of ${seqLen + 1} tokens`);
   return p;
