@@ -89,7 +89,7 @@ function trainingUi(steps: number, enabled: boolean) {
   const hooks: Pick<TrainOptions, 'onStep' | 'onEval'> = {
     onStep: (s) => bar?.update(s.step, { loss: s.loss.toFixed(4), tps: Math.round(s.tokensPerSec) }),
     onEval: (step, m) => {
-      const msg = `[eval @ ${step}] ` + Object.entries(m).map(([k, v]) => `${k}=${k.endsWith('loss') ? v.toFixed(4) : pct(v)}`).join(' ');
+      const msg = `[eval @ ${step}] ` + Object.entries(m).map(([k, v]) => `${k}=${k.endsWith('loss') || k.startsWith('val_') || k.startsWith('mia') ? v.toFixed(4) : pct(v)}`).join(' ');
       bar?.stop();
       console.log(msg);
       if (bar && step < steps) bar.start(steps, step, { loss: '-', tps: '-' });
