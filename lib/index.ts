@@ -1,5 +1,5 @@
 /** The library API of undo-native. */
-export { native, withIsa } from './native';
+export { native, withIsa, withThreads } from './native';
 export type { NativeBinding, NativeModel, NativeModelConfig, AttnDims, AdamWHyper } from './native';
 export { Model, configFromHF, configToHF, presetConfig, PRESETS, saveDirAtomic } from './model';
 export type { ModelConfig, Family, InitOptions } from './model';

@@ -180,6 +180,17 @@ function load(): NativeBinding {
 
 export const native: NativeBinding = load();
 
+/** Run `fn` on `n` kernel threads, restoring the previous count afterwards. */
+export function withThreads<T>(n: number, fn: () => T): T {
+  const prev = native.getThreads();
+  native.setThreads(n);
+  try {
+    return fn();
+  } finally {
+    native.setThreads(prev);
+  }
+}
+
 /** Run `fn` with the given ISA forced, restoring the previous one afterwards. */
 export function withIsa<T>(isa: string, fn: () => T): T {
   const prev = native.getIsa();

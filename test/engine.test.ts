@@ -15,7 +15,7 @@ import { Model, ModelConfig, presetConfig, saveDirAtomic } from '../lib/model';
 import { native } from '../lib/native';
 import { Rng } from '../lib/rng';
 import { readSafetensors } from '../lib/safetensors';
-import { FIXTURES, assertClose, bitEqual, forEachIsaAsync, randn, tinyConfig } from './helpers';
+import { FIXTURES, assertClose, bitEqual, forEachIsaAsync, randn, rejectsWith, throwsWith, tinyConfig } from './helpers';
 
 
 function randomIds(n: number, vocab: number, seed: number): Int32Array {
@@ -36,29 +36,7 @@ function tmpDir(tag: string): string {
 }
 
 
-async function rejectsWith(p: Promise<unknown>, re: RegExp, what: string): Promise<Error> {
-  try {
-    await p;
-  } catch (e) {
-    assert.instance(e, Error, `${what}: not an Error`);
-    assert.match((e as Error).message, re, `${what}: message "${(e as Error).message}"`);
-    return e as Error;
-  }
-  assert.unreachable(`${what}: did not reject`);
-  throw new Error('unreachable');
-}
 
-function throwsWith(fn: () => unknown, re: RegExp, what: string): Error {
-  try {
-    fn();
-  } catch (e) {
-    assert.instance(e, Error, `${what}: not an Error`);
-    assert.match((e as Error).message, re, `${what}: message "${(e as Error).message}"`);
-    return e as Error;
-  }
-  assert.unreachable(`${what}: did not throw`);
-  throw new Error('unreachable');
-}
 
 // ---------------------------------------------------------------------------------------------
 // 1. KV-cache decoding equals full forwards

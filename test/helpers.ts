@@ -93,6 +93,34 @@ export function throwsUndo(fn: () => unknown, ...expect: (string | RegExp)[]): U
   throw new Error('unreachable');
 }
 
+type ErrorClass = new (...args: never[]) => Error;
+
+/** Assert that fn throws an error of class `type` (default any Error) whose message matches `re`; `what` labels failures. */
+export function throwsWith(fn: () => unknown, re: RegExp, what: string, type: ErrorClass = Error): Error {
+  try {
+    fn();
+  } catch (e) {
+    assert.instance(e, type, `${what}: not a ${type.name}: ${String(e)}`);
+    assert.match((e as Error).message, re, `${what}: message "${(e as Error).message}"`);
+    return e as Error;
+  }
+  assert.unreachable(`${what}: did not throw`);
+  throw new Error('unreachable');
+}
+
+/** The Promise form of throwsWith. */
+export async function rejectsWith(p: Promise<unknown>, re: RegExp, what: string, type: ErrorClass = Error): Promise<Error> {
+  try {
+    await p;
+  } catch (e) {
+    assert.instance(e, type, `${what}: not a ${type.name}: ${String(e)}`);
+    assert.match((e as Error).message, re, `${what}: message "${(e as Error).message}"`);
+    return e as Error;
+  }
+  assert.unreachable(`${what}: did not reject`);
+  throw new Error('unreachable');
+}
+
 /** A tiny config of the given family (hidden 32, 2 layers, GQA 4/2 heads of 8, vocab 259). */
 export function tinyConfig(family: 'llama' | 'gemma2' = 'llama', over: Partial<ModelConfig> = {}): ModelConfig {
   const base = presetConfig(family === 'llama' ? 'tiny' : 'gemma-tiny');

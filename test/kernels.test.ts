@@ -15,7 +15,7 @@
  */
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { native } from '../lib/native';
+import { native, withThreads } from '../lib/native';
 import { Rng } from '../lib/rng';
 import { allFinite, assertClose, bitEqual, forEachIsa, randn, relErr } from './helpers';
 
@@ -107,15 +107,6 @@ function fdCheckSerial(what: string, x: Float32Array, idx: number[], h: number, 
   assertEach(an, fd, rtol, atol, `${what} (analytic vs finite difference)`);
 }
 
-function withThreads<T>(n: number, fn: () => T): T {
-  const prev = native.getThreads();
-  native.setThreads(n);
-  try {
-    return fn();
-  } finally {
-    native.setThreads(prev);
-  }
-}
 
 // ---------------------------------------------------------------- RMSNorm
 

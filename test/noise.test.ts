@@ -7,7 +7,7 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { UndoError } from '../lib/errors';
 import { Model, ModelConfig } from '../lib/model';
-import { native } from '../lib/native';
+import { native, withThreads } from '../lib/native';
 import {
   argsortF32, invNormalCdf, NOISE_DEFAULT_STD, noiseModel, noiseStream, projectToDistribution, targetQuantiles,
   xavierBound,
@@ -40,15 +40,6 @@ function moments(x: ArrayLike<number>): { mean: number; variance: number; maxAbs
   return { mean, variance: v / x.length, maxAbs };
 }
 
-function withThreads<T>(n: number, fn: () => T): T {
-  const prev = native.getThreads();
-  native.setThreads(n);
-  try {
-    return fn();
-  } finally {
-    native.setThreads(prev);
-  }
-}
 
 // ---------------------------------------------------------------------------------------------------------------
 // noiseModel

@@ -24,7 +24,11 @@ import {
   teacherHashFromDir, toHalf, tokenizerHash, TopKCodec, TopKSelector,
 } from '../lib/teacher_store';
 import { ByteTokenizer } from '../lib/tokenizer';
-import { tinyConfig } from './helpers';
+import { rejectsWith, throwsWith, tinyConfig } from './helpers';
+
+// every failure here must be an UndoError (a clear message for the user), not just any Error
+const throwsUndoWith = (fn: () => unknown, re: RegExp, what: string) => throwsWith(fn, re, what, UndoError);
+const rejectsUndoWith = (p: Promise<unknown>, re: RegExp, what: string) => rejectsWith(p, re, what, UndoError);
 
 const TMP = fs.mkdtempSync(path.join(os.tmpdir(), 'undo-tstore-'));
 const T = 16;
@@ -68,29 +72,7 @@ function assertSameShards(a: string, b: string, what: string): void {
   for (const [f, buf] of x) assert.ok(buf.equals(y.get(f)!), `${what}: ${f} differs`);
 }
 
-function throwsWith(fn: () => unknown, re: RegExp, what: string): Error {
-  try {
-    fn();
-  } catch (e) {
-    assert.instance(e, UndoError, `${what}: not an UndoError: ${String(e)}`);
-    assert.match((e as Error).message, re, `${what}: message "${(e as Error).message}"`);
-    return e as Error;
-  }
-  assert.unreachable(`${what}: did not throw`);
-  throw new Error('unreachable');
-}
 
-async function rejectsWith(p: Promise<unknown>, re: RegExp, what: string): Promise<Error> {
-  try {
-    await p;
-  } catch (e) {
-    assert.instance(e, UndoError, `${what}: not an UndoError: ${String(e)}`);
-    assert.match((e as Error).message, re, `${what}: message "${(e as Error).message}"`);
-    return e as Error;
-  }
-  assert.unreachable(`${what}: did not reject`);
-  throw new Error('unreachable');
-}
 
 /** Reference: the teacher's float64 log-softmax per row, from the same batches cacheTeacher runs. */
 async function referenceRows(model: Model, data: PackedDataset, shardWindows: number, batch: number): Promise<Float64Array[]> {
@@ -168,8 +150,8 @@ test('top-k selection equals a full sort (ties to the lower id), tail summed dir
     for (let i = 0; i < k; i++) assert.ok(Math.abs(sel.lps[i] - ref.lps[i]) < 1e-9, `k=${k} lp[${i}]`);
     assert.ok(Math.abs(sel.tail - ref.tail) <= 1e-12 + 1e-9 * ref.tail, `k=${k} tail ${sel.tail} vs ${ref.tail}`);
   }
-  throwsWith(() => new TopKSelector(0, 10), /top-k k = 0/, 'k = 0');
-  throwsWith(() => new TopKCodec(300, 259), /k = 300 is larger than the vocabulary \(259\)/, 'k > vocab');
+  throwsUndoWith(() => new TopKSelector(0, 10), /top-k k = 0/, 'k = 0');
+  throwsUndoWith(() => new TopKCodec(300, 259), /k = 300 is larger than the vocabulary \(259\)/, 'k > vocab');
 });
 
 test('codec at vocab 131072, k = 64: 199 bytes/token, exact ids, head |Δlogprob| ≤ 0.02, bounded errors', () => {
@@ -308,7 +290,7 @@ test('round trip through a tiny teacher: ids exact, log-probs within the bound, 
   // reading into a reused output
   const again = store.read(wins, got);
   assert.is(again, got);
-  throwsWith(() => store.read([23]), /window 23 is out of range/, 'window out of range');
+  throwsUndoWith(() => store.read([23]), /window 23 is out of range/, 'window out of range');
   store.close();
 });
 
@@ -351,8 +333,8 @@ test('resume after losing the last shard recomputes it byte-identically', async 
   const d = dir('lost');
   copyDir(REF, d);
   fs.rmSync(path.join(d, shardFileName(4)));
-  throwsWith(() => openTeacherStore(d), /shard shard-00004\.bin is missing/, 'missing shard');
-  await rejectsWith(cacheTeacher(teacher, DATA, { k: K, out: d, shardWindows: SHARD_W, batchSize: BATCH }), /already holds a teacher store/, 'no --resume');
+  throwsUndoWith(() => openTeacherStore(d), /shard shard-00004\.bin is missing/, 'missing shard');
+  await rejectsUndoWith(cacheTeacher(teacher, DATA, { k: K, out: d, shardWindows: SHARD_W, batchSize: BATCH }), /already holds a teacher store/, 'no --resume');
   const logs: string[] = [];
   const r = await cacheTeacher(teacher, DATA, { k: K, out: d, shardWindows: SHARD_W, batchSize: BATCH, resume: true, onLog: (m) => logs.push(m) });
   assert.is(r.shardsWritten, 1);
@@ -381,10 +363,10 @@ test('an interrupted run (abort, stale temp file) resumes to identical shards', 
   assert.not.ok(r1.manifest.complete);
   assert.is(r1.manifest.shards.length, 2);
   assert.ok(!fs.existsSync(path.join(d, shardFileName(2))));
-  throwsWith(() => openTeacherStore(d), /is incomplete: 2 of 5 shards/, 'incomplete store');
+  throwsUndoWith(() => openTeacherStore(d), /is incomplete: 2 of 5 shards/, 'incomplete store');
   const partial = openTeacherStore(d, { allowIncomplete: true });
   assert.is(partial.read([9]).rows, T);
-  throwsWith(() => partial.read([10]), /shard-00002\.bin .*has not been written/, 'unwritten shard');
+  throwsUndoWith(() => partial.read([10]), /shard-00002\.bin .*has not been written/, 'unwritten shard');
   partial.close();
   // a crash while shard 2 was being written leaves its temporary file behind
   const stale = path.join(d, `${shardFileName(2)}.tmp-99999-0123456789ab`);
@@ -402,12 +384,12 @@ test('an interrupted run (abort, stale temp file) resumes to identical shards', 
 
 test('resume refuses another k, data, teacher or shard size', async () => {
   const d = dir('lost'); // a complete copy of REF by now
-  await rejectsWith(cacheTeacher(teacher, DATA, { k: 32, out: d, shardWindows: SHARD_W, resume: true }), /different top-k \(field k\)/, 'k');
-  await rejectsWith(cacheTeacher(teacher, OTHER, { k: K, out: d, shardWindows: SHARD_W, resume: true }), /different data \(field data\.sha256\)/, 'data');
-  await rejectsWith(cacheTeacher(teacher, DATA, { k: K, out: d, shardWindows: 4, resume: true }), /different shard size \(field shardWindows\)/, 'shard windows');
+  await rejectsUndoWith(cacheTeacher(teacher, DATA, { k: 32, out: d, shardWindows: SHARD_W, resume: true }), /different top-k \(field k\)/, 'k');
+  await rejectsUndoWith(cacheTeacher(teacher, OTHER, { k: K, out: d, shardWindows: SHARD_W, resume: true }), /different data \(field data\.sha256\)/, 'data');
+  await rejectsUndoWith(cacheTeacher(teacher, DATA, { k: K, out: d, shardWindows: 4, resume: true }), /different shard size \(field shardWindows\)/, 'shard windows');
   const other = Model.create(tinyConfig('llama'), { seed: 8, std: 0.3 });
-  await rejectsWith(cacheTeacher(other, DATA, { k: K, out: d, shardWindows: SHARD_W, resume: true }), /different teacher \(field teacher\.sha256\)/, 'teacher');
-  await rejectsWith(cacheTeacher(teacher, DATA, { k: V + 1, out: dir('kbig') }), /k = 260 is larger than the teacher's vocabulary \(259\)/, 'k > vocab');
+  await rejectsUndoWith(cacheTeacher(other, DATA, { k: K, out: d, shardWindows: SHARD_W, resume: true }), /different teacher \(field teacher\.sha256\)/, 'teacher');
+  await rejectsUndoWith(cacheTeacher(teacher, DATA, { k: V + 1, out: dir('kbig') }), /k = 260 is larger than the teacher's vocabulary \(259\)/, 'k > vocab');
   assert.ok(!fs.existsSync(dir('kbig')), 'nothing written for a bad k');
 });
 
@@ -419,11 +401,11 @@ test('corrupt, truncated and foreign shards are refused naming the store, the sh
   const buf = fs.readFileSync(f1);
   buf[96 + 1234] ^= 0x10;
   fs.writeFileSync(f1, buf);
-  const e = throwsWith(() => openTeacherStore(d, { verify: 'open' }), /shard shard-00001\.bin is corrupt: .*\(field sha256\)/, 'corrupt, verify open');
+  const e = throwsUndoWith(() => openTeacherStore(d, { verify: 'open' }), /shard shard-00001\.bin is corrupt: .*\(field sha256\)/, 'corrupt, verify open');
   assert.ok(e.message.includes(d), 'names the store');
   const lazy = openTeacherStore(d);
   assert.is(lazy.read([0, 4]).rows, 2 * T);
-  throwsWith(() => lazy.read([5]), /shard-00001\.bin is corrupt/, 'corrupt, lazy');
+  throwsUndoWith(() => lazy.read([5]), /shard-00001\.bin is corrupt/, 'corrupt, lazy');
   assert.is(lazy.read([22]).rows, T);
   lazy.close();
   const noCheck = openTeacherStore(d, { verify: 'none' });
@@ -440,7 +422,7 @@ test('corrupt, truncated and foreign shards are refused naming the store, the sh
   const f2 = path.join(t, shardFileName(2));
   fs.truncateSync(f2, fs.statSync(f2).size - 10);
   for (const verify of ['none', 'lazy', 'open'] as const) {
-    throwsWith(() => openTeacherStore(t, { verify }), /shard shard-00002\.bin is truncated: .*\(field bytes\)/, `truncated, ${verify}`);
+    throwsUndoWith(() => openTeacherStore(t, { verify }), /shard shard-00002\.bin is truncated: .*\(field bytes\)/, `truncated, ${verify}`);
   }
 
   // a shard of a store built on other data, dropped in with a consistent size: its header says so
@@ -449,7 +431,7 @@ test('corrupt, truncated and foreign shards are refused naming the store, the sh
   const f = dir('foreign');
   copyDir(REF, f);
   fs.copyFileSync(path.join(foreign, shardFileName(0)), path.join(f, shardFileName(0)));
-  throwsWith(() => openTeacherStore(f), /shard shard-00000\.bin was made with another data \(field data: /, 'foreign shard');
+  throwsUndoWith(() => openTeacherStore(f), /shard shard-00000\.bin was made with another data \(field data: /, 'foreign shard');
   // and one from a store with another tokenizer
   const swapped = new ByteTokenizer({ byteIds: Array.from({ length: 256 }, (_, i) => i), bos: 257, eos: 256, pad: 258 });
   const t2 = Model.create(tinyConfig('llama'), { seed: 7, std: 0.3 }, swapped);
@@ -458,7 +440,7 @@ test('corrupt, truncated and foreign shards are refused naming the store, the sh
   const g = dir('foreign2');
   copyDir(REF, g);
   fs.copyFileSync(path.join(tokSrc, shardFileName(3)), path.join(g, shardFileName(3)));
-  throwsWith(() => openTeacherStore(g), /shard shard-00003\.bin was made with another tokenizer \(field tokenizer: /, 'foreign tokenizer shard');
+  throwsUndoWith(() => openTeacherStore(g), /shard shard-00003\.bin was made with another tokenizer \(field tokenizer: /, 'foreign tokenizer shard');
 
   // a damaged manifest
   const j = dir('badmanifest');
@@ -466,8 +448,8 @@ test('corrupt, truncated and foreign shards are refused naming the store, the sh
   const man = JSON.parse(fs.readFileSync(path.join(j, 'manifest.json'), 'utf8'));
   man.shards[1].sha256 = 'xyz';
   fs.writeFileSync(path.join(j, 'manifest.json'), JSON.stringify(man));
-  throwsWith(() => openTeacherStore(j), /manifest\.json field "shards\[1\]\.sha256"/, 'bad manifest');
-  throwsWith(() => openTeacherStore(dir('nope')), /teacher store .* does not exist/, 'no store');
+  throwsUndoWith(() => openTeacherStore(j), /manifest\.json field "shards\[1\]\.sha256"/, 'bad manifest');
+  throwsUndoWith(() => openTeacherStore(dir('nope')), /teacher store .* does not exist/, 'no store');
 });
 
 test('a store is refused for another tokenizer, data set or vocabulary', () => {
@@ -475,12 +457,12 @@ test('a store is refused for another tokenizer, data set or vocabulary', () => {
   openTeacherStore(REF, { expect: ex }).close();
   const swapped = new ByteTokenizer({ byteIds: Array.from({ length: 256 }, (_, i) => i), bos: 257, eos: 256, pad: 258 });
   assert.is.not(tokenizerHash(swapped), ex.tokenizerHash);
-  const e = throwsWith(() => openTeacherStore(REF, { expect: { ...ex, tokenizerHash: tokenizerHash(swapped) } }),
+  const e = throwsUndoWith(() => openTeacherStore(REF, { expect: { ...ex, tokenizerHash: tokenizerHash(swapped) } }),
     /was built for another tokenizer \(field tokenizer\.sha256: /, 'tokenizer');
   assert.ok(e.message.includes(REF));
-  throwsWith(() => openTeacherStore(REF, { expect: { ...ex, dataHash: dataHash(OTHER) } }), /another data \(field data\.sha256: /, 'data');
-  throwsWith(() => openTeacherStore(REF, { expect: { ...ex, vocab: 260 } }), /another vocabulary \(field vocab: the store has 259, expected 260\)/, 'vocab');
-  throwsWith(() => openTeacherStore(REF, { expect: { ...ex, seqLen: 32 } }), /field seqLen/, 'seqLen');
+  throwsUndoWith(() => openTeacherStore(REF, { expect: { ...ex, dataHash: dataHash(OTHER) } }), /another data \(field data\.sha256: /, 'data');
+  throwsUndoWith(() => openTeacherStore(REF, { expect: { ...ex, vocab: 260 } }), /another vocabulary \(field vocab: the store has 259, expected 260\)/, 'vocab');
+  throwsUndoWith(() => openTeacherStore(REF, { expect: { ...ex, seqLen: 32 } }), /field seqLen/, 'seqLen');
 });
 
 // ---------------------------------------------------------------------------------------------
@@ -532,13 +514,13 @@ test('cache-teacher and teacher-store commands', async () => {
   assert.is(store.numWindows, data.count);
   assert.is(store.manifest.bytesPerToken, 44); // 16 × 9-bit ids + 56 + 15 × 10 bits = 350 bits
   store.close();
-  await rejectsWith(runCli(args), /already holds a teacher store/, 'second run without --resume');
+  await rejectsUndoWith(runCli(args), /already holds a teacher store/, 'second run without --resume');
   const again = await runCli([...args, '--resume']);
   assert.match(again[again.length - 1], /\d+ shards \(\d+ kept from the earlier run\)/);
   const info = await runCli(['teacher-store', out, '--verify']);
   assert.match(info.join('\n'), /complete; \d+ tokens/);
   assert.match(info.join('\n'), /verified \d+ shard\(s\)/);
-  await rejectsWith(runCli(['cache-teacher', '--teacher', tdir, '--data', 'arithmetic:add', '--docs', '60', '--topk', '300', '--seq-len', '16', '--out', dir('cli-k'), '--no-progress']),
+  await rejectsUndoWith(runCli(['cache-teacher', '--teacher', tdir, '--data', 'arithmetic:add', '--docs', '60', '--topk', '300', '--seq-len', '16', '--out', dir('cli-k'), '--no-progress']),
     /--topk 300 is larger than the teacher's vocabulary \(259\)/, '--topk > vocab');
 });
 
