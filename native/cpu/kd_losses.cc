@@ -37,65 +37,52 @@ static const float kLog2e = 1.44269504088896341f;
 // e^x for x ≤ 0.
 static inline float kd_exp(float x) { return kd_exp2(x * kLog2e); }
 
-// Natural log of x > 0 (Cephes logf polynomial, ~1 ulp), vectorisable: no branches, no libm call.
-// Denormal inputs are scaled up first; 0 gives ≈ −103 instead of −inf (callers pass x > 0); NaN and inf
-// give NaN.
-static inline float kd_log(float x) {
-  const bool tiny = x < 1.17549435e-38f;
-  const float xs = tiny ? x * 8388608.0f : x;  // 2^23
+// Cephes logf: log(1 + f) = f − f²/2 + f³·P(f) for f ∈ [√½ − 1, √2 − 1), P of degree 8 (coefficients c0..c8),
+// and the exponent added as ef·(0.693359375 − 2.12194440e-4) (ln 2 split so that ef·hi is exact). kd_log_poly is
+// that sum for a reduced (f, ef), P by Estrin's scheme (short dependency chains); v_log_norm below is its AVX-512
+// form with the same constants.
+static const float kLogP[9] = {3.3333331174E-1f, -2.4999993993E-1f, 2.0000714765E-1f, -1.6668057665E-1f, 1.4249322787E-1f,
+                               -1.2420140846E-1f, 1.1676998740E-1f, -1.1514610310E-1f, 7.0376836292E-2f};
+static const float kLn2Hi = 0.693359375f, kLn2Lo = -2.12194440e-4f;
+
+static inline float kd_log_poly(float f, float ef) {
+  const float z = f * f, z2 = z * z, z4 = z2 * z2;
+  const float a01 = kLogP[0] + f * kLogP[1], a23 = kLogP[2] + f * kLogP[3];
+  const float a45 = kLogP[4] + f * kLogP[5], a67 = kLogP[6] + f * kLogP[7];
+  const float c07 = (a01 + z * a23) + z2 * (a45 + z * a67);
+  float y = (c07 + z4 * kLogP[8]) * f * z;
+  y += kLn2Lo * ef;
+  y += -0.5f * z;
+  return (f + y) + kLn2Hi * ef;
+}
+
+// Splits a normal x > 0 into f = m − 1 with m ∈ [√½, √2) and the exponent ef (x = m·2^ef).
+static inline void kd_log_reduce(float x, float* f, float* ef) {
   int32_t bits;
-  std::memcpy(&bits, &xs, 4);
+  std::memcpy(&bits, &x, 4);
   const int32_t e = ((bits >> 23) & 0xff) - 126;
   const int32_t mbits = (bits & 0x007fffff) | 0x3f000000;  // mantissa in [0.5, 1)
   float m;
   std::memcpy(&m, &mbits, 4);
   const bool lo = m < 0.707106781186547524f;
-  const float f = lo ? m + m - 1.0f : m - 1.0f;  // log(1 + f), f ∈ [√½ − 1, √2 − 1)
-  const float ef = (float)(lo ? e - 1 : e) - (tiny ? 23.0f : 0.0f);
-  const float z = f * f;
-  float y = 7.0376836292E-2f;
-  y = y * f - 1.1514610310E-1f;
-  y = y * f + 1.1676998740E-1f;
-  y = y * f - 1.2420140846E-1f;
-  y = y * f + 1.4249322787E-1f;
-  y = y * f - 1.6668057665E-1f;
-  y = y * f + 2.0000714765E-1f;
-  y = y * f - 2.4999993993E-1f;
-  y = y * f + 3.3333331174E-1f;
-  y = y * f * z;
-  y += -2.12194440e-4f * ef;
-  y += -0.5f * z;
-  float r = f + y;
-  r += 0.693359375f * ef;
-  return r + (x - x);
+  *f = lo ? m + m - 1.0f : m - 1.0f;
+  *ef = (float)(lo ? e - 1 : e);
 }
 
-// kd_log for normal x > 0 only (no denormal scaling, no NaN propagation: callers mask what they don't use),
-// the polynomial evaluated by Estrin's scheme (shorter dependency chains, same coefficients).
+// Natural log of x > 0 (~1 ulp), vectorisable: no branches, no libm call. Denormal inputs are scaled up first;
+// 0 gives ≈ −104 instead of −inf (callers pass x > 0); NaN and inf give NaN.
+static inline float kd_log(float x) {
+  const bool tiny = x < 1.17549435e-38f;
+  float f, ef;
+  kd_log_reduce(tiny ? x * 8388608.0f : x, &f, &ef);  // 2^23
+  return kd_log_poly(f, ef - (tiny ? 23.0f : 0.0f)) + (x - x);
+}
+
+// kd_log for normal x > 0 only (no denormal scaling, no NaN propagation: callers mask what they don't use).
 static inline float kd_log_norm(float x) {
-  int32_t bits;
-  std::memcpy(&bits, &x, 4);
-  const int32_t e = ((bits >> 23) & 0xff) - 126;
-  const int32_t mbits = (bits & 0x007fffff) | 0x3f000000;
-  float m;
-  std::memcpy(&m, &mbits, 4);
-  const bool lo = m < 0.707106781186547524f;
-  const float f = lo ? m + m - 1.0f : m - 1.0f;
-  const float ef = (float)(lo ? e - 1 : e);
-  const float z = f * f;
-  const float z2 = z * z, z4 = z2 * z2;
-  const float a01 = 3.3333331174E-1f + f * -2.4999993993E-1f;
-  const float a23 = 2.0000714765E-1f + f * -1.6668057665E-1f;
-  const float a45 = 1.4249322787E-1f + f * -1.2420140846E-1f;
-  const float a67 = 1.1676998740E-1f + f * -1.1514610310E-1f;
-  const float b03 = a01 + z * a23, b47 = a45 + z * a67;
-  const float c07 = b03 + z2 * b47;
-  float y = (c07 + z4 * 7.0376836292E-2f) * f * z;
-  y += -2.12194440e-4f * ef;
-  y += -0.5f * z;
-  float r = f + y;
-  r += 0.693359375f * ef;
-  return r;
+  float f, ef;
+  kd_log_reduce(x, &f, &ef);
+  return kd_log_poly(f, ef);
 }
 
 // log1p(t) for t > −1, accurate relative to the result for small t: log(u) + (t − (u − 1))/u with u = fl(1 + t)
@@ -127,7 +114,7 @@ static inline float kd_mix_other(float direct, float p, float q, float delta, fl
 // AVX-512 forms of the hot loops (the auto-vectorised scalar code above needs ~5 more instructions per exp and
 // per log for the exponent bit-fiddling that vscalefps / vgetexpps / vgetmantps do in one). Same polynomials,
 // so the results agree with the scalar forms to an ulp or two.
-static inline __m512 v_log_norm(__m512 x) {  // kd_log_norm: x > 0 normal
+static inline __m512 v_log_norm(__m512 x) {  // kd_log_norm: x > 0 normal (getexp/getmant do kd_log_reduce)
   __m512 e = _mm512_getexp_ps(x);
   __m512 m = _mm512_getmant_ps(x, _MM_MANT_NORM_1_2, _MM_MANT_SIGN_src);  // [1, 2)
   const __mmask16 hi = _mm512_cmp_ps_mask(m, _mm512_set1_ps(1.41421356237309505f), _CMP_GE_OQ);
@@ -135,17 +122,15 @@ static inline __m512 v_log_norm(__m512 x) {  // kd_log_norm: x > 0 normal
   e = _mm512_mask_add_ps(e, hi, e, _mm512_set1_ps(1.0f));
   const __m512 f = _mm512_sub_ps(m, _mm512_set1_ps(1.0f));
   const __m512 z = _mm512_mul_ps(f, f), z2 = _mm512_mul_ps(z, z), z4 = _mm512_mul_ps(z2, z2);
-  const __m512 a01 = _mm512_fmadd_ps(f, _mm512_set1_ps(-2.4999993993E-1f), _mm512_set1_ps(3.3333331174E-1f));
-  const __m512 a23 = _mm512_fmadd_ps(f, _mm512_set1_ps(-1.6668057665E-1f), _mm512_set1_ps(2.0000714765E-1f));
-  const __m512 a45 = _mm512_fmadd_ps(f, _mm512_set1_ps(-1.2420140846E-1f), _mm512_set1_ps(1.4249322787E-1f));
-  const __m512 a67 = _mm512_fmadd_ps(f, _mm512_set1_ps(-1.1514610310E-1f), _mm512_set1_ps(1.1676998740E-1f));
-  const __m512 b03 = _mm512_fmadd_ps(z, a23, a01), b47 = _mm512_fmadd_ps(z, a67, a45);
-  const __m512 c07 = _mm512_fmadd_ps(z2, b47, b03);
-  __m512 y = _mm512_fmadd_ps(z4, _mm512_set1_ps(7.0376836292E-2f), c07);
+  auto c = [](int i) { return _mm512_set1_ps(kLogP[i]); };
+  const __m512 a01 = _mm512_fmadd_ps(f, c(1), c(0)), a23 = _mm512_fmadd_ps(f, c(3), c(2));
+  const __m512 a45 = _mm512_fmadd_ps(f, c(5), c(4)), a67 = _mm512_fmadd_ps(f, c(7), c(6));
+  const __m512 c07 = _mm512_fmadd_ps(z2, _mm512_fmadd_ps(z, a67, a45), _mm512_fmadd_ps(z, a23, a01));
+  __m512 y = _mm512_fmadd_ps(z4, c(8), c07);
   y = _mm512_mul_ps(_mm512_mul_ps(y, f), z);
-  y = _mm512_fmadd_ps(e, _mm512_set1_ps(-2.12194440e-4f), y);
+  y = _mm512_fmadd_ps(e, _mm512_set1_ps(kLn2Lo), y);
   y = _mm512_fmadd_ps(z, _mm512_set1_ps(-0.5f), y);
-  return _mm512_fmadd_ps(e, _mm512_set1_ps(0.693359375f), _mm512_add_ps(f, y));
+  return _mm512_fmadd_ps(e, _mm512_set1_ps(kLn2Hi), _mm512_add_ps(f, y));
 }
 
 static inline __mmask16 v_tail(int64_t left) { return left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1u); }
