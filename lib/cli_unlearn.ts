@@ -14,7 +14,7 @@ import { ALL_OPS, FORGET_OPS, generateArithmeticCorpus, Op } from './tasks/arith
 import { biographyMetrics, builtinBiographyDocs, builtinBiographyNames } from './tasks/biographies';
 import { TrainConfig, TrainOptions } from './train';
 import { CAUSAL_DEFAULT_REPLACEMENTS, CausalOptions, parseMethod, unlearn, UNLEARN_DEFAULTS, UNLEARN_METHODS } from './unlearn';
-import { arithmeticScores, defaultStudyOut, runStudy, STUDIES } from './undo';
+import { arithmeticScores, defaultStudyOut, retainStop, runStudy, STUDIES } from './undo';
 import { reportMarkdown } from './report';
 
 export interface CliKit {
@@ -266,8 +266,7 @@ export function registerUndoCommand(program: Command, k: CliKit): void {
       const ui = k.trainingUi(o.steps, o.progress);
       const r = await distill(student, teacher, batcher, { ...optimCfg({ steps: o.steps, lr: o.lr, warmup: 50, clip: 1, schedule: 'cosine' }), evalEvery: arith ? 100 : 0 }, {
         loss: 'fkl', outDir: out, ...ui.hooks,
-        evaluate: arith ? async () => { const s = await arithmeticScores(student, 25); return { retain: s.retain, retain_all: s.retainAll, forget: s.forget }; } : undefined,
-        stopWhen: t ? (m) => m.retain_all >= t.retainAll - o.tolerance && m.retain >= t.retain - o.tolerance : undefined,
+        ...(t ? retainStop(student, t, o.tolerance, 25) : {}),
       });
       ui.stop();
       console.log(`UNDO (α=${o.alpha}, β=${o.beta}): ${r.state.step} distillation steps, ${r.state.tokens} tokens; saved in ${out}`);

@@ -115,6 +115,23 @@ export async function arithmeticScores(m: Model, perForm: number): Promise<{ ret
   return { retain: mean(RETAIN_OPS), forget: mean(FORGET_OPS), retainAll, metrics };
 }
 
+/**
+ * UNDO's distillation stop (evaluate + stopWhen for train()): the paper's rule (undo.md §5) is the mean of the
+ * four add/sub accuracies (equations and word problems) within `tolerance` of the teacher's; the tiny models
+ * solve almost no word problems, which halves that mean and so doubles the tolerance on equations: the
+ * equations must be within it as well.
+ */
+export function retainStop(student: Model, teacher: { retain: number; retainAll: number }, tolerance: number, perForm: number):
+  Required<Pick<TrainOptions, 'evaluate' | 'stopWhen'>> {
+  return {
+    evaluate: async () => {
+      const s = await arithmeticScores(student, perForm);
+      return { retain: s.retain, retain_all: s.retainAll, forget: s.forget };
+    },
+    stopWhen: (m) => m.retain_all >= teacher.retainAll - tolerance && m.retain >= teacher.retain - tolerance,
+  };
+}
+
 function corpus(c: StudyConfig, ops: readonly Op[], salt: number, tok: ByteTokenizer): PackedDataset {
   const docs = generateArithmeticCorpus({ ops, count: c.docs, seed: c.seed + salt, wordProblemFraction: c.wordProblems });
   return packDocuments(tok, docs, c.seqLen, { seed: c.seed + salt });
@@ -183,14 +200,7 @@ export async function runStudy(c: StudyConfig, o: StudyOptions): Promise<StudyRe
     const r = await distill(student, teacher!, new Batcher(allData, { batchSize: c.batchSize, seed: c.seed + 7 }),
       trainCfg(c.distillMaxSteps, c.distillLr, 50, 'cosine', c.distillEvalEvery), {
         loss: 'fkl', ...(ui?.hooks ?? {}),
-        evaluate: async () => {
-          const s = await arithmeticScores(student, c.evalPerForm);
-          return { retain: s.retain, retain_all: s.retainAll, forget: s.forget };
-        },
-        // the paper's rule (undo.md §5) is the mean of the four add/sub accuracies (equations and word problems)
-        // within the tolerance of the teacher's; the tiny models solve almost no word problems, which halves that
-        // mean and so doubles the tolerance on equations: the equations must be within it as well
-        stopWhen: (m) => m.retain_all >= teacherScore.retainAll - c.tolerance && m.retain >= teacherScore.retain - c.tolerance,
+        ...retainStop(student, teacherScore, c.tolerance, c.evalPerForm),
       });
     ui?.stop();
     return r.state.tokens;
