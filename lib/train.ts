@@ -113,14 +113,21 @@ export function parseStopCondition(text: string, what = '--stop-when'): StopCond
   return { metric: m[1], op: m[2] as StopCondition['op'], value: Number(m[3]), text: text.trim() };
 }
 
-/** stopWhen for train(): true once the condition holds; a metric the evaluation never produces is an error. */
-export function stopTest(c: StopCondition): (metrics: Record<string, number>) => boolean {
+function noSuchMetric(c: StopCondition, names: Iterable<string>): UndoError {
+  return new UndoError(`--stop-when ${c.text}: the evaluation has no metric "${c.metric}"`,
+    `metrics evaluated: ${[...names].sort().join(', ') || '(none)'}`);
+}
+
+/**
+ * stopWhen for train(): true once the condition holds. A metric the evaluation does not produce is an error:
+ * at once when `known` (the metrics the evaluation will produce) is given, so before any training, else at
+ * the first evaluation.
+ */
+export function stopTest(c: StopCondition, known?: Iterable<string>): (metrics: Record<string, number>) => boolean {
+  if (known && ![...known].includes(c.metric)) throw noSuchMetric(c, known);
   return (metrics) => {
     const v = metrics[c.metric];
-    if (v === undefined) {
-      throw new UndoError(`--stop-when ${c.text}: the evaluation has no metric "${c.metric}"`,
-        `metrics evaluated: ${Object.keys(metrics).sort().join(', ') || '(none)'}`);
-    }
+    if (v === undefined) throw noSuchMetric(c, Object.keys(metrics));
     if (!Number.isFinite(v)) return false;
     switch (c.op) {
       case '<=': return v <= c.value;

@@ -109,7 +109,6 @@ test('train: loss falls on a repeated sequence and the result is reproducible', 
   assert.ok(b.params.every((v, i) => v === a.params[i]));
 });
 
-test.run();
 
 test('stop conditions: METRIC<=X / >= / < / > parse, test metrics, and reject bad text or unknown metrics', () => {
   const c = parseStopCondition(' val_loss <= 1.25 ');
@@ -124,5 +123,11 @@ test('stop conditions: METRIC<=X / >= / < / > parse, test metrics, and reject ba
   assert.ok(stopTest(parseStopCondition('val_kl<2e-2'))({ val_kl: 0.0199 }));
   assert.is(parseStopCondition('x>=-.5').value, -0.5);
   for (const bad of ['val_loss', 'val_loss=1', 'val_loss<=abc', '<=1', 'val loss<=1']) throwsUndo(() => parseStopCondition(bad), /expected METRIC<=VALUE/);
-  throwsUndo(() => stopTest(parseStopCondition('acc>=0.9'))({ val_loss: 1, retain: 0.5 }), /no metric "acc"/);
+  const late = throwsUndo(() => stopTest(parseStopCondition('acc>=0.9'))({ val_loss: 1, retain: 0.5 }), /no metric "acc"/);
+  assert.is(late.hint, 'metrics evaluated: retain, val_loss');
+  // with the metrics the evaluation will produce, an unknown one is refused at once, before any evaluation
+  throwsUndo(() => stopTest(parseStopCondition('acc>=0.9'), ['val_loss', 'retain']), /no metric "acc"/);
+  assert.ok(stopTest(parseStopCondition('retain>=0.9'), ['val_loss', 'retain'])({ retain: 0.95 }));
 });
+
+test.run();
