@@ -88,14 +88,18 @@ export async function evalPackedLoss(model: Model, data: PackedDataset, batchSiz
   return { loss: count ? total / count : NaN, tokens: count };
 }
 
+/** Rows of logits fetched at a time by evalDivergence: 2^22 floats (16 MB) per model, at least one row. */
+const DIVERGENCE_CHUNK_FLOATS = 1 << 22;
+
 /**
  * Mean per-token divergence between a teacher and a student over every window of a packed dataset (default
  * forward KL(teacher ‖ student) at temperature 1): the held-out distillation gap, for evaluation and early
- * stopping. Loss only, no gradient; one batch of logits at a time.
+ * stopping. Loss only, no gradient; the logits of both models are fetched a few rows at a time (never a
+ * batch × vocab block, which for a 128k vocabulary would be gigabytes).
  */
 export async function evalDivergence(
   student: Model, teacher: Model, data: PackedDataset,
-  opts: { loss?: LossName; temperature?: number; params?: Record<string, number>; batchSize?: number } = {},
+  opts: { loss?: LossName; temperature?: number; params?: Record<string, number>; batchSize?: number; chunkRows?: number } = {},
 ): Promise<{ value: number; tokens: number }> {
   const T = data.seqLen;
   const bs = opts.batchSize ?? 8;
@@ -108,12 +112,15 @@ export async function evalDivergence(
     const ids = new Int32Array(B * T);
     for (let b = 0; b < B; b++) ids.set(data.inputs(i + b), b * T);
     await teacher.native.forward(ids, B, T);
-    const tl = await teacher.native.logits(null);
     await student.native.forward(ids, B, T);
-    const sl = await student.native.logits(null);
-    const r = computeLoss(opts.loss ?? 'fkl', { student: sl, teacher: tl, rows: B * T, vocab: V, temperature: opts.temperature ?? 1, grad: false, ...(opts.params ?? {}) });
-    total += r.loss * B * T;
-    count += B * T;
+    const chunk = opts.chunkRows ?? Math.max(1, Math.floor(DIVERGENCE_CHUNK_FLOATS / V));
+    for (let r0 = 0; r0 < B * T; r0 += chunk) {
+      const rows = Int32Array.from({ length: Math.min(chunk, B * T - r0) }, (_, j) => r0 + j);
+      const [tl, sl] = [await teacher.native.logits(rows), await student.native.logits(rows)];
+      const r = computeLoss(opts.loss ?? 'fkl', { student: sl, teacher: tl, rows: rows.length, vocab: V, temperature: opts.temperature ?? 1, grad: false, ...(opts.params ?? {}) });
+      total += r.loss * rows.length;
+      count += rows.length;
+    }
   }
   return { value: count ? total / count : NaN, tokens: count };
 }

@@ -151,6 +151,31 @@ test('distill from the top-k of an online teacher: equals full fkl at k = vocab,
   await rejectsWith(run(1, { topk: CFG.vocabSize + 1 }), /top-k must be an integer in \[1, vocab/, 'topk > vocab', UndoError);
 });
 
+test('evalDivergence: mean KL over every row, in row chunks, equals loss.compute on whole batches; zero for a copy', async () => {
+  const { evalDivergence } = await import('../lib/evaluate');
+  const { loss } = await import('../lib/losses');
+  const data = new PackedDataset(Int32Array.from([...forget.tokens, ...retain.tokens]), T, 32);
+  const student = Model.create(CFG, { seed: 11 });
+  // reference: whole batches of 8 windows, all rows' logits at once
+  let total = 0, count = 0;
+  for (let i = 0; i < data.count; i += 8) {
+    const B = Math.min(8, data.count - i);
+    const ids = new Int32Array(B * T);
+    for (let b = 0; b < B; b++) ids.set(data.inputs(i + b), b * T);
+    await base.native.forward(ids, B, T);
+    const tl = await base.native.logits(null);
+    await student.native.forward(ids, B, T);
+    const sl = await student.native.logits(null);
+    total += loss.compute('fkl', { student: sl, teacher: tl, rows: B * T, vocab: CFG.vocabSize, grad: false }).loss * B * T;
+    count += B * T;
+  }
+  const got = await evalDivergence(student, base, data, { chunkRows: 7 });  // 7: chunks that straddle windows
+  assert.is(got.tokens, count);
+  assert.ok(Math.abs(got.value - total / count) <= 1e-6 * (total / count), `${got.value} vs ${total / count}`);
+  assert.ok(got.value > 0.01, `a random student is far from the teacher: ${got.value}`);
+  assert.ok((await evalDivergence(base.clone(), base, data)).value < 1e-6, 'a copy of the teacher');
+});
+
 test('on-policy distillation (GKD): student samples keep the prompt, are scored by the teacher, and training still converges', async () => {
   const mixed = new PackedDataset(Int32Array.from([...forget.tokens, ...retain.tokens]), T, 32);
   const { studentBatch } = await import('../lib/distill');
