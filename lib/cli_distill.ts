@@ -127,11 +127,12 @@ export function registerDistillCommand(program: Command, k: CliKit): void {
     if (teacherModel && evalSet && evalSet.count > 0) teacherMetrics!.val_loss = (await evalPackedLoss(teacherModel, evalSet)).loss;
     const stops: ((m: Record<string, number>) => boolean)[] = [];
     if (o.stopWhen) {
-      // the metric must be one the evaluation produces: checked now, before any training
-      const known = new Set<string>(Object.keys(teacherMetrics ?? (arith || bios ? await taskMetrics(student) : {})));
-      if (evalSet && evalSet.count > 0) known.add('val_loss');
-      else known.delete('val_loss');
-      if (teacherModel && evalSet && evalSet.count > 0) known.add('val_kl');
+      // checked before any training against the metrics evaluate() produces: the teacher's task metrics name
+      // them (without an online teacher and with a built-in task, at the first evaluation instead)
+      const held = evalSet !== undefined && evalSet.count > 0;
+      const known = teacherMetrics || !(arith || bios)
+        ? [...Object.keys(teacherMetrics ?? {}).filter((k) => k !== 'val_loss'), ...(held ? ['val_loss'] : []), ...(held && teacherModel ? ['val_kl'] : [])]
+        : undefined;
       stops.push(stopTest(o.stopWhen, known));
     }
     if (o.target !== undefined) {
