@@ -24,7 +24,7 @@ export interface DistillOptions extends TrainOptions {
   /**
    * Online teacher: keep only its top-k log-probabilities per position (sparse KD, as a store would hold them);
    * the losses that take a top-k teacher (fkl rkl jsd tvd skl srkl) then see k ids plus the tail. The teacher's
-   * logits of one batch are materialised for the selection. 0 / undefined: the full distribution (fused head).
+   * logits are fetched a few rows at a time for the selection. 0 / undefined: the full distribution (fused head).
    */
   topk?: number;
   /**
@@ -109,13 +109,18 @@ export async function distill(student: Model, teacher: Model | TeacherStore, bat
 /** The online teacher's top-k log-probabilities (temperature 1, as a store keeps them) for every row of a batch. */
 async function onlineTopK(teacher: Model, b: Batch, sel: TopKSelector): Promise<TopKTeacher> {
   await teacher.native.forward(b.inputs, b.B, b.T);
-  const logits = await teacher.native.logits(null);
   const rows = b.B * b.T, k = sel.k, V = sel.vocab;
   const ids = new Int32Array(rows * k), logprobs = new Float32Array(rows * k);
-  for (let r = 0; r < rows; r++) {
-    sel.select(logits, r * V);
-    ids.set(sel.ids, r * k);
-    for (let j = 0; j < k; j++) logprobs[r * k + j] = sel.lps[j];
+  const chunk = Math.max(1, Math.floor((1 << 22) / V));  // logits fetched 16 MB at a time, never rows × vocab
+  for (let r0 = 0; r0 < rows; r0 += chunk) {
+    const n = Math.min(chunk, rows - r0);
+    const logits = await teacher.native.logits(Int32Array.from({ length: n }, (_, j) => r0 + j));
+    for (let j = 0; j < n; j++) {
+      const r = r0 + j;
+      sel.select(logits, j * V);
+      ids.set(sel.ids, r * k);
+      for (let i = 0; i < k; i++) logprobs[r * k + i] = sel.lps[i];
+    }
   }
   return { ids, logprobs, k };
 }
