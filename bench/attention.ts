@@ -13,7 +13,7 @@
  */
 import { spawnSync } from 'child_process';
 import * as path from 'path';
-import { AttnDims, native } from '../lib/native';
+import { AttnDims, native } from '../lib/core/native';
 import { median, randomArray } from './common';
 
 const PYTHON = '/usr/bin/python3';
@@ -67,7 +67,7 @@ function timeOurs(B: number, T: number, H: number, D: number, reps: number): Tim
 
 /** Peak-RSS growth (bytes) of a fresh Node process around one forward + backward at this shape. */
 function measureOurPeakRss(B: number, T: number, H: number, D: number, threads: number, isa: string): number | null {
-  const nativePath = path.join(__dirname, '..', 'lib', 'native');
+  const nativePath = path.join(__dirname, '..', 'lib', 'core', 'native');
   const script = `
     const { native } = require(${JSON.stringify(nativePath)});
     native.setThreads(${threads}); native.setIsa(${JSON.stringify(isa)});

@@ -6,9 +6,9 @@
  */
 import { spawnSync } from 'child_process';
 import * as fs from 'fs';
-import { loss } from '../lib/losses';
-import { Model, ModelConfig } from '../lib/model';
-import { native } from '../lib/native';
+import { loss } from '../lib/train/losses';
+import { Model, ModelConfig } from '../lib/models/model';
+import { native } from '../lib/core/native';
 
 const ROWS = 8192, VOCAB = 32768, D = 512, T = 1024;
 

@@ -1,5 +1,5 @@
 /**
- * Distillation-loss benchmark (native/cpu/kd_losses.cc through lib/losses.ts), all in one run:
+ * Distillation-loss benchmark (native/cpu/kd_losses.cc through lib/train/losses.ts), all in one run:
  *
  *   copy      the machine's memory-copy bandwidth on the same bytes (student logits → gradient buffer,
  *             2·N·4 bytes): the better of a single-threaded memmove (TypedArray.prototype.set) and the
@@ -24,9 +24,9 @@
  */
 import * as os from 'os';
 import { spawnSync } from 'child_process';
-import { native } from '../lib/native';
-import { compute } from '../lib/losses';
-import type { LossName, LossOptions } from '../lib/losses';
+import { native } from '../lib/core/native';
+import { compute } from '../lib/train/losses';
+import type { LossName, LossOptions } from '../lib/train/losses';
 import { torchPython } from './common';
 
 const ROWS = 4096;

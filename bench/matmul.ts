@@ -16,7 +16,7 @@
  *   npx tsc -p tsconfig.json && node dist/bench/matmul.js
  */
 import { spawnSync } from 'child_process';
-import { native } from '../lib/native';
+import { native } from '../lib/core/native';
 import { randomArray } from './common';
 
 const PYTHON = '/usr/bin/python3';

@@ -2,7 +2,7 @@
  * `npm run bench`: every benchmark side by side, JSON on stdout (progress on stderr).
  * `npm run bench -- matmul attention` runs a subset.
  */
-import { native } from '../lib/native';
+import { native } from '../lib/core/native';
 import { torchBlas, torchPython } from './common';
 import { benchTrainStep } from './train_step';
 

@@ -3,8 +3,8 @@
  * T = 256) in undo-native vs the same model and batch in PyTorch eager (bench/torch_step.py), tokens/s.
  */
 import * as path from 'path';
-import { presetConfig, Model } from '../lib/model';
-import { native } from '../lib/native';
+import { presetConfig, Model } from '../lib/models/model';
+import { native } from '../lib/core/native';
 import { runTorch, timeIt } from './common';
 
 export async function benchTrainStep(opts: { B?: number; T?: number } = {}): Promise<object> {

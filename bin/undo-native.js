@@ -2,7 +2,7 @@
 'use strict';
 let cli;
 try {
-  cli = require('../dist/lib/cli.js');
+  cli = require('../dist/lib/cli/main.js');
 } catch (e) {
   console.error(`error: ${e && e.message ? e.message.split('\n')[0] : e}`);
   if (e && e.hint) console.error(`hint: ${e.hint}`);

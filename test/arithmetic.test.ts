@@ -1,7 +1,7 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { UndoError } from '../lib/errors';
-import { Rng } from '../lib/rng';
+import { UndoError } from '../lib/core/errors';
+import { Rng } from '../lib/core/rng';
 import {
   Op,
   ALL_OPS,

@@ -10,8 +10,8 @@
  */
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { AttnDims, native } from '../lib/native';
-import { Rng } from '../lib/rng';
+import { AttnDims, native } from '../lib/core/native';
+import { Rng } from '../lib/core/rng';
 import { forEachIsa } from './helpers';
 
 interface Dims {

@@ -5,14 +5,14 @@
  */
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { Batcher, packDocuments } from '../lib/data';
-import { Model, ModelConfig } from '../lib/model';
+import { Batcher, packDocuments } from '../lib/data/datasets';
+import { Model, ModelConfig } from '../lib/models/model';
 import {
   answerOf, ATTRIBUTES, biographyCorpus, extractionStrength, factAccuracy, factQueries, factSentences, FactQuery,
   Generator, generatePeople, HELDOUT_TEMPLATES, membershipAuc, Person, rocAuc, splitForget, TRAIN_TEMPLATES,
 } from '../lib/tasks/biographies';
-import { ByteTokenizer } from '../lib/tokenizer';
-import { TrainConfig } from '../lib/train';
+import { ByteTokenizer } from '../lib/data/tokenizer';
+import { TrainConfig } from '../lib/train/train';
 
 const TOK = new ByteTokenizer();
 const CFG: ModelConfig = {
@@ -140,7 +140,7 @@ test('a tiny model trained on 8 biographies recalls training facts and leaks mem
   const queries = factQueries(people, { heldOut: false, phrasingsPerFact: 2 });
   const untrained = Model.create(CFG, { seed: 2 });
   const model = Model.create(CFG, { seed: 2 });
-  const { train } = await import('../lib/train');
+  const { train } = await import('../lib/train/train');
   await train(model, new Batcher(data, { batchSize: 16, seed: 1 }), trainCfg(300, 1e-2));
   const before = await factAccuracy(untrained, queries);
   const after = await factAccuracy(model, queries);

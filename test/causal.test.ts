@@ -10,19 +10,19 @@ import * as os from 'os';
 import * as path from 'path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { causalEntities } from '../lib/cli_unlearn';
-import { Batch, Batcher, packDocuments } from '../lib/data';
-import { Model } from '../lib/model';
-import { rowCE } from '../lib/objectives';
+import { causalEntities } from '../lib/cli/unlearn';
+import { Batch, Batcher, packDocuments } from '../lib/data/datasets';
+import { Model } from '../lib/models/model';
+import { rowCE } from '../lib/train/objectives';
 import {
   biographyCorpus, builtinBiographies, builtinBiographyDocs, builtinBiographyNames, factQueries, FactQuery,
   generatePeople, replacementNames,
 } from '../lib/tasks/biographies';
-import { ByteTokenizer } from '../lib/tokenizer';
-import { TrainConfig } from '../lib/train';
+import { ByteTokenizer } from '../lib/data/tokenizer';
+import { TrainConfig } from '../lib/train/train';
 import {
   causalPlan, causalTeacher, CounterfactualAverage, findMentions, parseMethod, rewriteWindow, unlearn, UNLEARN_DEFAULTS, windowContext,
-} from '../lib/unlearn';
+} from '../lib/unlearn/unlearn';
 import { ROOT, throwsUndo, tinyConfig } from './helpers';
 
 const TOK = new ByteTokenizer();
@@ -84,7 +84,7 @@ test('findMentions + rewriteWindow: every whole-word mention is replaced and kep
   assert.equal(findMentions(end, plan, [], seq.subarray(16, 24)).map((m) => [m.start, m.end]), [[0, 7], [12, 16]]);
 });
 
-/** The text of a window rewritten independently of lib/unlearn.ts: regex whole-word replacement on the string. */
+/** The text of a window rewritten independently of lib/unlearn/unlearn.ts: regex whole-word replacement on the string. */
 function referenceRewrite(text: string, names: string[], repl: string[], prompt: boolean): { text: string; map: (i: number) => number; inName: (i: number) => boolean } {
   const re = new RegExp(names.map((n) => `(?<![0-9A-Za-z])${n}(?![0-9A-Za-z])`).join('|'), 'g');
   const spans: { s: number; e: number; r: string }[] = [];
@@ -283,7 +283,7 @@ test('a short causal run on a tiny biographies model: the KL falls and the targe
   const people = generatePeople({ count: 6, seed: 11 });
   const docs = biographyCorpus(people, { phrasingsPerFact: 2, biosPerPerson: 1, seed: 1 });
   const model = Model.create(cfg, { seed: 2 });
-  const { train } = await import('../lib/train');
+  const { train } = await import('../lib/train/train');
   await train(model, new Batcher(packDocuments(TOK, docs, 64, { seed: 1 }), { batchSize: 16, seed: 1 }), trainCfg(250, 1e-2, 10));
   const tPre = Date.now();
   const target = people.slice(0, 2);

@@ -9,7 +9,7 @@ import * as os from 'os';
 import * as path from 'path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { Model } from '../lib/model';
+import { Model } from '../lib/models/model';
 import { FIXTURES, ROOT } from './helpers';
 
 const BIN = path.join(ROOT, 'bin', 'undo-native.js');

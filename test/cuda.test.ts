@@ -1,6 +1,6 @@
 /**
- * CUDA backend parity (lib/cuda.ts → build-cuda/Release/undo_cuda.node → native/cuda): every CUDA kernel against its
- * CPU twin (lib/native.ts) on the same inputs, on odd shapes.
+ * CUDA backend parity (lib/core/cuda.ts → build-cuda/Release/undo_cuda.node → native/cuda): every CUDA kernel against its
+ * CPU twin (lib/core/native.ts) on the same inputs, on odd shapes.
  *
  *   Philox noise (fillRandom, noiseMix)   bit for bit (normal and uniform; seeds above 2^32; odd lengths)
  *   AdamW                                 bit for bit against the CPU's generic ISA (no FMA on either side),
@@ -16,10 +16,10 @@
  */
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { CudaBinding, loadCuda, resolveDevice } from '../lib/cuda';
-import { UndoError } from '../lib/errors';
-import { native, NativeKdOptions, withIsa } from '../lib/native';
-import { Rng } from '../lib/rng';
+import { CudaBinding, loadCuda, resolveDevice } from '../lib/core/cuda';
+import { UndoError } from '../lib/core/errors';
+import { native, NativeKdOptions, withIsa } from '../lib/core/native';
+import { Rng } from '../lib/core/rng';
 import { bitEqual, randn, relErr } from './helpers';
 
 const status = loadCuda();
@@ -134,7 +134,7 @@ gpuTest('fillRandom is bit-identical to the CPU (normal, uniform)', (g) => {
   }
 });
 
-gpuTest('noiseMix equals fillRandom + the TypeScript mix of lib/noise.ts, bit for bit', (g) => {
+gpuTest('noiseMix equals fillRandom + the TypeScript mix of lib/unlearn/noise.ts, bit for bit', (g) => {
   for (const [kind, a, b] of [['uniform', -0.07, 0.07], ['normal', 0, 0.02]] as const) {
     for (const [alpha, beta] of [[0.6, 0.1], [1, 1], [0.25, 0]]) {
       const n = 100003;

@@ -3,9 +3,9 @@ import * as assert from 'uvu/assert';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { ByteTokenizer } from '../lib/tokenizer';
-import { Rng, mixSeeds } from '../lib/rng';
-import { loadDocuments, splitParagraphs, packDocuments, splitTrainVal, Batcher, PackedDataset } from '../lib/data';
+import { ByteTokenizer } from '../lib/data/tokenizer';
+import { Rng, mixSeeds } from '../lib/core/rng';
+import { loadDocuments, splitParagraphs, packDocuments, splitTrainVal, Batcher, PackedDataset } from '../lib/data/datasets';
 import { throwsUndo } from './helpers';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'undo-data-'));

@@ -10,11 +10,11 @@ import * as v8 from 'v8';
 import * as vm from 'vm';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { generateIds } from '../lib/generate';
-import { Model, ModelConfig, presetConfig, saveDirAtomic } from '../lib/model';
-import { native } from '../lib/native';
-import { Rng } from '../lib/rng';
-import { readSafetensors } from '../lib/safetensors';
+import { generateIds } from '../lib/models/generate';
+import { Model, ModelConfig, presetConfig, saveDirAtomic } from '../lib/models/model';
+import { native } from '../lib/core/native';
+import { Rng } from '../lib/core/rng';
+import { readSafetensors } from '../lib/formats/safetensors';
 import { FIXTURES, assertClose, bitEqual, forEachIsaAsync, randn, rejectsWith, throwsWith, tinyConfig } from './helpers';
 
 

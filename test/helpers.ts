@@ -1,10 +1,10 @@
 /** Shared test helpers: seeded data, float64 comparisons, fixture paths, ISA iteration. */
 import * as path from 'path';
 import * as assert from 'uvu/assert';
-import { UndoError } from '../lib/errors';
-import { ModelConfig, presetConfig } from '../lib/model';
-import { native } from '../lib/native';
-import { Rng } from '../lib/rng';
+import { UndoError } from '../lib/core/errors';
+import { ModelConfig, presetConfig } from '../lib/models/model';
+import { native } from '../lib/core/native';
+import { Rng } from '../lib/core/rng';
 
 export const ROOT = path.join(__dirname, '..', '..');
 export const FIXTURES = path.join(ROOT, 'test', 'fixtures');

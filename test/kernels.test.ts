@@ -15,8 +15,8 @@
  */
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { native, withThreads } from '../lib/native';
-import { Rng } from '../lib/rng';
+import { native, withThreads } from '../lib/core/native';
+import { Rng } from '../lib/core/rng';
 import { allFinite, assertClose, bitEqual, forEachIsa, randn, relErr } from './helpers';
 
 // ---------------------------------------------------------------- small utilities

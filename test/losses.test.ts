@@ -1,5 +1,5 @@
 /**
- * Distillation / unlearning losses (lib/losses.ts → native/cpu/kd_losses.cc): every loss on every ISA the
+ * Distillation / unlearning losses (lib/train/losses.ts → native/cpu/kd_losses.cc): every loss on every ISA the
  * CPU supports, against a plain float64 reference written here (loss and gradient) and against central
  * finite differences of the native float32 loss, at T ∈ {0.5, 1, 2, 4}, with masked rows, ignored targets,
  * vocabulary padding (validVocab < vocab), vocabularies that are not multiples of the vector width (37,
@@ -13,10 +13,10 @@
  */
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { compute, LOSS_NAMES, TaidSchedule } from '../lib/losses';
-import type { LossName, LossOptions, TopKTeacher } from '../lib/losses';
-import { native } from '../lib/native';
-import { Rng } from '../lib/rng';
+import { compute, LOSS_NAMES, TaidSchedule } from '../lib/train/losses';
+import type { LossName, LossOptions, TopKTeacher } from '../lib/train/losses';
+import { native } from '../lib/core/native';
+import { Rng } from '../lib/core/rng';
 import { allFinite, forEachIsa, randn, throwsUndo } from './helpers';
 
 // ---------------------------------------------------------------- cases

@@ -9,7 +9,7 @@
  */
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { native } from '../lib/native';
+import { native } from '../lib/core/native';
 import { forEachIsa } from './helpers';
 
 function randomArray(n: number, seed: number): Float32Array {

@@ -5,9 +5,9 @@
 import * as path from 'path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { Model } from '../lib/model';
-import { readSafetensors } from '../lib/safetensors';
-import { loss } from '../lib/losses';
+import { Model } from '../lib/models/model';
+import { readSafetensors } from '../lib/formats/safetensors';
+import { loss } from '../lib/train/losses';
 import { assertClose, FIXTURES, forEachIsaAsync } from './helpers';
 
 for (const family of ['llama', 'gemma2']) {

@@ -1,17 +1,17 @@
 /**
- * lib/noise.ts: UNDO's noise step (θ ← (1−α)·θ + α·β·N) and the distribution-constrained projection, on tiny
+ * lib/unlearn/noise.ts: UNDO's noise step (θ ← (1−α)·θ + α·β·N) and the distribution-constrained projection, on tiny
  * models: determinism across thread counts and calls, keying of the noise by tensor name, the statistics of pure
  * noise, shrink-only vectors, option validation, and the rank/quantile matching of the projection.
  */
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { UndoError } from '../lib/errors';
-import { Model, ModelConfig } from '../lib/model';
-import { native, withThreads } from '../lib/native';
+import { UndoError } from '../lib/core/errors';
+import { Model, ModelConfig } from '../lib/models/model';
+import { native, withThreads } from '../lib/core/native';
 import {
   argsortF32, invNormalCdf, NOISE_DEFAULT_STD, noiseModel, noiseStream, projectToDistribution, targetQuantiles,
   xavierBound,
-} from '../lib/noise';
+} from '../lib/unlearn/noise';
 import { bitEqual, randn, throwsUndo, tinyConfig } from './helpers';
 
 

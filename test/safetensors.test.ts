@@ -12,7 +12,7 @@ import {
   parseSafetensors,
   float32ToBf16Bits,
   bf16BitsToFloat32,
-} from '../lib/safetensors';
+} from '../lib/formats/safetensors';
 import { throwsUndo } from './helpers';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'undo-st-'));

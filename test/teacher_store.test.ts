@@ -1,5 +1,5 @@
 /**
- * Offline teacher top-k store (lib/teacher_store.ts, lib/cli_teacher.ts): the record codec at vocab 131072
+ * Offline teacher top-k store (lib/distill/teacher_store.ts, lib/cli/teacher.ts): the record codec at vocab 131072
  * (≤ 200 bytes/token at k = 64, exact ids, bounded log-prob error, tail mass), top-k selection, a round trip
  * through a tiny teacher, resume after a lost shard and after a crash (byte-identical shards), refusal of
  * corrupt, truncated and foreign shards and of mismatched tokenizer/data/vocab, batches from a Batcher, and
@@ -11,19 +11,19 @@ import * as path from 'path';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { registerTeacherCommands } from '../lib/cli_teacher';
-import type { CliKit } from '../lib/cli_unlearn';
-import { documentsFrom } from '../lib/cli_unlearn';
-import { Batcher, packDocuments, PackedDataset } from '../lib/data';
-import { UndoError } from '../lib/errors';
-import { loss } from '../lib/losses';
-import { Model, ModelConfig, presetConfig } from '../lib/model';
-import { Rng } from '../lib/rng';
+import { registerTeacherCommands } from '../lib/cli/teacher';
+import type { CliKit } from '../lib/cli/unlearn';
+import { documentsFrom } from '../lib/cli/unlearn';
+import { Batcher, packDocuments, PackedDataset } from '../lib/data/datasets';
+import { UndoError } from '../lib/core/errors';
+import { loss } from '../lib/train/losses';
+import { Model, ModelConfig, presetConfig } from '../lib/models/model';
+import { Rng } from '../lib/core/rng';
 import {
   cacheTeacher, CacheTeacherResult, dataHash, expectationFor, fromHalf, openTeacherStore, shardFileName, teacherForBatch,
   teacherHashFromDir, toHalf, tokenizerHash, TopKCodec, TopKSelector,
-} from '../lib/teacher_store';
-import { ByteTokenizer } from '../lib/tokenizer';
+} from '../lib/distill/teacher_store';
+import { ByteTokenizer } from '../lib/data/tokenizer';
 import { rejectsWith, throwsWith, tinyConfig } from './helpers';
 
 // every failure here must be an UndoError (a clear message for the user), not just any Error

@@ -3,7 +3,7 @@ import * as assert from 'uvu/assert';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { ByteTokenizer, saveTokenizer, loadTokenizer, byteTokenString } from '../lib/tokenizer';
+import { ByteTokenizer, saveTokenizer, loadTokenizer, byteTokenString } from '../lib/data/tokenizer';
 import { throwsUndo } from './helpers';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'undo-tok-'));

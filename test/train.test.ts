@@ -3,11 +3,11 @@
  */
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { Batcher, PackedDataset } from '../lib/data';
-import { sampleToken } from '../lib/generate';
-import { Model, ModelConfig } from '../lib/model';
-import { Rng } from '../lib/rng';
-import { lrAt, parseStopCondition, stopTest, train, TrainConfig } from '../lib/train';
+import { Batcher, PackedDataset } from '../lib/data/datasets';
+import { sampleToken } from '../lib/models/generate';
+import { Model, ModelConfig } from '../lib/models/model';
+import { Rng } from '../lib/core/rng';
+import { lrAt, parseStopCondition, stopTest, train, TrainConfig } from '../lib/train/train';
 import { assertClose, throwsUndo } from './helpers';
 
 const CFG: ModelConfig = {

@@ -8,18 +8,18 @@ import * as os from 'os';
 import * as path from 'path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { Batcher, PackedDataset } from '../lib/data';
-import { distill } from '../lib/distill';
-import { UndoError } from '../lib/errors';
+import { Batcher, PackedDataset } from '../lib/data/datasets';
+import { distill } from '../lib/distill/distill';
+import { UndoError } from '../lib/core/errors';
 import { rejectsWith } from './helpers';
-import { Model, ModelConfig } from '../lib/model';
-import { rowCE } from '../lib/objectives';
-import { relearn } from '../lib/relearn';
-import { reportMarkdown, paretoSvg } from '../lib/report';
-import { Rng } from '../lib/rng';
-import { TrainConfig } from '../lib/train';
-import { parseMethod, unlearn, UNLEARN_METHODS } from '../lib/unlearn';
-import { STUDIES, StudyReport } from '../lib/undo';
+import { Model, ModelConfig } from '../lib/models/model';
+import { rowCE } from '../lib/train/objectives';
+import { relearn } from '../lib/unlearn/relearn';
+import { reportMarkdown, paretoSvg } from '../lib/undo/report';
+import { Rng } from '../lib/core/rng';
+import { TrainConfig } from '../lib/train/train';
+import { parseMethod, unlearn, UNLEARN_METHODS } from '../lib/unlearn/unlearn';
+import { STUDIES, StudyReport } from '../lib/undo/study';
 
 const CFG: ModelConfig = {
   family: 'llama', vocabSize: 29, hiddenSize: 32, numLayers: 3, numHeads: 4, numKvHeads: 2, headDim: 8,
@@ -55,7 +55,7 @@ const retain = dataset(16, 3, 2);
 
 test.before(async () => {
   base = Model.create(CFG, { seed: 3 });
-  const { train } = await import('../lib/train');
+  const { train } = await import('../lib/train/train');
   // learn both "languages"
   const mixed = new PackedDataset(Int32Array.from([...forget.tokens, ...retain.tokens]), T, 32);
   await train(base, new Batcher(mixed, { batchSize: 8, seed: 1 }), cfg(150, 1e-2));
@@ -118,7 +118,7 @@ test('distill: forward KL to the teacher falls; a copy of the teacher has zero l
 test('distill from an offline top-k store: loss falls, and matches online fkl at full k', async () => {
   const mixed = new PackedDataset(Int32Array.from([...forget.tokens, ...retain.tokens]), T, 32);
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'undo-store-'));
-  const { cacheTeacher, openTeacherStore } = await import('../lib/teacher_store');
+  const { cacheTeacher, openTeacherStore } = await import('../lib/distill/teacher_store');
   await cacheTeacher(base, mixed, { k: CFG.vocabSize, out: path.join(dir, 's') });
   const store = openTeacherStore(path.join(dir, 's'));
   const run = async (teacher: Model | typeof store, steps: number) => {
@@ -152,8 +152,8 @@ test('distill from the top-k of an online teacher: equals full fkl at k = vocab,
 });
 
 test('evalDivergence: mean KL over every row, in row chunks, equals loss.compute on whole batches; zero for a copy', async () => {
-  const { evalDivergence } = await import('../lib/evaluate');
-  const { loss } = await import('../lib/losses');
+  const { evalDivergence } = await import('../lib/train/evaluate');
+  const { loss } = await import('../lib/train/losses');
   const data = new PackedDataset(Int32Array.from([...forget.tokens, ...retain.tokens]), T, 32);
   const student = Model.create(CFG, { seed: 11 });
   // reference: whole batches of 8 windows, all rows' logits at once
@@ -178,7 +178,7 @@ test('evalDivergence: mean KL over every row, in row chunks, equals loss.compute
 
 test('on-policy distillation (GKD): student samples keep the prompt, are scored by the teacher, and training still converges', async () => {
   const mixed = new PackedDataset(Int32Array.from([...forget.tokens, ...retain.tokens]), T, 32);
-  const { studentBatch } = await import('../lib/distill');
+  const { studentBatch } = await import('../lib/distill/distill');
   const b = new Batcher(mixed, { batchSize: 4, seed: 1 }).next();
   const sb = await studentBatch(base, b, new Rng(5));
   for (let r = 0; r < 4; r++) {
@@ -207,7 +207,7 @@ test('TAID distillation with the adaptive t schedule (TaidSchedule) converges', 
 
 test('MiniLLM: the reverse KL to the teacher on the student\'s own samples falls', async () => {
   const mixed = new PackedDataset(Int32Array.from([...forget.tokens, ...retain.tokens]), T, 32);
-  const { studentBatch } = await import('../lib/distill');
+  const { studentBatch } = await import('../lib/distill/distill');
   const onPolicyRkl = async (m: Model) => {
     const b = new Batcher(mixed, { batchSize: 8, seed: 9 }).next();
     const sb = await studentBatch(m, b, new Rng(4));
@@ -256,7 +256,7 @@ test('report: markdown table and SVG plot from a study result', async () => {
   const svg = await paretoSvg(rep);
   assert.ok(svg.startsWith('<svg') && svg.includes('UNDO α=0.6'), 'svg with labels');
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'undo-report-'));
-  const { writeReport } = await import('../lib/report');
+  const { writeReport } = await import('../lib/undo/report');
   await writeReport(rep, dir);
   assert.equal(fs.readdirSync(dir).sort(), ['pareto.svg', 'report.json', 'report.md']);
   fs.rmSync(dir, { recursive: true });

@@ -28,8 +28,8 @@
  * space); the model greedily generates a few tokens; the first whitespace-delimited piece is
  * parsed as a float and is correct if it is within 1e-6 of the answer.
  */
-import { UndoError } from '../errors';
-import { Rng, mixSeeds } from '../rng';
+import { UndoError } from '../core/errors';
+import { Rng, mixSeeds } from '../core/rng';
 
 export type Op = 'add' | 'sub' | 'mul' | 'div';
 export type ArithmeticForm = 'equation' | 'word_problem';

@@ -30,12 +30,12 @@
  *    (Min-K% Prob, Shi et al. 2024); higher score = "member". Returns the ROC AUC of members vs
  *    non-members (Mann–Whitney U with average ranks, so ties count one half).
  */
-import { Batch } from '../data';
-import { UndoError } from '../errors';
-import { generateIds } from '../generate';
-import { Model } from '../model';
-import { rowCE } from '../objectives';
-import { Rng, mixSeeds } from '../rng';
+import { Batch } from '../data/datasets';
+import { UndoError } from '../core/errors';
+import { generateIds } from '../models/generate';
+import { Model } from '../models/model';
+import { rowCE } from '../train/objectives';
+import { Rng, mixSeeds } from '../core/rng';
 
 export type Attribute = 'birthYear' | 'birthCity' | 'profession' | 'hobby' | 'employer';
 export const ATTRIBUTES: readonly Attribute[] = ['birthYear', 'birthCity', 'profession', 'hobby', 'employer'];
@@ -190,7 +190,7 @@ export interface ReplacementNameOptions {
 
 /**
  * `count` distinct fictional "First Last" names for counterfactual rewrites (the causal-intervention
- * unlearning teacher, lib/unlearn.ts): made from the same syllables as the people, so they look like
+ * unlearning teacher, lib/unlearn/unlearn.ts): made from the same syllables as the people, so they look like
  * names the model has seen, but never sharing a word (first or last name) with a person of the built-in
  * setting ({@link builtinBiographies}, the 50 people including the held-out ones) or with a name in
  * `exclude`, so a rewrite never keeps half of the target's name nor spells the start of a real person's.

@@ -22,7 +22,7 @@ enum class KdStatus : int32_t {
   bad_args,      // inconsistent arguments (missing arrays, T ≤ 0, parameters out of range, ...)
 };
 
-// "fkl", "rkl", ... (the names of lib/losses.ts); "?" for a value out of range.
+// "fkl", "rkl", ... (the names of lib/train/losses.ts); "?" for a value out of range.
 static inline const char* kd_kind_name(KdKind k) {
   static const char* const kNames[] = {"fkl",  "rkl", "jsd",     "tvd", "skl",    "srkl",
                                        "taid", "dkd", "deltakd", "ce",  "maxent", "entropy"};

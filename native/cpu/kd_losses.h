@@ -27,7 +27,7 @@
 //   skl      KL(p‖r), r = αp + (1−α)q (DistiLLM skew KL, α = `alpha`; α = 0 is fkl).
 //   srkl     KL(q‖r), r = (1−α)p + αq (DistiLLM skew reverse KL; α = 0 is rkl).
 //   taid     KL(p_t‖q), p_t = softmax(((1−t)·stopgrad(z) + t·y)/T), t = `t` ∈ [0, 1]. ∂/∂z = (q − p_t)/T.
-//            (The adaptive schedule of t lives in the trainer: lib/losses.ts TaidSchedule.)
+//            (The adaptive schedule of t lives in the trainer: lib/train/losses.ts TaidSchedule.)
 //   dkd      α·TCKD + β·NCKD (Decoupled KD; `dkd_alpha`, `dkd_beta`), with g = targets[r]:
 //            TCKD = KL([p_g, 1−p_g] ‖ [q_g, 1−q_g]), NCKD = KL(p̂‖q̂), p̂/q̂ = p/q renormalised over i ≠ g.
 //   deltakd  λ·CE(softmax(z), g) + (1−λ)·KL(p*‖q), p* = softmax(z*/T), z* = z_sb + (y − z_tb):
@@ -54,7 +54,7 @@
 //            the two (k+1)-outcome distributions (as TRL's server trainer does).
 //
 // Rows: mask[r] == 0 (or, for the losses that use targets, targets[r] == ignore_index) rows are skipped:
-// row_loss 0 and a zero gradient row. The others are "counted". (lib/losses.ts also skips ignore_index
+// row_loss 0 and a zero gradient row. The others are "counted". (lib/train/losses.ts also skips ignore_index
 // rows for the other losses when targets are given.) A counted row whose valid student logits are all −inf
 // has no distribution; its loss is NaN.
 // Infinite losses are exact: fkl where the teacher has mass on a −inf student logit, rkl the other way

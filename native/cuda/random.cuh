@@ -18,7 +18,7 @@ enum class NoiseKind : int32_t { normal = 0, uniform = 1 };
 cudaError_t fill_random(float* x, int64_t n, uint64_t seed, uint64_t stream, NoiseKind kind, float a, float b,
                         cudaStream_t s);
 
-// Fused UNDO noise step (lib/noise.ts noiseModel): w[i] = fround(keep·w[i] + scale·N_i) with the sum of the two
+// Fused UNDO noise step (lib/unlearn/noise.ts noiseModel): w[i] = fround(keep·w[i] + scale·N_i) with the sum of the two
 // exact double products rounded once to double and then to float (as the TypeScript does), N_i the sample
 // fill_random would write at i. Bit-identical to fillRandom + the TypeScript loop.
 cudaError_t noise_mix(float* w, int64_t n, uint64_t seed, uint64_t stream, NoiseKind kind, float a, float b,

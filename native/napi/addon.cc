@@ -221,8 +221,8 @@ Napi::Value CrossEntropy(const Napi::CallbackInfo& info) {
 // kdLoss(name, {rows, vocab, validVocab?, student, teacher?, topkIds?, topkLogprobs?, k?, tail?, studentBase?,
 //   teacherBase?, targets?, ignoreIndex?, mask?, temperature?, beta?, alpha?, t?, lambda?, dkdAlpha?, dkdBeta?,
 //   t2Scale?, reduction?, gradScale?, perRow, grad?}) → {loss, count}. Distillation losses (kd_losses.h);
-// perRow [rows] and grad [rows·vocab] (or null: loss only) are written. lib/losses.ts is the friendly API.
-// The scalar loss parameters shared by kdLoss and headKd (names as in lib/losses.ts).
+// perRow [rows] and grad [rows·vocab] (or null: loss only) are written. lib/train/losses.ts is the friendly API.
+// The scalar loss parameters shared by kdLoss and headKd (names as in lib/train/losses.ts).
 void kd_params(Napi::Object o, undo::KdArgs* a) {
   a->temperature = (float)field(o, "temperature", 1.0);
   a->beta = field(o, "beta", 0.5);

@@ -1,15 +1,15 @@
 /**
  * Unlearning methods users compare UNDO against (shared/research/unlearning.md, undo.md §3): gradient
  * ascent, GradDiff, NPO, SimNPO, MaxEnt (UNDO's default teacher), RMU, Who's Harry Potter (WHP) and its
- * causal-intervention generalisation (method 'causal', "Revisiting WHP"; its teacher is lib/causal.ts). Each
- * is an objective on a forget batch (plus a retain batch) plugged into the shared training loop (lib/train.ts).
+ * causal-intervention generalisation (method 'causal', "Revisiting WHP"; its teacher is lib/unlearn/causal.ts). Each
+ * is an objective on a forget batch (plus a retain batch) plugged into the shared training loop (lib/train/train.ts).
  */
-import { Batch, Batcher } from './data';
-import { UndoError } from './errors';
-import { Model } from './model';
-import { ceObjective, logitObjective, rowCE } from './objectives';
-import { Rng } from './rng';
-import { train, TrainConfig, TrainOptions, TrainResult } from './train';
+import { Batch, Batcher } from '../data/datasets';
+import { UndoError } from '../core/errors';
+import { Model } from '../models/model';
+import { ceObjective, logitObjective, rowCE } from '../train/objectives';
+import { Rng } from '../core/rng';
+import { train, TrainConfig, TrainOptions, TrainResult } from '../train/train';
 import { CausalOptions, CausalPlan, CausalTeacher, causalPlan, causalTeacher, checkEntitiesPresent, teacherKlObjective, windowContext } from './causal';
 
 export const UNLEARN_METHODS = ['gradascent', 'graddiff', 'npo', 'simnpo', 'maxent', 'rmu', 'whp', 'causal'] as const;

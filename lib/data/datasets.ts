@@ -20,8 +20,8 @@
  */
 import * as fs from 'fs';
 import * as path from 'path';
-import { UndoError, describeError } from './errors';
-import { Rng, mixSeeds } from './rng';
+import { UndoError, describeError } from '../core/errors';
+import { Rng, mixSeeds } from '../core/rng';
 import type { TokenizerLike } from './tokenizer';
 
 // ---------------------------------------------------------------------------------------------

@@ -2,22 +2,22 @@
  * UNDO (Unlearn, Noise, Distill-on-Outputs) and the study that measures it on the arithmetic task:
  * base and oracle pretraining (cached), unlearn-only baselines, full distillation into a random student,
  * UNDO at several noise levels α, and the relearning attack on every model. Writes report.json,
- * report.md and an SVG Pareto plot (lib/report.ts).
+ * report.md and an SVG Pareto plot (lib/undo/report.ts).
  */
 import * as crypto from 'crypto';
 import * as fs from 'fs';
 import * as path from 'path';
-import { Batcher, packDocuments, PackedDataset } from './data';
-import { distill } from './distill';
-import { UndoError } from './errors';
-import { evalArithmetic } from './evaluate';
-import { Model, presetConfig } from './model';
-import { noiseModel } from './noise';
-import { relearn, RelearnResult } from './relearn';
-import { ALL_OPS, FORGET_OPS, generateArithmeticCorpus, Op, RETAIN_OPS } from './tasks/arithmetic';
-import { ByteTokenizer } from './tokenizer';
-import { train, TrainConfig, TrainOptions } from './train';
-import { unlearn, UnlearnMethod, UNLEARN_DEFAULTS, UnlearnStage } from './unlearn';
+import { Batcher, packDocuments, PackedDataset } from '../data/datasets';
+import { distill } from '../distill/distill';
+import { UndoError } from '../core/errors';
+import { evalArithmetic } from '../train/evaluate';
+import { Model, presetConfig } from '../models/model';
+import { noiseModel } from '../unlearn/noise';
+import { relearn, RelearnResult } from '../unlearn/relearn';
+import { ALL_OPS, FORGET_OPS, generateArithmeticCorpus, Op, RETAIN_OPS } from '../tasks/arithmetic';
+import { ByteTokenizer } from '../data/tokenizer';
+import { train, TrainConfig, TrainOptions } from '../train/train';
+import { unlearn, UnlearnMethod, UNLEARN_DEFAULTS, UnlearnStage } from '../unlearn/unlearn';
 
 export interface StudyConfig {
   name: string;

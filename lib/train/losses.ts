@@ -31,9 +31,9 @@
  * T² (Hinton's factor, keeping gradient sizes independent of T); it is off by default. For a trainer that
  * processes a batch in chunks: reduction 'sum' with gradScale = 1/(rows counted in the whole batch).
  */
-import { native } from './native';
-import type { NativeKdOptions } from './native';
-import { UndoError } from './errors';
+import { native } from '../core/native';
+import type { NativeKdOptions } from '../core/native';
+import { UndoError } from '../core/errors';
 
 export const LOSS_NAMES = ['fkl', 'rkl', 'jsd', 'tvd', 'skl', 'srkl', 'taid', 'dkd', 'deltakd', 'ce', 'maxent', 'entropy'] as const;
 export type LossName = (typeof LOSS_NAMES)[number];

@@ -1,15 +1,15 @@
 /**
  * The causal-intervention unlearning teacher ("Revisiting Who's Harry Potter"): counterfactual rewrites of the
  * forget windows, the frozen model averaged over them, and the KL objective toward that average. Used by
- * lib/unlearn.ts as method 'causal'.
+ * lib/unlearn/unlearn.ts as method 'causal'.
  */
-import { Batch, Batcher, PackedDataset } from './data';
-import { UndoError } from './errors';
-import { loss as kdLoss } from './losses';
-import { Model } from './model';
-import { mixSeeds } from './rng';
-import { replacementNames } from './tasks/biographies';
-import type { ByteTokenizer } from './tokenizer';
+import { Batch, Batcher, PackedDataset } from '../data/datasets';
+import { UndoError } from '../core/errors';
+import { loss as kdLoss } from '../train/losses';
+import { Model } from '../models/model';
+import { mixSeeds } from '../core/rng';
+import { replacementNames } from '../tasks/biographies';
+import type { ByteTokenizer } from '../data/tokenizer';
 
 // ---------------------------------------------------------------------------------------------
 // Causal intervention ("Revisiting Who's Harry Potter", Liu, Zhang, Jaakkola & Chang; research notes

@@ -20,8 +20,8 @@
  */
 import * as fs from 'fs';
 import * as path from 'path';
-import { UndoError } from './errors';
-import { readJson, writeJsonAtomic } from './fsutil';
+import { UndoError } from '../core/errors';
+import { readJson, writeJsonAtomic } from '../core/fsutil';
 
 /** The minimal tokenizer interface used by data packing and evaluation. */
 export interface TokenizerLike {

@@ -1,26 +1,26 @@
 /**
- * CLI command `distill`: a thin shell over lib/distill.ts. Teacher online (a model directory) or offline (a
+ * CLI command `distill`: a thin shell over lib/distill/distill.ts. Teacher online (a model directory) or offline (a
  * top-k store from cache-teacher); student from a preset or a directory; held-out evaluation every N steps
  * (validation CE, the teacher–student divergence, the task's own metrics) and early stopping on any of them.
  */
 import * as fs from 'fs';
 import * as path from 'path';
 import { Command, InvalidArgumentError, Option } from 'commander';
-import { Batcher, packDocuments, splitTrainVal } from './data';
-import { checkCompatible, distill } from './distill';
-import { UndoError } from './errors';
-import { evalArithmetic, evalDivergence, evalPackedLoss } from './evaluate';
-import { LOSS_NAMES, LossName } from './losses';
-import { configFromHF, Model, presetConfig, PRESETS } from './model';
-import { readJson } from './fsutil';
-import { expectationFor, openTeacherStore } from './teacher_store';
-import { ByteTokenizer } from './tokenizer';
-import { ALL_OPS } from './tasks/arithmetic';
-import { biographyMetrics } from './tasks/biographies';
-import { parseStopCondition, StopCondition, stopTest, TrainConfig } from './train';
-import { pretrained, STUDIES } from './undo';
-import type { CliKit } from './cli_unlearn';
-import { documentsFrom, packed } from './cli_unlearn';
+import { Batcher, packDocuments, splitTrainVal } from '../data/datasets';
+import { checkCompatible, distill } from '../distill/distill';
+import { UndoError } from '../core/errors';
+import { evalArithmetic, evalDivergence, evalPackedLoss } from '../train/evaluate';
+import { LOSS_NAMES, LossName } from '../train/losses';
+import { configFromHF, Model, presetConfig, PRESETS } from '../models/model';
+import { readJson } from '../core/fsutil';
+import { expectationFor, openTeacherStore } from '../distill/teacher_store';
+import { ByteTokenizer } from '../data/tokenizer';
+import { ALL_OPS } from '../tasks/arithmetic';
+import { biographyMetrics } from '../tasks/biographies';
+import { parseStopCondition, StopCondition, stopTest, TrainConfig } from '../train/train';
+import { pretrained, STUDIES } from '../undo/study';
+import type { CliKit } from './unlearn';
+import { documentsFrom, packed } from './unlearn';
 
 interface DistillOpts {
   teacher?: string; cache?: string; tail: 'renorm' | 'bucket'; onPolicy: number; student: string; data: string;

@@ -3,10 +3,10 @@
  * learning rate of a sweep, evaluating a metric every k steps. The attacker's curve is the best value over
  * the sweep at each evaluation step (undo.md §6: LR sweep, constant LR, warm-up 1, clip 1, no decay).
  */
-import { Batcher, PackedDataset } from './data';
-import { UndoError } from './errors';
-import { Model } from './model';
-import { train } from './train';
+import { Batcher, PackedDataset } from '../data/datasets';
+import { UndoError } from '../core/errors';
+import { Model } from '../models/model';
+import { train } from '../train/train';
 
 export const DEFAULT_RELEARN_LRS = [1e-3, 7e-4, 4e-4, 1e-4, 7e-5, 5e-5, 1e-5];
 

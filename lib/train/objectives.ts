@@ -1,11 +1,11 @@
 /**
  * Training objectives on one batch, shared by unlearning, distillation and the relearning attack. Each runs
  * forward on the model, puts the gradient of its loss into model.grads (accumulating) and returns the loss.
- * Losses over the logits go through the loss kernels (lib/losses.ts) and model.native.headGrad.
+ * Losses over the logits go through the loss kernels (lib/train/losses.ts) and model.native.headGrad.
  */
-import { Batch } from './data';
+import { Batch } from '../data/datasets';
 import { loss as kdLoss, LossName, TopKTeacher } from './losses';
-import { Model } from './model';
+import { Model } from '../models/model';
 
 /** scale · mean next-token cross-entropy of the batch (scale < 0 ascends). Returns the unscaled mean CE. */
 export async function ceObjective(model: Model, b: Batch, scale = 1): Promise<number> {
@@ -25,7 +25,7 @@ export async function rowCE(model: Model, b: Batch): Promise<Float32Array> {
 }
 
 /**
- * scale · a loss on the student's logits (name from lib/losses.ts) against a teacher model's logits on the
+ * scale · a loss on the student's logits (name from lib/train/losses.ts) against a teacher model's logits on the
  * same inputs, given teacher logits, a stored top-k teacher, or none (e.g. maxent). The teacher runs forward only. Returns the
  * unscaled loss.
  */

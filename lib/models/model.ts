@@ -5,11 +5,11 @@
  */
 import * as fs from 'fs';
 import * as path from 'path';
-import { UndoError } from './errors';
-import { readJson, writeFileAtomic } from './fsutil';
-import { native, NativeModel, NativeModelConfig, NativeTensorInfo } from './native';
-import { readSafetensors, writeSafetensors, WriteTensor } from './safetensors';
-import { ByteTokenizer, loadTokenizer, saveTokenizer } from './tokenizer';
+import { UndoError } from '../core/errors';
+import { readJson, writeFileAtomic } from '../core/fsutil';
+import { native, NativeModel, NativeModelConfig, NativeTensorInfo } from '../core/native';
+import { readSafetensors, writeSafetensors, WriteTensor } from '../formats/safetensors';
+import { ByteTokenizer, loadTokenizer, saveTokenizer } from '../data/tokenizer';
 
 export type Family = 'llama' | 'gemma2';
 

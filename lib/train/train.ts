@@ -5,11 +5,11 @@
  */
 import * as fs from 'fs';
 import * as path from 'path';
-import { Batch, Batcher, BatcherPosition } from './data';
-import { UndoError } from './errors';
-import { readJson } from './fsutil';
-import { Model } from './model';
-import { readSafetensors, serializeSafetensors } from './safetensors';
+import { Batch, Batcher, BatcherPosition } from '../data/datasets';
+import { UndoError } from '../core/errors';
+import { readJson } from '../core/fsutil';
+import { Model } from '../models/model';
+import { readSafetensors, serializeSafetensors } from '../formats/safetensors';
 
 export type Schedule = 'constant' | 'linear' | 'cosine';
 

@@ -1,7 +1,7 @@
 /**
  * Offline teacher top-k store: run a teacher once over a packed dataset and keep, for every predicted token,
  * its k most likely ids, their log-probabilities and the tail mass, so that distillation can stream the
- * teacher from disk instead of running it (`undo-native cache-teacher`, lib/cli_teacher.ts).
+ * teacher from disk instead of running it (`undo-native cache-teacher`, lib/cli/teacher.ts).
  *
  * Directory layout
  *
@@ -58,12 +58,12 @@ import * as crypto from 'crypto';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import type { Batch, Batcher, PackedDataset } from './data';
-import { describeError, UndoError } from './errors';
-import { readJson, writeFileAtomic, writeJsonAtomic } from './fsutil';
-import type { TopKTeacher } from './losses';
-import { configToHF, Model } from './model';
-import type { ByteTokenizer } from './tokenizer';
+import type { Batch, Batcher, PackedDataset } from '../data/datasets';
+import { describeError, UndoError } from '../core/errors';
+import { readJson, writeFileAtomic, writeJsonAtomic } from '../core/fsutil';
+import type { TopKTeacher } from '../train/losses';
+import { configToHF, Model } from '../models/model';
+import type { ByteTokenizer } from '../data/tokenizer';
 
 export const STORE_FORMAT = 'undo-teacher-topk';
 export const STORE_VERSION = 1;
@@ -758,7 +758,7 @@ export interface OpenTeacherStoreOptions {
   maxOpenFiles?: number;
 }
 
-/** Teacher top-k rows in the form lib/losses.ts takes (`teacher: {ids, logprobs, k}`), plus the tail mass. */
+/** Teacher top-k rows in the form lib/train/losses.ts takes (`teacher: {ids, logprobs, k}`), plus the tail mass. */
 export interface TopKRows extends TopKTeacher {
   rows: number;
   /** 1 − Σ exp(logprobs) of each row as the teacher computed it over its whole vocabulary */

@@ -2,9 +2,9 @@
  * Text generation with the native KV cache: greedy, temperature, top-k and top-p sampling. Prompts of the
  * same token length run as one batch (prefill once, then one token per step).
  */
-import { UndoError } from './errors';
+import { UndoError } from '../core/errors';
 import { Model } from './model';
-import { Rng } from './rng';
+import { Rng } from '../core/rng';
 
 export interface SampleOptions {
   maxNewTokens?: number;

@@ -3,8 +3,8 @@
  * forget accuracy against compute, like the paper's Pareto figure), rendered with Vega-Lite.
  */
 import * as path from 'path';
-import { writeFileAtomic } from './fsutil';
-import { StudyReport } from './undo';
+import { writeFileAtomic } from '../core/fsutil';
+import { StudyReport } from './study';
 
 const pct = (x: number | undefined) => (x === undefined || !Number.isFinite(x) ? 'n/a' : `${(100 * x).toFixed(1)}%`);
 

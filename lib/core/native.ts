@@ -85,7 +85,7 @@ export interface NativeModel {
   /** d(loss)/d(capped logits) [rows, V] of the last forward → head gradient + d(final hidden) for backward(true). */
   headGrad(dlogits: Float32Array): Promise<void>;
   /**
-   * Fused distillation head: a loss of lib/losses.ts between this model's and the teacher's logits for every
+   * Fused distillation head: a loss of lib/train/losses.ts between this model's and the teacher's logits for every
    * row of both models' last forwards (same ids), in row chunks; the gradient goes through the LM head.
    */
   headKd(name: string, teacher: NativeModel | null, opts: {
@@ -158,7 +158,7 @@ export interface NativeBinding {
     dtable: Float32Array): void;
   crossEntropy(rows: number, vocab: number, logits: Float32Array, targets: Int32Array, ignoreIndex: number,
     softcap: number, weights: Float32Array | null, loss: Float32Array, dlogits: Float32Array | null): void;
-  /** Distillation/unlearning losses (native/cpu/kd_losses.h); use lib/losses.ts `loss.compute`. */
+  /** Distillation/unlearning losses (native/cpu/kd_losses.h); use lib/train/losses.ts `loss.compute`. */
   kdLoss(name: string, opts: NativeKdOptions): { loss: number; count: number };
   adamwUpdate(param: Float32Array, grad: Float32Array, m: Float32Array, v: Float32Array,
     h: AdamWHyper & { step: number }): void;
@@ -168,7 +168,7 @@ export interface NativeBinding {
 }
 
 function load(): NativeBinding {
-  const root = path.join(__dirname, '..', '..');
+  const root = path.join(__dirname, '..', '..', '..');
   try {
     // eslint-disable-next-line @typescript-eslint/no-var-requires
     return require('node-gyp-build')(root) as NativeBinding;

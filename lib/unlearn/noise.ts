@@ -16,9 +16,9 @@
  * the arithmetic done here in TypeScript is element-wise and order-independent, so the result is bit-identical for
  * any thread count, across calls, and does not change for one tensor when other tensors are added or renamed.
  */
-import { UndoError } from './errors';
-import { Model } from './model';
-import { native, NativeTensorInfo } from './native';
+import { UndoError } from '../core/errors';
+import { Model } from '../models/model';
+import { native, NativeTensorInfo } from '../core/native';
 
 // ---------------------------------------------------------------------------------------------------------------
 // Noise (UNDO)

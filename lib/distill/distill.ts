@@ -1,16 +1,16 @@
 /**
  * Distillation: train a student on a teacher's output distributions (online teacher model), with any loss
- * of lib/losses.ts, optionally mixed with the hard-label cross-entropy. Plugs into the shared training loop.
+ * of lib/train/losses.ts, optionally mixed with the hard-label cross-entropy. Plugs into the shared training loop.
  */
-import { Batch, Batcher } from './data';
-import { UndoError } from './errors';
-import { LossName, TaidSchedule, TopKTeacher } from './losses';
-import { Model } from './model';
-import { ceObjective, logitObjective } from './objectives';
-import { generateIds } from './generate';
-import { Rng } from './rng';
+import { Batch, Batcher } from '../data/datasets';
+import { UndoError } from '../core/errors';
+import { LossName, TaidSchedule, TopKTeacher } from '../train/losses';
+import { Model } from '../models/model';
+import { ceObjective, logitObjective } from '../train/objectives';
+import { generateIds } from '../models/generate';
+import { Rng } from '../core/rng';
 import { TeacherStore, teacherForBatch, TopKSelector } from './teacher_store';
-import { train, TrainConfig, TrainOptions, TrainResult } from './train';
+import { train, TrainConfig, TrainOptions, TrainResult } from '../train/train';
 
 export interface DistillOptions extends TrainOptions {
   loss: LossName;
@@ -64,7 +64,7 @@ export function checkCompatible(student: Model, teacher: Model): void {
 
 /**
  * The teacher is a model (online: it runs forward on every batch) or an offline top-k store made by
- * `cache-teacher` over the same packed data (lib/teacher_store.ts), streamed batch by batch.
+ * `cache-teacher` over the same packed data (lib/distill/teacher_store.ts), streamed batch by batch.
  */
 export async function distill(student: Model, teacher: Model | TeacherStore, batcher: Batcher, cfg: TrainConfig, opts: DistillOptions): Promise<TrainResult> {
   if (teacher instanceof Model) checkCompatible(student, teacher);
@@ -79,7 +79,7 @@ export async function distill(student: Model, teacher: Model | TeacherStore, bat
   if (topk && (!Number.isInteger(topk) || topk < 1 || topk > student.config.vocabSize)) throw new UndoError(`top-k must be an integer in [1, vocab = ${student.config.vocabSize}], got ${topk}`);
   const selector = topk ? new TopKSelector(topk, student.config.vocabSize) : null;
   const rng = new Rng(opts.seed ?? 0);
-  // TAID: the interpolation weight t follows the loss, step by step (lib/losses.ts TaidSchedule)
+  // TAID: the interpolation weight t follows the loss, step by step (lib/train/losses.ts TaidSchedule)
   const taid = opts.loss === 'taid' && opts.params?.t === undefined ? new TaidSchedule({ totalSteps: Math.max(1, cfg.steps) }) : null;
   let stepLoss = 0;
   let stepIndex = 0;

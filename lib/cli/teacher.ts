@@ -1,17 +1,17 @@
 /**
- * CLI commands for the offline teacher store (lib/teacher_store.ts): `cache-teacher` runs a teacher once over
+ * CLI commands for the offline teacher store (lib/distill/teacher_store.ts): `cache-teacher` runs a teacher once over
  * a data set and stores its top-k per token; `teacher-store` shows (and verifies) a store. Registered on the
- * program by lib/cli.ts through registerTeacherCommands.
+ * program by lib/cli/main.ts through registerTeacherCommands.
  */
 import * as path from 'path';
 import { Command } from 'commander';
 import * as cliProgress from 'cli-progress';
-import { packDocuments } from './data';
-import { UndoError } from './errors';
-import { Model } from './model';
-import { cacheTeacher, CacheTeacherResult, defaultShardWindows, openTeacherStore, teacherHashFromDir, TopKCodec } from './teacher_store';
-import type { CliKit } from './cli_unlearn';
-import { documentsFrom } from './cli_unlearn';
+import { packDocuments } from '../data/datasets';
+import { UndoError } from '../core/errors';
+import { Model } from '../models/model';
+import { cacheTeacher, CacheTeacherResult, defaultShardWindows, openTeacherStore, teacherHashFromDir, TopKCodec } from '../distill/teacher_store';
+import type { CliKit } from './unlearn';
+import { documentsFrom } from './unlearn';
 
 function mib(bytes: number): string {
   return `${(bytes / (1 << 20)).toFixed(bytes < 10 << 20 ? 2 : 1)} MiB`;

@@ -1,21 +1,21 @@
 /**
- * CLI commands for the unlearning side: noise, unlearn, relearn, undo (distill is in lib/cli_distill.ts). Registered on the program by
- * lib/cli.ts; each is a thin shell over lib/noise.ts, lib/unlearn.ts, lib/distill.ts and lib/relearn.ts.
+ * CLI commands for the unlearning side: noise, unlearn, relearn, undo (distill is in lib/cli/distill.ts). Registered on the program by
+ * lib/cli/main.ts; each is a thin shell over lib/unlearn/noise.ts, lib/unlearn/unlearn.ts, lib/distill/distill.ts and lib/unlearn/relearn.ts.
  */
 import { Command, InvalidArgumentError, Option } from 'commander';
-import { Batcher, loadDocuments, packDocuments, PackedDataset } from './data';
-import { distill } from './distill';
-import { UndoError } from './errors';
-import { evalArithmetic } from './evaluate';
-import { Model } from './model';
-import { noiseModel, projectToDistribution } from './noise';
-import { relearn } from './relearn';
-import { ALL_OPS, FORGET_OPS, generateArithmeticCorpus, Op } from './tasks/arithmetic';
-import { biographyMetrics, builtinBiographyDocs, builtinBiographyNames } from './tasks/biographies';
-import { TrainConfig, TrainOptions } from './train';
-import { CAUSAL_DEFAULT_REPLACEMENTS, CausalOptions, parseMethod, unlearn, UNLEARN_DEFAULTS, UNLEARN_METHODS } from './unlearn';
-import { arithmeticScores, defaultStudyOut, retainStop, runStudy, STUDIES } from './undo';
-import { reportMarkdown } from './report';
+import { Batcher, loadDocuments, packDocuments, PackedDataset } from '../data/datasets';
+import { distill } from '../distill/distill';
+import { UndoError } from '../core/errors';
+import { evalArithmetic } from '../train/evaluate';
+import { Model } from '../models/model';
+import { noiseModel, projectToDistribution } from '../unlearn/noise';
+import { relearn } from '../unlearn/relearn';
+import { ALL_OPS, FORGET_OPS, generateArithmeticCorpus, Op } from '../tasks/arithmetic';
+import { biographyMetrics, builtinBiographyDocs, builtinBiographyNames } from '../tasks/biographies';
+import { TrainConfig, TrainOptions } from '../train/train';
+import { CAUSAL_DEFAULT_REPLACEMENTS, CausalOptions, parseMethod, unlearn, UNLEARN_DEFAULTS, UNLEARN_METHODS } from '../unlearn/unlearn';
+import { arithmeticScores, defaultStudyOut, retainStop, runStudy, STUDIES } from '../undo/study';
+import { reportMarkdown } from '../undo/report';
 
 export interface CliKit {
   int: (name: string, min?: number) => (v: string) => number;
@@ -79,7 +79,7 @@ export function causalEntities(forgetSpec: string, entity: readonly string[], fd
     throw new UndoError('--method causal needs the target entity: --entity NAME (repeatable or comma-separated)',
       'the built-in biographies data (--forget biographies:forget) derives the names from its forget split');
   }
-  // the same boundary rule as lib/unlearn.ts findMentions: ASCII letters, digits and any non-ASCII character are word characters
+  // the same boundary rule as lib/unlearn/unlearn.ts findMentions: ASCII letters, digits and any non-ASCII character are word characters
   const wordAt = (d: string, i: number) => i >= 0 && i < d.length && (/[0-9A-Za-z]/.test(d[i]) || d.charCodeAt(i) > 0x7f);
   const occurs = (name: string) => fdocs.some((d) => {
     for (let i = d.indexOf(name); i >= 0; i = d.indexOf(name, i + 1)) if (!wordAt(d, i - 1) && !wordAt(d, i + name.length)) return true;

@@ -2,12 +2,12 @@
  * Evaluation: greedy exact-match accuracy on the arithmetic task (per operation and form), the mean
  * next-token cross-entropy of a text under a model, and a teacher–student divergence on held-out data.
  */
-import { UndoError } from './errors';
+import { UndoError } from '../core/errors';
 import { compute as computeLoss, LossName } from './losses';
-import { generateIds } from './generate';
-import { Model } from './model';
-import { PackedDataset } from './data';
-import { arithmeticEvalSet, ArithmeticScore, isCorrect, Op, scoreArithmetic } from './tasks/arithmetic';
+import { generateIds } from '../models/generate';
+import { Model } from '../models/model';
+import { PackedDataset } from '../data/datasets';
+import { arithmeticEvalSet, ArithmeticScore, isCorrect, Op, scoreArithmetic } from '../tasks/arithmetic';
 
 export interface ArithmeticEvalOptions {
   ops?: readonly Op[];

@@ -26,8 +26,8 @@
  */
 import * as fs from 'fs';
 import { constants as bufferConstants } from 'buffer';
-import { UndoError, describeError } from './errors';
-import { writeFileAtomic } from './fsutil';
+import { UndoError, describeError } from '../core/errors';
+import { writeFileAtomic } from '../core/fsutil';
 
 // ---------------------------------------------------------------------------------------------
 // Types

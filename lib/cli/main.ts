@@ -6,20 +6,20 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import * as cliProgress from 'cli-progress';
-import { Batcher, loadDocuments, packDocuments, splitTrainVal } from './data';
-import { describeError, UndoError } from './errors';
-import { arithmeticMetrics, evalArithmetic, evalPackedLoss, evalTextLoss } from './evaluate';
-import { generateText } from './generate';
-import { readJson } from './fsutil';
-import { configFromHF, Model, presetConfig, PRESETS } from './model';
-import { native } from './native';
-import { ALL_OPS, generateArithmeticCorpus, Op } from './tasks/arithmetic';
-import { biographyMetrics, builtinBiographyDocs } from './tasks/biographies';
-import { ByteTokenizer } from './tokenizer';
-import { parseStopCondition, StopCondition, stopTest, train, TrainConfig, TrainOptions } from './train';
-import { registerUndoCommand, registerUnlearningCommands } from './cli_unlearn';
-import { registerTeacherCommands } from './cli_teacher';
-import { registerDistillCommand } from './cli_distill';
+import { Batcher, loadDocuments, packDocuments, splitTrainVal } from '../data/datasets';
+import { describeError, UndoError } from '../core/errors';
+import { arithmeticMetrics, evalArithmetic, evalPackedLoss, evalTextLoss } from '../train/evaluate';
+import { generateText } from '../models/generate';
+import { readJson } from '../core/fsutil';
+import { configFromHF, Model, presetConfig, PRESETS } from '../models/model';
+import { native } from '../core/native';
+import { ALL_OPS, generateArithmeticCorpus, Op } from '../tasks/arithmetic';
+import { biographyMetrics, builtinBiographyDocs } from '../tasks/biographies';
+import { ByteTokenizer } from '../data/tokenizer';
+import { parseStopCondition, StopCondition, stopTest, train, TrainConfig, TrainOptions } from '../train/train';
+import { registerUndoCommand, registerUnlearningCommands } from './unlearn';
+import { registerTeacherCommands } from './teacher';
+import { registerDistillCommand } from './distill';
 
 function int(name: string, min = 0) {
   return (v: string): number => {
@@ -207,7 +207,7 @@ export function buildProgram(): Command {
   program
     .name('undo-native')
     .description('Train, distill and unlearn transformer language models on a native CPU core.')
-    .version((JSON.parse(fs.readFileSync(path.join(__dirname, '..', '..', 'package.json'), 'utf8')) as { version: string }).version)
+    .version((JSON.parse(fs.readFileSync(path.join(__dirname, '..', '..', '..', 'package.json'), 'utf8')) as { version: string }).version)
     .showHelpAfterError('(run with --help for usage)');
 
   runtimeOptions(

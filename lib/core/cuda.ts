@@ -7,7 +7,7 @@
  * outcome is cached and reported with its reason, never thrown; `resolveDevice()` turns it into the device a
  * command runs on (`--device cpu|cuda|auto`).
  *
- * The addon's kernel functions take host typed arrays with the same signatures as the CPU addon's (lib/native.ts),
+ * The addon's kernel functions take host typed arrays with the same signatures as the CPU addon's (lib/core/native.ts),
  * copy them to the GPU, run and copy back: they are for parity tests and benchmarks, not for training loops.
  */
 import { spawnSync } from 'child_process';
@@ -16,7 +16,7 @@ import * as path from 'path';
 import { UndoError } from './errors';
 import type { AdamWHyper, NativeKdOptions } from './native';
 
-const ROOT = path.join(__dirname, '..', '..');
+const ROOT = path.join(__dirname, '..', '..', '..');
 
 export interface CudaDeviceInfo {
   /** Devices visible to the CUDA runtime (0 on any error). */
