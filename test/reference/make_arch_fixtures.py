@@ -945,11 +945,28 @@ def verify_outputs(out_dir, cfg, params, case):
     print(f"   re-read OK: {out_dir} ({size} bytes)")
 
 
+def cross_check_llama():
+    """This script's generic decoder on make_fixtures.py's plain llama config and weights must
+    reproduce make_fixtures.py's own forward (same logits / hidden states)."""
+    cfg = mf.LLAMA_CONFIG
+    params = mf.init_params(cfg, SEED)
+    assert sorted(params) == sorted(param_specs(cfg))
+    ids, _ = mf.make_batch(cfg, SEED)
+    with torch.no_grad():
+        a, ha, na = forward(cfg, params, ids)
+        b, hb, nb = mf.forward(cfg, params, ids, return_hidden=True)
+    err = max((a - b).abs().max().item(), (na - nb).abs().max().item(),
+              max((x - y).abs().max().item() for x, y in zip(ha, hb)))
+    print(f"== cross-check vs make_fixtures.forward (llama): max abs diff {err:.3e}")
+    assert err < 1e-12, err
+
+
 def main(argv):
     want = set(argv)
     unknown = want - {c for c, _, _ in CASES}
     assert not unknown, f"unknown case(s): {sorted(unknown)}"
     torch.manual_seed(SEED)
+    cross_check_llama()
     for case, cfg, seed in CASES:
         if not want or case in want:
             generate(case, cfg, seed)
