@@ -7,6 +7,7 @@
       "native/cpu/matmul.cc",
       "native/cpu/attention.cc",
       "native/cpu/rmsnorm.cc",
+      "native/cpu/layernorm.cc",
       "native/cpu/rope.cc",
       "native/cpu/glu.cc",
       "native/cpu/embedding.cc",

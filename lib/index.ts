@@ -1,7 +1,9 @@
 /** The library API of undo-native. */
 export { native, withIsa, withThreads } from './core/native';
-export type { NativeBinding, NativeModel, NativeModelConfig, AttnDims, AdamWHyper } from './core/native';
+export type { NativeBinding, NativeModel, NativeDecoderSpec, NativeRope, AttnDims, AdamWHyper } from './core/native';
 export { Model, configFromHF, configToHF, presetConfig, PRESETS, saveDirAtomic } from './models/model';
+export { ARCHITECTURES, FAMILIES, decoderSpec, tensorMappings, slidingLayers } from './models/config';
+export type { RopeScaling, TensorMapping } from './models/config';
 export type { ModelConfig, Family, InitOptions } from './models/model';
 export { train, lrAt, saveCheckpoint, loadTrainerState, DEFAULT_OPTIM } from './train/train';
 export type { TrainConfig, OptimConfig, StepInfo, TrainerState, TrainOptions, TrainResult, Schedule } from './train/train';

@@ -14,6 +14,7 @@ import { generateIds } from '../lib/models/generate';
 import { Model, ModelConfig, presetConfig, saveDirAtomic } from '../lib/models/model';
 import { native } from '../lib/core/native';
 import { Rng } from '../lib/core/rng';
+import { UndoError } from '../lib/core/errors';
 import { readSafetensors } from '../lib/formats/safetensors';
 import { FIXTURES, assertClose, bitEqual, forEachIsaAsync, randn, rejectsWith, throwsWith, tinyConfig } from './helpers';
 
@@ -597,7 +598,7 @@ test('forward / cacheStep / trainStep reject out-of-vocabulary ids with a messag
   assert.is((await m.native.logits(null)).length, 8 * V);
 });
 
-test('Model.load errors name the file or field: truncated weights, gpt2 model_type, hidden_size mismatch, missing dir', () => {
+test('Model.load errors name the file or field: truncated weights, unsupported model_type, hidden_size mismatch, missing dir', () => {
   const root = tmpDir('bad');
   try {
     const copy = (name: string) => {
@@ -615,13 +616,14 @@ test('Model.load errors name the file or field: truncated weights, gpt2 model_ty
     fs.truncateSync(st, 5); // shorter than the header length field
     throwsWith(() => Model.load(trunc), /model\.safetensors/, 'truncated header');
 
-    const gpt2 = copy('gpt2');
-    const cfgFile = path.join(gpt2, 'config.json');
+    const mamba = copy('mamba');
+    const cfgFile = path.join(mamba, 'config.json');
     const hf = JSON.parse(fs.readFileSync(cfgFile, 'utf8')) as Record<string, unknown>;
-    fs.writeFileSync(cfgFile, JSON.stringify({ ...hf, model_type: 'gpt2' }));
-    const e1 = throwsWith(() => Model.load(gpt2), /config\.json/, 'gpt2');
+    fs.writeFileSync(cfgFile, JSON.stringify({ ...hf, model_type: 'mamba' }));
+    const e1 = throwsWith(() => Model.load(mamba), /config\.json/, 'mamba');
     assert.match(e1.message, /model_type/);
-    assert.match(e1.message, /gpt2/);
+    assert.match(e1.message, /mamba/);
+    assert.match((e1 as UndoError).hint ?? '', /"gpt2"/); // the hint lists what is supported
 
     const wide = copy('wide');
     fs.writeFileSync(path.join(wide, 'config.json'), JSON.stringify({ ...hf, hidden_size: 48 }));

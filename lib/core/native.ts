@@ -29,8 +29,21 @@ export interface AdamWHyper {
   gradScale?: number;
 }
 
-export interface NativeModelConfig {
-  family: 'llama' | 'gemma2';
+/** One RoPE's frequencies (native/cpu/rope.h). */
+export interface NativeRope {
+  theta: number;
+  scaling: 'none' | 'linear' | 'dynamic' | 'llama3';
+  factor?: number;
+  lowFreqFactor?: number;
+  highFreqFactor?: number;
+  originalMaxPositions?: number;
+}
+
+/**
+ * The native decoder's switches (native/cpu/model.h ModelConfig); lib/models/config.ts `decoderSpec` derives
+ * them from a ModelConfig and its architecture's row.
+ */
+export interface NativeDecoderSpec {
   vocabSize: number;
   hiddenSize: number;
   numLayers: number;
@@ -39,14 +52,27 @@ export interface NativeModelConfig {
   headDim: number;
   intermediateSize: number;
   maxPositions: number;
-  rmsNormEps: number;
-  ropeTheta: number;
-  tieWordEmbeddings: boolean;
-  attnLogitSoftcapping: number;
-  finalLogitSoftcapping: number;
-  queryPreAttnScalar: number;
-  slidingWindow: number;
+  normEps: number;
+  norm: 'rms' | 'layer';
+  normUnitOffset: boolean;
+  sandwichNorms: boolean;
+  qkNorm: boolean;
+  qkvBias: boolean;
+  oBias: boolean;
+  mlpBias: boolean;
+  mlp: 'gated' | 'plain';
   activation: 'silu' | 'gelu_tanh';
+  embedScale: number;
+  learnedPositions: boolean;
+  rope: NativeRope;
+  ropeLocal?: NativeRope;
+  tieWordEmbeddings: boolean;
+  attnSoftcap: number;
+  finalSoftcap: number;
+  /** 0: head_dim^-1/2 */
+  attnScale: number;
+  slidingWindow: number;
+  slidingLayers: boolean[];
 }
 
 export interface NativeTensorInfo {
@@ -147,11 +173,23 @@ export interface NativeBinding {
     y: Float32Array, rstd: Float32Array | null): void;
   rmsnormBackward(rows: number, dim: number, x: Float32Array, w: Float32Array, rstd: Float32Array,
     unitOffset: boolean, dy: Float32Array, dx: Float32Array, accumulate: boolean, dw: Float32Array | null): void;
+  layernormForward(rows: number, dim: number, x: Float32Array, w: Float32Array, b: Float32Array | null, eps: number,
+    y: Float32Array, mean: Float32Array | null, rstd: Float32Array | null): void;
+  layernormBackward(rows: number, dim: number, x: Float32Array, w: Float32Array, mean: Float32Array, rstd: Float32Array,
+    dy: Float32Array, dx: Float32Array, accumulate: boolean, dw: Float32Array | null, db: Float32Array | null): void;
+  /** y[r] += b for every row; db += column sums of dy */
+  biasAdd(rows: number, n: number, b: Float32Array, y: Float32Array): void;
+  biasGrad(rows: number, n: number, dy: Float32Array, db: Float32Array): void;
   ropeApply(B: number, T: number, H: number, D: number, x: Float32Array, theta: number, posOffset: number,
     inverse: boolean): void;
+  /** RoPE inverse frequencies [D/2] with HF's rope scalings, for a sequence of seqLen positions */
+  ropeInvFreq(D: number, seqLen: number, rope: NativeRope): Float64Array;
   gluForward(kind: 'swiglu' | 'geglu', gate: Float32Array, up: Float32Array, out: Float32Array): void;
   gluBackward(kind: 'swiglu' | 'geglu', gate: Float32Array, up: Float32Array, dout: Float32Array,
     dgate: Float32Array, dup: Float32Array): void;
+  /** the plain MLP activation of a GLU kind: SiLU (swiglu) or tanh-GELU (geglu) */
+  actForward(kind: 'swiglu' | 'geglu', x: Float32Array, out: Float32Array): void;
+  actBackward(kind: 'swiglu' | 'geglu', x: Float32Array, dout: Float32Array, dx: Float32Array): void;
   embeddingForward(rows: number, dim: number, ids: Int32Array, table: Float32Array, scale: number,
     out: Float32Array): void;
   embeddingBackward(rows: number, dim: number, ids: Int32Array, dout: Float32Array, scale: number,
@@ -164,7 +202,7 @@ export interface NativeBinding {
     h: AdamWHyper & { step: number }): void;
   sumSquares(x: Float32Array): number;
   fillRandom(out: Float32Array, seed: number, stream: string, kind: 'normal' | 'uniform', a: number, b: number): void;
-  NativeModel: new (config: NativeModelConfig) => NativeModel;
+  NativeModel: new (config: NativeDecoderSpec) => NativeModel;
 }
 
 function load(): NativeBinding {

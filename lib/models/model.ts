@@ -9,7 +9,8 @@ import { readJson, writeFileAtomic } from '../core/fsutil';
 import { native, NativeModel, NativeTensorInfo } from '../core/native';
 import { readSafetensors, writeSafetensors, WriteTensor } from '../formats/safetensors';
 import { ByteTokenizer, loadTokenizer, saveTokenizer } from '../data/tokenizer';
-import { configFromHF, configToHF, ModelConfig } from './config';
+import { configFromHF, configToHF, decoderSpec, isIgnoredHfTensor, ModelConfig, TensorMapping, tensorMappings } from './config';
+import { gatherHf, scatterHf } from './layout';
 
 type Json = Record<string, unknown>;
 
@@ -33,7 +34,7 @@ export class Model {
   private readonly byName = new Map<string, NativeTensorInfo>();
 
   constructor(readonly config: ModelConfig, public tokenizer: ByteTokenizer = new ByteTokenizer()) {
-    this.native = new native.NativeModel(config);
+    this.native = new native.NativeModel(decoderSpec(config));
     this.tensors = this.native.tensors();
     for (const t of this.tensors) this.byName.set(t.name, t);
     this.params = this.native.params();
@@ -63,20 +64,38 @@ export class Model {
     return m;
   }
 
-  /** Copy weights from a safetensors file (shapes must agree with the config). */
+  /** Copy weights from a safetensors file (names, shapes and layout as the architecture's checkpoints have them). */
   loadWeights(file: string): void {
     const st = readSafetensors(file);
-    const expected = new Set(this.tensors.map((t) => t.name));
-    for (const t of this.tensors) {
-      if (!st.has(t.name)) throw new UndoError(`${file}: missing tensor "${t.name}" (needed by the config)`);
-      const info = st.get(t.name);
-      if (info.shape.length !== t.shape.length || info.shape.some((d, i) => d !== t.shape[i])) {
-        throw new UndoError(`${file}: tensor "${t.name}" has shape [${info.shape}] but the config implies [${t.shape}]`);
+    const maps = this.tensorMappings(st.names());
+    const expected = new Set(maps.map((m) => m.hf));
+    for (const m of maps) {
+      if (!st.has(m.hf)) throw new UndoError(`${file}: missing tensor "${m.hf}" (needed by the config)`);
+      const info = st.get(m.hf);
+      if (info.shape.length !== m.hfShape.length || info.shape.some((d, i) => d !== m.hfShape[i])) {
+        throw new UndoError(`${file}: tensor "${m.hf}" has shape [${info.shape}] but the config implies [${m.hfShape}]`);
       }
-      this.params.set(st.readTensorF32(t.name), t.offset);
+      scatterHf(m, st.readTensorF32(m.hf), (n) => this.tensor(n));
     }
-    const extra = st.names().filter((n) => !expected.has(n) && !(this.config.tieWordEmbeddings && n === 'lm_head.weight') && !n.endsWith('rotary_emb.inv_freq'));
+    const extra = st.names().filter((n) => !expected.has(n) && !isIgnoredHfTensor(this.config, n));
     if (extra.length) throw new UndoError(`${file}: unexpected tensors for this config: ${extra.slice(0, 5).join(', ')}${extra.length > 5 ? ', ...' : ''}`);
+  }
+
+  /** How this model's checkpoint tensors map onto the decoder's (identity except GPT-2). */
+  tensorMappings(hfNames: readonly string[] = []): TensorMapping[] {
+    return tensorMappings(this.config, this.tensors, hfNames);
+  }
+
+  /**
+   * The model's tensors by checkpoint name, in the checkpoint's layout: of the parameters, or of another
+   * buffer laid out like them (e.g. the gradients). Views where the layout is the decoder's, copies otherwise.
+   */
+  hfTensors(buffer: Float32Array = this.params): Map<string, { shape: number[]; data: Float32Array }> {
+    const byName = (n: string) => {
+      const t = this.tensorInfo(n);
+      return buffer.subarray(t.offset, t.offset + t.numel);
+    };
+    return new Map(this.tensorMappings().map((m) => [m.hf, { shape: m.hfShape, data: gatherHf(m, byName) }]));
   }
 
   /** A deep copy of the weights (same config and tokenizer; no gradients or optimizer state). */
@@ -120,7 +139,7 @@ export class Model {
 
   /** Tensors as safetensors entries (F32 views, no copy). */
   weightEntries(): Array<[string, WriteTensor]> {
-    return this.tensors.map((t) => [t.name, { dtype: 'F32', shape: t.shape, data: this.params.subarray(t.offset, t.offset + t.numel) }]);
+    return [...this.hfTensors()].map(([name, t]) => [name, { dtype: 'F32', shape: t.shape, data: t.data }]);
   }
 
   /**

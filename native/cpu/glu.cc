@@ -1,4 +1,4 @@
-// SwiGLU / GeGLU forward and backward (see glu.h). Compiled once per ISA.
+// SwiGLU / GeGLU and the plain SiLU / tanh-GELU, forward and backward (see glu.h). Compiled once per ISA.
 #include "glu.h"
 #include "simd.h"
 
@@ -70,6 +70,48 @@ void glu_backward(int64_t n, GluKind kind, const float* gate, const float* up, c
   }
 }
 
+void act_forward(int64_t n, GluKind kind, const float* x, float* out) {
+  const int64_t chunk = 16384;
+  const int64_t nchunks = (n + chunk - 1) / chunk;
+#pragma omp parallel for num_threads(num_threads()) schedule(static) if (nchunks > 1)
+  for (int64_t c = 0; c < nchunks; c++) {
+    const int64_t lo = c * chunk, hi = lo + chunk < n ? lo + chunk : n;
+    if (kind == GluKind::swiglu) {
+#pragma omp simd
+      for (int64_t i = lo; i < hi; i++) out[i] = x[i] * sigmoid(x[i]);
+    } else {
+#pragma omp simd
+      for (int64_t i = lo; i < hi; i++) {
+        const float g = x[i];
+        out[i] = 0.5f * g * (1.0f + undo_tanhf(kGeluC * (g + kGeluA * g * g * g)));
+      }
+    }
+  }
+}
+
+void act_backward(int64_t n, GluKind kind, const float* x, const float* dout, float* dx) {
+  const int64_t chunk = 16384;
+  const int64_t nchunks = (n + chunk - 1) / chunk;
+#pragma omp parallel for num_threads(num_threads()) schedule(static) if (nchunks > 1)
+  for (int64_t c = 0; c < nchunks; c++) {
+    const int64_t lo = c * chunk, hi = lo + chunk < n ? lo + chunk : n;
+    if (kind == GluKind::swiglu) {
+#pragma omp simd
+      for (int64_t i = lo; i < hi; i++) {
+        const float sg = sigmoid(x[i]);
+        dx[i] = dout[i] * sg * (1.0f + x[i] * (1.0f - sg));
+      }
+    } else {
+#pragma omp simd
+      for (int64_t i = lo; i < hi; i++) {
+        const float g = x[i];
+        const float t = undo_tanhf(kGeluC * (g + kGeluA * g * g * g));
+        dx[i] = dout[i] * (0.5f * (1.0f + t) + 0.5f * g * (1.0f - t * t) * kGeluC * (1.0f + 3.0f * kGeluA * g * g));
+      }
+    }
+  }
+}
+
 UNDO_ISA_END
 
 #if UNDO_ISA_IS_GENERIC
@@ -80,6 +122,10 @@ void glu_forward(int64_t n, GluKind kind, const float* gate, const float* up, fl
 void glu_backward(int64_t n, GluKind kind, const float* gate, const float* up, const float* dout, float* dgate,
                   float* dup) {
   UNDO_DISPATCH(glu_backward, n, kind, gate, up, dout, dgate, dup)
+}
+void act_forward(int64_t n, GluKind kind, const float* x, float* out) { UNDO_DISPATCH(act_forward, n, kind, x, out) }
+void act_backward(int64_t n, GluKind kind, const float* x, const float* dout, float* dx) {
+  UNDO_DISPATCH(act_backward, n, kind, x, dout, dx)
 }
 }  // namespace undo
 #endif

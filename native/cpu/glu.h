@@ -1,4 +1,5 @@
-// Gated MLP activations: out = act(gate) ⊙ up, with act = SiLU (SwiGLU, Llama) or tanh-GELU (GeGLU, Gemma).
+// MLP activations. Gated: out = act(gate) ⊙ up, with act = SiLU (SwiGLU, Llama) or tanh-GELU (GeGLU, Gemma).
+// Plain (GPT-2's MLP): out = act(x), with the act of the same kind (act_forward / act_backward).
 #pragma once
 #include <cstdint>
 #include "isa.h"
@@ -11,6 +12,8 @@ enum class GluKind : int { swiglu = 0, geglu = 1 };
   void glu_forward(int64_t n, GluKind kind, const float* gate, const float* up, float* out);             \
   void glu_backward(int64_t n, GluKind kind, const float* gate, const float* up, const float* dout,      \
                     float* dgate, float* dup);                                                          \
+  void act_forward(int64_t n, GluKind kind, const float* x, float* out);                                \
+  void act_backward(int64_t n, GluKind kind, const float* x, const float* dout, float* dx);             \
   }
 UNDO_EACH_ISA(UNDO_GLU_DECL)
 #undef UNDO_GLU_DECL
@@ -19,4 +22,7 @@ void glu_forward(int64_t n, GluKind kind, const float* gate, const float* up, fl
 // dgate and dup are overwritten.
 void glu_backward(int64_t n, GluKind kind, const float* gate, const float* up, const float* dout, float* dgate,
                   float* dup);
+// dx is overwritten; dx may alias dout.
+void act_forward(int64_t n, GluKind kind, const float* x, float* out);
+void act_backward(int64_t n, GluKind kind, const float* x, const float* dout, float* dx);
 }  // namespace undo

@@ -753,5 +753,28 @@ void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const 
           const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
   UNDO_DISPATCH(gemm, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
+
+void bias_add(int64_t rows, int64_t n, const float* b, float* y) {
+#pragma omp parallel for num_threads(num_threads()) schedule(static) if (rows * n > 65536)
+  for (int64_t r = 0; r < rows; r++) {
+    float* yr = y + r * n;
+#pragma omp simd
+    for (int64_t i = 0; i < n; i++) yr[i] += b[i];
+  }
+}
+
+void bias_grad(int64_t rows, int64_t n, const float* dy, float* db) {
+  const int nt = rows * n > 65536 ? num_threads() : 1;
+  const int64_t per = ((n + nt - 1) / nt + 15) / 16 * 16;
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (int t = 0; t < nt; t++) {
+    const int64_t lo = (int64_t)t * per, hi = lo + per < n ? lo + per : n;
+    for (int64_t r = 0; r < rows && lo < hi; r++) {
+      const float* g = dy + r * n;
+#pragma omp simd
+      for (int64_t i = lo; i < hi; i++) db[i] += g[i];
+    }
+  }
+}
 }  // namespace undo
 #endif

@@ -21,4 +21,9 @@ UNDO_EACH_ISA(UNDO_MATMUL_DECL)
 
 void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
           const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
+
+// The bias of a linear layer y = x·Wᵀ + b over rows × n outputs: bias_add adds b to every row of y;
+// bias_grad adds the column sums of dy to db (threads split the columns: deterministic, race-free).
+void bias_add(int64_t rows, int64_t n, const float* b, float* y);
+void bias_grad(int64_t rows, int64_t n, const float* dy, float* db);
 }  // namespace undo

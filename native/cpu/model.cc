@@ -1,5 +1,5 @@
 // The decoder's layer sequencing: parameter layout, forward, fused head + loss, backward, AdamW, and
-// KV-cache decoding, for Llama and Gemma-2 (see model.h). Every heavy loop is a kernel call.
+// KV-cache decoding, for every architecture of model.h's ModelConfig. Every heavy loop is a kernel call.
 #include "model.h"
 
 #include <algorithm>
@@ -10,6 +10,7 @@
 #include "attention.h"
 #include "cross_entropy.h"
 #include "embedding.h"
+#include "layernorm.h"
 #include "matmul.h"
 #include "random.h"
 #include "rmsnorm.h"
@@ -18,14 +19,22 @@
 namespace undo {
 namespace {
 
-// Per-layer tensors, in storage order. Gemma-2 only: post_attention_layernorm is the attention output norm
-// and pre/post_feedforward_layernorm wrap the MLP; in Llama post_attention_layernorm is the MLP input norm.
-enum LayerTensor { kInNorm, kWq, kWk, kWv, kWo, kPostAttnNorm, kPreFfNorm, kPostFfNorm, kWg, kWu, kWd, kLayerTensors };
+// Per-layer tensors, in storage order (absent ones get offset -1). With sandwich norms (Gemma),
+// post_attention_layernorm is the attention output norm and pre/post_feedforward_layernorm wrap the MLP;
+// otherwise post_attention_layernorm is the MLP input norm.
+enum LayerTensor {
+  kInNorm, kInNormB, kWq, kBq, kWk, kBk, kWv, kBv, kQNorm, kKNorm, kWo, kBo, kPostAttnNorm, kPostAttnNormB,
+  kPreFfNorm, kPostFfNorm, kWg, kBg, kWu, kBu, kWd, kBd, kLayerTensors
+};
 const char* kLayerNames[kLayerTensors] = {
-    "input_layernorm.weight",    "self_attn.q_proj.weight",          "self_attn.k_proj.weight",
-    "self_attn.v_proj.weight",   "self_attn.o_proj.weight",          "post_attention_layernorm.weight",
-    "pre_feedforward_layernorm.weight", "post_feedforward_layernorm.weight", "mlp.gate_proj.weight",
-    "mlp.up_proj.weight",        "mlp.down_proj.weight"};
+    "input_layernorm.weight",  "input_layernorm.bias",   "self_attn.q_proj.weight",
+    "self_attn.q_proj.bias",   "self_attn.k_proj.weight", "self_attn.k_proj.bias",
+    "self_attn.v_proj.weight", "self_attn.v_proj.bias",  "self_attn.q_norm.weight",
+    "self_attn.k_norm.weight", "self_attn.o_proj.weight", "self_attn.o_proj.bias",
+    "post_attention_layernorm.weight", "post_attention_layernorm.bias", "pre_feedforward_layernorm.weight",
+    "post_feedforward_layernorm.weight", "mlp.gate_proj.weight", "mlp.gate_proj.bias",
+    "mlp.up_proj.weight",      "mlp.up_proj.bias",       "mlp.down_proj.weight",
+    "mlp.down_proj.bias"};
 
 void fail(const std::string& msg) { throw std::invalid_argument(msg); }
 
@@ -46,52 +55,76 @@ Model::Model(const ModelConfig& cfg) : cfg_(cfg) {
   if (cfg_.n_heads % cfg_.n_kv_heads)
     fail("config: num_attention_heads (" + std::to_string(cfg_.n_heads) + ") must be a multiple of num_key_value_heads (" +
          std::to_string(cfg_.n_kv_heads) + ")");
-  if (cfg_.head_dim % 2) fail("config: head_dim must be even for RoPE, got " + std::to_string(cfg_.head_dim));
+  if (!cfg_.learned_pos && cfg_.head_dim % 2) fail("config: head_dim must be even for RoPE, got " + std::to_string(cfg_.head_dim));
   if (!(cfg_.norm_eps > 0)) fail("config: rms_norm_eps must be > 0");
-  if (!(cfg_.rope_theta > 0)) fail("config: rope_theta must be > 0");
+  for (const RopeParams* r : {&cfg_.rope, &cfg_.rope_local}) {
+    if (!(r->theta > 0)) fail("config: rope_theta must be > 0");
+    if (r->scaling != RopeScaling::none && !(r->factor > 0)) fail("config: rope_scaling.factor must be > 0");
+    if ((r->scaling == RopeScaling::llama3 || r->scaling == RopeScaling::dynamic) && r->original_max_pos <= 0)
+      fail("config: rope_scaling needs original_max_position_embeddings > 0");
+    if (r->scaling == RopeScaling::llama3 && !(r->high_freq_factor > r->low_freq_factor))
+      fail("config: rope_scaling.high_freq_factor must be > low_freq_factor");
+  }
+  if (!cfg_.sliding_layers.empty() && (int64_t)cfg_.sliding_layers.size() != cfg_.n_layers)
+    fail("config: one sliding-window flag per layer is needed (" + std::to_string(cfg_.sliding_layers.size()) + " for " +
+         std::to_string(cfg_.n_layers) + " layers)");
   layout();
-  rope_cos_.resize((size_t)(cfg_.max_pos * cfg_.head_dim / 2));
-  rope_sin_.resize(rope_cos_.size());
-  rope_tables(cfg_.max_pos, cfg_.head_dim, cfg_.rope_theta, rope_cos_.data(), rope_sin_.data());
 }
 
 void Model::layout() {
-  const bool gemma = cfg_.family == Family::gemma2;
-  const int64_t d = cfg_.d, qd = cfg_.n_heads * cfg_.head_dim, kvd = cfg_.n_kv_heads * cfg_.head_dim, F = cfg_.ffn;
+  const ModelConfig& c = cfg_;
+  const int64_t d = c.d, qd = c.n_heads * c.head_dim, kvd = c.n_kv_heads * c.head_dim, F = c.ffn, hd = c.head_dim;
+  const bool ln = c.norm == NormKind::layer;
   int64_t off = 0;
-  auto add = [&](const std::string& name, std::vector<int64_t> shape, bool decay) {
+  auto add = [&](const std::string& name, std::vector<int64_t> shape, TensorRole role) {
     TensorInfo t;
     t.name = name;
     t.shape = shape;
     t.numel = 1;
     for (auto s : shape) t.numel *= s;
     t.offset = off;
-    t.decay = decay;
+    t.role = role;
+    t.decay = role == TensorRole::matrix;
     off += t.numel;
     tensors_.push_back(t);
     return t.offset;
   };
-  off_embed_ = add("model.embed_tokens.weight", {cfg_.vocab, d}, true);
-  layer_off_.assign((size_t)(cfg_.n_layers * kLayerTensors), -1);
-  for (int64_t l = 0; l < cfg_.n_layers; l++) {
+  const TensorRole M = TensorRole::matrix, N = TensorRole::norm, Bi = TensorRole::bias;
+  off_embed_ = add("model.embed_tokens.weight", {c.vocab, d}, M);
+  if (c.learned_pos) off_pos_ = add("model.embed_positions.weight", {c.max_pos, d}, M);
+  layer_off_.assign((size_t)(c.n_layers * kLayerTensors), -1);
+  for (int64_t l = 0; l < c.n_layers; l++) {
     const std::string p = "model.layers." + std::to_string(l) + ".";
     int64_t* lo = &layer_off_[(size_t)(l * kLayerTensors)];
-    lo[kInNorm] = add(p + kLayerNames[kInNorm], {d}, false);
-    lo[kWq] = add(p + kLayerNames[kWq], {qd, d}, true);
-    lo[kWk] = add(p + kLayerNames[kWk], {kvd, d}, true);
-    lo[kWv] = add(p + kLayerNames[kWv], {kvd, d}, true);
-    lo[kWo] = add(p + kLayerNames[kWo], {d, qd}, true);
-    lo[kPostAttnNorm] = add(p + kLayerNames[kPostAttnNorm], {d}, false);
-    if (gemma) {
-      lo[kPreFfNorm] = add(p + kLayerNames[kPreFfNorm], {d}, false);
-      lo[kPostFfNorm] = add(p + kLayerNames[kPostFfNorm], {d}, false);
-    }
-    lo[kWg] = add(p + kLayerNames[kWg], {F, d}, true);
-    lo[kWu] = add(p + kLayerNames[kWu], {F, d}, true);
-    lo[kWd] = add(p + kLayerNames[kWd], {d, F}, true);
+    auto put = [&](int k, std::vector<int64_t> shape, TensorRole role, bool present = true) {
+      if (present) lo[k] = add(p + kLayerNames[k], shape, role);
+    };
+    put(kInNorm, {d}, N);
+    put(kInNormB, {d}, Bi, ln);
+    put(kWq, {qd, d}, M);
+    put(kBq, {qd}, Bi, c.qkv_bias);
+    put(kWk, {kvd, d}, M);
+    put(kBk, {kvd}, Bi, c.qkv_bias);
+    put(kWv, {kvd, d}, M);
+    put(kBv, {kvd}, Bi, c.qkv_bias);
+    put(kQNorm, {hd}, N, c.qk_norm);
+    put(kKNorm, {hd}, N, c.qk_norm);
+    put(kWo, {d, qd}, M);
+    put(kBo, {d}, Bi, c.o_bias);
+    put(kPostAttnNorm, {d}, N);
+    put(kPostAttnNormB, {d}, Bi, ln);
+    put(kPreFfNorm, {d}, N, c.sandwich_norms);
+    put(kPostFfNorm, {d}, N, c.sandwich_norms);
+    put(kWg, {F, d}, M, c.mlp == MlpKind::gated);
+    put(kBg, {F}, Bi, c.mlp == MlpKind::gated && c.mlp_bias);
+    put(kWu, {F, d}, M);
+    put(kBu, {F}, Bi, c.mlp_bias);
+    put(kWd, {d, F}, M);
+    put(kBd, {d}, Bi, c.mlp_bias);
   }
-  off_norm_ = add("model.norm.weight", {d}, false);
-  off_head_ = cfg_.tied ? off_embed_ : add("lm_head.weight", {cfg_.vocab, d}, true);
+  off_norm_ = add("model.norm.weight", {d}, N);
+  if (ln) off_norm_b_ = add("model.norm.bias", {d}, Bi);
+  off_head_ = c.tied ? off_embed_ : add("lm_head.weight", {c.vocab, d}, M);
   params_.assign((size_t)off, 0.0f);
   grads_.assign((size_t)off, 0.0f);
 }
@@ -107,22 +140,34 @@ LayerParams Model::layer(float* base, int64_t l) const {
   auto at = [&](int i) { return lo[i] < 0 ? nullptr : base + lo[i]; };
   LayerParams p;
   p.in_norm = at(kInNorm);
+  p.in_norm_b = at(kInNormB);
   p.wq = at(kWq);
+  p.bq = at(kBq);
   p.wk = at(kWk);
+  p.bk = at(kBk);
   p.wv = at(kWv);
+  p.bv = at(kBv);
+  p.q_norm = at(kQNorm);
+  p.k_norm = at(kKNorm);
   p.wo = at(kWo);
-  if (cfg_.family == Family::gemma2) {
+  p.bo = at(kBo);
+  if (cfg_.sandwich_norms) {
     p.attn_out_norm = at(kPostAttnNorm);
     p.mlp_in_norm = at(kPreFfNorm);
+    p.mlp_in_norm_b = nullptr;
     p.mlp_out_norm = at(kPostFfNorm);
   } else {
     p.attn_out_norm = nullptr;
     p.mlp_in_norm = at(kPostAttnNorm);
+    p.mlp_in_norm_b = at(kPostAttnNormB);
     p.mlp_out_norm = nullptr;
   }
   p.wg = at(kWg);
+  p.bg = at(kBg);
   p.wu = at(kWu);
+  p.bu = at(kBu);
   p.wd = at(kWd);
+  p.bd = at(kBd);
   return p;
 }
 
@@ -134,7 +179,8 @@ bool Model::trainable_at(const float* p) const {
 }
 
 int Model::lowest_trainable_layer() const {
-  if (!tensors_[0].frozen) return -1;  // embedding
+  if (trainable_at(params_.data() + off_embed_)) return -1;
+  if (off_pos_ >= 0 && trainable_at(params_.data() + off_pos_)) return -1;
   for (int64_t l = 0; l < cfg_.n_layers; l++)
     for (int i = 0; i < kLayerTensors; i++) {
       const int64_t off = layer_off_[(size_t)(l * kLayerTensors + i)];
@@ -145,12 +191,13 @@ int Model::lowest_trainable_layer() const {
 
 void Model::init(uint64_t seed, const std::string& scheme, float std) {
   if (scheme != "normal" && scheme != "xavier") fail("unknown init scheme '" + scheme + "' (normal|xavier)");
-  const bool gemma = cfg_.family == Family::gemma2;
   for (const auto& t : tensors_) {
     float* p = params_.data() + t.offset;
     const uint64_t stream = stream_of(t.name.c_str());
-    if (t.shape.size() == 1) {
-      std::fill(p, p + t.numel, gemma ? 0.0f : 1.0f);
+    if (t.role == TensorRole::norm) {
+      std::fill(p, p + t.numel, cfg_.norm_unit_offset ? 0.0f : 1.0f);
+    } else if (t.role == TensorRole::bias) {
+      std::fill(p, p + t.numel, 0.0f);
     } else if (scheme == "normal") {
       fill_normal(p, t.numel, seed, stream, 0.0f, std);
     } else {
@@ -161,75 +208,144 @@ void Model::init(uint64_t seed, const std::string& scheme, float std) {
   }
 }
 
+void Model::norm_forward(int64_t rows, const float* x, const float* w, const float* b, float* y, float* st) const {
+  if (cfg_.norm == NormKind::layer)
+    layernorm_forward(rows, cfg_.d, x, w, b, cfg_.norm_eps, y, st + rows, st);
+  else
+    rmsnorm_forward(rows, cfg_.d, x, w, cfg_.norm_eps, cfg_.norm_unit_offset, y, st);
+}
+
+void Model::norm_backward(int64_t rows, const float* x, const float* w, const float* st, const float* dy, float* dx,
+                          bool accumulate, float* dw, float* db) const {
+  if (cfg_.norm == NormKind::layer)
+    layernorm_backward(rows, cfg_.d, x, w, st + rows, st, dy, dx, accumulate, dw, db);
+  else
+    rmsnorm_backward(rows, cfg_.d, x, w, st, cfg_.norm_unit_offset, dy, dx, accumulate, dw);
+}
+
+// Positions beyond max_position_embeddings: impossible with learned positions, allowed with dynamic RoPE
+// scaling (its purpose), refused otherwise as transformers' users expect of a fixed context.
+void Model::check_positions(int64_t n_pos, const char* what) const {
+  if (n_pos <= cfg_.max_pos) return;
+  const bool dynamic = !cfg_.learned_pos && cfg_.rope.scaling == RopeScaling::dynamic &&
+                       (!cfg_.has_rope_local || cfg_.rope_local.scaling == RopeScaling::dynamic);
+  if (!dynamic)
+    fail(std::string(what) + " " + std::to_string(n_pos) + " exceeds max_position_embeddings " + std::to_string(cfg_.max_pos));
+}
+
+const Model::RopeTable& Model::rope_for(int64_t l, int64_t n_pos) {
+  const int which = cfg_.has_rope_local && sliding(l) ? 1 : 0;
+  const RopeParams& rp = which ? cfg_.rope_local : cfg_.rope;
+  RopeTable& t = rope_tab_[which];
+  const int64_t hd = cfg_.head_dim;
+  // dynamic NTK scaling depends on the sequence length once it passes the original context
+  const int64_t seq_len = rp.scaling == RopeScaling::dynamic ? std::max(n_pos, rp.original_max_pos) : 0;
+  if (t.n_pos >= n_pos && t.seq_len == seq_len) return t;
+  const int64_t cover = rp.scaling == RopeScaling::dynamic ? n_pos : std::max(n_pos, std::min<int64_t>(2 * t.n_pos, cfg_.max_pos));
+  std::vector<double> inv((size_t)(hd / 2));
+  rope_inv_freq(rp, hd, seq_len, inv.data());
+  t.cos.resize((size_t)(cover * hd / 2));
+  t.sin.resize(t.cos.size());
+  rope_tables_from(inv.data(), cover, hd, t.cos.data(), t.sin.data());
+  t.n_pos = cover;
+  t.seq_len = seq_len;
+  return t;
+}
+
 void Model::ensure_acts(int64_t B, int64_t T) {
-  if (T > cfg_.max_pos)
-    fail("sequence length " + std::to_string(T) + " exceeds max_position_embeddings " + std::to_string(cfg_.max_pos));
+  check_positions(T, "sequence length");
   B_ = B;
   T_ = T;
   N_ = B * T;
   if (N_ <= cap_N_ && !acts_.empty()) return;
   cap_N_ = N_;
-  const int64_t d = cfg_.d, qd = cfg_.n_heads * cfg_.head_dim, kvd = cfg_.n_kv_heads * cfg_.head_dim, F = cfg_.ffn;
-  const bool gemma = cfg_.family == Family::gemma2;
-  const size_t n = (size_t)N_;
-  acts_.assign((size_t)cfg_.n_layers, Acts());
+  const ModelConfig& c = cfg_;
+  const int64_t d = c.d, qd = c.n_heads * c.head_dim, kvd = c.n_kv_heads * c.head_dim, F = c.ffn;
+  const size_t n = (size_t)N_, st = c.norm == NormKind::layer ? 2 * n : n;
+  acts_.assign((size_t)c.n_layers, Acts());
   for (auto& a : acts_) {
     a.x_in.resize(n * d);
-    a.rstd1.resize(n);
+    a.st1.resize(st);
     a.a1.resize(n * d);
+    if (c.qk_norm) {
+      a.q_pre.resize(n * qd);
+      a.k_pre.resize(n * kvd);
+      a.rstd_q.resize(n * c.n_heads);
+      a.rstd_k.resize(n * c.n_kv_heads);
+    }
     a.q.resize(n * qd);
     a.k.resize(n * kvd);
     a.v.resize(n * kvd);
     a.att.resize(n * qd);
-    a.lse.resize(n * cfg_.n_heads);
+    a.lse.resize(n * c.n_heads);
     a.ao.resize(n * d);
-    if (gemma) a.rstd_pa.resize(n);
+    if (c.sandwich_norms) a.st_pa.resize(st);
     a.x_mid.resize(n * d);
-    a.rstd2.resize(n);
+    a.st2.resize(st);
     a.a2.resize(n * d);
-    a.gate.resize(n * F);
+    if (c.mlp == MlpKind::gated) a.gate.resize(n * F);
     a.up.resize(n * F);
     a.g.resize(n * F);
     a.mo.resize(n * d);
-    if (gemma) a.rstd_pf.resize(n);
+    if (c.sandwich_norms) a.st_pf.resize(st);
   }
   x_final_.resize(n * d);
-  rstd_f_.resize(n);
+  rstd_f_.resize(st);
   h_final_.resize(n * d);
   dh_final_.resize(n * d);
   ids_.resize(n);
+  if (c.learned_pos) pos_ids_.resize(n);
   // backward scratch is sized lazily in backward()
   dx_.clear();
 }
 
 void Model::run_layers(const int32_t* ids, int64_t B, int64_t T, bool training, int64_t pos_offset) {
   const ModelConfig& c = cfg_;
-  const bool gemma = c.family == Family::gemma2;
   const int64_t N = B * T, d = c.d, hd = c.head_dim, Hq = c.n_heads, Hkv = c.n_kv_heads;
   const int64_t qd = Hq * hd, kvd = Hkv * hd, F = c.ffn;
-  if (pos_offset + T > c.max_pos)
-    fail("position " + std::to_string(pos_offset + T) + " exceeds max_position_embeddings " + std::to_string(c.max_pos));
+  check_positions(pos_offset + T, "position");
   for (int64_t i = 0; i < N; i++)
     if (ids[i] < 0 || ids[i] >= c.vocab)
       fail("token id " + std::to_string(ids[i]) + " at position " + std::to_string(i) + " is outside the vocabulary [0, " +
            std::to_string(c.vocab) + ")");
   std::memcpy(ids_.data(), ids, sizeof(int32_t) * (size_t)N);
   float* P = params_.data();
-  const float emb_scale = gemma ? (float)std::sqrt((double)d) : 1.0f;
-  embedding_forward(N, d, ids, P + off_embed_, emb_scale, acts_[0].x_in.data());
-  const float scale = gemma && c.query_pre_attn_scalar > 0 ? 1.0f / std::sqrt(c.query_pre_attn_scalar)
-                                                           : 1.0f / std::sqrt((float)hd);
+  embedding_forward(N, d, ids, P + off_embed_, c.embed_scale, acts_[0].x_in.data());
+  if (c.learned_pos) {
+    for (int64_t r = 0; r < N; r++) pos_ids_[(size_t)r] = (int32_t)(pos_offset + r % T);
+    float* x = acts_[0].x_in.data();
+    const float* wpe = P + off_pos_;
+    for (int64_t r = 0; r < N; r++) {
+      const float* pr = wpe + (int64_t)pos_ids_[(size_t)r] * d;
+      for (int64_t i = 0; i < d; i++) x[r * d + i] += pr[i];
+    }
+  }
+  const float scale = c.attn_scale > 0 ? c.attn_scale : 1.0f / std::sqrt((float)hd);
   for (int64_t l = 0; l < c.n_layers; l++) {
     Acts& A = acts_[(size_t)l];
     const LayerParams W = layer(P, l);
     float* out = l + 1 < c.n_layers ? acts_[(size_t)l + 1].x_in.data() : x_final_.data();
     // attention block
-    rmsnorm_forward(N, d, A.x_in.data(), W.in_norm, c.norm_eps, gemma, A.a1.data(), A.rstd1.data());
-    gemm(false, true, N, qd, d, 1.0f, A.a1.data(), d, W.wq, d, 0.0f, A.q.data(), qd);
-    gemm(false, true, N, kvd, d, 1.0f, A.a1.data(), d, W.wk, d, 0.0f, A.k.data(), kvd);
+    norm_forward(N, A.x_in.data(), W.in_norm, W.in_norm_b, A.a1.data(), A.st1.data());
+    float* qo = c.qk_norm ? A.q_pre.data() : A.q.data();
+    float* ko = c.qk_norm ? A.k_pre.data() : A.k.data();
+    gemm(false, true, N, qd, d, 1.0f, A.a1.data(), d, W.wq, d, 0.0f, qo, qd);
+    gemm(false, true, N, kvd, d, 1.0f, A.a1.data(), d, W.wk, d, 0.0f, ko, kvd);
     gemm(false, true, N, kvd, d, 1.0f, A.a1.data(), d, W.wv, d, 0.0f, A.v.data(), kvd);
-    rope_apply(B, T, Hq, hd, A.q.data(), rope_cos_.data(), rope_sin_.data(), pos_offset, false);
-    rope_apply(B, T, Hkv, hd, A.k.data(), rope_cos_.data(), rope_sin_.data(), pos_offset, false);
+    if (c.qkv_bias) {
+      bias_add(N, qd, W.bq, qo);
+      bias_add(N, kvd, W.bk, ko);
+      bias_add(N, kvd, W.bv, A.v.data());
+    }
+    if (c.qk_norm) {
+      rmsnorm_forward(N * Hq, hd, qo, W.q_norm, c.norm_eps, c.norm_unit_offset, A.q.data(), A.rstd_q.data());
+      rmsnorm_forward(N * Hkv, hd, ko, W.k_norm, c.norm_eps, c.norm_unit_offset, A.k.data(), A.rstd_k.data());
+    }
+    if (!c.learned_pos) {
+      const RopeTable& rt = rope_for(l, pos_offset + T);
+      rope_apply(B, T, Hq, hd, A.q.data(), rt.cos.data(), rt.sin.data(), pos_offset, false);
+      rope_apply(B, T, Hkv, hd, A.k.data(), rt.cos.data(), rt.sin.data(), pos_offset, false);
+    }
     AttnDims dims;
     dims.B = B;
     dims.Tq = T;
@@ -237,9 +353,9 @@ void Model::run_layers(const int32_t* ids, int64_t B, int64_t T, bool training, 
     dims.Hkv = Hkv;
     dims.D = hd;
     dims.q_offset = pos_offset;
-    dims.window = (gemma && c.sliding_window > 0 && l % 2 == 0) ? c.sliding_window : 0;
+    dims.window = sliding(l) ? c.sliding_window : 0;
     dims.scale = scale;
-    dims.softcap = gemma ? c.attn_softcap : 0.0f;
+    dims.softcap = c.attn_softcap;
     const float *kp = A.k.data(), *vp = A.v.data();
     if (cache_mode_) {
       float* kc = kcache_[(size_t)l].data();
@@ -259,30 +375,39 @@ void Model::run_layers(const int32_t* ids, int64_t B, int64_t T, bool training, 
     }
     attention_forward(dims, A.q.data(), kp, vp, A.att.data(), training ? A.lse.data() : nullptr);
     gemm(false, true, N, d, qd, 1.0f, A.att.data(), qd, W.wo, qd, 0.0f, A.ao.data(), d);
+    if (c.o_bias) bias_add(N, d, W.bo, A.ao.data());
     float* xm = A.x_mid.data();
     const float* xin = A.x_in.data();
-    if (gemma) {
-      rmsnorm_forward(N, d, A.ao.data(), W.attn_out_norm, c.norm_eps, true, xm, A.rstd_pa.data());
+    if (c.sandwich_norms) {
+      norm_forward(N, A.ao.data(), W.attn_out_norm, nullptr, xm, A.st_pa.data());
       for (int64_t i = 0; i < N * d; i++) xm[i] += xin[i];
     } else {
       const float* ao = A.ao.data();
       for (int64_t i = 0; i < N * d; i++) xm[i] = xin[i] + ao[i];
     }
     // MLP block
-    rmsnorm_forward(N, d, xm, W.mlp_in_norm, c.norm_eps, gemma, A.a2.data(), A.rstd2.data());
-    gemm(false, true, N, F, d, 1.0f, A.a2.data(), d, W.wg, d, 0.0f, A.gate.data(), F);
+    norm_forward(N, xm, W.mlp_in_norm, W.mlp_in_norm_b, A.a2.data(), A.st2.data());
     gemm(false, true, N, F, d, 1.0f, A.a2.data(), d, W.wu, d, 0.0f, A.up.data(), F);
-    glu_forward(N * F, c.act, A.gate.data(), A.up.data(), A.g.data());
+    if (W.bu) bias_add(N, F, W.bu, A.up.data());
+    if (c.mlp == MlpKind::gated) {
+      gemm(false, true, N, F, d, 1.0f, A.a2.data(), d, W.wg, d, 0.0f, A.gate.data(), F);
+      if (W.bg) bias_add(N, F, W.bg, A.gate.data());
+      glu_forward(N * F, c.act, A.gate.data(), A.up.data(), A.g.data());
+    } else {
+      act_forward(N * F, c.act, A.up.data(), A.g.data());
+    }
     gemm(false, true, N, d, F, 1.0f, A.g.data(), F, W.wd, F, 0.0f, A.mo.data(), d);
-    if (gemma) {
-      rmsnorm_forward(N, d, A.mo.data(), W.mlp_out_norm, c.norm_eps, true, out, A.rstd_pf.data());
+    if (W.bd) bias_add(N, d, W.bd, A.mo.data());
+    if (c.sandwich_norms) {
+      norm_forward(N, A.mo.data(), W.mlp_out_norm, nullptr, out, A.st_pf.data());
       for (int64_t i = 0; i < N * d; i++) out[i] += xm[i];
     } else {
       const float* mo = A.mo.data();
       for (int64_t i = 0; i < N * d; i++) out[i] = xm[i] + mo[i];
     }
   }
-  rmsnorm_forward(N, d, x_final_.data(), P + off_norm_, c.norm_eps, gemma, h_final_.data(), rstd_f_.data());
+  norm_forward(N, x_final_.data(), P + off_norm_, off_norm_b_ >= 0 ? P + off_norm_b_ : nullptr, h_final_.data(),
+               rstd_f_.data());
 }
 
 void Model::forward(const int32_t* ids, int64_t B, int64_t T) {
@@ -403,7 +528,6 @@ const float* Model::hidden(int64_t l) const {
 
 void Model::backward(bool use_head, const std::vector<const float*>& hidden_grads) {
   const ModelConfig& c = cfg_;
-  const bool gemma = c.family == Family::gemma2;
   const int64_t N = N_, d = c.d, hd = c.head_dim, Hq = c.n_heads, Hkv = c.n_kv_heads;
   const int64_t qd = Hq * hd, kvd = Hkv * hd, F = c.ffn, T = T_, B = B_;
   if (cache_mode_ || N == 0) fail("backward needs a training forward first");
@@ -423,17 +547,16 @@ void Model::backward(bool use_head, const std::vector<const float*>& hidden_grad
   dx_.assign(n * d, 0.0f);
   dmo_.resize(n * d);
   dbig1_.resize(n * std::max(F, qd));
-  dbig2_.resize(n * F);
+  dbig2_.resize(n * std::max(F, qd));
   dq_.resize(n * qd);
   dk_.resize(n * kvd);
   dv_.resize(n * kvd);
   datt_.resize(n * qd);
   float* dx = dx_.data();
   if (use_head)
-    rmsnorm_backward(N, d, x_final_.data(), P + off_norm_, rstd_f_.data(), gemma, dh_final_.data(), dx, false,
-                     gptr(P + off_norm_));
-  const float scale = gemma && c.query_pre_attn_scalar > 0 ? 1.0f / std::sqrt(c.query_pre_attn_scalar)
-                                                           : 1.0f / std::sqrt((float)hd);
+    norm_backward(N, x_final_.data(), P + off_norm_, rstd_f_.data(), dh_final_.data(), dx, false, gptr(P + off_norm_),
+                  off_norm_b_ >= 0 ? gptr(P + off_norm_b_) : nullptr);
+  const float scale = c.attn_scale > 0 ? c.attn_scale : 1.0f / std::sqrt((float)hd);
   for (int l = top; l >= stop; l--) {
     if ((size_t)l < hidden_grads.size() && hidden_grads[(size_t)l]) {
       const float* hg = hidden_grads[(size_t)l];
@@ -441,31 +564,42 @@ void Model::backward(bool use_head, const std::vector<const float*>& hidden_grad
     }
     Acts& A = acts_[(size_t)l];
     const LayerParams W = layer(P, l);
-    // ---- MLP block: out = x_mid + [norm](g · Wdᵀ)
+    // ---- MLP block: out = x_mid + [norm](g · Wdᵀ + bd)
     const float* dmo = dx;
-    if (gemma) {
-      rmsnorm_backward(N, d, A.mo.data(), W.mlp_out_norm, A.rstd_pf.data(), true, dx, dmo_.data(), false,
-                       gptr(W.mlp_out_norm));
+    if (c.sandwich_norms) {
+      norm_backward(N, A.mo.data(), W.mlp_out_norm, A.st_pf.data(), dx, dmo_.data(), false, gptr(W.mlp_out_norm),
+                    nullptr);
       dmo = dmo_.data();
     }
-    float* dgate = dbig1_.data();
-    float* dup = dbig2_.data();
-    gemm(false, false, N, F, d, 1.0f, dmo, d, W.wd, F, 0.0f, dgate, F);  // dg = dmo · Wd
+    if (float* g = gptr(W.bd)) bias_grad(N, d, dmo, g);
+    float* dg = dbig1_.data();
+    gemm(false, false, N, F, d, 1.0f, dmo, d, W.wd, F, 0.0f, dg, F);  // dg = dmo · Wd
     if (float* g = gptr(W.wd)) gemm(true, false, d, F, N, 1.0f, dmo, d, A.g.data(), F, 1.0f, g, F);
-    glu_backward(N * F, c.act, A.gate.data(), A.up.data(), dgate, dgate, dup);
     float* da = dmo_.data();  // reuse: da2 [N, d]
-    gemm(false, false, N, d, F, 1.0f, dgate, F, W.wg, d, 0.0f, da, d);
-    gemm(false, false, N, d, F, 1.0f, dup, F, W.wu, d, 1.0f, da, d);
-    if (float* g = gptr(W.wg)) gemm(true, false, F, d, N, 1.0f, dgate, F, A.a2.data(), d, 1.0f, g, d);
+    float* dup = dbig2_.data();
+    if (c.mlp == MlpKind::gated) {
+      float* dgate = dg;
+      glu_backward(N * F, c.act, A.gate.data(), A.up.data(), dg, dgate, dup);
+      if (float* g = gptr(W.bg)) bias_grad(N, F, dgate, g);
+      gemm(false, false, N, d, F, 1.0f, dgate, F, W.wg, d, 0.0f, da, d);
+      gemm(false, false, N, d, F, 1.0f, dup, F, W.wu, d, 1.0f, da, d);
+      if (float* g = gptr(W.wg)) gemm(true, false, F, d, N, 1.0f, dgate, F, A.a2.data(), d, 1.0f, g, d);
+    } else {
+      act_backward(N * F, c.act, A.up.data(), dg, dup);
+      gemm(false, false, N, d, F, 1.0f, dup, F, W.wu, d, 0.0f, da, d);
+    }
+    if (float* g = gptr(W.bu)) bias_grad(N, F, dup, g);
     if (float* g = gptr(W.wu)) gemm(true, false, F, d, N, 1.0f, dup, F, A.a2.data(), d, 1.0f, g, d);
-    rmsnorm_backward(N, d, A.x_mid.data(), W.mlp_in_norm, A.rstd2.data(), gemma, da, dx, true, gptr(W.mlp_in_norm));
-    // ---- attention block: x_mid = x_in + [norm](att · Woᵀ)
+    norm_backward(N, A.x_mid.data(), W.mlp_in_norm, A.st2.data(), da, dx, true, gptr(W.mlp_in_norm),
+                  gptr(W.mlp_in_norm_b));
+    // ---- attention block: x_mid = x_in + [norm](att · Woᵀ + bo)
     const float* dao = dx;
-    if (gemma) {
-      rmsnorm_backward(N, d, A.ao.data(), W.attn_out_norm, A.rstd_pa.data(), true, dx, dmo_.data(), false,
-                       gptr(W.attn_out_norm));
+    if (c.sandwich_norms) {
+      norm_backward(N, A.ao.data(), W.attn_out_norm, A.st_pa.data(), dx, dmo_.data(), false, gptr(W.attn_out_norm),
+                    nullptr);
       dao = dmo_.data();
     }
+    if (float* g = gptr(W.bo)) bias_grad(N, d, dao, g);
     gemm(false, false, N, qd, d, 1.0f, dao, d, W.wo, qd, 0.0f, datt_.data(), qd);
     if (float* g = gptr(W.wo)) gemm(true, false, d, qd, N, 1.0f, dao, d, A.att.data(), qd, 1.0f, g, qd);
     AttnDims dims;
@@ -477,27 +611,42 @@ void Model::backward(bool use_head, const std::vector<const float*>& hidden_grad
     dims.D = hd;
     dims.q_offset = 0;
     dims.kv_bstride = T * kvd;
-    dims.window = (gemma && c.sliding_window > 0 && l % 2 == 0) ? c.sliding_window : 0;
+    dims.window = sliding(l) ? c.sliding_window : 0;
     dims.scale = scale;
-    dims.softcap = gemma ? c.attn_softcap : 0.0f;
+    dims.softcap = c.attn_softcap;
     attention_backward(dims, A.q.data(), A.k.data(), A.v.data(), A.att.data(), datt_.data(), A.lse.data(),
                        dq_.data(), dk_.data(), dv_.data());
-    rope_apply(B, T, Hq, hd, dq_.data(), rope_cos_.data(), rope_sin_.data(), 0, true);
-    rope_apply(B, T, Hkv, hd, dk_.data(), rope_cos_.data(), rope_sin_.data(), 0, true);
+    if (!c.learned_pos) {
+      const RopeTable& rt = rope_for(l, T);
+      rope_apply(B, T, Hq, hd, dq_.data(), rt.cos.data(), rt.sin.data(), 0, true);
+      rope_apply(B, T, Hkv, hd, dk_.data(), rt.cos.data(), rt.sin.data(), 0, true);
+    }
+    float* dqp = dq_.data();  // gradient of the q (and k) projection outputs
+    float* dkp = dk_.data();
+    if (c.qk_norm) {
+      dqp = dbig1_.data();
+      dkp = dbig2_.data();
+      rmsnorm_backward(N * Hq, hd, A.q_pre.data(), W.q_norm, A.rstd_q.data(), c.norm_unit_offset, dq_.data(), dqp,
+                       false, gptr(W.q_norm));
+      rmsnorm_backward(N * Hkv, hd, A.k_pre.data(), W.k_norm, A.rstd_k.data(), c.norm_unit_offset, dk_.data(), dkp,
+                       false, gptr(W.k_norm));
+    }
+    if (float* g = gptr(W.bq)) bias_grad(N, qd, dqp, g);
+    if (float* g = gptr(W.bk)) bias_grad(N, kvd, dkp, g);
+    if (float* g = gptr(W.bv)) bias_grad(N, kvd, dv_.data(), g);
     da = dmo_.data();  // da1 [N, d]
-    gemm(false, false, N, d, qd, 1.0f, dq_.data(), qd, W.wq, d, 0.0f, da, d);
-    gemm(false, false, N, d, kvd, 1.0f, dk_.data(), kvd, W.wk, d, 1.0f, da, d);
+    gemm(false, false, N, d, qd, 1.0f, dqp, qd, W.wq, d, 0.0f, da, d);
+    gemm(false, false, N, d, kvd, 1.0f, dkp, kvd, W.wk, d, 1.0f, da, d);
     gemm(false, false, N, d, kvd, 1.0f, dv_.data(), kvd, W.wv, d, 1.0f, da, d);
-    if (float* g = gptr(W.wq)) gemm(true, false, qd, d, N, 1.0f, dq_.data(), qd, A.a1.data(), d, 1.0f, g, d);
-    if (float* g = gptr(W.wk)) gemm(true, false, kvd, d, N, 1.0f, dk_.data(), kvd, A.a1.data(), d, 1.0f, g, d);
+    if (float* g = gptr(W.wq)) gemm(true, false, qd, d, N, 1.0f, dqp, qd, A.a1.data(), d, 1.0f, g, d);
+    if (float* g = gptr(W.wk)) gemm(true, false, kvd, d, N, 1.0f, dkp, kvd, A.a1.data(), d, 1.0f, g, d);
     if (float* g = gptr(W.wv)) gemm(true, false, kvd, d, N, 1.0f, dv_.data(), kvd, A.a1.data(), d, 1.0f, g, d);
-    rmsnorm_backward(N, d, A.x_in.data(), W.in_norm, A.rstd1.data(), gemma, da, dx, true, gptr(W.in_norm));
+    norm_backward(N, A.x_in.data(), W.in_norm, A.st1.data(), da, dx, true, gptr(W.in_norm), gptr(W.in_norm_b));
   }
   if (stop == 0) {
-    if (float* g = gptr(P + off_embed_)) {
-      const float emb_scale = gemma ? (float)std::sqrt((double)d) : 1.0f;
-      embedding_backward(N, d, ids_.data(), dx, emb_scale, g);
-    }
+    if (float* g = gptr(P + off_embed_)) embedding_backward(N, d, ids_.data(), dx, c.embed_scale, g);
+    if (off_pos_ >= 0)
+      if (float* g = gptr(P + off_pos_)) embedding_backward(N, d, pos_ids_.data(), dx, 1.0f, g);
   }
   have_head_grad_ = false;
 }
@@ -533,9 +682,7 @@ void Model::adamw(const AdamWParams& p) {
 
 void Model::cache_begin(int64_t B, int64_t capacity) {
   if (B <= 0 || capacity <= 0) fail("cache_begin: batch and capacity must be positive");
-  if (capacity > cfg_.max_pos)
-    fail("generation length " + std::to_string(capacity) + " exceeds max_position_embeddings " +
-         std::to_string(cfg_.max_pos));
+  check_positions(capacity, "generation length");
   const int64_t kvd = cfg_.n_kv_heads * cfg_.head_dim;
   kcache_.assign((size_t)cfg_.n_layers, std::vector<float>((size_t)(B * capacity * kvd)));
   vcache_.assign((size_t)cfg_.n_layers, std::vector<float>((size_t)(B * capacity * kvd)));

@@ -1,4 +1,5 @@
-// The decoder: one config-driven transformer for the Llama family and the Gemma-2 variant. This file and
+// The decoder: one config-driven transformer for every supported architecture (Llama, Mistral, Qwen2/3,
+// Gemma-2/3, GPT-2). This file and
 // model.cc hold the model's whole layer sequencing (forward, backward, KV-cache decoding); the kernels it
 // calls live one family per file beside it. Parameters, gradients, AdamW moments and activations are
 // contiguous native buffers; the JS side holds a handle and views.
@@ -11,23 +12,39 @@
 
 #include "adamw.h"
 #include "glu.h"
+#include "rope.h"
 
 namespace undo {
 
-enum class Family : int { llama = 0, gemma2 = 1 };
+// The decoder is one layer sequence; an architecture (lib/models/config.ts's table) is a set of these
+// switches. Every switch off is Llama.
+enum class NormKind : int { rms = 0, layer = 1 };   // RMSNorm, or LayerNorm with bias (GPT-2)
+enum class MlpKind : int { gated = 0, plain = 1 };  // down(act(gate) ⊙ up), or down(act(up)) (GPT-2)
 
 struct ModelConfig {
-  Family family = Family::llama;
   int64_t vocab = 0, d = 0, n_layers = 0, n_heads = 0, n_kv_heads = 0, head_dim = 0, ffn = 0;
   int64_t max_pos = 2048;
   float norm_eps = 1e-5f;
-  double rope_theta = 10000.0;
+  NormKind norm = NormKind::rms;
+  bool norm_unit_offset = false;  // Gemma: norm weights are applied as 1 + w
+  bool sandwich_norms = false;    // Gemma-2/3: norms on the attention and MLP outputs as well
+  bool qk_norm = false;           // Qwen3, Gemma-3: RMSNorm over head_dim on every q and k head, before RoPE
+  bool qkv_bias = false, o_bias = false, mlp_bias = false;
+  MlpKind mlp = MlpKind::gated;
+  GluKind act = GluKind::swiglu;  // swiglu: SiLU, geglu: tanh-GELU (also the plain MLP's activation)
+  float embed_scale = 1.0f;       // Gemma: sqrt(hidden_size)
+  bool learned_pos = false;       // GPT-2: learned absolute positions (model.embed_positions.weight), no RoPE
+  RopeParams rope;                // every layer's RoPE, except sliding layers when has_rope_local
+  bool has_rope_local = false;    // Gemma-3: sliding-window layers use rope_local (their own base)
+  RopeParams rope_local;
   bool tied = false;
   float attn_softcap = 0.0f, final_softcap = 0.0f;
-  float query_pre_attn_scalar = 0.0f;  // gemma2: attention scale = query_pre_attn_scalar^-1/2
-  int64_t sliding_window = 0;          // gemma2: applied on layers with even index
-  GluKind act = GluKind::swiglu;
+  float attn_scale = 0.0f;                // 0: head_dim^-1/2
+  int64_t sliding_window = 0;
+  std::vector<uint8_t> sliding_layers;    // per layer, 1 = sliding-window attention (empty: none)
 };
+
+enum class TensorRole : int { matrix = 0, norm = 1, bias = 2 };
 
 struct TensorInfo {
   std::string name;
@@ -35,13 +52,15 @@ struct TensorInfo {
   int64_t offset = 0, numel = 0;
   bool frozen = false;
   bool decay = true;  // weight decay applies
+  TensorRole role = TensorRole::matrix;
 };
 
-// Per-layer views into the parameter (or gradient) buffer.
-// attn_out_norm and mlp_out_norm exist only in Gemma-2 (null for Llama); mlp_in_norm is Llama's
-// post_attention_layernorm and Gemma-2's pre_feedforward_layernorm.
+// Per-layer views into the parameter (or gradient) buffer; null where the architecture has no such tensor.
+// attn_out_norm and mlp_out_norm exist only with sandwich norms; mlp_in_norm is Llama's
+// post_attention_layernorm (GPT-2's ln_2) and Gemma's pre_feedforward_layernorm. wg is null for a plain MLP.
 struct LayerParams {
-  float *in_norm, *wq, *wk, *wv, *wo, *attn_out_norm, *mlp_in_norm, *mlp_out_norm, *wg, *wu, *wd;
+  float *in_norm, *in_norm_b, *wq, *bq, *wk, *bk, *wv, *bv, *q_norm, *k_norm, *wo, *bo;
+  float *attn_out_norm, *mlp_in_norm, *mlp_in_norm_b, *mlp_out_norm, *wg, *bg, *wu, *bu, *wd, *bd;
 };
 
 class Model {
@@ -114,14 +133,26 @@ class Model {
 
  private:
   struct Acts {
-    // per layer
-    std::vector<float> x_in, rstd1, a1, q, k, v, att, lse, ao, rstd_pa, x_mid, rstd2, a2, gate, up, g, mo,
-        rstd_pf;
+    // per layer; the norm statistics (st*) hold rstd, then the mean for LayerNorm
+    std::vector<float> x_in, st1, a1, q_pre, k_pre, rstd_q, rstd_k, q, k, v, att, lse, ao, st_pa, x_mid, st2, a2,
+        gate, up, g, mo, st_pf;
+  };
+  struct RopeTable {
+    std::vector<float> cos, sin;
+    int64_t n_pos = 0, seq_len = -1;  // positions covered; the dynamic-scaling length it was built for
   };
   void layout();
   LayerParams layer(float* base, int64_t l) const;
   bool trainable_at(const float* p) const;  // p points into params_: is that tensor trainable?
   void softcap_logits(float* z, int64_t n) const;  // Gemma-2's final soft-cap, in place (no-op for Llama)
+  // the model's norm (RMSNorm or LayerNorm) on rows × dim; st holds rows (RMS) or 2·rows (LayerNorm) floats
+  void norm_forward(int64_t rows, const float* x, const float* w, const float* b, float* y, float* st) const;
+  void norm_backward(int64_t rows, const float* x, const float* w, const float* st, const float* dy, float* dx,
+                     bool accumulate, float* dw, float* db) const;
+  bool sliding(int64_t l) const { return !cfg_.sliding_layers.empty() && cfg_.sliding_layers[(size_t)l]; }
+  // RoPE cos/sin for layer l covering positions [0, n_pos), built (or rebuilt for dynamic scaling) on demand
+  const RopeTable& rope_for(int64_t l, int64_t n_pos);
+  void check_positions(int64_t n_pos, const char* what) const;
   int lowest_trainable_layer() const;       // backward can stop there (-1: embedding trainable)
   void ensure_acts(int64_t B, int64_t T);
   void ensure_moments();
@@ -130,7 +161,7 @@ class Model {
   ModelConfig cfg_;
   std::vector<TensorInfo> tensors_;
   std::vector<float> params_, grads_, m_, v_;
-  std::vector<float> rope_cos_, rope_sin_;
+  RopeTable rope_tab_[2];  // [0] rope, [1] rope_local
   int64_t adam_step_ = 0;
   std::mutex mu_;
 
@@ -147,7 +178,8 @@ class Model {
   int64_t cache_B_ = 0, cache_cap_ = 0, cache_pos_ = 0;
   bool cache_mode_ = false;
   // offsets of named tensors
-  int64_t off_embed_ = 0, off_norm_ = 0, off_head_ = 0;
+  int64_t off_embed_ = 0, off_pos_ = -1, off_norm_ = 0, off_norm_b_ = -1, off_head_ = 0;
+  std::vector<int32_t> pos_ids_;  // learned positions of the last forward's rows
   std::vector<int64_t> layer_off_;  // kLayerTensors offsets per layer (-1 = absent), see layout()
 };
 

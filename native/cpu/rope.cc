@@ -2,6 +2,7 @@
 #include "rope.h"
 #include "simd.h"
 #include <cmath>
+#include <stdexcept>
 
 UNDO_ISA_BEGIN
 
@@ -36,16 +37,51 @@ void rope_apply(int64_t B, int64_t T, int64_t H, int64_t D, float* x, const floa
                 const float* sin_table, int64_t pos_offset, bool inverse) {
   UNDO_DISPATCH(rope_apply, B, T, H, D, x, cos_table, sin_table, pos_offset, inverse)
 }
-void rope_tables(int64_t max_pos, int64_t D, double theta, float* cos_table, float* sin_table) {
+void rope_inv_freq(const RopeParams& p, int64_t D, int64_t seq_len, double* inv_freq) {
   const int64_t half = D / 2;
-  for (int64_t p = 0; p < max_pos; p++)
+  double theta = p.theta;
+  if (p.scaling == RopeScaling::dynamic && p.original_max_pos > 0 && seq_len > p.original_max_pos)
+    theta *= std::pow(p.factor * (double)seq_len / (double)p.original_max_pos - (p.factor - 1.0),
+                      (double)D / (double)(D - 2));
+  for (int64_t i = 0; i < half; i++) {
+    const double f = 1.0 / std::pow(theta, (double)(2 * i) / (double)D);
+    double g = f;
+    if (p.scaling == RopeScaling::linear) {
+      g = f / p.factor;
+    } else if (p.scaling == RopeScaling::llama3) {
+      const double L0 = (double)p.original_max_pos;
+      const double low_wl = L0 / p.low_freq_factor, high_wl = L0 / p.high_freq_factor;
+      const double wl = 2.0 * M_PI / f;
+      if (wl > low_wl) {
+        g = f / p.factor;
+      } else if (wl < high_wl) {
+        g = f;
+      } else {
+        const double sm = (L0 / wl - p.low_freq_factor) / (p.high_freq_factor - p.low_freq_factor);
+        g = (1.0 - sm) * f / p.factor + sm * f;
+      }
+    }
+    inv_freq[i] = g;
+  }
+}
+
+void rope_tables_from(const double* inv_freq, int64_t n_pos, int64_t D, float* cos_table, float* sin_table) {
+  const int64_t half = D / 2;
+  for (int64_t p = 0; p < n_pos; p++)
     for (int64_t i = 0; i < half; i++) {
-      // HF computes inv_freq in fp32 then angle = pos * inv_freq in fp32
-      const float inv_freq = (float)(1.0 / std::pow(theta, (double)(2 * i) / (double)D));
-      const float ang = (float)p * inv_freq;
+      const float ang = (float)p * (float)inv_freq[i];
       cos_table[p * half + i] = (float)std::cos((double)ang);
       sin_table[p * half + i] = (float)std::sin((double)ang);
     }
+}
+
+void rope_tables(int64_t max_pos, int64_t D, double theta, float* cos_table, float* sin_table) {
+  RopeParams p;
+  p.theta = theta;
+  double inv[4096];
+  if (D / 2 > 4096) throw std::invalid_argument("rope: head_dim too large");
+  rope_inv_freq(p, D, max_pos, inv);
+  rope_tables_from(inv, max_pos, D, cos_table, sin_table);
 }
 }  // namespace undo
 #endif

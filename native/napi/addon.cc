@@ -27,6 +27,7 @@
 #include "model.h"
 #include "random.h"
 #include "rmsnorm.h"
+#include "layernorm.h"
 #include "rope.h"
 
 namespace {
@@ -157,6 +158,77 @@ undo::GluKind glu_kind(const Napi::CallbackInfo& info, size_t i) {
   if (k == "swiglu") return undo::GluKind::swiglu;
   if (k == "geglu") return undo::GluKind::geglu;
   throw Napi::TypeError::New(info.Env(), "unknown GLU kind '" + k + "' (swiglu|geglu)");
+}
+// layernormForward(rows, dim, x, w, b|null, eps, y, mean|null, rstd|null)
+Napi::Value LayernormForward(const Napi::CallbackInfo& info) {
+  const int64_t rows = num(info, 0, "rows"), dim = num(info, 1, "dim");
+  const size_t n = (size_t)(rows * dim);
+  auto x = f32(info, 2, "x", n), w = f32(info, 3, "w", (size_t)dim), b = f32(info, 4, "b", (size_t)dim, true);
+  auto y = f32(info, 6, "y", n), mean = f32(info, 7, "mean", (size_t)rows, true), rstd = f32(info, 8, "rstd", (size_t)rows, true);
+  undo::layernorm_forward(rows, dim, x.Data(), w.Data(), data(b), (float)dbl(info, 5, "eps"), y.Data(), data(mean), data(rstd));
+  return info.Env().Undefined();
+}
+// layernormBackward(rows, dim, x, w, mean, rstd, dy, dx, accumulate, dw|null, db|null)
+Napi::Value LayernormBackward(const Napi::CallbackInfo& info) {
+  const int64_t rows = num(info, 0, "rows"), dim = num(info, 1, "dim");
+  const size_t n = (size_t)(rows * dim);
+  auto x = f32(info, 2, "x", n), w = f32(info, 3, "w", (size_t)dim);
+  auto mean = f32(info, 4, "mean", (size_t)rows), rstd = f32(info, 5, "rstd", (size_t)rows);
+  auto dy = f32(info, 6, "dy", n), dx = f32(info, 7, "dx", n);
+  auto dw = f32(info, 9, "dw", (size_t)dim, true), db = f32(info, 10, "db", (size_t)dim, true);
+  undo::layernorm_backward(rows, dim, x.Data(), w.Data(), mean.Data(), rstd.Data(), dy.Data(), dx.Data(), flag(info, 8),
+                           data(dw), data(db));
+  return info.Env().Undefined();
+}
+// biasAdd(rows, n, b, y) / biasGrad(rows, n, dy, db)
+Napi::Value BiasAdd(const Napi::CallbackInfo& info) {
+  const int64_t rows = num(info, 0, "rows"), n = num(info, 1, "n");
+  auto b = f32(info, 2, "b", (size_t)n), y = f32(info, 3, "y", (size_t)(rows * n));
+  undo::bias_add(rows, n, b.Data(), y.Data());
+  return info.Env().Undefined();
+}
+Napi::Value BiasGrad(const Napi::CallbackInfo& info) {
+  const int64_t rows = num(info, 0, "rows"), n = num(info, 1, "n");
+  auto dy = f32(info, 2, "dy", (size_t)(rows * n)), db = f32(info, 3, "db", (size_t)n);
+  undo::bias_grad(rows, n, dy.Data(), db.Data());
+  return info.Env().Undefined();
+}
+// ropeInvFreq(D, seqLen, {theta, scaling, factor, lowFreqFactor, highFreqFactor, originalMaxPositions}) → Float64Array
+Napi::Value RopeInvFreq(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const int64_t D = num(info, 0, "D"), L = num(info, 1, "seqLen");
+  if (D <= 0 || D % 2) type_error(env, "ropeInvFreq: D must be positive and even");
+  if (!info[2].IsObject()) type_error(env, "ropeInvFreq: rope must be an object");
+  Napi::Object ro = info[2].As<Napi::Object>();
+  undo::RopeParams r;
+  r.theta = field(ro, "theta", 10000.0);
+  const std::string t = ro.Get("scaling").IsUndefined() ? "none" : ro.Get("scaling").ToString().Utf8Value();
+  r.scaling = t == "linear" ? undo::RopeScaling::linear : t == "dynamic" ? undo::RopeScaling::dynamic
+            : t == "llama3" ? undo::RopeScaling::llama3 : undo::RopeScaling::none;
+  r.factor = field(ro, "factor", 1.0);
+  r.low_freq_factor = field(ro, "lowFreqFactor", 1.0);
+  r.high_freq_factor = field(ro, "highFreqFactor", 4.0);
+  r.original_max_pos = (int64_t)field(ro, "originalMaxPositions", 0);
+  Napi::Float64Array out = Napi::Float64Array::New(env, (size_t)(D / 2));
+  undo::rope_inv_freq(r, D, L, out.Data());
+  return out;
+}
+// actForward(kind, x, out) / actBackward(kind, x, dout, dx): the plain MLP activation of a GLU kind
+Napi::Value ActForward(const Napi::CallbackInfo& info) {
+  auto kind = glu_kind(info, 0);
+  auto x = f32(info, 1, "x", 0);
+  const size_t n = x.ElementLength();
+  auto out = f32(info, 2, "out", n);
+  undo::act_forward((int64_t)n, kind, x.Data(), out.Data());
+  return info.Env().Undefined();
+}
+Napi::Value ActBackward(const Napi::CallbackInfo& info) {
+  auto kind = glu_kind(info, 0);
+  auto x = f32(info, 1, "x", 0);
+  const size_t n = x.ElementLength();
+  auto dout = f32(info, 2, "dout", n), dx = f32(info, 3, "dx", n);
+  undo::act_backward((int64_t)n, kind, x.Data(), dout.Data(), dx.Data());
+  return info.Env().Undefined();
 }
 // gluForward(kind, gate, up, out)
 Napi::Value GluForward(const Napi::CallbackInfo& info) {
@@ -371,11 +443,34 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
     Napi::Env env = info.Env();
     if (!info[0].IsObject()) type_error(env, "NativeModel(config): config must be an object");
     Napi::Object o = info[0].As<Napi::Object>();
+    // the decoder spec lib/models/config.ts derives from a config and its architecture's row
     undo::ModelConfig c;
-    std::string fam = o.Get("family").ToString();
-    if (fam == "llama") c.family = undo::Family::llama;
-    else if (fam == "gemma2") c.family = undo::Family::gemma2;
-    else type_error(env, "unknown model family '" + fam + "'");
+    auto flag_of = [&](const char* name) { return o.Get(name).ToBoolean().Value(); };
+    auto choice = [&](const char* name, std::initializer_list<const char*> names) {
+      const std::string v = o.Get(name).ToString();
+      int i = 0;
+      for (const char* n : names) {
+        if (v == n) return i;
+        i++;
+      }
+      type_error(env, std::string("NativeModel: unknown ") + name + " '" + v + "'");
+      return 0;
+    };
+    auto rope_of = [&](Napi::Value v, undo::RopeParams* r) {
+      if (!v.IsObject()) type_error(env, "NativeModel: rope must be an object");
+      Napi::Object ro = v.As<Napi::Object>();
+      r->theta = field(ro, "theta", 10000.0);
+      const std::string t = ro.Get("scaling").IsUndefined() ? "none" : ro.Get("scaling").ToString().Utf8Value();
+      if (t == "none") r->scaling = undo::RopeScaling::none;
+      else if (t == "linear") r->scaling = undo::RopeScaling::linear;
+      else if (t == "dynamic") r->scaling = undo::RopeScaling::dynamic;
+      else if (t == "llama3") r->scaling = undo::RopeScaling::llama3;
+      else type_error(env, "NativeModel: unknown rope scaling '" + t + "'");
+      r->factor = field(ro, "factor", 1.0);
+      r->low_freq_factor = field(ro, "lowFreqFactor", 1.0);
+      r->high_freq_factor = field(ro, "highFreqFactor", 4.0);
+      r->original_max_pos = (int64_t)field(ro, "originalMaxPositions", 0);
+    };
     c.vocab = (int64_t)field(o, "vocabSize", 0, true);
     c.d = (int64_t)field(o, "hiddenSize", 0, true);
     c.n_layers = (int64_t)field(o, "numLayers", 0, true);
@@ -384,17 +479,35 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
     c.head_dim = (int64_t)field(o, "headDim", 0, true);
     c.ffn = (int64_t)field(o, "intermediateSize", 0, true);
     c.max_pos = (int64_t)field(o, "maxPositions", 2048);
-    c.norm_eps = (float)field(o, "rmsNormEps", 1e-5);
-    c.rope_theta = field(o, "ropeTheta", 10000.0);
-    c.tied = o.Get("tieWordEmbeddings").ToBoolean().Value();
-    c.attn_softcap = (float)field(o, "attnLogitSoftcapping", 0);
-    c.final_softcap = (float)field(o, "finalLogitSoftcapping", 0);
-    c.query_pre_attn_scalar = (float)field(o, "queryPreAttnScalar", 0);
+    c.norm_eps = (float)field(o, "normEps", 1e-5);
+    c.norm = choice("norm", {"rms", "layer"}) ? undo::NormKind::layer : undo::NormKind::rms;
+    c.norm_unit_offset = flag_of("normUnitOffset");
+    c.sandwich_norms = flag_of("sandwichNorms");
+    c.qk_norm = flag_of("qkNorm");
+    c.qkv_bias = flag_of("qkvBias");
+    c.o_bias = flag_of("oBias");
+    c.mlp_bias = flag_of("mlpBias");
+    c.mlp = choice("mlp", {"gated", "plain"}) ? undo::MlpKind::plain : undo::MlpKind::gated;
+    c.act = choice("activation", {"silu", "gelu_tanh"}) ? undo::GluKind::geglu : undo::GluKind::swiglu;
+    c.embed_scale = (float)field(o, "embedScale", 1.0);
+    c.learned_pos = flag_of("learnedPositions");
+    rope_of(o.Get("rope"), &c.rope);
+    if (!o.Get("ropeLocal").IsUndefined() && !o.Get("ropeLocal").IsNull()) {
+      c.has_rope_local = true;
+      rope_of(o.Get("ropeLocal"), &c.rope_local);
+    } else {
+      c.rope_local = c.rope;
+    }
+    c.tied = flag_of("tieWordEmbeddings");
+    c.attn_softcap = (float)field(o, "attnSoftcap", 0);
+    c.final_softcap = (float)field(o, "finalSoftcap", 0);
+    c.attn_scale = (float)field(o, "attnScale", 0);
     c.sliding_window = (int64_t)field(o, "slidingWindow", 0);
-    std::string act = o.Get("activation").ToString();
-    if (act == "silu") c.act = undo::GluKind::swiglu;
-    else if (act == "gelu_tanh") c.act = undo::GluKind::geglu;
-    else type_error(env, "unknown activation '" + act + "' (silu|gelu_tanh)");
+    Napi::Value sl = o.Get("slidingLayers");
+    if (sl.IsArray()) {
+      Napi::Array arr = sl.As<Napi::Array>();
+      for (uint32_t i = 0; i < arr.Length(); i++) c.sliding_layers.push_back(arr.Get(i).ToBoolean().Value() ? 1 : 0);
+    }
     try {
       model_ = std::make_shared<Model>(c);
     } catch (const std::exception& e) {
@@ -791,6 +904,13 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("attentionBackward", Napi::Function::New(env, AttentionBackward));
   exports.Set("rmsnormForward", Napi::Function::New(env, RmsnormForward));
   exports.Set("rmsnormBackward", Napi::Function::New(env, RmsnormBackward));
+  exports.Set("layernormForward", Napi::Function::New(env, LayernormForward));
+  exports.Set("layernormBackward", Napi::Function::New(env, LayernormBackward));
+  exports.Set("biasAdd", Napi::Function::New(env, BiasAdd));
+  exports.Set("biasGrad", Napi::Function::New(env, BiasGrad));
+  exports.Set("ropeInvFreq", Napi::Function::New(env, RopeInvFreq));
+  exports.Set("actForward", Napi::Function::New(env, ActForward));
+  exports.Set("actBackward", Napi::Function::New(env, ActBackward));
   exports.Set("ropeApply", Napi::Function::New(env, RopeApply));
   exports.Set("gluForward", Napi::Function::New(env, GluForward));
   exports.Set("gluBackward", Napi::Function::New(env, GluBackward));
