@@ -875,4 +875,190 @@ test('fillRandom: counter-based (thread-, ISA- and length-independent); seeds an
   }
 });
 
+// ---------------------------------------------------------------- LayerNorm (GPT-2)
+
+function layernormRef(rows: number, dim: number, x: Float32Array, w: Float32Array, b: Float32Array | null, eps: number, dy: Float32Array) {
+  const y = new Float64Array(rows * dim), dx = new Float64Array(rows * dim), dw = new Float64Array(dim), db = new Float64Array(dim);
+  const mean = new Float64Array(rows), rstd = new Float64Array(rows);
+  for (let r = 0; r < rows; r++) {
+    let mu = 0;
+    for (let i = 0; i < dim; i++) mu += x[r * dim + i];
+    mu /= dim;
+    let v = 0;
+    for (let i = 0; i < dim; i++) v += (x[r * dim + i] - mu) ** 2;
+    const s = 1 / Math.sqrt(v / dim + eps);
+    mean[r] = mu;
+    rstd[r] = s;
+    let sg = 0, sgx = 0;
+    for (let i = 0; i < dim; i++) {
+      const xh = (x[r * dim + i] - mu) * s;
+      y[r * dim + i] = xh * w[i] + (b ? b[i] : 0);
+      sg += dy[r * dim + i] * w[i];
+      sgx += dy[r * dim + i] * w[i] * xh;
+      dw[i] += dy[r * dim + i] * xh;
+      db[i] += dy[r * dim + i];
+    }
+    for (let i = 0; i < dim; i++) {
+      const xh = (x[r * dim + i] - mu) * s;
+      dx[r * dim + i] = s * (dy[r * dim + i] * w[i] - sg / dim - (xh * sgx) / dim);
+    }
+  }
+  return { y, mean, rstd, dx, dw, db };
+}
+
+test('layernorm forward/backward: y, mean, rstd, dx (overwrite and accumulate), dw, db vs float64 and finite differences', () => {
+  for (const [rows, dim] of NORM_SHAPES) {
+    const n = rows * dim;
+    // an offset mean (3.0) makes a one-pass variance lose digits: the kernel must centre first
+    const x = randn(n, 31 + dim + rows, 1.3).map((v) => v + 3);
+    const w = randn(dim, 32 + dim, 0.3).map((v) => 1 + v);
+    const b = randn(dim, 33 + dim, 0.5);
+    const eps = 1e-5;
+    const c = randn(n, 34 + dim);
+    const ref = layernormRef(rows, dim, x, w, b, eps, c);
+    forEachIsa((isa) => {
+      const tag = `${isa} ${rows}x${dim}`;
+      const y = filled(n, NaN), mean = filled(rows, NaN), rstd = filled(rows, NaN);
+      native.layernormForward(rows, dim, x, w, b, eps, y, mean, rstd);
+      assertScaled(y, ref.y, maxAbs(ref.y) + 1, 2e-6, `${tag} y`);
+      assertClose(mean, ref.mean, 1e-6, `${tag} mean`);
+      if (dim > 1) assertClose(rstd, ref.rstd, 2e-5, `${tag} rstd`);
+      const yNoBias = filled(n, NaN);
+      native.layernormForward(rows, dim, x, w, null, eps, yNoBias, null, null);
+      assertScaled(yNoBias, Float64Array.from(ref.y, (v, i) => v - b[i % dim]), maxAbs(ref.y) + 1, 2e-6, `${tag} y without bias`);
+
+      const dx = filled(n, NaN);
+      const dw0 = randn(dim, 35 + dim), db0 = randn(dim, 36 + dim);
+      const dw = dw0.slice(), db = db0.slice();
+      native.layernormBackward(rows, dim, x, w, mean, rstd, c, dx, false, dw, db);
+      const gScale = (maxAbs(ref.dx) + maxAbs(w)) * maxAbs(c) * maxAbs(rstd);
+      assertScaled(dx, ref.dx, gScale, 2e-5, `${tag} dx`);
+      assertClose(dw, Float64Array.from(ref.dw, (v, i) => v + dw0[i]), 3e-5, `${tag} dw`);
+      assertClose(db, Float64Array.from(ref.db, (v, i) => v + db0[i]), 3e-5, `${tag} db`);
+      const d0 = randn(n, 37 + dim);
+      const acc = d0.slice();
+      native.layernormBackward(rows, dim, x, w, mean, rstd, c, acc, true, null, null);
+      assertScaled(acc, Float64Array.from(ref.dx, (v, i) => v + d0[i]), gScale + maxAbs(d0), 2e-5, `${tag} dx accumulate`);
+
+      if (dim < 7) return; // dim 1: y = b exactly, no gradient through x
+      const L = (): number => {
+        const yy = new Float32Array(n);
+        native.layernormForward(rows, dim, x, w, b, eps, yy, null, null);
+        return dot64(c, yy);
+      };
+      fdCheck(`${tag} dx`, x, pick(n, 10, 38 + dim), 1e-2, L, dx, 5e-3, 3e-3);
+      fdCheck(`${tag} dw`, w, pick(dim, 5, 39 + dim), 1e-2, L, dw.map((v, i) => v - dw0[i]), 5e-3, 5e-3);
+      fdCheck(`${tag} db`, b, pick(dim, 5, 40 + dim), 1e-2, L, db.map((v, i) => v - db0[i]), 5e-3, 5e-3);
+    });
+  }
+});
+
+// ---------------------------------------------------------------- linear-layer bias
+
+test('biasAdd adds b to every row; biasGrad adds the column sums (threaded path included, deterministic)', () => {
+  for (const [rows, n] of [[1, 1], [3, 7], [37, 33], [300, 1031]] as const) {
+    const y = randn(rows * n, 41 + n), b = randn(n, 42 + n), dy = randn(rows * n, 43 + n), db0 = randn(n, 44 + n);
+    const want = Float64Array.from(y, (v, i) => v + b[i % n]);
+    const sums = new Float64Array(n);
+    for (let r = 0; r < rows; r++) for (let i = 0; i < n; i++) sums[i] += dy[r * n + i];
+    const out: Float32Array[] = [];
+    forEachIsa((isa) => {
+      const yy = y.slice();
+      native.biasAdd(rows, n, b, yy);
+      assertClose(yy, want, 1e-6, `${isa} ${rows}x${n} biasAdd`);
+      const db = db0.slice();
+      native.biasGrad(rows, n, dy, db);
+      assertScaled(db, Float64Array.from(sums, (v, i) => v + db0[i]), Math.sqrt(rows) * 4, 1e-6, `${isa} ${rows}x${n} biasGrad`);
+      out.push(db);
+    });
+    for (const t of [1, 2]) {
+      const db = withThreads(t, () => {
+        const d = db0.slice();
+        native.biasGrad(rows, n, dy, d);
+        return d;
+      });
+      assert.ok(bitEqual(db, out[out.length - 1]), `biasGrad ${rows}x${n}: ${t} threads give the same bits`);
+    }
+  }
+});
+
+// ---------------------------------------------------------------- plain MLP activations (GPT-2's gelu_new)
+
+test('act forward/backward: SiLU and tanh-GELU alone vs float64 and finite differences, dx may alias dout', () => {
+  for (const kind of ['swiglu', 'geglu'] as const) {
+    for (const n of GLU_SIZES) {
+      const x = randn(n, 51 + n, 3);
+      x.set(GLU_EXTREMES.slice(0, Math.min(n, GLU_EXTREMES.length)));
+      const dout = randn(n, 52 + n);
+      forEachIsa((isa) => {
+        const y = filled(n, NaN), dx = filled(n, NaN);
+        native.actForward(kind, x, y);
+        native.actBackward(kind, x, dout, dx);
+        const yRef = Float64Array.from(x, (g) => actRef(kind, g)[0]);
+        const dRef = Float64Array.from(x, (g, i) => dout[i] * actRef(kind, g)[1]);
+        assertEach(y, yRef, 1e-5, 1e-6, `${isa} ${kind} n=${n} act`);
+        assertEach(dx, dRef, 1e-5, dgateAtol(x, filled(n, 1), dout), `${isa} ${kind} n=${n} dact`);
+        const alias = dout.slice();
+        native.actBackward(kind, x, alias, alias);
+        assert.ok(bitEqual(alias, dx), `${isa} ${kind} n=${n}: in place equals out of place`);
+        if (n === 33) {
+          const L = () => {
+            const yy = new Float32Array(n);
+            native.actForward(kind, x, yy);
+            return dot64(dout, yy);
+          };
+          fdCheck(`${isa} ${kind} dx`, x, pick(n, 8, 53, [20, 25]), 1e-3, L, dx, 2e-3, 1e-3);
+        }
+      });
+    }
+  }
+});
+
+// ---------------------------------------------------------------- RoPE scalings
+
+/** HF's rope scalings, written out independently (modeling_rope_utils semantics), in float64. */
+function invFreqRef(D: number, L: number, r: { theta: number; scaling: string; factor?: number; lowFreqFactor?: number; highFreqFactor?: number; originalMaxPositions?: number }): number[] {
+  let theta = r.theta;
+  const L0 = r.originalMaxPositions ?? 0, f = r.factor ?? 1;
+  if (r.scaling === 'dynamic' && L > L0) theta *= (f * L / L0 - (f - 1)) ** (D / (D - 2));
+  const out: number[] = [];
+  for (let i = 0; i < D / 2; i++) {
+    const base = 1 / theta ** ((2 * i) / D);
+    if (r.scaling === 'linear') out.push(base / f);
+    else if (r.scaling === 'llama3') {
+      const lo = r.lowFreqFactor!, hi = r.highFreqFactor!;
+      const wl = (2 * Math.PI) / base;
+      if (wl < L0 / hi) out.push(base);
+      else if (wl > L0 / lo) out.push(base / f);
+      else {
+        const s = (L0 / wl - lo) / (hi - lo);
+        out.push((1 - s) * (base / f) + s * base);
+      }
+    } else out.push(base);
+  }
+  return out;
+}
+
+test('ropeInvFreq: default, linear, dynamic (below and above the original context) and llama3 (all three bands)', () => {
+  const D = 128;
+  const cases = [
+    { theta: 500000, scaling: 'none' },
+    { theta: 10000, scaling: 'linear', factor: 4 },
+    { theta: 10000, scaling: 'dynamic', factor: 2, originalMaxPositions: 2048 },
+    { theta: 500000, scaling: 'llama3', factor: 8, lowFreqFactor: 1, highFreqFactor: 4, originalMaxPositions: 8192 },
+  ] as const;
+  for (const r of cases) {
+    for (const L of [100, 2048, 5000]) {
+      const got = native.ropeInvFreq(D, L, r);
+      assertClose(got, invFreqRef(D, L, r), 1e-12, `${r.scaling} L=${L}`);
+    }
+  }
+  // the llama3 case really exercises the three bands, and dynamic really moves the base above L0
+  const l3 = cases[3];
+  const wl = invFreqRef(D, 0, { theta: l3.theta, scaling: 'none' }).map((v) => (2 * Math.PI) / v);
+  assert.ok(wl.some((w) => w < 8192 / 4) && wl.some((w) => w > 8192) && wl.some((w) => w >= 2048 && w <= 8192), 'llama3 bands');
+  const dyn = cases[2];
+  assert.ok(native.ropeInvFreq(D, 5000, dyn)[10] < native.ropeInvFreq(D, 2048, dyn)[10], 'dynamic: longer sequence, lower frequencies');
+});
+
 test.run();
