@@ -107,16 +107,19 @@ export interface NativeModel {
   backward(useHead: boolean, hiddenGrads: (Float32Array | null)[] | null): Promise<void>;
   trainStep(ids: Int32Array, targets: Int32Array, B: number, T: number, weights: Float32Array | null,
     normalizer: number, ignoreIndex: number): Promise<LossResult>;
-  logits(rows: Int32Array | null): Promise<Float32Array>;
+  /** Logits of rows of the last forward; `out` (reused across calls) receives them instead of a new array. */
+  logits(rows: Int32Array | null, out?: Float32Array): Promise<Float32Array>;
   /** d(loss)/d(capped logits) [rows, V] of the last forward → head gradient + d(final hidden) for backward(true). */
   headGrad(dlogits: Float32Array): Promise<void>;
   /**
    * Fused distillation head: a loss of lib/train/losses.ts between this model's and the teacher's logits for every
-   * row of both models' last forwards (same ids), in row chunks; the gradient goes through the LM head.
+   * row of both models' last forwards (same ids), in row chunks; the gradient goes through the LM head. Instead of
+   * a teacher model, a top-k teacher for the same rows (topkIds/topkLogprobs [rows·k], k, tail) may be given.
    */
   headKd(name: string, teacher: NativeModel | null, opts: {
     temperature?: number; beta?: number; alpha?: number; t?: number; lambda?: number; dkdAlpha?: number; dkdBeta?: number;
     t2Scale?: boolean; scale?: number; targets?: Int32Array; ignoreIndex?: number;
+    topkIds?: Int32Array; topkLogprobs?: Float32Array; k?: number; tail?: 'renorm' | 'bucket';
   }): Promise<LossResult>;
   hidden(layer: number): Float32Array;
   zeroGrad(): void;

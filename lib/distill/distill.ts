@@ -112,9 +112,10 @@ async function onlineTopK(teacher: Model, b: Batch, sel: TopKSelector): Promise<
   const rows = b.B * b.T, k = sel.k, V = sel.vocab;
   const ids = new Int32Array(rows * k), logprobs = new Float32Array(rows * k);
   const chunk = Math.max(1, Math.floor((1 << 22) / V));  // logits fetched 16 MB at a time, never rows × vocab
+  const buf = new Float32Array(chunk * V);  // one buffer for every chunk
   for (let r0 = 0; r0 < rows; r0 += chunk) {
     const n = Math.min(chunk, rows - r0);
-    const logits = await teacher.native.logits(Int32Array.from({ length: n }, (_, j) => r0 + j));
+    const logits = await teacher.native.logits(Int32Array.from({ length: n }, (_, j) => r0 + j), buf);
     for (let j = 0; j < n; j++) {
       const r = r0 + j;
       sel.select(logits, j * V);

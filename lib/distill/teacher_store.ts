@@ -1116,6 +1116,7 @@ export async function cacheTeacher(teacher: Model, data: PackedDataset, opts: Ca
   const sel = new TopKSelector(k, V);
   const chunkRows = opts.logitRows ?? Math.max(1, Math.floor((1 << 24) / V));
   if (!Number.isSafeInteger(chunkRows) || chunkRows < 1) throw new UndoError(`logitRows must be a positive integer, got ${chunkRows}`);
+  const logitBuf = new Float32Array(Math.min(chunkRows, B * T) * V);  // reused by every chunk
   const started = Date.now();
   let tokensThisRun = 0;
   const windowsIn = (idx: number) => Math.min(S, N - idx * S);
@@ -1151,7 +1152,7 @@ export async function cacheTeacher(teacher: Model, data: PackedDataset, opts: Ca
         const nr = Math.min(chunkRows, rows - r0);
         const sel32 = new Int32Array(nr);
         for (let i = 0; i < nr; i++) sel32[i] = r0 + i;
-        const logits = nr === rows ? await teacher.native.logits(null) : await teacher.native.logits(sel32);
+        const logits = await teacher.native.logits(nr === rows ? null : sel32, logitBuf);
         for (let i = 0; i < nr; i++) {
           sel.select(logits, i * V);
           const at = SHARD_HEADER_BYTES + (b0 * T + r0 + i) * codec.recordBytes;

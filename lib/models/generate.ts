@@ -19,30 +19,88 @@ export interface SampleOptions {
   batchSize?: number;
 }
 
-/** Pick the next token from one row of logits. */
+let scratch = new Float32Array(0);
+
+/** The k-th largest value of a (1-based k ≤ a.length), by quickselect on a scratch copy: O(V), no sort. */
+function kthLargest(a: Float32Array, k: number): number {
+  if (scratch.length < a.length) scratch = new Float32Array(a.length);
+  const x = scratch.subarray(0, a.length);
+  x.set(a);
+  let lo = 0, hi = x.length - 1;
+  const want = k - 1; // index in descending order
+  while (lo < hi) {
+    const pivot = x[(lo + hi) >>> 1];
+    let i = lo, j = hi;
+    while (i <= j) {
+      while (x[i] > pivot) i++;
+      while (x[j] < pivot) j--;
+      if (i <= j) {
+        const t = x[i]; x[i] = x[j]; x[j] = t;
+        i++; j--;
+      }
+    }
+    if (want <= j) hi = j;
+    else if (want >= i) lo = i;
+    else return x[want];
+  }
+  return x[want];
+}
+
+/** Indices of the (at least) k largest logits, sorted by logit descending, then index ascending. */
+function topIndices(logits: Float32Array, k: number): number[] {
+  const V = logits.length;
+  const idx: number[] = [];
+  if (k >= V) for (let i = 0; i < V; i++) idx.push(i);
+  else {
+    const t = kthLargest(logits, k);
+    for (let i = 0; i < V; i++) if (logits[i] >= t) idx.push(i);
+  }
+  return idx.sort((a, b) => logits[b] - logits[a] || a - b);
+}
+
+/**
+ * Pick the next token from one row of logits: greedy (temperature 0), or a draw from softmax(logits / T) over
+ * the top-k and then the top-p nucleus. O(V) per call: the candidates are found by selection, and only they
+ * are sorted (the nucleus grows by doubling until it holds the mass p), so a 262k vocabulary costs no sort.
+ */
 export function sampleToken(logits: Float32Array, opts: SampleOptions, rng: Rng): number {
   const V = logits.length;
   const temperature = opts.temperature ?? 0;
-  if (!(temperature > 0)) {
-    let best = 0;
-    for (let i = 1; i < V; i++) if (logits[i] > logits[best]) best = i;
-    return best;
-  }
-  let idx = Array.from({ length: V }, (_, i) => i);
-  idx.sort((a, b) => logits[b] - logits[a]);
-  if (opts.topK && opts.topK > 0) idx = idx.slice(0, opts.topK);
-  const m = logits[idx[0]];
-  let probs = idx.map((i) => Math.exp((logits[i] - m) / temperature));
-  let sum = probs.reduce((a, b) => a + b, 0);
+  let best = 0;
+  for (let i = 1; i < V; i++) if (logits[i] > logits[best]) best = i;
+  if (!(temperature > 0)) return best;
+  const m = logits[best];
+  const topK = opts.topK && opts.topK > 0 ? Math.min(opts.topK, V) : V;
   const topP = opts.topP ?? 1;
+  // the total mass of the top-k set (all of V when there is no top-k)
+  let idx: number[] | null = topK < V ? topIndices(logits, topK).slice(0, topK) : null;
+  let total = 0;
+  if (idx) for (const i of idx) total += Math.exp((logits[i] - m) / temperature);
+  else for (let i = 0; i < V; i++) total += Math.exp((logits[i] - m) / temperature);
   if (topP < 1) {
-    let acc = 0;
-    let keep = 0;
-    while (keep < probs.length && acc < topP * sum) acc += probs[keep++];
-    idx = idx.slice(0, Math.max(1, keep));
-    probs = probs.slice(0, Math.max(1, keep));
-    sum = probs.reduce((a, b) => a + b, 0);
+    // the smallest prefix of the sorted candidates whose mass reaches topP · total
+    for (let k = Math.min(64, topK); ; k = Math.min(2 * k, topK)) {
+      const cand = idx ? idx.slice(0, k) : topIndices(logits, k);
+      let acc = 0, keep = 0;
+      while (keep < cand.length && acc < topP * total) acc += Math.exp((logits[cand[keep++]] - m) / temperature);
+      if (acc >= topP * total || k >= topK) {
+        idx = cand.slice(0, Math.max(1, keep));
+        break;
+      }
+    }
   }
+  if (!idx) {
+    // plain temperature sampling: one pass in index order
+    let u = rng.next() * total;
+    for (let i = 0; i < V; i++) {
+      u -= Math.exp((logits[i] - m) / temperature);
+      if (u <= 0) return i;
+    }
+    return V - 1;
+  }
+  let sum = 0;
+  const probs = idx.map((i) => Math.exp((logits[i] - m) / temperature));
+  for (const p of probs) sum += p;
   let u = rng.next() * sum;
   for (let j = 0; j < probs.length; j++) {
     u -= probs[j];
@@ -68,13 +126,15 @@ export async function generateIds(model: Model, prompts: Int32Array[], opts: Sam
   });
   const batchSize = opts.batchSize ?? 64;
   for (const [len, members] of groups) {
-    if (len + maxNew > model.config.maxPositions) {
+    // the last sampled token is never fed back: len + maxNew − 1 positions run through the model
+    const positions = len + Math.max(1, maxNew) - 1;
+    if (positions > model.config.maxPositions) {
       throw new UndoError(`prompt length ${len} + ${maxNew} new tokens exceeds the model's max_position_embeddings (${model.config.maxPositions})`);
     }
     for (let s = 0; s < members.length; s += batchSize) {
       const rows = members.slice(s, s + batchSize);
       const B = rows.length;
-      model.native.cacheBegin(B, len + maxNew);
+      model.native.cacheBegin(B, positions);
       const ids = new Int32Array(B * len);
       rows.forEach((r, b) => ids.set(prompts[r], b * len));
       let logits = await model.native.cacheStep(ids, len);

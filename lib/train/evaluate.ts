@@ -107,16 +107,17 @@ export async function evalDivergence(
   if (teacher.config.vocabSize !== V) throw new UndoError(`evalDivergence: teacher vocab ${teacher.config.vocabSize} ≠ student vocab ${V}`);
   let total = 0;
   let count = 0;
+  const chunk = opts.chunkRows ?? Math.max(1, Math.floor(DIVERGENCE_CHUNK_FLOATS / V));
+  const tbuf = new Float32Array(chunk * V), sbuf = new Float32Array(chunk * V);  // reused by every chunk
   for (let i = 0; i < data.count; i += bs) {
     const B = Math.min(bs, data.count - i);
     const ids = new Int32Array(B * T);
     for (let b = 0; b < B; b++) ids.set(data.inputs(i + b), b * T);
     await teacher.native.forward(ids, B, T);
     await student.native.forward(ids, B, T);
-    const chunk = opts.chunkRows ?? Math.max(1, Math.floor(DIVERGENCE_CHUNK_FLOATS / V));
     for (let r0 = 0; r0 < B * T; r0 += chunk) {
       const rows = Int32Array.from({ length: Math.min(chunk, B * T - r0) }, (_, j) => r0 + j);
-      const [tl, sl] = [await teacher.native.logits(rows), await student.native.logits(rows)];
+      const [tl, sl] = [await teacher.native.logits(rows, tbuf), await student.native.logits(rows, sbuf)];
       const r = computeLoss(opts.loss ?? 'fkl', { student: sl, teacher: tl, rows: rows.length, vocab: V, temperature: opts.temperature ?? 1, grad: false, ...(opts.params ?? {}) });
       total += r.loss * rows.length;
       count += rows.length;

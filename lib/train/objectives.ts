@@ -38,21 +38,25 @@ export async function logitObjective(
 ): Promise<number> {
   const rows = b.B * b.T;
   const vocab = model.config.vocabSize;
-  let teacher: Float32Array | TopKTeacher | undefined = opts.teacherLogits ?? opts.teacherTopK;
+  let teacher: Float32Array | TopKTeacher | undefined = opts.teacherLogits;
   if (!teacher && name !== 'deltakd') {
-    // fused: student and teacher logits only ever exist one row chunk at a time (Model::head_custom)
+    // fused: student and teacher logits only ever exist one row chunk at a time (Model::head_custom), for a
+    // teacher model, a top-k teacher or none
     if (opts.teacher) await opts.teacher.native.forward(b.inputs, b.B, b.T);
     await model.native.forward(b.inputs, b.B, b.T);
+    const tk = opts.teacherTopK;
     const r = await model.native.headKd(name, opts.teacher?.native ?? null, {
       ...(opts.params ?? {}), temperature: opts.temperature, scale: opts.scale ?? 1, targets: b.targets,
+      ...(tk ? { topkIds: tk.ids, topkLogprobs: tk.logprobs, k: tk.k, tail: opts.tail } : {}),
     });
     await model.native.backward(true, null);
     return r.loss / (opts.scale ?? 1);
   }
+  // deltakd (and caller-supplied teacher logits): the whole batch's logits, as the loss needs four of them
   if (opts.teacher) {
     await opts.teacher.native.forward(b.inputs, b.B, b.T);
     teacher = await opts.teacher.native.logits(null);
-  }
+  } else if (!teacher) teacher = opts.teacherTopK;
   await model.native.forward(b.inputs, b.B, b.T);
   const student = await model.native.logits(null);
   const r = kdLoss.compute(name, { student, teacher, rows, vocab, temperature: opts.temperature, targets: b.targets, tail: opts.tail, ...(opts.params ?? {}) });

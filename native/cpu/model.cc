@@ -435,7 +435,7 @@ double Model::head_loss(const int32_t* targets, const float* weights, int32_t ig
   const float* Wh = params_.data() + off_head_;
   float* gWh = grads_.data() + off_head_;
   const bool head_trainable = trainable_at(params_.data() + off_head_);
-  chunk = std::max<int64_t>(1, std::min(chunk, N));
+  chunk = head_chunk(chunk, N);
   std::vector<float> buf((size_t)(chunk * V)), wchunk((size_t)chunk), lrow((size_t)chunk);
   double total = 0.0;
   for (int64_t r0 = 0; r0 < N; r0 += chunk) {
@@ -468,7 +468,7 @@ double Model::head_custom(const HeadFn& fn, bool backward, float* row_loss, int6
   float* gWh = grads_.data() + off_head_;
   const bool head_trainable = trainable_at(params_.data() + off_head_);
   const float cap = cfg_.final_softcap;
-  chunk = std::max<int64_t>(1, std::min(chunk, N));
+  chunk = head_chunk(chunk, N);
   std::vector<float> z((size_t)(chunk * V)), dz(backward ? (size_t)(chunk * V) : 0), lrow((size_t)chunk);
   double total = 0.0;
   for (int64_t r0 = 0; r0 < N; r0 += chunk) {
@@ -494,6 +494,12 @@ double Model::head_custom(const HeadFn& fn, bool backward, float* row_loss, int6
   }
   if (backward) have_head_grad_ = true;
   return total;
+}
+
+// Rows per head chunk: at most `chunk`, and at most kHeadChunkFloats logits (32 MB) whatever the vocabulary: 256
+// rows up to V = 32k, 55 at Qwen's 152k, 32 at Gemma-3's 262k.
+int64_t Model::head_chunk(int64_t chunk, int64_t N) const {
+  return std::max<int64_t>(1, std::min({chunk, N, kHeadChunkFloats / cfg_.vocab}));
 }
 
 void Model::logits_range(int64_t row0, int64_t n, float* out) {

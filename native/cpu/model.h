@@ -144,6 +144,8 @@ class Model {
   void layout();
   LayerParams layer(float* base, int64_t l) const;
   bool trainable_at(const float* p) const;  // p points into params_: is that tensor trainable?
+  static constexpr int64_t kHeadChunkFloats = int64_t(1) << 23;
+  int64_t head_chunk(int64_t chunk, int64_t N) const;
   void softcap_logits(float* z, int64_t n) const;  // Gemma-2's final soft-cap, in place (no-op for Llama)
   // the model's norm (RMSNorm or LayerNorm) on rows × dim; st holds rows (RMS) or 2·rows (LayerNorm) floats
   void norm_forward(int64_t rows, const float* x, const float* w, const float* b, float* y, float* st) const;

@@ -709,7 +709,6 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
       if (teacher.get() == model_.get()) type_error(env, "headKd: the teacher must be another model");
       if (teacher->config().vocab != model_->config().vocab) type_error(env, "headKd: teacher and student vocabularies differ");
     }
-    if (undo::kd_uses_teacher(a.kind) && !teacher) type_error(env, "headKd: '" + name + "' needs a teacher model");
     Napi::Object o = info[2].IsObject() ? info[2].As<Napi::Object>() : Napi::Object::New(env);
     kd_params(o, &a);
     a.ignore_index = (int32_t)field(o, "ignoreIndex", -100);
@@ -725,11 +724,33 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
       keep.push_back(tv);
       if (tv.As<Napi::Int32Array>().ElementLength() < (size_t)model_->rows()) type_error(env, "headKd: targets shorter than the rows of the last forward");
     }
+    // a top-k teacher (a store's records, or an online teacher's selection) in place of a teacher model:
+    // topkIds Int32Array [rows·k], topkLogprobs Float32Array [rows·k], k, tail
+    const int32_t* topk_ids = nullptr;
+    const float* topk_lps = nullptr;
+    Napi::Value tki = o.Get("topkIds");
+    if (!tki.IsUndefined() && !tki.IsNull()) {
+      if (teacher) type_error(env, "headKd: give a teacher model or a top-k teacher, not both");
+      a.k = (int64_t)field(o, "k", 0, true);
+      if (a.k < 1) type_error(env, "headKd: k must be >= 1");
+      const size_t need = (size_t)(model_->rows() * a.k);
+      if (!tki.IsTypedArray() || tki.As<Napi::TypedArray>().TypedArrayType() != napi_int32_array || tki.As<Napi::Int32Array>().ElementLength() < need)
+        type_error(env, "headKd: topkIds must be an Int32Array of rows·k of the last forward");
+      Napi::Value tkl = o.Get("topkLogprobs");
+      if (!tkl.IsTypedArray() || tkl.As<Napi::TypedArray>().TypedArrayType() != napi_float32_array || tkl.As<Napi::Float32Array>().ElementLength() < need)
+        type_error(env, "headKd: topkLogprobs must be a Float32Array of rows·k of the last forward");
+      topk_ids = tki.As<Napi::Int32Array>().Data();
+      topk_lps = tkl.As<Napi::Float32Array>().Data();
+      undo_napi::kd_tail_option(env, o, &a.tail);
+      keep.push_back(tki);
+      keep.push_back(tkl);
+    }
+    if (undo::kd_uses_teacher(a.kind) && !teacher && !topk_ids) type_error(env, "headKd: '" + name + "' needs a teacher model or a top-k teacher");
     auto m = model_;
     auto r = std::make_shared<LossOut>();
     return run_task(
         env, m,
-        [m, teacher, a, scale, targets, r] {
+        [m, teacher, a, scale, targets, topk_ids, topk_lps, r] {
           std::unique_lock<std::mutex> tlock;
           if (teacher) tlock = std::unique_lock<std::mutex>(teacher->mutex());
           const int64_t N = m->rows(), V = m->config().vocab;
@@ -751,6 +772,9 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
                   tz.resize((size_t)(n * V));
                   teacher->logits_range(row0, n, tz.data());
                   c.teacher = tz.data();
+                } else if (topk_ids) {
+                  c.topk_ids = topk_ids + row0 * a.k;
+                  c.topk_logprobs = topk_lps + row0 * a.k;
                 }
                 if (targets) c.targets = targets + row0;
                 c.row_loss = loss;
@@ -789,7 +813,9 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
         },
         nullptr, {info[0]});
   }
-  // logits(rows: Int32Array|null) → Promise<Float32Array [n, V]> for the rows of the last forward
+  // logits(rows: Int32Array|null, out?: Float32Array) → Promise<Float32Array [n, V]> for the rows of the last
+  // forward. With `out` (a caller's buffer reused across calls) the logits are written into it and the promise
+  // resolves with out (or its first n·V elements): no new external memory per call.
   Napi::Value Logits(const Napi::CallbackInfo& info) {
     auto m = model_;
     const bool all = info[0].IsNull() || info[0].IsUndefined();
@@ -800,20 +826,38 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
     }
     const size_t V = (size_t)m->config().vocab;
     auto out = std::make_shared<std::vector<float>>();
+    std::shared_ptr<Napi::ObjectReference> into;
+    float* dst = nullptr;
+    size_t dst_len = 0;
+    if (info.Length() > 1 && !info[1].IsUndefined() && !info[1].IsNull()) {
+      Napi::Float32Array o = f32(info, 1, "out", 0);
+      into = std::make_shared<Napi::ObjectReference>(Napi::Persistent(o.As<Napi::Object>()));
+      dst = o.Data();
+      dst_len = o.ElementLength();
+    }
+    auto n_out = std::make_shared<size_t>(0);
     return run_task(
         info.Env(), m,
-        [m, all, rows, V, out] {
+        [m, all, rows, V, out, dst, dst_len, n_out] {
           // sized under the model's lock, from the forward that actually ran before this task. An empty
           // selection must not reach Model::logits, which reads a null selection as "all rows".
-          if (all) {
-            out->resize((size_t)m->rows() * V);
-            m->logits(nullptr, 0, out->data());
-          } else if (!rows.empty()) {
-            out->resize(rows.size() * V);
-            m->logits(rows.data(), (int64_t)rows.size(), out->data());
+          const size_t n = (all ? (size_t)m->rows() : rows.size()) * V;
+          *n_out = n;
+          if (dst && dst_len < n) throw std::invalid_argument("logits: out holds " + std::to_string(dst_len) + " floats, rows × vocab is " + std::to_string(n));
+          float* o = dst;
+          if (!o) {
+            out->resize(n);
+            o = out->data();
           }
+          if (all) m->logits(nullptr, 0, o);
+          else if (!rows.empty()) m->logits(rows.data(), (int64_t)rows.size(), o);
         },
-        [out](Napi::Env env) {
+        [out, into, n_out, dst_len](Napi::Env env) -> Napi::Value {
+          if (into) {
+            Napi::Float32Array a = into->Value().As<Napi::Float32Array>();
+            if (*n_out == dst_len) return a;
+            return Napi::Float32Array::New(env, *n_out, a.ArrayBuffer(), a.ByteOffset());
+          }
           auto a = Napi::Float32Array::New(env, out->size());
           std::memcpy(a.Data(), out->data(), out->size() * sizeof(float));
           return a;
