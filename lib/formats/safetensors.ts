@@ -285,7 +285,8 @@ export function readSafetensorsHeader(path: string): SafetensorsHeader {
 // File reading
 // ---------------------------------------------------------------------------------------------
 
-function openForRead(path: string): number {
+/** Open a safetensors file for reading; a missing file or a directory raises an UndoError naming it. */
+export function openForRead(path: string): number {
   try {
     const fd = fs.openSync(path, 'r');
     if (fs.fstatSync(fd).isDirectory()) {
@@ -302,8 +303,11 @@ function openForRead(path: string): number {
   }
 }
 
-/** Fill `buf` from file position `pos`; a short read means the file shrank or is truncated. */
-function readFully(fd: number, buf: Uint8Array, pos: number, path: string): void {
+/**
+ * Fill `buf` from file position `pos` of the open file `fd` (`path` names it in messages); a short
+ * read means the file shrank or is truncated, and raises an UndoError.
+ */
+export function readFully(fd: number, buf: Uint8Array, pos: number, path: string): void {
   const MAX_CHUNK = 1 << 30;
   let off = 0;
   while (off < buf.byteLength) {

@@ -1,13 +1,19 @@
 /**
- * Models as Hugging Face directories (config.json, model.safetensors, tokenizer.json) and the Model handle over the native decoder (native/cpu/model.cc). Weights live in native
- * memory; `params` is a view of it, never a per-step copy.
+ * Models as Hugging Face directories (config.json, model.safetensors or sharded model-*-of-*.safetensors
+ * with model.safetensors.index.json, tokenizer.json) and the Model handle over the native decoder
+ * (native/cpu/model.cc). Weights live in native memory; `params` is a view of it, never a per-step copy,
+ * and checkpoints are read straight into it (lib/formats/checkpoint.ts).
  */
 import * as fs from 'fs';
 import * as path from 'path';
 import { UndoError } from '../core/errors';
 import { readJson, writeFileAtomic } from '../core/fsutil';
 import { native, NativeModel, NativeTensorInfo } from '../core/native';
-import { readSafetensors, writeSafetensors, WriteTensor } from '../formats/safetensors';
+import { WritableDType, WriteTensor } from '../formats/safetensors';
+import {
+  CheckpointReader, DEFAULT_MAX_SHARD_SIZE, parseSize, parseTorchDType, readableAsF32, ReadOptions, TORCH_TO_SAFETENSORS, TorchDType,
+  writeCheckpoint,
+} from '../formats/checkpoint';
 import { ByteTokenizer, loadTokenizer, saveTokenizer } from '../data/tokenizer';
 import { configFromHF, configToHF, ModelConfig } from './config';
 
@@ -15,6 +21,68 @@ type Json = Record<string, unknown>;
 
 export { configFromHF, configToHF, presetConfig, PRESETS } from './config';
 export type { Family, ModelConfig } from './config';
+
+/** Where one model tensor comes from: a checkpoint tensor, read as is or with ReadOptions (columns, transpose). */
+export interface TensorSource extends ReadOptions {
+  /** Name of the checkpoint tensor. */
+  name: string;
+}
+
+/**
+ * How checkpoint tensors map onto the model's tensors. `source` is asked for every model tensor;
+ * checkpoint tensors that no model tensor reads are an error unless `ignore` accepts them.
+ */
+export interface WeightMapping {
+  source(dest: NativeTensorInfo): TensorSource;
+  ignore?(name: string): boolean;
+}
+
+/**
+ * Model tensors named as in the checkpoint (Llama, Gemma-2: undo-native uses the HF names). Ignored when
+ * present: rotary inv_freq buffers, and lm_head.weight of a model with tied embeddings.
+ */
+export function identityMapping(config: ModelConfig): WeightMapping {
+  return {
+    source: (dest) => ({ name: dest.name }),
+    ignore: (name) => (config.tieWordEmbeddings && name === 'lm_head.weight') || name.endsWith('rotary_emb.inv_freq'),
+  };
+}
+
+/** Options of Model.load. */
+export interface LoadOptions {
+  /** Checkpoint → model tensor names (default identityMapping). */
+  mapping?: WeightMapping;
+}
+
+/** Options of Model.save. */
+export interface SaveOptions {
+  /**
+   * Dtype of the weights on disk, also written as config.json's torch_dtype. Default: the torch_dtype of
+   * the config.json the model was loaded from (float32, bfloat16 or float16), else float32.
+   */
+  dtype?: TorchDType;
+  /** Largest shard in bytes of tensor data (a number or e.g. "2GB"); default 5GB like Hugging Face. */
+  maxShardSize?: number | string;
+}
+
+/** Files of a source directory that save() does not carry through: it writes them itself, or they hold weights or run state. */
+const NOT_CARRIED: readonly RegExp[] = [
+  /^config\.json$/, /^tokenizer\.json$/, /\.safetensors$/, /\.safetensors\.index\.json$/,
+  /^pytorch_model.*\.bin(\.index\.json)?$/, /\.(pt|pth|ckpt|h5|msgpack|gguf)$/,
+  /^trainer_state\.json$/, /^metrics\.jsonl$/, /\.tmp-\d+-/,
+];
+
+/** Names of the files save() copies unchanged from `dir` (regular files at the top level, symlinks followed). */
+export function carriedFiles(dir: string): string[] {
+  if (!fs.existsSync(dir)) return [];
+  return fs.readdirSync(dir).filter((name) => !NOT_CARRIED.some((re) => re.test(name)) && fs.statSync(path.join(dir, name)).isFile()).sort();
+}
+
+/** torch_dtype (or transformers' newer "dtype") of a config.json object, if it is one save() can write. */
+function configDType(raw: Json | undefined): TorchDType {
+  const v = raw?.torch_dtype ?? raw?.dtype;
+  return v === 'bfloat16' || v === 'float16' ? v : 'float32';
+}
 
 export interface InitOptions {
   seed?: number;
@@ -31,6 +99,10 @@ export class Model {
   /** All gradients, a view of native memory. */
   readonly grads: Float32Array;
   private readonly byName = new Map<string, NativeTensorInfo>();
+  /** The config.json object the model was loaded from; save() keeps its fields undo-native does not set. */
+  hfConfig?: Json;
+  /** The directory the model was loaded from; save() carries its other files through (see carriedFiles). */
+  sourceDir?: string;
 
   constructor(readonly config: ModelConfig, public tokenizer: ByteTokenizer = new ByteTokenizer()) {
     this.native = new native.NativeModel(config);
@@ -47,42 +119,75 @@ export class Model {
     return m;
   }
 
-  /** Load a Hugging Face directory: config.json, model.safetensors (F32/BF16/F16), tokenizer.json. */
-  static load(dir: string): Model {
+  /**
+   * Load a Hugging Face directory: config.json, model.safetensors or a sharded checkpoint (F32/BF16/F16,
+   * read straight into native memory), tokenizer.json. Records the raw config and the directory for save().
+   */
+  static load(dir: string, opts: LoadOptions = {}): Model {
     if (!fs.existsSync(dir) || !fs.statSync(dir).isDirectory()) throw new UndoError(`model directory ${dir} does not exist`);
     const cfgFile = path.join(dir, 'config.json');
-    const config = configFromHF(readJson<Json>(cfgFile, 'model config'), cfgFile);
+    const raw = readJson<Json>(cfgFile, 'model config');
+    const config = configFromHF(raw, cfgFile);
     const tokFile = path.join(dir, 'tokenizer.json');
     const hasTok = fs.existsSync(tokFile);
     const tokenizer = hasTok ? loadTokenizer(dir) : new ByteTokenizer();
     if (hasTok && tokenizer.vocabSize > config.vocabSize) {
       throw new UndoError(`${tokFile}: the tokenizer has ${tokenizer.vocabSize} tokens but ${cfgFile} says vocab_size ${config.vocabSize}`);
     }
-    const m = new Model(config, tokenizer);
-    m.loadWeights(path.join(dir, 'model.safetensors'));
-    return m;
+    const reader = CheckpointReader.open(dir);
+    try {
+      const m = new Model(config, tokenizer);
+      m.loadWeights(reader, opts.mapping);
+      m.hfConfig = raw;
+      m.sourceDir = path.resolve(dir);
+      return m;
+    } finally {
+      reader.close();
+    }
   }
 
-  /** Copy weights from a safetensors file (shapes must agree with the config). */
-  loadWeights(file: string): void {
-    const st = readSafetensors(file);
-    const expected = new Set(this.tensors.map((t) => t.name));
-    for (const t of this.tensors) {
-      if (!st.has(t.name)) throw new UndoError(`${file}: missing tensor "${t.name}" (needed by the config)`);
-      const info = st.get(t.name);
-      if (info.shape.length !== t.shape.length || info.shape.some((d, i) => d !== t.shape[i])) {
-        throw new UndoError(`${file}: tensor "${t.name}" has shape [${info.shape}] but the config implies [${t.shape}]`);
+  /**
+   * Read the weights from a checkpoint: a CheckpointReader, a model directory, or one safetensors file.
+   * Every model tensor's source is checked (present, float dtype, shape) and unexpected checkpoint tensors
+   * are refused before any data is read; then each tensor is read straight into `params`.
+   */
+  loadWeights(src: string | CheckpointReader, mapping: WeightMapping = identityMapping(this.config)): void {
+    const reader = typeof src !== 'string' ? src
+      : fs.existsSync(src) && fs.statSync(src).isDirectory() ? CheckpointReader.open(src) : CheckpointReader.openFile(src);
+    try {
+      const plan = this.tensors.map((t) => ({ dest: t, from: mapping.source(t) }));
+      const missing = plan.filter((p) => !reader.has(p.from.name)).map((p) => p.from.name === p.dest.name ? `"${p.dest.name}"` : `"${p.from.name}" (for "${p.dest.name}")`);
+      if (missing.length) {
+        throw new UndoError(`${reader.source}: missing tensor${missing.length > 1 ? 's' : ''} ${missing.slice(0, 5).join(', ')}${missing.length > 5 ? `, ... (${missing.length} in all)` : ''} (needed by the config)`);
       }
-      this.params.set(st.readTensorF32(t.name), t.offset);
+      for (const { dest, from } of plan) {
+        const info = reader.info(from.name);
+        if (!readableAsF32(info.dtype)) {
+          throw new UndoError(`${info.file}: tensor "${from.name}" has dtype ${info.dtype}, which cannot be loaded as weights`, 'supported: F32, BF16, F16, F64');
+        }
+        const shape = reader.outputShape(from.name, from);
+        if (shape.length !== dest.shape.length || shape.some((d, i) => d !== dest.shape[i])) {
+          throw new UndoError(`${info.file}: tensor "${from.name}" has shape [${shape}] but the config implies [${dest.shape}]` +
+            (from.name === dest.name ? '' : ` for "${dest.name}"`));
+        }
+      }
+      const used = new Set(plan.map((p) => p.from.name));
+      const extra = reader.names().filter((n) => !used.has(n) && !mapping.ignore?.(n));
+      if (extra.length) {
+        throw new UndoError(`${reader.source}: unexpected tensors for this config: ${extra.slice(0, 5).join(', ')}${extra.length > 5 ? ', ...' : ''}`);
+      }
+      for (const { dest, from } of plan) reader.readInto(from.name, this.params.subarray(dest.offset, dest.offset + dest.numel), from);
+    } finally {
+      if (reader !== src) reader.close();
     }
-    const extra = st.names().filter((n) => !expected.has(n) && !(this.config.tieWordEmbeddings && n === 'lm_head.weight') && !n.endsWith('rotary_emb.inv_freq'));
-    if (extra.length) throw new UndoError(`${file}: unexpected tensors for this config: ${extra.slice(0, 5).join(', ')}${extra.length > 5 ? ', ...' : ''}`);
   }
 
   /** A deep copy of the weights (same config and tokenizer; no gradients or optimizer state). */
   clone(): Model {
     const c = new Model(this.config, this.tokenizer);
     c.params.set(this.params);
+    c.hfConfig = this.hfConfig;
+    c.sourceDir = this.sourceDir;
     return c;
   }
 
@@ -118,22 +223,32 @@ export class Model {
     });
   }
 
-  /** Tensors as safetensors entries (F32 views, no copy). */
-  weightEntries(): Array<[string, WriteTensor]> {
-    return this.tensors.map((t) => [t.name, { dtype: 'F32', shape: t.shape, data: this.params.subarray(t.offset, t.offset + t.numel) }]);
+  /** Tensors as safetensors entries (float32 views of native memory, no copy), to be written as `dtype`. */
+  weightEntries(dtype: WritableDType = 'F32'): Array<[string, WriteTensor]> {
+    return this.tensors.map((t) => [t.name, { dtype, shape: t.shape, data: this.params.subarray(t.offset, t.offset + t.numel) }]);
   }
 
   /**
    * Write the model as a Hugging Face directory, atomically: everything goes to a temporary sibling
    * directory (each file fsynced), which then replaces `dir` by rename. An interruption leaves either the
-   * old directory or the new one, never a mix. `extra` adds files (name → contents) to the directory.
+   * old directory or the new one, never a mix. Weights go to model.safetensors, or to shards with
+   * model.safetensors.index.json past `opts.maxShardSize`, in `opts.dtype` (default: the loaded
+   * config.json's torch_dtype). config.json is the loaded one with undo-native's fields over it; the
+   * source directory's other files (generation_config.json, tokenizer_config.json, ...; see carriedFiles)
+   * are copied unchanged. `extra` adds files (name → contents) to the directory.
    */
-  save(dir: string, extra: Record<string, string | Buffer> = {}): void {
+  save(dir: string, extra: Record<string, string | Buffer> = {}, opts: SaveOptions = {}): void {
+    const dtype = parseTorchDType(opts.dtype ?? configDType(this.hfConfig), 'save dtype');
+    const maxShardSize = parseSize(opts.maxShardSize ?? DEFAULT_MAX_SHARD_SIZE, 'maxShardSize');
+    const carried = this.sourceDir ? carriedFiles(this.sourceDir) : [];
     saveDirAtomic(dir, (tmp) => {
-      writeFileAtomic(path.join(tmp, 'config.json'), JSON.stringify(configToHF(this.config), null, 2) + '\n');
-      writeSafetensors(path.join(tmp, 'model.safetensors'), this.weightEntries(), { format: 'pt' });
+      writeCheckpoint(tmp, this.weightEntries(TORCH_TO_SAFETENSORS[dtype]), { maxShardSize, metadata: { format: 'pt' } });
+      const hf: Json = { ...this.hfConfig, ...configToHF(this.config), torch_dtype: dtype };
+      if (this.hfConfig && 'dtype' in this.hfConfig) hf.dtype = dtype;
+      writeFileAtomic(path.join(tmp, 'config.json'), JSON.stringify(hf, null, 2) + '\n');
       // a model loaded without a tokenizer.json (vocab smaller than the byte tokenizer's) is saved without one
       if (this.tokenizer.vocabSize <= this.config.vocabSize) saveTokenizer(tmp, this.tokenizer);
+      for (const name of carried) writeFileAtomic(path.join(tmp, name), fs.readFileSync(path.join(this.sourceDir!, name)));
       for (const [name, data] of Object.entries(extra)) writeFileAtomic(path.join(tmp, name), data);
     });
   }
