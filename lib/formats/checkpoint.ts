@@ -141,7 +141,7 @@ export class CheckpointReader {
     readonly dir: string,
     /** Path of model.safetensors.index.json, or undefined for a single model.safetensors. */
     readonly indexFile: string | undefined,
-    /** The weight files, in the order they were first named. */
+    /** The weight files, sorted by name. */
     readonly shards: ShardInfo[],
     entries: Map<string, Entry>,
   ) {
@@ -171,7 +171,7 @@ export class CheckpointReader {
     const byShard = readIndex(indexFile);
     const entries = new Map<string, Entry>();
     const shards: ShardInfo[] = [];
-    for (const [shard, names] of byShard) {
+    for (const [shard, names] of [...byShard].sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0))) {
       const file = path.join(dir, shard);
       if (!fs.existsSync(file)) {
         throw new UndoError(`${indexFile}: shard "${shard}" (weight_map entry for tensor "${names[0]}") does not exist in ${dir}`);
@@ -381,7 +381,7 @@ function addEntries(entries: Map<string, Entry>, file: string, header: Safetenso
   }
 }
 
-/** Parse model.safetensors.index.json into shard file → tensor names (in first-mention order). */
+/** Parse model.safetensors.index.json into shard file → tensor names (in index order). */
 function readIndex(indexFile: string): Map<string, string[]> {
   const json = readJson<Record<string, unknown>>(indexFile, 'checkpoint index');
   if (!json || typeof json !== 'object' || Array.isArray(json)) throw new UndoError(`${indexFile}: not a JSON object`);
