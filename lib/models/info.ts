@@ -123,7 +123,7 @@ export interface ModelInfo {
   tensors: number;
   /** Dtypes on disk → number of tensors. */
   dtypes: Record<string, number>;
-  /** config.json's torch_dtype (or dtype), if any. */
+  /** config.json's dtype (transformers' newer name) or torch_dtype, if any. */
   torchDtype: string | null;
   sharded: boolean;
   shards: Array<{ file: string; bytes: number }>;
@@ -174,7 +174,7 @@ export function modelInfo(dir: string, opts: ModelInfoOptions = {}): ModelInfo {
   }
   reader.close();
   const batch = opts.batch ?? 1, seq = opts.seq ?? 1024;
-  const td = raw.torch_dtype ?? raw.dtype;
+  const td = raw.dtype ?? raw.torch_dtype;
   return {
     dir,
     modelType: typeof raw.model_type === 'string' ? raw.model_type : null,

@@ -9,7 +9,7 @@ import * as path from 'path';
 import { UndoError } from '../core/errors';
 import { readJson, writeFileAtomic } from '../core/fsutil';
 import { native, NativeModel, NativeTensorInfo } from '../core/native';
-import { WritableDType, WriteTensor } from '../formats/safetensors';
+import { formatShape, WritableDType, WriteTensor } from '../formats/safetensors';
 import {
   CheckpointReader, DEFAULT_MAX_SHARD_SIZE, parseSize, parseTorchDType, readableAsF32, ReadOptions, TORCH_TO_SAFETENSORS, TorchDType,
   writeCheckpoint,
@@ -78,9 +78,9 @@ export function carriedFiles(dir: string): string[] {
   return fs.readdirSync(dir).filter((name) => !NOT_CARRIED.some((re) => re.test(name)) && fs.statSync(path.join(dir, name)).isFile()).sort();
 }
 
-/** torch_dtype (or transformers' newer "dtype") of a config.json object, if it is one save() can write. */
+/** dtype (transformers' newer name) or torch_dtype of a config.json object, if it is one save() can write. */
 function configDType(raw: Json | undefined): TorchDType {
-  const v = raw?.torch_dtype ?? raw?.dtype;
+  const v = raw?.dtype ?? raw?.torch_dtype;
   return v === 'bfloat16' || v === 'float16' ? v : 'float32';
 }
 
@@ -167,7 +167,7 @@ export class Model {
         }
         const shape = reader.outputShape(from.name, from);
         if (shape.length !== dest.shape.length || shape.some((d, i) => d !== dest.shape[i])) {
-          throw new UndoError(`${info.file}: tensor "${from.name}" has shape [${shape}] but the config implies [${dest.shape}]` +
+          throw new UndoError(`${info.file}: tensor "${from.name}" has shape ${formatShape(shape)} but the config implies ${formatShape(dest.shape)}` +
             (from.name === dest.name ? '' : ` for "${dest.name}"`));
         }
       }
