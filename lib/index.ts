@@ -15,7 +15,7 @@ export { readSafetensors, writeSafetensors } from './formats/safetensors';
 export { CheckpointReader, writeCheckpoint, parseSize, planShards, shardName, DEFAULT_MAX_SHARD_SIZE } from './formats/checkpoint';
 export type { CheckpointTensorInfo, CheckpointWriteOptions, ReadOptions, ShardInfo, TorchDType } from './formats/checkpoint';
 export { identityMapping, carriedFiles } from './models/model';
-export type { WeightMapping, TensorSource, LoadOptions, SaveOptions } from './models/model';
+export type { WeightMapping, TensorSource, CustomSource, LoadOptions, SaveOptions } from './models/model';
 export { modelInfo, estimateMemory, nativeParamCount } from './models/info';
 export type { ModelInfo, ModelInfoOptions, MemoryEstimate } from './models/info';
 export { UndoError } from './core/errors';

@@ -325,12 +325,25 @@ test('loadWeights with a mapping: a fused, transposed [d, q+k+v] checkpoint (HF 
     tensors.push([`transformer.h.${mt[1]}.attn.c_attn.weight`, { dtype: 'F32', shape: [d, qd + 2 * kvd], data: fused }]);
   }
   tensors.push(['transformer.h.0.attn.masked_bias', { dtype: 'F32', shape: [1], data: new Float32Array(1) }]);
+  // one tensor stored as two row blocks, reassembled by a custom source
+  const gate = m.tensor('model.layers.1.mlp.gate_proj.weight');
+  const half = gate.length / 2;
+  const gateIdx = tensors.findIndex(([n]) => n === 'transformer.layers.1.mlp.gate_proj.weight');
+  tensors.splice(gateIdx, 1,
+    ['gate.top', { dtype: 'BF16', shape: [cfg.intermediateSize / 2, d], data: gate.subarray(0, half) }],
+    ['gate.bottom', { dtype: 'F16', shape: [cfg.intermediateSize / 2, d], data: gate.subarray(half) }]);
   const dir = path.join(tmp, 'mapped');
   fs.mkdirSync(dir);
   writeCheckpoint(dir, tensors, { maxShardSize: 20_000 });
   const reader = CheckpointReader.open(dir);
   const mapping = {
     source: (dest: { name: string }) => {
+      if (dest.name === 'model.layers.1.mlp.gate_proj.weight') {
+        return { from: ['gate.top', 'gate.bottom'], read: (r: CheckpointReader, out: Float32Array) => {
+          r.readInto('gate.top', out.subarray(0, half));
+          r.readInto('gate.bottom', out.subarray(half));
+        } };
+      }
       const mt = /^model\.layers\.(\d+)\.self_attn\.([qkv])_proj\.weight$/.exec(dest.name);
       if (!mt) return { name: dest.name.replace('model.', 'transformer.') };
       const cols: Record<string, [number, number]> = { q: [0, qd], k: [qd, qd + kvd], v: [qd + kvd, qd + 2 * kvd] };
@@ -341,12 +354,20 @@ test('loadWeights with a mapping: a fused, transposed [d, q+k+v] checkpoint (HF 
   const back = new Model(cfg);
   back.loadWeights(reader, mapping);
   reader.close();
-  assert.ok(bitEqual(back.params, m.params), 'mapped load differs');
+  const want = m.params.slice();
+  want.set(rounded(gate.subarray(0, half), 'BF16'), m.tensorInfo('model.layers.1.mlp.gate_proj.weight').offset);
+  want.set(rounded(gate.subarray(half), 'F16'), m.tensorInfo('model.layers.1.mlp.gate_proj.weight').offset + half);
+  assert.ok(bitEqual(back.params, want), 'mapped load differs');
+  assert.not.ok(bitEqual(back.params, m.params), 'the BF16/F16 halves should differ from the F32 original');
   // without `ignore` the buffer is an unexpected tensor; a wrong column split is a shape error naming both tensors
   throwsUndo(() => new Model(cfg).loadWeights(dir, { source: mapping.source }), INDEX_FILE, 'unexpected', 'masked_bias');
   throwsUndo(() => new Model(cfg).loadWeights(dir, {
-    ...mapping, source: (t) => ({ ...mapping.source(t), ...(t.name.endsWith('k_proj.weight') ? { columns: [0, qd] as const } : {}) }),
+    ...mapping, source: (t) => (t.name.endsWith('k_proj.weight') ? { ...mapping.source(t), columns: [0, qd] as const } : mapping.source(t)),
   }), 'c_attn.weight', `[${qd}, ${d}]`, `[${kvd}, ${d}]`, 'k_proj.weight');
+  // a custom source's tensors must exist
+  throwsUndo(() => new Model(cfg).loadWeights(dir, {
+    ...mapping, source: (t) => (t.name === 'model.norm.weight' ? { from: ['norm.a'], read: () => undefined } : mapping.source(t)),
+  }), INDEX_FILE, '"norm.a" (for "model.norm.weight")');
 });
 
 // ---------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ function positiveInt(name: string) {
 }
 
 /** Bytes as "1.23 GB" (powers of 1000, as the shard sizes). */
-export function formatBytes(n: number): string {
+function formatBytes(n: number): string {
   const units = ['B', 'kB', 'MB', 'GB', 'TB'];
   let i = 0;
   let x = n;

@@ -204,6 +204,7 @@ export class CheckpointReader {
     return [...this.entries.keys()];
   }
 
+  /** True when the checkpoint holds a tensor called `name`. */
   has(name: string): boolean {
     return this.entries.has(name);
   }

@@ -28,13 +28,25 @@ export interface TensorSource extends ReadOptions {
   name: string;
 }
 
+/** A model tensor assembled by the caller from any checkpoint tensors (e.g. a concatenation of several). */
+export interface CustomSource {
+  /** The checkpoint tensors it reads: checked present before any data is read, and counted as used. */
+  from: readonly string[];
+  /** Fill `dest` (the model tensor's view of native memory, row-major in the model's shape) from the reader. */
+  read(reader: CheckpointReader, dest: Float32Array): void;
+}
+
 /**
  * How checkpoint tensors map onto the model's tensors. `source` is asked for every model tensor;
  * checkpoint tensors that no model tensor reads are an error unless `ignore` accepts them.
  */
 export interface WeightMapping {
-  source(dest: NativeTensorInfo): TensorSource;
+  source(dest: NativeTensorInfo): TensorSource | CustomSource;
   ignore?(name: string): boolean;
+}
+
+function isCustom(s: TensorSource | CustomSource): s is CustomSource {
+  return typeof (s as CustomSource).read === 'function';
 }
 
 /**
@@ -75,7 +87,9 @@ const NOT_CARRIED: readonly RegExp[] = [
 /** Names of the files save() copies unchanged from `dir` (regular files at the top level, symlinks followed). */
 export function carriedFiles(dir: string): string[] {
   if (!fs.existsSync(dir)) return [];
-  return fs.readdirSync(dir).filter((name) => !NOT_CARRIED.some((re) => re.test(name)) && fs.statSync(path.join(dir, name)).isFile()).sort();
+  return fs.readdirSync(dir)
+    .filter((name) => !NOT_CARRIED.some((re) => re.test(name)) && fs.statSync(path.join(dir, name), { throwIfNoEntry: false })?.isFile() === true)
+    .sort();
 }
 
 /** dtype (transformers' newer name) or torch_dtype of a config.json object, if it is one save() can write. */
@@ -156,27 +170,35 @@ export class Model {
       : fs.existsSync(src) && fs.statSync(src).isDirectory() ? CheckpointReader.open(src) : CheckpointReader.openFile(src);
     try {
       const plan = this.tensors.map((t) => ({ dest: t, from: mapping.source(t) }));
-      const missing = plan.filter((p) => !reader.has(p.from.name)).map((p) => p.from.name === p.dest.name ? `"${p.dest.name}"` : `"${p.from.name}" (for "${p.dest.name}")`);
+      const sourcesOf = (p: (typeof plan)[number]) => (isCustom(p.from) ? [...p.from.from] : [p.from.name]);
+      const missing = plan.flatMap((p) => sourcesOf(p).filter((n) => !reader.has(n)).map((n) => (n === p.dest.name ? `"${n}"` : `"${n}" (for "${p.dest.name}")`)));
       if (missing.length) {
         throw new UndoError(`${reader.source}: missing tensor${missing.length > 1 ? 's' : ''} ${missing.slice(0, 5).join(', ')}${missing.length > 5 ? `, ... (${missing.length} in all)` : ''} (needed by the config)`);
       }
-      for (const { dest, from } of plan) {
-        const info = reader.info(from.name);
-        if (!readableAsF32(info.dtype)) {
-          throw new UndoError(`${info.file}: tensor "${from.name}" has dtype ${info.dtype}, which cannot be loaded as weights`, 'supported: F32, BF16, F16, F64');
+      for (const p of plan) {
+        for (const name of sourcesOf(p)) {
+          const info = reader.info(name);
+          if (!readableAsF32(info.dtype)) {
+            throw new UndoError(`${info.file}: tensor "${name}" has dtype ${info.dtype}, which cannot be loaded as weights`, 'supported: F32, BF16, F16, F64');
+          }
         }
-        const shape = reader.outputShape(from.name, from);
-        if (shape.length !== dest.shape.length || shape.some((d, i) => d !== dest.shape[i])) {
-          throw new UndoError(`${info.file}: tensor "${from.name}" has shape ${formatShape(shape)} but the config implies ${formatShape(dest.shape)}` +
-            (from.name === dest.name ? '' : ` for "${dest.name}"`));
+        if (isCustom(p.from)) continue;
+        const shape = reader.outputShape(p.from.name, p.from);
+        if (shape.length !== p.dest.shape.length || shape.some((d, i) => d !== p.dest.shape[i])) {
+          throw new UndoError(`${reader.info(p.from.name).file}: tensor "${p.from.name}" has shape ${formatShape(shape)} but the config implies ${formatShape(p.dest.shape)}` +
+            (p.from.name === p.dest.name ? '' : ` for "${p.dest.name}"`));
         }
       }
-      const used = new Set(plan.map((p) => p.from.name));
+      const used = new Set(plan.flatMap(sourcesOf));
       const extra = reader.names().filter((n) => !used.has(n) && !mapping.ignore?.(n));
       if (extra.length) {
         throw new UndoError(`${reader.source}: unexpected tensors for this config: ${extra.slice(0, 5).join(', ')}${extra.length > 5 ? ', ...' : ''}`);
       }
-      for (const { dest, from } of plan) reader.readInto(from.name, this.params.subarray(dest.offset, dest.offset + dest.numel), from);
+      for (const { dest, from } of plan) {
+        const view = this.params.subarray(dest.offset, dest.offset + dest.numel);
+        if (isCustom(from)) from.read(reader, view);
+        else reader.readInto(from.name, view, from);
+      }
     } finally {
       if (reader !== src) reader.close();
     }
