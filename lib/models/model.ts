@@ -169,32 +169,7 @@ export class Model {
     const reader = typeof src !== 'string' ? src
       : fs.existsSync(src) && fs.statSync(src).isDirectory() ? CheckpointReader.open(src) : CheckpointReader.openFile(src);
     try {
-      const plan = this.tensors.map((t) => ({ dest: t, from: mapping.source(t) }));
-      const sourcesOf = (p: (typeof plan)[number]) => (isCustom(p.from) ? [...p.from.from] : [p.from.name]);
-      const missing = plan.flatMap((p) => sourcesOf(p).filter((n) => !reader.has(n)).map((n) => (n === p.dest.name ? `"${n}"` : `"${n}" (for "${p.dest.name}")`)));
-      if (missing.length) {
-        throw new UndoError(`${reader.source}: missing tensor${missing.length > 1 ? 's' : ''} ${missing.slice(0, 5).join(', ')}${missing.length > 5 ? `, ... (${missing.length} in all)` : ''} (needed by the config)`);
-      }
-      for (const p of plan) {
-        for (const name of sourcesOf(p)) {
-          const info = reader.info(name);
-          if (!readableAsF32(info.dtype)) {
-            throw new UndoError(`${info.file}: tensor "${name}" has dtype ${info.dtype}, which cannot be loaded as weights`, 'supported: F32, BF16, F16, F64');
-          }
-        }
-        if (isCustom(p.from)) continue;
-        const shape = reader.outputShape(p.from.name, p.from);
-        if (shape.length !== p.dest.shape.length || shape.some((d, i) => d !== p.dest.shape[i])) {
-          throw new UndoError(`${reader.info(p.from.name).file}: tensor "${p.from.name}" has shape ${formatShape(shape)} but the config implies ${formatShape(p.dest.shape)}` +
-            (p.from.name === p.dest.name ? '' : ` for "${p.dest.name}"`));
-        }
-      }
-      const used = new Set(plan.flatMap(sourcesOf));
-      const extra = reader.names().filter((n) => !used.has(n) && !mapping.ignore?.(n));
-      if (extra.length) {
-        throw new UndoError(`${reader.source}: unexpected tensors for this config: ${extra.slice(0, 5).join(', ')}${extra.length > 5 ? ', ...' : ''}`);
-      }
-      for (const { dest, from } of plan) {
+      for (const { dest, from } of this.weightPlan(reader, mapping)) {
         const view = this.params.subarray(dest.offset, dest.offset + dest.numel);
         if (isCustom(from)) from.read(reader, view);
         else reader.readInto(from.name, view, from);
@@ -202,6 +177,34 @@ export class Model {
     } finally {
       if (reader !== src) reader.close();
     }
+  }
+
+  /** Each model tensor with its source, after checking every source against the checkpoint's headers. */
+  private weightPlan(reader: CheckpointReader, mapping: WeightMapping): Array<{ dest: NativeTensorInfo; from: TensorSource | CustomSource }> {
+    const plan = this.tensors.map((dest) => ({ dest, from: mapping.source(dest) }));
+    const sourcesOf = (from: TensorSource | CustomSource) => (isCustom(from) ? [...from.from] : [from.name]);
+    const list = (names: string[]) => names.slice(0, 5).join(', ') + (names.length > 5 ? `, ... (${names.length} in all)` : '');
+    const missing = plan.flatMap(({ dest, from }) => sourcesOf(from).filter((n) => !reader.has(n))
+      .map((n) => (n === dest.name ? `"${n}"` : `"${n}" (for "${dest.name}")`)));
+    if (missing.length) throw new UndoError(`${reader.source}: missing tensor${missing.length > 1 ? 's' : ''} ${list(missing)} (needed by the config)`);
+    for (const { dest, from } of plan) {
+      for (const name of sourcesOf(from)) {
+        const info = reader.info(name);
+        if (!readableAsF32(info.dtype)) {
+          throw new UndoError(`${info.file}: tensor "${name}" has dtype ${info.dtype}, which cannot be loaded as weights`, 'supported: F32, BF16, F16, F64');
+        }
+      }
+      if (isCustom(from)) continue;
+      const shape = reader.outputShape(from.name, from);
+      if (shape.length !== dest.shape.length || shape.some((d, i) => d !== dest.shape[i])) {
+        throw new UndoError(`${reader.info(from.name).file}: tensor "${from.name}" has shape ${formatShape(shape)} but the config implies ` +
+          `${formatShape(dest.shape)}${from.name === dest.name ? '' : ` for "${dest.name}"`}`);
+      }
+    }
+    const used = new Set(plan.flatMap(({ from }) => sourcesOf(from)));
+    const extra = reader.names().filter((n) => !used.has(n) && !mapping.ignore?.(n));
+    if (extra.length) throw new UndoError(`${reader.source}: unexpected tensors for this config: ${list(extra)}`);
+    return plan;
   }
 
   /** A deep copy of the weights (same config and tokenizer; no gradients or optimizer state). */
