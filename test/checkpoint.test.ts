@@ -530,7 +530,7 @@ test('modelInfo: parameter count from the headers equals Model.numParams(); dtyp
   assert.is(g.parameters, model.numParams() , 'tie_word_embeddings defaults to true as in transformers');
 });
 
-test('estimateMemory: the formula\'s pieces match the native buffers (exact counts, and process RSS growth)', async () => {
+test('estimateMemory: the formula\'s pieces match the native buffers (exact counts, and process RSS growth)', () => {
   // exact: params and grads are numParams floats each
   const est = estimateMemory(MICRO, 2, 128);
   assert.is(est.parts.params, model.numParams() * 4);
@@ -540,8 +540,16 @@ test('estimateMemory: the formula\'s pieces match the native buffers (exact coun
   const e2 = estimateMemory(MICRO, 8, 128);
   assert.is(e1.parts.headTrain, e2.parts.headTrain);
   assert.is(e2.parts.activations, 2 * e1.parts.activations);
-  const withTeacher = estimateMemory(MICRO, 4, 128, presetConfig('tiny'));
-  assert.ok(withTeacher.distill! > withTeacher.train + estimateMemory(presetConfig('tiny'), 4, 128).forward - withTeacher.parts.headTrain - 1);
+  assert.is(e1.parts.headTrain, (256 * MICRO.vocabSize + 2 * 256) * 4);
+  // distillation: teacher params + grads + rope, its activations, the student's step with the 3-chunk KD head
+  const TINY = presetConfig('tiny');
+  const withTeacher = estimateMemory(MICRO, 4, 128, TINY);
+  const teacherAlone = estimateMemory(TINY, 4, 128);
+  assert.is(withTeacher.parts.teacherLoad, teacherAlone.load);
+  assert.is(withTeacher.parts.teacherActivations, teacherAlone.parts.activations);
+  assert.is(withTeacher.distill, teacherAlone.load + teacherAlone.parts.activations + withTeacher.train - withTeacher.parts.headTrain +
+    (3 * 256 * MICRO.vocabSize + 256) * 4);
+  assert.is(estimateMemory(MICRO, 4, 128).distill, undefined);
 
   // measured, in a fresh process (this one's allocator holds pages freed by earlier tests): RSS growth of
   // constructing a model, of its first forward, and of its first training step
