@@ -9,7 +9,8 @@ import * as assert from 'uvu/assert';
 import { Model } from '../lib/models/model';
 import { readSafetensors } from '../lib/formats/safetensors';
 import { loss } from '../lib/train/losses';
-import { assertClose, FIXTURES, forEachIsaAsync } from './helpers';
+import { nativeParamCount } from '../lib/models/info';
+import { assertClose, bitEqual, FIXTURES, forEachIsaAsync } from './helpers';
 
 // llama3_rope: rope_scaling llama3 + attention/mlp biases + head_dim ≠ hidden/heads; llama_linear / llama_dynamic
 // (T > max_position_embeddings); mistral (window 4 < T); qwen2 (q/k/v biases, an unused sliding_window);
@@ -41,6 +42,18 @@ for (const family of CASES) {
       for (const name of exp.names().filter((n) => n.startsWith('grad.'))) assert.ok(grads.has(name.slice(5)), `${isa}: no tensor ${name.slice(5)}`);
       for (const [name, g] of grads) assertClose(g.data, exp.readTensorF32(`grad.${name}`), 1e-3, `${isa} grad ${name}`);
     });
+  });
+
+  test(`${family}: the info formula's parameter count and the checkpoint round trip (names, layout) are exact`, () => {
+    const m = Model.load(dir);
+    assert.is(nativeParamCount(m.config), m.numParams());
+    const st = readSafetensors(path.join(dir, 'model.safetensors'));
+    const mine = m.hfTensors();
+    assert.equal([...mine.keys()].sort(), st.names().sort());
+    for (const [name, t] of mine) {
+      assert.equal(t.shape, st.get(name).shape, `${name} shape`);
+      assert.ok(bitEqual(t.data, st.readTensorF32(name)), `${name}: saved as loaded, bit for bit`);
+    }
   });
 
   test(`${family}: headGrad (a loss computed outside the engine) reproduces PyTorch's gradients`, async () => {

@@ -12,8 +12,11 @@ import {
   parseSafetensors,
   float32ToBf16Bits,
   bf16BitsToFloat32,
+  float32ToF16Bits,
+  f16BitsToFloat32,
+  writeSafetensorsStream,
 } from '../lib/formats/safetensors';
-import { throwsUndo } from './helpers';
+import { bitEqual, randn, throwsUndo } from './helpers';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'undo-st-'));
 test.after(() => fs.rmSync(tmp, { recursive: true, force: true }));
@@ -260,6 +263,103 @@ test('chunked encoding: F32 tensors are written from views, no copies', () => {
   const f = parseSafetensors(serializeSafetensors(tensors), 'mem');
   assert.equal(f.names(), ['a', 'z']);
   assert.equal(Array.from(f.readTensorF32('z')), Array.from(big));
+});
+
+/** The value of a half-precision bit pattern, computed independently of the library (float64). */
+function halfValue(h: number): number {
+  const s = h & 0x8000 ? -1 : 1;
+  const e = (h >> 10) & 0x1f;
+  const m = h & 0x3ff;
+  if (e === 31) return m ? NaN : s * Infinity;
+  return e === 0 ? s * m * 2 ** -24 : s * (1 + m / 1024) * 2 ** (e - 15);
+}
+
+test('F16 → F32 is exact for all 65536 patterns (subnormals, ±0, ±Inf, NaN payloads)', () => {
+  const all = new Uint16Array(65536).map((_, i) => i);
+  const f = f16BitsToFloat32(all);
+  const bits = new Uint32Array(f.buffer);
+  for (let h = 0; h < 65536; h++) {
+    const want = halfValue(h);
+    if (Number.isNaN(want)) {
+      // sign and payload kept: the 10 mantissa bits land at the top of the float32 mantissa
+      assert.is(bits[h], (((h & 0x8000) << 16) | 0x7f800000 | ((h & 0x3ff) << 13)) >>> 0, `NaN pattern ${h.toString(16)}`);
+    } else {
+      assert.ok(Object.is(f[h], want), `pattern 0x${h.toString(16)}: ${f[h]} != ${want}`);
+    }
+  }
+  // back to half: identity for every non-NaN pattern and every quiet NaN
+  const back = float32ToF16Bits(f);
+  for (let h = 0; h < 65536; h++) {
+    const quietOrNumber = ((h >> 10) & 0x1f) !== 31 || (h & 0x3ff) === 0 || (h & 0x200) !== 0;
+    if (quietOrNumber) assert.is(back[h], h, `round trip of 0x${h.toString(16)}`);
+    else assert.is(back[h], h | 0x200, `signalling NaN 0x${h.toString(16)} becomes quiet`);
+  }
+});
+
+test('F32 → F16 rounds to nearest, ties to even, at midpoints, ±1 ulp around them, subnormals and overflow', () => {
+  // reference: the finite non-negative halves in increasing order are the patterns 0 .. 0x7bff
+  const ref = (x: number): number => {
+    if (Number.isNaN(x)) return -1;
+    const sign = x < 0 || Object.is(x, -0) ? 0x8000 : 0;
+    const a = Math.abs(x);
+    if (a >= 65520) return sign | 0x7c00;
+    let lo = 0;
+    let hi = 0x7bff;
+    while (hi - lo > 1) {
+      const mid = (lo + hi) >> 1;
+      if (halfValue(mid) <= a) lo = mid;
+      else hi = mid;
+    }
+    if (halfValue(hi) <= a) lo = hi;
+    const up = Math.min(lo + 1, 0x7c00);
+    const dl = a - halfValue(lo);
+    const du = up === 0x7c00 ? Infinity : halfValue(up) - a;
+    const pick = dl < du ? lo : du < dl ? up : (lo & 1 ? up : lo);
+    return sign | pick;
+  };
+  const xs: number[] = [0, -0, 65504, 65519.99, 65520, -65520, 1e-10, 2 ** -25, 2 ** -25 * 1.0000001, 3 * 2 ** -25, 2 ** -14 - 2 ** -25];
+  const f32 = new Float32Array(1);
+  const u32 = new Uint32Array(f32.buffer);
+  for (let h = 0; h < 0x7bff; h++) {
+    const mid = (halfValue(h) + halfValue(h + 1)) / 2; // exact in float32 (12 significant bits)
+    f32[0] = mid;
+    assert.is(f32[0], mid);
+    xs.push(mid, -mid);
+    u32[0] += 1;
+    xs.push(f32[0]);
+    u32[0] -= 2;
+    xs.push(f32[0]);
+  }
+  const rnd = randn(20000, 3, 300);
+  for (const v of rnd) xs.push(v, v * 1e-4, v * 1e-7);
+  const src = Float32Array.from(xs);
+  const got = float32ToF16Bits(src);
+  for (let i = 0; i < src.length; i++) assert.is(got[i], ref(src[i]), `f16 of ${src[i]}: 0x${got[i].toString(16)} vs 0x${ref(src[i]).toString(16)}`);
+  const special = float32ToF16Bits(new Float32Array([NaN, Infinity, -Infinity, 3.4e38, -3.4e38]));
+  assert.is(special[0] & 0x7e00, 0x7e00, 'NaN stays a quiet NaN');
+  assert.equal(Array.from(special.subarray(1)), [0x7c00, 0xfc00, 0x7c00, 0xfc00]);
+});
+
+test('writeSafetensorsStream: the same bytes as writeSafetensors, across chunk boundaries; refuses to overwrite', () => {
+  const big = randn((1 << 21) + 1234, 9, 3); // more than one conversion chunk
+  const tensors = {
+    big16: { dtype: 'F16' as const, shape: [big.length], data: big },
+    bigbf: { dtype: 'BF16' as const, shape: [big.length], data: big },
+    f: { dtype: 'F32' as const, shape: [2, 2], data: new Float32Array([1, -2, 3.5, NaN]) },
+    i: { dtype: 'I32' as const, shape: [3], data: Int32Array.from([1, -1, 7]) },
+    u: { dtype: 'U8' as const, shape: [2], data: Uint8Array.from([0, 255]) },
+  };
+  const p = path.join(tmp, 'stream.safetensors');
+  const size = writeSafetensorsStream(p, tensors, { format: 'pt' });
+  const want = serializeSafetensors(tensors, { format: 'pt' });
+  const got = fs.readFileSync(p);
+  assert.is(size, want.length);
+  assert.ok(got.equals(want), 'streamed bytes differ from the in-memory encoding');
+  const back = readSafetensors(p);
+  assert.ok(bitEqual(back.readTensorF32('big16'), f16BitsToFloat32(float32ToF16Bits(big))));
+  assert.ok(bitEqual(back.readTensorF32('bigbf'), bf16BitsToFloat32(float32ToBf16Bits(big))));
+  throwsUndo(() => writeSafetensorsStream(p, { f: tensors.f }), 'stream.safetensors', 'EEXIST');
+  assert.ok(fs.readFileSync(p).equals(want), 'the existing file is left alone');
 });
 
 test.run();

@@ -20,6 +20,7 @@ import { parseStopCondition, StopCondition, stopTest, train, TrainConfig, TrainO
 import { registerUndoCommand, registerUnlearningCommands } from './unlearn';
 import { registerTeacherCommands } from './teacher';
 import { registerDistillCommand } from './distill';
+import { registerInfoCommand } from './info';
 
 function int(name: string, min = 0) {
   return (v: string): number => {
@@ -303,17 +304,7 @@ export function buildProgram(): Command {
   registerUndoCommand(program, kit);
   registerTeacherCommands(program, kit);
 
-  program.command('info')
-    .description('show the CPU features, threads and (optionally) a model')
-    .option('--model <dir>', 'model directory')
-    .action((o: { model?: string }) => {
-      console.log(`isa: ${native.getIsa()} (supported: ${native.supportedIsas().join(', ')}), threads: ${native.getThreads()}`);
-      if (o.model) {
-        const m = Model.load(o.model);
-        console.log(`${m.config.family}: ${m.config.numLayers} layers, d=${m.config.hiddenSize}, heads ${m.config.numHeads}/${m.config.numKvHeads}, ` +
-          `vocab ${m.config.vocabSize}, ${(m.numParams() / 1e6).toFixed(2)}M parameters`);
-      }
-    });
+  registerInfoCommand(program);
   return program;
 }
 

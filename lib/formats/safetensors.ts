@@ -17,9 +17,11 @@
  *   U8, BOOL            -> Uint8Array     (zero-copy view)
  * The whole file is read into a single Buffer; zero-copy views keep that Buffer alive.
  *
- * Writing supports F32, BF16 (round-to-nearest-even from float32), I32 and U8. The output is
- * produced as a list of chunks (header + one view per tensor) written back to back by
- * writeFileAtomic, so tensor data is never concatenated into one big buffer.
+ * Writing supports F32, BF16 and F16 (both rounded to nearest-even from float32), I32 and U8.
+ * writeSafetensors produces a list of chunks (header + one view per tensor) written back to back
+ * by writeFileAtomic, so tensor data is never concatenated into one big buffer;
+ * writeSafetensorsStream goes further and converts BF16/F16 in bounded chunks through one
+ * reusable buffer, so no whole-tensor copy is ever made (F32 is written straight from its view).
  *
  * Every malformed input raises an UndoError whose message names the file and, where it
  * applies, the tensor.
@@ -36,7 +38,7 @@ import { writeFileAtomic } from '../core/fsutil';
 /** Dtypes this module can read. */
 export type SafetensorsDType = 'F32' | 'F16' | 'BF16' | 'F64' | 'I32' | 'I64' | 'U8' | 'BOOL';
 /** Dtypes this module can write. */
-export type WritableDType = 'F32' | 'BF16' | 'I32' | 'U8';
+export type WritableDType = 'F32' | 'BF16' | 'F16' | 'I32' | 'U8';
 /** In-memory representation of tensor data. */
 export type TensorData = Float32Array | Int32Array | Uint8Array;
 
@@ -69,7 +71,7 @@ export interface SafetensorsHeader {
 export interface WriteTensor {
   dtype: WritableDType;
   shape: readonly number[];
-  /** Float32Array for F32/BF16, Int32Array for I32, Uint8Array (or Buffer) for U8. */
+  /** Float32Array for F32/BF16/F16, Int32Array for I32, Uint8Array (or Buffer) for U8. */
   data: Float32Array | Int32Array | Uint8Array;
 }
 
@@ -101,19 +103,25 @@ const ITEM_SIZE: Readonly<Record<string, number>> = {
   U64: 8,
   F64: 8,
 };
+/** Bytes per element of a safetensors dtype, or undefined for a name the spec does not define. */
+export function dtypeItemSize(dtype: string): number | undefined {
+  return ITEM_SIZE[dtype];
+}
 const READABLE: ReadonlySet<string> = new Set<SafetensorsDType>(['F32', 'F16', 'BF16', 'F64', 'I32', 'I64', 'U8', 'BOOL']);
 const FLOAT_DTYPES: ReadonlySet<string> = new Set(['F32', 'F16', 'BF16', 'F64']);
 
 /** Same limit as the reference implementation: headers above 100 MB are rejected as corrupt. */
 const MAX_HEADER_BYTES = 100_000_000;
 
-const HOST_LE = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
+/** True on little-endian hosts (all the platforms Node.js ships for); safetensors data is little-endian. */
+export const HOST_LE = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
 
 function fail(source: string, msg: string, hint?: string): never {
   throw new UndoError(`safetensors file ${source}: ${msg}`, hint);
 }
 
-function product(shape: readonly number[]): number {
+/** Number of elements of a shape (1 for a scalar). */
+export function product(shape: readonly number[]): number {
   let n = 1;
   for (const d of shape) n *= d;
   return n;
@@ -123,7 +131,8 @@ function isNonNegInt(v: unknown): v is number {
   return typeof v === 'number' && Number.isSafeInteger(v) && v >= 0;
 }
 
-function formatShape(shape: readonly number[]): string {
+/** A shape as "[2, 3]", for messages. */
+export function formatShape(shape: readonly number[]): string {
   return `[${shape.join(', ')}]`;
 }
 
@@ -276,7 +285,8 @@ export function readSafetensorsHeader(path: string): SafetensorsHeader {
 // File reading
 // ---------------------------------------------------------------------------------------------
 
-function openForRead(path: string): number {
+/** Open a safetensors file for reading; a missing file or a directory raises an UndoError naming it. */
+export function openForRead(path: string): number {
   try {
     const fd = fs.openSync(path, 'r');
     if (fs.fstatSync(fd).isDirectory()) {
@@ -293,8 +303,11 @@ function openForRead(path: string): number {
   }
 }
 
-/** Fill `buf` from file position `pos`; a short read means the file shrank or is truncated. */
-function readFully(fd: number, buf: Uint8Array, pos: number, path: string): void {
+/**
+ * Fill `buf` from file position `pos` of the open file `fd` (`path` names it in messages); a short
+ * read means the file shrank or is truncated, and raises an UndoError.
+ */
+export function readFully(fd: number, buf: Uint8Array, pos: number, path: string): void {
   const MAX_CHUNK = 1 << 30;
   let off = 0;
   while (off < buf.byteLength) {
@@ -331,23 +344,34 @@ function readWholeFile(path: string): Buffer {
 // Decoding
 // ---------------------------------------------------------------------------------------------
 
-let f16Table: Float32Array | undefined;
-/** Lookup table from IEEE half-precision bit patterns to float32 values (built once, 256 KiB). */
-function halfTable(): Float32Array {
+let f16Table: Uint32Array | undefined;
+/**
+ * Lookup table from IEEE half-precision bit patterns to float32 bit patterns (built once, 256 KiB).
+ * Exact for every pattern: subnormals become normal float32s, ±Inf stay ±Inf, and NaNs keep their
+ * sign and payload (shifted into the top of the float32 mantissa).
+ */
+export function f16ToF32BitsTable(): Uint32Array {
   if (!f16Table) {
-    f16Table = new Float32Array(65536);
+    f16Table = new Uint32Array(65536);
+    const f = new Float32Array(f16Table.buffer);
     for (let h = 0; h < 65536; h++) {
-      const sign = h & 0x8000 ? -1 : 1;
+      const sign = (h & 0x8000) << 16;
       const exp = (h >> 10) & 0x1f;
       const mant = h & 0x3ff;
-      let v: number;
-      if (exp === 0) v = sign * mant * 2 ** -24; // zero / subnormal
-      else if (exp === 31) v = mant ? NaN : sign * Infinity;
-      else v = sign * (1 + mant / 1024) * 2 ** (exp - 15);
-      f16Table[h] = v;
+      if (exp === 0) f[h] = (h & 0x8000 ? -1 : 1) * mant * 2 ** -24; // zero / subnormal: exact in float32
+      else if (exp === 31) f16Table[h] = (sign | 0x7f800000 | (mant << 13)) >>> 0;
+      else f16Table[h] = (sign | ((exp + 112) << 23) | (mant << 13)) >>> 0;
     }
   }
   return f16Table;
+}
+
+/** Convert IEEE half-precision bit patterns to float32 values (exact, NaN payloads kept). */
+export function f16BitsToFloat32(src: Uint16Array, out: Float32Array = new Float32Array(src.length)): Float32Array {
+  const table = f16ToF32BitsTable();
+  const bits = new Uint32Array(out.buffer, out.byteOffset, out.length);
+  for (let i = 0; i < src.length; i++) bits[i] = table[src[i]];
+  return out;
 }
 
 /** Copy `byteLength` bytes at `start` of `buf` into a fresh, aligned ArrayBuffer. */
@@ -398,13 +422,14 @@ function decodeTensor(buf: Buffer, start: number, info: TensorInfo, name: string
       return out;
     }
     case 'F16': {
-      const table = halfTable();
+      const table = f16ToF32BitsTable();
       const out = new Float32Array(numel);
+      const bits = new Uint32Array(out.buffer);
       if (dv) {
-        for (let i = 0; i < numel; i++) out[i] = table[dv.getUint16(i * 2, true)];
+        for (let i = 0; i < numel; i++) bits[i] = table[dv.getUint16(i * 2, true)];
       } else {
         const src = leView(Uint16Array, 2, buf, start, numel);
-        for (let i = 0; i < numel; i++) out[i] = table[src[i]];
+        for (let i = 0; i < numel; i++) bits[i] = table[src[i]];
       }
       return out;
     }
@@ -552,6 +577,38 @@ export function bf16BitsToFloat32(src: Uint16Array, out: Float32Array = new Floa
   return out;
 }
 
+/**
+ * Convert float32 values to IEEE half-precision bit patterns with round-to-nearest-even.
+ * Results below the smallest subnormal round to ±0, those at or past 65520 to ±Infinity;
+ * NaNs stay NaN (quiet, same sign, top payload bits kept).
+ */
+export function float32ToF16Bits(src: Float32Array, out: Uint16Array = new Uint16Array(src.length)): Uint16Array {
+  const bits = new Uint32Array(src.buffer, src.byteOffset, src.length);
+  for (let i = 0; i < src.length; i++) {
+    const u = bits[i];
+    const sign = (u >>> 16) & 0x8000;
+    const a = u & 0x7fffffff;
+    if (a > 0x7f800000) {
+      out[i] = sign | 0x7e00 | ((a >>> 13) & 0x3ff); // NaN
+    } else if (a >= 0x477ff000) {
+      out[i] = sign | 0x7c00; // 65520 is the midpoint between 65504 and 2^16: ties-to-even rounds up
+    } else if (a >= 0x38800000) {
+      // normal: rebias the exponent (127 → 15) and round the 13 dropped mantissa bits to nearest-even;
+      // a carry out of the mantissa correctly bumps the exponent
+      const v = a - 0x38000000;
+      out[i] = sign | ((v + 0x0fff + ((v >>> 13) & 1)) >>> 13);
+    } else {
+      // subnormal half (or zero): the value in units of 2^-24, rounded to nearest-even (1024 = smallest normal)
+      const y = Math.abs(src[i]) * 2 ** 24;
+      let m = Math.floor(y);
+      const frac = y - m;
+      if (frac > 0.5 || (frac === 0.5 && (m & 1) === 1)) m++;
+      out[i] = sign | m;
+    }
+  }
+  return out;
+}
+
 function entriesOf(tensors: TensorsToWrite): Iterable<readonly [string, WriteTensor]> {
   if (tensors instanceof Map) return tensors.entries();
   if (typeof (tensors as Iterable<unknown>)[Symbol.iterator] === 'function') {
@@ -563,8 +620,8 @@ function entriesOf(tensors: TensorsToWrite): Iterable<readonly [string, WriteTen
 /** Little-endian bytes of one tensor: a zero-copy view where possible. */
 function tensorBytes(t: WriteTensor): Uint8Array {
   const d = t.data;
-  if (t.dtype === 'BF16') {
-    const h = float32ToBf16Bits(d as Float32Array);
+  if (t.dtype === 'BF16' || t.dtype === 'F16') {
+    const h = t.dtype === 'BF16' ? float32ToBf16Bits(d as Float32Array) : float32ToF16Bits(d as Float32Array);
     if (!HOST_LE) for (let i = 0; i < h.length; i++) h[i] = ((h[i] & 0xff) << 8) | (h[i] >>> 8);
     return new Uint8Array(h.buffer, h.byteOffset, h.byteLength);
   }
@@ -582,20 +639,13 @@ function tensorBytes(t: WriteTensor): Uint8Array {
 const EXPECTED_ARRAY: Record<WritableDType, { ctor: Function; label: string; itemSize: number }> = {
   F32: { ctor: Float32Array, label: 'Float32Array', itemSize: 4 },
   BF16: { ctor: Float32Array, label: 'Float32Array', itemSize: 2 },
+  F16: { ctor: Float32Array, label: 'Float32Array', itemSize: 2 },
   I32: { ctor: Int32Array, label: 'Int32Array', itemSize: 4 },
   U8: { ctor: Uint8Array, label: 'Uint8Array', itemSize: 1 },
 };
 
-/**
- * Serialise tensors to safetensors as a list of chunks (8-byte length + padded JSON header,
- * then one byte view per tensor). Tensors are sorted by name (JS string order). `source`
- * names the destination in error messages.
- */
-export function encodeSafetensors(
-  tensors: TensorsToWrite,
-  metadata?: Readonly<Record<string, string>>,
-  source = '<buffer>',
-): Uint8Array[] {
+/** Check the tensors to write and sort them by name (JS string order). */
+function checkedWriteList(tensors: TensorsToWrite, source: string): Array<[string, WriteTensor]> {
   const list: Array<[string, WriteTensor]> = [];
   const seen = new Set<string>();
   for (const [name, t] of entriesOf(tensors)) {
@@ -606,7 +656,7 @@ export function encodeSafetensors(
     const where = `tensor "${name}"`;
     if (!t || typeof t !== 'object') fail(source, `${where}: expected { dtype, shape, data }`);
     const spec = EXPECTED_ARRAY[t.dtype as WritableDType];
-    if (!spec) fail(source, `${where}: cannot write dtype ${JSON.stringify(t.dtype)}`, 'writable dtypes: F32, BF16, I32, U8');
+    if (!spec) fail(source, `${where}: cannot write dtype ${JSON.stringify(t.dtype)}`, 'writable dtypes: F32, BF16, F16, I32, U8');
     if (!Array.isArray(t.shape) || !t.shape.every(isNonNegInt)) {
       fail(source, `${where}: shape must be an array of non-negative integers (got ${JSON.stringify(t.shape)})`);
     }
@@ -620,7 +670,16 @@ export function encodeSafetensors(
     list.push([name, t]);
   }
   list.sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
+  return list;
+}
 
+/** Bytes a tensor occupies on disk once written in its dtype. */
+export function writtenByteLength(t: Pick<WriteTensor, 'dtype' | 'shape'>): number {
+  return product(t.shape) * EXPECTED_ARRAY[t.dtype].itemSize;
+}
+
+/** The 8-byte length prefix and space-padded JSON header for an already checked, sorted list. */
+function encodeHeader(list: ReadonlyArray<[string, WriteTensor]>, metadata: Readonly<Record<string, string>> | undefined, source: string): Buffer {
   // Header JSON is assembled by hand to keep the key order exactly as sorted
   // (JSON.stringify would move integer-like keys such as "0" to the front).
   const parts: string[] = [];
@@ -630,21 +689,32 @@ export function encodeSafetensors(
     }
     parts.push(`"__metadata__":${JSON.stringify(metadata)}`);
   }
-  const chunks: Uint8Array[] = [];
   let offset = 0;
   for (const [name, t] of list) {
-    const bytes = tensorBytes(t);
     const begin = offset;
-    offset += bytes.byteLength;
+    offset += writtenByteLength(t);
     parts.push(`${JSON.stringify(name)}:${JSON.stringify({ dtype: t.dtype, shape: [...t.shape], data_offsets: [begin, offset] })}`);
-    chunks.push(bytes);
   }
   const json = Buffer.from(`{${parts.join(',')}}`, 'utf8');
   const pad = (8 - (json.length % 8)) % 8;
   const header = Buffer.alloc(8 + json.length + pad, 0x20); // spaces
   header.writeBigUInt64LE(BigInt(json.length + pad), 0);
   json.copy(header, 8);
-  return [header, ...chunks];
+  return header;
+}
+
+/**
+ * Serialise tensors to safetensors as a list of chunks (8-byte length + padded JSON header,
+ * then one byte view per tensor). Tensors are sorted by name (JS string order). `source`
+ * names the destination in error messages.
+ */
+export function encodeSafetensors(
+  tensors: TensorsToWrite,
+  metadata?: Readonly<Record<string, string>>,
+  source = '<buffer>',
+): Uint8Array[] {
+  const list = checkedWriteList(tensors, source);
+  return [encodeHeader(list, metadata, source), ...list.map(([, t]) => tensorBytes(t))];
 }
 
 /** Serialise tensors into one in-memory Buffer (see {@link encodeSafetensors}). */
@@ -663,4 +733,72 @@ export function writeSafetensors(
   metadata?: Readonly<Record<string, string>>,
 ): void {
   writeFileAtomic(path, encodeSafetensors(tensors, metadata, path));
+}
+
+/** Elements converted per chunk by writeSafetensorsStream (8 MiB of float32 in, 4 MiB of 16-bit out). */
+const STREAM_CHUNK_ELEMS = 1 << 21;
+
+/** Write `buf` fully at file position `pos`. */
+function writeFully(fd: number, buf: Uint8Array, pos: number): void {
+  const MAX_CHUNK = 1 << 30;
+  let off = 0;
+  while (off < buf.byteLength) {
+    const n = fs.writeSync(fd, buf, off, Math.min(MAX_CHUNK, buf.byteLength - off), pos + off);
+    if (n <= 0) throw new Error(`write returned ${n}`);
+    off += n;
+  }
+}
+
+/** Write one tensor's little-endian bytes at `pos`; BF16/F16 go through `scratch` chunk by chunk. */
+function writeTensorData(fd: number, t: WriteTensor, pos: number, scratch: Uint16Array): number {
+  if (t.dtype !== 'BF16' && t.dtype !== 'F16') {
+    const bytes = tensorBytes(t); // a zero-copy view on little-endian hosts
+    writeFully(fd, bytes, pos);
+    return pos + bytes.byteLength;
+  }
+  const src = t.data as Float32Array;
+  for (let i = 0; i < src.length; i += STREAM_CHUNK_ELEMS) {
+    const part = src.subarray(i, Math.min(src.length, i + STREAM_CHUNK_ELEMS));
+    const h = scratch.subarray(0, part.length);
+    if (t.dtype === 'BF16') float32ToBf16Bits(part, h);
+    else float32ToF16Bits(part, h);
+    if (!HOST_LE) for (let j = 0; j < h.length; j++) h[j] = ((h[j] & 0xff) << 8) | (h[j] >>> 8);
+    writeFully(fd, new Uint8Array(h.buffer, h.byteOffset, h.byteLength), pos);
+    pos += h.byteLength;
+  }
+  return pos;
+}
+
+/**
+ * Write tensors to a new file `path` (it must not exist), converting BF16/F16 in bounded chunks
+ * through one reusable buffer (F32, I32 and U8 are written straight from their views), then fsync.
+ * Not atomic by itself: meant for files inside a directory that is being built in a temporary
+ * place (saveDirAtomic). A failure removes the partial file. Returns the file's size in bytes.
+ */
+export function writeSafetensorsStream(
+  path: string,
+  tensors: TensorsToWrite,
+  metadata?: Readonly<Record<string, string>>,
+): number {
+  const list = checkedWriteList(tensors, path);
+  const header = encodeHeader(list, metadata, path);
+  const needsScratch = list.some(([, t]) => t.dtype === 'BF16' || t.dtype === 'F16');
+  const scratch = new Uint16Array(needsScratch ? Math.min(STREAM_CHUNK_ELEMS, Math.max(...list.map(([, t]) => t.data.length))) : 0);
+  let fd: number | undefined;
+  let created = false;
+  try {
+    fd = fs.openSync(path, 'wx', 0o644);
+    created = true;
+    writeFully(fd, header, 0);
+    let pos = header.byteLength;
+    for (const [, t] of list) pos = writeTensorData(fd, t, pos, scratch);
+    fs.fsyncSync(fd);
+    fs.closeSync(fd);
+    fd = undefined;
+    return pos;
+  } catch (e) {
+    if (fd !== undefined) fs.closeSync(fd);
+    if (created) fs.rmSync(path, { force: true });
+    throw new UndoError(`cannot write safetensors file ${path}: ${describeError(e)}`, { cause: e });
+  }
 }

@@ -1,7 +1,8 @@
 /**
- * Moving tensors between a checkpoint's layout and the decoder's (lib/models/config.ts `tensorMappings`):
- * identity for every architecture but GPT-2, whose Conv1D weights are stored [in, out] and whose fused c_attn
- * holds q, k and v side by side. Identity mappings never copy.
+ * From the decoder's tensors to a checkpoint's layout (lib/models/config.ts `tensorMappings`), for saving and
+ * for comparing gradients: identity for every architecture but GPT-2, whose Conv1D weights are stored
+ * [in, out] and whose fused c_attn holds q, k and v side by side. Identity mappings never copy. (Loading goes
+ * the other way through lib/formats/checkpoint.ts's column/transpose reads, see architectureMapping.)
  */
 import { TensorMapping } from './config';
 
@@ -33,15 +34,4 @@ export function gatherHf(m: TensorMapping, view: TensorView): Float32Array {
   if (!m.transpose) return rows;
   // decoder layout [out, in] = [hfShape[1], hfShape[0]] → HF [in, out]
   return transpose2d(rows, m.hfShape[1], m.hfShape[0]);
-}
-
-/** Write a checkpoint tensor (in HF layout) into the decoder's tensors of its mapping. */
-export function scatterHf(m: TensorMapping, data: Float32Array, view: TensorView): void {
-  const src = m.transpose ? transpose2d(data, m.hfShape[0], m.hfShape[1]) : data;
-  let off = 0;
-  for (const name of m.parts) {
-    const dst = view(name);
-    dst.set(src.subarray(off, off + dst.length));
-    off += dst.length;
-  }
 }
