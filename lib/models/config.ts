@@ -3,7 +3,7 @@
  */
 import { UndoError } from '../core/errors';
 import { NativeModelConfig } from '../core/native';
-import { ByteTokenizer } from '../data/tokenizer';
+import { ByteTokenizer, TokenizerLike } from '../data/tokenizer';
 
 export type Family = 'llama' | 'gemma2';
 
@@ -140,7 +140,7 @@ export const PRESETS: Record<string, Omit<ModelConfig, 'vocabSize' | 'bosTokenId
   },
 };
 
-export function presetConfig(name: string, tok: ByteTokenizer = new ByteTokenizer()): ModelConfig {
+export function presetConfig(name: string, tok: Pick<TokenizerLike, 'vocabSize' | 'bos' | 'eos' | 'pad'> = new ByteTokenizer()): ModelConfig {
   const p = PRESETS[name];
   if (!p) throw new UndoError(`unknown preset "${name}"`, `choose one of: ${Object.keys(PRESETS).join(', ')}`);
   return { ...p, vocabSize: tok.vocabSize, bosTokenId: tok.bos, eosTokenId: tok.eos, padTokenId: tok.pad };

@@ -8,7 +8,7 @@ import { UndoError } from '../core/errors';
 import { readJson, writeFileAtomic } from '../core/fsutil';
 import { native, NativeModel, NativeTensorInfo } from '../core/native';
 import { readSafetensors, writeSafetensors, WriteTensor } from '../formats/safetensors';
-import { ByteTokenizer, loadTokenizer, saveTokenizer } from '../data/tokenizer';
+import { ByteTokenizer, loadAnyTokenizer, saveTokenizer, Tokenizer } from '../data/tokenizer';
 import { configFromHF, configToHF, ModelConfig } from './config';
 
 type Json = Record<string, unknown>;
@@ -32,7 +32,7 @@ export class Model {
   readonly grads: Float32Array;
   private readonly byName = new Map<string, NativeTensorInfo>();
 
-  constructor(readonly config: ModelConfig, public tokenizer: ByteTokenizer = new ByteTokenizer()) {
+  constructor(readonly config: ModelConfig, public tokenizer: Tokenizer = new ByteTokenizer()) {
     this.native = new native.NativeModel(config);
     this.tensors = this.native.tensors();
     for (const t of this.tensors) this.byName.set(t.name, t);
@@ -41,7 +41,7 @@ export class Model {
   }
 
   /** A freshly initialised model (seeded; identical for every thread count). */
-  static create(config: ModelConfig, opts: InitOptions = {}, tokenizer?: ByteTokenizer): Model {
+  static create(config: ModelConfig, opts: InitOptions = {}, tokenizer?: Tokenizer): Model {
     const m = new Model(config, tokenizer);
     m.native.init(opts.seed ?? 0, opts.init ?? 'normal', opts.std ?? 0.02);
     return m;
@@ -54,7 +54,8 @@ export class Model {
     const config = configFromHF(readJson<Json>(cfgFile, 'model config'), cfgFile);
     const tokFile = path.join(dir, 'tokenizer.json');
     const hasTok = fs.existsSync(tokFile);
-    const tokenizer = hasTok ? loadTokenizer(dir) : new ByteTokenizer();
+    // undo-native's byte tokenizer, or a Hugging Face tokenizer.json (specials: tokenizer_config.json, then config.json's ids)
+    const tokenizer = hasTok ? loadAnyTokenizer(dir, { bos: config.bosTokenId, eos: config.eosTokenId, pad: config.padTokenId }) : new ByteTokenizer();
     if (hasTok && tokenizer.vocabSize > config.vocabSize) {
       throw new UndoError(`${tokFile}: the tokenizer has ${tokenizer.vocabSize} tokens but ${cfgFile} says vocab_size ${config.vocabSize}`);
     }
