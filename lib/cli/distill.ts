@@ -6,7 +6,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { Command, InvalidArgumentError, Option } from 'commander';
-import { Batcher, packDocuments, splitTrainVal } from '../data/datasets';
+import { Batcher, Document, packDocuments, splitTrainVal } from '../data/datasets';
 import { checkCompatible, distill } from '../distill/distill';
 import { UndoError } from '../core/errors';
 import { evalArithmetic, evalDivergence, evalPackedLoss } from '../train/evaluate';
@@ -99,11 +99,11 @@ export function registerDistillCommand(program: Command, k: CliKit): void {
         ? Model.create(configFromHF(readJson<Record<string, unknown>>(o.student, 'student config'), o.student), { seed: o.seed }, tok)
         : Model.load(o.student);
     if (teacherModel) checkCompatible(student, teacherModel);
-    const allDocs = documentsFrom(o.data, '--data', o.docs, o.seed);
+    const allDocs = documentsFrom(o.data, '--data', o.docs, o.seed, { tokenizer: student.tokenizer });
     // held-out evaluation documents: --eval-data, or a slice of --data (an offline store was made over all
     // of --data, so its windows must stay as they are: then nothing is held out unless --eval-data is given)
-    const split = o.evalData || offline ? { train: allDocs, val: [] as string[] } : splitTrainVal(allDocs, o.valFraction, o.seed);
-    const evalDocs = o.evalData ? documentsFrom(o.evalData, '--eval-data', Math.max(200, Math.round(o.docs * o.valFraction)), o.seed + 1) : split.val;
+    const split = o.evalData || offline ? { train: allDocs, val: [] as Document[] } : splitTrainVal(allDocs, o.valFraction, o.seed);
+    const evalDocs = o.evalData ? documentsFrom(o.evalData, '--eval-data', Math.max(200, Math.round(o.docs * o.valFraction)), o.seed + 1, { tokenizer: student.tokenizer }) : split.val;
     const data = packed(split.train, student, o.seqLen, o.seed, '--data');
     const evalSet = evalDocs.length ? packDocuments(student.tokenizer, evalDocs.slice(0, 400), o.seqLen, { seed: o.seed }) : undefined;
     const batcher = new Batcher(data, { batchSize: o.batchSize, seed: o.seed });
