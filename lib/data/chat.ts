@@ -12,7 +12,8 @@
  * @huggingface/jinja with messages, bos_token, eos_token, pad_token, unk_token,
  * add_generation_prompt = false (raise_exception() and strftime_now() are the library's own), as
  * transformers' apply_chat_template does. The rendered text is tokenised as is (no specials added: the template
- * writes its own, e.g. bos_token), like apply_chat_template(tokenize=True).
+ * writes its own, e.g. bos_token), like apply_chat_template(tokenize=True). The library's
+ * str.strip/lstrip/rstrip ignore their argument; patchJinjaStrip() restores Python's behaviour.
  *
  * Assistant spans, by incremental rendering and diffing. For assistant message i:
  *   start = length of render(messages[0..i), add_generation_prompt = true), which must be a prefix
@@ -39,7 +40,7 @@
  */
 import * as fs from 'fs';
 import * as path from 'path';
-import { Template } from '@huggingface/jinja';
+import { Environment, Template } from '@huggingface/jinja';
 import { describeError, UndoError } from '../core/errors';
 import { loadDocuments, TokenDocument, Document } from './datasets';
 import { HFTokenizer } from './hf_tokenizer';
@@ -68,6 +69,56 @@ export interface RenderedChat {
 
 const templates = new Map<string, Template>();
 
+/** Python's str.strip / lstrip / rstrip: `chars` (a string) or, when null/undefined, whitespace. */
+export function pyStrip(s: string, chars: unknown, left: boolean, right: boolean): string {
+  if (typeof chars !== 'string') return left && right ? s.trim() : left ? s.trimStart() : s.trimEnd();
+  let a = 0;
+  let b = s.length;
+  if (left) while (a < b && chars.includes(s[a])) a++;
+  if (right) while (b > a && chars.includes(s[b - 1])) b--;
+  return s.slice(a, b);
+}
+
+type RuntimeValue = { value: unknown };
+let stripPatched = false;
+
+/**
+ * @huggingface/jinja 0.5.13 ignores the argument of str.strip/lstrip/rstrip (`content.lstrip('\n')`
+ * strips spaces too), which changes what e.g. Qwen3's template renders compared with transformers. This
+ * replaces those three string methods with Python's behaviour, on the library's string value class (found
+ * through a value of a jinja Environment); if the library's internals differ, it changes nothing.
+ */
+function patchJinjaStrip(): void {
+  if (stripPatched) return;
+  stripPatched = true;
+  const env = new Environment();
+  env.set('s', 'x');
+  const sample = env.lookupVariable('s') as unknown as { builtins?: Map<string, unknown> };
+  const proto = Object.getPrototypeOf(sample) as object;
+  const desc = Object.getOwnPropertyDescriptor(proto, 'builtins');
+  const strip = sample.builtins?.get('strip');
+  if (!desc?.get || !strip || typeof (sample as RuntimeValue).value !== 'string') return;
+  const StringValue = sample.constructor as new (v: string) => unknown;
+  const FunctionValue = (strip as object).constructor as new (f: (args: RuntimeValue[]) => unknown) => unknown;
+  const original = desc.get;
+  const done = new WeakSet<object>();
+  Object.defineProperty(proto, 'builtins', {
+    configurable: true,
+    get(this: RuntimeValue) {
+      const map = original.call(this) as Map<string, unknown>;
+      if (!done.has(map)) {
+        done.add(map);
+        const value = this.value as string;
+        const method = (left: boolean, right: boolean) => new FunctionValue((args) => new StringValue(pyStrip(value, args[0]?.value, left, right)));
+        map.set('strip', method(true, true));
+        map.set('lstrip', method(true, false));
+        map.set('rstrip', method(false, true));
+      }
+      return map;
+    },
+  });
+}
+
 /** The chat template of the tokenizer, or an UndoError naming the file that lacks it. */
 export function chatTemplateOf(tok: Tokenizer, where: string): string {
   if (tok.chatTemplate) return tok.chatTemplate;
@@ -78,6 +129,7 @@ export function chatTemplateOf(tok: Tokenizer, where: string): string {
 }
 
 function compile(template: string, where: string): Template {
+  patchJinjaStrip();
   let t = templates.get(template);
   if (!t) {
     try {
