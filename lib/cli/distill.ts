@@ -11,10 +11,10 @@ import { checkCompatible, distill } from '../distill/distill';
 import { UndoError } from '../core/errors';
 import { evalArithmetic, evalDivergence, evalPackedLoss } from '../train/evaluate';
 import { LOSS_NAMES, LossName } from '../train/losses';
-import { configFromHF, Model, presetConfig, PRESETS } from '../models/model';
+import { configFromHF, loadModelTokenizer, Model, presetConfig, PRESETS } from '../models/model';
 import { readJson } from '../core/fsutil';
-import { expectationFor, openTeacherStore } from '../distill/teacher_store';
-import { ByteTokenizer } from '../data/tokenizer';
+import { expectationFor, openTeacherStore, tokenizerHash } from '../distill/teacher_store';
+import { ByteTokenizer, Tokenizer } from '../data/tokenizer';
 import { ALL_OPS } from '../tasks/arithmetic';
 import { biographyMetrics } from '../tasks/biographies';
 import { parseStopCondition, StopCondition, stopTest, TrainConfig } from '../train/train';
@@ -93,7 +93,7 @@ export function registerDistillCommand(program: Command, k: CliKit): void {
       offline = fs.existsSync(path.join(o.teacher, 'manifest.json'));
       if (!offline) teacherModel = Model.load(o.teacher);
     }
-    const tok = teacherModel?.tokenizer ?? new ByteTokenizer();
+    const tok = teacherModel?.tokenizer ?? (offline ? storeTokenizer(o.teacher!) : new ByteTokenizer());
     const student = PRESETS[o.student] ? Model.create(presetConfig(o.student, tok), { seed: o.seed }, tok)
       : o.student.endsWith('.json') && fs.existsSync(o.student) && fs.statSync(o.student).isFile()
         ? Model.create(configFromHF(readJson<Record<string, unknown>>(o.student, 'student config'), o.student), { seed: o.seed }, tok)
@@ -160,6 +160,21 @@ export function registerDistillCommand(program: Command, k: CliKit): void {
       for (const key of Object.keys(s)) console.log(`${key.padEnd(24)} ${cell(key, teacherMetrics?.[key])} ${cell(key, s[key])}`);
     }
   });
+}
+
+/**
+ * The tokenizer of an offline teacher store, for the student: the store's teacher directory (manifest
+ * teacher.source) when it still holds a tokenizer.json of the store's tokenizer hash, else the byte tokenizer
+ * (a store of another tokenizer is then refused by the store's expectation check).
+ */
+function storeTokenizer(dir: string): Tokenizer {
+  const m = readJson<{ teacher?: { source?: unknown }; tokenizer?: { sha256?: unknown } }>(path.join(dir, 'manifest.json'), 'teacher store manifest');
+  const source = m.teacher?.source;
+  if (typeof source === 'string' && fs.existsSync(path.join(source, 'tokenizer.json'))) {
+    const tok = loadModelTokenizer(source);
+    if (tokenizerHash(tok) === m.tokenizer?.sha256) return tok;
+  }
+  return new ByteTokenizer();
 }
 
 function optimCfg(o: { steps: number; lr: number; warmup: number }): Omit<TrainConfig, 'evalEvery'> {

@@ -125,7 +125,7 @@ export function chatTemplateOf(tok: Tokenizer, where: string): string {
   const file = tok instanceof HFTokenizer ? path.join(path.dirname(tok.source), 'tokenizer_config.json') : undefined;
   throw new UndoError(`${where}: chat data needs a chat template, but the model's tokenizer has none`,
     file ? `${file} has no "chat_template" (nor is there a chat_template.jinja next to it)`
-      : 'the built-in byte tokenizer has no chat template: use a model whose tokenizer_config.json has a "chat_template"');
+      : 'the built-in byte tokenizer has no chat template: use a model (or pretrain --tokenizer DIR) whose tokenizer_config.json has a "chat_template"');
 }
 
 function compile(template: string, where: string): Template {

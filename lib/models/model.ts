@@ -54,8 +54,7 @@ export class Model {
     const config = configFromHF(readJson<Json>(cfgFile, 'model config'), cfgFile);
     const tokFile = path.join(dir, 'tokenizer.json');
     const hasTok = fs.existsSync(tokFile);
-    // undo-native's byte tokenizer, or a Hugging Face tokenizer.json (specials: tokenizer_config.json, then config.json's ids)
-    const tokenizer = hasTok ? loadAnyTokenizer(dir, { bos: config.bosTokenId, eos: config.eosTokenId, pad: config.padTokenId }) : new ByteTokenizer();
+    const tokenizer = loadModelTokenizer(dir, config);
     if (hasTok && tokenizer.vocabSize > config.vocabSize) {
       throw new UndoError(`${tokFile}: the tokenizer has ${tokenizer.vocabSize} tokens but ${cfgFile} says vocab_size ${config.vocabSize}`);
     }
@@ -138,6 +137,18 @@ export class Model {
       for (const [name, data] of Object.entries(extra)) writeFileAtomic(path.join(tmp, name), data);
     });
   }
+}
+
+/**
+ * The tokenizer of a model directory, as Model.load reads it: undo-native's byte tokenizer, or a Hugging Face
+ * tokenizer.json (specials from tokenizer_config.json, then config.json's ids); the byte tokenizer when there
+ * is no tokenizer.json. `config` defaults to the directory's config.json.
+ */
+export function loadModelTokenizer(dir: string, config?: ModelConfig): Tokenizer {
+  if (!fs.existsSync(path.join(dir, 'tokenizer.json'))) return new ByteTokenizer();
+  const cfgFile = path.join(dir, 'config.json');
+  const c = config ?? configFromHF(readJson<Json>(cfgFile, 'model config'), cfgFile);
+  return loadAnyTokenizer(dir, { bos: c.bosTokenId, eos: c.eosTokenId, pad: c.padTokenId });
 }
 
 /** Build a directory in a temporary sibling, then swap it into place by rename. */
