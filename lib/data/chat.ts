@@ -16,18 +16,18 @@
  * str.strip/lstrip/rstrip ignore their argument; patchJinjaStrip() restores Python's behaviour.
  *
  * Assistant spans, by incremental rendering and diffing. For assistant message i:
- *   start = length of render(messages[0..i), add_generation_prompt = true), which must be a prefix
- *           of the full render (it is for the usual templates: the generation prompt is exactly
- *           what precedes an assistant turn);
- *   end   = length of render(messages[0..i]) when that is a prefix of the full render too. Some
- *           templates render a last message differently (Qwen3 adds an empty <think></think> block
- *           to a final assistant turn only; Llama 3's template always ends with an assistant
- *           header); then the end is found by matching that turn's own rendering, from the tail
- *           that still holds the message content, against the full render.
- * Trailing whitespace is left out, and in tokens the span stops at the first special token after
- * the content: the turn's end marker (<|im_end|>, <|eot_id|>, <end_of_turn>) is trained on, so the
- * model learns to stop, and nothing after it is. {% generation %} markers are not needed (the jinja
- * library renders their body like any text).
+ *   start       = length of render(messages[0..i), add_generation_prompt = true), which must be a
+ *                 prefix of the full render (it is for the usual templates: the generation prompt is
+ *                 exactly what precedes an assistant turn);
+ *   content end = where the full render and a render with message i's content replaced by a sentinel
+ *                 stop agreeing from the back (the common suffix of the two). This holds for templates
+ *                 that render a turn differently depending on what follows (Qwen3 writes the reasoning
+ *                 of the last turns only, and an empty <think></think> block; Llama 3's template always
+ *                 ends with an assistant header), since only message i differs between the two renders.
+ * In tokens the turn runs from start through the content to the first special token after it: the
+ * turn's end marker (<|im_end|>, <|eot_id|>, <end_of_turn>) is trained on, so the model learns to stop,
+ * and nothing after it is. {% generation %} markers are not needed (the jinja library renders their
+ * body like any text).
  *
  * Characters to tokens. @huggingface/tokenizers gives no offsets, so a character boundary b is
  * mapped to a token index by tokenising text[0..b): the boundary token index is the length of the
@@ -53,11 +53,11 @@ export interface ChatMessage {
   [field: string]: unknown;
 }
 
-/** The characters [start, end) of one assistant turn in a rendered conversation. */
+/** Where one assistant turn lies in a rendered conversation (character offsets). */
 export interface AssistantSpan {
+  /** End of the generation prompt before the turn: the first character the assistant writes. */
   start: number;
-  end: number;
-  /** Where the message content ends (−1: not found as is); the loss stops at the first special token after it. */
+  /** End of the message content; the turn runs on to the first special token after it (its end marker). */
   contentEnd: number;
 }
 
@@ -174,6 +174,23 @@ export function checkMessages(messages: unknown, where: string): ChatMessage[] {
   return messages as ChatMessage[];
 }
 
+/** Stands in for an assistant message's content when diffing renders (private-use characters no text starts or ends with). */
+const SENTINEL = '\uE000undo-native:assistant-content\uE001';
+
+/** Length of the common prefix of a and b. */
+function commonPrefix(a: string, b: string): number {
+  let n = 0;
+  while (n < a.length && n < b.length && a.charCodeAt(n) === b.charCodeAt(n)) n++;
+  return n;
+}
+
+/** Length of the common suffix of a and b, at most `max`. */
+function commonSuffix(a: string, b: string, max: number): number {
+  let n = 0;
+  while (n < max && a.charCodeAt(a.length - 1 - n) === b.charCodeAt(b.length - 1 - n)) n++;
+  return n;
+}
+
 /** Render a conversation and find its assistant spans (see the module comment). */
 export function renderWithSpans(template: string, messages: readonly ChatMessage[], tok: Tokenizer, where: string): RenderedChat {
   const text = renderChat(template, messages, tok, false, where);
@@ -185,32 +202,17 @@ export function renderWithSpans(template: string, messages: readonly ChatMessage
       throw new UndoError(`${where}: cannot find assistant messages[${i}] in the rendered conversation: the template renders the messages before it differently once more follow`,
         'the chat template must render a conversation prefix (plus the generation prompt) as a prefix of the whole');
     }
-    const start = before.length;
-    const upTo = renderChat(template, messages.slice(0, i + 1), tok, false, `${where} (messages[0..${i}])`);
-    const content = typeof m.content === 'string' ? m.content.trim() : '';
-    let end = text.startsWith(upTo) ? upTo.length : upTo.startsWith(before) ? matchTurn(text, start, upTo.slice(start), content) : -1;
-    if (end < 0) throw new UndoError(`${where}: cannot find the content of assistant messages[${i}] in the rendered conversation`);
-    while (end > start && /\s/.test(text[end - 1])) end--;
-    const at = content ? text.indexOf(content, start) : -1;
-    const contentEnd = at >= 0 && at + content.length <= end ? at + content.length : -1;
-    if (end > start) assistant.push({ start, end, contentEnd });
+    const swapped = messages.map((x, j) => (j === i ? { ...x, content: SENTINEL } : x));
+    const other = renderChat(template, swapped, tok, false, `${where} (messages[${i}] content replaced)`);
+    const p = commonPrefix(text, other);
+    if (p < before.length || !other.includes(SENTINEL)) {
+      throw new UndoError(`${where}: cannot find the content of assistant messages[${i}] in the rendered conversation`,
+        'the chat template must write an assistant message\'s content into the text');
+    }
+    const contentEnd = text.length - commonSuffix(text, other, Math.min(text.length, other.length) - p);
+    assistant.push({ start: before.length, contentEnd });
   });
   return { text, assistant };
-}
-
-/**
- * Where the turn's own rendering `turn` (of messages[0..i] alone) ends in `text`, for templates that render
- * a turn differently when it is not last: the first tail of `turn` still holding `content` that `text`
- * continues with at `start`, extended as far as both agree. −1 if there is none.
- */
-function matchTurn(text: string, start: number, turn: string, content: string): number {
-  const ci = content ? turn.indexOf(content) : -1;
-  for (let l = 0; l <= ci; l++) {
-    let n = 0;
-    while (l + n < turn.length && start + n < text.length && turn[l + n] === text[start + n]) n++;
-    if (n >= ci - l + content.length) return start + n;
-  }
-  return -1;
 }
 
 /** Token index of character boundary `b` of `text`, whose ids are `ids` (see the module comment). */
@@ -224,26 +226,25 @@ function tokenBoundary(tok: Tokenizer, text: string, ids: Int32Array, b: number)
 }
 
 /**
- * Tokenise text (no specials added) and mark the tokens of the assistant spans for loss. A span stops at
- * the first special token after its content (the end-of-turn marker: <|eot_id|>, <|im_end|>,
- * <end_of_turn>), so whatever a template writes after it (Llama 3's trailing assistant header) is not trained.
+ * Tokenise text (no specials added) and mark the tokens of the assistant turns for loss: from the turn's
+ * start through its content and on to the first special token after the content (the end-of-turn marker:
+ * <|eot_id|>, <|im_end|>, <end_of_turn>), but not into the next turn.
  */
 export function maskedDocument(tok: Tokenizer, text: string, spans: readonly AssistantSpan[]): TokenDocument {
   const ids = tok.encode(text);
   const loss = new Uint8Array(ids.length);
-  for (const span of spans) {
-    const s = tokenBoundary(tok, text, ids, span.start);
-    let e = tokenBoundary(tok, text, ids, span.end);
-    if (span.contentEnd >= 0) {
-      for (let j = tokenBoundary(tok, text, ids, span.contentEnd); j < e; j++) {
-        if (tok.isSpecial(ids[j])) {
-          e = j + 1;
-          break;
-        }
+  const starts = spans.map((sp) => tokenBoundary(tok, text, ids, sp.start));
+  spans.forEach((sp, k) => {
+    const limit = k + 1 < spans.length ? starts[k + 1] : ids.length;
+    let e = tokenBoundary(tok, text, ids, sp.contentEnd);
+    for (let j = e; j < limit; j++) {
+      if (tok.isSpecial(ids[j])) {
+        e = j + 1;
+        break;
       }
     }
-    loss.fill(1, s, e);
-  }
+    loss.fill(1, starts[k], e);
+  });
   return { ids, loss, text };
 }
 
