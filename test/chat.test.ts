@@ -216,6 +216,7 @@ test('bad chat input: clear errors naming the file, line and field', () => {
   assert.ok(e.hint?.includes(path.join(lenmlDir('qwen3'), 'tokenizer_config.json')), e.hint);
   const eb = throwsUndo(() => loadDataFile(write('ok3.jsonl', [ok]), new ByteTokenizer()), 'ok3.jsonl:1', 'needs a chat template');
   assert.ok(eb.hint?.includes('byte tokenizer'), eb.hint);
+  throwsUndo(() => loadDataFile(path.join(tmp, 'absent.jsonl'), q), 'absent.jsonl', 'not found');
   // chat data where no tokenizer is at hand
   throwsUndo(() => loadDataFile(write('ok4.jsonl', [ok])), 'ok4.jsonl:1', "needs the model's tokenizer");
 });

@@ -38,10 +38,10 @@
  * encodeDocument(prompt + completion) (EOS appended if the tokenizer adds none), loss on the
  * completion's tokens and the EOS.
  */
-import * as fs from 'fs';
 import * as path from 'path';
 import { Environment, Template } from '@huggingface/jinja';
 import { describeError, UndoError } from '../core/errors';
+import { readFileOrThrow } from '../core/fsutil';
 import { loadDocuments, TokenDocument, Document } from './datasets';
 import { HFTokenizer } from './hf_tokenizer';
 import type { Tokenizer } from './tokenizer';
@@ -329,15 +329,8 @@ export function loadDataFile(file: string, tok?: Tokenizer): Document[] {
   return docs;
 }
 
-/** The file's text (errors as in loadDocuments), BOM removed. */
+/** The file's text, byte-order mark removed; a missing or unreadable file is an UndoError naming it. */
 function loadDocumentsText(file: string): string {
-  let text: string;
-  try {
-    text = fs.readFileSync(file, 'utf8');
-  } catch (e) {
-    // loadDocuments words the usual cases (not found, a directory)
-    loadDocuments(file);
-    throw new UndoError(`cannot read dataset file ${file}: ${describeError(e)}`);
-  }
+  const text = readFileOrThrow(file, 'dataset file').toString('utf8');
   return text.charCodeAt(0) === 0xfeff ? text.slice(1) : text;
 }
