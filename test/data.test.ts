@@ -5,7 +5,8 @@ import * as os from 'os';
 import * as path from 'path';
 import { ByteTokenizer } from '../lib/data/tokenizer';
 import { Rng, mixSeeds } from '../lib/core/rng';
-import { loadDocuments, splitParagraphs, packDocuments, splitTrainVal, Batcher, PackedDataset } from '../lib/data/datasets';
+import { loadDocuments, splitParagraphs, packDocuments, splitTrainVal, Batcher, PackedDataset, Document, documentText, IGNORE_INDEX, TokenDocument } from '../lib/data/datasets';
+import { dataHash } from '../lib/distill/teacher_store';
 import { throwsUndo } from './helpers';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'undo-data-'));
@@ -282,6 +283,63 @@ test('Batcher: dataset smaller than a batch wraps across epochs; empty dataset i
   assert.is(empty.count, 0);
   assert.instance(empty, PackedDataset);
   throwsUndo(() => new Batcher(empty, { batchSize: 1 }), 'empty dataset', '17 tokens');
+});
+
+// ------------------------------------------------------------------------------------------
+// documents with a loss mask
+// ------------------------------------------------------------------------------------------
+
+/** A TokenDocument of the byte tokenizer: <bos> + text, loss on the tokens from index `from` on. */
+function maskedDoc(text: string, from: number): TokenDocument {
+  const ids = tok.encode(text, { bos: true });
+  const loss = new Uint8Array(ids.length);
+  loss.fill(1, from);
+  return { ids, loss, text };
+}
+
+test('packDocuments: masked documents keep their tokens, their masked targets are IGNORE_INDEX; plain text has no labels', () => {
+  const plain = packDocuments(tok, ['ab', 'cde'], 3, { shuffle: false });
+  assert.is(plain.labels, undefined);
+  assert.equal(Array.from(plain.targets(0)), Array.from(plain.tokens.subarray(1, 4)));
+  // same stream with a mask: tokens identical, targets masked where loss is 0
+  const docs: Document[] = [maskedDoc('ab', 2), 'cde'];
+  const masked = packDocuments(tok, docs, 3, { shuffle: false });
+  assert.equal(Array.from(masked.tokens), Array.from(plain.tokens));
+  assert.equal(Array.from(masked.labels!), [IGNORE_INDEX, IGNORE_INDEX, 98, BOS, 99, 100, 101]);
+  assert.equal(Array.from(masked.targets(0)), [IGNORE_INDEX, 98, BOS]);
+  assert.equal(Array.from(masked.targets(1)), [99, 100, 101]);
+  // a fully trained TokenDocument packs exactly like its text
+  const full = packDocuments(tok, [maskedDoc('ab', 0), 'cde'], 3, { shuffle: false });
+  assert.is(full.labels, undefined);
+  assert.equal(Array.from(full.tokens), Array.from(plain.tokens));
+  // shuffling moves masked documents with their masks
+  const many: Document[] = Array.from({ length: 30 }, (_, i) => (i % 2 ? `plain${i}` : maskedDoc(`q${i}?a${i}`, 4)));
+  const shuffled = packDocuments(tok, many, 8, { seed: 5 });
+  let ignored = 0;
+  for (let i = 0; i < shuffled.tokens.length; i++) {
+    const l = shuffled.labels![i];
+    if (l === IGNORE_INDEX) ignored++;
+    else assert.is(l, shuffled.tokens[i]);
+  }
+  assert.ok(ignored > 15 * 3, `ignored ${ignored}`);
+  assert.equal(Array.from(packDocuments(tok, many, 8, { seed: 5 }).labels!), Array.from(shuffled.labels!));
+});
+
+test('packDocuments: malformed token documents are errors; documentText', () => {
+  const bad = { ids: Int32Array.from([1, 2]), loss: new Uint8Array(1) };
+  throwsUndo(() => packDocuments(tok, ['x', bad], 4), 'document 1', 'loss mask has 1 entries for 2 tokens');
+  throwsUndo(() => packDocuments(tok, [{ ids: [1, 2], loss: [1, 1] } as unknown as Document], 4), 'document 0', 'neither a string');
+  assert.is(documentText('abc'), 'abc');
+  assert.is(documentText(maskedDoc('hi', 0)), 'hi');
+  assert.is(documentText({ ids: new Int32Array(0), loss: new Uint8Array(0) }), '');
+});
+
+test('teacher store data identity: the label stream counts for masked data only', () => {
+  const plain = packDocuments(tok, ['ab', 'cde'], 3, { shuffle: false });
+  const masked = packDocuments(tok, [maskedDoc('ab', 2), 'cde'], 3, { shuffle: false });
+  const full = packDocuments(tok, [maskedDoc('ab', 0), 'cde'], 3, { shuffle: false });
+  assert.is(dataHash(full), dataHash(plain));
+  assert.is.not(dataHash(masked), dataHash(plain));
 });
 
 test.run();

@@ -6,15 +6,15 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { Command, InvalidArgumentError, Option } from 'commander';
-import { Batcher, packDocuments, splitTrainVal } from '../data/datasets';
+import { Batcher, Document, packDocuments, splitTrainVal } from '../data/datasets';
 import { checkCompatible, distill } from '../distill/distill';
 import { UndoError } from '../core/errors';
 import { evalArithmetic, evalDivergence, evalPackedLoss } from '../train/evaluate';
 import { LOSS_NAMES, LossName } from '../train/losses';
-import { configFromHF, Model, presetConfig, PRESETS } from '../models/model';
+import { configFromHF, loadModelTokenizer, Model, presetConfig, PRESETS } from '../models/model';
 import { readJson } from '../core/fsutil';
-import { expectationFor, openTeacherStore } from '../distill/teacher_store';
-import { ByteTokenizer } from '../data/tokenizer';
+import { expectationFor, openTeacherStore, tokenizerHash } from '../distill/teacher_store';
+import { ByteTokenizer, Tokenizer } from '../data/tokenizer';
 import { ALL_OPS } from '../tasks/arithmetic';
 import { biographyMetrics } from '../tasks/biographies';
 import { parseStopCondition, StopCondition, stopTest, TrainConfig } from '../train/train';
@@ -93,17 +93,17 @@ export function registerDistillCommand(program: Command, k: CliKit): void {
       offline = fs.existsSync(path.join(o.teacher, 'manifest.json'));
       if (!offline) teacherModel = Model.load(o.teacher);
     }
-    const tok = teacherModel?.tokenizer ?? new ByteTokenizer();
+    const tok = teacherModel?.tokenizer ?? (offline ? storeTokenizer(o.teacher!) : new ByteTokenizer());
     const student = PRESETS[o.student] ? Model.create(presetConfig(o.student, tok), { seed: o.seed }, tok)
       : o.student.endsWith('.json') && fs.existsSync(o.student) && fs.statSync(o.student).isFile()
         ? Model.create(configFromHF(readJson<Record<string, unknown>>(o.student, 'student config'), o.student), { seed: o.seed }, tok)
         : Model.load(o.student);
     if (teacherModel) checkCompatible(student, teacherModel);
-    const allDocs = documentsFrom(o.data, '--data', o.docs, o.seed);
+    const allDocs = documentsFrom(o.data, '--data', o.docs, o.seed, { tokenizer: student.tokenizer });
     // held-out evaluation documents: --eval-data, or a slice of --data (an offline store was made over all
     // of --data, so its windows must stay as they are: then nothing is held out unless --eval-data is given)
-    const split = o.evalData || offline ? { train: allDocs, val: [] as string[] } : splitTrainVal(allDocs, o.valFraction, o.seed);
-    const evalDocs = o.evalData ? documentsFrom(o.evalData, '--eval-data', Math.max(200, Math.round(o.docs * o.valFraction)), o.seed + 1) : split.val;
+    const split = o.evalData || offline ? { train: allDocs, val: [] as Document[] } : splitTrainVal(allDocs, o.valFraction, o.seed);
+    const evalDocs = o.evalData ? documentsFrom(o.evalData, '--eval-data', Math.max(200, Math.round(o.docs * o.valFraction)), o.seed + 1, { tokenizer: student.tokenizer }) : split.val;
     const data = packed(split.train, student, o.seqLen, o.seed, '--data');
     const evalSet = evalDocs.length ? packDocuments(student.tokenizer, evalDocs.slice(0, 400), o.seqLen, { seed: o.seed }) : undefined;
     const batcher = new Batcher(data, { batchSize: o.batchSize, seed: o.seed });
@@ -160,6 +160,21 @@ export function registerDistillCommand(program: Command, k: CliKit): void {
       for (const key of Object.keys(s)) console.log(`${key.padEnd(24)} ${cell(key, teacherMetrics?.[key])} ${cell(key, s[key])}`);
     }
   });
+}
+
+/**
+ * The tokenizer of an offline teacher store, for the student: the store's teacher directory (manifest
+ * teacher.source) when it still holds a tokenizer.json of the store's tokenizer hash, else the byte tokenizer
+ * (a store of another tokenizer is then refused by the store's expectation check).
+ */
+function storeTokenizer(dir: string): Tokenizer {
+  const m = readJson<{ teacher?: { source?: unknown }; tokenizer?: { sha256?: unknown } }>(path.join(dir, 'manifest.json'), 'teacher store manifest');
+  const source = m.teacher?.source;
+  if (typeof source === 'string' && fs.existsSync(path.join(source, 'tokenizer.json'))) {
+    const tok = loadModelTokenizer(source);
+    if (tokenizerHash(tok) === m.tokenizer?.sha256) return tok;
+  }
+  return new ByteTokenizer();
 }
 
 function optimCfg(o: { steps: number; lr: number; warmup: number }): Omit<TrainConfig, 'evalEvery'> {

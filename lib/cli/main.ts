@@ -6,7 +6,8 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import * as cliProgress from 'cli-progress';
-import { Batcher, loadDocuments, packDocuments, splitTrainVal } from '../data/datasets';
+import { Batcher, Document, packDocuments, splitTrainVal } from '../data/datasets';
+import { loadDataFile } from '../data/chat';
 import { describeError, UndoError } from '../core/errors';
 import { arithmeticMetrics, evalArithmetic, evalPackedLoss, evalTextLoss } from '../train/evaluate';
 import { generateText } from '../models/generate';
@@ -15,7 +16,7 @@ import { configFromHF, Model, presetConfig, PRESETS } from '../models/model';
 import { native } from '../core/native';
 import { ALL_OPS, generateArithmeticCorpus, Op } from '../tasks/arithmetic';
 import { biographyMetrics, builtinBiographyDocs } from '../tasks/biographies';
-import { ByteTokenizer } from '../data/tokenizer';
+import { ByteTokenizer, loadAnyTokenizer, Tokenizer } from '../data/tokenizer';
 import { parseStopCondition, StopCondition, stopTest, train, TrainConfig, TrainOptions } from '../train/train';
 import { registerUndoCommand, registerUnlearningCommands } from './unlearn';
 import { registerTeacherCommands } from './teacher';
@@ -100,6 +101,7 @@ function trainingUi(steps: number, enabled: boolean) {
 }
 
 interface PretrainOpts {
+  tokenizer?: string;
   task?: string;
   data?: string;
   ops: Op[];
@@ -138,23 +140,24 @@ async function pretrain(o: PretrainOpts): Promise<void> {
   if (!o.task && !o.data) o.task = 'arithmetic';
   if (o.task && o.task !== 'arithmetic' && o.task !== 'biographies') throw new UndoError(`unknown task "${o.task}"`, 'built-in tasks: arithmetic, biographies');
   if (o.task && o.data) throw new UndoError('give either --task or --data, not both');
-  const tok = new ByteTokenizer();
+  let tok: Tokenizer = o.tokenizer ? loadAnyTokenizer(o.tokenizer) : new ByteTokenizer();
   let model: Model;
   if (o.resume) {
     model = Model.load(o.out);
+    tok = model.tokenizer;
   } else {
     let cfg;
     if (o.config) {
       const file = o.config;
       cfg = configFromHF(readJson<Record<string, unknown>>(file, 'model config'), file);
-      if (cfg.vocabSize < tok.vocabSize) throw new UndoError(`${file}: vocab_size ${cfg.vocabSize} is smaller than the byte tokenizer's ${tok.vocabSize}`);
+      if (cfg.vocabSize < tok.vocabSize) throw new UndoError(`${file}: vocab_size ${cfg.vocabSize} is smaller than the ${o.tokenizer ? `tokenizer's (${o.tokenizer})` : "byte tokenizer's"} ${tok.vocabSize}`);
     } else {
       cfg = presetConfig(o.preset, tok);
     }
     model = Model.create(cfg, { seed: o.seed, init: o.init, std: o.initStd }, tok);
   }
-  let docs: string[];
-  if (o.data) docs = loadDocuments(o.data);
+  let docs: Document[];
+  if (o.data) docs = loadDataFile(o.data, tok);
   else if (o.task === 'biographies') docs = builtinBiographyDocs('all', o.seed);
   else docs = generateArithmeticCorpus({ ops: o.ops, count: o.docs, seed: o.seed, wordProblemFraction: o.wordProblems });
   const { train: trainDocs, val: valDocs } = splitTrainVal(docs, o.valFraction, o.seed);
@@ -215,7 +218,8 @@ export function buildProgram(): Command {
     program.command('pretrain')
       .description('train a model from scratch on a built-in task or a text/JSONL file')
       .option('--task <name>', 'built-in task: arithmetic (default when --data is not given) or biographies')
-      .option('--data <file>', 'training text (.txt: paragraphs) or JSONL ({"text": ...} per line)')
+      .option('--data <file>', 'training data: .txt paragraphs, or JSONL of {"text"}, {"prompt", "completion"} or chat {"messages"} lines (chat: loss on the assistant turns; needs a tokenizer with a chat template)')
+      .option('--tokenizer <dir>', 'a Hugging Face tokenizer (a directory with tokenizer.json, or the file) for the new model instead of the byte tokenizer')
       .option('--ops <list>', 'arithmetic operations to train on', parseOps, [...ALL_OPS] as Op[])
       .addOption(new Option('--preset <name>', 'model size').choices(Object.keys(PRESETS)).default('tiny'))
       .option('--config <file>', 'a Hugging Face config.json instead of a preset')

@@ -57,7 +57,7 @@ export function registerTeacherCommands(program: Command, k: CliKit): void {
     if (o.topk > teacher.config.vocabSize) {
       throw new UndoError(`--topk ${o.topk} is larger than the teacher's vocabulary (${teacher.config.vocabSize})`);
     }
-    const docs = documentsFrom(o.data, '--data', o.docs, o.seed);
+    const docs = documentsFrom(o.data, '--data', o.docs, o.seed, { tokenizer: teacher.tokenizer });
     const data = packDocuments(teacher.tokenizer, docs, o.seqLen, { seed: o.seed });
     if (data.count === 0) throw new UndoError(`--data: not enough text for one window of ${o.seqLen + 1} tokens`);
     const recordBytes = new TopKCodec(o.topk, teacher.config.vocabSize).recordBytes;

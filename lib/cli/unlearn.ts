@@ -3,7 +3,9 @@
  * lib/cli/main.ts; each is a thin shell over lib/unlearn/noise.ts, lib/unlearn/unlearn.ts, lib/distill/distill.ts and lib/unlearn/relearn.ts.
  */
 import { Command, InvalidArgumentError, Option } from 'commander';
-import { Batcher, loadDocuments, packDocuments, PackedDataset } from '../data/datasets';
+import { Batcher, Document, documentText, packDocuments, PackedDataset } from '../data/datasets';
+import { loadDataFile } from '../data/chat';
+import type { Tokenizer } from '../data/tokenizer';
 import { distill } from '../distill/distill';
 import { UndoError } from '../core/errors';
 import { evalArithmetic } from '../train/evaluate';
@@ -27,11 +29,21 @@ export interface CliKit {
   arithmeticMetrics: (s: Awaited<ReturnType<typeof evalArithmetic>>) => Record<string, number>;
 }
 
+/** Options of {@link documentsFrom}. */
+export interface DataSpecOptions {
+  /** The model's tokenizer: chat and prompt/completion files are rendered and tokenised with it. */
+  tokenizer?: Tokenizer;
+  /** Fraction of word problems in generated arithmetic (default 0.25). */
+  wordProblems?: number;
+}
+
 /**
- * Documents from a data spec: `arithmetic:add,sub` (the built-in task with those operations) or a file
- * (.txt paragraphs or JSONL).
+ * Documents from a data spec: `arithmetic:add,sub` (the built-in task with those operations),
+ * `biographies:forget|retain|all`, or a file: .txt paragraphs, or JSONL whose lines are chat
+ * ({"messages"}), prompt/completion or text records (lib/data/chat.ts loadDataFile; chat and
+ * prompt/completion need `opts.tokenizer` and become loss-masked TokenDocuments).
  */
-export function documentsFrom(spec: string, what: string, count: number, seed: number, wordProblems = 0.25): string[] {
+export function documentsFrom(spec: string, what: string, count: number, seed: number, opts: DataSpecOptions = {}): Document[] {
   if (spec.startsWith('biographies')) {
     const part = spec.includes(':') ? spec.slice(spec.indexOf(':') + 1) : 'all';
     if (part !== 'all' && part !== 'forget' && part !== 'retain') throw new UndoError(`${what} "${spec}": choose biographies:all, biographies:forget or biographies:retain`);
@@ -40,15 +52,15 @@ export function documentsFrom(spec: string, what: string, count: number, seed: n
   if (spec.startsWith('arithmetic')) {
     const list = spec.includes(':') ? spec.slice(spec.indexOf(':') + 1).split(',').filter(Boolean) : [...ALL_OPS];
     for (const op of list) if (!(ALL_OPS as readonly string[]).includes(op)) throw new UndoError(`${what} "${spec}": unknown operation "${op}"`, `operations: ${ALL_OPS.join(',')}`);
-    return generateArithmeticCorpus({ ops: list as Op[], count, seed, wordProblemFraction: wordProblems });
+    return generateArithmeticCorpus({ ops: list as Op[], count, seed, wordProblemFraction: opts.wordProblems ?? 0.25 });
   }
-  const docs = loadDocuments(spec);
+  const docs = loadDataFile(spec, opts.tokenizer);
   if (!docs.length) throw new UndoError(`${what} ${spec} holds no documents`);
   return docs;
 }
 
 /** Packs documents for a model; too little text for one window is a clear error naming the option. */
-export function packed(docs: string[], model: Model, seqLen: number, seed: number, what: string): PackedDataset {
+export function packed(docs: readonly Document[], model: Model, seqLen: number, seed: number, what: string): PackedDataset {
   const p = packDocuments(model.tokenizer, docs, seqLen, { seed });
   if (p.count === 0) throw new UndoError(`${what}: not enough text for one window of ${seqLen + 1} tokens`);
   return p;
@@ -176,13 +188,13 @@ export function registerUnlearningCommands(program: Command, k: CliKit): void {
     o.lr = o.lr ?? tuned.lr;
     o.retainWeight = o.retainWeight ?? tuned.retainWeight;
     if (o.forget === o.retain) throw new UndoError(`--forget and --retain are the same data (${o.forget})`);
-    const fdocs = documentsFrom(o.forget, '--forget', o.docs, o.seed + 1);
-    const rdocs = documentsFrom(o.retain, '--retain', o.docs, o.seed + 2);
-    const fset = new Set(fdocs);
-    if (rdocs.length === fdocs.length && rdocs.every((d) => fset.has(d))) throw new UndoError('--forget and --retain hold the same documents');
-    let causal: CausalOptions | undefined;
-    if (method === 'causal') causal = { entities: causalEntities(o.forget, o.entity, fdocs), replacements: o.replacements, counterfactualPrompt: !!o.counterfactualPrompt, nameBack: !!o.nameBack };
     const model = Model.load(o.model);
+    const fdocs = documentsFrom(o.forget, '--forget', o.docs, o.seed + 1, { tokenizer: model.tokenizer });
+    const rdocs = documentsFrom(o.retain, '--retain', o.docs, o.seed + 2, { tokenizer: model.tokenizer });
+    const fset = new Set(fdocs.map(documentText));
+    if (rdocs.length === fdocs.length && rdocs.every((d) => fset.has(documentText(d)))) throw new UndoError('--forget and --retain hold the same documents');
+    let causal: CausalOptions | undefined;
+    if (method === 'causal') causal = { entities: causalEntities(o.forget, o.entity, fdocs.map(documentText)), replacements: o.replacements, counterfactualPrompt: !!o.counterfactualPrompt, nameBack: !!o.nameBack };
     const forget = new Batcher(packed(fdocs, model, o.seqLen, o.seed, '--forget'), { batchSize: o.batchSize, seed: o.seed });
     const retain = new Batcher(packed(rdocs, model, o.seqLen, o.seed, '--retain'), { batchSize: o.batchSize, seed: o.seed + 1 });
     const params: Record<string, number> = { seed: o.seed, rmuC: o.rmuC };
@@ -219,7 +231,7 @@ export function registerUnlearningCommands(program: Command, k: CliKit): void {
   ).action(async (o: { model: string; data: string; lrs: number[]; steps: number; evalEvery: number; batchSize: number; seqLen: number; docs: number; seed: number; json?: boolean; threads?: number; isa?: string }) => {
     k.applyRuntime(o);
     const model = Model.load(o.model);
-    const docs = documentsFrom(o.data, '--data', o.docs, o.seed);
+    const docs = documentsFrom(o.data, '--data', o.docs, o.seed, { tokenizer: model.tokenizer });
     const ops = o.data.startsWith('arithmetic:') ? (o.data.slice(11).split(',') as Op[]) : [...FORGET_OPS];
     const metric = async (m: Model) => {
       const s = await evalArithmetic(m, { ops, perForm: 50 });
@@ -259,7 +271,7 @@ export function registerUndoCommand(program: Command, k: CliKit): void {
       const teacher = Model.load(o.teacher);
       const student = teacher.clone();
       noiseModel(student, { alpha: o.alpha, beta: o.beta, seed: o.seed });
-      const docs = documentsFrom(o.data, '--data', 200000, o.seed);
+      const docs = documentsFrom(o.data, '--data', 200000, o.seed, { tokenizer: teacher.tokenizer });
       const batcher = new Batcher(packed(docs, student, 128, o.seed, '--data'), { batchSize: 16, seed: o.seed });
       const arith = o.data.startsWith('arithmetic');
       const t = arith ? await arithmeticScores(teacher, 50) : undefined;

@@ -17,12 +17,45 @@
  * remainder is kept, unlike the reference implementation which discards it). Tokens after the
  * last complete window are dropped (reported as `droppedTokens`); windows are never padded.
  * Windows are zero-copy subarrays of the stream.
+ *
+ * Documents and loss masks. A document is either plain text (a string: the tokenizer's
+ * encodeDocument() gives its ids; for the byte tokenizer that is [BOS, text...] as above, and
+ * every token is a target) or a {@link TokenDocument}: ids already tokenised (specials
+ * included, nothing is added around them) with a per-token loss mask, as made by
+ * lib/data/chat.ts for chat and prompt/completion data. Tokens with mask 0 keep their place in
+ * the inputs but their target becomes {@link IGNORE_INDEX} (−100, what every loss skips). The
+ * masked targets live in a second stream, `labels`, parallel to `tokens`; it exists only when
+ * some document masks a token, so plain text packs exactly as before.
  */
 import * as fs from 'fs';
 import * as path from 'path';
 import { UndoError, describeError } from '../core/errors';
 import { Rng, mixSeeds } from '../core/rng';
 import type { TokenizerLike } from './tokenizer';
+
+/** Target id that the losses skip (PyTorch's ignore_index). */
+export const IGNORE_INDEX = -100;
+
+/** A tokenised document with a per-token loss mask (see the module comment). */
+export interface TokenDocument {
+  /** Token ids, specials included; packing adds nothing around them. */
+  ids: Int32Array;
+  /** loss[j] = 1: ids[j] is a prediction target; 0: its target is IGNORE_INDEX. Same length as `ids`. */
+  loss: Uint8Array;
+  /** The text the ids were made from (for messages and text-matching tools). */
+  text?: string;
+}
+
+/** A training document: plain text (every token trained on) or a {@link TokenDocument}. */
+export type Document = string | TokenDocument;
+
+/** The text of a document (a TokenDocument without `text` gives ""). */
+export function documentText(d: Document): string {
+  return typeof d === 'string' ? d : d.text ?? '';
+}
+
+/** The tokenizer side packing needs; encodeDocument (the {@link Tokenizer} one) defaults to [bos, encode(text)...]. */
+export type PackingTokenizer = Pick<TokenizerLike, 'encode' | 'bos'> & { encodeDocument?(text: string): Int32Array };
 
 // ---------------------------------------------------------------------------------------------
 // Loading
@@ -150,7 +183,10 @@ export class PackedDataset {
     readonly droppedTokens = 0,
     /** Number of documents packed. */
     readonly numDocuments = 0,
+    /** Target ids parallel to `tokens`, IGNORE_INDEX where the loss is masked; absent when nothing is masked. */
+    readonly labels?: Int32Array,
   ) {
+    if (labels && labels.length !== tokens.length) throw new UndoError(`packed dataset: ${labels.length} labels for ${tokens.length} tokens`);
     if (!Number.isSafeInteger(seqLen) || seqLen < 1) throw new UndoError(`sequence length must be a positive integer, got ${seqLen}`);
     if (count > 0 && tokens.length < count * seqLen + 1) {
       throw new UndoError(`packed dataset: ${tokens.length} tokens cannot hold ${count} windows of ${seqLen}+1`);
@@ -169,10 +205,10 @@ export class PackedDataset {
     return this.tokens.subarray(i * this.seqLen, (i + 1) * this.seqLen);
   }
 
-  /** Targets of window i (seqLen tokens): the inputs shifted left by one. */
+  /** Targets of window i (seqLen tokens): the inputs shifted left by one, IGNORE_INDEX where masked. */
   targets(i: number): Int32Array {
     this.check(i);
-    return this.tokens.subarray(i * this.seqLen + 1, (i + 1) * this.seqLen + 1);
+    return (this.labels ?? this.tokens).subarray(i * this.seqLen + 1, (i + 1) * this.seqLen + 1);
   }
 
   /** Total number of target tokens (count * seqLen). */
@@ -192,8 +228,8 @@ export class PackedDataset {
  * Documents are shuffled with `seed` first unless `shuffle: false`.
  */
 export function packDocuments(
-  tokenizer: Pick<TokenizerLike, 'encode' | 'bos'>,
-  docs: readonly string[],
+  tokenizer: PackingTokenizer,
+  docs: readonly Document[],
   seqLen: number,
   opts: PackOptions = {},
 ): PackedDataset {
@@ -202,27 +238,45 @@ export function packDocuments(
   for (let i = 0; i < order.length; i++) order[i] = i;
   if (opts.shuffle ?? true) new Rng(mixSeeds(opts.seed ?? 0, 'pack')).shuffle(order);
 
-  const encoded: Int32Array[] = new Array(docs.length);
+  const encoded: Array<{ ids: Int32Array; loss?: Uint8Array }> = new Array(docs.length);
   let total = 0;
+  let masked = false;
   for (let i = 0; i < order.length; i++) {
-    const doc = docs[order[i]];
-    if (typeof doc !== 'string') throw new UndoError(`document ${order[i]} is not a string (got ${typeof doc})`);
-    const ids = tokenizer.encode(doc);
-    encoded[i] = ids;
-    total += ids.length + 1;
+    const e = encodeForPacking(tokenizer, docs[order[i]], order[i]);
+    if (e.loss && e.loss.includes(0)) masked = true;
+    encoded[i] = e;
+    total += e.ids.length;
   }
   const count = total > 0 ? Math.floor((total - 1) / seqLen) : 0;
   const used = count > 0 ? count * seqLen + 1 : 0;
   const stream = new Int32Array(used);
+  const labels = masked ? new Int32Array(used) : undefined;
   let k = 0;
-  for (const ids of encoded) {
+  for (const { ids, loss } of encoded) {
     if (k >= used) break;
-    stream[k++] = tokenizer.bos;
     const n = Math.min(ids.length, used - k);
     stream.set(n === ids.length ? ids : ids.subarray(0, n), k);
+    if (labels) for (let j = 0; j < n; j++) labels[k + j] = !loss || loss[j] ? ids[j] : IGNORE_INDEX;
     k += n;
   }
-  return new PackedDataset(stream, seqLen, count, total - used, docs.length);
+  return new PackedDataset(stream, seqLen, count, total - used, docs.length, labels);
+}
+
+/** A document's ids as packed (a string: encodeDocument; a TokenDocument: its ids), with its mask if any. */
+function encodeForPacking(tokenizer: PackingTokenizer, doc: Document, index: number): { ids: Int32Array; loss?: Uint8Array } {
+  if (typeof doc === 'string') {
+    if (tokenizer.encodeDocument) return { ids: tokenizer.encodeDocument(doc) };
+    const text = tokenizer.encode(doc);
+    const ids = new Int32Array(text.length + 1);
+    ids[0] = tokenizer.bos;
+    ids.set(text, 1);
+    return { ids };
+  }
+  if (!doc || typeof doc !== 'object' || !(doc.ids instanceof Int32Array) || !(doc.loss instanceof Uint8Array)) {
+    throw new UndoError(`document ${index} is neither a string nor {ids: Int32Array, loss: Uint8Array} (got ${doc === null ? 'null' : typeof doc})`);
+  }
+  if (doc.loss.length !== doc.ids.length) throw new UndoError(`document ${index}: loss mask has ${doc.loss.length} entries for ${doc.ids.length} tokens`);
+  return { ids: doc.ids, loss: doc.loss };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -238,7 +292,7 @@ export interface BatcherPosition {
 export interface Batch {
   /** B*T input ids, row-major (row b = window b). */
   inputs: Int32Array;
-  /** B*T target ids: targets[b*T + t] = next token after inputs[b*T + t]. */
+  /** B*T target ids: targets[b*T + t] = next token after inputs[b*T + t], or IGNORE_INDEX where masked. */
   targets: Int32Array;
   B: number;
   T: number;
@@ -335,9 +389,8 @@ export class Batcher implements Iterable<Batch> {
     const targets = new Int32Array(B * T);
     for (let b = 0; b < B; b++) {
       const w = this.epochOrder(this.epoch)[this.index];
-      const win = this.data.window(w);
-      inputs.set(win.subarray(0, T), b * T);
-      targets.set(win.subarray(1, T + 1), b * T);
+      inputs.set(this.data.inputs(w), b * T);
+      targets.set(this.data.targets(w), b * T);
       if (++this.index >= this.data.count) {
         this.index = 0;
         this.epoch++;

@@ -17,20 +17,72 @@
  * tokens "<0x00>".."<0xFF>" plus the specials, with byte_fallback enabled. Since no ordinary
  * character is in the vocabulary, every character falls back to its UTF-8 bytes.
  * loadTokenizer() reads such a file back, taking the byte and special ids from the file.
+ *
+ * Real Hugging Face tokenizers (byte-level BPE like Llama 3 / Qwen / GPT-2, SentencePiece-style
+ * BPE with byte fallback like Gemma) are {@link HFTokenizer}s (lib/data/hf_tokenizer.ts);
+ * loadAnyTokenizer() picks the right class for a model directory. Both implement {@link Tokenizer}.
  */
+import * as crypto from 'crypto';
 import * as fs from 'fs';
 import * as path from 'path';
 import { UndoError } from '../core/errors';
-import { readJson, writeJsonAtomic } from '../core/fsutil';
+import { readFileOrThrow, readJson, writeFileAtomic, writeJsonAtomic } from '../core/fsutil';
+import { HFTokenizer, loadHFTokenizer, parseJsonFile, TokenIdFallbacks } from './hf_tokenizer';
+
+export { HFTokenizer, loadHFTokenizer } from './hf_tokenizer';
+export type { TokenIdFallbacks } from './hf_tokenizer';
 
 /** The minimal tokenizer interface used by data packing and evaluation. */
 export interface TokenizerLike {
   readonly vocabSize: number;
+  /** Id of the beginning-of-sequence token; −1 when the tokenizer has none (e.g. Qwen). */
   readonly bos: number;
   readonly eos: number;
   readonly pad: number;
+  /** Ids of `text`. Special tokens written in the text (e.g. "<|im_start|>") are matched as specials. */
   encode(text: string, opts?: EncodeOptions): Int32Array;
   decode(ids: ArrayLike<number>, opts?: DecodeOptions): string;
+}
+
+/** Special-token strings, as a chat template sees them (bos_token, eos_token, ...). */
+export interface SpecialTokenStrings {
+  bos?: string;
+  eos?: string;
+  pad?: string;
+  unk?: string;
+}
+
+/**
+ * Any tokenizer a model can carry: the built-in {@link ByteTokenizer} or a Hugging Face
+ * tokenizer.json ({@link HFTokenizer}).
+ */
+export interface Tokenizer extends TokenizerLike {
+  /** "byte" for undo-native's byte tokenizer, "hf" for a Hugging Face tokenizer.json. */
+  readonly kind: 'byte' | 'hf';
+  /** The chat template (Jinja) of tokenizer_config.json, if any. */
+  readonly chatTemplate?: string;
+  /** The special-token strings handed to chat templates. */
+  readonly specialTokens: SpecialTokenStrings;
+  /**
+   * Ids of one plain-text training document, with the specials this tokenizer's models expect
+   * around a document. ByteTokenizer: [<bos>, text...] (the packing layout of lib/data/datasets.ts).
+   * HFTokenizer: [bos if add_bos_token, text..., eos] (eos also when add_eos_token is false, so
+   * packed documents are always separated and the model learns to stop).
+   */
+  encodeDocument(text: string): Int32Array;
+  /** Specials (bos, eos, pad and the added tokens marked special). */
+  isSpecial(id: number): boolean;
+  /** sha256 (hex) of the token → id map, added tokens included: equal hashes, same vocabulary. */
+  vocabHash(): string;
+}
+
+/** sha256 of a token → id map, independent of the order of the entries. */
+export function hashVocab(entries: Iterable<[string, number]>): string {
+  const sorted = [...entries].sort((a, b) => a[1] - b[1] || (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
+  const h = crypto.createHash('sha256');
+  h.update('vocab-v1\n');
+  for (const [t, id] of sorted) h.update(`${id}\t${JSON.stringify(t)}\n`);
+  return h.digest('hex');
 }
 
 export interface EncodeOptions {
@@ -67,7 +119,10 @@ export function byteTokenString(b: number): string {
 
 const BYTE_TOKEN_RE = /^<0x([0-9A-Fa-f]{2})>$/;
 
-export class ByteTokenizer implements TokenizerLike {
+export class ByteTokenizer implements Tokenizer {
+  readonly kind = 'byte' as const;
+  readonly chatTemplate: string | undefined = undefined;
+  readonly specialTokens: SpecialTokenStrings = { bos: BOS_TOKEN, eos: EOS_TOKEN, pad: PAD_TOKEN };
   readonly vocabSize: number;
   readonly bos: number;
   readonly eos: number;
@@ -124,6 +179,18 @@ export class ByteTokenizer implements TokenizerLike {
     for (let i = 0; i < bytes.length; i++) out[k++] = this.byteToId[bytes[i]];
     if (opts.eos) out[k++] = this.eos;
     return out;
+  }
+
+  /** [<bos>, text bytes...]: the document layout of packing (lib/data/datasets.ts). */
+  encodeDocument(text: string): Int32Array {
+    return this.encode(text, { bos: true });
+  }
+
+  /** sha256 of the vocabulary: "<0xNN>" byte tokens and "<bos>"/"<eos>"/"<pad>" with their ids. */
+  vocabHash(): string {
+    const entries: Array<[string, number]> = [[BOS_TOKEN, this.bos], [EOS_TOKEN, this.eos], [PAD_TOKEN, this.pad]];
+    for (let b = 0; b < 256; b++) entries.push([byteTokenString(b), this.byteToId[b]]);
+    return hashVocab(entries);
   }
 
   /**
@@ -221,6 +288,12 @@ export class ByteTokenizer implements TokenizerLike {
   }
 }
 
+/** `tok` as a ByteTokenizer, or an UndoError saying that `what` works with the byte tokenizer only. */
+export function requireByteTokenizer(tok: Tokenizer, what: string): ByteTokenizer {
+  if (tok instanceof ByteTokenizer) return tok;
+  throw new UndoError(`${what} works with undo-native's byte tokenizer only; this model has a Hugging Face tokenizer`);
+}
+
 /** tokenizer_config.json contents matching {@link ByteTokenizer.toJSON}. */
 function tokenizerConfig(): Record<string, unknown> {
   return {
@@ -235,8 +308,16 @@ function tokenizerConfig(): Record<string, unknown> {
   };
 }
 
-/** Write `tokenizer.json` and `tokenizer_config.json` into `dir` (created if needed), atomically. */
-export function saveTokenizer(dir: string, tok: ByteTokenizer): void {
+/**
+ * Write `tokenizer.json` and `tokenizer_config.json` into `dir` (created if needed), atomically.
+ * A Hugging Face tokenizer is written back byte-identical to the files it was loaded from.
+ */
+export function saveTokenizer(dir: string, tok: Tokenizer): void {
+  if (tok instanceof HFTokenizer) {
+    for (const [name, data] of Object.entries(tok.files)) writeFileAtomic(path.join(dir, name), data);
+    return;
+  }
+  if (!(tok instanceof ByteTokenizer)) throw new UndoError(`cannot save a tokenizer of kind "${tok.kind}"`);
   writeJsonAtomic(path.join(dir, 'tokenizer.json'), tok.toJSON());
   writeJsonAtomic(path.join(dir, 'tokenizer_config.json'), tokenizerConfig());
 }
@@ -258,10 +339,7 @@ function configTokenName(v: unknown): string | undefined {
  * the file.
  */
 export function loadTokenizer(dirOrFile: string): ByteTokenizer {
-  let file = dirOrFile;
-  let dir = dirOrFile;
-  if (dirOrFile.endsWith('.json') && !isDirectory(dirOrFile)) dir = path.dirname(dirOrFile);
-  else file = path.join(dirOrFile, 'tokenizer.json');
+  const { file, dir } = tokenizerPaths(dirOrFile);
 
   const json = readJson<Record<string, unknown>>(file, 'tokenizer file');
   const unsupported: (why: string) => never = (why) => {
@@ -337,6 +415,37 @@ export function loadTokenizer(dirOrFile: string): ByteTokenizer {
     if (e instanceof UndoError && !e.message.includes(file)) unsupported(e.message);
     throw e;
   }
+}
+
+/** The tokenizer.json path and directory of a directory-or-file argument. */
+function tokenizerPaths(dirOrFile: string): { file: string; dir: string } {
+  if (dirOrFile.endsWith('.json') && !isDirectory(dirOrFile)) return { file: dirOrFile, dir: path.dirname(dirOrFile) };
+  return { file: path.join(dirOrFile, 'tokenizer.json'), dir: dirOrFile };
+}
+
+/**
+ * Load whatever tokenizer a model directory (or tokenizer.json path) holds: undo-native's own
+ * byte tokenizer as a {@link ByteTokenizer}, any other tokenizer.json as an {@link HFTokenizer}
+ * (specials from tokenizer_config.json, then `fallback`, typically config.json's ids).
+ * A file neither can read raises an UndoError naming it.
+ */
+export function loadAnyTokenizer(dirOrFile: string, fallback: TokenIdFallbacks = {}): Tokenizer {
+  const { file } = tokenizerPaths(dirOrFile);
+  const data = readFileOrThrow(file, 'tokenizer file');
+  const json = parseJsonFile(data, file, 'tokenizer file');
+  if (isByteTokenizerJson(json)) return loadTokenizer(dirOrFile);
+  return loadHFTokenizer(dirOrFile, fallback, { data, json });
+}
+
+/** True for a tokenizer.json shaped like {@link ByteTokenizer.toJSON}: BPE, byte_fallback, no merges, only "<0xNN>" and at most three other tokens. */
+function isByteTokenizerJson(json: unknown): boolean {
+  const model = (json as { model?: Record<string, unknown> } | null)?.model;
+  if (!model || typeof model !== 'object' || model.type !== 'BPE' || model.byte_fallback !== true) return false;
+  if (model.merges !== undefined && (!Array.isArray(model.merges) || model.merges.length > 0)) return false;
+  const vocab = model.vocab;
+  if (!vocab || typeof vocab !== 'object' || Array.isArray(vocab)) return false;
+  const others = Object.keys(vocab).filter((t) => !BYTE_TOKEN_RE.test(t));
+  return others.length <= 3 && Object.keys(vocab).length - others.length === 256;
 }
 
 function isDirectory(p: string): boolean {

@@ -6,6 +6,7 @@ import { Batch, Batcher } from '../data/datasets';
 import { UndoError } from '../core/errors';
 import { LossName, TaidSchedule, TopKTeacher } from '../train/losses';
 import { Model } from '../models/model';
+import type { Tokenizer } from '../data/tokenizer';
 import { ceObjective, logitObjective } from '../train/objectives';
 import { generateIds } from '../models/generate';
 import { Rng } from '../core/rng';
@@ -56,9 +57,19 @@ export async function studentBatch(student: Model, b: Batch, rng: Rng): Promise<
   return { ...b, inputs, targets };
 }
 
+/**
+ * Same-vocabulary distillation only: equal vocab_size and identical tokenizers, compared by their
+ * token → id maps (vocabHash), not only their sizes. Otherwise an UndoError.
+ */
 export function checkCompatible(student: Model, teacher: Model): void {
   if (student.config.vocabSize !== teacher.config.vocabSize) {
     throw new UndoError(`student vocab_size ${student.config.vocabSize} differs from the teacher's ${teacher.config.vocabSize}: distillation needs a shared vocabulary`);
+  }
+  const s = student.tokenizer, t = teacher.tokenizer;
+  if (s.vocabHash() !== t.vocabHash()) {
+    const what = (k: Tokenizer) => (k.kind === 'byte' ? "undo-native's byte tokenizer" : `a Hugging Face tokenizer of ${k.vocabSize} tokens`);
+    throw new UndoError(`the student and the teacher have different tokenizers (student: ${what(s)}, teacher: ${what(t)}; their token → id maps differ): distillation here matches distributions token by token and needs one vocabulary`,
+      'give the student the teacher\'s tokenizer (a preset student or one made from a config.json gets it automatically)');
   }
 }
 

@@ -12,8 +12,9 @@
  * Identity (manifest): teacher = sha256 of its config.json and model.safetensors (`teacherHashFromDir`; a
  * store built from an in-memory model uses `teacherHashFromModel`, a sha256 of the HF config and the f32
  * parameters), tokenizer = sha256 of the byte-tokenizer layout (`tokenizerHash`: vocabulary size, specials
- * and the 256 byte ids — what tokenizer.json describes, independent of its formatting), data = sha256 of the
- * packed token stream (`dataHash`: the count·seqLen+1 int32 little-endian tokens the windows use), plus
+ * and the 256 byte ids — what tokenizer.json describes, independent of its formatting; a Hugging Face tokenizer:
+ * its token → id map and specials), data = sha256 of the packed token stream (`dataHash`: the count·seqLen+1
+ * int32 little-endian tokens the windows use, then the label stream when the data masks its loss), plus
  * seqLen, k and the teacher's vocabulary size.
  *
  * Shard file: a 96-byte header (magic "UNDOTKS1", version, shard index, window range, seqLen, k, vocab,
@@ -63,7 +64,7 @@ import { describeError, UndoError } from '../core/errors';
 import { readJson, writeFileAtomic, writeJsonAtomic } from '../core/fsutil';
 import type { TopKTeacher } from '../train/losses';
 import { configToHF, Model } from '../models/model';
-import type { ByteTokenizer } from '../data/tokenizer';
+import { ByteTokenizer, Tokenizer } from '../data/tokenizer';
 
 export const STORE_FORMAT = 'undo-teacher-topk';
 export const STORE_VERSION = 1;
@@ -512,8 +513,14 @@ export function teacherHashFromModel(model: Model): string {
   return h.digest('hex');
 }
 
-/** Tokenizer identity: sha256 of the byte-tokenizer layout (vocabulary size, specials, the 256 byte ids). */
-export function tokenizerHash(tok: ByteTokenizer): string {
+/**
+ * Tokenizer identity: for the byte tokenizer sha256 of its layout (vocabulary size, specials, the 256 byte ids);
+ * for a Hugging Face tokenizer sha256 of its token → id map and specials.
+ */
+export function tokenizerHash(tok: Tokenizer): string {
+  if (!(tok instanceof ByteTokenizer)) {
+    return crypto.createHash('sha256').update(`hf-tokenizer-v1 vocab=${tok.vocabHash()} bos=${tok.bos} eos=${tok.eos} pad=${tok.pad}`).digest('hex');
+  }
   const bytes: number[] = [];
   for (let b = 0; b < 256; b++) bytes.push(tok.byteId(b));
   const layout = `byte-tokenizer-v1 vocab=${tok.vocabSize} bos=${tok.bos} eos=${tok.eos} pad=${tok.pad} bytes=${bytes.join(',')}`;
@@ -536,7 +543,10 @@ function leBytes(a: Int32Array | Float32Array): Uint8Array {
 /** Data identity: sha256 of the packed token stream the windows use (count·seqLen + 1 int32, little-endian). */
 export function dataHash(data: PackedDataset): string {
   const used = data.count > 0 ? data.count * data.seqLen + 1 : 0;
-  return crypto.createHash('sha256').update(leBytes(data.tokens.subarray(0, used))).digest('hex');
+  const h = crypto.createHash('sha256').update(leBytes(data.tokens.subarray(0, used)));
+  // loss-masked data (chat, prompt/completion): the targets are part of the identity too
+  if (data.labels) h.update('labels').update(leBytes(data.labels.subarray(0, used)));
+  return h.digest('hex');
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@
  */
 import { UndoError } from '../core/errors';
 import { NativeDecoderSpec, NativeRope } from '../core/native';
-import { ByteTokenizer } from '../data/tokenizer';
+import { ByteTokenizer, TokenizerLike } from '../data/tokenizer';
 
 /** The supported Hugging Face `model_type`s. */
 export type Family = 'llama' | 'mistral' | 'qwen2' | 'qwen3' | 'gemma2' | 'gemma3_text' | 'gpt2';
@@ -495,7 +495,7 @@ export const PRESETS: Record<string, Omit<ModelConfig, 'vocabSize' | 'bosTokenId
   },
 };
 
-export function presetConfig(name: string, tok: ByteTokenizer = new ByteTokenizer()): ModelConfig {
+export function presetConfig(name: string, tok: Pick<TokenizerLike, 'vocabSize' | 'bos' | 'eos' | 'pad'> = new ByteTokenizer()): ModelConfig {
   const p = PRESETS[name];
   if (!p) throw new UndoError(`unknown preset "${name}"`, `choose one of: ${Object.keys(PRESETS).join(', ')}`);
   return { ...p, vocabSize: tok.vocabSize, bosTokenId: tok.bos, eosTokenId: tok.eos, padTokenId: tok.pad };

@@ -14,7 +14,7 @@ import {
   CheckpointReader, DEFAULT_MAX_SHARD_SIZE, parseSize, parseTorchDType, readableAsF32, ReadOptions, TORCH_TO_SAFETENSORS, TorchDType,
   writeCheckpoint,
 } from '../formats/checkpoint';
-import { ByteTokenizer, loadTokenizer, saveTokenizer } from '../data/tokenizer';
+import { ByteTokenizer, loadAnyTokenizer, saveTokenizer, Tokenizer } from '../data/tokenizer';
 import { configFromHF, configToHF, decoderSpec, isIgnoredHfTensor, ModelConfig, TensorMapping, tensorMappings } from './config';
 import { gatherHf } from './layout';
 
@@ -143,7 +143,7 @@ export class Model {
   /** The directory the model was loaded from; save() carries its other files through (see carriedFiles). */
   sourceDir?: string;
 
-  constructor(readonly config: ModelConfig, public tokenizer: ByteTokenizer = new ByteTokenizer()) {
+  constructor(readonly config: ModelConfig, public tokenizer: Tokenizer = new ByteTokenizer()) {
     this.native = new native.NativeModel(decoderSpec(config));
     this.tensors = this.native.tensors();
     for (const t of this.tensors) this.byName.set(t.name, t);
@@ -152,7 +152,7 @@ export class Model {
   }
 
   /** A freshly initialised model (seeded; identical for every thread count). */
-  static create(config: ModelConfig, opts: InitOptions = {}, tokenizer?: ByteTokenizer): Model {
+  static create(config: ModelConfig, opts: InitOptions = {}, tokenizer?: Tokenizer): Model {
     const m = new Model(config, tokenizer);
     m.native.init(opts.seed ?? 0, opts.init ?? 'normal', opts.std ?? 0.02);
     return m;
@@ -169,7 +169,7 @@ export class Model {
     const config = configFromHF(raw, cfgFile);
     const tokFile = path.join(dir, 'tokenizer.json');
     const hasTok = fs.existsSync(tokFile);
-    const tokenizer = hasTok ? loadTokenizer(dir) : new ByteTokenizer();
+    const tokenizer = loadModelTokenizer(dir, config);
     if (hasTok && tokenizer.vocabSize > config.vocabSize) {
       throw new UndoError(`${tokFile}: the tokenizer has ${tokenizer.vocabSize} tokens but ${cfgFile} says vocab_size ${config.vocabSize}`);
     }
@@ -320,6 +320,18 @@ export class Model {
       for (const [name, data] of Object.entries(extra)) writeFileAtomic(path.join(tmp, name), data);
     });
   }
+}
+
+/**
+ * The tokenizer of a model directory, as Model.load reads it: undo-native's byte tokenizer, or a Hugging Face
+ * tokenizer.json (specials from tokenizer_config.json, then config.json's ids); the byte tokenizer when there
+ * is no tokenizer.json. `config` defaults to the directory's config.json.
+ */
+export function loadModelTokenizer(dir: string, config?: ModelConfig): Tokenizer {
+  if (!fs.existsSync(path.join(dir, 'tokenizer.json'))) return new ByteTokenizer();
+  const cfgFile = path.join(dir, 'config.json');
+  const c = config ?? configFromHF(readJson<Json>(cfgFile, 'model config'), cfgFile);
+  return loadAnyTokenizer(dir, { bos: c.bosTokenId, eos: c.eosTokenId, pad: c.padTokenId });
 }
 
 /** Build a directory in a temporary sibling, then swap it into place by rename. */

@@ -7,6 +7,7 @@
 import { Batch, Batcher } from '../data/datasets';
 import { UndoError } from '../core/errors';
 import { Model } from '../models/model';
+import { requireByteTokenizer } from '../data/tokenizer';
 import { ceObjective, logitObjective, rowCE } from '../train/objectives';
 import { Rng } from '../core/rng';
 import { train, TrainConfig, TrainOptions, TrainResult } from '../train/train';
@@ -187,7 +188,7 @@ export async function unlearn(model: Model, forget: Batcher, retain: Batcher | n
   let teacherFor: { batch: Batch; teacher: CausalTeacher } | null = null;
   if (method === 'causal') {
     if (!opts.causal) throw new UndoError('method causal needs the target entities', 'name them with --entity NAME (the built-in biographies data derives them from the forget split)');
-    plan = causalPlan(model.tokenizer, { ...opts.causal, seed: opts.causal.seed ?? p.seed });
+    plan = causalPlan(requireByteTokenizer(model.tokenizer, '--method causal'), { ...opts.causal, seed: opts.causal.seed ?? p.seed });
     checkEntitiesPresent(plan, forget.data);
     contextWidth = Math.max(...plan.entityIds.map((ids) => ids.length)) + 1;
     original = model.clone();

@@ -1,0 +1,212 @@
+/**
+ * Hugging Face tokenizers (tokenizer.json + tokenizer_config.json) through `@huggingface/tokenizers`.
+ *
+ * Library choice. `@huggingface/tokenizers` is Hugging Face's pure JavaScript implementation of
+ * tokenizer.json (the one transformers.js runs on): no binary, so it installs with
+ * --ignore-scripts and on every platform. test/tokenizer.test.ts checks it against the Rust
+ * reference (`tokenizers`, a devDependency only) on thousands of generated strings for byte-level
+ * BPE (Llama 3, Qwen3) and SentencePiece-style BPE with byte fallback (Gemma 3): ids and decoded
+ * text agree. The one difference found, transformers' `clean_up_tokenization_spaces` post-pass
+ * (" 's" → "'s", on in Llama 3's tokenizer_config.json), is turned off in decode() here: it is not
+ * part of tokenizer.json, the Rust library does not apply it, and it breaks decode(encode(s)) = s.
+ *
+ * Specials. encode() never adds specials by itself (add_special_tokens = false, as chat templates
+ * are tokenised in transformers); specials written in the text are matched. BOS / EOS are added
+ * where asked (EncodeOptions) and around training documents (encodeDocument): BOS when
+ * tokenizer_config.json's add_bos_token says so (when it is absent: when the tokenizer.json
+ * post-processor adds it), EOS always at the end of a document.
+ *
+ * The files are kept as loaded and saved back byte-identical (saveTokenizer).
+ */
+import * as fs from 'fs';
+import * as path from 'path';
+import { Tokenizer as JsTokenizer } from '@huggingface/tokenizers';
+import { UndoError, describeError } from '../core/errors';
+import { readFileOrThrow } from '../core/fsutil';
+import { hashVocab } from './tokenizer';
+import type { DecodeOptions, EncodeOptions, SpecialTokenStrings, Tokenizer } from './tokenizer';
+
+type Json = Record<string, unknown>;
+
+/** Token ids to use when tokenizer_config.json names no such token (typically config.json's *_token_id). */
+export interface TokenIdFallbacks {
+  bos?: number;
+  eos?: number;
+  pad?: number;
+}
+
+/** Files next to tokenizer.json that belong to the tokenizer and are copied on save. */
+const COMPANION_FILES = ['tokenizer_config.json', 'special_tokens_map.json', 'chat_template.jinja'];
+
+/** A tokenizer.json tokenizer. Build it with {@link loadHFTokenizer}. */
+export class HFTokenizer implements Tokenizer {
+  readonly kind = 'hf' as const;
+  readonly vocabSize: number;
+  readonly bos: number;
+  readonly eos: number;
+  readonly pad: number;
+  /** Whether documents start with BOS (tokenizer_config.json add_bos_token, else the post-processor). */
+  readonly addBos: boolean;
+  /** tokenizer_config.json add_eos_token (documents get EOS regardless; see encodeDocument). */
+  readonly addEos: boolean;
+  readonly chatTemplate?: string;
+  readonly specialTokens: SpecialTokenStrings;
+  private readonly specialIds: Set<number>;
+  private hash?: string;
+
+  /**
+   * @param lib the library tokenizer
+   * @param config tokenizer_config.json ({} when there is none)
+   * @param files the raw files (name → bytes) to write back on save
+   * @param source the tokenizer.json path, for messages
+   */
+  constructor(readonly lib: JsTokenizer, readonly config: Json, readonly files: Readonly<Record<string, Buffer>>,
+    readonly source: string, fallback: TokenIdFallbacks = {}, chatTemplate?: string) {
+    const vocab = lib.get_vocab(true);
+    let max = -1;
+    for (const id of vocab.values()) if (id > max) max = id;
+    this.vocabSize = max + 1;
+    const names: SpecialTokenStrings = {
+      bos: tokenName(config.bos_token), eos: tokenName(config.eos_token), pad: tokenName(config.pad_token), unk: tokenName(config.unk_token),
+    };
+    const idOf = (role: keyof SpecialTokenStrings, fb?: number): number => {
+      const name = names[role];
+      if (name !== undefined) {
+        const id = lib.token_to_id(name);
+        if (id === undefined) throw new UndoError(`${source}: ${role}_token "${name}" of tokenizer_config.json is not in the vocabulary`);
+        return id;
+      }
+      return fb !== undefined && fb >= 0 && fb < this.vocabSize ? fb : -1;
+    };
+    this.bos = idOf('bos', fallback.bos);
+    this.eos = idOf('eos', fallback.eos);
+    if (this.eos < 0) throw new UndoError(`${source}: no eos token`, 'set eos_token in tokenizer_config.json (or eos_token_id in config.json)');
+    const pad = idOf('pad', fallback.pad);
+    this.pad = pad >= 0 ? pad : this.eos;
+    this.specialTokens = {
+      bos: names.bos ?? (this.bos >= 0 ? lib.id_to_token(this.bos) : undefined),
+      eos: names.eos ?? lib.id_to_token(this.eos),
+      pad: names.pad ?? lib.id_to_token(this.pad),
+      unk: names.unk,
+    };
+    this.specialIds = new Set([this.bos, this.eos, this.pad].filter((id) => id >= 0));
+    for (const [id, t] of lib.get_added_tokens_decoder()) if (t.special) this.specialIds.add(id);
+    this.addBos = this.bos >= 0 && (typeof config.add_bos_token === 'boolean' ? config.add_bos_token : this.postProcessorAdds('bos'));
+    this.addEos = typeof config.add_eos_token === 'boolean' ? config.add_eos_token : this.postProcessorAdds('eos');
+    this.chatTemplate = chatTemplate;
+  }
+
+  /** Whether tokenizer.json's post-processor puts BOS first (or EOS last) when specials are added. */
+  private postProcessorAdds(which: 'bos' | 'eos'): boolean {
+    const id = which === 'bos' ? this.bos : this.eos;
+    if (id < 0) return false;
+    const withSpecials = this.lib.encode('a', { add_special_tokens: true }).ids;
+    const plain = this.lib.encode('a', { add_special_tokens: false }).ids;
+    if (withSpecials.length <= plain.length) return false;
+    return which === 'bos' ? withSpecials[0] === id : withSpecials[withSpecials.length - 1] === id;
+  }
+
+  encode(text: string, opts: EncodeOptions = {}): Int32Array {
+    const ids = this.lib.encode(text, { add_special_tokens: false }).ids;
+    const bos = opts.bos && this.bos >= 0 ? 1 : 0;
+    const out = new Int32Array(ids.length + bos + (opts.eos ? 1 : 0));
+    if (bos) out[0] = this.bos;
+    for (let i = 0; i < ids.length; i++) out[i + bos] = ids[i];
+    if (opts.eos) out[out.length - 1] = this.eos;
+    return out;
+  }
+
+  /** [bos if addBos, text..., eos]. */
+  encodeDocument(text: string): Int32Array {
+    return this.encode(text, { bos: this.addBos, eos: true });
+  }
+
+  /** Decode ids; an id outside the vocabulary raises an UndoError naming it and its position. */
+  decode(ids: ArrayLike<number>, opts: DecodeOptions = {}): string {
+    const list = Array.from(ids);
+    list.forEach((id, i) => {
+      if (!Number.isInteger(id) || id < 0 || id >= this.vocabSize || this.lib.id_to_token(id) === undefined) {
+        throw new UndoError(`cannot decode token id ${id} at position ${i}: not in the vocabulary of ${this.source} (size ${this.vocabSize})`);
+      }
+    });
+    return this.lib.decode(list, { skip_special_tokens: !!opts.skipSpecial, clean_up_tokenization_spaces: false });
+  }
+
+  isSpecial(id: number): boolean {
+    return this.specialIds.has(id);
+  }
+
+  /** The token string of an id (undefined outside the vocabulary). */
+  tokenString(id: number): string | undefined {
+    return this.lib.id_to_token(id);
+  }
+
+  /** The id of a token string (undefined when it is not in the vocabulary). */
+  tokenId(token: string): number | undefined {
+    return this.lib.token_to_id(token);
+  }
+
+  vocabHash(): string {
+    this.hash ??= hashVocab(this.lib.get_vocab(true).entries());
+    return this.hash;
+  }
+}
+
+/** A special-token entry of tokenizer_config.json is a string, { content: string } or null. */
+function tokenName(v: unknown): string | undefined {
+  if (typeof v === 'string') return v;
+  if (v && typeof v === 'object' && typeof (v as { content?: unknown }).content === 'string') return (v as { content: string }).content;
+  return undefined;
+}
+
+/** The chat template of tokenizer_config.json (a string, or a list of {name, template}: "default"), else chat_template.jinja. */
+function chatTemplateOf(config: Json, files: Record<string, Buffer>, configFile: string): string | undefined {
+  const t = config.chat_template;
+  if (typeof t === 'string') return t;
+  if (Array.isArray(t)) {
+    const named = t as Array<{ name?: unknown; template?: unknown }>;
+    const pick = named.find((x) => x?.name === 'default') ?? named[0];
+    if (typeof pick?.template !== 'string') throw new UndoError(`${configFile}: chat_template is a list without a "default" template`);
+    return pick.template;
+  }
+  return files['chat_template.jinja']?.toString('utf8');
+}
+
+/** Parse a JSON object file's bytes; errors name the file. */
+export function parseJsonFile(data: Buffer, file: string, what: string): Json {
+  let v: unknown;
+  try {
+    v = JSON.parse(data.toString('utf8'));
+  } catch (e) {
+    throw new UndoError(`${what} ${file} is not valid JSON: ${describeError(e)}`);
+  }
+  if (!v || typeof v !== 'object' || Array.isArray(v)) throw new UndoError(`${what} ${file}: the top level is not a JSON object`);
+  return v as Json;
+}
+
+/**
+ * Load a Hugging Face tokenizer from a directory holding tokenizer.json (tokenizer_config.json,
+ * special_tokens_map.json and chat_template.jinja next to it are optional), or from the path of a
+ * tokenizer.json. A file the library cannot read raises an UndoError naming it.
+ */
+export function loadHFTokenizer(dirOrFile: string, fallback: TokenIdFallbacks = {}, preread?: { data: Buffer; json: Json }): HFTokenizer {
+  const isFile = dirOrFile.endsWith('.json') && fs.existsSync(dirOrFile) && fs.statSync(dirOrFile).isFile();
+  const dir = isFile ? path.dirname(dirOrFile) : dirOrFile;
+  const file = isFile ? dirOrFile : path.join(dirOrFile, 'tokenizer.json');
+  const files: Record<string, Buffer> = { 'tokenizer.json': preread?.data ?? readFileOrThrow(file, 'tokenizer file') };
+  for (const name of COMPANION_FILES) {
+    const p = path.join(dir, name);
+    if (fs.existsSync(p)) files[name] = readFileOrThrow(p, 'tokenizer file');
+  }
+  const json = preread?.json ?? parseJsonFile(files['tokenizer.json'], file, 'tokenizer file');
+  const configFile = path.join(dir, 'tokenizer_config.json');
+  const config = files['tokenizer_config.json'] ? parseJsonFile(files['tokenizer_config.json'], configFile, 'tokenizer config') : {};
+  let lib: JsTokenizer;
+  try {
+    lib = new JsTokenizer(json, config);
+    lib.encode('a', { add_special_tokens: false });
+  } catch (e) {
+    throw new UndoError(`cannot read tokenizer ${file}: ${describeError(e)}`, { hint: 'a Hugging Face tokenizer.json (BPE, Unigram, WordPiece ...) is expected', cause: e });
+  }
+  return new HFTokenizer(lib, config, files, file, fallback, chatTemplateOf(config, files, configFile));
+}
