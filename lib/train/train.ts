@@ -156,7 +156,9 @@ export function saveCheckpoint(model: Model, dir: string, state: TrainerState, m
     [OPTIM_FILE]: optim,
   };
   if (fs.existsSync(metricsPath)) extra[METRICS_FILE] = fs.readFileSync(metricsPath);
-  model.save(dir, extra);
+  // training checkpoints keep the fp32 master weights whatever dtype the model was loaded in (a bf16 save
+  // would round them, and --resume would not continue bit-exactly)
+  model.save(dir, extra, { dtype: 'float32' });
 }
 
 /** Restore optimizer and trainer state saved by saveCheckpoint (the weights are loaded with Model.load). */

