@@ -34,7 +34,7 @@ function writeAll(fd: number, buf: Uint8Array): void {
 }
 
 /** fsync a directory; silently skipped where the platform cannot do it (e.g. Windows). */
-function fsyncDir(dir: string): void {
+export function fsyncDir(dir: string): void {
   let fd: number | undefined;
   try {
     fd = fs.openSync(dir, 'r');

@@ -19,7 +19,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { UndoError, describeError } from '../core/errors';
-import { readJson, writeJsonAtomic } from '../core/fsutil';
+import { fsyncDir, readJson, writeJsonAtomic } from '../core/fsutil';
 import {
   formatShape, HOST_LE, f16ToF32BitsTable, openForRead, product, readFully, readSafetensorsHeader, SafetensorsHeader,
   WritableDType, WriteTensor, writeSafetensorsStream, writtenByteLength,
@@ -474,17 +474,3 @@ export function writeCheckpoint(
   return { files: [...files, INDEX_FILE], totalSize };
 }
 
-function fsyncDir(dir: string): void {
-  let fd: number | undefined;
-  try {
-    fd = fs.openSync(dir, 'r');
-    fs.fsyncSync(fd);
-  } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    if (code !== 'EISDIR' && code !== 'EINVAL' && code !== 'EPERM' && code !== 'EACCES' && code !== 'EBADF') {
-      throw new UndoError(`cannot fsync directory ${dir}: ${describeError(e)}`);
-    }
-  } finally {
-    if (fd !== undefined) fs.closeSync(fd);
-  }
-}

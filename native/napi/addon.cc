@@ -193,22 +193,30 @@ Napi::Value BiasGrad(const Napi::CallbackInfo& info) {
   undo::bias_grad(rows, n, dy.Data(), db.Data());
   return info.Env().Undefined();
 }
-// ropeInvFreq(D, seqLen, {theta, scaling, factor, lowFreqFactor, highFreqFactor, originalMaxPositions}) → Float64Array
-Napi::Value RopeInvFreq(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  const int64_t D = num(info, 0, "D"), L = num(info, 1, "seqLen");
-  if (D <= 0 || D % 2) type_error(env, "ropeInvFreq: D must be positive and even");
-  if (!info[2].IsObject()) type_error(env, "ropeInvFreq: rope must be an object");
-  Napi::Object ro = info[2].As<Napi::Object>();
+// {theta, scaling, factor, lowFreqFactor, highFreqFactor, originalMaxPositions} → RopeParams (lib/core/native.ts NativeRope)
+undo::RopeParams rope_params(Napi::Env env, Napi::Value v) {
+  if (!v.IsObject()) type_error(env, "rope must be an object");
+  Napi::Object ro = v.As<Napi::Object>();
   undo::RopeParams r;
   r.theta = field(ro, "theta", 10000.0);
   const std::string t = ro.Get("scaling").IsUndefined() ? "none" : ro.Get("scaling").ToString().Utf8Value();
-  r.scaling = t == "linear" ? undo::RopeScaling::linear : t == "dynamic" ? undo::RopeScaling::dynamic
-            : t == "llama3" ? undo::RopeScaling::llama3 : undo::RopeScaling::none;
+  if (t == "none") r.scaling = undo::RopeScaling::none;
+  else if (t == "linear") r.scaling = undo::RopeScaling::linear;
+  else if (t == "dynamic") r.scaling = undo::RopeScaling::dynamic;
+  else if (t == "llama3") r.scaling = undo::RopeScaling::llama3;
+  else type_error(env, "unknown rope scaling '" + t + "' (none|linear|dynamic|llama3)");
   r.factor = field(ro, "factor", 1.0);
   r.low_freq_factor = field(ro, "lowFreqFactor", 1.0);
   r.high_freq_factor = field(ro, "highFreqFactor", 4.0);
   r.original_max_pos = (int64_t)field(ro, "originalMaxPositions", 0);
+  return r;
+}
+// ropeInvFreq(D, seqLen, rope) → Float64Array [D/2]
+Napi::Value RopeInvFreq(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const int64_t D = num(info, 0, "D"), L = num(info, 1, "seqLen");
+  if (D <= 0 || D % 2) type_error(env, "ropeInvFreq: D must be positive and even");
+  const undo::RopeParams r = rope_params(env, info[2]);
   Napi::Float64Array out = Napi::Float64Array::New(env, (size_t)(D / 2));
   undo::rope_inv_freq(r, D, L, out.Data());
   return out;
@@ -456,21 +464,7 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
       type_error(env, std::string("NativeModel: unknown ") + name + " '" + v + "'");
       return 0;
     };
-    auto rope_of = [&](Napi::Value v, undo::RopeParams* r) {
-      if (!v.IsObject()) type_error(env, "NativeModel: rope must be an object");
-      Napi::Object ro = v.As<Napi::Object>();
-      r->theta = field(ro, "theta", 10000.0);
-      const std::string t = ro.Get("scaling").IsUndefined() ? "none" : ro.Get("scaling").ToString().Utf8Value();
-      if (t == "none") r->scaling = undo::RopeScaling::none;
-      else if (t == "linear") r->scaling = undo::RopeScaling::linear;
-      else if (t == "dynamic") r->scaling = undo::RopeScaling::dynamic;
-      else if (t == "llama3") r->scaling = undo::RopeScaling::llama3;
-      else type_error(env, "NativeModel: unknown rope scaling '" + t + "'");
-      r->factor = field(ro, "factor", 1.0);
-      r->low_freq_factor = field(ro, "lowFreqFactor", 1.0);
-      r->high_freq_factor = field(ro, "highFreqFactor", 4.0);
-      r->original_max_pos = (int64_t)field(ro, "originalMaxPositions", 0);
-    };
+    auto rope_of = [&](Napi::Value v, undo::RopeParams* r) { *r = rope_params(env, v); };
     c.vocab = (int64_t)field(o, "vocabSize", 0, true);
     c.d = (int64_t)field(o, "hiddenSize", 0, true);
     c.n_layers = (int64_t)field(o, "numLayers", 0, true);
