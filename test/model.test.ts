@@ -7,6 +7,8 @@ import * as path from 'path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { Model } from '../lib/models/model';
+import { configFromHF, configToHF } from '../lib/models/config';
+import { UndoError } from '../lib/core/errors';
 import { readSafetensors } from '../lib/formats/safetensors';
 import { loss } from '../lib/train/losses';
 import { nativeParamCount } from '../lib/models/info';
@@ -47,6 +49,7 @@ for (const family of CASES) {
   test(`${family}: the info formula's parameter count and the checkpoint round trip (names, layout) are exact`, () => {
     const m = Model.load(dir);
     assert.is(nativeParamCount(m.config), m.numParams());
+    assert.equal(configFromHF(configToHF(m.config)), m.config, 'config.json written back parses to the same config');
     const st = readSafetensors(path.join(dir, 'model.safetensors'));
     const mine = m.hfTensors();
     assert.equal([...mine.keys()].sort(), st.names().sort());
@@ -130,6 +133,34 @@ test('llama: bf16 checkpoint loads (rounded weights) and matches its logits', as
   const [B, T] = exp.get('input_ids').shape;
   await m.native.forward(exp.get('input_ids').data as Int32Array, B, T);
   assertClose(await m.native.logits(null), exp.readTensorF32('logits'), 1e-4, 'bf16 logits');
+});
+
+test('the architecture table\'s config rules: transformers\' defaults, and what is refused names field and values', () => {
+  const hf = (over: Record<string, unknown>) => ({ hidden_size: 16, num_attention_heads: 2, num_hidden_layers: 2, intermediate_size: 32, vocab_size: 50, ...over });
+  assert.is(configFromHF(hf({ model_type: 'mistral' })).slidingWindow, 4096, 'MistralConfig default window');
+  assert.equal(configFromHF(hf({ model_type: 'mistral', sliding_window: null })).layerTypes, undefined);
+  assert.is(configFromHF(hf({ model_type: 'gemma2' })).attnLogitSoftcapping, 50);
+  assert.is(configFromHF(hf({ model_type: 'gemma3_text' })).attnLogitSoftcapping, 0);
+  assert.is(configFromHF(hf({ model_type: 'llama', mlp_bias: true })).mlpBias, true);
+  assert.is(configFromHF(hf({ model_type: 'mistral', attention_bias: true })).attentionBias, undefined, 'a field MistralConfig lacks is ignored, as transformers does');
+  const cases: Array<[Record<string, unknown>, RegExp, RegExp]> = [
+    [{ model_type: 'qwen3', mlp_bias: true }, /"mlp_bias".*qwen3/, /llama/],
+    [{ model_type: 'llama', rope_scaling: { rope_type: 'yarn', factor: 4 } }, /rope_scaling\.rope_type "yarn"/, /llama3/],
+    [{ model_type: 'gpt2', n_embd: 16, n_head: 2, n_layer: 1, scale_attn_by_inverse_layer_idx: true }, /scale_attn_by_inverse_layer_idx/, /GPT2LMHeadModel/],
+    [{ model_type: 'gemma3_text', layer_types: ['full_attention'] }, /layer_types/, /./],
+    [{ model_type: 'gemma3' }, /model_type "gemma3"/, /gemma3_text/],
+  ];
+  for (const [over, msg, hint] of cases) {
+    try {
+      configFromHF(hf(over), 'cfg.json');
+      assert.unreachable(`${JSON.stringify(over)} was accepted`);
+    } catch (e) {
+      assert.instance(e, UndoError);
+      assert.match((e as UndoError).message, /^cfg\.json: /);
+      assert.match((e as UndoError).message, msg);
+      if ((e as UndoError).hint !== undefined || hint.source !== '.') assert.match((e as UndoError).hint ?? '', hint);
+    }
+  }
 });
 
 test.run();

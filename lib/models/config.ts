@@ -75,7 +75,17 @@ interface Architecture {
   hfClass: string;
   /** config.json field names where they differ from Llama's */
   fields?: Partial<Record<'hidden' | 'layers' | 'heads' | 'kvHeads' | 'ffn' | 'maxPos' | 'eps' | 'act', string>>;
-  defaults: { maxPos: number; eps: number; ropeTheta: number; tied: boolean; act: string; headDim?: number; ffnPerHidden?: number };
+  /** transformers' defaults; `act` is also the name written for a tanh-GELU model */
+  defaults: {
+    maxPos: number; eps: number; ropeTheta: number; tied: boolean; act: string; headDim?: number; ffnPerHidden?: number;
+    attnSoftcap?: number; finalSoftcap?: number;
+  };
+  /** the bias switches config.json has (read and written); the rest of the biases are fixed by `biases` */
+  biasFields: Array<'attention_bias' | 'mlp_bias'>;
+  /** config.json has sliding_window (default `dflt`); with `useFlag`, only when use_sliding_window (Qwen) */
+  slidingWindowField?: { dflt: number; useFlag?: boolean };
+  /** checkpoint tensors that are buffers, not parameters */
+  ignoredTensors?: RegExp;
   norm: 'rms' | 'layer';
   normUnitOffset: boolean;
   sandwichNorms: boolean;
@@ -109,12 +119,14 @@ export const ARCHITECTURES: Record<Family, Architecture> = {
   llama: {
     hfClass: 'LlamaForCausalLM',
     defaults: { maxPos: 2048, eps: 1e-6, ropeTheta: 10000, tied: false, act: 'silu' },
+    biasFields: ['attention_bias', 'mlp_bias'],
     norm: 'rms', normUnitOffset: false, sandwichNorms: false, qkNorm: false, biases: attnBias, mlp: 'gated',
     embedScale: false, learnedPositions: false, softcaps: false, queryPreAttnScalar: false, sliding: noSliding, localRope: false,
   },
   mistral: {
     hfClass: 'MistralForCausalLM',
     defaults: { maxPos: 4096 * 32, eps: 1e-6, ropeTheta: 10000, tied: false, act: 'silu' },
+    biasFields: [], slidingWindowField: { dflt: 4096 },
     norm: 'rms', normUnitOffset: false, sandwichNorms: false, qkNorm: false, biases: none, mlp: 'gated',
     embedScale: false, learnedPositions: false, softcaps: false, queryPreAttnScalar: false,
     sliding: (_l, c) => c.slidingWindow > 0, localRope: false,
@@ -122,6 +134,7 @@ export const ARCHITECTURES: Record<Family, Architecture> = {
   qwen2: {
     hfClass: 'Qwen2ForCausalLM',
     defaults: { maxPos: 32768, eps: 1e-6, ropeTheta: 10000, tied: false, act: 'silu' },
+    biasFields: [], slidingWindowField: { dflt: 4096, useFlag: true },
     norm: 'rms', normUnitOffset: false, sandwichNorms: false, qkNorm: false,
     biases: () => ({ qkv: true, o: false, mlp: false }), mlp: 'gated',
     embedScale: false, learnedPositions: false, softcaps: false, queryPreAttnScalar: false, sliding: qwenSliding, localRope: false,
@@ -129,12 +142,14 @@ export const ARCHITECTURES: Record<Family, Architecture> = {
   qwen3: {
     hfClass: 'Qwen3ForCausalLM',
     defaults: { maxPos: 32768, eps: 1e-6, ropeTheta: 10000, tied: false, act: 'silu' },
+    biasFields: ['attention_bias'], slidingWindowField: { dflt: 4096, useFlag: true },
     norm: 'rms', normUnitOffset: false, sandwichNorms: false, qkNorm: true, biases: (c) => ({ qkv: !!c.attentionBias, o: !!c.attentionBias, mlp: false }),
     mlp: 'gated', embedScale: false, learnedPositions: false, softcaps: false, queryPreAttnScalar: false, sliding: qwenSliding, localRope: false,
   },
   gemma2: {
     hfClass: 'Gemma2ForCausalLM',
-    defaults: { maxPos: 8192, eps: 1e-6, ropeTheta: 10000, tied: true, act: 'gelu_pytorch_tanh', headDim: 256 },
+    defaults: { maxPos: 8192, eps: 1e-6, ropeTheta: 10000, tied: true, act: 'gelu_pytorch_tanh', headDim: 256, attnSoftcap: 50, finalSoftcap: 30 },
+    biasFields: ['attention_bias'], slidingWindowField: { dflt: 4096 },
     fields: { act: 'hidden_activation' },
     norm: 'rms', normUnitOffset: true, sandwichNorms: true, qkNorm: false, biases: (c) => ({ qkv: !!c.attentionBias, o: !!c.attentionBias, mlp: false }),
     mlp: 'gated', embedScale: true, learnedPositions: false, softcaps: true, queryPreAttnScalar: true,
@@ -143,6 +158,7 @@ export const ARCHITECTURES: Record<Family, Architecture> = {
   gemma3_text: {
     hfClass: 'Gemma3ForCausalLM',
     defaults: { maxPos: 131072, eps: 1e-6, ropeTheta: 1e6, tied: true, act: 'gelu_pytorch_tanh', headDim: 256 },
+    biasFields: ['attention_bias'], slidingWindowField: { dflt: 4096 },
     fields: { act: 'hidden_activation' },
     norm: 'rms', normUnitOffset: true, sandwichNorms: true, qkNorm: true, biases: (c) => ({ qkv: !!c.attentionBias, o: !!c.attentionBias, mlp: false }),
     mlp: 'gated', embedScale: true, learnedPositions: false, softcaps: true, queryPreAttnScalar: true,
@@ -154,6 +170,7 @@ export const ARCHITECTURES: Record<Family, Architecture> = {
     hfClass: 'GPT2LMHeadModel',
     fields: { hidden: 'n_embd', layers: 'n_layer', heads: 'n_head', kvHeads: 'n_head', ffn: 'n_inner', maxPos: 'n_positions', eps: 'layer_norm_epsilon', act: 'activation_function' },
     defaults: { maxPos: 1024, eps: 1e-5, ropeTheta: 10000, tied: true, act: 'gelu_new', ffnPerHidden: 4 },
+    biasFields: [], ignoredTensors: /(^|\.)attn\.(masked_)?bias$/,
     norm: 'layer', normUnitOffset: false, sandwichNorms: false, qkNorm: false, biases: () => ({ qkv: true, o: true, mlp: true }),
     mlp: 'plain', embedScale: false, learnedPositions: true, softcaps: false, queryPreAttnScalar: false, sliding: noSliding, localRope: false,
     extra: {
@@ -240,7 +257,7 @@ export function configFromHF(cfg: Json, file = 'config.json'): ModelConfig {
   if (heads % kv !== 0) throw new UndoError(`${file}: num_attention_heads (${heads}) is not a multiple of num_key_value_heads (${kv})`);
   const headDim = num(cfg, 'head_dim', file, A.defaults.headDim ?? hidden / heads, int);
   const actField = name('act', 'hidden_act');
-  const act = String(cfg[actField] ?? (family === 'gemma2' || family === 'gemma3_text' ? cfg.hidden_act : undefined) ?? A.defaults.act);
+  const act = String(cfg[actField] ?? cfg.hidden_act ?? A.defaults.act);
   let activation: 'silu' | 'gelu_tanh';
   if (act === 'silu' || act === 'swish') activation = 'silu';
   else if (act === 'gelu_pytorch_tanh' || act === 'gelu_tanh' || act === 'gelu_new') activation = 'gelu_tanh';
@@ -286,8 +303,8 @@ export function configFromHF(cfg: Json, file = 'config.json'): ModelConfig {
     rmsNormEps: num(cfg, name('eps', 'rms_norm_eps'), file, A.defaults.eps, { min: 1e-30 }),
     ropeTheta,
     tieWordEmbeddings: cfg.tie_word_embeddings === undefined || cfg.tie_word_embeddings === null ? A.defaults.tied : cfg.tie_word_embeddings === true,
-    attnLogitSoftcapping: A.softcaps ? num(cfg, 'attn_logit_softcapping', file, family === 'gemma2' ? 50 : 0) : 0,
-    finalLogitSoftcapping: A.softcaps ? num(cfg, 'final_logit_softcapping', file, family === 'gemma2' ? 30 : 0) : 0,
+    attnLogitSoftcapping: A.softcaps ? num(cfg, 'attn_logit_softcapping', file, A.defaults.attnSoftcap ?? 0) : 0,
+    finalLogitSoftcapping: A.softcaps ? num(cfg, 'final_logit_softcapping', file, A.defaults.finalSoftcap ?? 0) : 0,
     queryPreAttnScalar: A.queryPreAttnScalar ? num(cfg, 'query_pre_attn_scalar', file, 256) : 0,
     slidingWindow: 0,
     activation,
@@ -296,18 +313,18 @@ export function configFromHF(cfg: Json, file = 'config.json'): ModelConfig {
     padTokenId: tokenId('pad_token_id', 0),
   };
   const sw = cfg.sliding_window;
-  if (family !== 'llama' && family !== 'gpt2' && sw !== null && sw !== undefined && sw !== false) {
-    out.slidingWindow = num(cfg, 'sliding_window', file, undefined, int);
-  } else if (family === 'gemma2' && sw === undefined) {
-    out.slidingWindow = 4096;
+  if (A.slidingWindowField && sw !== null && sw !== false) {
+    out.slidingWindow = sw === undefined ? A.slidingWindowField.dflt : num(cfg, 'sliding_window', file, undefined, int);
   }
-  if (family === 'gemma3_text' && sw === undefined) out.slidingWindow = 4096;
-  if (bool('attention_bias')) out.attentionBias = true;
-  if (bool('mlp_bias')) {
-    if (family !== 'llama') throw new UndoError(`${file}: field "mlp_bias" = true is supported for llama only`);
-    out.mlpBias = true;
+  for (const f of ['attention_bias', 'mlp_bias'] as const) {
+    if (!bool(f)) continue;
+    if (A.biasFields.includes(f)) out[f === 'attention_bias' ? 'attentionBias' : 'mlpBias'] = true;
+    // transformers' configs without the field ignore it; a bias on the MLP is a different model, refused
+    else if (f === 'mlp_bias') {
+      const readers = FAMILIES.filter((t) => ARCHITECTURES[t].biasFields.includes(f));
+      throw new UndoError(`${file}: field "mlp_bias" = true is not supported for model_type "${family}"`, `supported for: ${readers.join(', ')}`);
+    }
   }
-  if (family === 'qwen2' && out.attentionBias) delete out.attentionBias; // Qwen2's biases are fixed (q, k, v)
   if (ropeScaling) out.ropeScaling = ropeScaling;
   if (ropeLocalTheta !== undefined) out.ropeLocalTheta = ropeLocalTheta;
   let sliding: boolean[] | undefined;
@@ -344,7 +361,7 @@ export function configToHF(c: ModelConfig): Json {
   const A = ARCHITECTURES[c.family];
   if (!A) throw new UndoError(`unknown model family ${JSON.stringify(c.family)}`, `supported: ${FAMILIES.join(', ')}`);
   const name = (k: keyof NonNullable<Architecture['fields']>, dflt: string) => A.fields?.[k] ?? dflt;
-  const act = c.activation === 'silu' ? 'silu' : c.family === 'gpt2' ? 'gelu_new' : 'gelu_pytorch_tanh';
+  const act = c.activation === 'silu' ? 'silu' : A.defaults.act === 'silu' ? 'gelu_pytorch_tanh' : A.defaults.act;
   const o: Json = {
     architectures: [A.hfClass],
     model_type: c.family,
@@ -367,9 +384,8 @@ export function configToHF(c: ModelConfig): Json {
     o.head_dim = c.headDim;
     o.rope_theta = c.ropeTheta;
     o.rope_scaling = c.ropeScaling ? ropeScalingToHF(c.ropeScaling) : null;
-    o.attention_bias = c.family === 'qwen2' ? true : !!c.attentionBias;
   }
-  if (c.family === 'llama') o.mlp_bias = !!c.mlpBias;
+  for (const f of A.biasFields) o[f] = f === 'attention_bias' ? !!c.attentionBias : !!c.mlpBias;
   if (A.fields?.act === 'hidden_activation') o.hidden_act = act;
   if (A.softcaps) {
     o.attn_logit_softcapping = c.attnLogitSoftcapping || null;
@@ -377,8 +393,8 @@ export function configToHF(c: ModelConfig): Json {
   }
   if (A.queryPreAttnScalar) o.query_pre_attn_scalar = c.queryPreAttnScalar;
   if (A.localRope) o.rope_local_base_freq = c.ropeLocalTheta ?? 10000;
-  if (c.family !== 'llama' && c.family !== 'gpt2') o.sliding_window = c.slidingWindow > 0 ? c.slidingWindow : null;
-  if (c.family === 'qwen2' || c.family === 'qwen3') {
+  if (A.slidingWindowField) o.sliding_window = c.slidingWindow > 0 ? c.slidingWindow : null;
+  if (A.slidingWindowField?.useFlag) {
     o.use_sliding_window = slidingLayers(c).some((s) => s);
     if (o.use_sliding_window) o.max_window_layers = slidingLayers(c).indexOf(true);
   }
@@ -463,7 +479,7 @@ function gpt2Tensors(c: ModelConfig, hfNames: readonly string[]): TensorMapping[
 /** HF tensors a loader may skip: buffers, not parameters (rotary inv_freq, GPT-2's causal-mask buffers). */
 export function isIgnoredHfTensor(c: ModelConfig, name: string): boolean {
   if (name.endsWith('rotary_emb.inv_freq')) return true;
-  if (c.family === 'gpt2' && /(^|\.)attn\.(masked_)?bias$/.test(name)) return true;
+  if (ARCHITECTURES[c.family].ignoredTensors?.test(name)) return true;
   return c.tieWordEmbeddings && name === 'lm_head.weight';
 }
 
