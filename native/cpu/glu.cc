@@ -14,100 +14,84 @@ static inline float sigmoid(float g) {
 static const float kGeluC = 0.7978845608028654f;  // sqrt(2/pi)
 static const float kGeluA = 0.044715f;
 
+// The two activations and their derivatives, once each; the gated and the plain forms below only combine them.
+static inline float silu(float g) { return g * sigmoid(g); }
+static inline float dsilu(float g) {
+  const float sg = sigmoid(g);
+  return sg * (1.0f + g * (1.0f - sg));
+}
+static inline float gelu_t(float g) { return undo_tanhf(kGeluC * (g + kGeluA * g * g * g)); }
+static inline float gelu(float g, float t) { return 0.5f * g * (1.0f + t); }
+static inline float dgelu(float g, float t) {
+  return 0.5f * (1.0f + t) + 0.5f * g * (1.0f - t * t) * kGeluC * (1.0f + 3.0f * kGeluA * g * g);
+}
+
+// Each loop runs over n in chunks of 16384, threaded when there is more than one chunk.
 void glu_forward(int64_t n, GluKind kind, const float* gate, const float* up, float* out) {
-  const int64_t chunk = 16384;
-  const int64_t nchunks = (n + chunk - 1) / chunk;
+  const int64_t chunk = 16384, nchunks = (n + chunk - 1) / chunk;
 #pragma omp parallel for num_threads(num_threads()) schedule(static) if (nchunks > 1)
   for (int64_t c = 0; c < nchunks; c++) {
     const int64_t lo = c * chunk, hi = lo + chunk < n ? lo + chunk : n;
     if (kind == GluKind::swiglu) {
 #pragma omp simd
-      for (int64_t i = lo; i < hi; i++) {
-        const float g = gate[i];
-        out[i] = g * sigmoid(g) * up[i];
-      }
+      for (int64_t i = lo; i < hi; i++) out[i] = silu(gate[i]) * up[i];
     } else {
 #pragma omp simd
-      for (int64_t i = lo; i < hi; i++) {
-        const float g = gate[i];
-        const float t = undo_tanhf(kGeluC * (g + kGeluA * g * g * g));
-        out[i] = 0.5f * g * (1.0f + t) * up[i];
-      }
+      for (int64_t i = lo; i < hi; i++) out[i] = gelu(gate[i], gelu_t(gate[i])) * up[i];
     }
   }
 }
 
 void glu_backward(int64_t n, GluKind kind, const float* gate, const float* up, const float* dout, float* dgate,
                   float* dup) {
-  const int64_t chunk = 16384;
-  const int64_t nchunks = (n + chunk - 1) / chunk;
+  const int64_t chunk = 16384, nchunks = (n + chunk - 1) / chunk;
 #pragma omp parallel for num_threads(num_threads()) schedule(static) if (nchunks > 1)
   for (int64_t c = 0; c < nchunks; c++) {
     const int64_t lo = c * chunk, hi = lo + chunk < n ? lo + chunk : n;
     if (kind == GluKind::swiglu) {
 #pragma omp simd
       for (int64_t i = lo; i < hi; i++) {
-        const float g = gate[i];
-        const float sg = sigmoid(g);
-        const float act = g * sg;
-        const float dact = sg * (1.0f + g * (1.0f - sg));
-        const float d = dout[i];
-        dup[i] = d * act;
-        dgate[i] = d * up[i] * dact;
+        const float g = gate[i], d = dout[i];
+        dup[i] = d * silu(g);
+        dgate[i] = d * up[i] * dsilu(g);
       }
     } else {
 #pragma omp simd
       for (int64_t i = lo; i < hi; i++) {
-        const float g = gate[i];
-        const float t = undo_tanhf(kGeluC * (g + kGeluA * g * g * g));
-        const float act = 0.5f * g * (1.0f + t);
-        const float dact = 0.5f * (1.0f + t) + 0.5f * g * (1.0f - t * t) * kGeluC * (1.0f + 3.0f * kGeluA * g * g);
-        const float d = dout[i];
-        dup[i] = d * act;
-        dgate[i] = d * up[i] * dact;
+        const float g = gate[i], t = gelu_t(g), d = dout[i];
+        dup[i] = d * gelu(g, t);
+        dgate[i] = d * up[i] * dgelu(g, t);
       }
     }
   }
 }
 
 void act_forward(int64_t n, GluKind kind, const float* x, float* out) {
-  const int64_t chunk = 16384;
-  const int64_t nchunks = (n + chunk - 1) / chunk;
+  const int64_t chunk = 16384, nchunks = (n + chunk - 1) / chunk;
 #pragma omp parallel for num_threads(num_threads()) schedule(static) if (nchunks > 1)
   for (int64_t c = 0; c < nchunks; c++) {
     const int64_t lo = c * chunk, hi = lo + chunk < n ? lo + chunk : n;
     if (kind == GluKind::swiglu) {
 #pragma omp simd
-      for (int64_t i = lo; i < hi; i++) out[i] = x[i] * sigmoid(x[i]);
+      for (int64_t i = lo; i < hi; i++) out[i] = silu(x[i]);
     } else {
 #pragma omp simd
-      for (int64_t i = lo; i < hi; i++) {
-        const float g = x[i];
-        out[i] = 0.5f * g * (1.0f + undo_tanhf(kGeluC * (g + kGeluA * g * g * g)));
-      }
+      for (int64_t i = lo; i < hi; i++) out[i] = gelu(x[i], gelu_t(x[i]));
     }
   }
 }
 
 void act_backward(int64_t n, GluKind kind, const float* x, const float* dout, float* dx) {
-  const int64_t chunk = 16384;
-  const int64_t nchunks = (n + chunk - 1) / chunk;
+  const int64_t chunk = 16384, nchunks = (n + chunk - 1) / chunk;
 #pragma omp parallel for num_threads(num_threads()) schedule(static) if (nchunks > 1)
   for (int64_t c = 0; c < nchunks; c++) {
     const int64_t lo = c * chunk, hi = lo + chunk < n ? lo + chunk : n;
     if (kind == GluKind::swiglu) {
 #pragma omp simd
-      for (int64_t i = lo; i < hi; i++) {
-        const float sg = sigmoid(x[i]);
-        dx[i] = dout[i] * sg * (1.0f + x[i] * (1.0f - sg));
-      }
+      for (int64_t i = lo; i < hi; i++) dx[i] = dout[i] * dsilu(x[i]);
     } else {
 #pragma omp simd
-      for (int64_t i = lo; i < hi; i++) {
-        const float g = x[i];
-        const float t = undo_tanhf(kGeluC * (g + kGeluA * g * g * g));
-        dx[i] = dout[i] * (0.5f * (1.0f + t) + 0.5f * g * (1.0f - t * t) * kGeluC * (1.0f + 3.0f * kGeluA * g * g));
-      }
+      for (int64_t i = lo; i < hi; i++) dx[i] = dout[i] * dgelu(x[i], gelu_t(x[i]));
     }
   }
 }
