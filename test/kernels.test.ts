@@ -237,7 +237,7 @@ test('rmsnorm backward: dx (overwrite and accumulate), dw accumulates, vs float6
 
 /**
  * Hugging Face rotate_half RoPE in float64. fp32Angles reproduces HF's float32 inv_freq and pos·inv_freq
- * (what rope_tables computes); otherwise the angle is exact in float64.
+ * (what rope_tables_from computes); otherwise the angle is exact in float64.
  */
 function ropeRef(B: number, T: number, H: number, D: number, x: Float32Array, theta: number, off: number,
   inverse: boolean, fp32Angles: boolean): Float64Array {

@@ -2,7 +2,6 @@
 #include "rope.h"
 #include "simd.h"
 #include <cmath>
-#include <stdexcept>
 
 UNDO_ISA_BEGIN
 
@@ -75,13 +74,5 @@ void rope_tables_from(const double* inv_freq, int64_t n_pos, int64_t D, float* c
     }
 }
 
-void rope_tables(int64_t max_pos, int64_t D, double theta, float* cos_table, float* sin_table) {
-  RopeParams p;
-  p.theta = theta;
-  double inv[4096];
-  if (D / 2 > 4096) throw std::invalid_argument("rope: head_dim too large");
-  rope_inv_freq(p, D, max_pos, inv);
-  rope_tables_from(inv, max_pos, D, cos_table, sin_table);
-}
 }  // namespace undo
 #endif

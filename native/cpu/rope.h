@@ -34,8 +34,7 @@ void rope_inv_freq(const RopeParams& p, int64_t D, int64_t seq_len, double* inv_
 // formed in fp32.
 void rope_tables_from(const double* inv_freq, int64_t n_pos, int64_t D, float* cos_table, float* sin_table);
 
-// cos_table / sin_table: [max_pos, D/2], entry (p, i) = cos/sin(p · theta^(−2i/D)).
+// cos_table / sin_table: [positions, D/2], entry (p, i) = cos/sin(p · inv_freq_i) (rope_tables_from).
 void rope_apply(int64_t B, int64_t T, int64_t H, int64_t D, float* x, const float* cos_table,
                 const float* sin_table, int64_t pos_offset, bool inverse);
-void rope_tables(int64_t max_pos, int64_t D, double theta, float* cos_table, float* sin_table);
 }  // namespace undo

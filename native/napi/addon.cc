@@ -148,8 +148,12 @@ Napi::Value RopeApply(const Napi::CallbackInfo& info) {
   const double theta = dbl(info, 5, "theta");
   const int64_t off = num(info, 6, "posOffset");
   if (D % 2) type_error(info.Env(), "ropeApply: D must be even");
+  undo::RopeParams rp;
+  rp.theta = theta;
+  std::vector<double> inv((size_t)(D / 2));
+  undo::rope_inv_freq(rp, D, off + T, inv.data());
   std::vector<float> c((size_t)((off + T) * D / 2)), s(c.size());
-  undo::rope_tables(off + T, D, theta, c.data(), s.data());
+  undo::rope_tables_from(inv.data(), off + T, D, c.data(), s.data());
   undo::rope_apply(B, T, H, D, x.Data(), c.data(), s.data(), off, flag(info, 7));
   return info.Env().Undefined();
 }
