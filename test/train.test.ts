@@ -78,6 +78,54 @@ test('sampleToken: greedy, top-k restricts the support, top-p keeps the nucleus'
   assert.is(all.size, 5);
 });
 
+/** The sort-based sampler sampleToken replaced: the whole vocabulary sorted (stable: logit desc, id asc). */
+function sampleBySort(logits: Float32Array, o: { temperature: number; topK?: number; topP?: number }, rng: Rng): number {
+  let idx = Array.from({ length: logits.length }, (_, i) => i).sort((a, b) => logits[b] - logits[a]);
+  if (o.topK) idx = idx.slice(0, o.topK);
+  const m = logits[idx[0]];
+  let probs = idx.map((i) => Math.exp((logits[i] - m) / o.temperature));
+  let sum = probs.reduce((a, b) => a + b, 0);
+  if ((o.topP ?? 1) < 1) {
+    let acc = 0, keep = 0;
+    while (keep < probs.length && acc < o.topP! * sum) acc += probs[keep++];
+    idx = idx.slice(0, Math.max(1, keep));
+    probs = probs.slice(0, Math.max(1, keep));
+    sum = probs.reduce((a, b) => a + b, 0);
+  }
+  let u = rng.next() * sum;
+  for (let j = 0; j < probs.length; j++) if ((u -= probs[j]) <= 0) return idx[j];
+  return idx[idx.length - 1];
+}
+
+test('sampleToken (selection, no sort) draws exactly what sorting the vocabulary would, ties and flat rows included', () => {
+  const r = new Rng(5);
+  const rows: Float32Array[] = [
+    Float32Array.from({ length: 3000 }, () => r.normal() * 3),                  // peaked: small nucleus
+    Float32Array.from({ length: 3000 }, () => r.normal() * 0.05),               // flat: nucleus of thousands (doubling)
+    Float32Array.from({ length: 3000 }, (_, i) => Math.floor(i / 7) % 5),       // heavy ties at the cut
+    Float32Array.from([2, 2, 2, 1, 1]),
+  ];
+  for (const [ri, z] of rows.entries()) {
+    for (const o of [{ temperature: 1, topK: 50 }, { temperature: 0.7, topP: 0.9 }, { temperature: 1.3, topK: 600, topP: 0.5 }, { temperature: 1, topK: 1 }, { temperature: 1, topP: 0.999 }]) {
+      const a = new Rng(11), b = new Rng(11);
+      for (let t = 0; t < 200; t++) assert.is(sampleToken(z, o, a), sampleBySort(z, o, b), `row ${ri} ${JSON.stringify(o)} draw ${t}`);
+    }
+  }
+});
+
+test('sampleToken at temperature T alone: frequencies follow softmax(z / T) (20000 draws, within 4.5 σ)', () => {
+  const z = Float32Array.from([0.3, -1, 2, 0, 1.1, -0.4]);
+  const T = 0.8, n = 20000, rng = new Rng(3);
+  const counts = new Array(z.length).fill(0);
+  for (let i = 0; i < n; i++) counts[sampleToken(z, { temperature: T }, rng)]++;
+  const e = Array.from(z, (v) => Math.exp(v / T));
+  const sum = e.reduce((a, b) => a + b, 0);
+  e.forEach((w, i) => {
+    const p = w / sum, sd = Math.sqrt(n * p * (1 - p));
+    assert.ok(Math.abs(counts[i] - n * p) < 4.5 * sd, `token ${i}: ${counts[i]} vs ${(n * p).toFixed(0)}`);
+  });
+});
+
 test('train: a NaN weight stops training with an error naming the step', async () => {
   const m = Model.create(CFG, { seed: 1 });
   m.tensor('model.layers.1.mlp.down_proj.weight')[3] = NaN;

@@ -39,11 +39,8 @@ export interface NativeRope {
   originalMaxPositions?: number;
 }
 
-/**
- * The native decoder's switches (native/cpu/model.h ModelConfig); lib/models/config.ts `decoderSpec` derives
- * them from a ModelConfig and its architecture's row.
- */
-export interface NativeDecoderSpec {
+/** A decoder's sizes, shared by the native spec and lib/models/config.ts ModelConfig. */
+export interface DecoderSizes {
   vocabSize: number;
   hiddenSize: number;
   numLayers: number;
@@ -52,6 +49,13 @@ export interface NativeDecoderSpec {
   headDim: number;
   intermediateSize: number;
   maxPositions: number;
+}
+
+/**
+ * The native decoder's switches (native/cpu/model.h ModelConfig); lib/models/config.ts `decoderSpec` derives
+ * them from a ModelConfig and its architecture's row.
+ */
+export interface NativeDecoderSpec extends DecoderSizes {
   normEps: number;
   norm: 'rms' | 'layer';
   normUnitOffset: boolean;

@@ -9,7 +9,7 @@
  * branches on the architecture.
  */
 import { UndoError } from '../core/errors';
-import { NativeDecoderSpec, NativeRope } from '../core/native';
+import { DecoderSizes, NativeDecoderSpec, NativeRope } from '../core/native';
 import { ByteTokenizer, TokenizerLike } from '../data/tokenizer';
 
 /** The supported Hugging Face `model_type`s. */
@@ -25,16 +25,8 @@ export interface RopeScaling {
   originalMaxPositions?: number;
 }
 
-export interface ModelConfig {
+export interface ModelConfig extends DecoderSizes {
   family: Family;
-  vocabSize: number;
-  hiddenSize: number;
-  numLayers: number;
-  numHeads: number;
-  numKvHeads: number;
-  headDim: number;
-  intermediateSize: number;
-  maxPositions: number;
   /** the norm's epsilon (rms_norm_eps, or GPT-2's layer_norm_epsilon) */
   rmsNormEps: number;
   ropeTheta: number;
