@@ -704,22 +704,10 @@ def naive_head_attention(cfg, params, input_ids, li, b, head):
     return (want - torch.tensor(out)).abs().max().item(), nonuni
 
 
-def finite_diff_check(cfg, params, input_ids, targets, grads, name, idxs, h=1e-5):
-    # h = 1e-5 (not make_fixtures.py's 1e-6): some bias / low-frequency components have gradients
-    # ~1e-4, where float64 round-off of the loss difference at h = 1e-6 is already ~1e-6 relative.
-    worst = 0.0
-    for idx in idxs:
-        with torch.no_grad():
-            orig = params[name][idx].item()
-            params[name][idx] = orig + h
-            lp = loss_of(cfg, params, input_ids, targets).item()
-            params[name][idx] = orig - h
-            lm = loss_of(cfg, params, input_ids, targets).item()
-            params[name][idx] = orig
-        fd = (lp - lm) / (2 * h)
-        ad = grads[name][idx].item()
-        worst = max(worst, abs(fd - ad) / max(1e-8, abs(fd) + abs(ad)))
-    return worst
+# finite differences: make_fixtures.finite_diff_check with h = 1e-5 (not its 1e-6): some bias / low-frequency
+# components have gradients ~1e-4, where float64 round-off of the loss difference at h = 1e-6 is already
+# ~1e-6 relative.
+FD_STEP = 1e-5
 
 
 def fd_names(cfg):
@@ -841,7 +829,7 @@ def generate(case, cfg, seed):
         idxs = [tuple(int(torch.randint(0, s, (1,), generator=g)) for s in shp) for _ in range(3)]
         if name.endswith("wte.weight") or name == "model.embed_tokens.weight":
             idxs[0] = (int(input_ids[0, 0]), 0)
-        e = finite_diff_check(cfg, work, input_ids, targets, grads, name, idxs)
+        e = mf.finite_diff_check(lambda: loss_of(cfg, work, input_ids, targets), work, grads, name, idxs, h=FD_STEP)
         fd_worst = max(fd_worst, e)
         print(f"   finite-diff rel err {name}: {e:.3e}")
     assert fd_worst < 1e-6, "finite-difference check failed"

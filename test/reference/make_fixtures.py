@@ -383,15 +383,16 @@ def naive_head_attention(cfg, params, input_ids, layer_idx, b, head):
         return (af[b, head] - naive).abs().max().item()
 
 
-def finite_diff_check(cfg, params, input_ids, targets, grads, name, idxs, h=1e-6):
+def finite_diff_check(loss, params, grads, name, idxs, h=1e-6):
+    """Worst relative error of central differences of loss() (a closure over params) against grads[name]."""
     worst = 0.0
     for idx in idxs:
         with torch.no_grad():
             orig = params[name][idx].item()
             params[name][idx] = orig + h
-            lp = loss_fn(forward(cfg, params, input_ids), targets).item()
+            lp = loss().item()
             params[name][idx] = orig - h
-            lm = loss_fn(forward(cfg, params, input_ids), targets).item()
+            lm = loss().item()
             params[name][idx] = orig
         fd = (lp - lm) / (2 * h)
         ad = grads[name][idx].item()
@@ -466,7 +467,7 @@ def generate(family, cfg, seed):
         if name == "model.embed_tokens.weight":
             tok = int(input_ids[0, 0])  # make sure one probe hits a used embedding row
             idxs[0] = (tok, 0)
-        e = finite_diff_check(cfg, work, input_ids, targets, grads, name, idxs)
+        e = finite_diff_check(lambda: loss_fn(forward(cfg, work, input_ids), targets), work, grads, name, idxs)
         fd_worst = max(fd_worst, e)
         print(f"   finite-diff rel err {name}: {e:.3e}")
     assert fd_worst < 1e-6, "finite-difference check failed"
