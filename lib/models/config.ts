@@ -204,16 +204,15 @@ function parseRopeScaling(v: unknown, field: string, file: string, maxPos: numbe
     throw new UndoError(`${file}: ${field}.rope_type ${JSON.stringify(type)} is not supported`, `supported: ${ROPE_TYPES.join(', ')}`);
   }
   if (type === 'default') return null;
-  const f = `${field}`;
-  const factor = num(o, 'factor', `${file} (${f})`, undefined, { min: 1e-9 });
+  const factor = num(o, 'factor', `${file} (${field})`, undefined, { min: 1e-9 });
   const out: RopeScaling = { type: type as RopeScaling['type'], factor };
   if (type === 'llama3') {
-    out.lowFreqFactor = num(o, 'low_freq_factor', `${file} (${f})`);
-    out.highFreqFactor = num(o, 'high_freq_factor', `${file} (${f})`);
-    out.originalMaxPositions = num(o, 'original_max_position_embeddings', `${file} (${f})`, undefined, { int: true, min: 1 });
-    if (!(out.highFreqFactor > out.lowFreqFactor)) throw new UndoError(`${file}: ${f}.high_freq_factor must be > low_freq_factor`);
+    out.lowFreqFactor = num(o, 'low_freq_factor', `${file} (${field})`);
+    out.highFreqFactor = num(o, 'high_freq_factor', `${file} (${field})`);
+    out.originalMaxPositions = num(o, 'original_max_position_embeddings', `${file} (${field})`, undefined, { int: true, min: 1 });
+    if (!(out.highFreqFactor > out.lowFreqFactor)) throw new UndoError(`${file}: ${field}.high_freq_factor must be > low_freq_factor`);
   } else if (type === 'dynamic') {
-    out.originalMaxPositions = num(o, 'original_max_position_embeddings', `${file} (${f})`, maxPos, { int: true, min: 1 });
+    out.originalMaxPositions = num(o, 'original_max_position_embeddings', `${file} (${field})`, maxPos, { int: true, min: 1 });
   }
   return out;
 }
