@@ -1,7 +1,8 @@
 {
   # The CPU addon. Each kernel family in native/cpu is compiled three times, once per instruction set
   # (static libraries undo_kernels_generic / _avx2 / _avx512); cpu_features.cc picks one at run time.
-  # Nothing here uses -march=native, so the build runs on any x86-64 CPU.
+  # native/cpu/matmul_bf16.cc (the AVX512-BF16 GEMM) is compiled once more, alone, with -mavx512bf16 and runs
+  # only where cpuid reports the extension. Nothing here uses -march=native, so the build runs on any x86-64 CPU.
   "variables": {
     "kernel_sources": [
       "native/cpu/matmul.cc",
@@ -46,6 +47,12 @@
       "cflags": ["<@(common_cflags)", "-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mavx2", "-mfma", "-mf16c", "-mprefer-vector-width=512"]
     },
     {
+      "target_name": "undo_kernels_bf16",
+      "type": "static_library",
+      "sources": ["native/cpu/matmul_bf16.cc"],
+      "cflags": ["<@(common_cflags)", "-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mavx512bf16", "-mavx2", "-mfma", "-mprefer-vector-width=512"]
+    },
+    {
       "target_name": "undo_native",
       "sources": [
         "native/cpu/cpu_features.cc",
@@ -53,7 +60,7 @@
         "native/cpu/random.cc",
         "native/napi/addon.cc"
       ],
-      "dependencies": ["undo_kernels_generic", "undo_kernels_avx2", "undo_kernels_avx512"],
+      "dependencies": ["undo_kernels_generic", "undo_kernels_avx2", "undo_kernels_avx512", "undo_kernels_bf16"],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS", "NODE_ADDON_API_DISABLE_DEPRECATED"],
       "cflags": ["<@(common_cflags)"],

@@ -754,6 +754,59 @@ void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const 
   UNDO_DISPATCH(gemm, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
+float bf16_round(float x) {
+  uint32_t u;
+  std::memcpy(&u, &x, 4);
+  if ((u & 0x7F800000u) == 0x7F800000u) {  // inf stays, NaN stays NaN
+    if (u & 0x007FFFFFu) u |= 0x00400000u;
+    u &= 0xFFFF0000u;
+  } else {
+    u += 0x7FFFu + ((u >> 16) & 1u);
+    u &= 0xFFFF0000u;
+  }
+  std::memcpy(&x, &u, 4);
+  return x;
+}
+
+bool bf16_native() {
+#if defined(UNDO_X86)
+  static const bool cpu = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512bf16") != 0;
+  }();
+  return cpu && bf16k::compiled() && active_isa() == Isa::avx512;
+#else
+  return false;
+#endif
+}
+
+// rows × cols of src (row stride ld) rounded to bf16 into a dense rows × cols buffer
+static void round_copy(const float* src, int64_t ld, int64_t rows, int64_t cols, float scale, float* dst) {
+#pragma omp parallel for num_threads(num_threads()) schedule(static) if (rows * cols > 65536)
+  for (int64_t r = 0; r < rows; r++)
+    for (int64_t c = 0; c < cols; c++) dst[r * cols + c] = bf16_round(scale * src[r * ld + c]);
+}
+
+void gemm_bf16(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+               const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  if (M <= 4 || N <= 0 || K <= 0 || alpha == 0.0f) {
+    gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    return;
+  }
+  if (bf16_native()) {
+    bf16k::gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, num_threads());
+    return;
+  }
+  const int64_t ar = ta ? K : M, ac = ta ? M : K, br = tb ? N : K, bc = tb ? K : N;
+  float* a = (float*)std::malloc(sizeof(float) * (size_t)(ar * ac + br * bc));
+  if (!a) std::abort();
+  float* b = a + ar * ac;
+  round_copy(A, lda, ar, ac, alpha, a);
+  round_copy(B, ldb, br, bc, 1.0f, b);
+  gemm(ta, tb, M, N, K, 1.0f, a, ac, b, bc, beta, C, ldc);
+  std::free(a);
+}
+
 void bias_add(int64_t rows, int64_t n, const float* b, float* y) {
 #pragma omp parallel for num_threads(num_threads()) schedule(static) if (rows * n > 65536)
   for (int64_t r = 0; r < rows; r++) {

@@ -22,6 +22,21 @@ UNDO_EACH_ISA(UNDO_MATMUL_DECL)
 void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
           const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
 
+// bf16 GEMM with fp32 accumulation, the model's bf16 compute path: C = bf16(alpha·op(A))·bf16(op(B)) + beta·C,
+// operands rounded to nearest even, products and sums in fp32 (what VDPBF16PS computes). On CPUs with
+// AVX512-BF16 and the avx512 ISA active it runs native/cpu/matmul_bf16.cc; otherwise the same arithmetic
+// is emulated (rounded copies of the operands through the fp32 GEMM), slower but equal up to summation
+// order. Products of at most 4 rows (decoding; memory-bound) run in fp32 on every path.
+void gemm_bf16(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+               const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
+bool bf16_native();      // whether gemm_bf16 now runs the AVX512-BF16 kernel
+float bf16_round(float x);  // round to the nearest bf16 (ties to even), as fp32
+namespace bf16k {
+bool compiled();         // the AVX512-BF16 kernel was built (binding.gyp target undo_kernels_bf16)
+void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+          const float* B, int64_t ldb, float beta, float* C, int64_t ldc, int threads);
+}
+
 // The bias of a linear layer y = x·Wᵀ + b over rows × n outputs: bias_add adds b to every row of y;
 // bias_grad adds the column sums of dy to db (threads split the columns: deterministic, race-free).
 void bias_add(int64_t rows, int64_t n, const float* b, float* y);

@@ -64,7 +64,8 @@ Napi::Value GetThreads(const Napi::CallbackInfo& info) { return Napi::Number::Ne
 
 // ---------- kernels (synchronous; for tests, benches and small library calls)
 
-Napi::Value Gemm(const Napi::CallbackInfo& info) {
+// gemm / gemmBf16 share the argument checks
+Napi::Value GemmImpl(const Napi::CallbackInfo& info, bool bf16) {
   const bool ta = flag(info, 0), tb = flag(info, 1);
   const int64_t M = num(info, 2, "M"), N = num(info, 3, "N"), K = num(info, 4, "K");
   const float alpha = (float)dbl(info, 5, "alpha");
@@ -77,9 +78,13 @@ Napi::Value Gemm(const Napi::CallbackInfo& info) {
   auto A = f32(info, 6, "A", need(arows, acols, lda));
   auto B = f32(info, 8, "B", need(brows, bcols, ldb));
   auto C = f32(info, 11, "C", need(M, N, ldc));
-  undo::gemm(ta, tb, M, N, K, alpha, A.Data(), lda, B.Data(), ldb, beta, C.Data(), ldc);
+  if (bf16) undo::gemm_bf16(ta, tb, M, N, K, alpha, A.Data(), lda, B.Data(), ldb, beta, C.Data(), ldc);
+  else undo::gemm(ta, tb, M, N, K, alpha, A.Data(), lda, B.Data(), ldb, beta, C.Data(), ldc);
   return info.Env().Undefined();
 }
+Napi::Value Gemm(const Napi::CallbackInfo& info) { return GemmImpl(info, false); }
+Napi::Value GemmBf16(const Napi::CallbackInfo& info) { return GemmImpl(info, true); }
+Napi::Value Bf16Native(const Napi::CallbackInfo& info) { return Napi::Boolean::New(info.Env(), undo::bf16_native()); }
 
 undo::AttnDims attn_dims(Napi::Object o) {
   undo::AttnDims d;
@@ -942,6 +947,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("setThreads", Napi::Function::New(env, SetThreads));
   exports.Set("getThreads", Napi::Function::New(env, GetThreads));
   exports.Set("gemm", Napi::Function::New(env, Gemm));
+  exports.Set("gemmBf16", Napi::Function::New(env, GemmBf16));
+  exports.Set("bf16Native", Napi::Function::New(env, Bf16Native));
   exports.Set("attentionForward", Napi::Function::New(env, AttentionForward));
   exports.Set("attentionBackward", Napi::Function::New(env, AttentionBackward));
   exports.Set("rmsnormForward", Napi::Function::New(env, RmsnormForward));
