@@ -1,7 +1,8 @@
 /** The library API of undo-native. */
 export { native, withIsa, withThreads } from './core/native';
 export type { NativeBinding, NativeModel, NativeDecoderSpec, NativeRope, DecoderSizes, AttnDims, AdamWHyper } from './core/native';
-export { Model, configFromHF, configToHF, presetConfig, PRESETS, saveDirAtomic } from './models/model';
+export { Model, configFromHF, configToHF, presetConfig, PRESETS, saveDirAtomic, setDefaultComputeDtype, defaultComputeDtype, COMPUTE_DTYPES } from './models/model';
+export type { ComputeDtype } from './models/model';
 export { ARCHITECTURES, FAMILIES, decoderSpec, tensorMappings, slidingLayers } from './models/config';
 export type { RopeScaling, TensorMapping } from './models/config';
 export type { ModelConfig, Family, InitOptions } from './models/model';

@@ -12,7 +12,7 @@ import { describeError, UndoError } from '../core/errors';
 import { arithmeticMetrics, evalArithmetic, evalPackedLoss, evalTextLoss } from '../train/evaluate';
 import { generateText } from '../models/generate';
 import { readJson } from '../core/fsutil';
-import { configFromHF, Model, presetConfig, PRESETS } from '../models/model';
+import { configFromHF, Model, presetConfig, PRESETS, setDefaultComputeDtype } from '../models/model';
 import { native } from '../core/native';
 import { ALL_OPS, generateArithmeticCorpus, Op } from '../tasks/arithmetic';
 import { biographyMetrics, builtinBiographyDocs } from '../tasks/biographies';
@@ -44,9 +44,10 @@ function parseOps(v: string): Op[] {
   return ops as Op[];
 }
 
-/** Apply --threads / --isa (also honoured through UNDO_THREADS / UNDO_ISA). */
-function applyRuntime(opts: { threads?: number; isa?: string }): void {
+/** Apply --threads / --isa / --bf16 (the first two also honoured through UNDO_THREADS / UNDO_ISA). */
+function applyRuntime(opts: { threads?: number; isa?: string; bf16?: boolean }): void {
   if (opts.threads) native.setThreads(opts.threads);
+  if (opts.bf16) setDefaultComputeDtype('bf16');
   if (opts.isa) {
     try {
       native.setIsa(opts.isa);
@@ -59,7 +60,8 @@ function applyRuntime(opts: { threads?: number; isa?: string }): void {
 function runtimeOptions(cmd: Command): Command {
   return cmd
     .option('--threads <n>', 'kernel threads (default: all cores, or UNDO_THREADS)', int('--threads', 1))
-    .addOption(new Option('--isa <isa>', 'force an instruction set (default: best available, or UNDO_ISA)').choices(['generic', 'avx2', 'avx512']));
+    .addOption(new Option('--isa <isa>', 'force an instruction set (default: best available, or UNDO_ISA)').choices(['generic', 'avx2', 'avx512']))
+    .option('--bf16', 'matmuls in bf16 with fp32 accumulation (AVX512-BF16 where the CPU has it); fp32 master weights, optimizer, norms, attention and losses');
 }
 
 function pct(x: number): string {

@@ -23,7 +23,7 @@ export interface CliKit {
   int: (name: string, min?: number) => (v: string) => number;
   float: (name: string, min?: number, max?: number) => (v: string) => number;
   runtimeOptions: (cmd: Command) => Command;
-  applyRuntime: (o: { threads?: number; isa?: string }) => void;
+  applyRuntime: (o: { threads?: number; isa?: string; bf16?: boolean }) => void;
   trainingUi: (steps: number, enabled: boolean) => { hooks: Pick<TrainOptions, 'onStep' | 'onEval'>; stop: () => void };
   printArithmeticTable: (m: Record<string, number>) => void;
   arithmeticMetrics: (s: Awaited<ReturnType<typeof evalArithmetic>>) => Record<string, number>;

@@ -104,6 +104,9 @@ export interface NativeModel {
   setAdamStep(step: number): void;
   init(seed: number, scheme: 'normal' | 'xavier', std: number): void;
   setFrozen(tensor: number, frozen: boolean): void;
+  /** matmul precision: bf16 operands with fp32 accumulation (true) or fp32 (false); master weights stay fp32 */
+  setBf16(on: boolean): void;
+  getBf16(): boolean;
   setDecay(tensor: number, decay: boolean): void;
   forward(ids: Int32Array, B: number, T: number): Promise<void>;
   headLoss(targets: Int32Array, weights: Float32Array | null, ignoreIndex: number, normalizer: number,

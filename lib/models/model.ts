@@ -130,6 +130,23 @@ export interface InitOptions {
   std?: number;
 }
 
+/**
+ * Matmul precision. 'bf16': every projection, the MLP and the LM head multiply bf16-rounded operands with
+ * fp32 accumulation (AVX512-BF16 where the CPU has it, emulated otherwise); parameters, gradients, AdamW,
+ * norms, attention and the losses stay fp32 (fp32 master weights, as in mixed-precision training).
+ */
+export type ComputeDtype = 'fp32' | 'bf16';
+export const COMPUTE_DTYPES: readonly ComputeDtype[] = ['fp32', 'bf16'];
+let defaultCompute: ComputeDtype = 'fp32';
+/** The precision new models start with (the CLI's --bf16 sets it). */
+export function setDefaultComputeDtype(d: ComputeDtype): void {
+  if (!COMPUTE_DTYPES.includes(d)) throw new UndoError(`compute dtype "${d}" is not supported`, `supported: ${COMPUTE_DTYPES.join(', ')}`);
+  defaultCompute = d;
+}
+export function defaultComputeDtype(): ComputeDtype {
+  return defaultCompute;
+}
+
 export class Model {
   readonly native: NativeModel;
   readonly tensors: NativeTensorInfo[];
@@ -149,6 +166,17 @@ export class Model {
     for (const t of this.tensors) this.byName.set(t.name, t);
     this.params = this.native.params();
     this.grads = this.native.grads();
+    if (defaultCompute !== 'fp32') this.native.setBf16(true);
+  }
+
+  /** The matmul precision of this model's forward, backward and head (see ComputeDtype). */
+  get computeDtype(): ComputeDtype {
+    return this.native.getBf16() ? 'bf16' : 'fp32';
+  }
+
+  setComputeDtype(d: ComputeDtype): void {
+    if (!COMPUTE_DTYPES.includes(d)) throw new UndoError(`compute dtype "${d}" is not supported`, `supported: ${COMPUTE_DTYPES.join(', ')}`);
+    this.native.setBf16(d === 'bf16');
   }
 
   /** A freshly initialised model (seeded; identical for every thread count). */
@@ -237,6 +265,7 @@ export class Model {
   clone(): Model {
     const c = new Model(this.config, this.tokenizer);
     c.params.set(this.params);
+    c.setComputeDtype(this.computeDtype);
     c.hfConfig = this.hfConfig;
     c.sourceDir = this.sourceDir;
     return c;

@@ -329,9 +329,9 @@ void Model::run_layers(const int32_t* ids, int64_t B, int64_t T, bool training, 
     norm_forward(N, A.x_in.data(), W.in_norm, W.in_norm_b, A.a1.data(), A.st1.data());
     float* qo = c.qk_norm ? A.q_pre.data() : A.q.data();
     float* ko = c.qk_norm ? A.k_pre.data() : A.k.data();
-    gemm(false, true, N, qd, d, 1.0f, A.a1.data(), d, W.wq, d, 0.0f, qo, qd);
-    gemm(false, true, N, kvd, d, 1.0f, A.a1.data(), d, W.wk, d, 0.0f, ko, kvd);
-    gemm(false, true, N, kvd, d, 1.0f, A.a1.data(), d, W.wv, d, 0.0f, A.v.data(), kvd);
+    mm(false, true, N, qd, d, 1.0f, A.a1.data(), d, W.wq, d, 0.0f, qo, qd);
+    mm(false, true, N, kvd, d, 1.0f, A.a1.data(), d, W.wk, d, 0.0f, ko, kvd);
+    mm(false, true, N, kvd, d, 1.0f, A.a1.data(), d, W.wv, d, 0.0f, A.v.data(), kvd);
     if (c.qkv_bias) {
       bias_add(N, qd, W.bq, qo);
       bias_add(N, kvd, W.bk, ko);
@@ -374,7 +374,7 @@ void Model::run_layers(const int32_t* ids, int64_t B, int64_t T, bool training, 
       dims.kv_bstride = T * kvd;
     }
     attention_forward(dims, A.q.data(), kp, vp, A.att.data(), training ? A.lse.data() : nullptr);
-    gemm(false, true, N, d, qd, 1.0f, A.att.data(), qd, W.wo, qd, 0.0f, A.ao.data(), d);
+    mm(false, true, N, d, qd, 1.0f, A.att.data(), qd, W.wo, qd, 0.0f, A.ao.data(), d);
     if (c.o_bias) bias_add(N, d, W.bo, A.ao.data());
     float* xm = A.x_mid.data();
     const float* xin = A.x_in.data();
@@ -387,16 +387,16 @@ void Model::run_layers(const int32_t* ids, int64_t B, int64_t T, bool training, 
     }
     // MLP block
     norm_forward(N, xm, W.mlp_in_norm, W.mlp_in_norm_b, A.a2.data(), A.st2.data());
-    gemm(false, true, N, F, d, 1.0f, A.a2.data(), d, W.wu, d, 0.0f, A.up.data(), F);
+    mm(false, true, N, F, d, 1.0f, A.a2.data(), d, W.wu, d, 0.0f, A.up.data(), F);
     if (W.bu) bias_add(N, F, W.bu, A.up.data());
     if (c.mlp == MlpKind::gated) {
-      gemm(false, true, N, F, d, 1.0f, A.a2.data(), d, W.wg, d, 0.0f, A.gate.data(), F);
+      mm(false, true, N, F, d, 1.0f, A.a2.data(), d, W.wg, d, 0.0f, A.gate.data(), F);
       if (W.bg) bias_add(N, F, W.bg, A.gate.data());
       glu_forward(N * F, c.act, A.gate.data(), A.up.data(), A.g.data());
     } else {
       act_forward(N * F, c.act, A.up.data(), A.g.data());
     }
-    gemm(false, true, N, d, F, 1.0f, A.g.data(), F, W.wd, F, 0.0f, A.mo.data(), d);
+    mm(false, true, N, d, F, 1.0f, A.g.data(), F, W.wd, F, 0.0f, A.mo.data(), d);
     if (W.bd) bias_add(N, d, W.bd, A.mo.data());
     if (c.sandwich_norms) {
       norm_forward(N, A.mo.data(), W.mlp_out_norm, nullptr, out, A.st_pf.data());
@@ -415,6 +415,12 @@ void Model::forward(const int32_t* ids, int64_t B, int64_t T) {
   ensure_acts(B, T);
   have_head_grad_ = false;
   run_layers(ids, B, T, true, 0);
+}
+
+void Model::mm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+               const float* B, int64_t ldb, float beta, float* C, int64_t ldc) const {
+  if (bf16_) gemm_bf16(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  else gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
 double Model::head_loss(const int32_t* targets, const float* weights, int32_t ignore_index, double normalizer,
@@ -441,7 +447,7 @@ double Model::head_loss(const int32_t* targets, const float* weights, int32_t ig
   for (int64_t r0 = 0; r0 < N; r0 += chunk) {
     const int64_t n = std::min(chunk, N - r0);
     const float* h = h_final_.data() + r0 * d;
-    gemm(false, true, n, V, d, 1.0f, h, d, Wh, d, 0.0f, buf.data(), V);
+    mm(false, true, n, V, d, 1.0f, h, d, Wh, d, 0.0f, buf.data(), V);
     for (int64_t i = 0; i < n; i++) {
       const float w = weights ? weights[r0 + i] : 1.0f;
       wchunk[(size_t)i] = norm > 0 ? (float)(w / norm) : 0.0f;
@@ -453,8 +459,8 @@ double Model::head_loss(const int32_t* targets, const float* weights, int32_t ig
       if (targets[r0 + i] != ignore_index) total += (double)lrow[(size_t)i] * (weights ? (double)weights[r0 + i] : 1.0);
     }
     if (backward) {
-      gemm(false, false, n, d, V, 1.0f, buf.data(), V, Wh, d, 0.0f, dh_final_.data() + r0 * d, d);
-      if (head_trainable) gemm(true, false, V, d, n, 1.0f, buf.data(), V, h, d, 1.0f, gWh, d);
+      mm(false, false, n, d, V, 1.0f, buf.data(), V, Wh, d, 0.0f, dh_final_.data() + r0 * d, d);
+      if (head_trainable) mm(true, false, V, d, n, 1.0f, buf.data(), V, h, d, 1.0f, gWh, d);
     }
   }
   if (backward) have_head_grad_ = true;
@@ -488,8 +494,8 @@ double Model::head_custom(const HeadFn& fn, bool backward, float* row_loss, int6
         }
       }
       const float* h = h_final_.data() + r0 * d;
-      gemm(false, false, n, d, V, 1.0f, dz.data(), V, Wh, d, 0.0f, dh_final_.data() + r0 * d, d);
-      if (head_trainable) gemm(true, false, V, d, n, 1.0f, dz.data(), V, h, d, 1.0f, gWh, d);
+      mm(false, false, n, d, V, 1.0f, dz.data(), V, Wh, d, 0.0f, dh_final_.data() + r0 * d, d);
+      if (head_trainable) mm(true, false, V, d, n, 1.0f, dz.data(), V, h, d, 1.0f, gWh, d);
     }
   }
   if (backward) have_head_grad_ = true;
@@ -505,7 +511,7 @@ int64_t Model::head_chunk(int64_t chunk, int64_t N) const {
 void Model::logits_range(int64_t row0, int64_t n, float* out) {
   const int64_t d = cfg_.d, V = cfg_.vocab;
   if (row0 < 0 || n < 0 || row0 + n > N_) fail("logits: rows [" + std::to_string(row0) + ", " + std::to_string(row0 + n) + ") out of range");
-  gemm(false, true, n, V, d, 1.0f, h_final_.data() + row0 * d, d, params_.data() + off_head_, d, 0.0f, out, V);
+  mm(false, true, n, V, d, 1.0f, h_final_.data() + row0 * d, d, params_.data() + off_head_, d, 0.0f, out, V);
   softcap_logits(out, n * V);
 }
 
@@ -517,7 +523,7 @@ void Model::logits(const int64_t* rows_sel, int64_t n_sel, float* out) {
     if (rows_sel[i] < 0 || rows_sel[i] >= N_) fail("logits: row " + std::to_string(rows_sel[i]) + " out of range");
     std::memcpy(h.data() + i * d, h_final_.data() + rows_sel[i] * d, sizeof(float) * (size_t)d);
   }
-  gemm(false, true, n_sel, V, d, 1.0f, h.data(), d, params_.data() + off_head_, d, 0.0f, out, V);
+  mm(false, true, n_sel, V, d, 1.0f, h.data(), d, params_.data() + off_head_, d, 0.0f, out, V);
   softcap_logits(out, n_sel * V);
 }
 
@@ -579,23 +585,23 @@ void Model::backward(bool use_head, const std::vector<const float*>& hidden_grad
     }
     if (float* g = gptr(W.bd)) bias_grad(N, d, dmo, g);
     float* dg = dbig1_.data();
-    gemm(false, false, N, F, d, 1.0f, dmo, d, W.wd, F, 0.0f, dg, F);  // dg = dmo · Wd
-    if (float* g = gptr(W.wd)) gemm(true, false, d, F, N, 1.0f, dmo, d, A.g.data(), F, 1.0f, g, F);
+    mm(false, false, N, F, d, 1.0f, dmo, d, W.wd, F, 0.0f, dg, F);  // dg = dmo · Wd
+    if (float* g = gptr(W.wd)) mm(true, false, d, F, N, 1.0f, dmo, d, A.g.data(), F, 1.0f, g, F);
     float* da = dmo_.data();  // reuse: da2 [N, d]
     float* dup = dbig2_.data();
     if (c.mlp == MlpKind::gated) {
       float* dgate = dg;
       glu_backward(N * F, c.act, A.gate.data(), A.up.data(), dg, dgate, dup);
       if (float* g = gptr(W.bg)) bias_grad(N, F, dgate, g);
-      gemm(false, false, N, d, F, 1.0f, dgate, F, W.wg, d, 0.0f, da, d);
-      gemm(false, false, N, d, F, 1.0f, dup, F, W.wu, d, 1.0f, da, d);
-      if (float* g = gptr(W.wg)) gemm(true, false, F, d, N, 1.0f, dgate, F, A.a2.data(), d, 1.0f, g, d);
+      mm(false, false, N, d, F, 1.0f, dgate, F, W.wg, d, 0.0f, da, d);
+      mm(false, false, N, d, F, 1.0f, dup, F, W.wu, d, 1.0f, da, d);
+      if (float* g = gptr(W.wg)) mm(true, false, F, d, N, 1.0f, dgate, F, A.a2.data(), d, 1.0f, g, d);
     } else {
       act_backward(N * F, c.act, A.up.data(), dg, dup);
-      gemm(false, false, N, d, F, 1.0f, dup, F, W.wu, d, 0.0f, da, d);
+      mm(false, false, N, d, F, 1.0f, dup, F, W.wu, d, 0.0f, da, d);
     }
     if (float* g = gptr(W.bu)) bias_grad(N, F, dup, g);
-    if (float* g = gptr(W.wu)) gemm(true, false, F, d, N, 1.0f, dup, F, A.a2.data(), d, 1.0f, g, d);
+    if (float* g = gptr(W.wu)) mm(true, false, F, d, N, 1.0f, dup, F, A.a2.data(), d, 1.0f, g, d);
     norm_backward(N, A.x_mid.data(), W.mlp_in_norm, A.st2.data(), da, dx, true, gptr(W.mlp_in_norm),
                   gptr(W.mlp_in_norm_b));
     // ---- attention block: x_mid = x_in + [norm](att · Woᵀ + bo)
@@ -606,8 +612,8 @@ void Model::backward(bool use_head, const std::vector<const float*>& hidden_grad
       dao = dmo_.data();
     }
     if (float* g = gptr(W.bo)) bias_grad(N, d, dao, g);
-    gemm(false, false, N, qd, d, 1.0f, dao, d, W.wo, qd, 0.0f, datt_.data(), qd);
-    if (float* g = gptr(W.wo)) gemm(true, false, d, qd, N, 1.0f, dao, d, A.att.data(), qd, 1.0f, g, qd);
+    mm(false, false, N, qd, d, 1.0f, dao, d, W.wo, qd, 0.0f, datt_.data(), qd);
+    if (float* g = gptr(W.wo)) mm(true, false, d, qd, N, 1.0f, dao, d, A.att.data(), qd, 1.0f, g, qd);
     AttnDims dims;
     dims.B = B;
     dims.Tq = T;
@@ -641,12 +647,12 @@ void Model::backward(bool use_head, const std::vector<const float*>& hidden_grad
     if (float* g = gptr(W.bk)) bias_grad(N, kvd, dkp, g);
     if (float* g = gptr(W.bv)) bias_grad(N, kvd, dv_.data(), g);
     da = dmo_.data();  // da1 [N, d]
-    gemm(false, false, N, d, qd, 1.0f, dqp, qd, W.wq, d, 0.0f, da, d);
-    gemm(false, false, N, d, kvd, 1.0f, dkp, kvd, W.wk, d, 1.0f, da, d);
-    gemm(false, false, N, d, kvd, 1.0f, dv_.data(), kvd, W.wv, d, 1.0f, da, d);
-    if (float* g = gptr(W.wq)) gemm(true, false, qd, d, N, 1.0f, dqp, qd, A.a1.data(), d, 1.0f, g, d);
-    if (float* g = gptr(W.wk)) gemm(true, false, kvd, d, N, 1.0f, dkp, kvd, A.a1.data(), d, 1.0f, g, d);
-    if (float* g = gptr(W.wv)) gemm(true, false, kvd, d, N, 1.0f, dv_.data(), kvd, A.a1.data(), d, 1.0f, g, d);
+    mm(false, false, N, d, qd, 1.0f, dqp, qd, W.wq, d, 0.0f, da, d);
+    mm(false, false, N, d, kvd, 1.0f, dkp, kvd, W.wk, d, 1.0f, da, d);
+    mm(false, false, N, d, kvd, 1.0f, dv_.data(), kvd, W.wv, d, 1.0f, da, d);
+    if (float* g = gptr(W.wq)) mm(true, false, qd, d, N, 1.0f, dqp, qd, A.a1.data(), d, 1.0f, g, d);
+    if (float* g = gptr(W.wk)) mm(true, false, kvd, d, N, 1.0f, dkp, kvd, A.a1.data(), d, 1.0f, g, d);
+    if (float* g = gptr(W.wv)) mm(true, false, kvd, d, N, 1.0f, dv_.data(), kvd, A.a1.data(), d, 1.0f, g, d);
     norm_backward(N, A.x_in.data(), W.in_norm, A.st1.data(), da, dx, true, gptr(W.in_norm), gptr(W.in_norm_b));
   }
   if (stop == 0) {

@@ -117,6 +117,11 @@ class Model {
   double grad_norm() const;  // global L2 norm over trainable tensors
   // AdamW over trainable tensors; grad_scale multiplies the gradient (clipping/averaging). step is 1-based.
   void adamw(const AdamWParams& p);
+  // Matmul precision: false = fp32; true = bf16 operands with fp32 accumulation (gemm_bf16) in every
+  // projection, the MLP and the LM head, forward and backward. Parameters, gradients, the optimizer,
+  // norms, attention and the losses stay fp32 (fp32 master weights; the rounding happens while packing).
+  void set_bf16(bool on) { bf16_ = on; }
+  bool bf16() const { return bf16_; }
   void set_frozen(int tensor, bool frozen) { tensors_[tensor].frozen = frozen; }
   void set_decay(int tensor, bool decay) { tensors_[tensor].decay = decay; }
   int64_t adam_step() const { return adam_step_; }
@@ -142,6 +147,9 @@ class Model {
     int64_t n_pos = 0, seq_len = -1;  // positions covered; the dynamic-scaling length it was built for
   };
   void layout();
+  // the model's GEMM: gemm or gemm_bf16 by the precision switch
+  void mm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+          const float* B, int64_t ldb, float beta, float* C, int64_t ldc) const;
   LayerParams layer(float* base, int64_t l) const;
   bool trainable_at(const float* p) const;  // p points into params_: is that tensor trainable?
   static constexpr int64_t kHeadChunkFloats = int64_t(1) << 23;
@@ -165,6 +173,7 @@ class Model {
   std::vector<float> params_, grads_, m_, v_;
   RopeTable rope_tab_[2];  // [0] rope, [1] rope_local
   int64_t adam_step_ = 0;
+  bool bf16_ = false;
   std::mutex mu_;
 
   // activations of the last forward

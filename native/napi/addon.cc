@@ -448,6 +448,7 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
                         InstanceMethod("adamV", &ModelWrap::AdamV), InstanceMethod("adamStep", &ModelWrap::AdamStep),
                         InstanceMethod("setAdamStep", &ModelWrap::SetAdamStep), InstanceMethod("init", &ModelWrap::Init_),
                         InstanceMethod("setFrozen", &ModelWrap::SetFrozen), InstanceMethod("setDecay", &ModelWrap::SetDecay),
+                        InstanceMethod("setBf16", &ModelWrap::SetBf16), InstanceMethod("getBf16", &ModelWrap::GetBf16),
                         InstanceMethod("forward", &ModelWrap::Forward), InstanceMethod("headLoss", &ModelWrap::HeadLoss),
                         InstanceMethod("backward", &ModelWrap::Backward), InstanceMethod("trainStep", &ModelWrap::TrainStep),
                         InstanceMethod("logits", &ModelWrap::Logits), InstanceMethod("headGrad", &ModelWrap::HeadGrad), InstanceMethod("headKd", &ModelWrap::HeadKd), InstanceMethod("hidden", &ModelWrap::Hidden),
@@ -581,6 +582,14 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
     model_->set_frozen(tensor_arg(info), flag(info, 1));
     return info.Env().Undefined();
   }
+  // setBf16(on): the matmul precision of later work (waits for running work on this model)
+  Napi::Value SetBf16(const Napi::CallbackInfo& info) {
+    const bool on = flag(info, 0);
+    std::lock_guard<std::mutex> lock(model_->mutex());
+    model_->set_bf16(on);
+    return info.Env().Undefined();
+  }
+  Napi::Value GetBf16(const Napi::CallbackInfo& info) { return Napi::Boolean::New(info.Env(), model_->bf16()); }
   Napi::Value SetDecay(const Napi::CallbackInfo& info) {
     model_->set_decay(tensor_arg(info), flag(info, 1));
     return info.Env().Undefined();
