@@ -7,11 +7,17 @@ import { Batch } from '../data/datasets';
 import { loss as kdLoss, LossName, TopKTeacher } from './losses';
 import { Model } from '../models/model';
 
-/** scale · mean next-token cross-entropy of the batch (scale < 0 ascends). Returns the unscaled mean CE. */
+/**
+ * scale · mean next-token cross-entropy over the batch's unmasked target tokens (targets ≠ −100; scale < 0
+ * ascends). Returns the unscaled mean CE (0 when every target is masked: no gradient either).
+ */
 export async function ceObjective(model: Model, b: Batch, scale = 1): Promise<number> {
-  const n = b.B * b.T;
+  const rows = b.B * b.T;
   if (scale === 0) return 0;
-  const weights = scale === 1 ? null : new Float32Array(n).fill(scale);
+  let n = 0;
+  for (let i = 0; i < rows; i++) if (b.targets[i] !== -100) n++;
+  if (n === 0) return 0;
+  const weights = scale === 1 ? null : new Float32Array(rows).fill(scale);
   const r = await model.native.trainStep(b.inputs, b.targets, b.B, b.T, weights, n, -100);
   return r.loss / scale;
 }
