@@ -13,7 +13,10 @@ export interface SampleOptions {
   topK?: number;
   topP?: number;
   seed?: number;
-  /** stop a row when it emits one of these ids (default: the tokenizer's EOS and BOS) */
+  /**
+   * stop a row when it emits one of these ids (default: model.stopTokenIds(): the tokenizer's EOS,
+   * generation_config.json's and config.json's eos_token_id, chat end-of-turn tokens included)
+   */
   stopIds?: number[];
   /** rows per batch (default 64) */
   batchSize?: number;
@@ -113,7 +116,7 @@ export function sampleToken(logits: Float32Array, opts: SampleOptions, rng: Rng)
 export async function generateIds(model: Model, prompts: Int32Array[], opts: SampleOptions = {}): Promise<Int32Array[]> {
   const maxNew = opts.maxNewTokens ?? 32;
   const V = model.config.vocabSize;
-  const stop = new Set(opts.stopIds ?? [model.tokenizer.eos, model.tokenizer.bos]);
+  const stop = new Set(opts.stopIds ?? model.stopTokenIds());
   const rng = new Rng(opts.seed ?? 0);
   const out: Int32Array[] = new Array(prompts.length);
   // group by prompt length so each batch shares positions
