@@ -8,7 +8,7 @@ import { Batch, Batcher } from '../data/datasets';
 import { UndoError } from '../core/errors';
 import { Model } from '../models/model';
 import { requireByteTokenizer } from '../data/tokenizer';
-import { ceObjective, logitObjective, rowCE } from '../train/objectives';
+import { ceObjective, chunkedLogitObjective, headChunkRows, logitObjective, rowCE } from '../train/objectives';
 import { Rng } from '../core/rng';
 import { train, TrainConfig, TrainOptions, TrainResult } from '../train/train';
 import { CausalOptions, CausalPlan, CausalTeacher, causalPlan, causalTeacher, checkEntitiesPresent, teacherKlObjective, windowContext } from './causal';
@@ -221,12 +221,18 @@ export async function unlearn(model: Model, forget: Batcher, retain: Batcher | n
         loss += await rmuObjective(model, fb, p, u, share);
         break;
       case 'whp': {
+        // the generic targets one row chunk at a time (no rows × V block): v_base − α·ReLU(v_reinforced − v_base)
         await baseline!.native.forward(fb.inputs, fb.B, fb.T);
-        const vb = await baseline!.native.logits(null);
         await reinforced!.native.forward(fb.inputs, fb.B, fb.T);
-        const vr = await reinforced!.native.logits(null);
-        for (let i = 0; i < vb.length; i++) vb[i] -= p.whpAlpha * Math.max(0, vr[i] - vb[i]);
-        loss += await logitObjective(model, fb, 'fkl', { teacherLogits: vb, scale: share });
+        const V = model.config.vocabSize;
+        const cap = headChunkRows(V, fb.B * fb.T) * V;
+        const bufB = new Float32Array(cap), bufR = new Float32Array(cap);
+        loss += await chunkedLogitObjective(model, fb, 'fkl', async (_row0, idx) => {
+          const vb = (await baseline!.native.logits(idx, bufB)).subarray(0, idx.length * V);
+          const vr = (await reinforced!.native.logits(idx, bufR)).subarray(0, idx.length * V);
+          for (let i = 0; i < vb.length; i++) vb[i] -= p.whpAlpha * Math.max(0, vr[i] - vb[i]);
+          return { teacher: vb };
+        }, { scale: share });
         break;
       }
       case 'causal': {
