@@ -188,7 +188,10 @@ export async function unlearn(model: Model, forget: Batcher, retain: Batcher | n
   let teacherFor: { batch: Batch; teacher: CausalTeacher } | null = null;
   if (method === 'causal') {
     if (!opts.causal) throw new UndoError('method causal needs the target entities', 'name them with --entity NAME (the built-in biographies data derives them from the forget split)');
-    plan = causalPlan(requireByteTokenizer(model.tokenizer, '--method causal'), { ...opts.causal, seed: opts.causal.seed ?? p.seed });
+    plan = causalPlan(requireByteTokenizer(model.tokenizer, '--method causal',
+      'its counterfactual rewrites swap an entity\'s token ids for a replacement\'s and map positions between the windows, '
+      + 'which holds for bytes but not for BPE (a name\'s tokens change with the preceding space and its neighbours, so '
+      + 'mentions are not found and positions do not line up); use another method (npo, simnpo, graddiff, whp) with this model'), { ...opts.causal, seed: opts.causal.seed ?? p.seed });
     checkEntitiesPresent(plan, forget.data);
     contextWidth = Math.max(...plan.entityIds.map((ids) => ids.length)) + 1;
     original = model.clone();
