@@ -8,7 +8,8 @@ import * as assert from 'uvu/assert';
 import { Batch, Batcher } from '../lib/data/datasets';
 import { Model, ModelConfig } from '../lib/models/model';
 import { Rng } from '../lib/core/rng';
-import { ceObjective } from '../lib/train/objectives';
+import { ceObjective, rowCE } from '../lib/train/objectives';
+import { unlearn } from '../lib/unlearn/unlearn';
 import { stepShares, train, TrainConfig } from '../lib/train/train';
 import { assertClose } from './helpers';
 
@@ -117,6 +118,29 @@ test('half-masked batch: the trained loss is the mean CE over the unmasked token
   m2.native.zeroGrad();
   const ce = await ceObjective(m2, b, 0.5);
   assert.ok(Math.abs(ce - expected) < 1e-5 * expected, `ceObjective ${ce} vs ${expected}`);
+});
+
+test('SimNPO on a half-masked batch: |s| is the unmasked targets of each sequence', async () => {
+  const r = new Rng(6);
+  const B = 2;
+  const inputs = Int32Array.from({ length: B * T }, () => r.int(0, CFG.vocabSize - 1));
+  // sequence 0: 3 unmasked targets, sequence 1: 8
+  const keep = [3, 8];
+  const targets = Int32Array.from({ length: B * T }, (_, i) => (i % T >= T - keep[Math.floor(i / T)] ? r.int(0, CFG.vocabSize - 1) : -100));
+  const b: Batch = { inputs, targets, B, T, position: { epoch: 0, index: 0 } };
+  const m = Model.create(CFG, { seed: 4 });
+  const rows = await rowCE(m, b);
+  const beta = 2.5, gamma = 0.5;
+  let expected = 0;
+  for (let s = 0; s < B; s++) {
+    let nll = 0;
+    for (let t = 0; t < T; t++) nll += rows[s * T + t];
+    const x = (beta * nll) / keep[s] - gamma;
+    expected += ((2 / beta) * Math.log1p(Math.exp(-x))) / B;
+  }
+  let loss = NaN;
+  await unlearn(m, fixedBatcher([b]), null, STEP, { method: 'simnpo', params: { beta, gamma, retainWeight: 0 }, onStep: (s) => { loss = s.loss; } });
+  assert.ok(Math.abs(loss - expected) < 1e-5 * expected, `${loss} vs ${expected}`);
 });
 
 test.run();

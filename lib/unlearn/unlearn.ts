@@ -107,10 +107,14 @@ async function npoObjective(model: Model, ref: Model | null, b: Batch, p: Unlear
   for (let s = 0; s < B; s++) {
     let w: number;
     if (simple) {
-      // L_s = −(2/β)·log σ(x), x = β·NLL_s/|s| − γ;  dL_s/dNLL_s = −(2/|s|)·σ(−x)
-      const x = (p.beta * nllTheta[s]) / T - p.gamma;
+      // L_s = −(2/β)·log σ(x), x = β·NLL_s/|s| − γ;  dL_s/dNLL_s = −(2/|s|)·σ(−x); |s| = the sequence's
+      // unmasked targets (the tokens its NLL sums over)
+      let len = 0;
+      for (let t = 0; t < T; t++) if (b.targets[s * T + t] !== -100) len++;
+      len = Math.max(1, len);
+      const x = (p.beta * nllTheta[s]) / len - p.gamma;
       loss += (2 / p.beta) * softplus(-x);
-      w = -(2 / T) * sigmoid(-x);
+      w = -(2 / len) * sigmoid(-x);
     } else {
       // L_s = (2/β)·softplus(β·Δ), Δ = log π_θ − log π_ref = NLL_ref − NLL_θ;  dL_s/dNLL_θ = −2·σ(β·Δ)
       const delta = nllRef[s] - nllTheta[s];
