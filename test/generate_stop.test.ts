@@ -10,6 +10,8 @@ import * as assert from 'uvu/assert';
 import { generateIds } from '../lib/models/generate';
 import { configFromHF, configToHF, Model, ModelConfig } from '../lib/models/model';
 import { throwsUndo } from './helpers';
+import { studentBatch } from '../lib/distill/distill';
+import { Rng } from '../lib/core/rng';
 
 const EOT = 42; // the "end-of-turn" token of the test
 const CFG: ModelConfig = {
@@ -86,6 +88,30 @@ test('config.json eos_token_id as a list: read, kept on save, and a stop id', as
   const nb = configFromHF({ ...hf, bos_token_id: null }, 'config.json');
   assert.is(nb.bosTokenId, -1);
   assert.is(configToHF(nb).bos_token_id, null);
+});
+
+test('on-policy sampling (studentBatch) ends rows at the end-of-turn token and masks the rest', async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'undo-gen-'));
+  try {
+    eotModel().save(dir);
+    fs.writeFileSync(path.join(dir, 'generation_config.json'), JSON.stringify({ eos_token_id: [257, EOT] }));
+    const m = Model.load(dir);
+    const T = 8; // prompt: the first 2 tokens
+    const inputs = Int32Array.from({ length: 2 * T }, (_, i) => 10 + i), targets = Int32Array.from({ length: 2 * T }, (_, i) => 11 + i);
+    const sb = await studentBatch(m, { inputs, targets, B: 2, T, position: { epoch: 0, index: 0 } }, new Rng(1));
+    for (let r = 0; r < 2; r++) {
+      assert.equal([...sb.inputs.subarray(r * T, r * T + 3)], [10 + r * T, 11 + r * T, EOT]);
+      assert.equal([...sb.targets.subarray(r * T, (r + 1) * T)], [11 + r * T, EOT, -100, -100, -100, -100, -100, -100]);
+      assert.ok(sb.inputs.subarray(r * T + 3, (r + 1) * T).every((x) => x === m.tokenizer.pad));
+    }
+    // without the end-of-turn id the rows run to the window's end (the student keeps emitting EOT)
+    const m2 = Model.load(dir);
+    m2.generationConfig = undefined;
+    const full = await studentBatch(m2, { inputs, targets, B: 2, T, position: { epoch: 0, index: 0 } }, new Rng(1));
+    assert.ok(full.targets.every((x) => x !== -100));
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
 });
 
 test.run();

@@ -18,6 +18,8 @@ export interface SampleOptions {
    * generation_config.json's and config.json's eos_token_id, chat end-of-turn tokens included)
    */
   stopIds?: number[];
+  /** return the stop id that ended a row as its last token (default false: excluded) */
+  keepStop?: boolean;
   /** rows per batch (default 64) */
   batchSize?: number;
 }
@@ -148,8 +150,10 @@ export async function generateIds(model: Model, prompts: Int32Array[], opts: Sam
         for (let b = 0; b < B; b++) {
           const tok = done[b] ? model.tokenizer.pad : sampleToken(logits.subarray(b * V, (b + 1) * V), opts, rng);
           if (!done[b]) {
-            if (stop.has(tok)) done[b] = true;
-            else gen[b].push(tok);
+            if (stop.has(tok)) {
+              done[b] = true;
+              if (opts.keepStop) gen[b].push(tok);
+            } else gen[b].push(tok);
           }
           next[b] = tok < V ? tok : 0;
         }
