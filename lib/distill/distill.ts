@@ -31,7 +31,8 @@ export interface DistillOptions extends TrainOptions {
   /**
    * On-policy fraction λ (GKD, Agarwal et al. 2024): each batch is, with probability λ, replaced by the
    * student's own samples — the first quarter of every window as the prompt, the rest sampled at
-   * temperature 1 — which the (online) teacher then scores. 0 = off-policy only.
+   * temperature 1 up to the model's stop ids (EOS, chat end-of-turn; the rest of the row masked) — which the
+   * (online) teacher then scores. 0 = off-policy only.
    */
   onPolicy?: number;
   seed?: number;
@@ -44,15 +45,20 @@ export async function studentBatch(student: Model, b: Batch, rng: Rng): Promise<
   const { B, T } = b;
   const prompt = Math.max(1, Math.floor(T / 4));
   const prompts = Array.from({ length: B }, (_, r) => b.inputs.slice(r * T, r * T + prompt));
-  const gen = await generateIds(student, prompts, { maxNewTokens: T + 1 - prompt, temperature: 1, stopIds: [], seed: rng.nextU32(), batchSize: B });
+  // rows end at the model's stop ids (EOS, chat end-of-turn: Model.stopTokenIds), the stop token kept as the
+  // last target; after it the inputs are padding and the targets IGNORE_INDEX
+  const gen = await generateIds(student, prompts, { maxNewTokens: T + 1 - prompt, temperature: 1, keepStop: true, seed: rng.nextU32(), batchSize: B });
   const inputs = new Int32Array(B * T);
   const targets = new Int32Array(B * T);
+  const pad = student.tokenizer.pad >= 0 && student.tokenizer.pad < student.config.vocabSize ? student.tokenizer.pad : 0;
   for (let r = 0; r < B; r++) {
-    const seq = new Int32Array(T + 1);
+    const seq = new Int32Array(T + 1).fill(pad);
     seq.set(prompts[r]);
-    seq.set(gen[r].subarray(0, T + 1 - prompt), prompt);
+    const g = gen[r].subarray(0, T + 1 - prompt);
+    seq.set(g, prompt);
+    const end = prompt + g.length; // tokens of seq that are real
     inputs.set(seq.subarray(0, T), r * T);
-    targets.set(seq.subarray(1), r * T);
+    for (let t = 0; t < T; t++) targets[r * T + t] = t + 1 < end ? seq[t + 1] : -100;
   }
   return { ...b, inputs, targets };
 }

@@ -45,8 +45,12 @@ export interface ModelConfig extends DecoderSizes {
   ropeLocalTheta?: number;
   /** per layer: sliding-window or full attention; absent = the architecture's default pattern */
   layerTypes?: Array<'sliding_attention' | 'full_attention'>;
+  /** −1: none (config.json null) */
   bosTokenId: number;
+  /** the first of config.json's eos_token_id (an int or a list); −1: none */
   eosTokenId: number;
+  /** config.json's eos_token_id when it is a list (Llama 3 instruct: [128001, 128008, 128009]); kept on save */
+  eosTokenIds?: number[];
   padTokenId: number;
 }
 
@@ -254,9 +258,20 @@ export function configFromHF(cfg: Json, file = 'config.json'): ModelConfig {
   else if (act === 'gelu_pytorch_tanh' || act === 'gelu_tanh' || act === 'gelu_new') activation = 'gelu_tanh';
   else throw new UndoError(`${file}: unsupported activation ${JSON.stringify(act)} (field ${actField})`, 'supported: silu, gelu_pytorch_tanh, gelu_new');
   const maxPos = num(cfg, name('maxPos', 'max_position_embeddings'), file, A.defaults.maxPos, int);
-  const tokenId = (f: string, d: number) => {
+  // an int, a list of ints (the first is the one id; eos keeps the list), null (none: −1) or absent (default)
+  const tokenIds = (f: string): number[] | null | undefined => {
     const v = cfg[f];
-    return typeof v === 'number' ? v : Array.isArray(v) && typeof v[0] === 'number' ? (v[0] as number) : d;
+    if (v === undefined) return undefined;
+    if (v === null) return null;
+    const list = Array.isArray(v) ? v : [v];
+    if (list.length === 0 || !list.every((x) => Number.isInteger(x))) {
+      throw new UndoError(`${file}: field "${f}" must be a token id or a list of token ids, got ${JSON.stringify(v)}`);
+    }
+    return list as number[];
+  };
+  const tokenId = (f: string, d: number) => {
+    const v = tokenIds(f);
+    return v === undefined ? d : v === null ? -1 : v[0];
   };
   const bool = (f: string) => {
     const v = cfg[f];
@@ -303,6 +318,8 @@ export function configFromHF(cfg: Json, file = 'config.json'): ModelConfig {
     eosTokenId: tokenId('eos_token_id', 2),
     padTokenId: tokenId('pad_token_id', 0),
   };
+  const eosList = tokenIds('eos_token_id');
+  if (Array.isArray(cfg.eos_token_id) && eosList) out.eosTokenIds = eosList;
   const sw = cfg.sliding_window;
   if (A.slidingWindowField && sw !== null && sw !== false) {
     out.slidingWindow = sw === undefined ? A.slidingWindowField.dflt : num(cfg, 'sliding_window', file, undefined, int);
@@ -365,9 +382,10 @@ export function configToHF(c: ModelConfig): Json {
     [name('eps', 'rms_norm_eps')]: c.rmsNormEps,
     [name('act', 'hidden_act')]: act,
     tie_word_embeddings: c.tieWordEmbeddings,
-    bos_token_id: c.bosTokenId,
-    eos_token_id: c.eosTokenId,
-    pad_token_id: c.padTokenId,
+    // HF writes null for a token the model does not have (Qwen's tokenizer has no BOS), never −1
+    bos_token_id: c.bosTokenId >= 0 ? c.bosTokenId : null,
+    eos_token_id: c.eosTokenIds?.length ? [...c.eosTokenIds] : c.eosTokenId >= 0 ? c.eosTokenId : null,
+    pad_token_id: c.padTokenId >= 0 ? c.padTokenId : null,
     torch_dtype: 'float32',
   };
   if (!A.learnedPositions) {

@@ -13,8 +13,13 @@ export interface SampleOptions {
   topK?: number;
   topP?: number;
   seed?: number;
-  /** stop a row when it emits one of these ids (default: the tokenizer's EOS and BOS) */
+  /**
+   * stop a row when it emits one of these ids (default: model.stopTokenIds(): the tokenizer's EOS,
+   * generation_config.json's and config.json's eos_token_id, chat end-of-turn tokens included)
+   */
   stopIds?: number[];
+  /** return the stop id that ended a row as its last token (default false: excluded) */
+  keepStop?: boolean;
   /** rows per batch (default 64) */
   batchSize?: number;
 }
@@ -113,7 +118,7 @@ export function sampleToken(logits: Float32Array, opts: SampleOptions, rng: Rng)
 export async function generateIds(model: Model, prompts: Int32Array[], opts: SampleOptions = {}): Promise<Int32Array[]> {
   const maxNew = opts.maxNewTokens ?? 32;
   const V = model.config.vocabSize;
-  const stop = new Set(opts.stopIds ?? [model.tokenizer.eos, model.tokenizer.bos]);
+  const stop = new Set(opts.stopIds ?? model.stopTokenIds());
   const rng = new Rng(opts.seed ?? 0);
   const out: Int32Array[] = new Array(prompts.length);
   // group by prompt length so each batch shares positions
@@ -145,8 +150,10 @@ export async function generateIds(model: Model, prompts: Int32Array[], opts: Sam
         for (let b = 0; b < B; b++) {
           const tok = done[b] ? model.tokenizer.pad : sampleToken(logits.subarray(b * V, (b + 1) * V), opts, rng);
           if (!done[b]) {
-            if (stop.has(tok)) done[b] = true;
-            else gen[b].push(tok);
+            if (stop.has(tok)) {
+              done[b] = true;
+              if (opts.keepStop) gen[b].push(tok);
+            } else gen[b].push(tok);
           }
           next[b] = tok < V ? tok : 0;
         }

@@ -147,6 +147,17 @@ export function defaultComputeDtype(): ComputeDtype {
   return defaultCompute;
 }
 
+/** generation_config.json's eos_token_id as a list (absent or null: none); anything else is an error naming the file. */
+export function generationEosIds(gen: Json, file: string): number[] {
+  const v = gen.eos_token_id;
+  if (v === undefined || v === null) return [];
+  const list = Array.isArray(v) ? v : [v];
+  if (!list.every((x) => Number.isInteger(x) && (x as number) >= 0)) {
+    throw new UndoError(`${file}: field "eos_token_id" must be a token id or a list of token ids, got ${JSON.stringify(v)}`);
+  }
+  return list as number[];
+}
+
 export class Model {
   readonly native: NativeModel;
   readonly tensors: NativeTensorInfo[];
@@ -159,6 +170,8 @@ export class Model {
   hfConfig?: Json;
   /** The directory the model was loaded from; save() carries its other files through (see carriedFiles). */
   sourceDir?: string;
+  /** generation_config.json of the directory the model was loaded from (carried through on save). */
+  generationConfig?: Json;
 
   constructor(readonly config: ModelConfig, public tokenizer: Tokenizer = new ByteTokenizer()) {
     this.native = new native.NativeModel(decoderSpec(config));
@@ -207,6 +220,11 @@ export class Model {
       m.loadWeights(reader, opts.mapping);
       m.hfConfig = raw;
       m.sourceDir = path.resolve(dir);
+      const genFile = path.join(dir, 'generation_config.json');
+      if (fs.existsSync(genFile)) {
+        m.generationConfig = readJson<Json>(genFile, 'generation config');
+        generationEosIds(m.generationConfig, genFile); // validated at load
+      }
       return m;
     } finally {
       reader.close();
@@ -268,7 +286,27 @@ export class Model {
     c.setComputeDtype(this.computeDtype);
     c.hfConfig = this.hfConfig;
     c.sourceDir = this.sourceDir;
+    c.generationConfig = this.generationConfig;
     return c;
+  }
+
+  /**
+   * The ids that end a generated row, as transformers' generate uses them: the tokenizer's EOS,
+   * generation_config.json's eos_token_id (an int or a list: the chat end-of-turn tokens, Llama 3 <|eot_id|>,
+   * Qwen <|im_end|>, Gemma <end_of_turn>) and config.json's eos_token_id (an int or a list). BOS is not one
+   * unless it is also listed as an EOS — except for undo-native's byte tokenizer, whose packed documents are
+   * [<bos>, doc...] with no EOS: there <bos> is what follows a document.
+   */
+  stopTokenIds(): number[] {
+    const ids = new Set<number>();
+    const add = (id: number) => {
+      if (Number.isInteger(id) && id >= 0) ids.add(id);
+    };
+    add(this.tokenizer.eos);
+    if (this.tokenizer instanceof ByteTokenizer) add(this.tokenizer.bos);
+    if (this.generationConfig) for (const id of generationEosIds(this.generationConfig, 'generation_config.json')) add(id);
+    for (const id of this.config.eosTokenIds ?? [this.config.eosTokenId]) add(id);
+    return [...ids];
   }
 
   numParams(): number {

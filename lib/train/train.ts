@@ -82,7 +82,11 @@ export interface TrainOptions {
   meta?: Record<string, unknown>;
   /**
    * The objective of one micro-batch: accumulate its gradient into model.grads and return its share of the
-   * step's loss. `share` is 1/gradAccum. Default: next-token cross-entropy on the batch (trainStep).
+   * step's loss. `share` is the micro-batch's fraction of the step's unmasked target tokens (targets ≠ −100,
+   * counted over all gradAccum micro-batches of the optimizer step, HF's num_items_in_batch; 1/gradAccum when
+   * the step has none): an objective that is a mean over its micro-batch's unmasked rows, scaled by `share`,
+   * sums to the mean over the step's unmasked rows, so accumulation gives the update of one big batch.
+   * Default: next-token cross-entropy on the batch (trainStep with normalizer = the step's unmasked tokens).
    * Distillation and unlearning plug their objectives in here and reuse the rest of the loop.
    */
   microStep?: (batch: Batch, share: number) => Promise<number>;
@@ -197,9 +201,27 @@ function trimMetrics(dir: string, step: number): void {
   fs.writeFileSync(p, keep.map((l) => l + '\n').join(''));
 }
 
+/** Rows of a batch whose target is not IGNORE_INDEX (−100). */
+export function countTargets(b: Batch, ignoreIndex = -100): number {
+  let n = 0;
+  const t = b.targets;
+  for (let i = 0; i < b.B * b.T; i++) if (t[i] !== ignoreIndex) n++;
+  return n;
+}
+
+/**
+ * The share of each micro-batch of one optimizer step: its unmasked target tokens over those of all the step's
+ * micro-batches (HF transformers' num_items_in_batch); 1/k each when no micro-batch has any.
+ */
+export function stepShares(batches: Batch[], ignoreIndex = -100): number[] {
+  const counts = batches.map((b) => countTargets(b, ignoreIndex));
+  const total = counts.reduce((a, c) => a + c, 0);
+  return total > 0 ? counts.map((c) => c / total) : batches.map(() => 1 / batches.length);
+}
+
 /**
  * Train `model` on batches from `batcher` for cfg.steps optimizer steps. Each step accumulates
- * cfg.gradAccum micro-batches; the loss is the mean next-token cross-entropy over all their tokens.
+ * cfg.gradAccum micro-batches; the loss is the mean next-token cross-entropy over all their unmasked target tokens.
  */
 export async function train(model: Model, batcher: Batcher, cfg: TrainConfig, opts: TrainOptions = {}): Promise<TrainResult> {
   if (!(cfg.steps >= 0) || !Number.isInteger(cfg.steps)) throw new UndoError(`steps must be a non-negative integer, got ${cfg.steps}`);
@@ -215,7 +237,10 @@ export async function train(model: Model, batcher: Batcher, cfg: TrainConfig, op
     fs.rmSync(path.join(opts.outDir, METRICS_FILE));
   }
   const microStep = opts.microStep ?? (async (b: Batch, share: number) => {
-    const r = await model.native.trainStep(b.inputs, b.targets, b.B, b.T, null, b.B * b.T / share, -100);
+    const n = countTargets(b);
+    if (n === 0 || share === 0) return 0;
+    // normalizer = the step's unmasked tokens (n / share): Σ ce over this micro-batch / that count
+    const r = await model.native.trainStep(b.inputs, b.targets, b.B, b.T, null, n / share, -100);
     return r.loss;
   });
   let interrupted = false;
@@ -245,9 +270,13 @@ export async function train(model: Model, batcher: Batcher, cfg: TrainConfig, op
       }
       model.native.zeroGrad();
       let loss = 0;
+      // all micro-batches of the step first: their unmasked tokens together normalise the loss (stepShares)
+      const batches: Batch[] = [];
+      for (let a = 0; a < cfg.gradAccum; a++) batches.push(batcher.next());
+      const shares = stepShares(batches);
       for (let a = 0; a < cfg.gradAccum; a++) {
-        const b = batcher.next();
-        loss += await microStep(b, 1 / cfg.gradAccum);
+        const b = batches[a];
+        loss += await microStep(b, shares[a]);
         state.tokens += b.B * b.T;
       }
       if (!Number.isFinite(loss)) {

@@ -8,7 +8,7 @@ import { Batch, Batcher } from '../data/datasets';
 import { UndoError } from '../core/errors';
 import { Model } from '../models/model';
 import { requireByteTokenizer } from '../data/tokenizer';
-import { ceObjective, logitObjective, rowCE } from '../train/objectives';
+import { ceObjective, chunkedLogitObjective, headChunkRows, logitObjective, rowCE } from '../train/objectives';
 import { Rng } from '../core/rng';
 import { train, TrainConfig, TrainOptions, TrainResult } from '../train/train';
 import { CausalOptions, CausalPlan, CausalTeacher, causalPlan, causalTeacher, checkEntitiesPresent, teacherKlObjective, windowContext } from './causal';
@@ -107,10 +107,14 @@ async function npoObjective(model: Model, ref: Model | null, b: Batch, p: Unlear
   for (let s = 0; s < B; s++) {
     let w: number;
     if (simple) {
-      // L_s = −(2/β)·log σ(x), x = β·NLL_s/|s| − γ;  dL_s/dNLL_s = −(2/|s|)·σ(−x)
-      const x = (p.beta * nllTheta[s]) / T - p.gamma;
+      // L_s = −(2/β)·log σ(x), x = β·NLL_s/|s| − γ;  dL_s/dNLL_s = −(2/|s|)·σ(−x); |s| = the sequence's
+      // unmasked targets (the tokens its NLL sums over)
+      let len = 0;
+      for (let t = 0; t < T; t++) if (b.targets[s * T + t] !== -100) len++;
+      len = Math.max(1, len);
+      const x = (p.beta * nllTheta[s]) / len - p.gamma;
       loss += (2 / p.beta) * softplus(-x);
-      w = -(2 / T) * sigmoid(-x);
+      w = -(2 / len) * sigmoid(-x);
     } else {
       // L_s = (2/β)·softplus(β·Δ), Δ = log π_θ − log π_ref = NLL_ref − NLL_θ;  dL_s/dNLL_θ = −2·σ(β·Δ)
       const delta = nllRef[s] - nllTheta[s];
@@ -188,7 +192,10 @@ export async function unlearn(model: Model, forget: Batcher, retain: Batcher | n
   let teacherFor: { batch: Batch; teacher: CausalTeacher } | null = null;
   if (method === 'causal') {
     if (!opts.causal) throw new UndoError('method causal needs the target entities', 'name them with --entity NAME (the built-in biographies data derives them from the forget split)');
-    plan = causalPlan(requireByteTokenizer(model.tokenizer, '--method causal'), { ...opts.causal, seed: opts.causal.seed ?? p.seed });
+    plan = causalPlan(requireByteTokenizer(model.tokenizer, '--method causal',
+      'its counterfactual rewrites swap an entity\'s token ids for a replacement\'s and map positions between the windows, '
+      + 'which holds for bytes but not for BPE (a name\'s tokens change with the preceding space and its neighbours, so '
+      + 'mentions are not found and positions do not line up); use another method (npo, simnpo, graddiff, whp) with this model'), { ...opts.causal, seed: opts.causal.seed ?? p.seed });
     checkEntitiesPresent(plan, forget.data);
     contextWidth = Math.max(...plan.entityIds.map((ids) => ids.length)) + 1;
     original = model.clone();
@@ -221,12 +228,18 @@ export async function unlearn(model: Model, forget: Batcher, retain: Batcher | n
         loss += await rmuObjective(model, fb, p, u, share);
         break;
       case 'whp': {
+        // the generic targets one row chunk at a time (no rows × V block): v_base − α·ReLU(v_reinforced − v_base)
         await baseline!.native.forward(fb.inputs, fb.B, fb.T);
-        const vb = await baseline!.native.logits(null);
         await reinforced!.native.forward(fb.inputs, fb.B, fb.T);
-        const vr = await reinforced!.native.logits(null);
-        for (let i = 0; i < vb.length; i++) vb[i] -= p.whpAlpha * Math.max(0, vr[i] - vb[i]);
-        loss += await logitObjective(model, fb, 'fkl', { teacherLogits: vb, scale: share });
+        const V = model.config.vocabSize;
+        const cap = headChunkRows(V, fb.B * fb.T) * V;
+        const bufB = new Float32Array(cap), bufR = new Float32Array(cap);
+        loss += await chunkedLogitObjective(model, fb, 'fkl', async (_row0, idx) => {
+          const vb = (await baseline!.native.logits(idx, bufB)).subarray(0, idx.length * V);
+          const vr = (await reinforced!.native.logits(idx, bufR)).subarray(0, idx.length * V);
+          for (let i = 0; i < vb.length; i++) vb[i] -= p.whpAlpha * Math.max(0, vr[i] - vb[i]);
+          return { teacher: vb };
+        }, { scale: share });
         break;
       }
       case 'causal': {

@@ -502,6 +502,35 @@ double Model::head_custom(const HeadFn& fn, bool backward, float* row_loss, int6
   return total;
 }
 
+void Model::head_grad_rows(int64_t row0, int64_t n, const float* dlogits) {
+  const int64_t N = N_, d = cfg_.d, V = cfg_.vocab;
+  if (N == 0 || cache_mode_) fail("head_grad_rows: needs a training forward first");
+  if (row0 < 0 || n < 0 || row0 + n > N)
+    fail("head_grad_rows: rows [" + std::to_string(row0) + ", " + std::to_string(row0 + n) + ") out of range");
+  if (n == 0) return;
+  const float* Wh = params_.data() + off_head_;
+  float* gWh = grads_.data() + off_head_;
+  const bool head_trainable = trainable_at(params_.data() + off_head_);
+  const float cap = cfg_.final_softcap;
+  const float* dz = dlogits;
+  std::vector<float> scaled;
+  if (cap > 0) {
+    // through the soft-cap: d/dz of cap·tanh(z/cap) = 1 − (capped/cap)²
+    scaled.resize((size_t)(n * V));
+    logits_range(row0, n, scaled.data());
+    const float inv = 1.0f / cap;
+    for (int64_t i = 0; i < n * V; i++) {
+      const float t = scaled[(size_t)i] * inv;
+      scaled[(size_t)i] = dlogits[i] * (1.0f - t * t);
+    }
+    dz = scaled.data();
+  }
+  const float* h = h_final_.data() + row0 * d;
+  gemm(false, false, n, d, V, 1.0f, dz, V, Wh, d, 0.0f, dh_final_.data() + row0 * d, d);
+  if (head_trainable) gemm(true, false, V, d, n, 1.0f, dz, V, h, d, 1.0f, gWh, d);
+  have_head_grad_ = true;
+}
+
 // Rows per head chunk: at most `chunk`, and at most kHeadChunkFloats logits (32 MB) whatever the vocabulary: 256
 // rows up to V = 32k, 55 at Qwen's 152k, 32 at Gemma-3's 262k.
 int64_t Model::head_chunk(int64_t chunk, int64_t N) const {

@@ -100,6 +100,10 @@ class Model {
 
   // Capped logits of the contiguous rows [row0, row0 + n) of the last forward (e.g. a teacher's chunk).
   void logits_range(int64_t row0, int64_t n, float* out);
+  // d(loss)/d(capped logits) of rows [row0, row0 + n) of the last training forward ([n, V]) → the LM head's
+  // gradient (accumulated) and d(final hidden) of those rows; backward(true) may follow once every row of the
+  // forward has been given (callers run a logit loss in row chunks without a rows × V block).
+  void head_grad_rows(int64_t row0, int64_t n, const float* dlogits);
 
   // Full logits [B·T, V] (after soft-capping) for the rows of the last forward. rows_sel: which rows (null =
   // all), n_sel of them.

@@ -451,7 +451,7 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
                         InstanceMethod("setBf16", &ModelWrap::SetBf16), InstanceMethod("getBf16", &ModelWrap::GetBf16),
                         InstanceMethod("forward", &ModelWrap::Forward), InstanceMethod("headLoss", &ModelWrap::HeadLoss),
                         InstanceMethod("backward", &ModelWrap::Backward), InstanceMethod("trainStep", &ModelWrap::TrainStep),
-                        InstanceMethod("logits", &ModelWrap::Logits), InstanceMethod("headGrad", &ModelWrap::HeadGrad), InstanceMethod("headKd", &ModelWrap::HeadKd), InstanceMethod("hidden", &ModelWrap::Hidden),
+                        InstanceMethod("logits", &ModelWrap::Logits), InstanceMethod("headGrad", &ModelWrap::HeadGrad), InstanceMethod("headGradRows", &ModelWrap::HeadGradRows), InstanceMethod("headKd", &ModelWrap::HeadKd), InstanceMethod("hidden", &ModelWrap::Hidden),
                         InstanceMethod("zeroGrad", &ModelWrap::ZeroGrad), InstanceMethod("gradNorm", &ModelWrap::GradNorm),
                         InstanceMethod("adamw", &ModelWrap::Adamw), InstanceMethod("cacheBegin", &ModelWrap::CacheBegin),
                         InstanceMethod("cacheStep", &ModelWrap::CacheStep)});
@@ -824,6 +824,24 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
               true, nullptr);
         },
         nullptr, {info[0]});
+  }
+  // headGradRows(row0, dlogits Float32Array [n, V]) → Promise<void>: headGrad for rows [row0, row0 + n) of the
+  // last forward only (n = its length / V), so a logit loss can run in row chunks; give every row before backward.
+  Napi::Value HeadGradRows(const Napi::CallbackInfo& info) {
+    auto m = model_;
+    const double r0 = dbl(info, 0, "row0");
+    auto g = f32(info, 1, "dlogits", 0);
+    float* gp = g.Data();
+    const size_t len = g.ElementLength();
+    return run_task(
+        info.Env(), m,
+        [m, gp, len, r0] {
+          const int64_t V = m->config().vocab;
+          if (!(r0 >= 0) || r0 != (double)(int64_t)r0) throw std::invalid_argument("headGradRows: row0 must be a non-negative integer");
+          if (len % (size_t)V != 0) throw std::invalid_argument("headGradRows: dlogits must hold whole rows of the vocabulary");
+          m->head_grad_rows((int64_t)r0, (int64_t)(len / (size_t)V), gp);
+        },
+        nullptr, {info[1]});
   }
   // logits(rows: Int32Array|null, out?: Float32Array) → Promise<Float32Array [n, V]> for the rows of the last
   // forward. With `out` (a caller's buffer reused across calls) the logits are written into it and the promise

@@ -13,6 +13,8 @@ import { generateIds } from '../../lib/models/generate';
 import { distill } from '../../lib/distill/distill';
 import { cacheTeacher, openTeacherStore } from '../../lib/distill/teacher_store';
 import { evalDivergence } from '../../lib/train/evaluate';
+import { logitObjective } from '../../lib/train/objectives';
+import { unlearn } from '../../lib/unlearn/unlearn';
 
 const V = 262144;
 const B = 4, T = 256;
@@ -28,14 +30,15 @@ function status(field: string): number {
   return m ? Number(m[1]) * 1024 : NaN;
 }
 
-async function phase(name: string, fn: () => Promise<unknown>): Promise<void> {
+/** `copies`: whole models the phase itself makes (WHP clones the model twice), allowed for by the test. */
+async function phase(name: string, fn: () => Promise<unknown>, copies = 0): Promise<void> {
   if (global.gc) global.gc();
   fs.writeFileSync('/proc/self/clear_refs', '5');
   const before = status('VmRSS');
   const t0 = Date.now();
   await fn();
   const peak = status('VmHWM');
-  process.stdout.write(JSON.stringify({ phase: name, growth: peak - before, ms: Date.now() - t0 }) + '\n');
+  process.stdout.write(JSON.stringify({ phase: name, growth: peak - before, ms: Date.now() - t0, copies }) + '\n');
 }
 
 async function main(): Promise<void> {
@@ -62,6 +65,21 @@ async function main(): Promise<void> {
     const store = path.join(tmp, 'store');
     await phase('cacheTeacher', () => cacheTeacher(teacher, data, { k: 32, out: store, batchSize: B }));
     await phase('distill(store)', async () => distill(student, await openTeacherStore(store), new Batcher(data, { batchSize: B, shuffle: false }), cfg, { loss: 'fkl', tail: 'bucket' }));
+    let copy: Model | null = null;
+    // a whole trained copy: parameters, gradients and both AdamW moments touched
+    await phase('model copy', async () => {
+      copy = student.clone();
+      copy.native.zeroGrad();
+      copy.native.adamM().fill(0);
+      copy.native.adamV().fill(0);
+    });
+    copy = null;
+    await phase('unlearn(whp)', () => unlearn(student, new Batcher(data, { batchSize: B, shuffle: false }), null, cfg, { method: 'whp', params: { whpReinforceSteps: 1, retainWeight: 0 } }), 2);
+    const [sb, tb] = [student.clone(), teacher.clone()];
+    await phase('deltakd', async () => {
+      student.native.zeroGrad();
+      await logitObjective(student, batch, 'deltakd', { teacher, studentBase: sb, teacherBase: tb, params: { lambda: 0.5 } });
+    });
     await phase('generate', () => generateIds(student, Array.from({ length: B }, (_, b) => toks.slice(b * 7, b * 7 + 5)), { maxNewTokens: 16, temperature: 1, topP: 0.9, seed: 1 }));
   } finally {
     fs.rmSync(tmp, { recursive: true, force: true });
