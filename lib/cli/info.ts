@@ -60,13 +60,14 @@ export function registerInfoCommand(program: Command): void {
     .option('--teacher <dir>', 'a teacher model directory: adds the distillation estimate')
     .option('--json', 'print JSON')
     .action((o: { model?: string; batch: number; seq: number; teacher?: string; json?: boolean }) => {
-      const runtime = { isa: native.getIsa(), supportedIsas: native.supportedIsas(), threads: native.getThreads() };
+      const runtime = { isa: native.getIsa(), supportedIsas: native.supportedIsas(), threads: native.getThreads(), bf16Kernel: native.bf16Native() };
       const info = o.model ? modelInfo(o.model, { batch: o.batch, seq: o.seq, teacher: o.teacher }) : undefined;
       if (o.json) {
         console.log(JSON.stringify({ ...runtime, model: info ?? null }, null, 2));
         return;
       }
-      console.log(`isa: ${runtime.isa} (supported: ${runtime.supportedIsas.join(', ')}), threads: ${runtime.threads}`);
+      console.log(`isa: ${runtime.isa} (supported: ${runtime.supportedIsas.join(', ')}), threads: ${runtime.threads}, ` +
+        `--bf16: ${runtime.bf16Kernel ? 'AVX512-BF16 kernel' : 'emulated (no AVX512-BF16 here; slower than fp32)'}`);
       if (!info) return;
       const c = info.config;
       if (c) {
