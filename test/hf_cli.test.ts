@@ -114,4 +114,24 @@ test('pretrain with the Qwen3 tokenizer (no BOS): config.json says bos_token_id 
   assert.is(m.tokenizer.encode('hi', { bos: true })[0], m.tokenizer.encode('hi')[0], 'no BOS prepended');
 });
 
+test('export --gguf: the sharded bf16 Qwen3 checkpoint (vocab padded past the tokenizer) as q8_0; a bad --type fails and writes nothing', () => {
+  const out = path.join(TMP, 'qwen3.gguf');
+  const r = cli(['export', '--model', teacher, '--gguf', out, '--type', 'q8_0', '--json']);
+  assert.is(r.status, 0, r.out);
+  const res = JSON.parse(r.out.slice(r.out.indexOf('{'), r.out.lastIndexOf('}') + 1));
+  assert.is(res.arch, 'qwen3');
+  assert.is(res.type, 'q8_0');
+  assert.equal(res.tokenizer, { model: 'gpt2', pre: 'qwen2' });
+  const head = fs.readFileSync(out);
+  assert.is(head.toString('latin1', 0, 4), 'GGUF');
+  assert.is(head.length, res.bytes);
+  assert.ok(head.includes(Buffer.from('[PAD151935]')), 'padded vocabulary ids become [PADn] tokens');
+  const bad = path.join(TMP, 'bad.gguf');
+  const b = cli(['export', '--model', teacher, '--gguf', bad, '--type', 'q4_k']);
+  assert.is.not(b.status, 0);
+  assert.match(b.out, /--type "q4_k" is not offered for GGUF; choose one of: f32, f16, bf16, q8_0/);
+  assert.not.ok(fs.existsSync(bad));
+  assert.equal(fs.readdirSync(TMP).filter((f) => f.startsWith('bad.gguf')), [], 'no temporary left');
+});
+
 test.run();

@@ -22,6 +22,7 @@ import { registerUndoCommand, registerUnlearningCommands } from './unlearn';
 import { registerTeacherCommands } from './teacher';
 import { registerDistillCommand } from './distill';
 import { registerInfoCommand } from './info';
+import { registerExportCommand } from './export';
 
 function int(name: string, min = 0) {
   return (v: string): number => {
@@ -311,6 +312,7 @@ export function buildProgram(): Command {
   registerTeacherCommands(program, kit);
 
   registerInfoCommand(program);
+  registerExportCommand(program);
   return program;
 }
 

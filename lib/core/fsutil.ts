@@ -55,6 +55,21 @@ export function fsyncDir(dir: string): void {
  * so very large payloads (e.g. safetensors files) are never copied in memory.
  */
 export function writeFileAtomic(filePath: string, data: AtomicData, opts: { mode?: number } = {}): void {
+  const chunks: ReadonlyArray<Uint8Array> =
+    typeof data === 'string' ? [Buffer.from(data, 'utf8')] : data instanceof Uint8Array ? [data] : data;
+  writeFileAtomicStream(filePath, (write) => {
+    for (const chunk of chunks) write(chunk);
+  }, opts);
+}
+
+/**
+ * Atomically replace `filePath` with what `fill` writes, chunk by chunk (`write` may be called any number of
+ * times; each chunk is on its way to the file when it returns, so the caller may reuse its buffer). Same
+ * protocol as {@link writeFileAtomic}: a temporary sibling, fsynced, renamed over `filePath`, the directory
+ * fsynced; if `fill` throws, the temporary file is removed and nothing is left behind. An UndoError from
+ * `fill` is rethrown as it is; other errors are wrapped in one naming the destination.
+ */
+export function writeFileAtomicStream(filePath: string, fill: (write: (chunk: Uint8Array) => void) => void, opts: { mode?: number } = {}): void {
   const dir = path.dirname(path.resolve(filePath));
   try {
     fs.mkdirSync(dir, { recursive: true });
@@ -65,13 +80,12 @@ export function writeFileAtomic(filePath: string, data: AtomicData, opts: { mode
     dir,
     `${path.basename(filePath)}.tmp-${process.pid}-${crypto.randomBytes(6).toString('hex')}`,
   );
-  const chunks: ReadonlyArray<Uint8Array> =
-    typeof data === 'string' ? [Buffer.from(data, 'utf8')] : data instanceof Uint8Array ? [data] : data;
 
   let fd: number | undefined;
   try {
     fd = fs.openSync(tmp, 'wx', opts.mode ?? 0o644);
-    for (const chunk of chunks) writeAll(fd, chunk);
+    const out = fd;
+    fill((chunk) => writeAll(out, chunk));
     fs.fsyncSync(fd);
     fs.closeSync(fd);
     fd = undefined;
@@ -89,6 +103,7 @@ export function writeFileAtomic(filePath: string, data: AtomicData, opts: { mode
     } catch {
       /* the temp file may not exist */
     }
+    if (e instanceof UndoError) throw e;
     throw new UndoError(`cannot write ${filePath}: ${describeError(e)}`, { cause: e });
   }
   try {

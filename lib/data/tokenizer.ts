@@ -161,6 +161,11 @@ export class ByteTokenizer implements Tokenizer {
     for (let b = 0; b < 256; b++) this.idToByte[this.byteToId[b]] = b;
   }
 
+  /** The id of byte `b` (0..255). */
+  idOfByte(b: number): number {
+    return this.byteToId[b];
+  }
+
   /** True if the layout is the default one (bytes 0..255, bos 256, eos 257, pad 258). */
   get isDefaultLayout(): boolean {
     return (

@@ -101,6 +101,19 @@ interface Architecture {
   /** config.json fields read beyond the common ones, and written back */
   extra?: { read: (raw: Json, file: string, c: ModelConfig) => void; write: (c: ModelConfig) => Json };
   tensors?: (c: ModelConfig, hfNames: readonly string[]) => TensorMapping[];
+  /**
+   * GGUF export (lib/formats/gguf_model.ts): llama.cpp's architecture name, whether its RoPE rotates
+   * interleaved pairs (q/k rows permuted from HF's half split), whether q, k, v go out fused as attn_qkv;
+   * a string: why llama.cpp has no architecture for it.
+   */
+  gguf: GgufArchitecture | string;
+}
+
+/** How an architecture goes out to GGUF (one row of the table; see Architecture.gguf). */
+export interface GgufArchitecture {
+  arch: 'llama' | 'qwen2' | 'qwen3' | 'gemma2' | 'gpt2';
+  interleavedRope: boolean;
+  fusedQkv: boolean;
 }
 
 const none = () => ({ qkv: false, o: false, mlp: false });
@@ -118,6 +131,7 @@ export const ARCHITECTURES: Record<Family, Architecture> = {
     biasFields: ['attention_bias', 'mlp_bias'],
     norm: 'rms', normUnitOffset: false, sandwichNorms: false, qkNorm: false, biases: attnBias, mlp: 'gated',
     embedScale: false, learnedPositions: false, softcaps: false, queryPreAttnScalar: false, sliding: noSliding, localRope: false,
+    gguf: { arch: 'llama', interleavedRope: true, fusedQkv: false },
   },
   mistral: {
     hfClass: 'MistralForCausalLM',
@@ -126,6 +140,7 @@ export const ARCHITECTURES: Record<Family, Architecture> = {
     norm: 'rms', normUnitOffset: false, sandwichNorms: false, qkNorm: false, biases: none, mlp: 'gated',
     embedScale: false, learnedPositions: false, softcaps: false, queryPreAttnScalar: false,
     sliding: (_l, c) => c.slidingWindow > 0, localRope: false,
+    gguf: { arch: 'llama', interleavedRope: true, fusedQkv: false },
   },
   qwen2: {
     hfClass: 'Qwen2ForCausalLM',
@@ -134,6 +149,7 @@ export const ARCHITECTURES: Record<Family, Architecture> = {
     norm: 'rms', normUnitOffset: false, sandwichNorms: false, qkNorm: false,
     biases: () => ({ qkv: true, o: false, mlp: false }), mlp: 'gated',
     embedScale: false, learnedPositions: false, softcaps: false, queryPreAttnScalar: false, sliding: qwenSliding, localRope: false,
+    gguf: { arch: 'qwen2', interleavedRope: false, fusedQkv: false },
   },
   qwen3: {
     hfClass: 'Qwen3ForCausalLM',
@@ -141,6 +157,7 @@ export const ARCHITECTURES: Record<Family, Architecture> = {
     biasFields: ['attention_bias'], slidingWindowField: { dflt: 4096, useFlag: true },
     norm: 'rms', normUnitOffset: false, sandwichNorms: false, qkNorm: true, biases: (c) => ({ qkv: !!c.attentionBias, o: !!c.attentionBias, mlp: false }),
     mlp: 'gated', embedScale: false, learnedPositions: false, softcaps: false, queryPreAttnScalar: false, sliding: qwenSliding, localRope: false,
+    gguf: { arch: 'qwen3', interleavedRope: false, fusedQkv: false },
   },
   gemma2: {
     hfClass: 'Gemma2ForCausalLM',
@@ -150,6 +167,7 @@ export const ARCHITECTURES: Record<Family, Architecture> = {
     norm: 'rms', normUnitOffset: true, sandwichNorms: true, qkNorm: false, biases: (c) => ({ qkv: !!c.attentionBias, o: !!c.attentionBias, mlp: false }),
     mlp: 'gated', embedScale: true, learnedPositions: false, softcaps: true, queryPreAttnScalar: true,
     sliding: (l, c) => c.slidingWindow > 0 && l % 2 === 0, localRope: false,
+    gguf: { arch: 'gemma2', interleavedRope: false, fusedQkv: false },
   },
   gemma3_text: {
     hfClass: 'Gemma3ForCausalLM',
@@ -161,6 +179,7 @@ export const ARCHITECTURES: Record<Family, Architecture> = {
     // sliding_window_pattern N: every N-th layer is global
     sliding: (l, c, raw) => c.slidingWindow > 0 && (l + 1) % (typeof raw.sliding_window_pattern === 'number' ? raw.sliding_window_pattern : 6) !== 0,
     localRope: true,
+    gguf: 'no mapping onto llama.cpp\'s gemma3 architecture yet',
   },
   gpt2: {
     hfClass: 'GPT2LMHeadModel',
@@ -178,6 +197,7 @@ export const ARCHITECTURES: Record<Family, Architecture> = {
       write: (c) => ({ n_ctx: c.maxPositions, scale_attn_weights: true }),
     },
     tensors: gpt2Tensors,
+    gguf: { arch: 'gpt2', interleavedRope: false, fusedQkv: true },
   },
 };
 
