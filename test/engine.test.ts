@@ -179,9 +179,14 @@ test('determinism: same seed → bit-identical init for 1 and 2 threads; trainin
         assert.equal(a1.losses, b1.losses);
         assert.equal(a2.losses, b2.losses);
         assert.not.ok(bitEqual(a1.final, a1.init), `${what}: training changed nothing`);
-        // across thread counts: equal up to float rounding (see above)
+        // across thread counts: equal up to float rounding (see above). AdamW divides by √v, so a weight whose
+        // gradient is rounding-level noise moves by up to ±lr either way: a handful of weights may differ by a
+        // fraction of lr (1e-2 here), nearly all agree to 1e-5.
         const diff = maxAbsDiff(a1.final, a2.final);
-        assert.ok(diff <= 2e-4, `${what}: params after training differ by ${diff} between 1 and 2 threads`);
+        let off = 0;
+        for (let i = 0; i < a1.final.length; i++) if (Math.abs(a1.final[i] - a2.final[i]) > 1e-5) off++;
+        assert.ok(diff <= 2e-3, `${what}: params after training differ by ${diff} between 1 and 2 threads`);
+        assert.ok(off <= 1e-3 * a1.final.length, `${what}: ${off} of ${a1.final.length} params differ by > 1e-5 between 1 and 2 threads`);
         for (let s = 0; s < 3; s++) assert.ok(Math.abs(a1.losses[s] - a2.losses[s]) <= 1e-5 * a1.losses[s], `${what}: loss ${s}`);
       }
       // a different seed gives different weights

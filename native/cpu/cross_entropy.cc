@@ -6,6 +6,20 @@ UNDO_ISA_BEGIN
 
 static inline float capped(float x, float cap, float inv_cap) { return cap > 0.0f ? cap * undo_tanhf(x * inv_cap) : x; }
 
+static float row_max(const float* z, int64_t n) {
+  float m = -INFINITY;
+#pragma omp simd reduction(max : m)
+  for (int64_t i = 0; i < n; i++) m = z[i] > m ? z[i] : m;
+  return m;
+}
+
+static float row_sum_exp(const float* z, int64_t n, float m) {
+  float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+  for (int64_t i = 0; i < n; i++) s += undo_exp_neg(z[i] - m);
+  return s;
+}
+
 void cross_entropy(int64_t rows, int64_t vocab, const float* logits, int64_t ld, const int32_t* targets,
                    int32_t ignore_index, float softcap, const float* weights, float* loss, float* dlogits) {
   const float inv_cap = softcap > 0.0f ? 1.0f / softcap : 0.0f;
@@ -21,15 +35,21 @@ void cross_entropy(int64_t rows, int64_t vocab, const float* logits, int64_t ld,
         for (int64_t i = 0; i < vocab; i++) dz[i] = 0.0f;
       continue;
     }
-    float m = -INFINITY;
+    // the row's max and Σ exp(z − max); the two cases in separate loops, so that the plain one stays a
+    // single vector max and a single vector exp-sum (GCC keeps the tanh of a loop-invariant branch otherwise)
+    float m = -INFINITY, s = 0.0f;
+    if (softcap > 0.0f) {
 #pragma omp simd reduction(max : m)
-    for (int64_t i = 0; i < vocab; i++) {
-      const float zi = capped(z[i], softcap, inv_cap);
-      m = zi > m ? zi : m;
-    }
-    float s = 0.0f;
+      for (int64_t i = 0; i < vocab; i++) {
+        const float zi = softcap * undo_tanhf(z[i] * inv_cap);
+        m = zi > m ? zi : m;
+      }
 #pragma omp simd reduction(+ : s)
-    for (int64_t i = 0; i < vocab; i++) s += undo_exp_neg(capped(z[i], softcap, inv_cap) - m);
+      for (int64_t i = 0; i < vocab; i++) s += undo_exp_neg(softcap * undo_tanhf(z[i] * inv_cap) - m);
+    } else {
+      m = row_max(z, vocab);
+      s = row_sum_exp(z, vocab, m);
+    }
     const float zt = capped(z[t], softcap, inv_cap);
     // (m − z_t) + log s, not (m + log s) − z_t: both terms are ≥ 0 (s ≥ 1), so nothing cancels. The other
     // order rounds m + log s to an ulp of |m| first, which for confident rows with large logits swamps a

@@ -442,25 +442,26 @@ double Model::head_loss(const int32_t* targets, const float* weights, int32_t ig
   float* gWh = grads_.data() + off_head_;
   const bool head_trainable = trainable_at(params_.data() + off_head_);
   chunk = head_chunk(chunk, N);
-  std::vector<float> buf((size_t)(chunk * V)), wchunk((size_t)chunk), lrow((size_t)chunk);
+  float* buf = head_scratch(head_z_, (size_t)(chunk * V));
+  std::vector<float> wchunk((size_t)chunk), lrow((size_t)chunk);
   double total = 0.0;
   for (int64_t r0 = 0; r0 < N; r0 += chunk) {
     const int64_t n = std::min(chunk, N - r0);
     const float* h = h_final_.data() + r0 * d;
-    mm(false, true, n, V, d, 1.0f, h, d, Wh, d, 0.0f, buf.data(), V);
+    mm(false, true, n, V, d, 1.0f, h, d, Wh, d, 0.0f, buf, V);
     for (int64_t i = 0; i < n; i++) {
       const float w = weights ? weights[r0 + i] : 1.0f;
       wchunk[(size_t)i] = norm > 0 ? (float)(w / norm) : 0.0f;
     }
-    cross_entropy(n, V, buf.data(), V, targets + r0, ignore_index, c.final_softcap, wchunk.data(), lrow.data(),
-                  backward ? buf.data() : nullptr);
+    cross_entropy(n, V, buf, V, targets + r0, ignore_index, c.final_softcap, wchunk.data(), lrow.data(),
+                  backward ? buf : nullptr);
     for (int64_t i = 0; i < n; i++) {
       if (row_loss) row_loss[r0 + i] = lrow[(size_t)i];
       if (targets[r0 + i] != ignore_index) total += (double)lrow[(size_t)i] * (weights ? (double)weights[r0 + i] : 1.0);
     }
     if (backward) {
-      mm(false, false, n, d, V, 1.0f, buf.data(), V, Wh, d, 0.0f, dh_final_.data() + r0 * d, d);
-      if (head_trainable) mm(true, false, V, d, n, 1.0f, buf.data(), V, h, d, 1.0f, gWh, d);
+      mm(false, false, n, d, V, 1.0f, buf, V, Wh, d, 0.0f, dh_final_.data() + r0 * d, d);
+      if (head_trainable) mm(true, false, V, d, n, 1.0f, buf, V, h, d, 1.0f, gWh, d);
     }
   }
   if (backward) have_head_grad_ = true;
@@ -475,12 +476,14 @@ double Model::head_custom(const HeadFn& fn, bool backward, float* row_loss, int6
   const bool head_trainable = trainable_at(params_.data() + off_head_);
   const float cap = cfg_.final_softcap;
   chunk = head_chunk(chunk, N);
-  std::vector<float> z((size_t)(chunk * V)), dz(backward ? (size_t)(chunk * V) : 0), lrow((size_t)chunk);
+  float* zp = head_scratch(head_z_, (size_t)(chunk * V));
+  float* dzp = backward ? head_scratch(head_dz_, (size_t)(chunk * V)) : nullptr;
+  std::vector<float> lrow((size_t)chunk);
   double total = 0.0;
   for (int64_t r0 = 0; r0 < N; r0 += chunk) {
     const int64_t n = std::min(chunk, N - r0);
-    logits_range(r0, n, z.data());
-    fn(r0, n, z.data(), backward ? dz.data() : nullptr, lrow.data());
+    logits_range(r0, n, zp);
+    fn(r0, n, zp, dzp, lrow.data());
     for (int64_t i = 0; i < n; i++) {
       total += (double)lrow[(size_t)i];
       if (row_loss) row_loss[r0 + i] = lrow[(size_t)i];
@@ -489,13 +492,13 @@ double Model::head_custom(const HeadFn& fn, bool backward, float* row_loss, int6
       if (cap > 0) {
         const float inv = 1.0f / cap;
         for (int64_t i = 0; i < n * V; i++) {
-          const float t = z[(size_t)i] * inv;
-          dz[(size_t)i] *= 1.0f - t * t;
+          const float t = zp[i] * inv;
+          dzp[i] *= 1.0f - t * t;
         }
       }
       const float* h = h_final_.data() + r0 * d;
-      mm(false, false, n, d, V, 1.0f, dz.data(), V, Wh, d, 0.0f, dh_final_.data() + r0 * d, d);
-      if (head_trainable) mm(true, false, V, d, n, 1.0f, dz.data(), V, h, d, 1.0f, gWh, d);
+      mm(false, false, n, d, V, 1.0f, dzp, V, Wh, d, 0.0f, dh_final_.data() + r0 * d, d);
+      if (head_trainable) mm(true, false, V, d, n, 1.0f, dzp, V, h, d, 1.0f, gWh, d);
     }
   }
   if (backward) have_head_grad_ = true;
@@ -533,8 +536,22 @@ void Model::head_grad_rows(int64_t row0, int64_t n, const float* dlogits) {
 
 // Rows per head chunk: at most `chunk`, and at most kHeadChunkFloats logits (32 MB) whatever the vocabulary: 256
 // rows up to V = 32k, 55 at Qwen's 152k, 32 at Gemma-3's 262k.
+// The rows are then balanced over the chunks (512 rows at a cap of 170: 4 × 128, not 3 × 170 + 2), so that no
+// chunk is a sliver whose GEMM streams the whole head weight for a couple of rows.
 int64_t Model::head_chunk(int64_t chunk, int64_t N) const {
-  return std::max<int64_t>(1, std::min({chunk, N, kHeadChunkFloats / cfg_.vocab}));
+  const int64_t cap = std::max<int64_t>(1, std::min({chunk, N, kHeadChunkFloats / cfg_.vocab}));
+  const int64_t nchunks = (N + cap - 1) / cap;
+  return std::max<int64_t>(1, (N + nchunks - 1) / nchunks);
+}
+
+// Logit scratch of the fused head, kept across calls (a fresh 32 MB vector per call costs its page faults and
+// zero fill on every step); grows to the largest chunk asked for, never shrinks.
+float* Model::head_scratch(std::vector<float>& buf, size_t n) {
+  if (buf.size() < n) {
+    std::vector<float>().swap(buf);
+    buf.resize(n);
+  }
+  return buf.data();
 }
 
 void Model::logits_range(int64_t row0, int64_t n, float* out) {

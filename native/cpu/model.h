@@ -158,6 +158,8 @@ class Model {
   bool trainable_at(const float* p) const;  // p points into params_: is that tensor trainable?
   static constexpr int64_t kHeadChunkFloats = int64_t(1) << 23;
   int64_t head_chunk(int64_t chunk, int64_t N) const;
+  static float* head_scratch(std::vector<float>& buf, size_t n);
+  std::vector<float> head_z_, head_dz_;  // the fused head's logit chunk and its gradient, reused across calls
   void softcap_logits(float* z, int64_t n) const;  // Gemma-2's final soft-cap, in place (no-op for Llama)
   // the model's norm (RMSNorm or LayerNorm) on rows × dim; st holds rows (RMS) or 2·rows (LayerNorm) floats
   void norm_forward(int64_t rows, const float* x, const float* w, const float* b, float* y, float* st) const;
