@@ -66,7 +66,7 @@ export interface MemoryEstimate {
  *       gate (gated MLP only), up, g: 3·N·F   st1, st2: 2·s·N  (+ st_pa, st_pf: 2·s·N with sandwich norms)
  *       with q/k norms: q_pre N·qd, k_pre N·kvd, rstd_q N·H, rstd_k N·H_kv
  *     and once: x_final_, h_final_, dh_final_: 3·N·d; rstd_f_: s·N; ids_: N int32 (+ positions N int32, GPT-2)
- *   head_loss: one chunk of logits c·V plus weights and losses 2·c (the head never holds N × V)
+ *   head_loss: one chunk of logits c·V (kept across calls, Model::head_scratch) plus weights and losses 2·c (the head never holds N × V)
  *   backward scratch: dx_, dmo_ 2·N·d; dbig1_ N·max(F, qd); dbig2_ N·F; dq_, datt_ 2·N·qd; dk_, dv_ 2·N·kvd
  *   AdamW: m_, v_ 2·P (allocated on the first step)
  *   headKd (distillation): head_custom's logits z and gradient dz 2·c·V + losses c, and the teacher's chunk tz c·V
