@@ -104,6 +104,55 @@ test('bf16 compute: the AVX512-BF16 kernel inside the model is as close to fp32 
   }
 });
 
+test('bf16 compute: the LM head packed once for several row chunks gives the loss and gradients of the unpacked products', async () => {
+  // V = 98304 caps a head chunk at 85 rows (kHeadChunkFloats / V), so the 90 rows take 2 chunks and head_loss packs
+  // the head once (Model::HeadPack, AVX512-BF16 only); logits() and headGrad() run the unpacked gemm_bf16.
+  const cfg: ModelConfig = { ...config(), vocabSize: 98304 };
+  const V = cfg.vocabSize, N = B * T;
+  const m = Model.create(cfg, { seed: 7, std: 0.08 });
+  m.setComputeDtype('bf16');
+  console.log(`  head: ${native.bf16Native() ? 'packed AVX512-BF16 kernel' : 'emulated (no packing on this CPU)'}`);
+  const { ids, targets } = batch(V);
+  m.native.zeroGrad();
+  const r = await m.native.trainStep(ids, targets, B, T, null, 0, -100);
+  const packed = m.grads.slice();
+  await m.native.forward(ids, B, T);
+  const logits = await m.native.logits(null);
+  const dl = new Float32Array(N * V);
+  let want = 0;
+  for (let i = 0; i < N; i++) {
+    const z = logits.subarray(i * V, (i + 1) * V);
+    let mx = -Infinity;
+    for (let v = 0; v < V; v++) mx = Math.max(mx, z[v]);
+    let se = 0;
+    for (let v = 0; v < V; v++) se += Math.exp(z[v] - mx);
+    const lse = mx + Math.log(se);
+    want += lse - z[targets[i]];
+    for (let v = 0; v < V; v++) dl[i * V + v] = Math.exp(z[v] - lse) / N;
+    dl[i * V + targets[i]] -= 1 / N;
+  }
+  want /= N;
+  assert.ok(Math.abs(r.loss - want) < 1e-5 * want, `loss ${r.loss} vs ${want} from the unpacked logits`);
+  m.native.zeroGrad();
+  await m.native.forward(ids, B, T);
+  await m.native.headGrad(dl);
+  await m.native.backward(true, null);
+  const unpacked = m.grads.slice();
+  // the same step in fp32: the distance bf16 rounding itself puts between two computations
+  m.setComputeDtype('fp32');
+  m.native.zeroGrad();
+  await m.native.trainStep(ids, targets, B, T, null, 0, -100);
+  const fp32 = m.grads;
+  // packed vs unpacked differ only where dz (native fp32 vs the float64 above) rounds to another bf16, then
+  // propagates: ~1e-3, well under bf16's distance from fp32; a wrong panel layout or offset would be O(1)
+  for (const t of m.tensors) {
+    const g = (a: Float32Array) => a.subarray(t.offset, t.offset + t.numel);
+    const e = relErr(g(packed), g(unpacked)), ref = relErr(g(unpacked), g(fp32));
+    if (process.env.SHOWE) console.log(t.name, e, ref);
+    assert.ok(e < 5e-3 && e < 0.5 * ref, `gradient of ${t.name}: packed head vs unpacked ${e}, bf16 vs fp32 ${ref}`);
+  }
+});
+
 test('bf16 compute: 30 training steps follow the fp32 loss curve within 1.5%', async () => {
   const cfg = config();
   const curves: number[][] = [];

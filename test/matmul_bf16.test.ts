@@ -139,4 +139,34 @@ test('gemmBf16 really rounds to bf16 (error vs the fp32 product ≫ fp32 roundin
   });
 });
 
+test('gemmBf16Packed (op(B) packed once, as the LM head does) equals gemmBf16 bit for bit, odd shapes, all transposes, every ISA', () => {
+  let seed = 301;
+  const threads = native.getThreads();
+  const paths: string[] = [];
+  forEachIsa((isa) => {
+    paths.push(`${isa}: ${native.bf16Native() ? 'packed AVX512-BF16 kernel' : 'emulated (falls back to gemmBf16)'}`);
+    for (const th of threads > 1 ? [1, threads] : [1]) {
+      withThreads(th, () => {
+        for (const [ta, tb] of COMBOS) {
+          for (const [M, N, K] of [...SHAPES, [256, 333, 1100], [6, 1000, 64]] as [number, number, number][]) {
+            const p = make(ta, tb, M, N, K, seed % 3, seed++);
+            for (const [alpha, beta] of [[1, 0], [-0.75, 0.5]]) {
+              const want = p.C0.slice(), got = p.C0.slice();
+              native.gemmBf16(ta, tb, M, N, K, alpha, p.A, p.lda, p.B, p.ldb, beta, want, p.ldc);
+              native.gemmBf16Packed(ta, tb, M, N, K, alpha, p.A, p.lda, p.B, p.ldb, beta, got, p.ldc);
+              for (let i = 0; i < got.length; i++) {
+                if (!Object.is(got[i], want[i])) {
+                  assert.unreachable(`${isa} threads=${th} ta=${ta} tb=${tb} M=${M} N=${N} K=${K} alpha=${alpha} beta=${beta}: ` +
+                    `C[${i}] = ${got[i]}, gemmBf16 gives ${want[i]}`);
+                }
+              }
+            }
+          }
+        }
+      });
+    }
+  });
+  console.log(`  bf16 packed gemm paths: ${paths.join('; ')}`);
+});
+
 test.run();

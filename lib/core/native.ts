@@ -183,6 +183,9 @@ export interface NativeBinding {
   /** C = bf16(alpha·op(A))·bf16(op(B)) + beta·C with fp32 accumulation (AVX512-BF16, else emulated; ≤ 4 rows: fp32) */
   gemmBf16(ta: boolean, tb: boolean, M: number, N: number, K: number, alpha: number, A: Float32Array, lda: number,
     B: Float32Array, ldb: number, beta: number, C: Float32Array, ldc: number): void;
+  /** gemmBf16 with op(B) packed once first (undo::Bf16Packed, the bf16 LM head's path): the same result, bit for bit */
+  gemmBf16Packed(ta: boolean, tb: boolean, M: number, N: number, K: number, alpha: number, A: Float32Array, lda: number,
+    B: Float32Array, ldb: number, beta: number, C: Float32Array, ldc: number): void;
   /** whether gemmBf16 (and the models' bf16 compute) runs the AVX512-BF16 kernel now (cpuid and the active ISA) */
   bf16Native(): boolean;
   attentionForward(d: AttnDims, q: Float32Array, k: Float32Array, v: Float32Array, out: Float32Array,

@@ -807,6 +807,29 @@ void gemm_bf16(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, c
   std::free(a);
 }
 
+void Bf16Packed::pack(bool tb_, int64_t N_, int64_t K_, const float* B_, int64_t ldb_) {
+  B = B_, N = N_, K = K_, ldb = ldb_, tb = tb_;
+  packed = N > 0 && K > 0 && bf16_native();
+  if (!packed) return;
+  const size_t n = bf16k::packed_words(N, K);
+  if (words.size() < n + 16) {
+    std::vector<uint32_t>().swap(words);
+    words.resize(n + 16);
+  }
+  bf16k::pack_b(tb, N, K, B, ldb, aligned(words.data()), num_threads());
+}
+
+void gemm_bf16_packed(const Bf16Packed& Bp, bool ta, int64_t M, float alpha, const float* A, int64_t lda, float beta,
+                      float* C, int64_t ldc) {
+  if (!Bp.B) std::abort();
+  if (M <= 0 || Bp.N <= 0) return;
+  if (!Bp.packed || M <= 4 || alpha == 0.0f || !bf16_native()) {
+    gemm_bf16(ta, Bp.tb, M, Bp.N, Bp.K, alpha, A, lda, Bp.B, Bp.ldb, beta, C, ldc);
+    return;
+  }
+  bf16k::gemm_packed(ta, M, Bp.N, Bp.K, alpha, A, lda, Bp.data(), beta, C, ldc, num_threads());
+}
+
 void bias_add(int64_t rows, int64_t n, const float* b, float* y) {
 #pragma omp parallel for num_threads(num_threads()) schedule(static) if (rows * n > 65536)
   for (int64_t r = 0; r < rows; r++) {

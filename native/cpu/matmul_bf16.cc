@@ -331,6 +331,73 @@ void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const 
   }
 }
 
+// ---- op(B) packed once, for a B that many GEMMs share (the LM head over its row chunks) ----
+// Layout: the k blocks of gemm() (KC from K alone), block b holding every 32-column panel of op(B) in turn,
+// each panel in the k-pair-major form pack_B writes: panel q of block b at Npad·b·(KC/2) + q·32·np_b words.
+// gemm_block's B panels for columns [jc, jc + nc) of block pc are then a plain offset into it.
+static int64_t packed_kc(int64_t K) { return balanced_block(K, B16_KC, 32); }
+
+size_t packed_words(int64_t N, int64_t K) {
+  const int64_t KC = packed_kc(K), nblk = cdiv(K, KC);
+  return (size_t)(round_up(N, B16_NR) * nblk * (KC / 2));
+}
+
+void pack_b(bool tb, int64_t N, int64_t K, const float* B, int64_t ldb, uint32_t* out, int threads) {
+  const int64_t KC = packed_kc(K), nblk = cdiv(K, KC), Pn = cdiv(N, B16_NR), Npad = Pn * B16_NR;
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
+  for (int64_t t = 0; t < nblk * Pn; t++) {
+    const int64_t b = t / Pn, q = t % Pn, k0 = b * KC, kc = min64(KC, K - k0), np = cdiv(kc, 2);
+    const int64_t j = q * B16_NR, w = min64(B16_NR, N - j);
+    uint32_t* dst = out + Npad * b * (KC / 2) + q * B16_NR * np;
+    if (tb) pack_rows(B + j * ldb + k0, ldb, w, kc, 1.0f, dst, B16_NR);
+    else pack_cols(B + k0 * ldb + j, ldb, w, kc, 1.0f, dst, B16_NR);
+  }
+}
+
+// C[M×N] = bf16(alpha·op(A))·Bp + beta·C with Bp from pack_b(N, K). Threads split the columns first (each then
+// packs A once per k block and streams its own panels of Bp past it), rows only when N is narrow.
+void gemm_packed(bool ta, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+                 const uint32_t* Bp, float beta, float* C, int64_t ldc, int threads) {
+  const int64_t MR = B16_MR, NR = B16_NR, Pm = cdiv(M, MR), Pn = cdiv(N, NR), Npad = Pn * NR;
+  int T = threads;
+  if (T > 1 && 2.0 * (double)M * (double)N * (double)K < 16.0e6) T = 1;
+  int tm = 1, tn = T;
+  while (tn > 1 && tn > Pn) tn /= 2;
+  if (tn < T && T % tn == 0 && Pm >= T / tn) tm = T / tn;
+  T = tm * tn;
+  const int64_t KC = packed_kc(K), MC = balanced_block(min64(cdiv(Pm, tm) * MR, M), B16_MC, MR);
+  const size_t asz = (size_t)round_up(MC * (KC / 2), 16);
+  uint32_t* base = scratch_get((size_t)T * asz);
+  if (!base) std::abort();
+#pragma omp parallel num_threads(T) if (T > 1)
+  {
+#ifdef _OPENMP
+    const int nth = omp_get_num_threads(), tid = omp_get_thread_num();
+#else
+    const int nth = 1, tid = 0;
+#endif
+    int64_t p0 = 0, p1 = Pm, q0 = 0, q1 = Pn;
+    if (nth == T && T > 1) {
+      split(Pm, tm, tid / tn, &p0, &p1);
+      split(Pn, tn, tid % tn, &q0, &q1);
+    }
+    if (tid == 0 || nth == T) {
+      const int64_t i0 = p0 * MR, i1 = min64(p1 * MR, M), j0 = q0 * NR, j1 = min64(q1 * NR, N);
+      uint32_t* Ap = base + (size_t)tid * asz;
+      for (int64_t pc = 0; i0 < i1 && j0 < j1 && pc < K; pc += KC) {
+        const int64_t kc = min64(KC, K - pc), np = cdiv(kc, 2);
+        const float bt = pc == 0 ? beta : 1.0f;
+        const uint32_t* Bb = Bp + Npad * (pc / KC) * (KC / 2) + j0 * np;
+        for (int64_t ic = i0; ic < i1; ic += MC) {
+          const int64_t mc = min64(MC, i1 - ic);
+          pack_A(ta, A, lda, alpha, ic, mc, pc, kc, Ap);
+          macro_kernel(mc, j1 - j0, np, Ap, Bb, C + ic * ldc + j0, ldc, bt);
+        }
+      }
+    }
+  }
+}
+
 }  // namespace bf16k
 }  // namespace undo
 #endif
@@ -345,9 +412,16 @@ bool compiled() {
 #endif
 }
 #ifndef UNDO_HAVE_BF16_KERNEL
+// never called: matmul.cc checks compiled()
 void gemm(bool, bool, int64_t, int64_t, int64_t, float, const float*, int64_t, const float*, int64_t, float, float*,
           int64_t, int) {
-  std::abort();  // never called: matmul.cc checks compiled()
+  std::abort();
+}
+size_t packed_words(int64_t, int64_t) { std::abort(); }
+void pack_b(bool, int64_t, int64_t, const float*, int64_t, uint32_t*, int) { std::abort(); }
+void gemm_packed(bool, int64_t, int64_t, int64_t, float, const float*, int64_t, const uint32_t*, float, float*, int64_t,
+                 int) {
+  std::abort();
 }
 #endif
 }  // namespace bf16k

@@ -442,13 +442,14 @@ double Model::head_loss(const int32_t* targets, const float* weights, int32_t ig
   float* gWh = grads_.data() + off_head_;
   const bool head_trainable = trainable_at(params_.data() + off_head_);
   chunk = head_chunk(chunk, N);
+  HeadPack pack(*this, backward, chunk < N);
   float* buf = head_scratch(head_z_, (size_t)(chunk * V));
   std::vector<float> wchunk((size_t)chunk), lrow((size_t)chunk);
   double total = 0.0;
   for (int64_t r0 = 0; r0 < N; r0 += chunk) {
     const int64_t n = std::min(chunk, N - r0);
     const float* h = h_final_.data() + r0 * d;
-    mm(false, true, n, V, d, 1.0f, h, d, Wh, d, 0.0f, buf, V);
+    head_logits_mm(n, h, buf);
     for (int64_t i = 0; i < n; i++) {
       const float w = weights ? weights[r0 + i] : 1.0f;
       wchunk[(size_t)i] = norm > 0 ? (float)(w / norm) : 0.0f;
@@ -460,7 +461,7 @@ double Model::head_loss(const int32_t* targets, const float* weights, int32_t ig
       if (targets[r0 + i] != ignore_index) total += (double)lrow[(size_t)i] * (weights ? (double)weights[r0 + i] : 1.0);
     }
     if (backward) {
-      mm(false, false, n, d, V, 1.0f, buf, V, Wh, d, 0.0f, dh_final_.data() + r0 * d, d);
+      head_dh_mm(n, buf, dh_final_.data() + r0 * d);
       if (head_trainable) mm(true, false, V, d, n, 1.0f, buf, V, h, d, 1.0f, gWh, d);
     }
   }
@@ -476,6 +477,7 @@ double Model::head_custom(const HeadFn& fn, bool backward, float* row_loss, int6
   const bool head_trainable = trainable_at(params_.data() + off_head_);
   const float cap = cfg_.final_softcap;
   chunk = head_chunk(chunk, N);
+  HeadPack pack(*this, backward, chunk < N);
   float* zp = head_scratch(head_z_, (size_t)(chunk * V));
   float* dzp = backward ? head_scratch(head_dz_, (size_t)(chunk * V)) : nullptr;
   std::vector<float> lrow((size_t)chunk);
@@ -497,7 +499,7 @@ double Model::head_custom(const HeadFn& fn, bool backward, float* row_loss, int6
         }
       }
       const float* h = h_final_.data() + r0 * d;
-      mm(false, false, n, d, V, 1.0f, dzp, V, Wh, d, 0.0f, dh_final_.data() + r0 * d, d);
+      head_dh_mm(n, dzp, dh_final_.data() + r0 * d);
       if (head_trainable) mm(true, false, V, d, n, 1.0f, dzp, V, h, d, 1.0f, gWh, d);
     }
   }
@@ -529,8 +531,8 @@ void Model::head_grad_rows(int64_t row0, int64_t n, const float* dlogits) {
     dz = scaled.data();
   }
   const float* h = h_final_.data() + row0 * d;
-  gemm(false, false, n, d, V, 1.0f, dz, V, Wh, d, 0.0f, dh_final_.data() + row0 * d, d);
-  if (head_trainable) gemm(true, false, V, d, n, 1.0f, dz, V, h, d, 1.0f, gWh, d);
+  head_dh_mm(n, dz, dh_final_.data() + row0 * d);
+  if (head_trainable) mm(true, false, V, d, n, 1.0f, dz, V, h, d, 1.0f, gWh, d);
   have_head_grad_ = true;
 }
 
@@ -557,8 +559,40 @@ float* Model::head_scratch(std::vector<float>& buf, size_t n) {
 void Model::logits_range(int64_t row0, int64_t n, float* out) {
   const int64_t d = cfg_.d, V = cfg_.vocab;
   if (row0 < 0 || n < 0 || row0 + n > N_) fail("logits: rows [" + std::to_string(row0) + ", " + std::to_string(row0 + n) + ") out of range");
-  mm(false, true, n, V, d, 1.0f, h_final_.data() + row0 * d, d, params_.data() + off_head_, d, 0.0f, out, V);
+  head_logits_mm(n, h_final_.data() + row0 * d, out);
   softcap_logits(out, n * V);
+}
+
+Model::HeadPack::HeadPack(Model& m, bool backward, bool several_chunks)
+    : m_(m), active_(several_chunks && m.bf16_ && bf16_native() && m.head_pack_depth_ == 0) {
+  if (!active_) {
+    m_.head_pack_depth_++;
+    return;
+  }
+  const int64_t d = m.cfg_.d, V = m.cfg_.vocab;
+  const float* Wh = m.params_.data() + m.off_head_;
+  m.head_fwd_.pack(true, V, d, Wh, d);
+  if (backward) m.head_bwd_.pack(false, d, V, Wh, d);
+  m_.head_pack_depth_++;
+}
+
+Model::HeadPack::~HeadPack() {
+  m_.head_pack_depth_--;
+  if (active_) m_.head_fwd_.clear(), m_.head_bwd_.clear();
+}
+
+void Model::head_logits_mm(int64_t n, const float* h, float* out) {
+  const int64_t d = cfg_.d, V = cfg_.vocab;
+  const float* Wh = params_.data() + off_head_;
+  if (bf16_ && head_fwd_.B == Wh) gemm_bf16_packed(head_fwd_, false, n, 1.0f, h, d, 0.0f, out, V);
+  else mm(false, true, n, V, d, 1.0f, h, d, Wh, d, 0.0f, out, V);
+}
+
+void Model::head_dh_mm(int64_t n, const float* dz, float* dh) {
+  const int64_t d = cfg_.d, V = cfg_.vocab;
+  const float* Wh = params_.data() + off_head_;
+  if (bf16_ && head_bwd_.B == Wh) gemm_bf16_packed(head_bwd_, false, n, 1.0f, dz, V, 0.0f, dh, d);
+  else mm(false, false, n, d, V, 1.0f, dz, V, Wh, d, 0.0f, dh, d);
 }
 
 void Model::logits(const int64_t* rows_sel, int64_t n_sel, float* out) {

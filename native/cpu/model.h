@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "matmul.h"
 #include "adamw.h"
 #include "glu.h"
 #include "rope.h"
@@ -97,9 +98,26 @@ class Model {
   // Returns Σ loss_rows; row_loss (may be null) receives them.
   using HeadFn = std::function<void(int64_t row0, int64_t n, const float* z, float* dz, float* loss_rows)>;
   double head_custom(const HeadFn& fn, bool backward, float* row_loss, int64_t chunk = 256);
+  // rows per chunk of the fused head over N rows, asked for at most `chunk` (capped by kHeadChunkFloats / V)
+  int64_t head_chunk(int64_t chunk, int64_t N) const;
 
   // Capped logits of the contiguous rows [row0, row0 + n) of the last forward (e.g. a teacher's chunk).
   void logits_range(int64_t row0, int64_t n, float* out);
+  // While a HeadPack of this model lives, the bf16 path packs the LM head once (its forward layout, and with
+  // backward its dX layout too) instead of once per row chunk; the weights must not change meanwhile. Only
+  // worth it over several chunks (several_chunks false: a no-op). The packed copies (V·d bf16 each) are kept
+  // for the next call, and given back by set_bf16(false).
+  class HeadPack {
+   public:
+    HeadPack(Model& m, bool backward, bool several_chunks = true);
+    ~HeadPack();
+    HeadPack(const HeadPack&) = delete;
+    HeadPack& operator=(const HeadPack&) = delete;
+
+   private:
+    Model& m_;
+    bool active_;
+  };
   // d(loss)/d(capped logits) of rows [row0, row0 + n) of the last training forward ([n, V]) → the LM head's
   // gradient (accumulated) and d(final hidden) of those rows; backward(true) may follow once every row of the
   // forward has been given (callers run a logit loss in row chunks without a rows × V block).
@@ -124,7 +142,10 @@ class Model {
   // Matmul precision: false = fp32; true = bf16 operands with fp32 accumulation (gemm_bf16) in every
   // projection, the MLP and the LM head, forward and backward. Parameters, gradients, the optimizer,
   // norms, attention and the losses stay fp32 (fp32 master weights; the rounding happens while packing).
-  void set_bf16(bool on) { bf16_ = on; }
+  void set_bf16(bool on) {
+    bf16_ = on;
+    if (!on) head_fwd_ = Bf16Packed(), head_bwd_ = Bf16Packed();  // gives the packed copies' memory back
+  }
   bool bf16() const { return bf16_; }
   void set_frozen(int tensor, bool frozen) { tensors_[tensor].frozen = frozen; }
   void set_decay(int tensor, bool decay) { tensors_[tensor].decay = decay; }
@@ -157,9 +178,13 @@ class Model {
   LayerParams layer(float* base, int64_t l) const;
   bool trainable_at(const float* p) const;  // p points into params_: is that tensor trainable?
   static constexpr int64_t kHeadChunkFloats = int64_t(1) << 23;
-  int64_t head_chunk(int64_t chunk, int64_t N) const;
   static float* head_scratch(std::vector<float>& buf, size_t n);
   std::vector<float> head_z_, head_dz_;  // the fused head's logit chunk and its gradient, reused across calls
+  Bf16Packed head_fwd_, head_bwd_;        // the LM head packed for the bf16 kernel while a HeadPack lives
+  int head_pack_depth_ = 0;
+  // the head's products: logits = h·Whᵀ and dh = dz·Wh, through the packed head when there is one
+  void head_logits_mm(int64_t n, const float* h, float* out);
+  void head_dh_mm(int64_t n, const float* dz, float* dh);
   void softcap_logits(float* z, int64_t n) const;  // Gemma-2's final soft-cap, in place (no-op for Llama)
   // the model's norm (RMSNorm or LayerNorm) on rows × dim; st holds rows (RMS) or 2·rows (LayerNorm) floats
   void norm_forward(int64_t rows, const float* x, const float* w, const float* b, float* y, float* st) const;

@@ -64,8 +64,9 @@ Napi::Value GetThreads(const Napi::CallbackInfo& info) { return Napi::Number::Ne
 
 // ---------- kernels (synchronous; for tests, benches and small library calls)
 
-// gemm / gemmBf16 share the argument checks
-Napi::Value GemmImpl(const Napi::CallbackInfo& info, bool bf16) {
+// gemm / gemmBf16 / gemmBf16Packed share the argument checks; mode 0 fp32, 1 bf16, 2 bf16 with op(B) prepacked
+// (undo::Bf16Packed, the LM head's path)
+Napi::Value GemmImpl(const Napi::CallbackInfo& info, int mode) {
   const bool ta = flag(info, 0), tb = flag(info, 1);
   const int64_t M = num(info, 2, "M"), N = num(info, 3, "N"), K = num(info, 4, "K");
   const float alpha = (float)dbl(info, 5, "alpha");
@@ -78,12 +79,20 @@ Napi::Value GemmImpl(const Napi::CallbackInfo& info, bool bf16) {
   auto A = f32(info, 6, "A", need(arows, acols, lda));
   auto B = f32(info, 8, "B", need(brows, bcols, ldb));
   auto C = f32(info, 11, "C", need(M, N, ldc));
-  if (bf16) undo::gemm_bf16(ta, tb, M, N, K, alpha, A.Data(), lda, B.Data(), ldb, beta, C.Data(), ldc);
-  else undo::gemm(ta, tb, M, N, K, alpha, A.Data(), lda, B.Data(), ldb, beta, C.Data(), ldc);
+  if (mode == 2) {
+    undo::Bf16Packed Bp;
+    Bp.pack(tb, N, K, B.Data(), ldb);
+    undo::gemm_bf16_packed(Bp, ta, M, alpha, A.Data(), lda, beta, C.Data(), ldc);
+  } else if (mode == 1) {
+    undo::gemm_bf16(ta, tb, M, N, K, alpha, A.Data(), lda, B.Data(), ldb, beta, C.Data(), ldc);
+  } else {
+    undo::gemm(ta, tb, M, N, K, alpha, A.Data(), lda, B.Data(), ldb, beta, C.Data(), ldc);
+  }
   return info.Env().Undefined();
 }
-Napi::Value Gemm(const Napi::CallbackInfo& info) { return GemmImpl(info, false); }
-Napi::Value GemmBf16(const Napi::CallbackInfo& info) { return GemmImpl(info, true); }
+Napi::Value Gemm(const Napi::CallbackInfo& info) { return GemmImpl(info, 0); }
+Napi::Value GemmBf16(const Napi::CallbackInfo& info) { return GemmImpl(info, 1); }
+Napi::Value GemmBf16Packed(const Napi::CallbackInfo& info) { return GemmImpl(info, 2); }
 Napi::Value Bf16Native(const Napi::CallbackInfo& info) { return Napi::Boolean::New(info.Env(), undo::bf16_native()); }
 
 undo::AttnDims attn_dims(Napi::Object o) {
@@ -774,6 +783,9 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
           }
           const double gscale = counted > 0 ? scale / (double)counted : 0.0;
           std::vector<float> tz;
+          // the teacher's head is packed once for all the chunks on the bf16 path (no-op otherwise)
+          std::unique_ptr<undo::Model::HeadPack> tpack;
+          if (teacher) tpack.reset(new undo::Model::HeadPack(*teacher, false, m->head_chunk(256, N) < N));
           double total = m->head_custom(
               [&](int64_t row0, int64_t n, const float* z, float* dz, float* loss) {
                 undo::KdArgs c = a;
@@ -975,6 +987,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("getThreads", Napi::Function::New(env, GetThreads));
   exports.Set("gemm", Napi::Function::New(env, Gemm));
   exports.Set("gemmBf16", Napi::Function::New(env, GemmBf16));
+  exports.Set("gemmBf16Packed", Napi::Function::New(env, GemmBf16Packed));
   exports.Set("bf16Native", Napi::Function::New(env, Bf16Native));
   exports.Set("attentionForward", Napi::Function::New(env, AttentionForward));
   exports.Set("attentionBackward", Napi::Function::New(env, AttentionBackward));
