@@ -148,7 +148,6 @@ test('bf16 compute: the LM head packed once for several row chunks gives the los
   for (const t of m.tensors) {
     const g = (a: Float32Array) => a.subarray(t.offset, t.offset + t.numel);
     const e = relErr(g(packed), g(unpacked)), ref = relErr(g(unpacked), g(fp32));
-    if (process.env.SHOWE) console.log(t.name, e, ref);
     assert.ok(e < 5e-3 && e < 0.5 * ref, `gradient of ${t.name}: packed head vs unpacked ${e}, bf16 vs fp32 ${ref}`);
   }
 });
