@@ -18,7 +18,7 @@ import {
   writeSafetensors, WriteTensor,
 } from '../lib/formats/safetensors';
 import { Model, presetConfig, ModelConfig } from '../lib/models/model';
-import { estimateMemory, modelInfo, nativeParamCount } from '../lib/models/info';
+import { estimateMemory, headChunkRowsFor, modelInfo, nativeParamCount } from '../lib/models/info';
 import { bitEqual, randn, ROOT, throwsUndo, tinyConfig } from './helpers';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'undo-ckpt-'));
@@ -485,6 +485,43 @@ test('missing and unexpected tensors, no weights at all, bad save options: clear
 // ---------------------------------------------------------------------------------------------
 // info
 // ---------------------------------------------------------------------------------------------
+
+test('head chunk rows: the native head and estimateMemory agree; a model over 67M parameters gets P/8 logits a chunk', async () => {
+  for (const cfg of [MICRO, tinyConfig('llama', { vocabSize: 40000 }), tinyConfig('gemma2', { vocabSize: 262144 })]) {
+    const m = Model.create(cfg, { seed: 2 });
+    for (const N of [1, 7, 255, 256, 257, 512, 1000]) {
+      const floor = Math.max(1, Math.min(256, N, Math.floor(2 ** 23 / cfg.vocabSize)));
+      assert.is(m.native.headChunkRows(N), headChunkRowsFor(cfg, N), `${cfg.family} V=${cfg.vocabSize} N=${N}`);
+      assert.is(headChunkRowsFor(cfg, N), Math.ceil(N / Math.ceil(N / floor)), `small model: the 2^23 floor, N=${N}`);
+    }
+  }
+  // Qwen2.5's vocabulary on a 1-layer d=512 model: 80M parameters, so 10M logits a chunk (66 rows) instead of 55
+  const big = tinyConfig('llama', { vocabSize: 151936, hiddenSize: 512, numHeads: 8, numKvHeads: 2, headDim: 64, intermediateSize: 1024, numLayers: 1, maxPositions: 256 });
+  const m = Model.create(big, { seed: 3, std: 0.02 });
+  const P = m.numParams();
+  assert.ok(P > 2 ** 26, `${P} parameters`);
+  const N = 130, cap = Math.floor(Math.floor(P / 8) / big.vocabSize);
+  assert.ok(cap > Math.floor(2 ** 23 / big.vocabSize), `cap ${cap}`);
+  assert.is(m.native.headChunkRows(N), Math.ceil(N / Math.ceil(N / cap)));
+  assert.is(headChunkRowsFor(big, N), m.native.headChunkRows(N));
+  // the fused loss over those chunks equals cross-entropy on the logits (float64 here)
+  const ids = Int32Array.from({ length: N }, (_, i) => (i * 7919 + 3) % big.vocabSize);
+  const targets = Int32Array.from({ length: N }, (_, i) => (i * 104729 + 11) % big.vocabSize);
+  await m.native.forward(ids, 1, N);
+  const z = await m.native.logits(null);
+  let ref = 0;
+  for (let r = 0; r < N; r++) {
+    const row = z.subarray(r * big.vocabSize, (r + 1) * big.vocabSize);
+    let mx = -Infinity;
+    for (const v of row) mx = Math.max(mx, v);
+    let s = 0;
+    for (const v of row) s += Math.exp(v - mx);
+    ref += Math.log(s) + mx - row[targets[r]];
+  }
+  ref /= N;
+  const got = (await m.native.headLoss(targets, null, -100, 0, true, null)).loss;
+  assert.ok(Math.abs(got - ref) < 1e-5 * Math.abs(ref), `fused ${got} vs reference ${ref}`);
+});
 
 test('modelInfo: parameter count from the headers equals Model.numParams(); dtypes, shards, bytes, tokenizer', () => {
   const configs: ModelConfig[] = [MICRO, tinyConfig('llama', { tieWordEmbeddings: false }), tinyConfig('gemma2'), presetConfig('gemma-tiny')];

@@ -107,6 +107,8 @@ export interface NativeModel {
   /** matmul precision: bf16 operands with fp32 accumulation (true) or fp32 (false); master weights stay fp32 */
   setBf16(on: boolean): void;
   getBf16(): boolean;
+  /** Rows per fused-head chunk for a forward of N rows: ≤ 256, ≤ max(2²³, min(2²⁶, P/8)) / V, balanced over the chunks */
+  headChunkRows(N: number): number;
   setDecay(tensor: number, decay: boolean): void;
   forward(ids: Int32Array, B: number, T: number): Promise<void>;
   headLoss(targets: Int32Array, weights: Float32Array | null, ignoreIndex: number, normalizer: number,

@@ -14,8 +14,8 @@ type Json = Record<string, unknown>;
 
 /** Rows of the LM head's chunks (native/cpu/model.cc head_loss / head_custom default). */
 const HEAD_CHUNK = 256;
-/** native/cpu/model.h kHeadChunkFloats: the most logits one head chunk holds */
-const HEAD_CHUNK_FLOATS = 1 << 23;
+/** native/cpu/model.h Model::head_chunk_floats: the most logits one head chunk holds (P = native parameters) */
+const headChunkFloats = (P: number) => Math.min(2 ** 26, Math.max(2 ** 23, Math.floor(P / 8)));
 
 /**
  * Number of parameters the native decoder allocates for `cfg`, as native/cpu/model.cc's layout() lays
@@ -57,7 +57,7 @@ export interface MemoryEstimate {
  * Memory of the native engine (float32 everywhere) for a forward / training step / distillation step at
  * `batch` × `seq`, derived from the buffers native/cpu/model.cc allocates. With N = batch·seq rows,
  * d = hidden, qd = heads·head_dim, kvd = kv_heads·head_dim, H = heads, F = intermediate, V = vocab,
- * P = nativeParamCount, c = min(256, N, 2^23 / V) (the head's row chunk), counting floats (× 4 bytes):
+ * P = nativeParamCount, c = min(256, N, clamp(P / 8, 2^23, 2^26) / V) (the head's row chunk), counting floats (× 4 bytes):
  *
  *   Model construction:  params_ P + grads_ P (layout() allocates both)
  *   RoPE tables (built on demand for the positions used): cos, sin seq·head_dim/2 each, per RoPE (Gemma-3 has two)
@@ -78,10 +78,19 @@ export interface MemoryEstimate {
  * Not counted: the GEMM's per-thread packing block (about 1 MiB a thread), the JS side (token batches,
  * the V8 heap) and the addon's code.
  */
+/**
+ * Rows per chunk of the native fused head (Model::head_chunk) over N rows: at most 256 and at most
+ * max(2²³, min(2²⁶, P/8)) / V, then balanced over the chunks (512 rows at a cap of 170: 4 × 128).
+ */
+export function headChunkRowsFor(cfg: ModelConfig, N: number): number {
+  const cap = Math.max(1, Math.min(HEAD_CHUNK, N, Math.floor(headChunkFloats(nativeParamCount(cfg)) / cfg.vocabSize)));
+  return Math.max(1, Math.ceil(N / Math.ceil(N / cap)));
+}
+
 export function estimateMemory(cfg: ModelConfig, batch: number, seq: number, teacher?: ModelConfig): MemoryEstimate {
   const F32 = 4;
   const N = batch * seq;
-  const c = Math.max(1, Math.min(HEAD_CHUNK, N, Math.floor(HEAD_CHUNK_FLOATS / cfg.vocabSize)));
+  const c = headChunkRowsFor(cfg, N);
   const construction = (m: ModelConfig) => {
     const sp = decoderSpec(m);
     return { params: nativeParamCount(m) * F32, rope: sp.learnedPositions ? 0 : (sp.ropeLocal ? 2 : 1) * seq * m.headDim * F32 };

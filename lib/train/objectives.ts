@@ -80,7 +80,10 @@ export async function logitObjective(
   }), { scale: opts.scale, temperature: opts.temperature, params: opts.params, rows });
 }
 
-/** Rows per TS-side head chunk: ≤ 256 and ≤ 2²³ logits, as the native head (Model::head_chunk). */
+/**
+ * Rows per TS-side head chunk: ≤ 256 and ≤ 2²³ logits (the native head's floor, Model::head_chunk_floats; the TS
+ * side keeps the floor for every model because it holds several such buffers at once: student, teacher, bases).
+ */
 export function headChunkRows(vocab: number, rows: number): number {
   return Math.max(1, Math.min(256, rows, Math.floor((1 << 23) / vocab)));
 }

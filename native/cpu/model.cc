@@ -536,12 +536,17 @@ void Model::head_grad_rows(int64_t row0, int64_t n, const float* dlogits) {
   have_head_grad_ = true;
 }
 
-// Rows per head chunk: at most `chunk`, and at most kHeadChunkFloats logits (32 MB) whatever the vocabulary: 256
-// rows up to V = 32k, 55 at Qwen's 152k, 32 at Gemma-3's 262k.
+// Rows per head chunk: at most `chunk`, and at most head_chunk_floats() logits whatever the vocabulary: up to
+// 67M parameters 32 MB, i.e. 256 rows up to V = 32k, 32 at Gemma-3's 262k; SmolLM2-135M (49k) gets 256 rows
+// in 50 MB, Qwen2.5-0.5B (494M parameters, 152k) 256 rows in 155 MB, Gemma-3-1B (1B, 262k) 256 in 268 MB.
 // The rows are then balanced over the chunks (512 rows at a cap of 170: 4 × 128, not 3 × 170 + 2), so that no
 // chunk is a sliver whose GEMM streams the whole head weight for a couple of rows.
+int64_t Model::head_chunk_floats() const {
+  return std::min(kHeadChunkFloatsMax, std::max(kHeadChunkFloats, (int64_t)params_.size() / 8));
+}
+
 int64_t Model::head_chunk(int64_t chunk, int64_t N) const {
-  const int64_t cap = std::max<int64_t>(1, std::min({chunk, N, kHeadChunkFloats / cfg_.vocab}));
+  const int64_t cap = std::max<int64_t>(1, std::min({chunk, N, head_chunk_floats() / cfg_.vocab}));
   const int64_t nchunks = (N + cap - 1) / cap;
   return std::max<int64_t>(1, (N + nchunks - 1) / nchunks);
 }

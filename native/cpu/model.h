@@ -98,7 +98,7 @@ class Model {
   // Returns Σ loss_rows; row_loss (may be null) receives them.
   using HeadFn = std::function<void(int64_t row0, int64_t n, const float* z, float* dz, float* loss_rows)>;
   double head_custom(const HeadFn& fn, bool backward, float* row_loss, int64_t chunk = 256);
-  // rows per chunk of the fused head over N rows, asked for at most `chunk` (capped by kHeadChunkFloats / V)
+  // rows per chunk of the fused head over N rows, asked for at most `chunk` (capped by head_chunk_floats() / V)
   int64_t head_chunk(int64_t chunk, int64_t N) const;
 
   // Capped logits of the contiguous rows [row0, row0 + n) of the last forward (e.g. a teacher's chunk).
@@ -177,7 +177,13 @@ class Model {
           const float* B, int64_t ldb, float beta, float* C, int64_t ldc) const;
   LayerParams layer(float* base, int64_t l) const;
   bool trainable_at(const float* p) const;  // p points into params_: is that tensor trainable?
+  // Logits one head chunk may hold: 2^23 (32 MB), or an eighth of the parameter count for larger models (half a
+  // byte per parameter, where a training step already holds 16: params, grads, AdamW m and v), at most 2^26.
+  // Bigger chunks matter for the LM-head weight gradient gWh += dzᵀ·h: each chunk reads and writes all of gWh
+  // (V × d fp32, 545 MB at Qwen2.5's 152k × 896) for only `rows` of K, so 55-row chunks were memory-bound.
   static constexpr int64_t kHeadChunkFloats = int64_t(1) << 23;
+  static constexpr int64_t kHeadChunkFloatsMax = int64_t(1) << 26;
+  int64_t head_chunk_floats() const;
   static float* head_scratch(std::vector<float>& buf, size_t n);
   std::vector<float> head_z_, head_dz_;  // the fused head's logit chunk and its gradient, reused across calls
   Bf16Packed head_fwd_, head_bwd_;        // the LM head packed for the bf16 kernel while a HeadPack lives

@@ -458,6 +458,7 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
                         InstanceMethod("setAdamStep", &ModelWrap::SetAdamStep), InstanceMethod("init", &ModelWrap::Init_),
                         InstanceMethod("setFrozen", &ModelWrap::SetFrozen), InstanceMethod("setDecay", &ModelWrap::SetDecay),
                         InstanceMethod("setBf16", &ModelWrap::SetBf16), InstanceMethod("getBf16", &ModelWrap::GetBf16),
+                        InstanceMethod("headChunkRows", &ModelWrap::HeadChunkRows),
                         InstanceMethod("forward", &ModelWrap::Forward), InstanceMethod("headLoss", &ModelWrap::HeadLoss),
                         InstanceMethod("backward", &ModelWrap::Backward), InstanceMethod("trainStep", &ModelWrap::TrainStep),
                         InstanceMethod("logits", &ModelWrap::Logits), InstanceMethod("headGrad", &ModelWrap::HeadGrad), InstanceMethod("headGradRows", &ModelWrap::HeadGradRows), InstanceMethod("headKd", &ModelWrap::HeadKd), InstanceMethod("hidden", &ModelWrap::Hidden),
@@ -599,6 +600,13 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
     return info.Env().Undefined();
   }
   Napi::Value GetBf16(const Napi::CallbackInfo& info) { return Napi::Boolean::New(info.Env(), model_->bf16()); }
+  // rows per fused-head chunk for a forward of N rows (Model::head_chunk at its default 256)
+  Napi::Value HeadChunkRows(const Napi::CallbackInfo& info) {
+    if (info.Length() < 1 || !info[0].IsNumber() || info[0].As<Napi::Number>().Int64Value() < 1)
+      throw Napi::TypeError::New(info.Env(), "headChunkRows(N): N must be a positive number of rows");
+    const int64_t N = info[0].As<Napi::Number>().Int64Value();
+    return Napi::Number::New(info.Env(), (double)model_->head_chunk(256, N));
+  }
   Napi::Value SetDecay(const Napi::CallbackInfo& info) {
     model_->set_decay(tensor_arg(info), flag(info, 1));
     return info.Env().Undefined();
