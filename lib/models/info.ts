@@ -14,8 +14,10 @@ type Json = Record<string, unknown>;
 
 /** Rows of the LM head's chunks (native/cpu/model.cc head_loss / head_custom default). */
 const HEAD_CHUNK = 256;
+/** native/cpu/model.h kHeadChunkFloats: the fewest logits a head chunk may hold (any model gets at least this) */
+export const HEAD_CHUNK_FLOATS_FLOOR = 2 ** 23;
 /** native/cpu/model.h Model::head_chunk_floats: the most logits one head chunk holds (P = native parameters) */
-const headChunkFloats = (P: number) => Math.min(2 ** 26, Math.max(2 ** 23, Math.floor(P / 8)));
+const headChunkFloats = (P: number) => Math.min(2 ** 26, Math.max(HEAD_CHUNK_FLOATS_FLOOR, Math.floor(P / 8)));
 
 /**
  * Number of parameters the native decoder allocates for `cfg`, as native/cpu/model.cc's layout() lays
@@ -54,6 +56,15 @@ export interface MemoryEstimate {
 }
 
 /**
+ * Rows per chunk of the native fused head (Model::head_chunk) over N rows: at most 256 and at most
+ * max(2²³, min(2²⁶, P/8)) / V, then balanced over the chunks (512 rows at a cap of 170: 4 × 128).
+ */
+export function headChunkRowsFor(cfg: ModelConfig, N: number): number {
+  const cap = Math.max(1, Math.min(HEAD_CHUNK, N, Math.floor(headChunkFloats(nativeParamCount(cfg)) / cfg.vocabSize)));
+  return Math.max(1, Math.ceil(N / Math.ceil(N / cap)));
+}
+
+/**
  * Memory of the native engine (float32 everywhere) for a forward / training step / distillation step at
  * `batch` × `seq`, derived from the buffers native/cpu/model.cc allocates. With N = batch·seq rows,
  * d = hidden, qd = heads·head_dim, kvd = kv_heads·head_dim, H = heads, F = intermediate, V = vocab,
@@ -78,15 +89,6 @@ export interface MemoryEstimate {
  * Not counted: the GEMM's per-thread packing block (about 1 MiB a thread), the JS side (token batches,
  * the V8 heap) and the addon's code.
  */
-/**
- * Rows per chunk of the native fused head (Model::head_chunk) over N rows: at most 256 and at most
- * max(2²³, min(2²⁶, P/8)) / V, then balanced over the chunks (512 rows at a cap of 170: 4 × 128).
- */
-export function headChunkRowsFor(cfg: ModelConfig, N: number): number {
-  const cap = Math.max(1, Math.min(HEAD_CHUNK, N, Math.floor(headChunkFloats(nativeParamCount(cfg)) / cfg.vocabSize)));
-  return Math.max(1, Math.ceil(N / Math.ceil(N / cap)));
-}
-
 export function estimateMemory(cfg: ModelConfig, batch: number, seq: number, teacher?: ModelConfig): MemoryEstimate {
   const F32 = 4;
   const N = batch * seq;

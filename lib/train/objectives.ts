@@ -6,6 +6,7 @@
 import { Batch } from '../data/datasets';
 import { loss as kdLoss, LossName, TopKTeacher } from './losses';
 import { Model } from '../models/model';
+import { HEAD_CHUNK_FLOATS_FLOOR } from '../models/info';
 import { UndoError } from '../core/errors';
 
 /**
@@ -85,7 +86,7 @@ export async function logitObjective(
  * side keeps the floor for every model because it holds several such buffers at once: student, teacher, bases).
  */
 export function headChunkRows(vocab: number, rows: number): number {
-  return Math.max(1, Math.min(256, rows, Math.floor((1 << 23) / vocab)));
+  return Math.max(1, Math.min(256, rows, Math.floor(HEAD_CHUNK_FLOATS_FLOOR / vocab)));
 }
 
 /**
