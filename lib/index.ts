@@ -48,3 +48,11 @@ export type { TeacherStore, CacheTeacherOptions, CacheTeacherResult } from './di
 export * as biographies from './tasks/biographies';
 export { loadCuda, resolveDevice, DEVICE_NAMES } from './core/cuda';
 export type { CudaBinding, CudaStatus, DeviceName, ResolvedDevice } from './core/cuda';
+export { PAPER_LAW, PAPER_SHAPE, FITTED_RANGE, TEACHER_SITUATIONS, supervisedLoss, distilledLoss, capacitySwitch, forwardFlopsPerToken, configForwardFlops, nonEmbeddingParams, distillationFlops } from './plan/law';
+export type { ScalingLaw, SupervisedCoefficients, DistillationCoefficients, FlopShape, TeacherSituation } from './plan/law';
+export { plan, bestDistillation, bestSupervised, crossoverBudget } from './plan/planner';
+export type { Plan, PlanOptions, StudentPlan, StudentCandidate, TeacherSpec, DistillAllocation } from './plan/planner';
+export { calibrate, fitSupervised, fitDistillation, readRunPoints, readPointsFile, saveLaw, loadLaw } from './plan/calibrate';
+export type { CalibrationData, CalibrationResult, FitReport, SupervisedPoint, DistillPoint } from './plan/calibrate';
+export { measureThroughput, PROBE_CONFIG } from './plan/throughput';
+export { levenbergMarquardt, minimize1D, minimizeBox } from './core/optimize';

@@ -144,6 +144,8 @@ export function registerDistillCommand(program: Command, k: CliKit): void {
       loss: o.loss.name === 'minillm' ? 'rkl' : o.loss.name, miniLlm: o.loss.name === 'minillm' ? {} : undefined, temperature: o.temperature,
       params: { beta: o.loss.name === 'jsd' && o.loss.param !== undefined ? o.loss.param : o.beta, alpha: o.loss.param !== undefined && o.loss.name !== 'jsd' ? o.loss.param : o.alpha },
       hardWeight: o.hardWeight, tail: o.tail, topk: o.topk, onPolicy: o.onPolicy, seed: o.seed, outDir: o.out,
+      // the teacher's held-out loss on the same split: `plan --calibrate` reads it as L_T of this run
+      meta: { kind: 'distill', teacher: o.teacher ?? null, teacher_val_loss: teacherMetrics?.val_loss ?? null, loss: o.loss.name },
       ...ui.hooks,
       evaluate,
       stopWhen: stops.length ? (m) => stops.some((f) => f(m)) : undefined,

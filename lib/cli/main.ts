@@ -23,6 +23,7 @@ import { registerTeacherCommands } from './teacher';
 import { registerDistillCommand } from './distill';
 import { registerInfoCommand } from './info';
 import { registerExportCommand } from './export';
+import { registerPlanCommand } from './plan';
 
 function int(name: string, min = 0) {
   return (v: string): number => {
@@ -194,7 +195,7 @@ async function pretrain(o: PretrainOpts): Promise<void> {
   const result = await train(model, batcher, cfg, {
     outDir: o.out,
     resume: o.resume,
-    meta: { task: o.task ?? null, data: o.data ?? null, ops: o.ops },
+    meta: { kind: 'pretrain', task: o.task ?? null, data: o.data ?? null, ops: o.ops },
     ...ui.hooks,
     evaluate,
     stopWhen: stops.length ? (m) => stops.some((f) => f(m)) : undefined,
@@ -313,6 +314,7 @@ export function buildProgram(): Command {
 
   registerInfoCommand(program);
   registerExportCommand(program);
+  registerPlanCommand(program);
   return program;
 }
 
