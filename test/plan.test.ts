@@ -120,6 +120,7 @@ test('plan: rows per student, the best, warnings outside the fitted range, input
   assert.ok(p.warnings.some((w) => w.includes('50M') && w.includes('outside the fitted')), p.warnings.join('\n'));
   assert.ok(p.optimal!.supervised.params >= 143e6 && p.optimal!.supervised.params <= 7.75e9);
   assert.equal(rangeWarnings({ studentParams: 1e9, teacherLoss: 2.2, studentTokens: 1e11 }), []);
+  assert.match(rangeWarnings({ studentParams: 1e9, studentTokens: 1e6 })[0], /below the fitted/);
   throwsUndo(() => plan({ budget: 1e21, students: [{ name: 'x', params: 1e9 }], teacher: { situation: 'exists', loss: 2 } }), 'size');
   throwsUndo(() => plan({ budget: 1e21, students: [{ name: 'x', params: 1e9 }], teacher: { situation: 'exists', params: 1e9 } }), 'loss');
   throwsUndo(() => plan({ budget: 1e21, students: [{ name: 'x', params: 1e9 }], teacher: { situation: 'free', loss: 1.0 } }), 'irreducible');

@@ -131,11 +131,15 @@ export function distillationFlops(o: { studentFlops: number; studentTokens: numb
   return { total: student + teacherInference + teacherTraining, student, teacherInference, teacherTraining };
 }
 
-/** The region the paper fitted (students 143M–7.75B, teachers to 12.6B, teacher losses about 1.9–2.8, up to 512B tokens). */
+/**
+ * The region the paper fitted: students 143M–7.75B, teachers to 12.6B, teacher losses about 1.9–2.8, and
+ * "data of a few billion to 512B tokens" (its §1); minTokens takes "a few" as 2B.
+ */
 export const FITTED_RANGE = Object.freeze({
   studentParams: [143e6, 7.75e9] as const,
   teacherParams: [143e6, 12.6e9] as const,
   teacherLoss: [1.9, 2.8] as const,
+  minTokens: 2e9,
   maxTokens: 512e9,
 });
 
@@ -149,6 +153,7 @@ export function rangeWarnings(o: { studentParams?: number; studentTokens?: numbe
   if (out(o.studentParams, R.studentParams)) w.push(`student ${fmt(o.studentParams!)} parameters is outside the fitted ${fmt(R.studentParams[0])}–${fmt(R.studentParams[1])}`);
   if (out(o.teacherParams, R.teacherParams)) w.push(`teacher ${fmt(o.teacherParams!)} parameters is outside the fitted ${fmt(R.teacherParams[0])}–${fmt(R.teacherParams[1])}`);
   if (out(o.teacherLoss, R.teacherLoss)) w.push(`teacher loss ${o.teacherLoss!.toFixed(3)} is outside the fitted ${R.teacherLoss[0]}–${R.teacherLoss[1]}`);
+  if (o.studentTokens !== undefined && o.studentTokens < R.minTokens) w.push(`${fmt(o.studentTokens)} student tokens is below the fitted runs' few billion`);
   if (o.studentTokens !== undefined && o.studentTokens > R.maxTokens) w.push(`${fmt(o.studentTokens)} student tokens is past the fitted ${fmt(R.maxTokens)}`);
   if (o.teacherTokens !== undefined && o.teacherTokens > R.maxTokens) w.push(`${fmt(o.teacherTokens)} teacher tokens is past the fitted ${fmt(R.maxTokens)}`);
   return w;
