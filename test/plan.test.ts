@@ -228,6 +228,8 @@ test('calibration inputs: points files, run directories, law files', () => {
   assert.is(readRunPoints([run], { allEvals: true }).supervised.length, 2);
   fs.writeFileSync(path.join(run, 'trainer_state.json'), JSON.stringify({ step: 2, meta: { kind: 'distill', teacher_val_loss: 3.2 } }));
   assert.is(readRunPoints([run]).distill[0].teacherLoss, 3.2);
+  fs.writeFileSync(path.join(run, 'trainer_state.json'), JSON.stringify({ step: 2, meta: { kind: 'distill', teacher_val_loss: null } }));
+  throwsUndo(() => readRunPoints([run]), "teacher's val_loss");
   throwsUndo(() => readRunPoints([TMP]), 'config.json');
   // law files
   const r = calibrate(synthetic(), {});

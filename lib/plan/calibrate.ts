@@ -99,6 +99,9 @@ export function readRunPoints(dirs: string[], opts: { allEvals?: boolean } = {})
     const stateFile = path.join(dir, 'trainer_state.json');
     const meta = fs.existsSync(stateFile) ? (readJson<{ meta?: Record<string, unknown> }>(stateFile, 'trainer state').meta ?? {}) : {};
     const teacherLoss = typeof meta.teacher_val_loss === 'number' ? meta.teacher_val_loss : undefined;
+    if (meta.kind === 'distill' && teacherLoss === undefined) {
+      throw new UndoError(`${stateFile}: a distillation run without its teacher's val_loss (an offline teacher store has none)`, 'give its points in a points file with "teacher_loss", or leave the run out');
+    }
     const tokensAt = new Map<number, number>();
     const evals: Array<{ step: number; loss: number }> = [];
     fs.readFileSync(metricsFile, 'utf8').split('\n').forEach((line, i) => {
