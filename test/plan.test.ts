@@ -13,6 +13,7 @@ import * as path from 'path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { goldenSection, levenbergMarquardt, minimize1D, minimizeBox } from '../lib/core/optimize';
+import { Rng } from '../lib/core/rng';
 import { configToHF, ModelConfig, presetConfig } from '../lib/models/model';
 import { calibrate, fitSupervised, loadLaw, readPointsFile, readRunPoints, saveLaw } from '../lib/plan/calibrate';
 import {
@@ -84,8 +85,8 @@ test('budgets add up: every scenario spends exactly C', () => {
 test('teacher training: no brute-force allocation beats the planner\'s', () => {
   const NS = 1e9, FS = forwardFlopsPerToken(NS), C = 1e22;
   const d = bestDistillation(NS, FS, C, { situation: 'train' })!;
-  let s = 12345;
-  const rnd = () => ((s = (s * 1103515245 + 12345) % 2147483648) / 2147483648);
+  const rng = new Rng(12345);
+  const rnd = () => rng.next();
   for (let i = 0; i < 3000; i++) {
     const NT = Math.exp(Math.log(1e7) + rnd() * Math.log(1e6)), phi = rnd();
     const FT = forwardFlopsPerToken(NT), DT = phi * C / (3 * FT), DS = (1 - phi) * C / (3 * FS + FT);
@@ -177,8 +178,8 @@ test('Levenberg-Marquardt: Rosenbrock, an exponential fit, bounds, Huber against
 
 /** points of a known law, with ±0.1% multiplicative noise */
 function synthetic() {
-  let s = 7;
-  const rnd = () => ((s = (s * 1103515245 + 12345) % 2147483648) / 2147483648);
+  const rng = new Rng(7);
+  const rnd = () => rng.next();
   const supervised = [], distill = [];
   for (const N of [143e6, 340e6, 975e6, 2.72e9, 7.75e9]) for (const M of [20, 60, 200]) supervised.push({ params: N, tokens: N * M, loss: supervisedLoss(N, N * M) * (1 + 0.002 * (rnd() - 0.5)) });
   for (const N of [143e6, 546e6, 1.82e9]) for (const M of [20, 100]) for (const LT of [1.9, 2.2, 2.5, 2.8]) distill.push({ params: N, tokens: N * M, teacherLoss: LT, loss: distilledLoss(N, N * M, LT) * (1 + 0.002 * (rnd() - 0.5)) });

@@ -23,7 +23,8 @@ import { measureThroughput, PROBE_CONFIG, Throughput } from '../plan/throughput'
 interface PlanOpts {
   flops?: number; hours?: number; flopsPerSec?: number; probeModel?: string; students?: number[]; student?: string[];
   teacher?: TeacherSituation; teacherParams?: number; teacherTokens?: number; teacherLoss?: number; teacherModel?: string;
-  ctx: number; vocab: number; law?: string; calibrate?: string[]; allEvals?: boolean; fitSupervised?: string[]; fitDistillation?: string[];
+  ctx: number; vocab: number; law?: string; calibrate?: string[]; allEvals?: boolean;
+  fitSupervised?: Array<typeof SUPERVISED_KEYS[number]>; fitDistillation?: Array<typeof DISTILLATION_KEYS[number]>;
   save?: string; json?: boolean; threads?: number; bf16?: boolean;
 }
 
@@ -150,7 +151,7 @@ export function registerPlanCommand(program: Command): void {
           data.supervised.push(...d.supervised);
           data.distill.push(...d.distill);
         }
-        cal = calibrate(data, { start: law, freeSupervised: o.fitSupervised as never, freeDistillation: o.fitDistillation as never });
+        cal = calibrate(data, { start: law, freeSupervised: o.fitSupervised, freeDistillation: o.fitDistillation });
         law = cal.law;
         if (o.save) saveLaw(o.save, cal);
         if (!o.json) {

@@ -66,7 +66,7 @@ export interface StudentPlan {
   better: 'distillation' | 'supervised';
   /** supervised loss − distilled loss (positive: distillation is better) */
   advantage: number;
-  /** budget where the two meet within 1e15–1e28 FLOPs: distillation wins below it, supervised above (null: none) */
+  /** budget where the two trade places within 1e15–1e28 FLOPs (the note says which wins below it; null: neither overtakes) */
   crossover: { flops: number | null; note: string } | null;
   warnings: string[];
 }
@@ -179,8 +179,8 @@ export function bestSupervised(NS: number, FS: number, C: number, law: ScalingLa
 }
 
 /**
- * The budget where supervised pretraining catches up with distillation for this student, by a scan of
- * 1e15–1e28 FLOPs (10 points per decade) and bisection of the sign change.
+ * The budget where supervised pretraining and distillation trade places for this student, by a scan of
+ * 1e15–1e28 FLOPs (10 points per decade) and bisection of the first change of sign.
  */
 export function crossoverBudget(NS: number, FS: number, t: TeacherSpec, law: ScalingLaw = PAPER_LAW, shape: FlopShape = PAPER_SHAPE): { flops: number | null; note: string } {
   const gap = (lc: number) => {
@@ -189,26 +189,25 @@ export function crossoverBudget(NS: number, FS: number, t: TeacherSpec, law: Sca
     return d ? bestSupervised(NS, FS, C, law).loss - d.loss : -Infinity;  // > 0: distillation better
   };
   const lo = 15, hi = 28, step = 0.1;
-  let prev = gap(lo);
-  const firstBetter = prev > 0;
-  let everBetter = firstBetter;
-  for (let lc = lo + step; lc <= hi + 1e-9; lc += step) {
-    const g = gap(lc);
-    if (g > 0) everBetter = true;
-    if (prev > 0 && g <= 0) {
-      let a = lc - step, b = lc;
-      for (let i = 0; i < 40; i++) {
-        const m = (a + b) / 2;
-        if (gap(m) > 0) a = m; else b = m;
-      }
-      const C = Math.pow(10, (a + b) / 2);
-      return { flops: C, note: `distillation wins below ${C.toExponential(2)} FLOPs, supervised pretraining above` };
-    }
-    prev = g;
+  const grid: number[] = [];
+  for (let lc = lo; lc <= hi + 1e-9; lc += step) grid.push(lc);
+  const better = grid.map((lc) => gap(lc) > 0);
+  const k = better.findIndex((b, i) => i > 0 && b !== better[i - 1]);
+  if (k < 0) {
+    return { flops: null, note: better[0] ? 'distillation is better at every budget from 1e15 to 1e28 FLOPs' : 'supervised pretraining is better at every budget from 1e15 to 1e28 FLOPs' };
   }
-  if (!everBetter) return { flops: null, note: 'supervised pretraining is better at every budget from 1e15 to 1e28 FLOPs' };
-  if (prev > 0) return { flops: null, note: `distillation is better ${firstBetter ? 'at every budget' : 'at the top of the range'} from 1e15 to 1e28 FLOPs` };
-  return { flops: null, note: 'no single crossover between 1e15 and 1e28 FLOPs' };
+  // bisect the first change of sign; distillation better below it (better[0]) or above it
+  let a = grid[k - 1], b = grid[k];
+  for (let i = 0; i < 40; i++) {
+    const m = (a + b) / 2;
+    if ((gap(m) > 0) === better[0]) a = m; else b = m;
+  }
+  const C = Math.pow(10, (a + b) / 2);
+  const later = better.slice(k).some((x) => x === better[0]) ? ' (the order changes again higher up)' : '';
+  return {
+    flops: C,
+    note: (better[0] ? `distillation wins below ${C.toExponential(2)} FLOPs, supervised pretraining above` : `supervised pretraining wins below ${C.toExponential(2)} FLOPs, distillation above`) + later,
+  };
 }
 
 /** The plan: every candidate's best distillation and supervised loss at the budget, the best of all, the optimum. */

@@ -4,6 +4,7 @@
  * FLOP count (3 × configForwardFlops per token). A small probe runs at a lower FLOP rate than a large model
  * would, so budgets from it are on the safe side; --probe-model measures the student itself.
  */
+import { Rng } from '../core/rng';
 import { Model, ModelConfig } from '../models/model';
 import { configForwardFlops } from './law';
 
@@ -34,11 +35,10 @@ export async function measureThroughput(opts: { config?: ModelConfig; seq?: numb
   const B = opts.batch ?? 2, steps = opts.steps ?? 3;
   const model = Model.create(config, { seed: opts.seed ?? 0 });
   const ids = new Int32Array(B * seq), targets = new Int32Array(B * seq);
-  let s = (opts.seed ?? 0) + 1;
+  const rng = new Rng(opts.seed ?? 0);
   for (let i = 0; i < ids.length; i++) {
-    s = (s * 1103515245 + 12345) % 2147483648;
-    ids[i] = s % config.vocabSize;
-    targets[i] = (ids[i] * 7 + 3) % config.vocabSize;
+    ids[i] = rng.int(0, config.vocabSize - 1);
+    targets[i] = rng.int(0, config.vocabSize - 1);
   }
   const step = async () => {
     model.native.zeroGrad();
