@@ -300,6 +300,10 @@ function refRowCore(v: Variant, d: Data, r: number, T: number, t2: boolean): { L
       const al = v.alpha ?? 1, be = v.beta ?? 8;
       for (let i = 0; i < Vv; i++) {
         if (i === gt) continue;
+        if (l1p === -Infinity) { // no teacher mass outside the target: NCKD is 0
+          dz[i] = (-al * (qg - pg) * Math.exp(lq[i] - l1q)) / T;
+          continue;
+        }
         const lqh = lq[i] - l1q, lph = lp[i] - l1p;
         const qh = Math.exp(lqh), ph = Math.exp(lph);
         if (ph > 0) nckd += ph * (lph - lqh);
@@ -541,6 +545,37 @@ test('extreme logits (±1e4, −inf entries): finite loss and gradient equal to 
           if (d.student[d.vocab + i] === -Infinity) assert.is(res.grad[d.vocab + i], 0, `${t}: −inf column has a gradient`);
         }
       });
+    }
+  }
+});
+
+test('dkd with a sparse teacher (kNN votes: −inf outside a few ids; rows whose whole mass is the target): float64 reference and finite differences', () => {
+  const d = makeData(4, 67, 67, 4, 57);
+  d.mask.fill(1);
+  d.targets = Int32Array.from([3, 10, 20, 66]);
+  const support = [[3, 5, 9], [10], [1, 2], [66, 0]]; // row 1: only the target; row 2: the target not in the support
+  for (let r = 0; r < d.rows; r++) {
+    for (let i = 0; i < d.vocab; i++) d.teacher[r * d.vocab + i] = -Infinity;
+    support[r].forEach((i, j) => (d.teacher[r * d.vocab + i] = -0.7 * j));
+  }
+  const v: Variant = { name: 'dkd', alpha: 1, beta: 8 };
+  for (const T of [1, 2]) {
+    const ref = reference(v, d, T, false);
+    assert.ok(allFinite(ref.perRow) && allFinite(ref.grad), 'reference finite');
+    forEachIsa((isa) => {
+      const res = compute('dkd', options(v, d, T, false));
+      assertEach(res.perRow, ref.perRow, 1e-5, LOSS_ATOL, `${isa} T=${T} perRow`);
+      assertEach(res.grad, ref.grad, GRAD_RTOL, gradAtol(ref), `${isa} T=${T} grad`);
+    });
+    // the row whose teacher is one-hot on its target: TCKD only (−log q_g's split), no NCKD pull
+    const loss = (z: Float32Array) => compute('dkd', { ...options(v, d, T, false), student: z, grad: false }).loss;
+    const g = compute('dkd', options(v, d, T, false)).grad;
+    for (const i of [10, 11, 3 * 67 + 5, 67 + 10, 67 + 40, 2 * 67 + 20]) {
+      const h = 1e-2, zp = Float32Array.from(d.student), zm = Float32Array.from(d.student);
+      zp[i] += h;
+      zm[i] -= h;
+      const fd = (loss(zp) - loss(zm)) / (2 * h);
+      assert.ok(Math.abs(fd - g[i]) < 2e-3 + 2e-2 * Math.abs(g[i]), `T=${T} FD at ${i}: ${fd} vs ${g[i]}`);
     }
   }
 });

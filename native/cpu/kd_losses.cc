@@ -693,7 +693,9 @@ static double row_dkd(const KdCtx& c, const float* z, const float* y, int32_t g,
   const float lsn = (float)Ls, ltn = (float)Lt;
   const double al = c.a->dkd_alpha, be = c.a->dkd_beta;
   const double Cd = c.gs * c.s2 * c.iTd;
-  const float ca = (float)(-Cd * al * (qg - pg)), cb = (float)(Cd * be);
+  // a teacher with no mass outside the target (a sparse teacher, e.g. kNN votes that all agree) has no
+  // non-target distribution: NCKD is 0 and so is its gradient
+  const float ca = (float)(-Cd * al * (qg - pg)), cb = st > 0 ? (float)(Cd * be) : 0.0f;
   double nckd = 0;
   bi = 0;
   for (int seg = 0; seg < 2; seg++) {
