@@ -13,7 +13,8 @@ import { evalArithmetic, evalDivergence, evalPackedLoss } from '../train/evaluat
 import { LOSS_NAMES, LossName } from '../train/losses';
 import { configFromHF, loadModelTokenizer, Model, presetConfig, PRESETS } from '../models/model';
 import { readJson } from '../core/fsutil';
-import { expectationFor, openTeacherStore, tokenizerHash } from '../distill/teacher_store';
+import { expectationFor, openTeacherStore, teacherHashFromDir, tokenizerHash } from '../distill/teacher_store';
+import { KnnStore, KnnTeacher } from '../distill/knn_store';
 import { ByteTokenizer, Tokenizer } from '../data/tokenizer';
 import { ALL_OPS } from '../tasks/arithmetic';
 import { biographyMetrics } from '../tasks/biographies';
@@ -23,7 +24,8 @@ import type { CliKit } from './unlearn';
 import { documentsFrom, packed } from './unlearn';
 
 interface DistillOpts {
-  teacher?: string; cache?: string; tail: 'renorm' | 'bucket'; onPolicy: number; student: string; data: string;
+  teacher?: string; knnTeacher?: string; knnK?: number; knnTemperature?: number; knnLambda: number; knnExact?: boolean;
+  cache?: string; tail: 'renorm' | 'bucket'; onPolicy: number; student: string; data: string;
   evalData?: string; valFraction: number; loss: LossSpec; topk?: number; temperature: number; beta: number; alpha: number;
   hardWeight: number; out: string; steps: number; lr: number; warmup: number; batchSize: number; seqLen: number;
   evalEvery: number; target?: number; stopWhen?: StopCondition; docs: number; seed: number; progress: boolean;
@@ -34,14 +36,24 @@ interface LossSpec {
   name: LossName | 'minillm';
   /** jsd:β, skl:α, srkl:α */
   param?: number;
+  /** dkd:α,β (the TCKD and NCKD weights) */
+  dkd?: { alpha: number; beta: number };
 }
 
-/** `--loss NAME` or `--loss NAME:X` for the losses with one parameter (jsd β, skl α, srkl α). */
+/** `--loss NAME`, `--loss NAME:X` for the losses with one parameter (jsd β, skl α, srkl α), or `--loss dkd:α,β`. */
 export function parseLossSpec(v: string): LossSpec {
   const [name, arg, ...rest] = v.split(':');
   const names: readonly string[] = [...LOSS_NAMES, 'minillm'];
   if (!names.includes(name)) throw new InvalidArgumentError(`unknown loss "${name}" (one of: ${names.join(', ')})`);
   if (arg === undefined) return { name: name as LossSpec['name'] };
+  if (name === 'dkd' && !rest.length) {
+    const parts = arg.split(',');
+    const [a, b] = parts.map(Number);
+    if (parts.length !== 2 || parts.some((x) => x.trim() === '') || !(a >= 0 && Number.isFinite(a)) || !(b >= 0 && Number.isFinite(b))) {
+      throw new InvalidArgumentError(`"${v}": dkd takes α,β (the TCKD and NCKD weights, numbers ≥ 0), e.g. dkd:1,8`);
+    }
+    return { name: 'dkd', dkd: { alpha: a, beta: b } };
+  }
   if (rest.length || !['jsd', 'skl', 'srkl'].includes(name)) throw new InvalidArgumentError(`"${v}": only jsd:β, skl:α and srkl:α take a parameter`);
   const x = Number(arg);
   if (arg.trim() === '' || !(x >= 0 && x <= 1)) throw new InvalidArgumentError(`"${v}": the parameter must be a number in [0, 1]`);
@@ -54,12 +66,17 @@ export function registerDistillCommand(program: Command, k: CliKit): void {
     program.command('distill')
       .description('distill a teacher into a student (a preset, a config, or an existing model)')
       .option('--teacher <dir>', 'teacher: a model directory (online) or a top-k store from cache-teacher (offline); default: an arithmetic teacher trained once and cached')
+      .option('--knn-teacher <store>', 'DNKD: a kNN datastore from `knn-store build` as the teacher (its key model runs forward; use with --loss dkd)')
+      .option('--knn-k <n>', 'kNN teacher: neighbours (default: the store\'s)', int('--knn-k', 1))
+      .option('--knn-temperature <tau>', 'kNN teacher: τ of exp(−d/τ) (default: the store\'s, its median neighbour gap)', float('--knn-temperature', 0))
+      .option('--knn-lambda <x>', 'kNN teacher: p = λ·p_kNN + (1 − λ)·p_keymodel', float('--knn-lambda', 0, 1), 1)
+      .option('--knn-exact', 'kNN teacher: exact search even where the store has an HNSW index')
       .addOption(new Option('--tail <mode>', 'top-k teacher (a store, or --topk): the mass outside the k ids').choices(['renorm', 'bucket']).default('bucket'))
       .option('--student <dir|preset|config>', `student: a model directory, or a preset (${Object.keys(PRESETS).join(', ')}) or a Hugging Face config.json for a random init`, 'micro')
       .option('--data <data>', 'data: a .txt/.jsonl file, arithmetic:OPS or biographies:all|forget|retain', 'arithmetic')
       .option('--eval-data <data>', 'held-out evaluation data (same forms as --data); default: --val-fraction of --data held out')
       .option('--val-fraction <x>', 'documents of --data held out for evaluation when --eval-data is not given', float('--val-fraction', 0, 0.5), 0.01)
-      .option('--loss <name>', `distillation loss: ${[...LOSS_NAMES, 'minillm'].join('|')}; jsd:β, skl:α and srkl:α set the parameter inline (minillm: sequence-level reverse-KL policy gradient)`, parseLossSpec, { name: 'fkl' })
+      .option('--loss <name>', `distillation loss: ${[...LOSS_NAMES, 'minillm'].join('|')}; jsd:β, skl:α, srkl:α and dkd:α,β (default 1,8) set the parameters inline (minillm: sequence-level reverse-KL policy gradient)`, parseLossSpec, { name: 'fkl' })
       .option('--topk <k>', 'online teacher: distill from its top-k log-probabilities only (with --tail), as a store would hold them', int('--topk', 1))
       .option('--temperature <t>', 'temperature', float('--temperature', 0), 1)
       .option('--beta <x>', 'JSD β', float('--beta', 0, 1), 0.5)
@@ -84,7 +101,15 @@ export function registerDistillCommand(program: Command, k: CliKit): void {
     k.applyRuntime(o);
     let teacherModel: Model | undefined;
     let offline = false;
-    if (!o.teacher) {
+    let knn: { store: KnnStore; keyModel: Model } | undefined;
+    if (o.knnTeacher) {
+      if (o.teacher) throw new UndoError('give --teacher or --knn-teacher, not both');
+      const store = KnnStore.open(o.knnTeacher);
+      const src = store.manifest.keyModel.source;
+      if (!src || !fs.existsSync(src)) throw new UndoError(`kNN store ${o.knnTeacher}: its key model ${src ?? '(built in memory)'} is not there`, 'the key model must stay where the store was built from (knn-store build --model)');
+      if (teacherHashFromDir(src) !== store.manifest.keyModel.sha256) throw new UndoError(`kNN store ${o.knnTeacher}: the key model ${src} has changed since the store was built`, 'rebuild the store');
+      knn = { store, keyModel: Model.load(src) };
+    } else if (!o.teacher) {
       console.log('no --teacher: using the built-in arithmetic teacher (tiny preset; trained once, then cached)');
       const q = STUDIES.quick;
       teacherModel = await pretrained(q, ALL_OPS, { outDir: o.out, cacheDir: o.cache, log: (m) => console.log(m), hooks: (_s, steps) => (o.progress ? k.trainingUi(steps, true) : { hooks: {}, stop: () => undefined }) });
@@ -93,12 +118,13 @@ export function registerDistillCommand(program: Command, k: CliKit): void {
       offline = fs.existsSync(path.join(o.teacher, 'manifest.json'));
       if (!offline) teacherModel = Model.load(o.teacher);
     }
-    const tok = teacherModel?.tokenizer ?? (offline ? storeTokenizer(o.teacher!) : new ByteTokenizer());
+    const tok = knn?.keyModel.tokenizer ?? teacherModel?.tokenizer ?? (offline ? storeTokenizer(o.teacher!) : new ByteTokenizer());
     const student = PRESETS[o.student] ? Model.create(presetConfig(o.student, tok), { seed: o.seed }, tok)
       : o.student.endsWith('.json') && fs.existsSync(o.student) && fs.statSync(o.student).isFile()
         ? Model.create(configFromHF(readJson<Record<string, unknown>>(o.student, 'student config'), o.student), { seed: o.seed }, tok)
         : Model.load(o.student);
     if (teacherModel) checkCompatible(student, teacherModel);
+    if (knn) checkCompatible(student, knn.keyModel);
     const allDocs = documentsFrom(o.data, '--data', o.docs, o.seed, { tokenizer: student.tokenizer });
     // held-out evaluation documents: --eval-data, or a slice of --data (an offline store was made over all
     // of --data, so its windows must stay as they are: then nothing is held out unless --eval-data is given)
@@ -107,7 +133,12 @@ export function registerDistillCommand(program: Command, k: CliKit): void {
     const data = packed(split.train, student, o.seqLen, o.seed, '--data');
     const evalSet = evalDocs.length ? packDocuments(student.tokenizer, evalDocs.slice(0, 400), o.seqLen, { seed: o.seed }) : undefined;
     const batcher = new Batcher(data, { batchSize: o.batchSize, seed: o.seed });
-    const teacher = teacherModel ?? openTeacherStore(o.teacher!, { expect: expectationFor(student, data) });
+    const teacher = knn ? new KnnTeacher(knn.store, knn.keyModel, { k: o.knnK, temperature: o.knnTemperature, lambda: o.knnLambda, exact: o.knnExact })
+      : teacherModel ?? openTeacherStore(o.teacher!, { expect: expectationFor(student, data) });
+    if (teacher instanceof KnnTeacher) {
+      console.log(`kNN teacher: ${teacher.store.entries} entries, k = ${teacher.k}, τ = ${teacher.temperature.toPrecision(4)}, λ = ${teacher.lambda}, ${teacher.store.hasIndex && !teacher.exact ? 'HNSW' : 'exact'} search; ` +
+        (teacher.sameData(data) ? 'the store holds this training data: each row leaves its own entry out' : 'the store was built on other data (no leave-one-out; build it with the same --data, --val-fraction, --seq-len and --seed to have it)'));
+    }
     const arith = o.data.startsWith('arithmetic');
     const bios = o.data.startsWith('biographies');
     const taskMetrics = async (m: Model): Promise<Record<string, number>> => {
@@ -142,17 +173,18 @@ export function registerDistillCommand(program: Command, k: CliKit): void {
     const ui = k.trainingUi(o.steps, o.progress);
     const r = await distill(student, teacher, batcher, { ...optimCfg(o), evalEvery: o.evalEvery }, {
       loss: o.loss.name === 'minillm' ? 'rkl' : o.loss.name, miniLlm: o.loss.name === 'minillm' ? {} : undefined, temperature: o.temperature,
-      params: { beta: o.loss.name === 'jsd' && o.loss.param !== undefined ? o.loss.param : o.beta, alpha: o.loss.param !== undefined && o.loss.name !== 'jsd' ? o.loss.param : o.alpha },
+      params: o.loss.name === 'dkd' ? { alpha: o.loss.dkd?.alpha ?? 1, beta: o.loss.dkd?.beta ?? 8 }
+        : { beta: o.loss.name === 'jsd' && o.loss.param !== undefined ? o.loss.param : o.beta, alpha: o.loss.param !== undefined && o.loss.name !== 'jsd' ? o.loss.param : o.alpha },
       hardWeight: o.hardWeight, tail: o.tail, topk: o.topk, onPolicy: o.onPolicy, seed: o.seed, outDir: o.out,
       // the teacher's held-out loss on the same split: `plan --calibrate` reads it as L_T of this run
-      meta: { kind: 'distill', teacher: o.teacher ?? null, teacher_val_loss: teacherMetrics?.val_loss ?? null, loss: o.loss.name },
+      meta: { kind: 'distill', teacher: o.teacher ?? o.knnTeacher ?? null, ...(knn ? { knn_teacher: o.knnTeacher } : {}), teacher_val_loss: teacherMetrics?.val_loss ?? null, loss: o.loss.name },
       ...ui.hooks,
       evaluate,
       stopWhen: stops.length ? (m) => stops.some((f) => f(m)) : undefined,
     });
     ui.stop();
     const stopped = r.state.step < o.steps && !r.interrupted ? ` (stopped early: ${[o.stopWhen?.text, o.target !== undefined ? `retain within ${o.target} of the teacher` : undefined].filter(Boolean).join(' or ')})` : '';
-    console.log(`distilled ${r.state.step} steps (${o.loss.name}${o.loss.param !== undefined ? ':' + o.loss.param : ''}${o.topk ? `, teacher top-${o.topk}` : ''})${stopped}; teacher ${teacherModel ? (teacherModel.numParams() / 1e6).toFixed(2) + 'M' : 'store ' + o.teacher} → student ${(student.numParams() / 1e6).toFixed(2)}M parameters; saved in ${o.out}`);
+    console.log(`distilled ${r.state.step} steps (${o.loss.name}${o.loss.param !== undefined ? ':' + o.loss.param : ''}${o.loss.dkd ? `:${o.loss.dkd.alpha},${o.loss.dkd.beta}` : ''}${o.topk ? `, teacher top-${o.topk}` : ''})${stopped}; teacher ${teacherModel ? (teacherModel.numParams() / 1e6).toFixed(2) + 'M' : knn ? 'kNN store ' + o.knnTeacher : 'store ' + o.teacher} → student ${(student.numParams() / 1e6).toFixed(2)}M parameters; saved in ${o.out}`);
     if (r.lastEval) {
       const s = r.lastEval;
       const pct = (key: string) => !key.startsWith('val_') && !key.includes('mia') && !key.includes('extraction');

@@ -24,6 +24,7 @@ import { registerDistillCommand } from './distill';
 import { registerInfoCommand } from './info';
 import { registerExportCommand } from './export';
 import { registerPlanCommand } from './plan';
+import { registerKnnCommands } from './knn';
 
 function int(name: string, min = 0) {
   return (v: string): number => {
@@ -311,6 +312,7 @@ export function buildProgram(): Command {
   registerDistillCommand(program, kit);
   registerUndoCommand(program, kit);
   registerTeacherCommands(program, kit);
+  registerKnnCommands(program, kit);
 
   registerInfoCommand(program);
   registerExportCommand(program);

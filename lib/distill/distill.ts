@@ -7,10 +7,11 @@ import { UndoError } from '../core/errors';
 import { LossName, TaidSchedule, TopKTeacher } from '../train/losses';
 import { Model } from '../models/model';
 import type { Tokenizer } from '../data/tokenizer';
-import { ceObjective, logitObjective } from '../train/objectives';
+import { ceObjective, chunkedLogitObjective, logitObjective } from '../train/objectives';
 import { generateIds } from '../models/generate';
 import { Rng } from '../core/rng';
-import { TeacherStore, teacherForBatch, TopKSelector } from './teacher_store';
+import { batchWindows, TeacherStore, teacherForBatch, TopKSelector } from './teacher_store';
+import { KnnTeacher } from './knn_store';
 import { train, TrainConfig, TrainOptions, TrainResult } from '../train/train';
 
 export interface DistillOptions extends TrainOptions {
@@ -79,20 +80,35 @@ export function checkCompatible(student: Model, teacher: Model): void {
   }
 }
 
+/** Losses that stay finite against a sparse kNN teacher (zero probability outside its neighbours' tokens). */
+const KNN_LOSSES: ReadonlySet<string> = new Set(['dkd', 'fkl', 'jsd', 'tvd', 'skl', 'srkl', 'taid']);
+
 /**
- * The teacher is a model (online: it runs forward on every batch) or an offline top-k store made by
- * `cache-teacher` over the same packed data (lib/distill/teacher_store.ts), streamed batch by batch.
+ * The teacher is a model (online: it runs forward on every batch), an offline top-k store made by
+ * `cache-teacher` over the same packed data (lib/distill/teacher_store.ts), streamed batch by batch, or DNKD's
+ * kNN teacher (lib/distill/knn_store.ts: its key model runs forward, the store is searched for every row; on
+ * the store's own data each row leaves its own entry out).
  */
-export async function distill(student: Model, teacher: Model | TeacherStore, batcher: Batcher, cfg: TrainConfig, opts: DistillOptions): Promise<TrainResult> {
+export async function distill(student: Model, teacher: Model | TeacherStore | KnnTeacher, batcher: Batcher, cfg: TrainConfig, opts: DistillOptions): Promise<TrainResult> {
   if (teacher instanceof Model) checkCompatible(student, teacher);
-  else if (teacher.vocab !== student.config.vocabSize) throw new UndoError(`teacher store ${teacher.dir} has vocab ${teacher.vocab}, the student ${student.config.vocabSize}`);
+  else if (teacher instanceof KnnTeacher) {
+    checkCompatible(student, teacher.keyModel);
+    if (teacher.keyModel === student) throw new UndoError('the kNN teacher\'s key model must be another model than the student (load it separately)');
+    if (!KNN_LOSSES.has(opts.loss) || opts.miniLlm) {
+      throw new UndoError(`loss ${opts.miniLlm ? 'minillm' : opts.loss} cannot be used with a kNN teacher${opts.loss === 'rkl' ? ' (reverse KL is infinite where the kNN distribution is 0)' : ''}`, `one of: ${[...KNN_LOSSES].join(', ')} (DNKD uses dkd)`);
+    }
+    if (opts.topk) throw new UndoError('--topk applies to an online teacher model; the kNN teacher is already sparse (its k neighbours)');
+  } else if (teacher.vocab !== student.config.vocabSize) throw new UndoError(`teacher store ${teacher.dir} has vocab ${teacher.vocab}, the student ${student.config.vocabSize}`);
+  // the kNN teacher on its own data: rows leave their own entry out (else the teacher is the gold token at distance 0)
+  const knnOwnData = teacher instanceof KnnTeacher && teacher.sameData(batcher.data);
+  const knnBuf: { buf?: Float32Array } = {};
   const hw = opts.hardWeight ?? 0;
   if (!(hw >= 0 && hw <= 1)) throw new UndoError(`hard-label weight must be in [0, 1], got ${hw}`);
   const lambda = opts.onPolicy ?? 0;
   if (!(lambda >= 0 && lambda <= 1)) throw new UndoError(`on-policy fraction must be in [0, 1], got ${lambda}`);
   if (lambda > 0 && !(teacher instanceof Model)) throw new UndoError('on-policy distillation needs an online teacher model (a store holds only the data it was built on)');
   const topk = opts.topk ?? 0;
-  if (topk && !(teacher instanceof Model)) throw new UndoError('--topk applies to an online teacher; a store already holds its own top-k');
+  if (topk && teacher instanceof TeacherStore) throw new UndoError('--topk applies to an online teacher; a store already holds its own top-k');
   if (topk && (!Number.isInteger(topk) || topk < 1 || topk > student.config.vocabSize)) throw new UndoError(`top-k must be an integer in [1, vocab = ${student.config.vocabSize}], got ${topk}`);
   const selector = topk ? new TopKSelector(topk, student.config.vocabSize) : null;
   const rng = new Rng(opts.seed ?? 0);
@@ -109,9 +125,22 @@ export async function distill(student: Model, teacher: Model | TeacherStore, bat
   const microStep = async (batch: Batch, share: number): Promise<number> => {
     let loss = 0;
     const b = lambda > 0 && rng.next() < lambda ? await studentBatch(student, batch, rng) : batch;
+    const params = taid ? { ...(opts.params ?? {}), t: taid.t } : opts.params;
+    if (teacher instanceof KnnTeacher) {
+      if (hw < 1) {
+        await teacher.prepare(b, knnOwnData && b === batch ? batchWindows(batcher, b) : null);
+        const V = student.config.vocabSize;
+        loss += (1 - hw) * (await chunkedLogitObjective(student, b, opts.loss, async (row0, idx) => {
+          if (!knnBuf.buf || knnBuf.buf.length < idx.length * V) knnBuf.buf = new Float32Array(idx.length * V);
+          return { teacher: await teacher.rows(row0, idx.length, knnBuf.buf.subarray(0, idx.length * V)) };
+        }, { scale: (1 - hw) * share, temperature: opts.temperature, params }));
+      }
+      if (hw > 0) loss += hw * (await ceObjective(student, b, hw * share));
+      stepLoss += loss * share;
+      return loss * share;
+    }
     const source = !(teacher instanceof Model) ? { teacherTopK: teacherForBatch(teacher, batcher, b), tail: opts.tail }
       : selector ? { teacherTopK: await onlineTopK(teacher, b, selector), tail: opts.tail } : { teacher };
-    const params = taid ? { ...(opts.params ?? {}), t: taid.t } : opts.params;
     if (opts.miniLlm) {
       if (!(teacher instanceof Model)) throw new UndoError('MiniLLM needs an online teacher model');
       loss += (1 - hw) * (await miniLlmObjective(student, teacher, b, rng, (1 - hw) * share, opts.miniLlm));
