@@ -45,6 +45,8 @@ export { runStudy, STUDIES, pretrained, arithmeticScores } from './undo/study';
 export type { StudyConfig, StudyReport, ModelRow, StudyOptions } from './undo/study';
 export { openTeacherStore, cacheTeacher } from './distill/teacher_store';
 export type { TeacherStore, CacheTeacherOptions, CacheTeacherResult } from './distill/teacher_store';
+export { buildKnnStore, KnnStore, KnnTeacher, knnLogProbs, autoTemperature, indexRecall, recallByDistance, DEFAULT_HNSW, DEFAULT_KNN_K, AUTO_HNSW_ENTRIES } from './distill/knn_store';
+export type { KnnManifest, KnnBuildOptions, KnnTeacherOptions, SearchResult, SearchOptions, HnswParams, IndexKind } from './distill/knn_store';
 export * as biographies from './tasks/biographies';
 export { loadCuda, resolveDevice, DEVICE_NAMES } from './core/cuda';
 export type { CudaBinding, CudaStatus, DeviceName, ResolvedDevice } from './core/cuda';

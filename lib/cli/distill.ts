@@ -184,7 +184,7 @@ export function registerDistillCommand(program: Command, k: CliKit): void {
     });
     ui.stop();
     const stopped = r.state.step < o.steps && !r.interrupted ? ` (stopped early: ${[o.stopWhen?.text, o.target !== undefined ? `retain within ${o.target} of the teacher` : undefined].filter(Boolean).join(' or ')})` : '';
-    console.log(`distilled ${r.state.step} steps (${o.loss.name}${o.loss.param !== undefined ? ':' + o.loss.param : ''}${o.loss.dkd ? `:${o.loss.dkd.alpha},${o.loss.dkd.beta}` : ''}${o.topk ? `, teacher top-${o.topk}` : ''})${stopped}; teacher ${teacherModel ? (teacherModel.numParams() / 1e6).toFixed(2) + 'M' : knn ? 'kNN store ' + o.knnTeacher : 'store ' + o.teacher} → student ${(student.numParams() / 1e6).toFixed(2)}M parameters; saved in ${o.out}`);
+    console.log(`distilled ${r.state.step} steps (${o.hardWeight === 1 ? 'hard-label CE only' : o.loss.name}${o.loss.param !== undefined ? ':' + o.loss.param : ''}${o.loss.dkd ? `:${o.loss.dkd.alpha},${o.loss.dkd.beta}` : ''}${o.topk ? `, teacher top-${o.topk}` : ''})${stopped}; teacher ${teacherModel ? (teacherModel.numParams() / 1e6).toFixed(2) + 'M' : knn ? 'kNN store ' + o.knnTeacher : 'store ' + o.teacher} → student ${(student.numParams() / 1e6).toFixed(2)}M parameters; saved in ${o.out}`);
     if (r.lastEval) {
       const s = r.lastEval;
       const pct = (key: string) => !key.startsWith('val_') && !key.includes('mia') && !key.includes('extraction');

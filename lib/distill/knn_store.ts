@@ -74,7 +74,7 @@ export interface HnswParams {
 }
 export const DEFAULT_HNSW: HnswParams = { connectivity: 16, expansionAdd: 128, expansionSearch: 128 };
 /** `index: 'auto'` builds the HNSW index from this many entries up (below it exact search is fast enough). */
-export const AUTO_HNSW_ENTRIES = 50000;
+export const AUTO_HNSW_ENTRIES = 16384;
 export const DEFAULT_KNN_K = 16;
 
 export interface KnnManifest {
