@@ -258,17 +258,23 @@ export async function buildKnnStore(model: Model, data: PackedDataset, opts: Knn
   }
 }
 
+/** Up to `max` of a store's entries, evenly spaced: their numbers and their keys as queries. */
+function sampleEntries(store: KnnStore, max: number): { n: number; idx: Int32Array; q: Float32Array } {
+  const n = Math.min(max, store.entries);
+  const idx = Int32Array.from({ length: n }, (_, i) => Math.floor((i * store.entries) / n));
+  const q = new Float32Array(n * store.dim);
+  idx.forEach((j, i) => q.set(store.keys.subarray(j * store.dim, (j + 1) * store.dim), i * store.dim));
+  return { n, idx, q };
+}
+
 /**
  * τ for a store: the median over up to 512 entries (evenly spaced) of d_k − d_1 among each one's k nearest other
  * entries (exact search), so that the k-th neighbour weighs about e^−1 of the nearest. 1 when the distances are all
  * equal (a degenerate store).
  */
 export function autoTemperature(store: KnnStore, k: number): number {
-  const n = Math.min(512, store.entries);
+  const { n, idx, q } = sampleEntries(store, 512);
   const kk = Math.min(k, store.entries - 1);
-  const idx = Int32Array.from({ length: n }, (_, i) => Math.floor((i * store.entries) / n));
-  const q = new Float32Array(n * store.dim);
-  idx.forEach((j, i) => q.set(store.keys.subarray(j * store.dim, (j + 1) * store.dim), i * store.dim));
   const r = store.search(q, n, kk, { exact: true, excludeEntries: idx });
   const gaps: number[] = [];
   for (let i = 0; i < n; i++) if (r.counts[i] > 0) gaps.push(r.distances[i * kk + r.counts[i] - 1] - r.distances[i * kk]);
@@ -282,11 +288,8 @@ export function autoTemperature(store: KnnStore, k: number): number {
  * itself out): the fraction of the exact k nearest distances that the index finds (ties at the k-th count as found).
  */
 export function indexRecall(store: KnnStore, k: number): { recall: number; recallQueries: number } {
-  const n = Math.min(256, store.entries);
+  const { n, idx, q } = sampleEntries(store, 256);
   const kk = Math.min(k, store.entries - 1);
-  const idx = Int32Array.from({ length: n }, (_, i) => Math.floor((i * store.entries) / n));
-  const q = new Float32Array(n * store.dim);
-  idx.forEach((j, i) => q.set(store.keys.subarray(j * store.dim, (j + 1) * store.dim), i * store.dim));
   const a = store.search(q, n, kk, { excludeEntries: idx }), e = store.search(q, n, kk, { exact: true, excludeEntries: idx });
   return { recall: recallByDistance(a, e), recallQueries: n };
 }
