@@ -18,9 +18,11 @@
  *
  * Search: exact (brute force: candidates by ‖q‖² + ‖k‖² − 2·q·k with the engine's packed GEMM, the best 2k + 8 of
  * them re-measured directly in float64, the k nearest kept; ties go to the lower entry) for small stores, and approximate through usearch's HNSW index for large ones.
- * usearch was chosen over hnswlib-node and faiss-node because it ships prebuilt N-API binaries for Linux, macOS
- * and Windows in its npm package (no compiler, no install script, no download: npm 11 runs no dependency
- * install scripts), is maintained, and saves, loads and memory-maps its index. The index is built with one
+ * usearch was chosen over hnswlib-node and faiss-node because it ships prebuilt N-API binaries (Linux x64/arm64,
+ * macOS) in its npm package (no compiler, no install script, no download: npm 11 runs no dependency install
+ * scripts), is maintained, and saves, loads and memory-maps its index. Pinned at 2.25.1, the newest release whose
+ * engines field accepts Node 20 (2.26 asks for Node 22; it would add a Windows prebuild). Where it cannot load,
+ * exact search still works and the HNSW paths say why. The index is built with one
  * thread, so the same store gives the same index file, byte for byte.
  *
  * Directory layout (every file written atomically: temp, fsync, rename; the manifest last):
