@@ -166,3 +166,26 @@ export function pathExists(p: string): boolean {
     return false;
   }
 }
+
+/** sha256 (hex) of the first `size` bytes of an open file, read through `buf`. */
+export function sha256Fd(fd: number, size: number, buf: Buffer = Buffer.allocUnsafe(1 << 22)): string {
+  const h = crypto.createHash('sha256');
+  let pos = 0;
+  while (pos < size) {
+    const n = fs.readSync(fd, buf, 0, Math.min(buf.length, size - pos), pos);
+    if (n <= 0) break;
+    h.update(buf.subarray(0, n));
+    pos += n;
+  }
+  return h.digest('hex');
+}
+
+/** sha256 (hex) of a whole file, streamed. */
+export function sha256File(file: string): string {
+  const fd = fs.openSync(file, 'r');
+  try {
+    return sha256Fd(fd, fs.fstatSync(fd).size);
+  } finally {
+    fs.closeSync(fd);
+  }
+}

@@ -122,29 +122,29 @@ export async function distill(student: Model, teacher: Model | TeacherStore | Kn
     stepLoss = 0;
     onStep?.(s);
   };
-  const microStep = async (batch: Batch, share: number): Promise<number> => {
-    let loss = 0;
-    const b = lambda > 0 && rng.next() < lambda ? await studentBatch(student, batch, rng) : batch;
+  // the soft (teacher) term of one batch, scaled by `scale` inside the objective; returns the unscaled loss
+  const softTerm = async (b: Batch, fromBatcher: boolean, scale: number): Promise<number> => {
     const params = taid ? { ...(opts.params ?? {}), t: taid.t } : opts.params;
     if (teacher instanceof KnnTeacher) {
-      if (hw < 1) {
-        await teacher.prepare(b, knnOwnData && b === batch ? batchWindows(batcher, b) : null);
-        const V = student.config.vocabSize;
-        loss += (1 - hw) * (await chunkedLogitObjective(student, b, opts.loss, async (row0, idx) => {
-          if (!knnBuf.buf || knnBuf.buf.length < idx.length * V) knnBuf.buf = new Float32Array(idx.length * V);
-          return { teacher: await teacher.rows(row0, idx.length, knnBuf.buf.subarray(0, idx.length * V)) };
-        }, { scale: (1 - hw) * share, temperature: opts.temperature, params }));
-      }
-      if (hw > 0) loss += hw * (await ceObjective(student, b, hw * share));
-      stepLoss += loss * share;
-      return loss * share;
+      await teacher.prepare(b, knnOwnData && fromBatcher ? batchWindows(batcher, b) : null);
+      const V = student.config.vocabSize;
+      return chunkedLogitObjective(student, b, opts.loss, async (row0, idx) => {
+        if (!knnBuf.buf || knnBuf.buf.length < idx.length * V) knnBuf.buf = new Float32Array(idx.length * V);
+        return { teacher: await teacher.rows(row0, idx.length, knnBuf.buf.subarray(0, idx.length * V)) };
+      }, { scale, temperature: opts.temperature, params });
+    }
+    if (opts.miniLlm) {
+      if (!(teacher instanceof Model)) throw new UndoError('MiniLLM needs an online teacher model');
+      return miniLlmObjective(student, teacher, b, rng, scale, opts.miniLlm);
     }
     const source = !(teacher instanceof Model) ? { teacherTopK: teacherForBatch(teacher, batcher, b), tail: opts.tail }
       : selector ? { teacherTopK: await onlineTopK(teacher, b, selector), tail: opts.tail } : { teacher };
-    if (opts.miniLlm) {
-      if (!(teacher instanceof Model)) throw new UndoError('MiniLLM needs an online teacher model');
-      loss += (1 - hw) * (await miniLlmObjective(student, teacher, b, rng, (1 - hw) * share, opts.miniLlm));
-    } else if (hw < 1) loss += (1 - hw) * (await logitObjective(student, b, opts.loss, { ...source, scale: (1 - hw) * share, temperature: opts.temperature, params }));
+    return logitObjective(student, b, opts.loss, { ...source, scale, temperature: opts.temperature, params });
+  };
+  const microStep = async (batch: Batch, share: number): Promise<number> => {
+    let loss = 0;
+    const b = lambda > 0 && rng.next() < lambda ? await studentBatch(student, batch, rng) : batch;
+    if (hw < 1) loss += (1 - hw) * (await softTerm(b, b === batch, (1 - hw) * share));
     if (hw > 0) loss += hw * (await ceObjective(student, b, hw * share));
     stepLoss += loss * share;
     return loss * share;

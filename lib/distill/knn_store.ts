@@ -38,10 +38,10 @@ import * as path from 'path';
 import * as crypto from 'crypto';
 import type { Batch, PackedDataset } from '../data/datasets';
 import { UndoError } from '../core/errors';
-import { fsyncDir, readJson, writeJsonAtomic } from '../core/fsutil';
+import { fsyncDir, readJson, sha256File, writeJsonAtomic } from '../core/fsutil';
 import { native } from '../core/native';
 import { Model } from '../models/model';
-import { dataHash, teacherHashFromDir, teacherHashFromModel, tokenizerHash } from './teacher_store';
+import { dataHash, leBytes, teacherHashFromDir, teacherHashFromModel, tokenizerHash } from './teacher_store';
 
 export const KNN_FORMAT = 'undo-knn-store';
 export const KNN_VERSION = 1;
@@ -142,7 +142,7 @@ class AtomicFile {
     this.fd = fs.openSync(this.tmp, 'w');
   }
   write(a: Float32Array | Int32Array): void {
-    const b = leView(a);
+    const b = leBytes(a);
     fs.writeSync(this.fd, b);
     this.hash.update(b);
     this.bytes += b.length;
@@ -157,23 +157,6 @@ class AtomicFile {
     try { fs.closeSync(this.fd); } catch { /* closed */ }
     fs.rmSync(this.tmp, { force: true });
   }
-}
-
-function leView(a: Float32Array | Int32Array): Uint8Array {
-  if (os.endianness() !== 'LE') throw new UndoError('kNN stores are little-endian; this machine is big-endian');
-  return new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
-}
-
-function sha256File(file: string): string {
-  const h = crypto.createHash('sha256');
-  const fd = fs.openSync(file, 'r');
-  try {
-    const buf = Buffer.allocUnsafe(1 << 22);
-    for (let n; (n = fs.readSync(fd, buf, 0, buf.length, null)) > 0;) h.update(buf.subarray(0, n));
-  } finally {
-    fs.closeSync(fd);
-  }
-  return h.digest('hex');
 }
 
 /**
@@ -572,7 +555,8 @@ export class KnnTeacher {
   readonly temperature: number;
   readonly lambda: number;
   readonly exact: boolean;
-  private last?: { r: SearchResult; lm?: Model; rows: number };
+  private last?: SearchResult;
+  private sameDataMemo = new WeakMap<PackedDataset, boolean>();
 
   constructor(readonly store: KnnStore, readonly keyModel: Model, opts: KnnTeacherOptions = {}) {
     const m = store.manifest;
@@ -591,8 +575,14 @@ export class KnnTeacher {
 
   /** Whether `data` is the data the store was built on (then queries leave their own entry out). */
   sameData(data: PackedDataset): boolean {
-    const m = this.store.manifest.data;
-    return data.seqLen === m.seqLen && data.count === m.windows && dataHash(data) === m.sha256;
+    let same = this.sameDataMemo.get(data);
+    if (same === undefined) {
+      // the hash reads the whole token stream: once per data set (the CLI reports it, distill() uses it)
+      const m = this.store.manifest.data;
+      same = data.seqLen === m.seqLen && data.count === m.windows && dataHash(data) === m.sha256;
+      this.sameDataMemo.set(data, same);
+    }
+    return same;
   }
 
   /**
@@ -610,7 +600,7 @@ export class KnnTeacher {
       exclude = this.store.entriesAt(pos);
     }
     const r = this.store.search(q, rows, this.k, { exact: this.exact, excludeEntries: exclude });
-    this.last = { r, rows, lm: this.lambda < 1 ? this.keyModel : undefined };
+    this.last = r;
     return r;
   }
 
@@ -618,7 +608,7 @@ export class KnnTeacher {
   async rows(row0: number, n: number, out?: Float32Array): Promise<Float32Array> {
     if (!this.last) throw new UndoError('KnnTeacher.rows: call prepare(batch) first');
     const V = this.store.vocab;
-    const o = knnLogProbs(this.store.values, this.last.r, n, V, this.temperature, out, row0);
+    const o = knnLogProbs(this.store.values, this.last, n, V, this.temperature, out, row0);
     if (this.lambda < 1) {
       // p = λ·p_kNN + (1 − λ)·softmax(key-model logits): the key model's forward of prepare() is still current
       const z = await this.keyModel.native.logits(Int32Array.from({ length: n }, (_, i) => row0 + i));

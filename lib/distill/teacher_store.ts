@@ -61,7 +61,7 @@ import * as os from 'os';
 import * as path from 'path';
 import type { Batch, Batcher, PackedDataset } from '../data/datasets';
 import { describeError, UndoError } from '../core/errors';
-import { readJson, writeFileAtomic, writeJsonAtomic } from '../core/fsutil';
+import { readJson, sha256Fd, writeFileAtomic, writeJsonAtomic } from '../core/fsutil';
 import type { TopKTeacher } from '../train/losses';
 import { configToHF, Model } from '../models/model';
 import { ByteTokenizer, Tokenizer } from '../data/tokenizer';
@@ -527,7 +527,8 @@ export function tokenizerHash(tok: Tokenizer): string {
   return crypto.createHash('sha256').update(layout).digest('hex');
 }
 
-function leBytes(a: Int32Array | Float32Array): Uint8Array {
+/** The bytes of an int32/float32 array in little-endian order (a view on little-endian machines, else a swapped copy). */
+export function leBytes(a: Int32Array | Float32Array): Uint8Array {
   const view = new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
   if (os.endianness() === 'LE') return view;
   const out = new Uint8Array(view.length);
@@ -703,18 +704,6 @@ export function readManifest(dir: string): TeacherStoreManifest {
   return m;
 }
 
-function sha256File(fd: number, size: number, buf: Buffer): string {
-  const h = crypto.createHash('sha256');
-  let pos = 0;
-  while (pos < size) {
-    const n = fs.readSync(fd, buf, 0, Math.min(buf.length, size - pos), pos);
-    if (n <= 0) break;
-    h.update(buf.subarray(0, n));
-    pos += n;
-  }
-  return h.digest('hex');
-}
-
 /**
  * Check one listed shard fully: it exists, has the listed size, a header matching the manifest, and the
  * listed sha256. Returns null when it is sound, else the reason (no store/shard prefix).
@@ -735,7 +724,7 @@ function checkShard(dir: string, m: TeacherStoreManifest, codec: TopKCodec, e: S
     const why = headerMismatch(h, e, m, codec);
     if (why) return why;
     if (!full) return null;
-    const sum = sha256File(fd, size, buf);
+    const sum = sha256Fd(fd, size, buf);
     if (sum !== e.sha256) return `is corrupt: its sha256 is ${sum.slice(0, 16)}…, the manifest lists ${e.sha256.slice(0, 16)}… (field sha256)`;
     return null;
   } finally {
