@@ -22,9 +22,15 @@ import { parseStopCondition, StopCondition, stopTest, TrainConfig } from '../tra
 import { pretrained, STUDIES } from '../undo/study';
 import type { CliKit } from './unlearn';
 import { documentsFrom, packed } from './unlearn';
+import { runFeatureDistill } from './features';
+import { STANDARDIZATIONS, Standardization } from '../distill/standardize';
+import { FEATURE_LOSSES, FeatureLoss } from '../distill/features';
+import type { AdaptorKind } from '../distill/adaptor';
 
-interface DistillOpts {
-  teacher?: string; knnTeacher?: string; knnK?: number; knnTemperature?: number; knnLambda: number; knnExact?: boolean;
+export interface DistillOpts {
+  teacher?: string[];
+  features?: string[]; standardize: Standardization; adaptor: AdaptorKind; adaptorHidden?: number; featureLoss: FeatureLoss;
+  featureWeights?: number[]; logitWeight: number; statsTokens: number; knnTeacher?: string; knnK?: number; knnTemperature?: number; knnLambda: number; knnExact?: boolean;
   cache?: string; tail: 'renorm' | 'bucket'; onPolicy: number; student: string; data: string;
   evalData?: string; valFraction: number; loss: LossSpec; topk?: number; temperature: number; beta: number; alpha: number;
   hardWeight: number; out: string; steps: number; lr: number; warmup: number; batchSize: number; seqLen: number;
@@ -32,7 +38,7 @@ interface DistillOpts {
   threads?: number; isa?: string;
 }
 
-interface LossSpec {
+export interface LossSpec {
   name: LossName | 'minillm';
   /** jsd:β, skl:α, srkl:α */
   param?: number;
@@ -65,7 +71,19 @@ export function registerDistillCommand(program: Command, k: CliKit): void {
   k.runtimeOptions(
     program.command('distill')
       .description('distill a teacher into a student (a preset, a config, or an existing model)')
-      .option('--teacher <dir>', 'teacher: a model directory (online) or a top-k store from cache-teacher (offline); default: an arithmetic teacher trained once and cached')
+      .option('--teacher <dir>', 'teacher: a model directory (online) or a top-k store from cache-teacher (offline); default: an arithmetic teacher trained once and cached. Repeat it with --features for multi-teacher feature distillation', (v: string, prev?: string[]) => [...(prev ?? []), v])
+      .option('--features <L:L\'>', 'feature distillation (PHI-S / RADIO): match the student\'s block-L output, through an adaptor head, to the teacher\'s block-L\' output (negative: from the end); once per --teacher, in order (one pair: every teacher)', (v: string, prev?: string[]) => [...(prev ?? []), v])
+      .addOption(new Option('--standardize <kind>', 'features: per-teacher standardization of the teacher features').choices([...STANDARDIZATIONS]).default('phi-s'))
+      .addOption(new Option('--adaptor <kind>', 'features: adaptor head per teacher').choices(['linear', 'mlp']).default('mlp'))
+      .option('--adaptor-hidden <n>', 'features: hidden width of the mlp adaptor (default: the larger of the two widths)', int('--adaptor-hidden', 1))
+      .addOption(new Option('--feature-loss <name>', 'features: loss between adaptor output and standardized teacher feature').choices([...FEATURE_LOSSES]).default('mse'))
+      .option('--feature-weights <w,...>', 'features: weight of each teacher\'s feature loss (default 1 each)', (v: string) => v.split(',').map((x) => {
+        const w = Number(x);
+        if (x.trim() === '' || !(w >= 0) || !Number.isFinite(w)) throw new InvalidArgumentError(`"${v}": weights are numbers ≥ 0, comma separated`);
+        return w;
+      }))
+      .option('--logit-weight <x>', 'features: weight of the logit KD (--loss) against the first teacher, added to the feature losses (0 = label-free features only)', float('--logit-weight', 0), 0)
+      .option('--stats-tokens <n>', 'features: positions of the training data used for each teacher\'s statistics (one streaming pass)', int('--stats-tokens', 2), 65536)
       .option('--knn-teacher <store>', 'DNKD: a kNN datastore from `knn-store build` as the teacher (its key model runs forward; use with --loss dkd)')
       .option('--knn-k <n>', 'kNN teacher: neighbours (default: the store\'s)', int('--knn-k', 1))
       .option('--knn-temperature <tau>', 'kNN teacher: τ of exp(−d/τ) (default: the store\'s, its median neighbour gap)', float('--knn-temperature', 0))
@@ -99,30 +117,30 @@ export function registerDistillCommand(program: Command, k: CliKit): void {
       .option('--no-progress', 'no progress bar'),
   ).action(async (o: DistillOpts) => {
     k.applyRuntime(o);
+    if (o.features) return runFeatureDistill(o, k);
+    if ((o.teacher?.length ?? 0) > 1) throw new UndoError(`${o.teacher!.length} --teacher given without --features: several teachers are for feature distillation`, 'add --features L:L\' (one per teacher), or give one --teacher');
+    const teacherDir = o.teacher?.[0];
     let teacherModel: Model | undefined;
     let offline = false;
     let knn: { store: KnnStore; keyModel: Model } | undefined;
     if (o.knnTeacher) {
-      if (o.teacher) throw new UndoError('give --teacher or --knn-teacher, not both');
+      if (teacherDir) throw new UndoError('give --teacher or --knn-teacher, not both');
       const store = KnnStore.open(o.knnTeacher);
       const src = store.manifest.keyModel.source;
       if (!src || !fs.existsSync(src)) throw new UndoError(`kNN store ${o.knnTeacher}: its key model ${src ?? '(built in memory)'} is not there`, 'the key model must stay where the store was built from (knn-store build --model)');
       if (teacherHashFromDir(src) !== store.manifest.keyModel.sha256) throw new UndoError(`kNN store ${o.knnTeacher}: the key model ${src} has changed since the store was built`, 'rebuild the store');
       knn = { store, keyModel: Model.load(src) };
-    } else if (!o.teacher) {
+    } else if (!teacherDir) {
       console.log('no --teacher: using the built-in arithmetic teacher (tiny preset; trained once, then cached)');
       const q = STUDIES.quick;
       teacherModel = await pretrained(q, ALL_OPS, { outDir: o.out, cacheDir: o.cache, log: (m) => console.log(m), hooks: (_s, steps) => (o.progress ? k.trainingUi(steps, true) : { hooks: {}, stop: () => undefined }) });
     } else {
-      if (!fs.existsSync(o.teacher)) throw new UndoError(`--teacher ${o.teacher}: no such directory`);
-      offline = fs.existsSync(path.join(o.teacher, 'manifest.json'));
-      if (!offline) teacherModel = Model.load(o.teacher);
+      if (!fs.existsSync(teacherDir)) throw new UndoError(`--teacher ${teacherDir}: no such directory`);
+      offline = fs.existsSync(path.join(teacherDir, 'manifest.json'));
+      if (!offline) teacherModel = Model.load(teacherDir);
     }
-    const tok = knn?.keyModel.tokenizer ?? teacherModel?.tokenizer ?? (offline ? storeTokenizer(o.teacher!) : new ByteTokenizer());
-    const student = PRESETS[o.student] ? Model.create(presetConfig(o.student, tok), { seed: o.seed }, tok)
-      : o.student.endsWith('.json') && fs.existsSync(o.student) && fs.statSync(o.student).isFile()
-        ? Model.create(configFromHF(readJson<Record<string, unknown>>(o.student, 'student config'), o.student), { seed: o.seed }, tok)
-        : Model.load(o.student);
+    const tok = knn?.keyModel.tokenizer ?? teacherModel?.tokenizer ?? (offline ? storeTokenizer(teacherDir!) : new ByteTokenizer());
+    const student = makeStudent(o.student, tok, o.seed);
     if (teacherModel) checkCompatible(student, teacherModel);
     if (knn) checkCompatible(student, knn.keyModel);
     const allDocs = documentsFrom(o.data, '--data', o.docs, o.seed, { tokenizer: student.tokenizer });
@@ -134,7 +152,7 @@ export function registerDistillCommand(program: Command, k: CliKit): void {
     const evalSet = evalDocs.length ? packDocuments(student.tokenizer, evalDocs.slice(0, 400), o.seqLen, { seed: o.seed }) : undefined;
     const batcher = new Batcher(data, { batchSize: o.batchSize, seed: o.seed });
     const teacher = knn ? new KnnTeacher(knn.store, knn.keyModel, { k: o.knnK, temperature: o.knnTemperature, lambda: o.knnLambda, exact: o.knnExact })
-      : teacherModel ?? openTeacherStore(o.teacher!, { expect: expectationFor(student, data) });
+      : teacherModel ?? openTeacherStore(teacherDir!, { expect: expectationFor(student, data) });
     if (teacher instanceof KnnTeacher) {
       console.log(`kNN teacher: ${teacher.store.entries} entries, k = ${teacher.k}, τ = ${teacher.temperature.toPrecision(4)}, λ = ${teacher.lambda}, ${teacher.store.hasIndex && !teacher.exact ? 'HNSW' : 'exact'} search; ` +
         (teacher.sameData(data) ? 'the store holds this training data: each row leaves its own entry out' : 'the store was built on other data (no leave-one-out; build it with the same --data, --val-fraction, --seq-len and --seed to have it)'));
@@ -173,18 +191,17 @@ export function registerDistillCommand(program: Command, k: CliKit): void {
     const ui = k.trainingUi(o.steps, o.progress);
     const r = await distill(student, teacher, batcher, { ...optimCfg(o), evalEvery: o.evalEvery }, {
       loss: o.loss.name === 'minillm' ? 'rkl' : o.loss.name, miniLlm: o.loss.name === 'minillm' ? {} : undefined, temperature: o.temperature,
-      params: o.loss.name === 'dkd' ? { alpha: o.loss.dkd?.alpha ?? 1, beta: o.loss.dkd?.beta ?? 8 }
-        : { beta: o.loss.name === 'jsd' && o.loss.param !== undefined ? o.loss.param : o.beta, alpha: o.loss.param !== undefined && o.loss.name !== 'jsd' ? o.loss.param : o.alpha },
+      params: lossParams(o),
       hardWeight: o.hardWeight, tail: o.tail, topk: o.topk, onPolicy: o.onPolicy, seed: o.seed, outDir: o.out,
       // the teacher's held-out loss on the same split: `plan --calibrate` reads it as L_T of this run
-      meta: { kind: 'distill', teacher: o.teacher ?? o.knnTeacher ?? null, ...(knn ? { knn_teacher: o.knnTeacher } : {}), teacher_val_loss: teacherMetrics?.val_loss ?? null, loss: o.loss.name },
+      meta: { kind: 'distill', teacher: teacherDir ?? o.knnTeacher ?? null, ...(knn ? { knn_teacher: o.knnTeacher } : {}), teacher_val_loss: teacherMetrics?.val_loss ?? null, loss: o.loss.name },
       ...ui.hooks,
       evaluate,
       stopWhen: stops.length ? (m) => stops.some((f) => f(m)) : undefined,
     });
     ui.stop();
     const stopped = r.state.step < o.steps && !r.interrupted ? ` (stopped early: ${[o.stopWhen?.text, o.target !== undefined ? `retain within ${o.target} of the teacher` : undefined].filter(Boolean).join(' or ')})` : '';
-    console.log(`distilled ${r.state.step} steps (${o.hardWeight === 1 ? 'hard-label CE only' : o.loss.name}${o.loss.param !== undefined ? ':' + o.loss.param : ''}${o.loss.dkd ? `:${o.loss.dkd.alpha},${o.loss.dkd.beta}` : ''}${o.topk ? `, teacher top-${o.topk}` : ''})${stopped}; teacher ${teacherModel ? (teacherModel.numParams() / 1e6).toFixed(2) + 'M' : knn ? 'kNN store ' + o.knnTeacher : 'store ' + o.teacher} → student ${(student.numParams() / 1e6).toFixed(2)}M parameters; saved in ${o.out}`);
+    console.log(`distilled ${r.state.step} steps (${o.hardWeight === 1 ? 'hard-label CE only' : o.loss.name}${o.loss.param !== undefined ? ':' + o.loss.param : ''}${o.loss.dkd ? `:${o.loss.dkd.alpha},${o.loss.dkd.beta}` : ''}${o.topk ? `, teacher top-${o.topk}` : ''})${stopped}; teacher ${teacherModel ? (teacherModel.numParams() / 1e6).toFixed(2) + 'M' : knn ? 'kNN store ' + o.knnTeacher : 'store ' + teacherDir} → student ${(student.numParams() / 1e6).toFixed(2)}M parameters; saved in ${o.out}`);
     if (r.lastEval) {
       const s = r.lastEval;
       const pct = (key: string) => !key.startsWith('val_') && !key.includes('mia') && !key.includes('extraction');
@@ -211,7 +228,21 @@ function storeTokenizer(dir: string): Tokenizer {
   return new ByteTokenizer();
 }
 
-function optimCfg(o: { steps: number; lr: number; warmup: number }): Omit<TrainConfig, 'evalEvery'> {
+/** The loss parameters of --loss (dkd:α,β, jsd:β, skl:α, srkl:α) and --beta/--alpha. */
+export function lossParams(o: Pick<DistillOpts, 'loss' | 'beta' | 'alpha'>): Record<string, number> {
+  return o.loss.name === 'dkd' ? { alpha: o.loss.dkd?.alpha ?? 1, beta: o.loss.dkd?.beta ?? 8 }
+    : { beta: o.loss.name === 'jsd' && o.loss.param !== undefined ? o.loss.param : o.beta, alpha: o.loss.param !== undefined && o.loss.name !== 'jsd' ? o.loss.param : o.alpha };
+}
+
+/** The student of --student: a preset or a config.json (random init with the teacher's tokenizer), or a model directory. */
+export function makeStudent(spec: string, tok: Tokenizer, seed: number): Model {
+  return PRESETS[spec] ? Model.create(presetConfig(spec, tok), { seed }, tok)
+    : spec.endsWith('.json') && fs.existsSync(spec) && fs.statSync(spec).isFile()
+      ? Model.create(configFromHF(readJson<Record<string, unknown>>(spec, 'student config'), spec), { seed }, tok)
+      : Model.load(spec);
+}
+
+export function optimCfg(o: { steps: number; lr: number; warmup: number }): Omit<TrainConfig, 'evalEvery'> {
   return {
     steps: o.steps, gradAccum: 1, lr: o.lr, warmup: o.warmup, schedule: 'cosine', weightDecay: 0,
     beta1: 0.9, beta2: 0.95, eps: 1e-8, clip: 1, checkpointEvery: 0,

@@ -9,6 +9,7 @@ import { Batch, Batcher, BatcherPosition } from '../data/datasets';
 import { UndoError } from '../core/errors';
 import { readJson } from '../core/fsutil';
 import { Model } from '../models/model';
+import type { AdamWHyper } from '../core/native';
 import { readSafetensors, serializeSafetensors } from '../formats/safetensors';
 
 export type Schedule = 'constant' | 'linear' | 'cosine';
@@ -90,6 +91,25 @@ export interface TrainOptions {
    * Distillation and unlearning plug their objectives in here and reuse the rest of the loop.
    */
   microStep?: (batch: Batch, share: number) => Promise<number>;
+  /**
+   * Parameters trained beside the model's (e.g. feature distillation's adaptor heads): zeroed with the model's
+   * gradients, inside the global-norm clipping, stepped with the same AdamW hyper-parameters, and saved in (and
+   * restored from) every checkpoint.
+   */
+  extraParams?: ExtraParams;
+}
+
+/** Trainable parameters outside the native model, driven by the training loop (TrainOptions.extraParams). */
+export interface ExtraParams {
+  zeroGrad(): void;
+  /** Σ g² over the extra parameters' gradients */
+  gradSumSquares(): number;
+  /** one AdamW step (gradScale includes the clipping); step is 1-based */
+  adamw(h: AdamWHyper, step: number): void;
+  /** files written into the checkpoint directory (name → bytes) */
+  checkpointFiles(): Record<string, Buffer>;
+  /** restore from a checkpoint directory (resume) */
+  restore(dir: string): void;
 }
 
 export interface TrainResult {
@@ -147,7 +167,7 @@ const OPTIM_FILE = 'optimizer.safetensors';
 const METRICS_FILE = 'metrics.jsonl';
 
 /** Save the model plus optimizer/trainer state atomically into dir. */
-export function saveCheckpoint(model: Model, dir: string, state: TrainerState, meta: Record<string, unknown> = {}): void {
+export function saveCheckpoint(model: Model, dir: string, state: TrainerState, meta: Record<string, unknown> = {}, files: Record<string, Buffer> = {}): void {
   const m = model.native.adamM();
   const v = model.native.adamV();
   const optim = serializeSafetensors({
@@ -158,6 +178,7 @@ export function saveCheckpoint(model: Model, dir: string, state: TrainerState, m
   const extra: Record<string, string | Buffer> = {
     [STATE_FILE]: JSON.stringify({ ...state, meta }, null, 2) + '\n',
     [OPTIM_FILE]: optim,
+    ...files,
   };
   if (fs.existsSync(metricsPath)) extra[METRICS_FILE] = fs.readFileSync(metricsPath);
   // training checkpoints keep the fp32 master weights whatever dtype the model was loaded in (a bf16 save
@@ -231,6 +252,7 @@ export async function train(model: Model, batcher: Batcher, cfg: TrainConfig, op
   if (opts.resume) {
     if (!opts.outDir) throw new UndoError('--resume needs the output directory of the run');
     state = loadTrainerState(model, opts.outDir);
+    opts.extraParams?.restore(opts.outDir);
     batcher.position = state.position;
     trimMetrics(opts.outDir, state.step);
   } else if (opts.outDir && fs.existsSync(path.join(opts.outDir, METRICS_FILE))) {
@@ -252,7 +274,7 @@ export async function train(model: Model, batcher: Batcher, cfg: TrainConfig, op
   let lastEval: Record<string, number> | undefined;
   let evaluatedAt = -1;
   const checkpoint = () => {
-    if (opts.outDir) saveCheckpoint(model, opts.outDir, state, opts.meta);
+    if (opts.outDir) saveCheckpoint(model, opts.outDir, state, opts.meta, opts.extraParams?.checkpointFiles());
   };
   const runEval = async () => {
     if (!opts.evaluate) return false;
@@ -269,6 +291,7 @@ export async function train(model: Model, batcher: Batcher, cfg: TrainConfig, op
         break;
       }
       model.native.zeroGrad();
+      opts.extraParams?.zeroGrad();
       let loss = 0;
       // all micro-batches of the step first: their unmasked tokens together normalise the loss (stepShares)
       const batches: Batch[] = [];
@@ -282,11 +305,14 @@ export async function train(model: Model, batcher: Batcher, cfg: TrainConfig, op
       if (!Number.isFinite(loss)) {
         throw new UndoError(`training diverged: the loss is ${loss} at step ${state.step + 1}`, 'lower the learning rate (--lr) or enable clipping (--clip 1)');
       }
-      const gradNorm = model.native.gradNorm();
+      const extra = opts.extraParams;
+      const gradNorm = extra ? Math.hypot(model.native.gradNorm(), Math.sqrt(extra.gradSumSquares())) : model.native.gradNorm();
       if (!Number.isFinite(gradNorm)) throw new UndoError(`training diverged: the gradient norm is ${gradNorm} at step ${state.step + 1}`);
       const gradScale = cfg.clip > 0 ? Math.min(1, cfg.clip / (gradNorm + 1e-6)) : 1;
       const lr = lrAt(state.step, cfg);
-      await model.native.adamw({ lr, beta1: cfg.beta1, beta2: cfg.beta2, eps: cfg.eps, weightDecay: cfg.weightDecay, gradScale });
+      const hyper = { lr, beta1: cfg.beta1, beta2: cfg.beta2, eps: cfg.eps, weightDecay: cfg.weightDecay, gradScale };
+      await model.native.adamw(hyper);
+      extra?.adamw(hyper, state.step + 1);
       state.step++;
       state.position = batcher.position;
       const elapsedSec = (Date.now() - started) / 1000;
