@@ -46,6 +46,13 @@ export type { StudyConfig, StudyReport, ModelRow, StudyOptions } from './undo/st
 export { openTeacherStore, cacheTeacher } from './distill/teacher_store';
 export type { TeacherStore, CacheTeacherOptions, CacheTeacherResult } from './distill/teacher_store';
 export { buildKnnStore, KnnStore, KnnTeacher, knnLogProbs, autoTemperature, indexRecall, recallByDistance, DEFAULT_HNSW, DEFAULT_KNN_K, AUTO_HNSW_ENTRIES } from './distill/knn_store';
+export { distillFeatures, featureObjective, featureErrors, featureLoss, computeFeatureStats, teacherFeatureStats, FEATURE_LOSSES } from './distill/features';
+export type { FeatureTeacher, FeatureDistillOptions, FeatureErrors, FeatureLoss } from './distill/features';
+export { FeatureStats, Standardizer, STANDARDIZATIONS, saveFeatureStats, loadFeatureStats, symmetricEigen } from './distill/standardize';
+export type { Standardization } from './distill/standardize';
+export { Adaptor, AdaptorGroup } from './distill/adaptor';
+export type { AdaptorKind } from './distill/adaptor';
+export { hadamard, normalizedHadamard, hadamardSupported, supportedHadamardOrders, hadamardConstruction } from './distill/hadamard';
 export type { KnnManifest, KnnBuildOptions, KnnTeacherOptions, SearchResult, SearchOptions, HnswParams, IndexKind } from './distill/knn_store';
 export * as biographies from './tasks/biographies';
 export { loadCuda, resolveDevice, DEVICE_NAMES } from './core/cuda';
