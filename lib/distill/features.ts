@@ -218,8 +218,8 @@ export async function featureObjective(student: Model, b: Batch, opts: FeatureDi
   if (useHead) {
     // logit KD against the first teacher and CE, in row chunks: one d(logits) per chunk into the head
     const V = student.config.vocabSize;
+    // the first teacher's forward on this batch ran above (each model once), so its logits are there
     const teacher = opts.teachers[0].model;
-    if (lw > 0) await teacher.native.forward(b.inputs, b.B, b.T);
     const chunk = headChunkRows(V, rows);
     const sbuf = new Float32Array(chunk * V), tbuf = new Float32Array(chunk * V);
     for (let r0 = 0; r0 < rows; r0 += chunk) {
