@@ -404,3 +404,21 @@ export class Batcher implements Iterable<Batch> {
     for (;;) yield this.next();
   }
 }
+
+/** A batch of consecutive windows, outside any Batcher (no position). */
+export type WindowBatch = Omit<Batch, 'position'>;
+
+/** The first `limit` windows of a packed dataset, in order, as batches of `batchSize` (the last one shorter). */
+export function* windowBatches(data: PackedDataset, batchSize: number, limit = data.count): Generator<WindowBatch> {
+  const T = data.seqLen;
+  const n = Math.min(limit, data.count);
+  for (let i = 0; i < n; i += batchSize) {
+    const B = Math.min(batchSize, n - i);
+    const inputs = new Int32Array(B * T), targets = new Int32Array(B * T);
+    for (let b = 0; b < B; b++) {
+      inputs.set(data.inputs(i + b), b * T);
+      targets.set(data.targets(i + b), b * T);
+    }
+    yield { inputs, targets, B, T };
+  }
+}

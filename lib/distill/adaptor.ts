@@ -132,7 +132,8 @@ const ADAPTORS_FILE = 'adaptors.safetensors';
 export class AdaptorGroup implements ExtraParams {
   private step = 0;
 
-  constructor(readonly adaptors: Adaptor[]) {}
+  /** `files`: other files kept in the run directory through its checkpoints (name → bytes) */
+  constructor(readonly adaptors: Adaptor[], private readonly files: Record<string, Buffer> = {}) {}
 
   private get params(): Param[] {
     return this.adaptors.flatMap((a) => a.params);
@@ -165,7 +166,7 @@ export class AdaptorGroup implements ExtraParams {
       t[`adam_m.${name}`] = { dtype: 'F32', shape: p.shape, data: p.m };
       t[`adam_v.${name}`] = { dtype: 'F32', shape: p.shape, data: p.v };
     }
-    return { [ADAPTORS_FILE]: serializeSafetensors(t, { adam_step: String(this.step), adaptors: JSON.stringify(this.describe()) }) };
+    return { ...this.files, [ADAPTORS_FILE]: serializeSafetensors(t, { adam_step: String(this.step), adaptors: JSON.stringify(this.describe()) }) };
   }
 
   /** The heads' kinds and widths, as stored in the file's metadata. */

@@ -15,16 +15,17 @@
  */
 import * as fs from 'fs';
 import * as path from 'path';
-import { Batch, Batcher, PackedDataset } from '../data/datasets';
+import { Batcher, PackedDataset, WindowBatch, windowBatches } from '../data/datasets';
 import { UndoError } from '../core/errors';
 import { loss as kdLoss, LossName } from '../train/losses';
 import { Model } from '../models/model';
 import { headChunkRows } from '../train/objectives';
-import { ExtraParams, train, TrainConfig, TrainOptions, TrainResult } from '../train/train';
+import { train, TrainConfig, TrainOptions, TrainResult } from '../train/train';
 import { Adaptor, AdaptorGroup, AdaptorKind } from './adaptor';
 import { FeatureStats, loadFeatureStats, saveFeatureStats, Standardization, Standardizer, StatsKey } from './standardize';
 import { dataHash, teacherHashFromModel } from './teacher_store';
 import { checkCompatible } from './distill';
+import { resolveLayer } from './knn_store';
 
 export const FEATURE_LOSSES = ['mse', 'cosine', 'smoothl1'] as const;
 export type FeatureLoss = (typeof FEATURE_LOSSES)[number];
@@ -96,30 +97,18 @@ export interface FeatureTeacher {
 }
 
 /** Rows of a batch that count: targets ≠ −100 (packing pads carry no target; their features are not matched). */
-function rowMask(b: Batch): Uint8Array {
+function rowMask(b: WindowBatch): Uint8Array {
   const m = new Uint8Array(b.B * b.T);
   for (let i = 0; i < m.length; i++) m[i] = b.targets[i] !== -100 ? 1 : 0;
   return m;
 }
 
-/** Check a layer index against a model, naming the side. */
+/** Check a resolved (non-negative) layer index against a model, naming the side. */
 export function checkLayer(model: Model, layer: number, what: string): void {
-  const n = model.config.numLayers;
-  if (!Number.isInteger(layer) || layer < 0 || layer >= n) throw new UndoError(`${what} layer ${layer} is outside [0, ${n}) (the model has ${n} blocks; −1 counts from the end)`);
-}
-
-/** Windows of a packed dataset as batches of `batchSize` (the last one shorter), in order. */
-export function* windowBatches(data: PackedDataset, batchSize: number, limit = data.count): Generator<Batch> {
-  const T = data.seqLen;
-  const n = Math.min(limit, data.count);
-  for (let i = 0; i < n; i += batchSize) {
-    const B = Math.min(batchSize, n - i);
-    const inputs = new Int32Array(B * T), targets = new Int32Array(B * T);
-    for (let b = 0; b < B; b++) {
-      inputs.set(data.inputs(i + b), b * T);
-      targets.set(data.targets(i + b), b * T);
-    }
-    yield { inputs, targets, B, T } as Batch;
+  try {
+    if (layer < 0 || resolveLayer(layer, model.config.numLayers) !== layer) throw new UndoError(`layer ${layer} is negative (resolve it first)`);
+  } catch (e) {
+    throw new UndoError(`${what} ${(e as Error).message}`);
   }
 }
 
@@ -181,7 +170,7 @@ export interface FeatureLossLog {
  * through its adaptor, the optional logit KD and CE on the head, one backward. Accumulates the student's and the
  * adaptors' gradients (scaled by `scale`); returns the weighted total and each teacher's feature loss.
  */
-export async function featureObjective(student: Model, b: Batch, opts: FeatureDistillOptions, scale = 1): Promise<{ loss: number; perTeacher: number[] }> {
+export async function featureObjective(student: Model, b: WindowBatch, opts: FeatureDistillOptions, scale = 1): Promise<{ loss: number; perTeacher: number[] }> {
   const rows = b.B * b.T;
   const mask = rowMask(b);
   const done = new Set<Model>();
@@ -201,7 +190,9 @@ export async function featureObjective(student: Model, b: Batch, opts: FeatureDi
     const t = opts.teachers[i];
     const w = t.weight ?? 1;
     const h = student.native.hidden(t.studentLayer);
-    const pred = t.adaptor.forward(Float32Array.from(h), rows);
+    // the adaptor keeps this view of the student's activations for its backward, which runs before anything
+    // else touches the student
+    const pred = t.adaptor.forward(h, rows);
     const r = featureLoss(kind, pred, targets[i], rows, t.standardizer.dim, { mask, gradScale: w * scale });
     perTeacher.push(r.loss);
     total += w * r.loss;
@@ -334,7 +325,6 @@ export async function distillFeatures(student: Model, batcher: Batcher, cfg: Tra
   if (!(lw >= 0 && Number.isFinite(lw))) throw new UndoError(`logit KD weight must be ≥ 0, got ${lw}`);
   if (!(hw >= 0 && Number.isFinite(hw))) throw new UndoError(`hard-label weight must be ≥ 0, got ${hw}`);
   if (lw > 0) checkCompatible(student, opts.teachers[0].model);
-  const group = new AdaptorGroup(opts.teachers.map((t) => t.adaptor));
   const log: FeatureLossLog = { perTeacher: opts.teachers.map(() => 0), batches: 0 };
   let last = opts.teachers.map(() => NaN);
   // the run's description and the teachers' statistics go into every checkpoint (a save replaces the directory)
@@ -348,17 +338,11 @@ export async function distillFeatures(student: Model, batcher: Batcher, cfg: Tra
   };
   const carried: Record<string, Buffer> = { 'feature_distill.json': Buffer.from(JSON.stringify(manifest, null, 2) + '\n') };
   for (const f of opts.carryFiles ?? []) carried[path.basename(f)] = fs.readFileSync(f);
-  const extra: ExtraParams = {
-    zeroGrad: () => group.zeroGrad(),
-    gradSumSquares: () => group.gradSumSquares(),
-    adamw: (h, step) => group.adamw(h, step),
-    checkpointFiles: () => ({ ...carried, ...group.checkpointFiles() }),
-    restore: (dir) => group.restore(dir),
-  };
+  const group = new AdaptorGroup(opts.teachers.map((t) => t.adaptor), carried);
   const onStep = opts.onStep;
   const r = await train(student, batcher, cfg, {
     ...opts,
-    extraParams: extra,
+    extraParams: group,
     microStep: async (b, share) => {
       const o = await featureObjective(student, b, opts, share);
       o.perTeacher.forEach((x, i) => (log.perTeacher[i] += x));

@@ -6,7 +6,7 @@ import { UndoError } from '../core/errors';
 import { compute as computeLoss, LossName } from './losses';
 import { generateIds } from '../models/generate';
 import { Model } from '../models/model';
-import { PackedDataset } from '../data/datasets';
+import { PackedDataset, windowBatches } from '../data/datasets';
 import { arithmeticEvalSet, ArithmeticScore, isCorrect, Op, scoreArithmetic } from '../tasks/arithmetic';
 
 export interface ArithmeticEvalOptions {
@@ -71,17 +71,9 @@ export async function evalTextLoss(model: Model, text: string, window = Math.min
 export async function evalPackedLoss(model: Model, data: PackedDataset, batchSize = 16): Promise<{ loss: number; tokens: number }> {
   let total = 0;
   let count = 0;
-  const T = data.seqLen;
-  for (let i = 0; i < data.count; i += batchSize) {
-    const B = Math.min(batchSize, data.count - i);
-    const ids = new Int32Array(B * T);
-    const tgt = new Int32Array(B * T);
-    for (let b = 0; b < B; b++) {
-      ids.set(data.inputs(i + b), b * T);
-      tgt.set(data.targets(i + b), b * T);
-    }
-    await model.native.forward(ids, B, T);
-    const r = await model.native.headLoss(tgt, null, -100, 0, false, null);
+  for (const b of windowBatches(data, batchSize)) {
+    await model.native.forward(b.inputs, b.B, b.T);
+    const r = await model.native.headLoss(b.targets, null, -100, 0, false, null);
     total += r.loss * r.counted;
     count += r.counted;
   }
@@ -109,10 +101,7 @@ export async function evalDivergence(
   let count = 0;
   const chunk = opts.chunkRows ?? Math.max(1, Math.floor(DIVERGENCE_CHUNK_FLOATS / V));
   const tbuf = new Float32Array(chunk * V), sbuf = new Float32Array(chunk * V);  // reused by every chunk
-  for (let i = 0; i < data.count; i += bs) {
-    const B = Math.min(bs, data.count - i);
-    const ids = new Int32Array(B * T);
-    for (let b = 0; b < B; b++) ids.set(data.inputs(i + b), b * T);
+  for (const { inputs: ids, B } of windowBatches(data, bs)) {
     await teacher.native.forward(ids, B, T);
     await student.native.forward(ids, B, T);
     for (let r0 = 0; r0 < B * T; r0 += chunk) {
