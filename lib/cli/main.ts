@@ -7,7 +7,6 @@ import * as path from 'path';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import * as cliProgress from 'cli-progress';
 import { Batcher, Document, packDocuments, splitTrainVal } from '../data/datasets';
-import { loadDataFile } from '../data/chat';
 import { describeError, UndoError } from '../core/errors';
 import { arithmeticMetrics, evalArithmetic, evalPackedLoss, evalTextLoss } from '../train/evaluate';
 import { generateText } from '../models/generate';
@@ -18,7 +17,8 @@ import { ALL_OPS, generateArithmeticCorpus, Op } from '../tasks/arithmetic';
 import { biographyMetrics, builtinBiographyDocs } from '../tasks/biographies';
 import { ByteTokenizer, loadAnyTokenizer, Tokenizer } from '../data/tokenizer';
 import { parseStopCondition, StopCondition, stopTest, train, TrainConfig, TrainOptions } from '../train/train';
-import { registerUndoCommand, registerUnlearningCommands } from './unlearn';
+import { documentsFrom, registerUndoCommand, registerUnlearningCommands } from './unlearn';
+import { registerPateCommands } from './pate';
 import { registerTeacherCommands } from './teacher';
 import { registerDistillCommand } from './distill';
 import { registerInfoCommand } from './info';
@@ -162,7 +162,7 @@ async function pretrain(o: PretrainOpts): Promise<void> {
     model = Model.create(cfg, { seed: o.seed, init: o.init, std: o.initStd }, tok);
   }
   let docs: Document[];
-  if (o.data) docs = loadDataFile(o.data, tok);
+  if (o.data) docs = documentsFrom(o.data, '--data', o.docs, o.seed, { tokenizer: tok });
   else if (o.task === 'biographies') docs = builtinBiographyDocs('all', o.seed);
   else docs = generateArithmeticCorpus({ ops: o.ops, count: o.docs, seed: o.seed, wordProblemFraction: o.wordProblems });
   const { train: trainDocs, val: valDocs } = splitTrainVal(docs, o.valFraction, o.seed);
@@ -223,7 +223,7 @@ export function buildProgram(): Command {
     program.command('pretrain')
       .description('train a model from scratch on a built-in task or a text/JSONL file')
       .option('--task <name>', 'built-in task: arithmetic (default when --data is not given) or biographies')
-      .option('--data <file>', 'training data: .txt paragraphs, or JSONL of {"text"}, {"prompt", "completion"} or chat {"messages"} lines (chat: loss on the assistant turns; needs a tokenizer with a chat template)')
+      .option('--data <file>', 'training data: a built-in spec (biographies:all|forget|retain, pate-bios:public|private, arithmetic:OPS), .txt paragraphs, or JSONL of {"text"}, {"prompt", "completion"} or chat {"messages"} lines (chat: loss on the assistant turns; needs a tokenizer with a chat template)')
       .option('--tokenizer <dir>', 'a Hugging Face tokenizer (a directory with tokenizer.json, or the file) for the new model instead of the byte tokenizer')
       .option('--ops <list>', 'arithmetic operations to train on', parseOps, [...ALL_OPS] as Op[])
       .addOption(new Option('--preset <name>', 'model size').choices(Object.keys(PRESETS)).default('tiny'))
@@ -313,6 +313,7 @@ export function buildProgram(): Command {
   registerUndoCommand(program, kit);
   registerTeacherCommands(program, kit);
   registerKnnCommands(program, kit);
+  registerPateCommands(program, kit);
 
   registerInfoCommand(program);
   registerExportCommand(program);

@@ -13,7 +13,7 @@ import { Model } from '../models/model';
 import { noiseModel, projectToDistribution } from '../unlearn/noise';
 import { relearn } from '../unlearn/relearn';
 import { ALL_OPS, FORGET_OPS, generateArithmeticCorpus, Op } from '../tasks/arithmetic';
-import { biographyMetrics, builtinBiographyDocs, builtinBiographyNames } from '../tasks/biographies';
+import { biographyMetrics, builtinBiographyDocs, builtinBiographyNames, pateBiographyDocs } from '../tasks/biographies';
 import { TrainConfig, TrainOptions } from '../train/train';
 import { CAUSAL_DEFAULT_REPLACEMENTS, CausalOptions, parseMethod, unlearn, UNLEARN_DEFAULTS, UNLEARN_METHODS } from '../unlearn/unlearn';
 import { arithmeticScores, defaultStudyOut, retainStop, runStudy, STUDIES } from '../undo/study';
@@ -48,6 +48,11 @@ export function documentsFrom(spec: string, what: string, count: number, seed: n
     const part = spec.includes(':') ? spec.slice(spec.indexOf(':') + 1) : 'all';
     if (part !== 'all' && part !== 'forget' && part !== 'retain') throw new UndoError(`${what} "${spec}": choose biographies:all, biographies:forget or biographies:retain`);
     return builtinBiographyDocs(part, seed);
+  }
+  if (spec.startsWith('pate-bios')) {
+    const part = spec.slice('pate-bios'.length + 1);
+    if (part !== 'public' && part !== 'private') throw new UndoError(`${what} "${spec}": choose pate-bios:public or pate-bios:private`);
+    return pateBiographyDocs(part, seed);
   }
   if (spec.startsWith('arithmetic')) {
     const list = spec.includes(':') ? spec.slice(spec.indexOf(':') + 1).split(',').filter(Boolean) : [...ALL_OPS];

@@ -546,3 +546,64 @@ export async function biographyMetrics(model: Model): Promise<Record<string, num
   const minkAuc = await membershipAuc(model, members, nonMembers, { method: 'mink', k: 0.2 });
   return { forget: forgetAcc.accuracy, retain: retainAcc.accuracy, extraction_strength: es.mean, mia_auc_loss: lossAuc.auc, mia_auc_mink: minkAuc.auc };
 }
+
+// ---------------------------------------------------------------------------------------------
+// The built-in Hot PATE setting (`undo-native pate`, data specs pate-bios:public|private, prompts pate-bios)
+// ---------------------------------------------------------------------------------------------
+
+/**
+ * 8 private people (the sensitive records, partitioned among the teachers) and 24 public people (a public
+ * base model learns the phrasing and the value lists from them); names are disjoint from each other and
+ * from nobody else's concern (seed 23, separate from the unlearning setting).
+ */
+export function pateBiographies(): { privatePeople: Person[]; publicPeople: Person[] } {
+  const all = generatePeople({ count: 32, seed: 23 });
+  return { privatePeople: all.slice(0, 8), publicPeople: all.slice(8) };
+}
+
+/**
+ * Documents of the Hot PATE setting. 'public': the public people's corpus (facts and biographies), repeated
+ * `repeat` times (default 20). 'private': the private people's facts in the two phrasings that start with
+ * the name, each sentence repeated `repeat` times (default 60) as separate records, so that every
+ * partition holds every fact a few times and knowledge shared by the teachers can pass the aggregator.
+ */
+export function pateBiographyDocs(part: 'public' | 'private', seed: number, repeat?: number): string[] {
+  const b = pateBiographies();
+  const docs: string[] = [];
+  if (part === 'public') {
+    for (let r = 0; r < (repeat ?? 20); r++) docs.push(...biographyCorpus(b.publicPeople, { seed: seed + r }));
+    return docs;
+  }
+  const facts = factSentences(b.privatePeople, { phrasingsPerFact: 2 });
+  for (let r = 0; r < (repeat ?? 60); r++) docs.push(...facts);
+  return new Rng(mixSeeds(seed, 'pate-private')).shuffle(docs);
+}
+
+/** The prompts of the setting: each private person's name (the response is any fact about them). */
+export function pateBiographyPrompts(): string[] {
+  return pateBiographies().privatePeople.map((p) => p.name);
+}
+
+/**
+ * Utility of a student in the setting: fact accuracy on every (private person, attribute) with the two
+ * training phrasings, and the coverage of released texts: the fraction of private facts that occur (in
+ * either phrasing) in at least one released text.
+ */
+export async function pateBiographyMetrics(model: Model, released: readonly string[] = []): Promise<{ accuracy: number; coverage: number; perAttribute: Partial<Record<Attribute, number>> }> {
+  const acc = await factAccuracy(model, factQueries(pateBiographies().privatePeople, { heldOut: false, phrasingsPerFact: 2 }));
+  return { accuracy: acc.accuracy, coverage: pateBiographyCoverage(released), perAttribute: acc.perAttribute };
+}
+
+/** The fraction of the private facts that occur (either phrasing, final period optional) in some released text. */
+export function pateBiographyCoverage(released: readonly string[]): number {
+  let covered = 0;
+  let total = 0;
+  for (const p of pateBiographies().privatePeople) {
+    for (const a of ATTRIBUTES) {
+      total++;
+      const forms = TRAIN_TEMPLATES[a].slice(0, 2).map((t) => fill(t, p, a).replace(/\.$/, ''));
+      if (released.some((r) => forms.some((f) => r.includes(f)))) covered++;
+    }
+  }
+  return covered / total;
+}
