@@ -53,6 +53,14 @@ export type { Standardization } from './distill/standardize';
 export { Adaptor, AdaptorGroup } from './distill/adaptor';
 export type { AdaptorKind } from './distill/adaptor';
 export { hadamard, normalizedHadamard, hadamardSupported, supportedHadamardOrders, hadamardConstruction } from './distill/hadamard';
+export {
+  pateGenerate, castVotes, sharedGumbels, voteHistogram, aggregateVotes, queryCosts, partitionDocuments, trainTeachers, resolveTeacherDirs,
+  releasedDocuments, trainOnReleased, checkEnsemble, VOTE_SCHEMES, ABSTAIN_POLICIES,
+} from './distill/pate';
+export type { VoteScheme, AbstainPolicy, PateConfig, PateResult, PateStats, ReleasedSequence, AggregatorConfig, TrainTeachersOptions } from './distill/pate';
+export { GaussianAccountant, epsilonOf, rdpToDp, gdpDelta, gdpEpsilon, gaussianRdp, PRIVACY_CONVERSIONS } from './distill/privacy';
+export type { PrivacyConversion, AccountantOptions } from './distill/privacy';
+export { pateBiographies, pateBiographyDocs, pateBiographyPrompts, pateBiographyMetrics, pateBiographyCoverage } from './tasks/biographies';
 export type { KnnManifest, KnnBuildOptions, KnnTeacherOptions, SearchResult, SearchOptions, HnswParams, IndexKind } from './distill/knn_store';
 export * as biographies from './tasks/biographies';
 export { loadCuda, resolveDevice, DEVICE_NAMES } from './core/cuda';

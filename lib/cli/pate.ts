@@ -109,8 +109,8 @@ export function registerPateCommands(program: Command, k: CliKit): void {
       .option('--steps <n>', 'optimizer steps per teacher', int('--steps', 1), 200)
       .option('--lr <x>', 'peak learning rate', float('--lr', 0), 2e-3)
       .option('--warmup <n>', 'warm-up steps', int('--warmup', 0), 10)
-      .option('--batch-size <n>', 'sequences per step', int('--batch-size', 1), 16)
-      .option('--seq-len <n>', 'tokens per sequence', int('--seq-len', 2), 64)
+      .option('--batch-size <n>', 'sequences per step', int('--batch-size', 1), 8)
+      .option('--seq-len <n>', 'tokens per sequence (long enough to hold whole records: packing cuts across windows)', int('--seq-len', 2), 128)
       .option('--seed <n>', 'seed of the partition, data order and fresh models', int('--seed', 0), 0)
       .option('--no-progress', 'no progress bar'),
   ).action(async (o: TeachersOpts) => {
@@ -164,7 +164,7 @@ export function registerPateCommands(program: Command, k: CliKit): void {
       .option('--student <dir>', 'train this model on the released responses into OUT/student')
       .option('--student-steps <n>', 'student optimizer steps', int('--student-steps', 1), 300)
       .option('--student-lr <x>', 'student peak learning rate', float('--student-lr', 0), 1e-3)
-      .option('--seq-len <n>', 'student tokens per sequence', int('--seq-len', 2), 64)
+      .option('--seq-len <n>', 'student tokens per sequence (long enough to hold whole responses)', int('--seq-len', 2), 128)
       .option('--include-incomplete', 'train on responses cut by ⊥ or the token limit too')
       .option('--eval <task>', 'report the student\'s utility on a built-in task (pate-bios; the default with --prompts pate-bios)')
       .option('--no-progress', 'no progress bar'),
@@ -190,10 +190,14 @@ export function registerPateCommands(program: Command, k: CliKit): void {
       : undefined;
     bar?.start(promptTexts.length * o.samples, 0);
     const t0 = Date.now();
+    const controller = new AbortController();
+    const onSigint = () => controller.abort();
+    process.on('SIGINT', onSigint);
     let r;
     try {
-      r = await pateGenerate(teachers, prompts, cfg, { publicModel: pub, accountant, onProgress: (d) => bar?.update(d) });
+      r = await pateGenerate(teachers, prompts, cfg, { publicModel: pub, accountant, onProgress: (d) => bar?.update(d), signal: controller.signal });
     } finally {
+      process.off('SIGINT', onSigint);
       bar?.stop();
     }
     const genSec = (Date.now() - t0) / 1000;
@@ -204,7 +208,7 @@ export function registerPateCommands(program: Command, k: CliKit): void {
     }) + '\n').join(''));
     const privacy = {
       ...(r.privacy ?? { epsilon: Infinity, delta: o.delta, note: 'σ = σ₁ = 0: not private' }),
-      stopped_by_budget: r.stoppedByBudget, mechanism: { ...cfg }, teachers: dirs.map((d, i) => ({ dir: path.resolve(d), sha256: teacherHashes([d])[0], index: i })),
+      stopped_by_budget: r.stoppedByBudget, interrupted: r.interrupted, mechanism: { ...cfg }, teachers: dirs.map((d, i) => ({ dir: path.resolve(d), sha256: teacherHashes([d])[0], index: i })),
       public_model: o.public ? path.resolve(o.public) : null,
     };
     writeJsonAtomic(path.join(o.out, 'privacy.json'), privacy);
@@ -213,11 +217,18 @@ export function registerPateCommands(program: Command, k: CliKit): void {
     console.log(`released ${r.sequences.length} responses (${complete} complete) in ${genSec.toFixed(1)} s: ${r.stats.answered} private tokens, ${r.stats.abstained} ⊥, ` +
       `${r.stats.publicTokens} public tokens; mean top vote ${r.stats.meanTopVotes.toFixed(2)}/${n}; ε = ${eps.toFixed(3)} of ${o.epsilon} (δ = ${o.delta}, ${o.conversion})` +
       (r.stoppedByBudget ? '; the budget ran out' : ''));
+    if (r.interrupted) {
+      // the privacy already spent is recorded; a rerun would spend it again
+      console.log(`interrupted: the responses released so far and the privacy spent are saved in ${o.out}`);
+      process.exitCode = 130;
+      return;
+    }
     const report: Record<string, unknown> = { scheme: o.scheme, teachers: n, epsilon: eps, delta: o.delta, ...r.stats, complete, responses: r.sequences.length, stopped_by_budget: r.stoppedByBudget };
     const evalTask = o.eval ?? (o.prompts === 'pate-bios' ? 'pate-bios' : undefined);
     if (evalTask && evalTask !== 'pate-bios') throw new UndoError(`--eval ${evalTask}: unknown task`, 'built-in: pate-bios');
     const releasedTexts = r.sequences.flatMap((s, i) => (s.complete || o.includeIncomplete ? [promptTexts[s.prompt] + texts[i]] : []));
     if (evalTask) report.coverage = pateBiographyCoverage(releasedTexts);
+    writeJsonAtomic(path.join(o.out, 'report.json'), report);
     if (o.student) {
       const student = Model.load(o.student);
       if (student.config.vocabSize !== teachers[0].config.vocabSize) throw new UndoError(`--student ${o.student}: vocabulary ${student.config.vocabSize} differs from the teachers' ${teachers[0].config.vocabSize}`);

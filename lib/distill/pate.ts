@@ -50,7 +50,8 @@ export const ABSTAIN_POLICIES: readonly AbstainPolicy[] = ['stop', 'public', 're
 /** −log E with E ~ Exp(1) (a standard Gumbel), for every token: the shared randomness ρ of one hot query. */
 export function sharedGumbels(V: number, rng: Rng): Float64Array {
   const g = new Float64Array(V);
-  for (let j = 0; j < V; j++) g[j] = -Math.log(-Math.log1p(-rng.next()));
+  // E = −log(1 − U) with U uniform on [0, 1); E = 0 (U = 0) is floored so that no token gets an infinite score
+  for (let j = 0; j < V; j++) g[j] = -Math.log(Math.max(-Math.log1p(-rng.next()), 1e-300));
   return g;
 }
 
@@ -184,6 +185,8 @@ export interface PateResult {
   stats: PateStats;
   /** The budget ran out: generation stopped before the next query. */
   stoppedByBudget: boolean;
+  /** The signal stopped generation between batches. */
+  interrupted: boolean;
   /** The accountant's report (null for a non-private run: σ₁ = σ₂ = 0). */
   privacy: Record<string, unknown> | null;
 }
@@ -194,6 +197,8 @@ export interface PateRunOptions {
   /** The budget; required unless σ₁ = σ₂ = 0. */
   accountant?: GaussianAccountant;
   onProgress?: (done: number, total: number) => void;
+  /** Checked between batches: once aborted, the remaining responses are returned empty (result.interrupted). */
+  signal?: AbortSignal;
 }
 
 function checkConfig(cfg: PateConfig): Required<PateConfig> {
@@ -259,6 +264,7 @@ export async function pateGenerate(teachers: Model[], prompts: readonly Int32Arr
   const sequences: ReleasedSequence[] = new Array(Q);
   const stats = { queries: 0, answered: 0, abstained: 0, publicTokens: 0, topVotes: 0, topAgree: 0 };
   let stoppedByBudget = false;
+  let interrupted = false;
   // group queries by prompt length so a batch shares positions
   const groups = new Map<number, number[]>();
   for (let q = 0; q < Q; q++) {
@@ -277,8 +283,9 @@ export async function pateGenerate(teachers: Model[], prompts: readonly Int32Arr
       const rows = members.slice(s, s + c.batchSize);
       const B = rows.length;
       const gen: number[][] = rows.map(() => []);
-      const info = rows.map(() => ({ priv: 0, pub: 0, abst: 0, complete: false, done: stoppedByBudget }));
-      if (!stoppedByBudget) {
+      if (opts.signal?.aborted) interrupted = true;
+      const info = rows.map(() => ({ priv: 0, pub: 0, abst: 0, complete: false, done: stoppedByBudget || interrupted }));
+      if (!stoppedByBudget && !interrupted) {
         const ids = new Int32Array(B * len);
         rows.forEach((q, b) => ids.set(prompts[Math.floor(q / c.samples)], b * len));
         for (const m of unique) m.native.cacheBegin(B, positions);
@@ -350,6 +357,7 @@ export async function pateGenerate(teachers: Model[], prompts: readonly Int32Arr
       meanTopVotes: stats.queries ? stats.topVotes / stats.queries : NaN, topAgreement: stats.answered ? stats.topAgree / stats.answered : NaN,
     },
     stoppedByBudget,
+    interrupted,
     privacy: nonPrivate ? null : acc!.report(),
   };
 }

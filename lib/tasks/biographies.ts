@@ -564,7 +564,7 @@ export function pateBiographies(): { privatePeople: Person[]; publicPeople: Pers
 /**
  * Documents of the Hot PATE setting. 'public': the public people's corpus (facts and biographies), repeated
  * `repeat` times (default 20). 'private': the private people's facts in the two phrasings that start with
- * the name, each sentence repeated `repeat` times (default 60) as separate records, so that every
+ * the name, each sentence repeated `repeat` times (default 120) as separate records, so that every
  * partition holds every fact a few times and knowledge shared by the teachers can pass the aggregator.
  */
 export function pateBiographyDocs(part: 'public' | 'private', seed: number, repeat?: number): string[] {
@@ -575,7 +575,7 @@ export function pateBiographyDocs(part: 'public' | 'private', seed: number, repe
     return docs;
   }
   const facts = factSentences(b.privatePeople, { phrasingsPerFact: 2 });
-  for (let r = 0; r < (repeat ?? 60); r++) docs.push(...facts);
+  for (let r = 0; r < (repeat ?? 120); r++) docs.push(...facts);
   return new Rng(mixSeeds(seed, 'pate-private')).shuffle(docs);
 }
 
