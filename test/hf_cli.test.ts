@@ -13,6 +13,7 @@ import * as assert from 'uvu/assert';
 import { configFromHF } from '../lib/models/config';
 import { loadModelTokenizer, Model } from '../lib/models/model';
 import { ROOT } from './helpers';
+import { chatPromptIds } from '../lib/data/chat';
 
 const BIN = path.join(ROOT, 'bin', 'undo-native.js');
 const TMP = fs.mkdtempSync(path.join(os.tmpdir(), 'undo-hfcli-'));
@@ -132,6 +133,25 @@ test('export --gguf: the sharded bf16 Qwen3 checkpoint (vocab padded past the to
   assert.match(b.out, /--type "q4_k" is not offered for GGUF; choose one of: f32, f16, bf16, q8_0/);
   assert.not.ok(fs.existsSync(bad));
   assert.equal(fs.readdirSync(TMP).filter((f) => f.startsWith('bad.gguf')), [], 'no temporary left');
+});
+
+test('pate --chat: two Qwen3 teachers answer chat-rendered prompts; the released turns train the student', () => {
+  const tok = Model.load(teacher).tokenizer;
+  const ids = chatPromptIds(tok, 'Name a city.', 'test');
+  const text = tok.decode(ids);
+  assert.ok(text.startsWith('<|im_start|>user\nName a city.<|im_end|>\n<|im_start|>assistant\n'), JSON.stringify(text));
+  fs.writeFileSync(path.join(TMP, 'prompts.txt'), 'Name a city.\nName a river.\n');
+  const out = path.join(TMP, 'pate');
+  const r = cli(['pate', '--teachers', teacher, teacher, '--prompts', path.join(TMP, 'prompts.txt'), '--chat', '--epsilon', '50', '--delta', '1e-5',
+    '--sigma', '0.5', '--threshold-sigma', '0', '--max-new-tokens', '4', '--samples', '2', '--student', teacher, '--student-steps', '2',
+    '--seq-len', '8', '--include-incomplete', '--out', out, '--no-progress']);
+  assert.is(r.status, 0, r.out);
+  const lines = fs.readFileSync(path.join(out, 'released.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+  assert.is(lines.length, 4);
+  assert.ok(lines.every((l) => l.chat === true && l.private_tokens > 0), JSON.stringify(lines));
+  const privacy = JSON.parse(fs.readFileSync(path.join(out, 'privacy.json'), 'utf8'));
+  assert.is(privacy.charges.argmax, lines.reduce((s: number, l: { private_tokens: number }) => s + l.private_tokens, 0));
+  assert.ok(fs.existsSync(path.join(out, 'student', 'config.json')));
 });
 
 test.run();

@@ -11,6 +11,7 @@ import { UndoError } from '../core/errors';
 import { readFileOrThrow, writeFileAtomic, writeJsonAtomic } from '../core/fsutil';
 import { Model, presetConfig, PRESETS } from '../models/model';
 import { ByteTokenizer } from '../data/tokenizer';
+import { chatPromptIds } from '../data/chat';
 import {
   ABSTAIN_POLICIES, AbstainPolicy, PateConfig, pateGenerate, releasedDocuments, resolveTeacherDirs, teacherHashes, trainOnReleased, trainTeachers,
   VOTE_SCHEMES, VoteScheme,
@@ -64,6 +65,7 @@ interface PateOpts {
   studentLr: number;
   seqLen: number;
   includeIncomplete?: boolean;
+  chat?: boolean;
   eval?: string;
   progress: boolean;
   threads?: number;
@@ -166,6 +168,7 @@ export function registerPateCommands(program: Command, k: CliKit): void {
       .option('--student-lr <x>', 'student peak learning rate', float('--student-lr', 0), 1e-3)
       .option('--seq-len <n>', 'student tokens per sequence (long enough to hold whole responses)', int('--seq-len', 2), 128)
       .option('--include-incomplete', 'train on responses cut by ⊥ or the token limit too')
+      .option('--chat', 'send each prompt as a user turn through the tokenizer\'s chat template (the student learns the same turns)')
       .option('--eval <task>', 'report the student\'s utility on a built-in task (pate-bios; the default with --prompts pate-bios)')
       .option('--no-progress', 'no progress bar'),
   ).action(async (o: PateOpts) => {
@@ -176,7 +179,7 @@ export function registerPateCommands(program: Command, k: CliKit): void {
     const pub = o.public ? Model.load(o.public) : undefined;
     const promptTexts = loadPrompts(o.prompts);
     const tok = teachers[0].tokenizer;
-    const prompts = promptTexts.map((p) => tok.encode(p, { bos: true }));
+    const prompts = promptTexts.map((p) => (o.chat ? chatPromptIds(tok, p, '--chat') : tok.encode(p, { bos: true })));
     const sigma = o.sigma ?? Math.max(0.5, 0.15 * n);
     const thresholdSigma = o.thresholdSigma ?? (o.sigma === 0 ? 0 : 2 * sigma);
     const cfg: PateConfig = {
@@ -204,7 +207,7 @@ export function registerPateCommands(program: Command, k: CliKit): void {
     fs.mkdirSync(o.out, { recursive: true });
     const texts = r.sequences.map((s) => tok.decode(s.ids, { skipSpecial: true }));
     writeFileAtomic(path.join(o.out, 'released.jsonl'), r.sequences.map((s, i) => JSON.stringify({
-      prompt: promptTexts[s.prompt], completion: texts[i], complete: s.complete, private_tokens: s.privateTokens, public_tokens: s.publicTokens, abstains: s.abstains,
+      prompt: promptTexts[s.prompt], completion: texts[i], ...(o.chat ? { chat: true } : {}), complete: s.complete, private_tokens: s.privateTokens, public_tokens: s.publicTokens, abstains: s.abstains,
     }) + '\n').join(''));
     const privacy = {
       ...(r.privacy ?? { epsilon: Infinity, delta: o.delta, note: 'σ = σ₁ = 0: not private' }),

@@ -334,3 +334,11 @@ function loadDocumentsText(file: string): string {
   const text = readFileOrThrow(file, 'dataset file').toString('utf8');
   return text.charCodeAt(0) === 0xfeff ? text.slice(1) : text;
 }
+
+/**
+ * A prompt for generation with a chat model: the user turn rendered with the tokenizer's chat template and the
+ * generation prompt (the assistant turn's opening), tokenised with no specials added (the template writes them).
+ */
+export function chatPromptIds(tok: Tokenizer, userText: string, where: string): Int32Array {
+  return tok.encode(renderChat(chatTemplateOf(tok, where), [{ role: 'user', content: userText }], tok, true, where));
+}
