@@ -237,6 +237,24 @@ test('pateGenerate: same seed, same released data (any batch size); the budget s
   const hot = await pateGenerate(same, prompts, { scheme: 'hot', sigma: 0, thresholdSigma: 0, threshold: 0, maxNewTokens: 10, samples: 2 });
   assert.is(hot.stats.meanTopVotes, 3, 'identical teachers always agree under coordinated sampling');
 
+  // every query abstains (T far above n): the public model supplies every token, and only threshold checks are charged
+  const pubModel = teachers[5];
+  const fallback = await pateGenerate(teachers.slice(0, 4), prompts, { scheme: 'hot', sigma: 1, thresholdSigma: 1, threshold: 1000, onAbstain: 'public', maxNewTokens: 8 },
+    { publicModel: pubModel, accountant: new GaussianAccountant({ epsilon: 1e6, delta: 1e-5 }) });
+  for (const s of fallback.sequences) {
+    assert.is(s.privateTokens, 0);
+    assert.is(s.publicTokens, s.ids.length + (s.complete ? 1 : 0));
+    assert.is(s.abstains, s.publicTokens);
+  }
+  assert.is((fallback.privacy!.charges as Record<string, number>).argmax, undefined);
+  // the public model is "confident" everywhere: no query at all, and its greedy decode comes out
+  const confident = await pateGenerate(teachers.slice(0, 4), prompts, { scheme: 'hot', sigma: 1, thresholdSigma: 1, threshold: 2, publicConfidence: 1e-9, maxNewTokens: 8 },
+    { publicModel: pubModel, accountant: new GaussianAccountant({ epsilon: 1, delta: 1e-5 }) });
+  const pubGreedy = await generateIds(pubModel, prompts, { maxNewTokens: 8 });
+  assert.is(confident.stats.queries, 0);
+  assert.is(confident.privacy!.epsilon, 0);
+  confident.sequences.forEach((s, i) => assert.equal(Array.from(s.ids), Array.from(pubGreedy[i])));
+
   const docs = releasedDocuments(teachers[0], prompts, a.sequences, true);
   const s0 = a.sequences.find((s) => s.ids.length > 0)!;
   const d0 = docs[a.sequences.filter((s) => s.ids.length > 0 || s.complete).indexOf(s0)];

@@ -35,6 +35,7 @@ import { mixSeeds, Rng } from '../core/rng';
 import { sha256File, writeJsonAtomic } from '../core/fsutil';
 import { Batcher, Document, packDocuments, TokenDocument } from '../data/datasets';
 import { Model } from '../models/model';
+import { sampleToken } from '../models/generate';
 import { train, TrainConfig, TrainOptions, TrainResult } from '../train/train';
 import { GaussianAccountant } from './privacy';
 
@@ -327,7 +328,7 @@ export async function pateGenerate(teachers: Model[], prompts: readonly Int32Arr
             }
             if (stoppedByBudget) { st.done = true; next[b] = 0; continue; }
             if (tok === null && c.onAbstain === 'public') {
-              tok = sampleLogits(pubLogits!, c.temperature, new Rng(mixSeeds(c.seed, q, t, 'pate-public')));
+              tok = sampleToken(pubLogits!, { temperature: c.temperature }, new Rng(mixSeeds(c.seed, q, t, 'pate-public')));
               st.pub++;
               stats.publicTokens++;
             }
@@ -369,17 +370,6 @@ function topProb(logits: Float32Array): { arg: number; prob: number } {
   let z = 0;
   for (let j = 0; j < logits.length; j++) z += Math.exp(logits[j] - m);
   return { arg, prob: 1 / z };
-}
-
-function sampleLogits(logits: Float32Array, temperature: number, rng: Rng): number {
-  const g = sharedGumbels(logits.length, rng);
-  let best = -Infinity;
-  let arg = 0;
-  for (let j = 0; j < logits.length; j++) {
-    const s = logits[j] / temperature + g[j];
-    if (s > best) { best = s; arg = j; }
-  }
-  return arg;
 }
 
 // ---------------------------------------------------------------------------------------------
