@@ -15,6 +15,7 @@ async function main(): Promise<void> {
     train_step: () => benchTrainStep(),
     losses: async () => (await import('./losses')).benchLosses(),
     fused_head: async () => (await import('./fused_head')).benchFusedHead(),
+    pate: async () => (await import('./pate')).benchPate(),
     real_size: async () => (await import('./real_size')).benchRealSize({ quick: process.argv.includes('--quick') }),
   };
   const want = process.argv.slice(2).filter((a) => !a.startsWith('-'));
