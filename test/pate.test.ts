@@ -322,6 +322,13 @@ test('CLI: pate-teachers partitions a data file and trains teachers; pate releas
   assert.ok(typeof lines[0].prompt === 'string' && typeof lines[0].completion === 'string');
   assert.ok(fs.existsSync(path.join(out, 'student', 'config.json')));
   assert.match(r.out, /ε = [0-9.]+ of 30/);
+  // the same command again (another process, another batch size): byte-identical released data and privacy record
+  const again = path.join(TMP, 'pate-again');
+  r = cli('pate', '--teachers', tdir, '--prompts', prompts, '--epsilon', '30', '--delta', '1e-5', '--out', again, '--sigma', '3', '--threshold-sigma', '4',
+    '--threshold', '1', '--samples', '2', '--max-new-tokens', '6', '--batch-size', '1', '--no-progress');
+  assert.is(r.status, 0, r.out);
+  assert.ok(fs.readFileSync(path.join(again, 'released.jsonl')).equals(fs.readFileSync(path.join(out, 'released.jsonl'))));
+  assert.is(JSON.parse(fs.readFileSync(path.join(again, 'privacy.json'), 'utf8')).rho, privacy.rho);
   r = cli('pate', '--teachers', tdir, '--prompts', prompts, '--epsilon', '8', '--delta', '3', '--out', out);
   assert.is.not(r.status, 0);
   assert.match(r.out, '--delta');
