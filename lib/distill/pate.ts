@@ -37,7 +37,7 @@ import { Batcher, Document, packDocuments, TokenDocument } from '../data/dataset
 import { Model } from '../models/model';
 import { sampleToken } from '../models/generate';
 import { train, TrainConfig, TrainOptions, TrainResult } from '../train/train';
-import { GaussianAccountant } from './privacy';
+import { GaussianAccountant, normalQuantile } from './privacy';
 
 export type VoteScheme = 'hot' | 'independent' | 'cold';
 export const VOTE_SCHEMES: readonly VoteScheme[] = ['hot', 'independent', 'cold'];
@@ -105,19 +105,37 @@ export interface AggregateResult {
   passed: boolean;
 }
 
-/** Confident-GNMax on a histogram (the module comment); noise from `rng`. */
+/**
+ * Confident-GNMax on a histogram (the module comment); noise from `rng`. Only the tokens with votes (at most n)
+ * draw their own noise: the V − k tokens without votes are exchangeable, so the largest of their noisy counts
+ * is drawn at once as σ·Φ⁻¹(U^{1/(V−k)}) and its token uniformly among them, which has exactly the
+ * distribution of adding N(0, σ²) to every count and taking the argmax, at O(n) random draws instead of O(V).
+ */
 export function aggregateVotes(counts: ArrayLike<number>, cfg: AggregatorConfig, rng: Rng): AggregateResult {
   const V = counts.length;
-  if (cfg.thresholdSigma > 0) {
-    let max = 0;
-    for (let j = 0; j < V; j++) if (counts[j] > max) max = counts[j];
-    if (max + rng.normal(0, cfg.thresholdSigma) < cfg.threshold) return { token: null, passed: false };
+  const voted: number[] = [];
+  let max = 0;
+  for (let j = 0; j < V; j++) {
+    if (counts[j] !== 0) voted.push(j);
+    if (counts[j] > max) max = counts[j];
   }
+  if (cfg.thresholdSigma > 0 && max + rng.normal(0, cfg.thresholdSigma) < cfg.threshold) return { token: null, passed: false };
   let best = -Infinity;
   let arg = 0;
-  for (let j = 0; j < V; j++) {
+  for (const j of voted) {
     const s = counts[j] + (cfg.sigma > 0 ? rng.normal(0, cfg.sigma) : 0);
     if (s > best) { best = s; arg = j; }
+  }
+  const m = V - voted.length;
+  if (m > 0) {
+    // the max of m standard normals: Φ⁻¹(U^{1/m}), computed from its upper tail 1 − U^{1/m} = −expm1(log U / m)
+    const z = cfg.sigma > 0 ? normalQuantile(-Math.expm1(Math.log(1 - rng.next()) / m), true) : 0;
+    if (z * cfg.sigma > best || voted.length === 0) {
+      const isVoted = new Set(voted);
+      let j: number;
+      do j = Math.floor(rng.next() * V); while (isVoted.has(j));
+      arg = j;
+    }
   }
   return { token: arg, passed: true };
 }
