@@ -14,6 +14,7 @@ import { configFromHF } from '../lib/models/config';
 import { loadModelTokenizer, Model } from '../lib/models/model';
 import { ROOT } from './helpers';
 import { chatPromptIds } from '../lib/data/chat';
+import { teacherHashFromDir } from '../lib/distill/teacher_store';
 
 const BIN = path.join(ROOT, 'bin', 'undo-native.js');
 const TMP = fs.mkdtempSync(path.join(os.tmpdir(), 'undo-hfcli-'));
@@ -152,6 +153,17 @@ test('pate --chat: two Qwen3 teachers answer chat-rendered prompts; the released
   const privacy = JSON.parse(fs.readFileSync(path.join(out, 'privacy.json'), 'utf8'));
   assert.is(privacy.charges.argmax, lines.reduce((s: number, l: { private_tokens: number }) => s + l.private_tokens, 0));
   assert.ok(fs.existsSync(path.join(out, 'student', 'config.json')));
+  // the teacher identity of a sharded checkpoint covers its index and every shard
+  assert.match(privacy.teachers[0].sha256, /^[0-9a-f]{64}$/);
+  assert.is(privacy.teachers[1].sha256, privacy.teachers[0].sha256);
+  const copy = path.join(TMP, 'qwen3-copy');
+  fs.cpSync(teacher, copy, { recursive: true });
+  assert.is(teacherHashFromDir(copy), privacy.teachers[0].sha256);
+  const shard = fs.readdirSync(copy).filter((f) => /^model-\d{5}-of-\d{5}\.safetensors$/.test(f)).sort().pop()!;
+  const bytes = fs.readFileSync(path.join(copy, shard));
+  bytes[bytes.length - 1] ^= 1;
+  fs.writeFileSync(path.join(copy, shard), bytes);
+  assert.is.not(teacherHashFromDir(copy), privacy.teachers[0].sha256);
 });
 
 test.run();

@@ -13,7 +13,7 @@ import { Model, presetConfig, PRESETS } from '../models/model';
 import { ByteTokenizer } from '../data/tokenizer';
 import { chatPromptIds } from '../data/chat';
 import {
-  ABSTAIN_POLICIES, AbstainPolicy, PateConfig, pateGenerate, releasedDocuments, resolveTeacherDirs, teacherHashes, trainOnReleased, trainTeachers,
+  ABSTAIN_POLICIES, AbstainPolicy, PateConfig, pateGenerate, releasedDocuments, resolveTeacherDirs, trainOnReleased, trainTeachers,
   VOTE_SCHEMES, VoteScheme,
 } from '../distill/pate';
 import { GaussianAccountant, PRIVACY_CONVERSIONS, PrivacyConversion } from '../distill/privacy';
@@ -21,6 +21,9 @@ import { pateBiographyCoverage, pateBiographyMetrics, pateBiographyPrompts } fro
 import type { CliKit } from './unlearn';
 import { documentsFrom } from './unlearn';
 import { TrainConfig } from '../train/train';
+import { loadDocuments } from '../data/datasets';
+import { teacherHashFromDir } from '../distill/teacher_store';
+import { optimCfg } from './distill';
 
 interface TeachersOpts {
   base?: string;
@@ -73,26 +76,14 @@ interface PateOpts {
   bf16?: boolean;
 }
 
-const optim = (steps: number, lr: number, warmup: number): TrainConfig => ({
-  steps, gradAccum: 1, lr, warmup, schedule: 'cosine', weightDecay: 0, beta1: 0.9, beta2: 0.95, eps: 1e-8, clip: 1, evalEvery: 0, checkpointEvery: 0,
-});
+const optim = (steps: number, lr: number, warmup: number): TrainConfig => ({ ...optimCfg({ steps, lr, warmup }), evalEvery: 0 });
 
 /** Prompts: the built-in `pate-bios`, a .txt file (one per non-empty line) or .jsonl with a "prompt" field. */
 export function loadPrompts(spec: string): string[] {
   if (spec === 'pate-bios') return pateBiographyPrompts();
-  const text = readFileOrThrow(spec, 'prompts file').toString('utf8').replace(/^\uFEFF/, '');
-  const lines = text.split(/\r?\n/);
-  const jsonl = /\.(jsonl|ndjson)$/i.test(spec);
-  const out: string[] = [];
-  lines.forEach((line, i) => {
-    if (!line.trim()) return;
-    if (!jsonl) { out.push(line); return; }
-    let obj: unknown;
-    try { obj = JSON.parse(line); } catch { throw new UndoError(`${spec}:${i + 1}: not valid JSON`, 'each line is {"prompt": "..."}'); }
-    const p = (obj as { prompt?: unknown })?.prompt;
-    if (typeof p !== 'string') throw new UndoError(`${spec}:${i + 1}: field "prompt" must be a string`);
-    out.push(p);
-  });
+  const out = /\.(jsonl|ndjson)$/i.test(spec)
+    ? loadDocuments(spec, { field: 'prompt', format: 'jsonl' })
+    : readFileOrThrow(spec, 'prompts file').toString('utf8').replace(/^\uFEFF/, '').split(/\r?\n/).filter((l) => l.trim());
   if (!out.length) throw new UndoError(`${spec} holds no prompts`);
   return out;
 }
@@ -198,7 +189,7 @@ export function registerPateCommands(program: Command, k: CliKit): void {
     process.on('SIGINT', onSigint);
     let r;
     try {
-      r = await pateGenerate(teachers, prompts, cfg, { publicModel: pub, accountant, onProgress: (d) => bar?.update(d), signal: controller.signal });
+      r = await pateGenerate(teachers, prompts, cfg, { publicModel: pub, accountant, names: [...dirs, ...(o.public ? [o.public] : [])], onProgress: (d) => bar?.update(d), signal: controller.signal });
     } finally {
       process.off('SIGINT', onSigint);
       bar?.stop();
@@ -211,7 +202,7 @@ export function registerPateCommands(program: Command, k: CliKit): void {
     }) + '\n').join(''));
     const privacy = {
       ...(r.privacy ?? { epsilon: Infinity, delta: o.delta, note: 'σ = σ₁ = 0: not private' }),
-      stopped_by_budget: r.stoppedByBudget, interrupted: r.interrupted, mechanism: { ...cfg }, teachers: dirs.map((d, i) => ({ dir: path.resolve(d), sha256: teacherHashes([d])[0], index: i })),
+      stopped_by_budget: r.stoppedByBudget, interrupted: r.interrupted, mechanism: { ...cfg }, teachers: dirs.map((d, i) => ({ dir: path.resolve(d), sha256: teacherHashFromDir(d), index: i })),
       public_model: o.public ? path.resolve(o.public) : null,
     };
     writeJsonAtomic(path.join(o.out, 'privacy.json'), privacy);

@@ -32,7 +32,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { UndoError } from '../core/errors';
 import { mixSeeds, Rng } from '../core/rng';
-import { sha256File, writeJsonAtomic } from '../core/fsutil';
+import { readJson, writeJsonAtomic } from '../core/fsutil';
 import { Batcher, Document, packDocuments, TokenDocument } from '../data/datasets';
 import { Model } from '../models/model';
 import { sampleToken } from '../models/generate';
@@ -216,6 +216,8 @@ export interface PateRunOptions {
   /** The budget; required unless σ₁ = σ₂ = 0. */
   accountant?: GaussianAccountant;
   onProgress?: (done: number, total: number) => void;
+  /** Names of the teachers (then the public model) for error messages, e.g. their directories. */
+  names?: readonly string[];
   /** Checked between batches: once aborted, the remaining responses are returned empty (result.interrupted). */
   signal?: AbortSignal;
 }
@@ -258,7 +260,7 @@ export function checkEnsemble(teachers: readonly Model[], publicModel?: Model, n
 export async function pateGenerate(teachers: Model[], prompts: readonly Int32Array[], config: PateConfig, opts: PateRunOptions = {}): Promise<PateResult> {
   const c = checkConfig(config);
   const pub = opts.publicModel;
-  checkEnsemble(teachers, pub);
+  checkEnsemble(teachers, pub, opts.names);
   if ((c.onAbstain === 'public' || c.publicConfidence < 1) && !pub) throw new UndoError(`${c.onAbstain === 'public' ? 'onAbstain "public"' : 'publicConfidence < 1'} needs a public model`);
   const nonPrivate = c.sigma === 0 && c.thresholdSigma === 0;
   const acc = opts.accountant;
@@ -315,7 +317,6 @@ export async function pateGenerate(teachers: Model[], prompts: readonly Int32Arr
             const st = info[b];
             if (st.done || stoppedByBudget) { st.done = true; next[b] = 0; continue; }
             const q = rows[b];
-            for (let i = 0; i < n; i++) logitsAll.set(outs[i].subarray(b * V, (b + 1) * V), i * V);
             const pubLogits = pub ? outs[n].subarray(b * V, (b + 1) * V) : null;
             let tok: number | null = null;
             if (pubLogits && c.publicConfidence < 1) {
@@ -323,6 +324,7 @@ export async function pateGenerate(teachers: Model[], prompts: readonly Int32Arr
               if (prob >= c.publicConfidence) { tok = arg; st.pub++; stats.publicTokens++; }
             }
             const tries = c.onAbstain === 'resample' ? 1 + c.retries : 1;
+            if (tok === null) for (let i = 0; i < n; i++) logitsAll.set(outs[i].subarray(b * V, (b + 1) * V), i * V);
             for (let a = 0; tok === null && a < tries; a++) {
               if (!nonPrivate && !acc!.fits(cost.threshold + cost.argmax)) { stoppedByBudget = true; break; }
               const key = [c.seed, q, t, a] as const;
@@ -435,7 +437,7 @@ export async function trainTeachers(o: TrainTeachersOptions): Promise<{ dirs: st
   const identity = { teachers: o.teachers, seed: o.seed, data: o.dataName ?? null, documents: o.docs.length, base: typeof o.base === 'string' ? path.resolve(o.base) : null };
   let done: string[] = [];
   if (fs.existsSync(manifestPath)) {
-    const m = JSON.parse(fs.readFileSync(manifestPath, 'utf8')) as { identity?: unknown; finished?: string[] };
+    const m = readJson<{ identity?: unknown; finished?: string[] }>(manifestPath, 'teacher partitions manifest');
     if (JSON.stringify(m.identity) !== JSON.stringify(identity)) {
       throw new UndoError(`${manifestPath} belongs to another partitioning (${JSON.stringify(m.identity)})`, 'use a new --out directory');
     }
@@ -474,14 +476,6 @@ export function resolveTeacherDirs(args: readonly string[]): string[] {
     out.push(...subs.map((d) => path.join(a, d)));
   }
   return out;
-}
-
-/** sha256 of every teacher's weights, for the run record. */
-export function teacherHashes(dirs: readonly string[]): string[] {
-  return dirs.map((d) => {
-    const f = fs.readdirSync(d).filter((x) => x.endsWith('.safetensors')).sort();
-    return f.map((x) => sha256File(path.join(d, x))).join('+');
-  });
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@
  *     STORE/shard-00000.bin    windows [0, S)        S = shardWindows
  *     STORE/shard-00001.bin    windows [S, 2S) ...   the last shard may hold fewer
  *
- * Identity (manifest): teacher = sha256 of its config.json and model.safetensors (`teacherHashFromDir`; a
+ * Identity (manifest): teacher = sha256 of its config.json and weights (model.safetensors, or the index and shards; `teacherHashFromDir`; a
  * store built from an in-memory model uses `teacherHashFromModel`, a sha256 of the HF config and the f32
  * parameters), tokenizer = sha256 of the byte-tokenizer layout (`tokenizerHash`: vocabulary size, specials
  * and the 256 byte ids — what tokenizer.json describes, independent of its formatting; a Hugging Face tokenizer:
@@ -498,7 +498,16 @@ function hashFile(h: crypto.Hash, file: string, what: string): void {
 export function teacherHashFromDir(dir: string): string {
   const h = crypto.createHash('sha256');
   hashFile(h, path.join(dir, 'config.json'), 'teacher config');
-  hashFile(h, path.join(dir, 'model.safetensors'), 'teacher weights');
+  const single = path.join(dir, 'model.safetensors');
+  const index = path.join(dir, 'model.safetensors.index.json');
+  if (!fs.existsSync(single) && fs.existsSync(index)) {
+    // a sharded checkpoint: the index, then every shard it names, in name order
+    hashFile(h, index, 'teacher weight index');
+    const map = readJson<{ weight_map?: Record<string, string> }>(index, 'weight index').weight_map ?? {};
+    for (const f of [...new Set(Object.values(map))].sort()) hashFile(h, path.join(dir, f), 'teacher weight shard');
+  } else {
+    hashFile(h, single, 'teacher weights');
+  }
   return h.digest('hex');
 }
 
