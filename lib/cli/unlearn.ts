@@ -16,8 +16,12 @@ import { ALL_OPS, FORGET_OPS, generateArithmeticCorpus, Op } from '../tasks/arit
 import { biographyMetrics, builtinBiographyDocs, builtinBiographyNames, pateBiographyDocs } from '../tasks/biographies';
 import { TrainConfig, TrainOptions } from '../train/train';
 import { CAUSAL_DEFAULT_REPLACEMENTS, CausalOptions, parseMethod, unlearn, UNLEARN_DEFAULTS, UNLEARN_METHODS } from '../unlearn/unlearn';
-import { arithmeticScores, defaultStudyOut, retainStop, runStudy, STUDIES } from '../undo/study';
-import { reportMarkdown } from '../undo/report';
+import { arithmeticScores, defaultStudyOut, retainStop, runArms, runSeeds, runStudy, StudyConfig, StudyInterrupted, StudyOptions, StudyReport, STUDIES } from '../undo/study';
+import { dataTask } from '../undo/tasks';
+import { aggregateMarkdown, reportMarkdown } from '../undo/report';
+import { checkCompatible } from '../distill/distill';
+import { teacherHashFromDir } from '../distill/teacher_store';
+import * as path from 'path';
 
 export interface CliKit {
   int: (name: string, min?: number) => (v: string) => number;
@@ -252,51 +256,159 @@ export function registerUnlearningCommands(program: Command, k: CliKit): void {
   });
 }
 
+/** A comma-separated list of numbers, each checked by `check` (an InvalidArgumentError naming the option otherwise). */
+function numberList(name: string, check: (n: number) => boolean, what: string) {
+  return (v: string) => {
+    const xs = v.split(',').map((x) => x.trim()).filter(Boolean).map((x) => {
+      const n = Number(x);
+      if (!check(n)) throw new InvalidArgumentError(`${name}: "${x}" is not ${what}`);
+      return n;
+    });
+    if (!xs.length) throw new InvalidArgumentError(`${name}: give at least one value`);
+    return xs;
+  };
+}
+
+interface UndoCliOptions {
+  preset: string; teacher?: string; model?: string; forget?: string; retain?: string; method: string; sam: number; oracle?: string;
+  distillData: string; fullDistill?: boolean; data: string; alpha: number[]; beta: number; steps?: number; lr?: number; evalEvery: number;
+  unlearnSteps?: number; unlearnLr?: number; retainWeight?: number; attackLrs: number[]; attackSteps: number; attackEvalEvery: number; attackSeed?: number;
+  seqLen: number; batchSize: number; docs: number; tolerance: number; seed: number; seeds?: number[]; out?: string; cache?: string; progress: boolean;
+  threads?: number; isa?: string;
+}
+
 export function registerUndoCommand(program: Command, k: CliKit): void {
   const { int, float } = k;
   k.runtimeOptions(
     program.command('undo')
-      .description('UNDO: unlearn → noise → distill. With no arguments, a quick study on the built-in arithmetic task; --preset arithmetic runs the whole study; --teacher DIR distills an unlearned model into its noised copy')
-      .addOption(new Option('--preset <name>', 'study to run').choices(Object.keys(STUDIES)).default('quick'))
+      .description('UNDO: unlearn → noise → distill, then the relearning attack on every model. With no arguments, a quick study on the built-in arithmetic task; ' +
+        '--preset arithmetic runs the whole study; --model DIR --forget F --retain R runs it on your own model and data; --teacher DIR distills an unlearned model into its noised copy')
+      .addOption(new Option('--preset <name>', 'built-in study to run').choices(Object.keys(STUDIES)).default('quick'))
+      .option('--model <dir>', 'your model: unlearn --forget (keeping --retain), noise, distill, attack, and report against unlearn-only')
+      .option('--forget <data>', 'with --model: the forget data (.txt, .jsonl text / prompt-completion / chat, or a built-in spec)')
+      .option('--retain <data>', 'with --model: the retain data (same forms)')
+      .addOption(new Option('--method <m>', 'with --model: the unlearning method (the UNDO teacher)').choices([...UNLEARN_METHODS].filter((m) => m !== 'causal')).default('maxent'))
+      .option('--sam <rho>', 'with --model: wrap the unlearning in SAM with radius ρ (0 = off)', float('--sam', 0), 0)
+      .option('--oracle <dir>', 'with --model: a model trained without the forget data (adds the oracle row and robustness)')
+      .option('--distill-data <data>', 'with --model: what UNDO distills on: mixture (forget + retain, the paper), retain, or a data file / spec', 'mixture')
+      .option('--full-distill', 'with --model: also distill the unlearned model into a random-init student (the paper\'s unlearn-and-distill arm)')
       .option('--teacher <dir>', 'an unlearned model: run only noise → distill on it')
       .option('--data <data>', 'with --teacher: the pretraining mixture (file or arithmetic:OPS)', 'arithmetic')
-      .option('--alpha <a>', 'with --teacher: noise α', float('--alpha', 0, 1), 0.6)
-      .option('--beta <b>', 'with --teacher: noise β', float('--beta', 0, 1), 0.1)
-      .option('--steps <n>', 'with --teacher: maximum distillation steps', int('--steps', 1), 2000)
-      .option('--lr <x>', 'with --teacher: distillation learning rate', float('--lr', 0), 2e-3)
-      .option('--tolerance <x>', 'stop when retain accuracy is within this of the teacher\'s', float('--tolerance', 0, 1), 0.05)
+      .option('--alpha <list>', 'noise α (with --model: comma-separated, one UNDO arm each)', numberList('--alpha', (n) => n >= 0 && n <= 1, 'in [0, 1]'), [0.6])
+      .option('--beta <b>', 'noise β', float('--beta', 0, 1), 0.1)
+      .option('--steps <n>', 'with --teacher / --model: maximum distillation steps (default 2000 / 1000)', int('--steps', 1))
+      .option('--lr <x>', 'with --teacher / --model: peak distillation learning rate (cosine)', float('--lr', 0))
+      .option('--eval-every <n>', 'with --model: evaluate the retain loss (and maybe stop) every n distillation steps', int('--eval-every', 1), 50)
+      .option('--unlearn-steps <n>', 'with --model: unlearning steps (default: the method\'s tuned default)', int('--unlearn-steps', 1))
+      .option('--unlearn-lr <x>', 'with --model: unlearning learning rate (default: the method\'s tuned default)', float('--unlearn-lr', 0))
+      .option('--retain-weight <x>', 'with --model: the method\'s retain-loss weight (default: tuned)', float('--retain-weight', 0))
+      .option('--attack-lrs <list>', 'with --model: the attacker\'s learning-rate sweep', numberList('--attack-lrs', (n) => n > 0, 'a positive number'), [1e-3, 3e-4, 1e-4])
+      .option('--attack-steps <n>', 'with --model: fine-tuning steps per attack learning rate', int('--attack-steps', 1), 100)
+      .option('--attack-eval-every <n>', 'with --model: evaluate the forget loss every n attack steps', int('--attack-eval-every', 1), 20)
+      .option('--attack-seed <n>', 'the attack\'s own seed (default: the study seed)', int('--attack-seed', 0))
+      .option('--seq-len <n>', 'with --model: tokens per sequence', int('--seq-len', 2), 128)
+      .option('--batch-size <n>', 'with --model: sequences per batch', int('--batch-size', 1), 16)
+      .option('--docs <n>', 'with --model: documents generated for built-in data specs', int('--docs', 1), 20000)
+      .option('--tolerance <x>', 'stop distilling when retain is back within this of the teacher\'s (accuracy: absolute; loss: relative)', float('--tolerance', 0, 1), 0.05)
       .option('--seed <n>', 'seed', int('--seed', 0), 42)
-      .option('--out <dir>', 'output directory (default runs/undo-<preset>)')
+      .option('--seeds <list>', 'run the study once per seed (each arm reruns; pretraining is shared) and report mean ± sd with error bars',
+        numberList('--seeds', (n) => Number.isSafeInteger(n) && n >= 0, 'a non-negative integer'))
+      .option('--out <dir>', 'output directory (default runs/undo-<preset>, runs/undo-model with --model)')
       .option('--cache <dir>', 'where pretrained models are cached (default .undo-cache or UNDO_CACHE)')
       .option('--no-progress', 'no progress bar'),
-  ).action(async (o: { preset: string; teacher?: string; data: string; alpha: number; beta: number; steps: number; lr: number; tolerance: number; seed: number; out?: string; cache?: string; progress: boolean; threads?: number; isa?: string }) => {
+  ).action(async (o: UndoCliOptions) => {
     k.applyRuntime(o);
-    if (o.teacher) {
-      const out = o.out ?? 'runs/undo';
-      const teacher = Model.load(o.teacher);
-      const student = teacher.clone();
-      noiseModel(student, { alpha: o.alpha, beta: o.beta, seed: o.seed });
-      const docs = documentsFrom(o.data, '--data', 200000, o.seed, { tokenizer: teacher.tokenizer });
-      const batcher = new Batcher(packed(docs, student, 128, o.seed, '--data'), { batchSize: 16, seed: o.seed });
-      const arith = o.data.startsWith('arithmetic');
-      const t = arith ? await arithmeticScores(teacher, 50) : undefined;
-      const ui = k.trainingUi(o.steps, o.progress);
-      const r = await distill(student, teacher, batcher, { ...optimCfg({ steps: o.steps, lr: o.lr, warmup: 50, clip: 1, schedule: 'cosine' }), evalEvery: arith ? 100 : 0 }, {
-        loss: 'fkl', outDir: out, ...ui.hooks,
-        ...(t ? retainStop(student, t, o.tolerance, 25) : {}),
-      });
-      ui.stop();
-      console.log(`UNDO (α=${o.alpha}, β=${o.beta}): ${r.state.step} distillation steps, ${r.state.tokens} tokens; saved in ${out}`);
-      return;
+    if (o.teacher) return undoTeacher(o, k);
+    const ac = new AbortController();
+    const onSigint = () => ac.abort();
+    process.on('SIGINT', onSigint);
+    const seeds = o.seeds ?? [o.seed];
+    const hooks = (_stage: string, steps: number) => (o.progress ? k.trainingUi(steps, true) : { hooks: {}, stop: () => undefined });
+    try {
+      let out: string;
+      let run: (seed: number, dir: string) => Promise<StudyReport>;
+      if (o.model) {
+        out = o.out ?? defaultStudyOut('model');
+        run = userStudy(o, hooks, ac.signal);
+      } else {
+        const stray = ['forget', 'retain', 'oracle', 'fullDistill'].filter((f) => (o as unknown as Record<string, unknown>)[f] !== undefined);
+        if (stray.length) throw new UndoError(`--${stray.map((f) => f.replace(/[A-Z]/g, (c) => '-' + c.toLowerCase())).join(', --')} need${stray.length === 1 ? 's' : ''} --model (your own model and data)`);
+        const study = STUDIES[o.preset];
+        out = o.out ?? defaultStudyOut(study.name);
+        run = (seed, dir) => runStudy({ ...study, seed, relearn: { ...study.relearn, seed: o.attackSeed ?? seed } },
+          { outDir: dir, cacheDir: o.cache, log: (m) => console.log(m), hooks, signal: ac.signal });
+      }
+      const { reports, aggregate } = await runSeeds(seeds, { outDir: out, log: (m) => console.log(m) }, run);
+      console.log('');
+      console.log(aggregate ? aggregateMarkdown(aggregate) : reportMarkdown(reports[0]));
+      console.log(`report: ${out}/report.md, ${out}/report.json, ${out}/pareto.svg${aggregate ? ` (each seed's in ${out}/seed-N/)` : ''}`);
+    } catch (e) {
+      if (!(e instanceof StudyInterrupted)) throw e;
+      console.log(e.message);
+      process.exitCode = 130;
+    } finally {
+      process.off('SIGINT', onSigint);
     }
-    const study = STUDIES[o.preset];
-    const out = o.out ?? defaultStudyOut(study.name);
-    const report = await runStudy({ ...study, seed: o.seed }, {
-      outDir: out, cacheDir: o.cache, log: (m) => console.log(m),
-      hooks: (stage, steps) => (o.progress ? k.trainingUi(steps, true) : { hooks: {}, stop: () => undefined }),
-    });
-    console.log('');
-    console.log(reportMarkdown(report));
-    console.log(`report: ${out}/report.md, ${out}/report.json, ${out}/pareto.svg`);
   });
+}
+
+/** `undo --model DIR --forget F --retain R`: the study's arms on the user's model, scored by held-out cross-entropy. */
+function userStudy(o: UndoCliOptions, hooks: StudyOptions['hooks'], signal: AbortSignal): (seed: number, dir: string) => Promise<StudyReport> {
+  if (!o.forget || !o.retain) throw new UndoError('--model needs --forget and --retain (the data to unlearn and the data to keep)');
+  if (o.forget === o.retain) throw new UndoError(`--forget and --retain are the same data (${o.forget})`);
+  const method = parseMethod(o.method);
+  const base = Model.load(o.model!);
+  const oracle = o.oracle ? Model.load(o.oracle) : null;
+  if (oracle) {
+    try {
+      checkCompatible(oracle, base);
+    } catch (e) {
+      throw new UndoError(`--oracle ${o.oracle} does not match --model ${o.model}: ${(e as Error).message}`);
+    }
+  }
+  const tuned = UNLEARN_DEFAULTS[method];
+  const stage = { steps: o.unlearnSteps ?? tuned.steps, lr: o.unlearnLr ?? tuned.lr, retainWeight: o.retainWeight ?? tuned.retainWeight };
+  const identity = {
+    model: { dir: path.resolve(o.model!), sha256: teacherHashFromDir(o.model!) },
+    oracle: o.oracle ? { dir: path.resolve(o.oracle), sha256: teacherHashFromDir(o.oracle) } : null,
+    data: { forget: o.forget, retain: o.retain, distill: o.distillData },
+  };
+  return async (seed, dir) => {
+    const tok = { tokenizer: base.tokenizer };
+    const forget = documentsFrom(o.forget!, '--forget', o.docs, seed + 1, tok);
+    const retain = documentsFrom(o.retain!, '--retain', o.docs, seed + 2, tok);
+    const mixture = o.distillData === 'mixture' ? undefined : o.distillData === 'retain' ? retain : documentsFrom(o.distillData, '--distill-data', o.docs, seed + 3, tok);
+    const task = dataTask(base.tokenizer, { name: path.basename(path.resolve(o.model!)), forget, retain, mixture, seqLen: o.seqLen, seed, batchSize: o.batchSize });
+    const budgets = [...new Set([Math.min(o.attackEvalEvery, o.attackSteps), o.attackSteps])];
+    const c: StudyConfig = {
+      name: 'model', preset: path.basename(path.resolve(o.model!)), seed, seqLen: o.seqLen, batchSize: o.batchSize, pretrainSteps: 0, pretrainLr: 0,
+      docs: o.docs, wordProblems: 0.25, methods: [{ method, ...(o.sam ? { sam: o.sam } : {}) }], unlearn: { [method]: stage },
+      alphas: o.alpha, beta: o.beta, fullDistill: !!o.fullDistill, oracle: !!oracle, distillLr: o.lr ?? 2e-4, distillMaxSteps: o.steps ?? 1000,
+      distillEvalEvery: o.evalEvery, tolerance: o.tolerance,
+      relearn: { lrs: o.attackLrs, steps: o.attackSteps, evalEvery: o.attackEvalEvery, budgets, seed: o.attackSeed ?? seed }, evalPerForm: 0,
+    };
+    return runArms(c, task, { base, oracle, identity }, { outDir: dir, log: (m) => console.log(m), hooks, signal });
+  };
+}
+
+/** `undo --teacher DIR`: noise a copy of an unlearned model and distill the teacher into it. */
+async function undoTeacher(o: UndoCliOptions, k: CliKit): Promise<void> {
+  if (o.alpha.length !== 1) throw new UndoError(`--teacher takes one --alpha, got ${o.alpha.join(',')}`);
+  const alpha = o.alpha[0];
+  const steps = o.steps ?? 2000, lr = o.lr ?? 2e-3;
+  const out = o.out ?? 'runs/undo';
+  const teacher = Model.load(o.teacher!);
+  const student = teacher.clone();
+  noiseModel(student, { alpha, beta: o.beta, seed: o.seed });
+  const docs = documentsFrom(o.data, '--data', 200000, o.seed, { tokenizer: teacher.tokenizer });
+  const batcher = new Batcher(packed(docs, student, 128, o.seed, '--data'), { batchSize: 16, seed: o.seed });
+  const arith = o.data.startsWith('arithmetic');
+  const t = arith ? await arithmeticScores(teacher, 50) : undefined;
+  const ui = k.trainingUi(steps, o.progress);
+  const r = await distill(student, teacher, batcher, { ...optimCfg({ steps, lr, warmup: 50, clip: 1, schedule: 'cosine' }), evalEvery: arith ? 100 : 0 }, {
+    loss: 'fkl', outDir: out, ...ui.hooks,
+    ...(t ? retainStop(student, t, o.tolerance, 25) : {}),
+  });
+  ui.stop();
+  console.log(`UNDO (α=${alpha}, β=${o.beta}): ${r.state.step} distillation steps, ${r.state.tokens} tokens; saved in ${out}`);
 }

@@ -80,6 +80,39 @@ export async function evalPackedLoss(model: Model, data: PackedDataset, batchSiz
   return { loss: count ? total / count : NaN, tokens: count };
 }
 
+/**
+ * Held-out cross-entropy and greedy next-token accuracy (argmax = target) over the first `maxWindows` windows of
+ * a packed dataset: the loss through the fused head, the accuracy from logits fetched a few rows at a time (never
+ * a batch × vocab block). Masked targets (−100) count in neither.
+ */
+export async function evalPackedLossAccuracy(model: Model, data: PackedDataset, opts: { batchSize?: number; maxWindows?: number } = {}):
+  Promise<{ loss: number; accuracy: number; tokens: number }> {
+  const V = model.config.vocabSize;
+  const chunk = Math.max(1, Math.floor(DIVERGENCE_CHUNK_FLOATS / V));
+  let buf: Float32Array | undefined;
+  let total = 0, count = 0, correct = 0;
+  for (const b of windowBatches(data, opts.batchSize ?? 16, opts.maxWindows ?? data.count)) {
+    await model.native.forward(b.inputs, b.B, b.T);
+    const r = await model.native.headLoss(b.targets, null, -100, 0, false, null);
+    total += r.loss * r.counted;
+    count += r.counted;
+    const rows = b.B * b.T;
+    for (let r0 = 0; r0 < rows; r0 += chunk) {
+      const n = Math.min(chunk, rows - r0);
+      if (!buf || buf.length < n * V) buf = new Float32Array(n * V);
+      const logits = await model.native.logits(Int32Array.from({ length: n }, (_, j) => r0 + j), buf.subarray(0, n * V));
+      for (let j = 0; j < n; j++) {
+        const t = b.targets[r0 + j];
+        if (t < 0) continue;
+        let best = 0, bv = -Infinity;
+        for (let v = 0, o = j * V; v < V; v++) if (logits[o + v] > bv) { bv = logits[o + v]; best = v; }
+        if (best === t) correct++;
+      }
+    }
+  }
+  return { loss: count ? total / count : NaN, accuracy: count ? correct / count : NaN, tokens: count };
+}
+
 /** Rows of logits fetched at a time by evalDivergence: 2^22 floats (16 MB) per model, at least one row. */
 const DIVERGENCE_CHUNK_FLOATS = 1 << 22;
 

@@ -1,28 +1,44 @@
 /**
- * UNDO (Unlearn, Noise, Distill-on-Outputs) and the study that measures it on the arithmetic task:
- * base and oracle pretraining (cached), unlearn-only baselines, full distillation into a random student,
- * UNDO at several noise levels α, and the relearning attack on every model. Writes report.json,
- * report.md and an SVG Pareto plot (lib/undo/report.ts).
+ * UNDO (Unlearn, Noise, Distill-on-Outputs) and the study that measures it: base and oracle (cached
+ * pretraining), unlearn-only baselines (optionally SAM-wrapped), full distillation into a random student,
+ * UNDO at several noise levels α, and the relearning attack on every model, on a StudyTask
+ * (lib/undo/tasks.ts: the built-in arithmetic task or the user's own data). Every arm is saved as it
+ * finishes (outDir/arms/<arm>/), so an interrupted study continues at the arm it was in; several seeds run
+ * side by side (outDir/seed-N/) and aggregate into mean ± standard deviation. Writes report.json, report.md
+ * and an SVG Pareto plot (lib/undo/report.ts).
  */
 import * as crypto from 'crypto';
 import * as fs from 'fs';
 import * as path from 'path';
-import { Batcher, packDocuments, PackedDataset } from '../data/datasets';
+import { Batcher } from '../data/datasets';
 import { distill } from '../distill/distill';
 import { UndoError } from '../core/errors';
-import { evalArithmetic } from '../train/evaluate';
+import { readJson, writeJsonAtomic } from '../core/fsutil';
 import { Model, presetConfig } from '../models/model';
 import { noiseModel } from '../unlearn/noise';
 import { relearn, RelearnResult } from '../unlearn/relearn';
-import { ALL_OPS, FORGET_OPS, generateArithmeticCorpus, Op, RETAIN_OPS } from '../tasks/arithmetic';
+import { ALL_OPS, generateArithmeticCorpus, Op, RETAIN_OPS } from '../tasks/arithmetic';
 import { ByteTokenizer } from '../data/tokenizer';
+import { packDocuments } from '../data/datasets';
 import { train, TrainConfig, TrainOptions } from '../train/train';
 import { unlearn, UnlearnMethod, UNLEARN_DEFAULTS, UnlearnStage } from '../unlearn/unlearn';
+import { arithmeticScores, arithmeticTask, retainStop, StudyTask, TaskScore } from './tasks';
+
+export { arithmeticScores, retainStop };
+
+/** An unlearn-only arm: a method, optionally wrapped in SAM with radius ρ (undo.md §3: ρ = 0.05 on the synthetic tasks). */
+export interface UnlearnArm {
+  method: UnlearnMethod;
+  sam?: number;
+}
 
 export interface StudyConfig {
   name: string;
   preset: string;
+  /** the arms' seed: unlearning batches, noise, distillation order and init, the attack's batches */
   seed: number;
+  /** the base and oracle pretraining seed (default 42, the paper's): shared by every arm seed, so a seed sweep pretrains once */
+  pretrainSeed?: number;
   seqLen: number;
   batchSize: number;
   pretrainSteps: number;
@@ -30,7 +46,7 @@ export interface StudyConfig {
   docs: number;
   wordProblems: number;
   /** unlearn-only baselines; the first one is the teacher of full distillation and UNDO */
-  methods: UnlearnMethod[];
+  methods: (UnlearnMethod | UnlearnArm)[];
   unlearn: Partial<Record<UnlearnMethod, UnlearnStage>>;
   alphas: number[];
   beta: number;
@@ -44,12 +60,14 @@ export interface StudyConfig {
   distillLr: number;
   distillMaxSteps: number;
   distillEvalEvery: number;
-  /** stop distilling when retain accuracy (equations, and the four add/sub accuracies) ≥ teacher's − tolerance */
+  /** stop distilling when the retain score is back within this of the teacher's (accuracy: absolute; loss: relative) */
   tolerance: number;
-  relearn: { lrs: number[]; steps: number; evalEvery: number; budgets: number[] };
+  /** the relearning attack: LR sweep, steps per LR, eval interval, reported step budgets, and its own seed (default: the arm seed) */
+  relearn: { lrs: number[]; steps: number; evalEvery: number; budgets: number[]; seed?: number };
   evalPerForm: number;
 }
 
+const SAM_RHO = 0.05;
 
 export const STUDIES: Record<string, StudyConfig> = {
   // `npx undo-native undo`: one teacher, one α, a short attack; ≤ 15 min on 2 cores with nothing cached
@@ -59,13 +77,22 @@ export const STUDIES: Record<string, StudyConfig> = {
     fullDistill: false, oracle: false, distillLr: 7e-3, distillMaxSteps: 3000, distillEvalEvery: 100, tolerance: 0.05,
     relearn: { lrs: [1e-3, 3e-4], steps: 60, evalEvery: 20, budgets: [20, 60] }, evalPerForm: 50,
   },
-  // `undo-native undo --preset arithmetic`: the whole study (≤ 60 min on 2 cores)
+  // `undo-native undo --preset arithmetic`: the whole study, with the SAM-wrapped MaxEnt and RMU baselines
   arithmetic: {
     name: 'arithmetic', preset: 'tiny', seed: 42, seqLen: 128, batchSize: 16, pretrainSteps: 6000, pretrainLr: 4e-3,
-    docs: 400000, wordProblems: 0.25, methods: ['maxent', 'graddiff', 'rmu'], unlearn: UNLEARN_DEFAULTS,
+    docs: 400000, wordProblems: 0.25,
+    methods: ['maxent', 'graddiff', 'rmu', { method: 'maxent', sam: SAM_RHO }, { method: 'rmu', sam: SAM_RHO }], unlearn: UNLEARN_DEFAULTS,
     alphas: [0.2, 0.4, 0.6, 0.8], beta: 0.1, fullDistill: true, oracle: true, distillLr: 7e-3, distillMaxSteps: 6000,
     distillEvalEvery: 100, tolerance: 0.05, relearn: { lrs: [3e-3, 1e-3, 3e-4], steps: 100, evalEvery: 20, budgets: [20, 100] },
     evalPerForm: 50,
+  },
+  // for tests and trying the machinery: the micro model, a few hundred steps, every arm kind (about 2 min on 2 cores)
+  smoke: {
+    name: 'smoke', preset: 'micro', seed: 42, seqLen: 64, batchSize: 8, pretrainSteps: 300, pretrainLr: 4e-3,
+    docs: 20000, wordProblems: 0.25, methods: ['maxent', { method: 'maxent', sam: SAM_RHO }],
+    unlearn: { maxent: { steps: 20, lr: 2e-4, retainWeight: 16 } }, alphas: [0.6], beta: 0.1, fullDistill: true, oracle: true,
+    distillLr: 4e-3, distillMaxSteps: 60, distillEvalEvery: 20, tolerance: 0.05,
+    relearn: { lrs: [1e-3], steps: 20, evalEvery: 10, budgets: [10, 20] }, evalPerForm: 8,
   },
 };
 
@@ -73,11 +100,17 @@ export interface ModelRow {
   name: string;
   kind: 'base' | 'oracle' | 'unlearn' | 'distill' | 'undo';
   alpha?: number;
+  /** SAM radius of an unlearn-only arm */
+  sam?: number;
   retain: number;
   forget: number;
-  /** the attacker's best forget accuracy within each budget */
+  /** the attacker's best forget score within each budget */
   relearned: Record<number, number>;
-  /** distillation compute as a fraction of the oracle's pretraining (tokens) */
+  /** the other forget metrics at that point (data tasks: forget_loss, forget_accuracy) */
+  relearnedMetrics?: Record<number, Record<string, number>>;
+  /** distillation tokens (0 for models that were not distilled) */
+  tokens?: number;
+  /** distillation compute as a fraction of the oracle's pretraining (tokens); NaN when that is unknown */
   computeFraction: number;
   robustness?: number;
   metrics: Record<string, number>;
@@ -86,6 +119,8 @@ export interface ModelRow {
 
 export interface StudyReport {
   study: StudyConfig;
+  /** the task's name and unit: 'accuracy' (higher = kept) or 'loss' (held-out cross-entropy, lower = kept) */
+  task?: { name: string; unit: StudyTask['unit'] };
   rows: ModelRow[];
   elapsedSec: number;
 }
@@ -96,157 +131,321 @@ export interface StudyOptions {
   log?: (msg: string) => void;
   /** progress hooks for long training stages */
   hooks?: (stage: string, steps: number) => { hooks: Pick<TrainOptions, 'onStep' | 'onEval'>; stop: () => void };
+  /** stops the study at the next step; what finished is kept, and the same call continues where it stopped */
+  signal?: AbortSignal;
 }
 
-/**
- * Retain/forget accuracies on equations (the word problems are reported in `metrics`), and retainAll: the mean
- * of the four add/sub accuracies (equations and word problems), the paper's distillation stop criterion.
- */
-export async function arithmeticScores(m: Model, perForm: number): Promise<{ retain: number; forget: number; retainAll: number; metrics: Record<string, number> }> {
-  const s = await evalArithmetic(m, { perForm });
-  const metrics: Record<string, number> = {};
-  for (const op of ALL_OPS) {
-    metrics[`${op}/equation`] = s.perOp[op].equation;
-    metrics[`${op}/word_problem`] = s.perOp[op].word_problem;
+/** The study was stopped (signal or Ctrl-C); every finished arm is saved in `dir` and a rerun continues at `arm`. */
+export class StudyInterrupted extends Error {
+  constructor(readonly arm: string, readonly dir: string) {
+    super(`interrupted in ${arm}: the finished arms are saved in ${dir}; run the same command again to continue there`);
+    this.name = 'StudyInterrupted';
   }
-  const mean = (ops: readonly Op[]) => ops.reduce((a, op) => a + s.perOp[op].equation, 0) / ops.length;
-  const retainAll = RETAIN_OPS.reduce((a, op) => a + s.perOp[op].equation + s.perOp[op].word_problem, 0) / (2 * RETAIN_OPS.length);
-  metrics.retain_all = retainAll;
-  return { retain: mean(RETAIN_OPS), forget: mean(FORGET_OPS), retainAll, metrics };
 }
 
-/**
- * UNDO's distillation stop (evaluate + stopWhen for train()): the paper's rule (undo.md §5) is the mean of the
- * four add/sub accuracies (equations and word problems) within `tolerance` of the teacher's; the tiny models
- * solve almost no word problems, which halves that mean and so doubles the tolerance on equations: the
- * equations must be within it as well.
- */
-export function retainStop(student: Model, teacher: { retain: number; retainAll: number }, tolerance: number, perForm: number):
-  Required<Pick<TrainOptions, 'evaluate' | 'stopWhen'>> {
-  return {
-    evaluate: async () => {
-      const s = await arithmeticScores(student, perForm);
-      return { retain: s.retain, retain_all: s.retainAll, forget: s.forget };
-    },
-    stopWhen: (m) => m.retain_all >= teacher.retainAll - tolerance && m.retain >= teacher.retain - tolerance,
-  };
-}
-
-function corpus(c: StudyConfig, ops: readonly Op[], salt: number, tok: ByteTokenizer): PackedDataset {
-  const docs = generateArithmeticCorpus({ ops, count: c.docs, seed: c.seed + salt, wordProblemFraction: c.wordProblems });
-  return packDocuments(tok, docs, c.seqLen, { seed: c.seed + salt });
-}
-
-function trainCfg(steps: number, lr: number, warmup: number, schedule: TrainConfig['schedule'], evalEvery = 0): TrainConfig {
-  return { steps, gradAccum: 1, lr, warmup, schedule, weightDecay: 0, beta1: 0.9, beta2: 0.95, eps: 1e-8, clip: 1, evalEvery, checkpointEvery: 0 };
+function trainCfg(steps: number, lr: number, warmup: number, schedule: TrainConfig['schedule'], evalEvery = 0, checkpointEvery = 0): TrainConfig {
+  return { steps, gradAccum: 1, lr, warmup, schedule, weightDecay: 0, beta1: 0.9, beta2: 0.95, eps: 1e-8, clip: 1, evalEvery, checkpointEvery };
 }
 
 export function defaultCacheDir(): string {
   return process.env.UNDO_CACHE ?? path.join(process.cwd(), '.undo-cache');
 }
 
-/** Pretrain (or reuse from the cache) a model on the given operations. */
-export async function pretrained(c: StudyConfig, ops: readonly Op[], o: StudyOptions): Promise<Model> {
-  const key = crypto.createHash('sha256').update(JSON.stringify({ v: 1, preset: c.preset, ops, steps: c.pretrainSteps, lr: c.pretrainLr, docs: c.docs, wp: c.wordProblems, seed: c.seed, T: c.seqLen, B: c.batchSize })).digest('hex').slice(0, 16);
+/** Pretrain (or reuse from the cache) a model on the given operations (seed: the config's pretrainSeed, default 42). */
+export async function pretrained(c: StudyConfig, ops: readonly Op[], o: Partial<StudyOptions>): Promise<Model> {
+  const seed = c.pretrainSeed ?? 42;
+  const key = crypto.createHash('sha256').update(JSON.stringify({ v: 1, preset: c.preset, ops, steps: c.pretrainSteps, lr: c.pretrainLr, docs: c.docs, wp: c.wordProblems, seed, T: c.seqLen, B: c.batchSize })).digest('hex').slice(0, 16);
   const dir = path.join(o.cacheDir ?? defaultCacheDir(), `pretrain-${ops.join('-')}-${key}`);
-  if (fs.existsSync(path.join(dir, 'model.safetensors'))) {
+  if (fs.existsSync(path.join(dir, 'model.safetensors')) && !fs.existsSync(path.join(dir, 'trainer_state.json'))) {
     o.log?.(`reusing cached ${ops.join(',')} model ${dir}`);
     return Model.load(dir);
   }
   const tok = new ByteTokenizer();
-  const model = Model.create(presetConfig(c.preset, tok), { seed: c.seed }, tok);
-  const data = corpus(c, ops, 0, tok);
-  o.log?.(`pretraining on ${ops.join(',')} (${c.pretrainSteps} steps; cached in ${dir})`);
+  const docs = generateArithmeticCorpus({ ops, count: c.docs, seed, wordProblemFraction: c.wordProblems });
+  const data = packDocuments(tok, docs, c.seqLen, { seed });
+  // an interrupted pretraining left its checkpoint (trainer_state.json) in the cache: continue it
+  const resume = fs.existsSync(path.join(dir, 'trainer_state.json'));
+  const model = resume ? Model.load(dir) : Model.create(presetConfig(c.preset, tok), { seed }, tok);
+  o.log?.(`${resume ? 'continuing' : 'pretraining'} on ${ops.join(',')} (${c.pretrainSteps} steps; cached in ${dir})`);
   const ui = o.hooks?.(`pretrain ${ops.join(',')}`, c.pretrainSteps);
-  await train(model, new Batcher(data, { batchSize: c.batchSize, seed: c.seed }), trainCfg(c.pretrainSteps, c.pretrainLr, 100, 'cosine'), { ...(ui?.hooks ?? {}) });
+  const r = await train(model, new Batcher(data, { batchSize: c.batchSize, seed }), trainCfg(c.pretrainSteps, c.pretrainLr, 100, 'cosine', 0, 500),
+    { ...(ui?.hooks ?? {}), outDir: dir, resume, signal: o.signal });
   ui?.stop();
+  if (r.interrupted) throw new StudyInterrupted(`pretraining on ${ops.join(',')}`, dir);
+  // the finished model without optimizer state: its presence (and no trainer_state.json) marks the cache entry done
+  for (const f of ['trainer_state.json', 'optimizer.safetensors', 'metrics.jsonl']) fs.rmSync(path.join(dir, f), { force: true });
   model.save(dir);
   return model;
 }
 
-/** Run a study end to end; returns the report (also written to outDir). */
-export async function runStudy(c: StudyConfig, o: StudyOptions): Promise<StudyReport> {
+function armLabel(a: UnlearnArm): string {
+  return a.sam ? `${a.method}+SAM ρ=${a.sam}` : a.method;
+}
+
+function armSlug(name: string): string {
+  return name.toLowerCase().replace(/ρ=/g, 'rho').replace(/α=/g, 'a').replace(/[^a-z0-9.]+/g, '-').replace(/^-|-$/g, '');
+}
+
+/** The models a study starts from: the base (holds the forget capability), and the retain-only oracle if there is one. */
+export interface StudyModels {
+  base: Model;
+  oracle?: Model | null;
+  /** the oracle's pretraining tokens: the unit of compute (fraction = distillation tokens / this) */
+  oracleTokens?: number;
+  /** identifies the models and data in the study's manifest (a rerun in the same directory must match) */
+  identity?: Record<string, unknown>;
+}
+
+interface ArmRecord {
+  tokens: number;
+}
+
+/**
+ * Run the arms of a study on a task, resumably: every arm's model and its attack are saved in
+ * outDir/arms/<arm>/ as they finish, a distillation in progress checkpoints every 5 evaluations, and a rerun
+ * with the same settings skips what is done (other settings in the same directory are refused).
+ */
+export async function runArms(c: StudyConfig, task: StudyTask, models: StudyModels, o: StudyOptions): Promise<StudyReport> {
   const t0 = Date.now();
   const log = o.log ?? (() => undefined);
-  const tok = new ByteTokenizer();
-  const rows: ModelRow[] = [];
-  const oracleTokens = c.pretrainSteps * c.batchSize * c.seqLen;
-  const base = await pretrained(c, ALL_OPS, o);
-  const oracle = c.oracle ? await pretrained(c, RETAIN_OPS, o) : null;
-  const forgetData = corpus(c, FORGET_OPS, 1, tok);
-  const retainData = corpus(c, RETAIN_OPS, 2, tok);
-  const allData = corpus(c, ALL_OPS, 3, tok);
-  const attackData = corpus(c, FORGET_OPS, 4, tok);
-  const models: { row: Omit<ModelRow, 'retain' | 'forget' | 'metrics' | 'relearned'>; model: Model }[] = [];
-  models.push({ row: { name: 'base', kind: 'base', computeFraction: 1 }, model: base });
-  if (oracle) models.push({ row: { name: 'oracle (retain data only)', kind: 'oracle', computeFraction: 1 }, model: oracle });
+  const armsDir = path.join(o.outDir, 'arms');
+  checkManifest(o.outDir, { v: 1, study: c, task: task.name, unit: task.unit, ...(models.identity ?? {}) });
+  const stopped = (arm: string) => {
+    if (o.signal?.aborted) throw new StudyInterrupted(arm, o.outDir);
+  };
+  const { base, oracle } = models;
+  const tok = base.tokenizer;
+  type Entry = { row: Omit<ModelRow, 'retain' | 'forget' | 'metrics' | 'relearned'>; model: () => Promise<Model> };
+  const entries: Entry[] = [];
+  // base and oracle: pretraining, the unit of compute (unknown for a user's model)
+  const pre = models.oracleTokens ? 1 : NaN;
+  entries.push({ row: { name: 'base', kind: 'base', computeFraction: pre }, model: async () => base });
+  if (oracle) entries.push({ row: { name: 'oracle (retain data only)', kind: 'oracle', computeFraction: pre }, model: async () => oracle });
+  const fraction = (tokens: number) => (models.oracleTokens ? tokens / models.oracleTokens : NaN);
 
+  const arms: UnlearnArm[] = c.methods.map((m) => (typeof m === 'string' ? { method: m } : m));
+  if (!arms.length) throw new UndoError('the study needs at least one unlearning method');
   let teacher: Model | null = null;
-  for (const method of c.methods) {
-    const u = base.clone();
-    const p = c.unlearn[method] ?? UNLEARN_DEFAULTS[method];
-    log(`unlearning with ${method} (${p.steps} steps, lr ${p.lr})`);
-    await unlearn(u, new Batcher(forgetData, { batchSize: c.batchSize, seed: c.seed }), new Batcher(retainData, { batchSize: c.batchSize, seed: c.seed + 1 }),
-      trainCfg(p.steps, p.lr, 0, 'constant'), { method, params: p.retainWeight !== undefined ? { seed: c.seed, retainWeight: p.retainWeight } : { seed: c.seed } });
-    models.push({ row: { name: `unlearn-only (${method})`, kind: 'unlearn', computeFraction: 0 }, model: u });
+  for (const arm of arms) {
+    const name = `unlearn-only (${armLabel(arm)})`;
+    const dir = path.join(armsDir, armSlug(name));
+    let u: Model;
+    if (fs.existsSync(path.join(dir, 'arm.json'))) {
+      log(`${name}: done earlier, loading ${dir}`);
+      u = Model.load(path.join(dir, 'model'));
+    } else {
+      stopped(name);
+      u = base.clone();
+      const p = c.unlearn[arm.method] ?? UNLEARN_DEFAULTS[arm.method];
+      log(`unlearning with ${armLabel(arm)} (${p.steps} steps, lr ${p.lr})`);
+      const ui = o.hooks?.(name, p.steps);
+      const r = await unlearn(u, new Batcher(task.forget, { batchSize: c.batchSize, seed: c.seed }), new Batcher(task.retain, { batchSize: c.batchSize, seed: c.seed + 1 }),
+        trainCfg(p.steps, p.lr, 0, 'constant'), {
+          method: arm.method, sam: arm.sam, signal: o.signal, ...(ui?.hooks ?? {}),
+          params: p.retainWeight !== undefined ? { seed: c.seed, retainWeight: p.retainWeight } : { seed: c.seed },
+        });
+      ui?.stop();
+      if (r.interrupted) throw new StudyInterrupted(name, o.outDir);
+      u.save(path.join(dir, 'model'));
+      writeJsonAtomic(path.join(dir, 'arm.json'), { tokens: 0 } satisfies ArmRecord);
+    }
+    entries.push({ row: { name, kind: 'unlearn', ...(arm.sam ? { sam: arm.sam } : {}), tokens: 0, computeFraction: fraction(0) }, model: async () => u });
     if (!teacher) teacher = u;
   }
-  if (!teacher) throw new UndoError('the study needs at least one unlearning method');
-  const teacherScore = await arithmeticScores(teacher, c.evalPerForm);
-  log(`teacher (${c.methods[0]}): retain ${(100 * teacherScore.retain).toFixed(1)}% (with word problems ${(100 * teacherScore.retainAll).toFixed(1)}%), forget ${(100 * teacherScore.forget).toFixed(1)}%`);
+  const teacherModel = teacher!;
+  const teacherScore = await task.score(teacherModel);
+  const unit = (x: number) => (task.unit === 'accuracy' ? `${(100 * x).toFixed(1)}%` : `${x.toFixed(3)} nats`);
+  log(`teacher (${armLabel(arms[0])}): retain ${unit(teacherScore.retain)}, forget ${unit(teacherScore.forget)}`);
 
-  const distillInto = async (student: Model, label: string): Promise<number> => {
-    const ui = o.hooks?.(label, c.distillMaxSteps);
-    const r = await distill(student, teacher!, new Batcher(allData, { batchSize: c.batchSize, seed: c.seed + 7 }),
-      trainCfg(c.distillMaxSteps, c.distillLr, 50, 'cosine', c.distillEvalEvery), {
-        loss: 'fkl', ...(ui?.hooks ?? {}),
-        ...retainStop(student, teacherScore, c.tolerance, c.evalPerForm),
-      });
-    ui?.stop();
-    return r.state.tokens;
+  // a distillation arm: resumed from its checkpoint when one is there, saved with arm.json when it finishes
+  const distillArm = async (name: string, kind: 'distill' | 'undo', fresh: () => Model, extra: Partial<ModelRow>) => {
+    const dir = path.join(armsDir, armSlug(name));
+    const modelDir = path.join(dir, 'model');
+    let record: ArmRecord;
+    if (fs.existsSync(path.join(dir, 'arm.json'))) {
+      log(`${name}: done earlier, loading ${dir}`);
+      record = readJson<ArmRecord>(path.join(dir, 'arm.json'), 'study arm record');
+    } else {
+      stopped(name);
+      const resume = fs.existsSync(path.join(modelDir, 'trainer_state.json'));
+      const student = resume ? Model.load(modelDir) : fresh();
+      log(`${name}: ${resume ? 'continuing the distillation from its checkpoint' : 'distilling'}`);
+      const ui = o.hooks?.(name, c.distillMaxSteps);
+      const r = await distill(student, teacherModel, new Batcher(task.mixture, { batchSize: c.batchSize, seed: c.seed + 7 }),
+        trainCfg(c.distillMaxSteps, c.distillLr, 50, 'cosine', c.distillEvalEvery, 5 * c.distillEvalEvery), {
+          loss: 'fkl', seed: c.seed, ...(ui?.hooks ?? {}), outDir: modelDir, resume, signal: o.signal,
+          ...task.retainStop(student, teacherScore, c.tolerance),
+        });
+      ui?.stop();
+      if (r.interrupted) throw new StudyInterrupted(name, o.outDir);
+      record = { tokens: r.state.tokens };
+      writeJsonAtomic(path.join(dir, 'arm.json'), record);
+    }
+    entries.push({ row: { name, kind, ...extra, tokens: record.tokens, computeFraction: fraction(record.tokens) }, model: async () => Model.load(modelDir) });
   };
-  if (c.fullDistill) {
-    log('full distillation into a random student');
-    const student = Model.create(base.config, { seed: c.seed + 100 }, tok);
-    const tokens = await distillInto(student, 'distill (random init)');
-    models.push({ row: { name: 'unlearn + full distill', kind: 'distill', computeFraction: tokens / oracleTokens }, model: student });
-  }
+  if (c.fullDistill) await distillArm('unlearn + full distill', 'distill', () => Model.create(base.config, { seed: c.seed + 100 }, tok), {});
   for (const alpha of c.alphas) {
-    log(`UNDO α=${alpha}, β=${c.beta}: noise, then distill`);
-    const student = teacher.clone();
-    noiseModel(student, { alpha, beta: c.beta, seed: c.seed });
-    const tokens = await distillInto(student, `UNDO α=${alpha}`);
-    models.push({ row: { name: `UNDO α=${alpha}`, kind: 'undo', alpha, computeFraction: tokens / oracleTokens }, model: student });
+    await distillArm(`UNDO α=${alpha}`, 'undo', () => {
+      const student = teacherModel.clone();
+      noiseModel(student, { alpha, beta: c.beta, seed: c.seed });
+      return student;
+    }, { alpha });
   }
 
-  for (const { row, model } of models) {
-    const s = await arithmeticScores(model, c.evalPerForm);
-    log(`attacking ${row.name} (retain ${(100 * s.retain).toFixed(1)}%, forget ${(100 * s.forget).toFixed(1)}%)`);
-    const attack = await relearn(model, attackData, {
-      lrs: c.relearn.lrs, steps: c.relearn.steps, evalEvery: c.relearn.evalEvery, batchSize: c.batchSize, seed: c.seed,
-      metric: async (m) => {
-        const e = await evalArithmetic(m, { ops: FORGET_OPS, perForm: c.evalPerForm, forms: ['equation'] });
-        return (e.perOp.mul.equation + e.perOp.div.equation) / 2;
-      },
-    });
+  const rows: ModelRow[] = [];
+  const attackSeed = c.relearn.seed ?? c.seed;
+  for (const { row, model: get } of entries) {
+    const file = path.join(armsDir, armSlug(row.name), 'attack.json');
+    let done: { score: TaskScore; attack: RelearnResult } | null = null;
+    if (fs.existsSync(file)) done = readJson(file, 'study attack record');
+    else {
+      stopped(`the attack on ${row.name}`);
+      const model = await get();
+      const score = await task.score(model);
+      log(`attacking ${row.name} (retain ${unit(score.retain)}, forget ${unit(score.forget)})`);
+      const attack = await relearn(model, task.attack, {
+        lrs: c.relearn.lrs, steps: c.relearn.steps, evalEvery: c.relearn.evalEvery, batchSize: c.batchSize, seed: attackSeed,
+        metric: (m) => task.attackMetric(m), direction: task.unit === 'accuracy' ? 'max' : 'min', signal: o.signal,
+      });
+      if (attack.interrupted) throw new StudyInterrupted(`the attack on ${row.name}`, o.outDir);
+      done = { score, attack };
+      writeJsonAtomic(file, done);
+    }
+    const { score, attack } = done!;
     const relearned: Record<number, number> = {};
+    const relearnedMetrics: Record<number, Record<string, number>> = {};
     for (const b of c.relearn.budgets) {
       const steps = Object.keys(attack.atBudget).map(Number).filter((st) => st <= b);
-      relearned[b] = steps.length ? attack.atBudget[Math.max(...steps)] : s.forget;
+      relearned[b] = steps.length ? attack.atBudget[Math.max(...steps)] : score.forget;
+      const at = steps.length ? attack.atBudgetMetrics?.[Math.max(...steps)] : undefined;
+      if (at) relearnedMetrics[b] = at;
     }
-    rows.push({ ...row, retain: s.retain, forget: s.forget, metrics: s.metrics, relearned, attack });
+    rows.push({ ...row, retain: score.retain, forget: score.forget, metrics: score.metrics, relearned,
+      ...(Object.keys(relearnedMetrics).length ? { relearnedMetrics } : {}), attack });
   }
-  // robustness = (P_unlearn − P_model) / (P_unlearn − P_oracle), P = attacker's forget accuracy at the largest budget
+  // robustness = (P_unlearn − P_model) / (P_unlearn − P_oracle), P = the attacker's forget score at the largest
+  // budget (the same formula holds for losses: numerator and denominator change sign together)
   const budget = Math.max(...c.relearn.budgets);
-  const pUnlearn = rows.find((r) => r.name === `unlearn-only (${c.methods[0]})`)!.relearned[budget];
+  const pUnlearn = rows.find((r) => r.name === `unlearn-only (${armLabel(arms[0])})`)!.relearned[budget];
   const pOracle = rows.find((r) => r.kind === 'oracle')?.relearned[budget];
   for (const r of rows) {
-    if (pOracle !== undefined && pUnlearn - pOracle > 1e-9) r.robustness = (pUnlearn - r.relearned[budget]) / (pUnlearn - pOracle);
+    if (pOracle !== undefined && Math.abs(pUnlearn - pOracle) > 1e-9) r.robustness = (pUnlearn - r.relearned[budget]) / (pUnlearn - pOracle);
   }
-  const report: StudyReport = { study: c, rows, elapsedSec: (Date.now() - t0) / 1000 };
+  const report: StudyReport = { study: c, task: { name: task.name, unit: task.unit }, rows, elapsedSec: (Date.now() - t0) / 1000 };
   const { writeReport } = await import('./report');
   await writeReport(report, o.outDir);
   return report;
+}
+
+/** The study's manifest (outDir/study.json): written on the first run, and a rerun in the directory must match it. */
+function checkManifest(dir: string, identity: Record<string, unknown>): void {
+  const file = path.join(dir, 'study.json');
+  const text = JSON.stringify(identity);
+  if (fs.existsSync(file)) {
+    const old = readJson<Record<string, unknown>>(file, 'study manifest');
+    if (JSON.stringify(old) !== text) {
+      const keys = [...new Set([...Object.keys(old), ...Object.keys(identity)])].filter((k) => JSON.stringify(old[k]) !== JSON.stringify(identity[k]));
+      throw new UndoError(`${dir} holds a study with other settings (${keys.join(', ')} differ${keys.length === 1 ? 's' : ''})`,
+        'choose another --out, or remove that directory to start over');
+    }
+    return;
+  }
+  writeJsonAtomic(file, identity);
+}
+
+/** Run the built-in arithmetic study for one seed (base and oracle pretrained once and cached, shared by every seed). */
+export async function runStudy(c: StudyConfig, o: StudyOptions): Promise<StudyReport> {
+  const t0 = Date.now();
+  const base = await pretrained(c, ALL_OPS, o);
+  const oracle = c.oracle ? await pretrained(c, RETAIN_OPS, o) : null;
+  const task = arithmeticTask(base.tokenizer, { seed: c.seed, docs: c.docs, wordProblems: c.wordProblems, seqLen: c.seqLen, perForm: c.evalPerForm });
+  const report = await runArms(c, task, { base, oracle, oracleTokens: c.pretrainSteps * c.batchSize * c.seqLen }, o);
+  report.elapsedSec = (Date.now() - t0) / 1000;
+  return report;
+}
+
+/** mean and sample standard deviation (n − 1; 0 for one value) of the finite values */
+export interface MeanSd {
+  mean: number;
+  sd: number;
+  n: number;
+}
+
+export function meanSd(xs: readonly (number | undefined)[]): MeanSd {
+  const v = xs.filter((x): x is number => x !== undefined && Number.isFinite(x));
+  if (!v.length) return { mean: NaN, sd: NaN, n: 0 };
+  const mean = v.reduce((a, b) => a + b, 0) / v.length;
+  const sd = v.length > 1 ? Math.sqrt(v.reduce((a, b) => a + (b - mean) ** 2, 0) / (v.length - 1)) : 0;
+  return { mean, sd, n: v.length };
+}
+
+export interface AggregateRow {
+  name: string;
+  kind: ModelRow['kind'];
+  alpha?: number;
+  retain: MeanSd;
+  forget: MeanSd;
+  relearned: Record<number, MeanSd>;
+  computeFraction: MeanSd;
+  /** distillation tokens */
+  tokens: MeanSd;
+  robustness: MeanSd;
+  /** data tasks: next-token accuracies (retain, forget, forget after the attack within the largest budget) */
+  accuracy?: { retain: MeanSd; forget: MeanSd; relearned: MeanSd };
+}
+
+export interface AggregateReport {
+  study: StudyConfig;
+  task?: StudyReport['task'];
+  seeds: number[];
+  rows: AggregateRow[];
+  /** every seed's own report (also in seed-N/report.json) */
+  perSeed: StudyReport[];
+  elapsedSec: number;
+}
+
+/** Mean ± standard deviation over seeds, model by model (rows matched by name, in the first seed's order). */
+export function aggregateReports(reports: readonly StudyReport[], seeds: readonly number[], elapsedSec: number): AggregateReport {
+  if (!reports.length) throw new UndoError('no study reports to aggregate');
+  const budgets = reports[0].study.relearn.budgets;
+  const rows = reports[0].rows.map((r0) => {
+    const same = reports.map((r) => r.rows.find((x) => x.name === r0.name));
+    const relearned: Record<number, MeanSd> = {};
+    for (const b of budgets) relearned[b] = meanSd(same.map((x) => x?.relearned[b]));
+    const top = Math.max(...budgets);
+    const accuracy = r0.metrics.retain_accuracy !== undefined ? {
+      retain: meanSd(same.map((x) => x?.metrics.retain_accuracy)), forget: meanSd(same.map((x) => x?.metrics.forget_accuracy)),
+      relearned: meanSd(same.map((x) => x?.relearnedMetrics?.[top]?.forget_accuracy)),
+    } : undefined;
+    return {
+      ...(accuracy ? { accuracy } : {}),
+      name: r0.name, kind: r0.kind, ...(r0.alpha !== undefined ? { alpha: r0.alpha } : {}),
+      retain: meanSd(same.map((x) => x?.retain)), forget: meanSd(same.map((x) => x?.forget)), relearned,
+      computeFraction: meanSd(same.map((x) => x?.computeFraction)), tokens: meanSd(same.map((x) => x?.tokens)), robustness: meanSd(same.map((x) => x?.robustness)),
+    };
+  });
+  return { study: reports[0].study, task: reports[0].task, seeds: [...seeds], rows, perSeed: [...reports], elapsedSec };
+}
+
+/**
+ * A study over several seeds: `run(seed, dir)` for each (one seed writes into outDir itself, several into
+ * outDir/seed-N/), then the aggregate (mean ± sd, error bars) in outDir. Each seed's study is resumable on its own.
+ */
+export async function runSeeds(seeds: readonly number[], o: Pick<StudyOptions, 'outDir' | 'log'>,
+  run: (seed: number, outDir: string) => Promise<StudyReport>): Promise<{ reports: StudyReport[]; aggregate?: AggregateReport }> {
+  if (!seeds.length) throw new UndoError('--seeds: give at least one seed');
+  if (new Set(seeds).size !== seeds.length) throw new UndoError(`--seeds ${seeds.join(',')}: a seed is repeated`);
+  const t0 = Date.now();
+  if (seeds.length === 1) return { reports: [await run(seeds[0], o.outDir)] };
+  const reports: StudyReport[] = [];
+  for (const seed of seeds) {
+    o.log?.(`— seed ${seed} —`);
+    reports.push(await run(seed, path.join(o.outDir, `seed-${seed}`)));
+  }
+  const aggregate = aggregateReports(reports, seeds, (Date.now() - t0) / 1000);
+  const { writeAggregate } = await import('./report');
+  await writeAggregate(aggregate, o.outDir);
+  return { reports, aggregate };
 }
 
 /** Where the study writes when --out is not given. */
