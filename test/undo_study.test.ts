@@ -144,8 +144,16 @@ test('a study on a user\'s model: arms in order, unlearning raises the forget lo
   const c = await runArms(userConfig(1), bioTask(1), { base }, { outDir: dirB, log: (m) => log2.push(m) });
   assert.ok(!log2.some((l) => /^attacking|distilling|unlearning with/.test(l)), log2.join('\n'));
   assert.equal(strip(c), strip(a));
-  // other settings in the same directory are refused by name
-  await rejectsWith(runArms({ ...userConfig(1), alphas: [0.7] }, bioTask(1), { base }, { outDir: dirB }), /other settings \(study differs\)/, 'manifest', UndoError);
+  // other settings in the same directory are refused by name; arms may be added (the others are reused)
+  await rejectsWith(runArms({ ...userConfig(1), distillLr: 1e-3 }, bioTask(1), { base }, { outDir: dirB }), /other settings \(study\.distillLr differs\)/, 'manifest', UndoError);
+  await rejectsWith(runArms({ ...userConfig(1), methods: ['graddiff'] }, bioTask(1), { base }, { outDir: dirB }), /study\.methods\[0\] \(the teacher\) differs/, 'manifest', UndoError);
+  const log3: string[] = [];
+  const d = await runArms({ ...userConfig(1), alphas: [0.5, 0.9] }, bioTask(1), { base }, { outDir: dirB, log: (m) => log3.push(m) });
+  assert.equal(d.rows.map((r) => r.name), [...a.rows.map((r) => r.name), 'UNDO α=0.9']);
+  const work = log3.filter((l) => /^attacking|distilling|unlearning with/.test(l));
+  assert.is(work.length, 2, work.join('\n'));
+  assert.ok(work[0] === 'UNDO α=0.9: distilling' && work[1].startsWith('attacking UNDO α=0.9'), work.join('\n'));
+  assert.equal(strip(d).slice(0, 4), strip(a));
 });
 
 function cli(args: string[]) {

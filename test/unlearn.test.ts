@@ -19,6 +19,7 @@ import { reportMarkdown, paretoSvg } from '../lib/undo/report';
 import { Rng } from '../lib/core/rng';
 import { TrainConfig } from '../lib/train/train';
 import { parseMethod, unlearn, UNLEARN_METHODS } from '../lib/unlearn/unlearn';
+import { mmdGaussian } from '../lib/unlearn/repnoise';
 import { STUDIES, StudyReport } from '../lib/undo/study';
 
 const CFG: ModelConfig = {
@@ -98,6 +99,62 @@ test('SAM: the update uses the gradient at the perturbed point and leaves no per
   assert.ok(diff(tiny, plain) < 1e-4, `ρ → 0 recovers the plain method (${diff(tiny, plain)})`);
   assert.ok(await meanCE(sam, forget) > (await meanCE(base, forget)), 'SAM-GradDiff still unlearns');
 });
+
+test('RepNoise: MMD² and its gradient against finite differences; it moves the forget representations toward noise', async () => {
+  const rng = new Rng(5);
+  const m = 5, n = 7, d = 3;
+  const x = Float64Array.from({ length: m * d }, () => rng.normal());
+  const y = Float64Array.from({ length: n * d }, () => rng.normal() + 0.5);
+  const r = mmdGaussian(x, y, m, n, d);
+  assert.ok(r.value > 0, 'two different samples');
+  assert.ok(Math.abs(mmdGaussian(y, y, n, n, d).value) < 1e-12, 'a sample against itself: 0');
+  // the bandwidth base (mean pairwise distance) is held constant in the analytic gradient: hold it in the differences too
+  for (let i = 0; i < m * d; i++) {
+    const h = 1e-5;
+    const xp = x.slice(), xm = x.slice();
+    xp[i] += h;
+    xm[i] -= h;
+    const num = (mmdFixedBase(xp, y, m, n, d, x) - mmdFixedBase(xm, y, m, n, d, x)) / (2 * h);
+    assert.ok(Math.abs(num - r.grad[i]) < 1e-6 + 1e-4 * Math.abs(num), `∂/∂x[${i}]: ${r.grad[i]} vs ${num}`);
+  }
+  // on the tiny model: after RepNoise the forget batch's hidden states are closer (MMD) to N(0, I) than after MaxEnt alone
+  const noiseDistance = async (model: Model) => {
+    const b = new Batcher(forget, { batchSize: 8, shuffle: false }).next();
+    await model.native.forward(b.inputs, b.B, b.T);
+    const q = new Rng(9);
+    let total = 0;
+    for (let l = 0; l < CFG.numLayers; l++) {
+      const h = Float64Array.from(model.native.hidden(l));
+      const rows = b.B * b.T;
+      total += mmdGaussian(h, Float64Array.from({ length: rows * CFG.hiddenSize }, () => q.normal()), rows, rows, CFG.hiddenSize).value;
+    }
+    return total / CFG.numLayers;
+  };
+  const run = async (method: 'maxent' | 'repnoise') => {
+    const u = base.clone();
+    await unlearn(u, new Batcher(forget, { batchSize: 4, seed: 1 }), new Batcher(retain, { batchSize: 4, seed: 2 }), cfg(15, 2e-3), { method, params: { repBeta: 4 } });
+    return u;
+  };
+  const [d0, dMax, dRep] = [await noiseDistance(base), await noiseDistance(await run('maxent')), await noiseDistance(await run('repnoise'))];
+  assert.ok(dRep < dMax && dRep < d0, `MMD² to noise: base ${d0.toFixed(4)}, maxent ${dMax.toFixed(4)}, repnoise ${dRep.toFixed(4)}`);
+});
+
+/** mmdGaussian with the bandwidth base computed from `ref` (x's unperturbed values) instead of x. */
+function mmdFixedBase(x: Float64Array, y: Float64Array, m: number, n: number, d: number, ref: Float64Array): number {
+  const pts = (a: Float64Array, k: number) => Array.from({ length: k }, (_, i) => a.subarray(i * d, (i + 1) * d));
+  const sq = (a: Float64Array, b: Float64Array) => a.reduce((s, v, i) => s + (v - b[i]) ** 2, 0);
+  const all = [...pts(ref, m), ...pts(y, n)];
+  let sum = 0;
+  for (const a of all) for (const b of all) sum += sq(a, b);
+  const base = sum / (all.length * all.length) / 4;
+  const K = (a: Float64Array, b: Float64Array) => [1, 2, 4, 8, 16].reduce((s, w) => s + Math.exp(-sq(a, b) / (w * base)), 0);
+  const X = pts(x, m), Y = pts(y, n);
+  let kxx = 0, kyy = 0, kxy = 0;
+  for (const a of X) for (const b of X) kxx += K(a, b);
+  for (const a of Y) for (const b of Y) kyy += K(a, b);
+  for (const a of X) for (const b of Y) kxy += K(a, b);
+  return kxx / (m * m) + kyy / (n * n) - (2 * kxy) / (m * n);
+}
 
 test('parseMethod rejects unknown methods with the list', () => {
   assert.is(parseMethod('Grad-Diff'), 'graddiff');

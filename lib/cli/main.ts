@@ -223,7 +223,7 @@ export function buildProgram(): Command {
     program.command('pretrain')
       .description('train a model from scratch on a built-in task or a text/JSONL file')
       .option('--task <name>', 'built-in task: arithmetic (default when --data is not given) or biographies')
-      .option('--data <file>', 'training data: a built-in spec (biographies:all|forget|retain, pate-bios:public|private, arithmetic:OPS), .txt paragraphs, or JSONL of {"text"}, {"prompt", "completion"} or chat {"messages"} lines (chat: loss on the assistant turns; needs a tokenizer with a chat template)')
+      .option('--data <file>', 'training data: a built-in spec (biographies:all|forget|retain, pate-bios:public|private, language:velan|kyrish|all, arithmetic:OPS), .txt paragraphs, or JSONL of {"text"}, {"prompt", "completion"} or chat {"messages"} lines (chat: loss on the assistant turns; needs a tokenizer with a chat template)')
       .option('--tokenizer <dir>', 'a Hugging Face tokenizer (a directory with tokenizer.json, or the file) for the new model instead of the byte tokenizer')
       .option('--ops <list>', 'arithmetic operations to train on', parseOps, [...ALL_OPS] as Op[])
       .addOption(new Option('--preset <name>', 'model size').choices(Object.keys(PRESETS)).default('tiny'))

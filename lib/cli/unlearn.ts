@@ -13,6 +13,7 @@ import { Model } from '../models/model';
 import { noiseModel, projectToDistribution } from '../unlearn/noise';
 import { relearn } from '../unlearn/relearn';
 import { ALL_OPS, FORGET_OPS, generateArithmeticCorpus, Op } from '../tasks/arithmetic';
+import { languageDocs, parseLanguageSpec } from '../tasks/languages';
 import { biographyMetrics, builtinBiographyDocs, builtinBiographyNames, pateBiographyDocs } from '../tasks/biographies';
 import { TrainConfig, TrainOptions } from '../train/train';
 import { CAUSAL_DEFAULT_REPLACEMENTS, CausalOptions, parseMethod, unlearn, UNLEARN_DEFAULTS, UNLEARN_METHODS } from '../unlearn/unlearn';
@@ -43,7 +44,7 @@ export interface DataSpecOptions {
 
 /**
  * Documents from a data spec: `arithmetic:add,sub` (the built-in task with those operations),
- * `biographies:forget|retain|all`, or a file: .txt paragraphs, or JSONL whose lines are chat
+ * `biographies:forget|retain|all`, `language:velan|kyrish|all` (the generated languages), or a file: .txt paragraphs, or JSONL whose lines are chat
  * ({"messages"}), prompt/completion or text records (lib/data/chat.ts loadDataFile; chat and
  * prompt/completion need `opts.tokenizer` and become loss-masked TokenDocuments).
  */
@@ -58,6 +59,7 @@ export function documentsFrom(spec: string, what: string, count: number, seed: n
     if (part !== 'public' && part !== 'private') throw new UndoError(`${what} "${spec}": choose pate-bios:public or pate-bios:private`);
     return pateBiographyDocs(part, seed);
   }
+  if (spec === 'language' || spec.startsWith('language:')) return languageDocs(parseLanguageSpec(spec, what), count, seed);
   if (spec.startsWith('arithmetic')) {
     const list = spec.includes(':') ? spec.slice(spec.indexOf(':') + 1).split(',').filter(Boolean) : [...ALL_OPS];
     for (const op of list) if (!(ALL_OPS as readonly string[]).includes(op)) throw new UndoError(`${what} "${spec}": unknown operation "${op}"`, `operations: ${ALL_OPS.join(',')}`);
@@ -160,7 +162,7 @@ export function registerUnlearningCommands(program: Command, k: CliKit): void {
 
   k.runtimeOptions(
     program.command('unlearn')
-      .description('unlearn the forget data: gradascent, graddiff, npo, simnpo, maxent (UNDO\'s default teacher), rmu, whp (Who\'s Harry Potter) or causal (causal intervention, Revisiting WHP: distil the original model averaged over counterfactual rewrites that rename the target)')
+      .description('unlearn the forget data: gradascent, graddiff, npo, simnpo, maxent (UNDO\'s default teacher), repnoise (MaxEnt + representation noising), rmu, whp (Who\'s Harry Potter) or causal (causal intervention, Revisiting WHP: distil the original model averaged over counterfactual rewrites that rename the target)')
       .addOption(new Option('--method <m>', 'unlearning method').choices([...UNLEARN_METHODS]).default('maxent'))
       .requiredOption('--model <dir>', 'model to unlearn')
       .option('--forget <data>', 'forget data: a .txt/.jsonl file, arithmetic:OPS or biographies:forget|retain|all', 'arithmetic:mul,div')
@@ -174,6 +176,8 @@ export function registerUnlearningCommands(program: Command, k: CliKit): void {
       .option('--beta <x>', 'NPO / SimNPO β', float('--beta', 0))
       .option('--rmu-layer <n>', 'RMU: steered layer (default 2/3 of depth)', int('--rmu-layer', 0))
       .option('--rmu-c <x>', 'RMU: steering coefficient c', float('--rmu-c', 0), 6)
+      .option('--rep-alpha <x>', 'RepNoise: weight α of −log(1 + forget CE)', float('--rep-alpha', 0))
+      .option('--rep-beta <x>', 'RepNoise: weight β of the noise (MMD to N(0, I)) term on every layer\'s forget representations', float('--rep-beta', 0))
       .option('--entity <name>', 'causal: a target entity to forget, matched as a whole word (repeatable or comma-separated; default for biographies data: the people of the forget split)',
         (v: string, prev: string[] | undefined) => [...(prev ?? []), ...v.split(',').map((x) => x.trim()).filter(Boolean)])
       .option('--replacements <n>', `causal: N counterfactual rewrites averaged by the teacher (paper: 20; default ${CAUSAL_DEFAULT_REPLACEMENTS})`, int('--replacements', 1))
@@ -184,7 +188,7 @@ export function registerUnlearningCommands(program: Command, k: CliKit): void {
       .option('--docs <n>', 'documents generated per built-in data set', int('--docs', 1), 20000)
       .option('--seed <n>', 'seed', int('--seed', 0), 0)
       .option('--no-progress', 'no progress bar'),
-  ).action(async (o: { method: string; model: string; forget: string; retain: string; out: string; steps?: number; lr?: number; batchSize: number; seqLen: number; retainWeight?: number; beta?: number; rmuLayer?: number; rmuC: number; entity?: string[]; replacements?: number; counterfactualPrompt?: boolean; nameBack?: boolean; clip: number; sam: number; docs: number; seed: number; progress: boolean; threads?: number; isa?: string }) => {
+  ).action(async (o: { method: string; model: string; forget: string; retain: string; out: string; steps?: number; lr?: number; batchSize: number; seqLen: number; retainWeight?: number; beta?: number; rmuLayer?: number; rmuC: number; repAlpha?: number; repBeta?: number; entity?: string[]; replacements?: number; counterfactualPrompt?: boolean; nameBack?: boolean; clip: number; sam: number; docs: number; seed: number; progress: boolean; threads?: number; isa?: string }) => {
     k.applyRuntime(o);
     const method = parseMethod(o.method);
     o.entity = o.entity ?? [];
@@ -210,6 +214,8 @@ export function registerUnlearningCommands(program: Command, k: CliKit): void {
     if (o.retainWeight !== undefined) params.retainWeight = o.retainWeight;
     if (o.beta !== undefined) params.beta = o.beta;
     if (o.rmuLayer !== undefined) params.rmuLayer = o.rmuLayer;
+    if (o.repAlpha !== undefined) params.repAlpha = o.repAlpha;
+    if (o.repBeta !== undefined) params.repBeta = o.repBeta;
     const ui = k.trainingUi(o.steps, o.progress);
     if (causal) console.log(`causal: forgetting ${causal.entities.map((e) => JSON.stringify(e)).join(', ')} with ${causal.replacements ?? CAUSAL_DEFAULT_REPLACEMENTS} counterfactual rewrites` +
       `${causal.counterfactualPrompt ? ', counterfactual prompt' : ''}${causal.nameBack ? ', name-back' : ''}`);

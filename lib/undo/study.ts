@@ -10,7 +10,7 @@
 import * as crypto from 'crypto';
 import * as fs from 'fs';
 import * as path from 'path';
-import { Batcher } from '../data/datasets';
+import { Batcher, Document } from '../data/datasets';
 import { distill } from '../distill/distill';
 import { UndoError } from '../core/errors';
 import { readJson, writeJsonAtomic } from '../core/fsutil';
@@ -22,7 +22,8 @@ import { ByteTokenizer } from '../data/tokenizer';
 import { packDocuments } from '../data/datasets';
 import { train, TrainConfig, TrainOptions } from '../train/train';
 import { unlearn, UnlearnMethod, UNLEARN_DEFAULTS, UnlearnStage } from '../unlearn/unlearn';
-import { arithmeticScores, arithmeticTask, retainStop, StudyTask, TaskScore } from './tasks';
+import { arithmeticScores, arithmeticTask, dataTask, retainStop, StudyTask, TaskScore } from './tasks';
+import { FORGET_LANGUAGE, languageDocs, RETAIN_LANGUAGE } from '../tasks/languages';
 
 export { arithmeticScores, retainStop };
 
@@ -34,6 +35,8 @@ export interface UnlearnArm {
 
 export interface StudyConfig {
   name: string;
+  /** the built-in task (default arithmetic): 'language' pretrains on the two generated languages and forgets Kyrish */
+  task?: 'arithmetic' | 'language';
   preset: string;
   /** the arms' seed: unlearning batches, noise, distillation order and init, the attack's batches */
   seed: number;
@@ -85,6 +88,14 @@ export const STUDIES: Record<string, StudyConfig> = {
     alphas: [0.2, 0.4, 0.6, 0.8], beta: 0.1, fullDistill: true, oracle: true, distillLr: 7e-3, distillMaxSteps: 6000,
     distillEvalEvery: 100, tolerance: 0.05, relearn: { lrs: [3e-3, 1e-3, 3e-4], steps: 100, evalEvery: 20, budgets: [20, 100] },
     evalPerForm: 50,
+  },
+  // `undo-native undo --preset language`: the paper's language setting on two generated languages (lib/tasks/languages.ts);
+  // scores are held-out cross-entropies, the distillation stops at retain CE within 5% of the teacher's (undo.md §5)
+  language: {
+    name: 'language', task: 'language', preset: 'tiny', seed: 42, seqLen: 128, batchSize: 16, pretrainSteps: 4000, pretrainLr: 4e-3,
+    docs: 30000, wordProblems: 0, methods: ['maxent', 'graddiff', 'rmu', { method: 'maxent', sam: SAM_RHO }, { method: 'rmu', sam: SAM_RHO }],
+    unlearn: UNLEARN_DEFAULTS, alphas: [0.2, 0.4, 0.6, 0.8], beta: 0.1, fullDistill: true, oracle: true, distillLr: 7e-3, distillMaxSteps: 4000,
+    distillEvalEvery: 100, tolerance: 0.05, relearn: { lrs: [3e-3, 1e-3, 3e-4], steps: 100, evalEvery: 20, budgets: [20, 100] }, evalPerForm: 0,
   },
   // for tests and trying the machinery: the micro model, a few hundred steps, every arm kind (about 2 min on 2 cores)
   smoke: {
@@ -138,7 +149,7 @@ export interface StudyOptions {
 /** The study was stopped (signal or Ctrl-C); every finished arm is saved in `dir` and a rerun continues at `arm`. */
 export class StudyInterrupted extends Error {
   constructor(readonly arm: string, readonly dir: string) {
-    super(`interrupted in ${arm}: the finished arms are saved in ${dir}; run the same command again to continue there`);
+    super(`interrupted in ${arm}: what finished is saved in ${dir}; run the same command again to continue there`);
     this.name = 'StudyInterrupted';
   }
 }
@@ -151,27 +162,44 @@ export function defaultCacheDir(): string {
   return process.env.UNDO_CACHE ?? path.join(process.cwd(), '.undo-cache');
 }
 
-/** Pretrain (or reuse from the cache) a model on the given operations (seed: the config's pretrainSeed, default 42). */
+/** Pretrain (or reuse from the cache) a model on the given arithmetic operations (seed: the config's pretrainSeed, default 42). */
 export async function pretrained(c: StudyConfig, ops: readonly Op[], o: Partial<StudyOptions>): Promise<Model> {
   const seed = c.pretrainSeed ?? 42;
-  const key = crypto.createHash('sha256').update(JSON.stringify({ v: 1, preset: c.preset, ops, steps: c.pretrainSteps, lr: c.pretrainLr, docs: c.docs, wp: c.wordProblems, seed, T: c.seqLen, B: c.batchSize })).digest('hex').slice(0, 16);
-  const dir = path.join(o.cacheDir ?? defaultCacheDir(), `pretrain-${ops.join('-')}-${key}`);
+  const key = { v: 1, preset: c.preset, ops, steps: c.pretrainSteps, lr: c.pretrainLr, docs: c.docs, wp: c.wordProblems, seed, T: c.seqLen, B: c.batchSize };
+  return pretrainCached(c, `pretrain-${ops.join('-')}`, ops.join(','), key,
+    () => generateArithmeticCorpus({ ops, count: c.docs, seed, wordProblemFraction: c.wordProblems }), o);
+}
+
+/** Pretrain (or reuse from the cache) a model on the generated languages: both ('all', the base) or Velan only (the oracle). */
+export async function pretrainedLanguage(c: StudyConfig, part: 'all' | typeof RETAIN_LANGUAGE, o: Partial<StudyOptions>): Promise<Model> {
+  const seed = c.pretrainSeed ?? 42;
+  const key = { v: 1, task: 'language', preset: c.preset, part, steps: c.pretrainSteps, lr: c.pretrainLr, docs: c.docs, seed, T: c.seqLen, B: c.batchSize };
+  return pretrainCached(c, `pretrain-language-${part}`, part === 'all' ? 'both languages' : part, key, () => languageDocs(part, c.docs, seed), o);
+}
+
+/**
+ * The cached pretraining behind pretrained / pretrainedLanguage: dir = <cache>/<prefix>-<hash of key>; a finished
+ * entry is model.safetensors without trainer_state.json, an interrupted one continues from its checkpoint.
+ */
+async function pretrainCached(c: StudyConfig, prefix: string, label: string, key: Record<string, unknown>, docsFn: () => Document[], o: Partial<StudyOptions>): Promise<Model> {
+  const seed = c.pretrainSeed ?? 42;
+  const hash = crypto.createHash('sha256').update(JSON.stringify(key)).digest('hex').slice(0, 16);
+  const dir = path.join(o.cacheDir ?? defaultCacheDir(), `${prefix}-${hash}`);
   if (fs.existsSync(path.join(dir, 'model.safetensors')) && !fs.existsSync(path.join(dir, 'trainer_state.json'))) {
-    o.log?.(`reusing cached ${ops.join(',')} model ${dir}`);
+    o.log?.(`reusing cached ${label} model ${dir}`);
     return Model.load(dir);
   }
   const tok = new ByteTokenizer();
-  const docs = generateArithmeticCorpus({ ops, count: c.docs, seed, wordProblemFraction: c.wordProblems });
-  const data = packDocuments(tok, docs, c.seqLen, { seed });
+  const data = packDocuments(tok, docsFn(), c.seqLen, { seed });
   // an interrupted pretraining left its checkpoint (trainer_state.json) in the cache: continue it
   const resume = fs.existsSync(path.join(dir, 'trainer_state.json'));
   const model = resume ? Model.load(dir) : Model.create(presetConfig(c.preset, tok), { seed }, tok);
-  o.log?.(`${resume ? 'continuing' : 'pretraining'} on ${ops.join(',')} (${c.pretrainSteps} steps; cached in ${dir})`);
-  const ui = o.hooks?.(`pretrain ${ops.join(',')}`, c.pretrainSteps);
+  o.log?.(`${resume ? 'continuing' : 'pretraining'} on ${label} (${c.pretrainSteps} steps; cached in ${dir})`);
+  const ui = o.hooks?.(`pretrain ${label}`, c.pretrainSteps);
   const r = await train(model, new Batcher(data, { batchSize: c.batchSize, seed }), trainCfg(c.pretrainSteps, c.pretrainLr, 100, 'cosine', 0, 500),
     { ...(ui?.hooks ?? {}), outDir: dir, resume, signal: o.signal });
   ui?.stop();
-  if (r.interrupted) throw new StudyInterrupted(`pretraining on ${ops.join(',')}`, dir);
+  if (r.interrupted) throw new StudyInterrupted(`pretraining on ${label}`, dir);
   // the finished model without optimizer state: its presence (and no trainer_state.json) marks the cache entry done
   for (const f of ['trainer_state.json', 'optimizer.safetensors', 'metrics.jsonl']) fs.rmSync(path.join(dir, f), { force: true });
   model.save(dir);
@@ -337,28 +365,56 @@ export async function runArms(c: StudyConfig, task: StudyTask, models: StudyMode
   return report;
 }
 
-/** The study's manifest (outDir/study.json): written on the first run, and a rerun in the directory must match it. */
+/**
+ * The study's manifest (outDir/study.json), rewritten on every run. A rerun in the directory must match it in
+ * everything but the arm list: the teacher (the first method) and every other setting are fixed, while
+ * unlearn-only arms and UNDO α values may be added (or dropped) — the arms already there are reused.
+ */
 function checkManifest(dir: string, identity: Record<string, unknown>): void {
   const file = path.join(dir, 'study.json');
-  const text = JSON.stringify(identity);
+  const fixed = (m: Record<string, unknown>) => {
+    const st = m.study as StudyConfig | undefined;
+    return st ? { ...m, study: { ...st, methods: st.methods.slice(0, 1), alphas: [] } } : m;
+  };
   if (fs.existsSync(file)) {
-    const old = readJson<Record<string, unknown>>(file, 'study manifest');
-    if (JSON.stringify(old) !== text) {
-      const keys = [...new Set([...Object.keys(old), ...Object.keys(identity)])].filter((k) => JSON.stringify(old[k]) !== JSON.stringify(identity[k]));
+    const old = fixed(readJson<Record<string, unknown>>(file, 'study manifest'));
+    const now = fixed(identity);
+    if (JSON.stringify(old) !== JSON.stringify(now)) {
+      const diff = (a: Record<string, unknown>, b: Record<string, unknown>, prefix: string): string[] =>
+        [...new Set([...Object.keys(a), ...Object.keys(b)])].flatMap((k) => {
+          const x = a[k], y = b[k];
+          if (JSON.stringify(x) === JSON.stringify(y)) return [];
+          if (x && y && typeof x === 'object' && typeof y === 'object' && !Array.isArray(x) && k === 'study') return diff(x as Record<string, unknown>, y as Record<string, unknown>, `${k}.`);
+          return [`${prefix}${k === 'methods' ? 'methods[0] (the teacher)' : k}`];
+        });
+      const keys = diff(old, now, '');
       throw new UndoError(`${dir} holds a study with other settings (${keys.join(', ')} differ${keys.length === 1 ? 's' : ''})`,
-        'choose another --out, or remove that directory to start over');
+        'arms (unlearn-only methods, UNDO α values) may be added to a study; for other settings choose another --out, or remove that directory');
     }
-    return;
   }
   writeJsonAtomic(file, identity);
 }
 
-/** Run the built-in arithmetic study for one seed (base and oracle pretrained once and cached, shared by every seed). */
+/**
+ * Run a built-in study for one seed: the arithmetic task (accuracies) or the language task (held-out
+ * cross-entropy per language); base and oracle are pretrained once and cached, shared by every seed.
+ */
 export async function runStudy(c: StudyConfig, o: StudyOptions): Promise<StudyReport> {
   const t0 = Date.now();
-  const base = await pretrained(c, ALL_OPS, o);
-  const oracle = c.oracle ? await pretrained(c, RETAIN_OPS, o) : null;
-  const task = arithmeticTask(base.tokenizer, { seed: c.seed, docs: c.docs, wordProblems: c.wordProblems, seqLen: c.seqLen, perForm: c.evalPerForm });
+  let base: Model, oracle: Model | null, task: StudyTask;
+  if ((c.task ?? 'arithmetic') === 'language') {
+    base = await pretrainedLanguage(c, 'all', o);
+    oracle = c.oracle ? await pretrainedLanguage(c, RETAIN_LANGUAGE, o) : null;
+    task = dataTask(base.tokenizer, {
+      name: 'language (held-out cross-entropy: Velan kept, Kyrish forgotten)', forget: languageDocs(FORGET_LANGUAGE, c.docs, c.seed + 1),
+      retain: languageDocs(RETAIN_LANGUAGE, c.docs, c.seed + 2), mixture: languageDocs('all', c.docs, c.seed + 3), seqLen: c.seqLen, seed: c.seed,
+      batchSize: c.batchSize,
+    });
+  } else {
+    base = await pretrained(c, ALL_OPS, o);
+    oracle = c.oracle ? await pretrained(c, RETAIN_OPS, o) : null;
+    task = arithmeticTask(base.tokenizer, { seed: c.seed, docs: c.docs, wordProblems: c.wordProblems, seqLen: c.seqLen, perForm: c.evalPerForm });
+  }
   const report = await runArms(c, task, { base, oracle, oracleTokens: c.pretrainSteps * c.batchSize * c.seqLen }, o);
   report.elapsedSec = (Date.now() - t0) / 1000;
   return report;

@@ -9,11 +9,12 @@ import { UndoError } from '../core/errors';
 import { Model } from '../models/model';
 import { requireByteTokenizer } from '../data/tokenizer';
 import { ceObjective, chunkedLogitObjective, headChunkRows, logitObjective, rowCE } from '../train/objectives';
-import { Rng } from '../core/rng';
+import { mixSeeds, Rng } from '../core/rng';
+import { repNoiseObjective, REPNOISE_DEFAULTS } from './repnoise';
 import { train, TrainConfig, TrainOptions, TrainResult } from '../train/train';
 import { CausalOptions, CausalPlan, CausalTeacher, causalPlan, causalTeacher, checkEntitiesPresent, teacherKlObjective, windowContext } from './causal';
 
-export const UNLEARN_METHODS = ['gradascent', 'graddiff', 'npo', 'simnpo', 'maxent', 'rmu', 'whp', 'causal'] as const;
+export const UNLEARN_METHODS = ['gradascent', 'graddiff', 'npo', 'simnpo', 'maxent', 'repnoise', 'rmu', 'whp', 'causal'] as const;
 export type UnlearnMethod = (typeof UNLEARN_METHODS)[number];
 
 export type UnlearnStage = { steps: number; lr: number; retainWeight?: number };
@@ -22,6 +23,8 @@ export type UnlearnStage = { steps: number; lr: number; retainWeight?: number };
 export const UNLEARN_DEFAULTS: Record<UnlearnMethod, UnlearnStage> = {
   maxent: { steps: 150, lr: 2e-4, retainWeight: 16 },
   graddiff: { steps: 150, lr: 2e-4, retainWeight: 16 },
+  // MaxEnt's schedule with the RepNoise terms added (the UNDO authors add RepNoise to MaxEnt)
+  repnoise: { steps: 150, lr: 2e-4, retainWeight: 16 },
   // RMU: steering layer 2 of 4 (layers 0–2 trained) with a strong retain term (the RMU paper's α is 1200):
   // + 96% / − 93%, × 1% / ÷ 1% on the tiny model, where layer 1 or a retain weight ≤ 64 cost 10–60 points of + and −
   rmu: { steps: 100, lr: 1e-3, retainWeight: 256 },
@@ -48,6 +51,10 @@ export interface UnlearnParams {
   whpAlpha: number;
   whpReinforceSteps: number;
   whpReinforceLr: number;
+  /** RepNoise: weight α of −log(1 + CE_forget), weight β of the noise (MMD) term, positions sampled per layer */
+  repAlpha: number;
+  repBeta: number;
+  repRows: number;
   seed: number;
 }
 
@@ -65,6 +72,9 @@ export function defaultUnlearnParams(method: UnlearnMethod, model: Model): Unlea
     whpAlpha: 1,
     whpReinforceSteps: 50,
     whpReinforceLr: 1e-3,
+    repAlpha: REPNOISE_DEFAULTS.alpha,
+    repBeta: REPNOISE_DEFAULTS.beta,
+    repRows: REPNOISE_DEFAULTS.rows,
     seed: 0,
   };
 }
@@ -200,6 +210,8 @@ export async function unlearn(model: Model, forget: Batcher, retain: Batcher | n
     contextWidth = Math.max(...plan.entityIds.map((ids) => ids.length)) + 1;
     original = model.clone();
   }
+  // RepNoise's sampled positions and noise; SAM's second pass on a batch draws new ones, as a fresh noise sample
+  const repRng = method === 'repnoise' ? new Rng(mixSeeds(p.seed, 'repnoise')) : null;
   let u = new Float32Array(0);
   if (method === 'rmu') {
     const rng = new Rng(p.seed);
@@ -223,6 +235,10 @@ export async function unlearn(model: Model, forget: Batcher, retain: Batcher | n
         break;
       case 'maxent':
         loss += await logitObjective(model, fb, 'maxent', { scale: share });
+        break;
+      case 'repnoise':
+        loss += await logitObjective(model, fb, 'maxent', { scale: share });
+        loss += await repNoiseObjective(model, fb, { alpha: p.repAlpha, beta: p.repBeta, rows: p.repRows }, repRng!, share);
         break;
       case 'rmu':
         loss += await rmuObjective(model, fb, p, u, share);
