@@ -39,7 +39,7 @@ export { unlearn, UNLEARN_METHODS, UNLEARN_DEFAULTS, defaultUnlearnParams, causa
 export type { UnlearnMethod, UnlearnOptions, UnlearnParams, CausalOptions } from './unlearn/unlearn';
 export { noiseModel, projectToDistribution } from './unlearn/noise';
 export type { NoiseOptions, ProjectOptions, TargetDistribution } from './unlearn/noise';
-export { relearn, DEFAULT_RELEARN_LRS } from './unlearn/relearn';
+export { relearn, DEFAULT_RELEARN_LRS, PAPER_RELEARN_LRS } from './unlearn/relearn';
 export type { RelearnOptions, RelearnResult, CurvePoint } from './unlearn/relearn';
 export { runStudy, runArms, runSeeds, aggregateReports, meanSd, StudyInterrupted, STUDIES, pretrained, arithmeticScores } from './undo/study';
 export type { StudyConfig, StudyReport, ModelRow, StudyOptions, StudyModels, UnlearnArm, AggregateReport, AggregateRow, MeanSd } from './undo/study';

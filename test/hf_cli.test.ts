@@ -136,6 +136,30 @@ test('export --gguf: the sharded bf16 Qwen3 checkpoint (vocab padded past the to
   assert.equal(fs.readdirSync(TMP).filter((f) => f.startsWith('bad.gguf')), [], 'no temporary left');
 });
 
+test('undo --model on the sharded Qwen3 checkpoint: chat retain data, prompt/completion forget data, every arm saved as an HF directory', () => {
+  const forget = path.join(TMP, 'undo-forget.jsonl'), retain = path.join(TMP, 'undo-retain.jsonl');
+  const names = ['Harry', 'Hermione', 'Ron', 'Dumbledore', 'Hagrid', 'Snape', 'Draco', 'Neville'];
+  fs.writeFileSync(forget, names.map((n) => JSON.stringify({ prompt: `Who is ${n}?`, completion: ` ${n} is a wizard at Hogwarts.` })).join('\n') + '\n');
+  fs.writeFileSync(retain, ['Paris', 'Berlin', 'Rome', 'Madrid', 'Lisbon', 'Vienna', 'Prague', 'Oslo'].map((c) => JSON.stringify({
+    messages: [{ role: 'user', content: `Name a capital city.` }, { role: 'assistant', content: `${c} is a capital.` }],
+  })).join('\n') + '\n');
+  const out = path.join(TMP, 'undo-qwen');
+  const r = cli(['undo', '--model', teacher, '--forget', forget, '--retain', retain, '--method', 'graddiff', '--alpha', '0.5', '--seq-len', '16', '--batch-size', '2',
+    '--unlearn-steps', '2', '--steps', '2', '--eval-every', '1', '--attack-lrs', '1e-3', '--attack-steps', '2', '--attack-eval-every', '1', '--out', out, '--no-progress']);
+  assert.is(r.status, 0, r.out);
+  const rep = JSON.parse(fs.readFileSync(path.join(out, 'report.json'), 'utf8'));
+  assert.equal(rep.rows.map((x: { name: string }) => x.name), ['base', 'unlearn-only (graddiff)', 'UNDO α=0.5']);
+  assert.is(rep.task.unit, 'loss');
+  for (const row of rep.rows) assert.ok(row.forget > 0 && row.retain > 0 && row.metrics.forget_accuracy >= 0 && row.metrics.forget_accuracy <= 1, row.name);
+  // the unlearned teacher and the UNDO student are HF directories again: qwen3, the real tokenizer, loadable
+  for (const arm of ['unlearn-only-graddiff', 'undo-a0.5']) {
+    const dir = path.join(out, 'arms', arm, 'model');
+    assert.is(JSON.parse(fs.readFileSync(path.join(dir, 'config.json'), 'utf8')).model_type, 'qwen3', arm);
+    assert.ok(fs.existsSync(path.join(dir, 'tokenizer.json')), `${arm}: tokenizer carried`);
+    assert.is(Model.load(dir).tokenizer.vocabSize, Model.load(teacher).tokenizer.vocabSize);
+  }
+});
+
 test('pate --chat: two Qwen3 teachers answer chat-rendered prompts; the released turns train the student', () => {
   const tok = Model.load(teacher).tokenizer;
   const ids = chatPromptIds(tok, 'Name a city.', 'test');

@@ -110,7 +110,7 @@ function bioTask(seed: number) {
   return dataTask(base.tokenizer, { forget: builtinBiographyDocs('forget', 1), retain: builtinBiographyDocs('retain', 1), seqLen: 48, seed, evalWindows: 8 });
 }
 
-const strip = (r: StudyReport) => r.rows.map(({ attack, ...row }) => ({ ...row, best: attack?.best }));
+const strip = (r: StudyReport) => r.rows.map(({ attack, seconds, ...row }) => ({ ...row, best: attack?.best, timed: !!seconds?.attack }));
 
 test('a study on a user\'s model: arms in order, unlearning raises the forget loss, resumes at the arm it was in with the same result', async () => {
   const dirA = path.join(TMP, 'user-a'), dirB = path.join(TMP, 'user-b');
@@ -205,6 +205,10 @@ test('CLI: the smoke preset over two seeds (arithmetic, oracle, SAM arm, full di
   assert.equal(agg.rows.map((x: { name: string }) => x.name),
     ['base', 'oracle (retain data only)', 'unlearn-only (maxent)', 'unlearn-only (maxent+SAM ρ=0.05)', 'unlearn + full distill', 'UNDO α=0.6']);
   assert.is(agg.task.unit, 'accuracy');
+  assert.match(fs.readFileSync(path.join(out, 'seed-1', 'report.md'), 'utf8'), /Time: unlearning \d+\.\d min, distillation \d+\.\d min, attacks \d+\.\d min/);
+  assert.match(fs.readFileSync(path.join(out, 'report.md'), 'utf8'), /^Seed 2: unlearning \d+\.\d min/m);
+  const seed1 = JSON.parse(fs.readFileSync(path.join(out, 'seed-1', 'report.json'), 'utf8'));
+  for (const row of seed1.rows) assert.ok(row.seconds.attack > 0 && (row.kind === 'base' || row.kind === 'oracle' || row.seconds.train > 0), `${row.name}: times`);
   for (const row of agg.rows) for (const k of ['retain', 'forget']) assert.ok(row[k].n === 2 && row[k].mean >= 0 && row[k].mean <= 1, `${row.name} ${k}`);
   const undo = agg.rows[5];
   assert.ok(undo.computeFraction.mean > 0 && undo.computeFraction.mean <= 60 * 8 * 64 / (300 * 8 * 64) + 1e-12, `compute ${undo.computeFraction.mean}`);
@@ -214,6 +218,10 @@ test('CLI: the smoke preset over two seeds (arithmetic, oracle, SAM arm, full di
   assert.not.match(again.stdout, /^(attacking|unlearning with|pretraining)/m);
   const agg2 = JSON.parse(fs.readFileSync(path.join(out, 'report.json'), 'utf8'));
   assert.equal(agg2.rows, agg.rows);
+  // the attack options replace the preset's: another attack is other settings for this directory
+  const paper = cli(['undo', '--preset', 'smoke', '--seeds', '1,2', '--out', out, '--no-progress', '--attack-lrs', 'paper']);
+  assert.is(paper.status, 1, paper.stdout);
+  assert.match(paper.stderr, /other settings \(study\.relearn differs\)/);
 });
 
 test.after(() => fs.rmSync(TMP, { recursive: true, force: true }));

@@ -11,7 +11,7 @@ import { UndoError } from '../core/errors';
 import { evalArithmetic } from '../train/evaluate';
 import { Model } from '../models/model';
 import { noiseModel, projectToDistribution } from '../unlearn/noise';
-import { relearn } from '../unlearn/relearn';
+import { PAPER_RELEARN_LRS, relearn } from '../unlearn/relearn';
 import { ALL_OPS, FORGET_OPS, generateArithmeticCorpus, Op } from '../tasks/arithmetic';
 import { languageDocs, parseLanguageSpec } from '../tasks/languages';
 import { biographyMetrics, builtinBiographyDocs, builtinBiographyNames, pateBiographyDocs } from '../tasks/biographies';
@@ -308,9 +308,10 @@ export function registerUndoCommand(program: Command, k: CliKit): void {
       .option('--unlearn-steps <n>', 'with --model: unlearning steps (default: the method\'s tuned default)', int('--unlearn-steps', 1))
       .option('--unlearn-lr <x>', 'with --model: unlearning learning rate (default: the method\'s tuned default)', float('--unlearn-lr', 0))
       .option('--retain-weight <x>', 'with --model: the method\'s retain-loss weight (default: tuned)', float('--retain-weight', 0))
-      .option('--attack-lrs <list>', 'with --model: the attacker\'s learning-rate sweep', numberList('--attack-lrs', (n) => n > 0, 'a positive number'), [1e-3, 3e-4, 1e-4])
-      .option('--attack-steps <n>', 'with --model: fine-tuning steps per attack learning rate', int('--attack-steps', 1), 100)
-      .option('--attack-eval-every <n>', 'with --model: evaluate the forget loss every n attack steps', int('--attack-eval-every', 1), 20)
+      .option('--attack-lrs <list>', 'the attacker\'s learning-rate sweep, or "paper" for the paper\'s 10 (1e-3 … 1e-6); overrides a preset\'s',
+        (v: string) => (v === 'paper' ? [...PAPER_RELEARN_LRS] : numberList('--attack-lrs', (n) => n > 0, 'a positive number')(v)), [1e-3, 3e-4, 1e-4])
+      .option('--attack-steps <n>', 'fine-tuning steps per attack learning rate (the paper: 500); overrides a preset\'s', int('--attack-steps', 1), 100)
+      .option('--attack-eval-every <n>', 'evaluate the forget score every n attack steps; overrides a preset\'s', int('--attack-eval-every', 1), 20)
       .option('--attack-seed <n>', 'the attack\'s own seed (default: the study seed)', int('--attack-seed', 0))
       .option('--seq-len <n>', 'with --model: tokens per sequence', int('--seq-len', 2), 128)
       .option('--batch-size <n>', 'with --model: sequences per batch', int('--batch-size', 1), 16)
@@ -322,8 +323,9 @@ export function registerUndoCommand(program: Command, k: CliKit): void {
       .option('--out <dir>', 'output directory (default runs/undo-<preset>, runs/undo-model with --model)')
       .option('--cache <dir>', 'where pretrained models are cached (default .undo-cache or UNDO_CACHE)')
       .option('--no-progress', 'no progress bar'),
-  ).action(async (o: UndoCliOptions) => {
+  ).action(async (o: UndoCliOptions, cmd: Command) => {
     k.applyRuntime(o);
+    const given = (name: string) => cmd.getOptionValueSource(name) === 'cli';
     if (o.teacher) return undoTeacher(o, k);
     const ac = new AbortController();
     const onSigint = () => ac.abort();
@@ -339,7 +341,13 @@ export function registerUndoCommand(program: Command, k: CliKit): void {
       } else {
         const stray = ['forget', 'retain', 'oracle', 'fullDistill'].filter((f) => (o as unknown as Record<string, unknown>)[f] !== undefined);
         if (stray.length) throw new UndoError(`--${stray.map((f) => f.replace(/[A-Z]/g, (c) => '-' + c.toLowerCase())).join(', --')} need${stray.length === 1 ? 's' : ''} --model (your own model and data)`);
-        const study = STUDIES[o.preset];
+        const preset = STUDIES[o.preset];
+        // attack options given on the command line replace the preset's attack (budgets: the preset's that fit, and the last step)
+        const steps = given('attackSteps') ? o.attackSteps : preset.relearn.steps;
+        const study: StudyConfig = { ...preset, relearn: {
+          ...preset.relearn, steps, lrs: given('attackLrs') ? o.attackLrs : preset.relearn.lrs, evalEvery: given('attackEvalEvery') ? o.attackEvalEvery : preset.relearn.evalEvery,
+          budgets: [...new Set([...preset.relearn.budgets.filter((b) => b < steps), steps])],
+        } };
         out = o.out ?? defaultStudyOut(study.name);
         run = (seed, dir) => runStudy({ ...study, seed, relearn: { ...study.relearn, seed: o.attackSeed ?? seed } },
           { outDir: dir, cacheDir: o.cache, log: (m) => console.log(m), hooks, signal: ac.signal });

@@ -129,6 +129,7 @@ export class HFTokenizer implements Tokenizer {
         throw new UndoError(`cannot decode token id ${id} at position ${i}: not in the vocabulary of ${this.source} (size ${this.vocabSize})`);
       }
     });
+    if (!list.length) return '';  // the library refuses an empty list
     return this.lib.decode(list, { skip_special_tokens: !!opts.skipSpecial, clean_up_tokenization_spaces: false });
   }
 
@@ -185,6 +186,61 @@ export function parseJsonFile(data: Buffer, file: string, what: string): Json {
 }
 
 /**
+ * The structure tokenizer.json must have before the library sees it: a model with a type and a vocabulary of
+ * the type's shape (an object of non-negative integer ids, or Unigram's [piece, score] pairs), merges as
+ * strings or pairs, added tokens with integer ids and string contents. The library's behaviour on other
+ * shapes is not defined (some take minutes), so they are refused here, naming the field.
+ */
+export function checkTokenizerJson(json: Json, file: string): void {
+  const bad = (field: string, what: string) => new UndoError(`tokenizer file ${file}: ${field} ${what}`, 'a Hugging Face tokenizer.json is expected');
+  const model = json.model as Json | undefined;
+  if (!model || typeof model !== 'object' || Array.isArray(model)) throw bad('"model"', 'must be an object');
+  const type = model.type ?? 'BPE';
+  if (typeof type !== 'string') throw bad('"model.type"', 'must be a string');
+  const vocab = model.vocab;
+  if (type === 'Unigram') {
+    if (!Array.isArray(vocab) || !vocab.every((e) => Array.isArray(e) && e.length === 2 && typeof e[0] === 'string' && typeof e[1] === 'number')) {
+      throw bad('"model.vocab"', 'must be a list of [piece, score] pairs for a Unigram model');
+    }
+  } else {
+    if (!vocab || typeof vocab !== 'object' || Array.isArray(vocab)) throw bad('"model.vocab"', `must be an object of token → id for a ${type} model`);
+    for (const [k, id] of Object.entries(vocab as Json)) {
+      if (typeof id !== 'number' || !Number.isInteger(id) || id < 0 || id > 2 ** 31 - 1) throw bad(`"model.vocab"[${JSON.stringify(k).slice(0, 40)}]`, `must be a non-negative integer id, got ${JSON.stringify(id)?.slice(0, 40)}`);
+    }
+  }
+  const merges = model.merges;
+  if (merges !== undefined && merges !== null) {
+    if (!Array.isArray(merges) || !merges.every((m) => typeof m === 'string' || (Array.isArray(m) && m.length === 2 && m.every((x) => typeof x === 'string')))) {
+      throw bad('"model.merges"', 'must be a list of "a b" strings or [a, b] pairs');
+    }
+  }
+  for (const k of ['continuing_subword_prefix', 'end_of_word_suffix', 'unk_token']) {
+    const v = model[k];
+    if (v !== undefined && v !== null && typeof v !== 'string') throw bad(`"model.${k}"`, 'must be a string or null');
+  }
+  const added = json.added_tokens;
+  if (added !== undefined && added !== null) {
+    if (!Array.isArray(added)) throw bad('"added_tokens"', 'must be a list');
+    // ids past the vocabulary are allowed a gap (reserved ranges), not an arbitrary one: the library sizes tables by the largest id
+    const entries = Array.isArray(vocab) ? vocab.length : Object.keys(vocab as Json).length;
+    const maxId = entries + added.length + 65536;
+    added.forEach((t, i) => {
+      const o = t as Json;
+      if (!o || typeof o !== 'object' || typeof o.content !== 'string' || typeof o.id !== 'number' || !Number.isInteger(o.id) || o.id < 0) {
+        throw bad(`"added_tokens"[${i}]`, 'must be an object with an integer "id" and a string "content"');
+      }
+      if (o.id > maxId) throw bad(`"added_tokens"[${i}].id`, `${o.id} is far past the vocabulary (${entries} entries; at most ${maxId})`);
+    });
+  }
+  if (!Array.isArray(vocab)) {
+    const entries = Object.keys(vocab as Json).length;
+    for (const [k, id] of Object.entries(vocab as Json)) {
+      if ((id as number) > entries + 65536) throw bad(`"model.vocab"[${JSON.stringify(k).slice(0, 40)}]`, `id ${id} is far past the vocabulary's ${entries} entries`);
+    }
+  }
+}
+
+/**
  * Load a Hugging Face tokenizer from a directory holding tokenizer.json (tokenizer_config.json,
  * special_tokens_map.json and chat_template.jinja next to it are optional), or from the path of a
  * tokenizer.json. A file the library cannot read raises an UndoError naming it.
@@ -201,6 +257,7 @@ export function loadHFTokenizer(dirOrFile: string, fallback: TokenIdFallbacks = 
   const json = preread?.json ?? parseJsonFile(files['tokenizer.json'], file, 'tokenizer file');
   const configFile = path.join(dir, 'tokenizer_config.json');
   const config = files['tokenizer_config.json'] ? parseJsonFile(files['tokenizer_config.json'], configFile, 'tokenizer config') : {};
+  checkTokenizerJson(json, file);
   let lib: JsTokenizer;
   try {
     lib = new JsTokenizer(json, config);

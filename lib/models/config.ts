@@ -204,7 +204,7 @@ export const ARCHITECTURES: Record<Family, Architecture> = {
 /** The families, for messages and the CLI. */
 export const FAMILIES = Object.keys(ARCHITECTURES) as Family[];
 
-function num(cfg: Json, field: string, file: string, dflt?: number, opts: { int?: boolean; min?: number } = {}): number {
+function num(cfg: Json, field: string, file: string, dflt?: number, opts: { int?: boolean; min?: number; max?: number } = {}): number {
   const v = cfg[field];
   if (v === undefined || v === null) {
     if (dflt === undefined) throw new UndoError(`${file}: missing field "${field}"`);
@@ -213,6 +213,7 @@ function num(cfg: Json, field: string, file: string, dflt?: number, opts: { int?
   if (typeof v !== 'number' || !Number.isFinite(v)) throw new UndoError(`${file}: field "${field}" must be a number, got ${JSON.stringify(v)}`);
   if (opts.int && !Number.isInteger(v)) throw new UndoError(`${file}: field "${field}" must be an integer, got ${v}`);
   if (opts.min !== undefined && v < opts.min) throw new UndoError(`${file}: field "${field}" must be >= ${opts.min}, got ${v}`);
+  if (opts.max !== undefined && v > opts.max) throw new UndoError(`${file}: field "${field}" must be <= ${opts.max}, got ${v}`);
   return v;
 }
 
@@ -265,7 +266,8 @@ export function configFromHF(cfg: Json, file = 'config.json'): ModelConfig {
   const family = type as Family;
   const A = ARCHITECTURES[family];
   const name = (k: keyof NonNullable<Architecture['fields']>, dflt: string) => A.fields?.[k] ?? dflt;
-  const int = { int: true, min: 1 };
+  // sizes are int32 in the native decoder; more than 4096 layers is no real model (the largest have ~128)
+  const int = { int: true, min: 1, max: 2 ** 31 - 1 };
   const hidden = num(cfg, name('hidden', 'hidden_size'), file, undefined, int);
   const heads = num(cfg, name('heads', 'num_attention_heads'), file, undefined, int);
   const kv = num(cfg, name('kvHeads', 'num_key_value_heads'), file, heads, int);
@@ -320,7 +322,7 @@ export function configFromHF(cfg: Json, file = 'config.json'): ModelConfig {
     family,
     vocabSize: num(cfg, 'vocab_size', file, undefined, int),
     hiddenSize: hidden,
-    numLayers: num(cfg, name('layers', 'num_hidden_layers'), file, undefined, int),
+    numLayers: num(cfg, name('layers', 'num_hidden_layers'), file, undefined, { ...int, max: 4096 }),
     numHeads: heads,
     numKvHeads: kv,
     headDim,

@@ -17,6 +17,8 @@ import {
 import { ByteTokenizer, loadAnyTokenizer, saveTokenizer, Tokenizer } from '../data/tokenizer';
 import { configFromHF, configToHF, decoderSpec, isIgnoredHfTensor, ModelConfig, TensorMapping, tensorMappings } from './config';
 import { gatherHf } from './layout';
+import { nativeParamCount } from './info';
+import * as os from 'os';
 
 type Json = Record<string, unknown>;
 
@@ -174,6 +176,7 @@ export class Model {
   generationConfig?: Json;
 
   constructor(readonly config: ModelConfig, public tokenizer: Tokenizer = new ByteTokenizer()) {
+    checkAllocatable(config);
     this.native = new native.NativeModel(decoderSpec(config));
     this.tensors = this.native.tensors();
     for (const t of this.tensors) this.byName.set(t.name, t);
@@ -216,6 +219,13 @@ export class Model {
     }
     const reader = CheckpointReader.open(dir);
     try {
+      // a config far larger than its checkpoint (hostile or mistaken sizes) is refused before anything is allocated
+      const held = reader.names().reduce((a, n) => a + reader.info(n).numel, 0);
+      const needed = nativeParamCount(config);
+      if (needed > 2 * held + (1 << 20)) {
+        throw new UndoError(`${cfgFile} describes a model of ${needed.toLocaleString('en-US')} parameters, but ${reader.source} holds ${held.toLocaleString('en-US')} values`,
+          'the config\'s sizes (hidden_size, intermediate_size, num_hidden_layers, vocab_size, head counts) do not match the weights');
+      }
       const m = new Model(config, tokenizer);
       m.loadWeights(reader, opts.mapping);
       m.hfConfig = raw;
@@ -426,4 +436,21 @@ export function saveDirAtomic(dir: string, fill: (tmp: string) => void): void {
     fs.closeSync(fd);
   }
   if (had) fs.rmSync(old, { recursive: true, force: true });
+}
+
+/**
+ * Refuse a config the native decoder cannot build: an odd RoPE head dimension, or parameters and gradients that alone would not fit in this machine's memory (sizes from a
+ * hostile or mistaken config.json), before the native model allocates them.
+ */
+export function checkAllocatable(config: ModelConfig): void {
+  const sp = decoderSpec(config);
+  if (!sp.learnedPositions && sp.headDim % 2 !== 0) {
+    throw new UndoError(`the model config's head_dim is ${sp.headDim}; RoPE rotates pairs of dimensions, so it must be even`, 'head_dim defaults to hidden_size / num_attention_heads');
+  }
+  const n = nativeParamCount(config);
+  const bytes = 2 * 4 * n;  // fp32 parameters and gradients, allocated with the model
+  if (!Number.isSafeInteger(n) || bytes > os.totalmem()) {
+    throw new UndoError(`the model config asks for ${Number.isFinite(n) ? n.toLocaleString('en-US') : String(n)} parameters (${(bytes / 2 ** 30).toFixed(1)} GiB with gradients), more than this machine's ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB`,
+      `sizes: hidden_size ${config.hiddenSize}, intermediate_size ${config.intermediateSize}, num_hidden_layers ${config.numLayers}, vocab_size ${config.vocabSize}, heads ${config.numHeads}/${config.numKvHeads} × ${config.headDim}`);
+  }
 }

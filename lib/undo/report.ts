@@ -55,7 +55,7 @@ export function reportMarkdown(r: StudyReport): string {
   const lines = [
     `# UNDO study: ${r.study.name}`,
     '',
-    `${r.task ? `Task ${r.task.name}, ` : ''}preset ${r.study.preset}, seed ${r.study.seed}; ${r.rows.length} models; ${(r.elapsedSec / 60).toFixed(1)} min.`,
+    `${r.task ? `Task ${r.task.name}, ` : ''}preset ${r.study.preset}, seed ${r.study.seed} (attack seed ${r.study.relearn.seed ?? r.study.seed}); ${r.rows.length} models; ${(r.elapsedSec / 60).toFixed(1)} min.`,
     ...explain(r),
     '',
     `| model | retain | forget | ${budgets.map((b) => `forget after ${b}-step attack`).join(' | ')} | compute | robustness |${accuracyHeader(unit, top)[0]}`,
@@ -66,8 +66,17 @@ export function reportMarkdown(r: StudyReport): string {
       ? ` ${fmt('accuracy', row.metrics.retain_accuracy)} | ${fmt('accuracy', row.metrics.forget_accuracy)} | ${fmt('accuracy', row.relearnedMetrics?.[top]?.forget_accuracy)} |` : '';
     lines.push(`| ${row.name} | ${fmt(unit, row.retain)} | ${fmt(unit, row.forget)} | ${budgets.map((b) => fmt(unit, row.relearned[b])).join(' | ')} | ${compute(row)} | ${row.robustness === undefined ? 'n/a' : row.robustness.toFixed(2)} |${acc}`);
   }
-  lines.push('', 'Plot: pareto.svg. Every number above is what this run produced.');
+  lines.push('', timeLine(r), '', 'Plot: pareto.svg. Every number above is what this run produced.');
   return lines.join('\n') + '\n';
+}
+
+/** Where the study's time went: unlearning, distillation and attacks (minutes; arms done in an earlier run count their own time). */
+function timeLine(r: StudyReport): string {
+  const sum = (f: (row: StudyReport['rows'][number]) => number | undefined) => r.rows.reduce((a, row) => a + (f(row) ?? 0), 0) / 60;
+  const un = sum((row) => (row.kind === 'unlearn' ? row.seconds?.train : 0));
+  const di = sum((row) => (row.kind === 'distill' || row.kind === 'undo' ? row.seconds?.train : 0));
+  const at = sum((row) => row.seconds?.attack);
+  return `Time: unlearning ${un.toFixed(1)} min, distillation ${di.toFixed(1)} min, attacks ${at.toFixed(1)} min (pretraining, when not cached, comes on top).`;
 }
 
 export function aggregateMarkdown(a: AggregateReport): string {
@@ -77,7 +86,7 @@ export function aggregateMarkdown(a: AggregateReport): string {
   const lines = [
     `# UNDO study: ${a.study.name}, ${a.seeds.length} seeds`,
     '',
-    `${a.task ? `Task ${a.task.name}, ` : ''}preset ${a.study.preset}; seeds ${a.seeds.join(', ')} (each row: mean ± sample standard deviation over the seeds); ${(a.elapsedSec / 60).toFixed(1)} min in all.`,
+    `${a.task ? `Task ${a.task.name}, ` : ''}preset ${a.study.preset}; seeds ${a.seeds.join(', ')} (attack seeds ${a.perSeed.map((r) => r.study.relearn.seed ?? r.study.seed).join(', ')}; each row: mean ± sample standard deviation over the seeds); ${(a.elapsedSec / 60).toFixed(1)} min in all.`,
     ...explain(a),
     'Each seed\'s own table is in seed-N/report.md.',
     '',
@@ -91,7 +100,7 @@ export function aggregateMarkdown(a: AggregateReport): string {
       : row.tokens.n ? `${fmtNum({ ...row.tokens, mean: row.tokens.mean / 1e6, sd: row.tokens.sd / 1e6 })}M tok` : 'n/a';
     lines.push(`| ${row.name} | ${fmtSd(unit, row.retain)} | ${fmtSd(unit, row.forget)} | ${budgets.map((b) => fmtSd(unit, row.relearned[b])).join(' | ')} | ${comp} | ${fmtNum(row.robustness)} |${acc}`);
   }
-  lines.push('', 'Plot: pareto.svg (error bars ± 1 sd). Every number above is what these runs produced.');
+  lines.push('', ...a.perSeed.map((r) => `Seed ${r.study.seed}: ${timeLine(r).replace(/^Time: /, '')}`), '', 'Plot: pareto.svg (error bars ± 1 sd). Every number above is what these runs produced.');
   return lines.join('\n') + '\n';
 }
 

@@ -80,11 +80,11 @@ export const STUDIES: Record<string, StudyConfig> = {
     fullDistill: false, oracle: false, distillLr: 7e-3, distillMaxSteps: 3000, distillEvalEvery: 100, tolerance: 0.05,
     relearn: { lrs: [1e-3, 3e-4], steps: 60, evalEvery: 20, budgets: [20, 60] }, evalPerForm: 50,
   },
-  // `undo-native undo --preset arithmetic`: the whole study, with the SAM-wrapped MaxEnt and RMU baselines
+  // `undo-native undo --preset arithmetic`: the whole study, with the RepNoise and SAM-wrapped MaxEnt and RMU baselines
   arithmetic: {
     name: 'arithmetic', preset: 'tiny', seed: 42, seqLen: 128, batchSize: 16, pretrainSteps: 6000, pretrainLr: 4e-3,
     docs: 400000, wordProblems: 0.25,
-    methods: ['maxent', 'graddiff', 'rmu', { method: 'maxent', sam: SAM_RHO }, { method: 'rmu', sam: SAM_RHO }], unlearn: UNLEARN_DEFAULTS,
+    methods: ['maxent', 'graddiff', 'rmu', 'repnoise', { method: 'maxent', sam: SAM_RHO }, { method: 'rmu', sam: SAM_RHO }], unlearn: UNLEARN_DEFAULTS,
     alphas: [0.2, 0.4, 0.6, 0.8], beta: 0.1, fullDistill: true, oracle: true, distillLr: 7e-3, distillMaxSteps: 6000,
     distillEvalEvery: 100, tolerance: 0.05, relearn: { lrs: [3e-3, 1e-3, 3e-4], steps: 100, evalEvery: 20, budgets: [20, 100] },
     evalPerForm: 50,
@@ -93,9 +93,17 @@ export const STUDIES: Record<string, StudyConfig> = {
   // scores are held-out cross-entropies, the distillation stops at retain CE within 5% of the teacher's (undo.md §5)
   language: {
     name: 'language', task: 'language', preset: 'tiny', seed: 42, seqLen: 128, batchSize: 16, pretrainSteps: 4000, pretrainLr: 4e-3,
-    docs: 30000, wordProblems: 0, methods: ['maxent', 'graddiff', 'rmu', { method: 'maxent', sam: SAM_RHO }, { method: 'rmu', sam: SAM_RHO }],
+    docs: 30000, wordProblems: 0, methods: ['maxent', 'graddiff', 'rmu', 'repnoise', { method: 'maxent', sam: SAM_RHO }, { method: 'rmu', sam: SAM_RHO }],
     unlearn: UNLEARN_DEFAULTS, alphas: [0.2, 0.4, 0.6, 0.8], beta: 0.1, fullDistill: true, oracle: true, distillLr: 7e-3, distillMaxSteps: 4000,
     distillEvalEvery: 100, tolerance: 0.05, relearn: { lrs: [3e-3, 1e-3, 3e-4], steps: 100, evalEvery: 20, budgets: [20, 100] }, evalPerForm: 0,
+  },
+  // `undo-native undo --preset language-quick`: the language study cut to MaxEnt, RepNoise and UNDO α = 0.6 with a short
+  // attack (about 20 min on 2 cores with nothing cached)
+  'language-quick': {
+    name: 'language-quick', task: 'language', preset: 'tiny', seed: 42, seqLen: 128, batchSize: 16, pretrainSteps: 2000, pretrainLr: 4e-3,
+    docs: 15000, wordProblems: 0, methods: ['maxent', 'repnoise'], unlearn: UNLEARN_DEFAULTS, alphas: [0.6], beta: 0.1, fullDistill: false,
+    oracle: true, distillLr: 7e-3, distillMaxSteps: 1500, distillEvalEvery: 100, tolerance: 0.05,
+    relearn: { lrs: [1e-3, 3e-4], steps: 60, evalEvery: 20, budgets: [20, 60] }, evalPerForm: 0,
   },
   // for tests and trying the machinery: the micro model, a few hundred steps, every arm kind (about 2 min on 2 cores)
   smoke: {
@@ -126,6 +134,8 @@ export interface ModelRow {
   robustness?: number;
   metrics: Record<string, number>;
   attack?: RelearnResult;
+  /** wall time of the arm's training (unlearning or distillation) and of its attack (scoring included) */
+  seconds?: { train?: number; attack?: number };
 }
 
 export interface StudyReport {
@@ -226,6 +236,8 @@ export interface StudyModels {
 
 interface ArmRecord {
   tokens: number;
+  /** training time of the arm (a resumed distillation counts its earlier part too) */
+  seconds?: number;
 }
 
 /**
@@ -275,9 +287,10 @@ export async function runArms(c: StudyConfig, task: StudyTask, models: StudyMode
       ui?.stop();
       if (r.interrupted) throw new StudyInterrupted(name, o.outDir);
       u.save(path.join(dir, 'model'));
-      writeJsonAtomic(path.join(dir, 'arm.json'), { tokens: 0 } satisfies ArmRecord);
+      writeJsonAtomic(path.join(dir, 'arm.json'), { tokens: 0, seconds: r.state.elapsedSec } satisfies ArmRecord);
     }
-    entries.push({ row: { name, kind: 'unlearn', ...(arm.sam ? { sam: arm.sam } : {}), tokens: 0, computeFraction: fraction(0) }, model: async () => u });
+    const seconds = readJson<ArmRecord>(path.join(dir, 'arm.json'), 'study arm record').seconds;
+    entries.push({ row: { name, kind: 'unlearn', ...(arm.sam ? { sam: arm.sam } : {}), tokens: 0, computeFraction: fraction(0), seconds: { train: seconds } }, model: async () => u });
     if (!teacher) teacher = u;
   }
   const teacherModel = teacher!;
@@ -306,10 +319,10 @@ export async function runArms(c: StudyConfig, task: StudyTask, models: StudyMode
         });
       ui?.stop();
       if (r.interrupted) throw new StudyInterrupted(name, o.outDir);
-      record = { tokens: r.state.tokens };
+      record = { tokens: r.state.tokens, seconds: r.state.elapsedSec };
       writeJsonAtomic(path.join(dir, 'arm.json'), record);
     }
-    entries.push({ row: { name, kind, ...extra, tokens: record.tokens, computeFraction: fraction(record.tokens) }, model: async () => Model.load(modelDir) });
+    entries.push({ row: { name, kind, ...extra, tokens: record.tokens, computeFraction: fraction(record.tokens), seconds: { train: record.seconds } }, model: async () => Model.load(modelDir) });
   };
   if (c.fullDistill) await distillArm('unlearn + full distill', 'distill', () => Model.create(base.config, { seed: c.seed + 100 }, tok), {});
   for (const alpha of c.alphas) {
@@ -324,10 +337,11 @@ export async function runArms(c: StudyConfig, task: StudyTask, models: StudyMode
   const attackSeed = c.relearn.seed ?? c.seed;
   for (const { row, model: get } of entries) {
     const file = path.join(armsDir, armSlug(row.name), 'attack.json');
-    let done: { score: TaskScore; attack: RelearnResult } | null = null;
+    let done: { score: TaskScore; attack: RelearnResult; seconds?: number } | null = null;
     if (fs.existsSync(file)) done = readJson(file, 'study attack record');
     else {
       stopped(`the attack on ${row.name}`);
+      const t1 = Date.now();
       const model = await get();
       const score = await task.score(model);
       log(`attacking ${row.name} (retain ${unit(score.retain)}, forget ${unit(score.forget)})`);
@@ -336,10 +350,11 @@ export async function runArms(c: StudyConfig, task: StudyTask, models: StudyMode
         metric: (m) => task.attackMetric(m), direction: task.unit === 'accuracy' ? 'max' : 'min', signal: o.signal,
       });
       if (attack.interrupted) throw new StudyInterrupted(`the attack on ${row.name}`, o.outDir);
-      done = { score, attack };
+      done = { score, attack, seconds: (Date.now() - t1) / 1000 };
       writeJsonAtomic(file, done);
     }
     const { score, attack } = done!;
+    row.seconds = { ...(row.seconds ?? {}), attack: done!.seconds };
     const relearned: Record<number, number> = {};
     const relearnedMetrics: Record<number, Record<string, number>> = {};
     for (const b of c.relearn.budgets) {

@@ -10,6 +10,9 @@ import { train } from '../train/train';
 
 export const DEFAULT_RELEARN_LRS = [1e-3, 7e-4, 4e-4, 1e-4, 7e-5, 5e-5, 1e-5];
 
+/** The UNDO paper's adversary: 10 learning rates (undo.md §6), each run for up to 500 steps. */
+export const PAPER_RELEARN_LRS = [1e-3, 7e-4, 4e-4, 1e-4, 7e-5, 5e-5, 1e-5, 7e-6, 4e-6, 1e-6];
+
 export interface RelearnOptions {
   lrs?: number[];
   steps: number;
