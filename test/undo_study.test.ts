@@ -4,7 +4,7 @@
  * other settings in its directory, and the CLI: `undo --model … --seeds`, the smoke preset over two seeds with
  * its error-bar plot, and bad input.
  */
-import { spawnSync } from 'child_process';
+import { spawn, spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
@@ -22,6 +22,7 @@ import { dataTask } from '../lib/undo/tasks';
 import { aggregateMarkdown, reportMarkdown } from '../lib/undo/report';
 import { rejectsWith, ROOT, tinyConfig } from './helpers';
 import { UndoError } from '../lib/core/errors';
+import { Rng } from '../lib/core/rng';
 
 const TMP = fs.mkdtempSync(path.join(os.tmpdir(), 'undo-study-'));
 const BIN = path.join(ROOT, 'bin', 'undo-native.js');
@@ -195,6 +196,8 @@ test('CLI: undo --model --forget --retain --seeds writes per-seed and aggregate 
   bad(['undo', '--seeds', '1,x'], /--seeds: "x" is not a non-negative integer/);
   bad(['undo', '--model', dir, '--forget', 'biographies:forget', '--retain', 'biographies:retain', '--alpha', '0.2,1.5'], /--alpha: "1\.5" is not in \[0, 1\]/);
   bad(['undo', '--model', path.join(TMP, 'nope'), '--forget', 'a.txt', '--retain', 'b.txt'], /nope/);
+  bad(['relearn', '--model', dir, '--lrs', '1e-3,-1'], /--lrs: "-1" is not a positive number/);
+  bad(['undo', '--model', dir, '--forget', 'biographies:forget', '--retain', 'biographies:retain', '--attack-lrs', 'papers'], /--attack-lrs: "papers" is not a positive number/);
 });
 
 test('CLI: the smoke preset over two seeds (arithmetic, oracle, SAM arm, full distillation), resumable', () => {
@@ -222,6 +225,25 @@ test('CLI: the smoke preset over two seeds (arithmetic, oracle, SAM arm, full di
   const paper = cli(['undo', '--preset', 'smoke', '--seeds', '1,2', '--out', out, '--no-progress', '--attack-lrs', 'paper']);
   assert.is(paper.status, 1, paper.stdout);
   assert.match(paper.stderr, /other settings \(study\.relearn differs\)/);
+});
+
+test('kill -9 at two random points, then run again: the smoke study ends with the same results as an uninterrupted run', async () => {
+  const out = path.join(TMP, 'smoke-kill');
+  const args = ['undo', '--preset', 'smoke', '--seed', '1', '--out', out, '--no-progress'];
+  const rng = new Rng(20261207);
+  for (let k = 0; k < 2; k++) {
+    const child = spawn(process.execPath, [BIN, ...args], { env: { ...process.env, UNDO_CACHE: path.join(TMP, 'cache-kill') }, stdio: 'ignore' });
+    const delay = 1500 + Math.floor(rng.next() * 8000);
+    const timer = setTimeout(() => child.kill('SIGKILL'), delay);
+    const code = await new Promise<number | null>((resolve) => child.on('exit', (c) => resolve(c)));
+    clearTimeout(timer);
+    assert.ok(code === null || code === 0, `run ${k} ended with ${code}`);
+  }
+  const r = spawnSync(process.execPath, [BIN, ...args], { encoding: 'utf8', env: { ...process.env, UNDO_CACHE: path.join(TMP, 'cache-kill') } });
+  assert.is(r.status, 0, r.stderr + r.stdout);
+  const rows = (f: string) => JSON.parse(fs.readFileSync(f, 'utf8')).rows.map((x: ModelRow) => ({ name: x.name, retain: x.retain, forget: x.forget, relearned: x.relearned, tokens: x.tokens }));
+  // the smoke test above ran seed 1 uninterrupted (same preset, its own cache)
+  assert.equal(rows(path.join(out, 'report.json')), rows(path.join(TMP, 'smoke', 'seed-1', 'report.json')));
 });
 
 test.after(() => fs.rmSync(TMP, { recursive: true, force: true }));

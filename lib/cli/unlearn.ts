@@ -231,11 +231,7 @@ export function registerUnlearningCommands(program: Command, k: CliKit): void {
       .description('relearning attack: fine-tune with cross-entropy over a learning-rate sweep, report the attacker\'s best curve')
       .requiredOption('--model <dir>', 'model to attack')
       .option('--data <data>', 'attack data: a .txt/.jsonl file or arithmetic:OPS', 'arithmetic:mul,div')
-      .option('--lrs <list>', 'learning rates, comma-separated', (v: string) => v.split(',').map((x) => {
-        const n = Number(x);
-        if (!(n > 0)) throw new InvalidArgumentError(`--lrs: "${x}" is not a positive number`);
-        return n;
-      }), [3e-3, 1e-3, 3e-4, 1e-4])
+      .option('--lrs <list>', 'learning rates, comma-separated, or "paper" for the UNDO paper\'s 10 (1e-3 … 1e-6)', lrList('--lrs'), [3e-3, 1e-3, 3e-4, 1e-4])
       .option('--steps <n>', 'fine-tuning steps per learning rate', int('--steps', 1), 100)
       .option('--eval-every <n>', 'evaluate every n steps', int('--eval-every', 1), 20)
       .option('--batch-size <n>', 'sequences per batch', int('--batch-size', 1), 16)
@@ -275,6 +271,12 @@ function numberList(name: string, check: (n: number) => boolean, what: string) {
   };
 }
 
+/** Learning rates for an attack: a comma-separated list of positive numbers, or "paper" for the UNDO paper's sweep. */
+function lrList(name: string) {
+  const list = numberList(name, (n) => n > 0, 'a positive number');
+  return (v: string) => (v.trim() === 'paper' ? [...PAPER_RELEARN_LRS] : list(v));
+}
+
 interface UndoCliOptions {
   preset: string; teacher?: string; model?: string; forget?: string; retain?: string; method: string; sam: number; oracle?: string;
   distillData: string; fullDistill?: boolean; data: string; alpha: number[]; beta: number; steps?: number; lr?: number; evalEvery: number;
@@ -309,7 +311,7 @@ export function registerUndoCommand(program: Command, k: CliKit): void {
       .option('--unlearn-lr <x>', 'with --model: unlearning learning rate (default: the method\'s tuned default)', float('--unlearn-lr', 0))
       .option('--retain-weight <x>', 'with --model: the method\'s retain-loss weight (default: tuned)', float('--retain-weight', 0))
       .option('--attack-lrs <list>', 'the attacker\'s learning-rate sweep, or "paper" for the paper\'s 10 (1e-3 … 1e-6); overrides a preset\'s',
-        (v: string) => (v === 'paper' ? [...PAPER_RELEARN_LRS] : numberList('--attack-lrs', (n) => n > 0, 'a positive number')(v)), [1e-3, 3e-4, 1e-4])
+        lrList('--attack-lrs'), [1e-3, 3e-4, 1e-4])
       .option('--attack-steps <n>', 'fine-tuning steps per attack learning rate (the paper: 500); overrides a preset\'s', int('--attack-steps', 1), 100)
       .option('--attack-eval-every <n>', 'evaluate the forget score every n attack steps; overrides a preset\'s', int('--attack-eval-every', 1), 20)
       .option('--attack-seed <n>', 'the attack\'s own seed (default: the study seed)', int('--attack-seed', 0))

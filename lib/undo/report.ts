@@ -31,7 +31,7 @@ function compute(row: { computeFraction: number; tokens?: number }): string {
 }
 
 /** Data tasks also report next-token accuracies: retain, forget, and forget at the attacker's best point within the largest budget. */
-function accuracyHeader(unit: Unit, _budget: number): [string, string] {
+function accuracyHeader(unit: Unit): [string, string] {
   return unit === 'loss' ? [' retain acc | forget acc | forget acc after attack |', '---|---|---|'] : ['', ''];
 }
 
@@ -58,8 +58,8 @@ export function reportMarkdown(r: StudyReport): string {
     `${r.task ? `Task ${r.task.name}, ` : ''}preset ${r.study.preset}, seed ${r.study.seed} (attack seed ${r.study.relearn.seed ?? r.study.seed}); ${r.rows.length} models; ${(r.elapsedSec / 60).toFixed(1)} min.`,
     ...explain(r),
     '',
-    `| model | retain | forget | ${budgets.map((b) => `forget after ${b}-step attack`).join(' | ')} | compute | robustness |${accuracyHeader(unit, top)[0]}`,
-    `|---|---|---|${budgets.map(() => '---|').join('')}---|---|${accuracyHeader(unit, top)[1]}`,
+    `| model | retain | forget | ${budgets.map((b) => `forget after ${b}-step attack`).join(' | ')} | compute | robustness |${accuracyHeader(unit)[0]}`,
+    `|---|---|---|${budgets.map(() => '---|').join('')}---|---|${accuracyHeader(unit)[1]}`,
   ];
   for (const row of r.rows) {
     const acc = unit === 'loss'
@@ -90,8 +90,8 @@ export function aggregateMarkdown(a: AggregateReport): string {
     ...explain(a),
     'Each seed\'s own table is in seed-N/report.md.',
     '',
-    `| model | retain | forget | ${budgets.map((b) => `forget after ${b}-step attack`).join(' | ')} | compute | robustness |${accuracyHeader(unit, top)[0]}`,
-    `|---|---|---|${budgets.map(() => '---|').join('')}---|---|${accuracyHeader(unit, top)[1]}`,
+    `| model | retain | forget | ${budgets.map((b) => `forget after ${b}-step attack`).join(' | ')} | compute | robustness |${accuracyHeader(unit)[0]}`,
+    `|---|---|---|${budgets.map(() => '---|').join('')}---|---|${accuracyHeader(unit)[1]}`,
   ];
   for (const row of a.rows) {
     const acc = unit === 'loss' && row.accuracy
