@@ -246,6 +246,25 @@ test('kill -9 at two random points, then run again: the smoke study ends with th
   assert.equal(rows(path.join(out, 'report.json')), rows(path.join(TMP, 'smoke', 'seed-1', 'report.json')));
 });
 
+test('Ctrl-C (SIGINT) during a study: it says where it stopped and exits with 130; the same command continues', async () => {
+  const out = path.join(TMP, 'smoke-int');
+  const args = ['undo', '--preset', 'smoke', '--seed', '2', '--out', out, '--no-progress'];
+  const env = { ...process.env, UNDO_CACHE: path.join(TMP, 'cache-kill') };  // pretrained by the kill test
+  const child = spawn(process.execPath, [BIN, ...args], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  child.stdout.on('data', (d) => {
+    stdout += d;
+    // interrupt once the first unlearning arm has started
+    if (/unlearning with maxent/.test(stdout) && !child.killed) child.kill('SIGINT');
+  });
+  const code = await new Promise<number | null>((resolve) => child.on('exit', (c) => resolve(c)));
+  assert.is(code, 130, stdout);
+  assert.match(stdout, /interrupted in .*: what finished is saved in .*smoke-int; run the same command again to continue there/);
+  const r = spawnSync(process.execPath, [BIN, ...args], { encoding: 'utf8', env });
+  assert.is(r.status, 0, r.stderr);
+  assert.ok(fs.existsSync(path.join(out, 'report.md')));
+});
+
 test.after(() => fs.rmSync(TMP, { recursive: true, force: true }));
 
 test.run();
