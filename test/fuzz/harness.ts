@@ -1,7 +1,7 @@
 /**
  * Fuzzing the parsers of untrusted input: safetensors (header, offsets, dtypes, shapes), a model directory's
  * config.json (through Model.load, so hostile sizes must be refused before anything is allocated), JSONL /
- * chat data files, and tokenizer.json. Each target starts from valid seeds and applies structure-aware
+ * chat data files, tokenizer.json, and a teacher store's manifest.json. Each target starts from valid seeds and applies structure-aware
  * mutations (lengths, offsets, dtypes, shapes, nesting, huge numbers, invalid UTF-8) or random bytes, seeded.
  *
  * Every input must end in success or a thrown UndoError. A failure is anything else: another exception type,
@@ -17,6 +17,8 @@ import { UndoError } from '../../lib/core/errors';
 import { loadDataFile } from '../../lib/data/chat';
 import { loadHFTokenizer } from '../../lib/data/hf_tokenizer';
 import { ByteTokenizer } from '../../lib/data/tokenizer';
+import { packDocuments } from '../../lib/data/datasets';
+import { cacheTeacher, openTeacherStore } from '../../lib/distill/teacher_store';
 import { parseSafetensors, serializeSafetensors } from '../../lib/formats/safetensors';
 import { Model, ModelConfig } from '../../lib/models/model';
 
@@ -174,8 +176,8 @@ const safetensorsTarget: FuzzTarget = {
 const TMP = fs.mkdtempSync(path.join(os.tmpdir(), 'undo-fuzz-'));
 
 /** A tiny model directory whose config.json the config target replaces. */
-function tinyModelDir(): { dir: string; config: Buffer } {
-  const dir = path.join(TMP, 'model');
+function tinyModelDir(name: string): { dir: string; config: Buffer } {
+  const dir = path.join(TMP, name);
   const tok = new ByteTokenizer();
   const cfg: ModelConfig = {
     family: 'llama', vocabSize: tok.vocabSize, hiddenSize: 16, numLayers: 2, numHeads: 2, numKvHeads: 1, headDim: 8, intermediateSize: 24,
@@ -187,7 +189,7 @@ function tinyModelDir(): { dir: string; config: Buffer } {
 }
 
 function configTarget(): FuzzTarget {
-  const { dir, config } = tinyModelDir();
+  const { dir, config } = tinyModelDir('model');
   const fixtures = path.join(__dirname, '..', '..', '..', 'test', 'fixtures');
   const seeds = [config];
   if (fs.existsSync(fixtures)) for (const d of fs.readdirSync(fixtures)) {
@@ -291,13 +293,54 @@ function tokenizerTarget(): FuzzTarget {
   };
 }
 
-export function fuzzTargets(): FuzzTarget[] {
-  return [safetensorsTarget, configTarget(), dataTarget(), tokenizerTarget()];
+/** A tiny teacher store (cache-teacher on a tiny model) whose manifest.json the store target replaces. */
+async function storeTarget(): Promise<FuzzTarget> {
+  const tok = new ByteTokenizer();
+  const { dir: mdir } = tinyModelDir('store-teacher');
+  const teacher = Model.load(mdir);
+  const dir = path.join(TMP, 'store');
+  const data = packDocuments(tok, ['a teacher store for the fuzzer', 'two documents, a few windows each'], 8, { seed: 1 });
+  await cacheTeacher(teacher, data, { k: 4, out: dir, shardWindows: 3, batchSize: 2 });
+  const manifest = fs.readFileSync(path.join(dir, 'manifest.json'));
+  const numbers = ['vocab', 'k', 'seqLen', 'numWindows', 'numTokens', 'shardWindows', 'numShards'];
+  return {
+    name: 'teacher store manifest',
+    seeds: [manifest],
+    mutate(rng, seed) {
+      if (rng.next() < 0.2) return mutateBytes(rng, seed);
+      const j = JSON.parse(seed.toString('utf8'));
+      if (rng.next() < 0.3) {
+        // a consistent hostile size: seqLen (or k) huge with the derived fields made to agree
+        const f = pickOne(rng, ['seqLen', 'k', 'numWindows']);
+        j[f] = pickOne(rng, [1e6, 1e9, 2 ** 31, 2 ** 40]);
+        if (f === 'k' && j.encoding) j.encoding.k = j.k;
+        j.numTokens = j.numWindows * j.seqLen;
+        j.numShards = Math.ceil(j.numWindows / j.shardWindows);
+        return Buffer.from(JSON.stringify(j));
+      }
+      if (rng.next() < 0.3) j[pickOne(rng, numbers)] = pickOne(rng, INTERESTING_NUMBERS);
+      return Buffer.from(JSON.stringify(mutateJson(rng, j)), 'utf8');
+    },
+    run(input) {
+      fs.writeFileSync(path.join(dir, 'manifest.json'), input);
+      const st = openTeacherStore(dir, { verify: 'none', allowIncomplete: true });
+      try {
+        const n = Math.min(st.numWindows, 4);
+        st.read(Array.from({ length: n }, (_, i) => i));
+      } finally {
+        st.close();
+      }
+    },
+  };
+}
+
+export async function fuzzTargets(): Promise<FuzzTarget[]> {
+  return [safetensorsTarget, configTarget(), dataTarget(), tokenizerTarget(), await storeTarget()];
 }
 
 /** Run every target round-robin until `inputs` inputs per target or `seconds` have passed, whichever first. */
 export async function runFuzz(opts: { seed: number; inputs?: number; seconds?: number; slowMs?: number; targets?: FuzzTarget[] }): Promise<FuzzResult> {
-  const targets = opts.targets ?? fuzzTargets();
+  const targets = opts.targets ?? (await fuzzTargets());
   const rng = new Rng(opts.seed);
   const deadline = opts.seconds !== undefined ? Date.now() + opts.seconds * 1000 : Infinity;
   const maxInputs = opts.inputs ?? Infinity;

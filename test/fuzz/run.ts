@@ -19,7 +19,7 @@ async function main(): Promise<void> {
   const seconds = arg('--seconds', 60), seed = arg('--seed', Date.now() % 1e9);
   const t0 = Date.now();
   const only = process.argv.includes('--target') ? process.argv[process.argv.indexOf('--target') + 1] : '';
-  const r = await runFuzz({ seed, seconds, targets: fuzzTargets().filter((t) => t.name.includes(only)) });
+  const r = await runFuzz({ seed, seconds, targets: (await fuzzTargets()).filter((t) => t.name.includes(only)) });
   const out = 'fuzz-failures';
   r.failures.forEach((f, i) => {
     fs.mkdirSync(out, { recursive: true });
