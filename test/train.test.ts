@@ -9,6 +9,7 @@ import { Model, ModelConfig } from '../lib/models/model';
 import { Rng } from '../lib/core/rng';
 import { lrAt, parseStopCondition, stopTest, train, TrainConfig } from '../lib/train/train';
 import { assertClose, throwsUndo } from './helpers';
+import { UndoError } from '../lib/core/errors';
 
 const CFG: ModelConfig = {
   family: 'llama', vocabSize: 37, hiddenSize: 24, numLayers: 2, numHeads: 4, numKvHeads: 2, headDim: 6,
@@ -176,6 +177,45 @@ test('stop conditions: METRIC<=X / >= / < / > parse, test metrics, and reject ba
   // with the metrics the evaluation will produce, an unknown one is refused at once, before any evaluation
   throwsUndo(() => stopTest(parseStopCondition('acc>=0.9'), ['val_loss', 'retain']), /no metric "acc"/);
   assert.ok(stopTest(parseStopCondition('retain>=0.9'), ['val_loss', 'retain'])({ retain: 0.95 }));
+});
+
+test('non-finite steps: a NaN gradient or loss is named (step, first tensor) and never reaches the weights; --skip-nonfinite drops up to N bad batches', async () => {
+  const T = 8;
+  const r = new Rng(4);
+  const toks = Int32Array.from({ length: 40 * T + 1 }, () => r.int(3, CFG.vocabSize - 1));
+  const data = new PackedDataset(toks, T, 40);
+  const cfg: TrainConfig = { steps: 5, gradAccum: 1, lr: 1e-2, warmup: 0, schedule: 'constant', weightDecay: 0, beta1: 0.9, beta2: 0.95, eps: 1e-8, clip: 1, evalEvery: 0, checkpointEvery: 0 };
+  const bad = 'model.layers.1.mlp.down_proj.weight';
+  // faults injected at given micro-batch calls: 'grad' puts a NaN into one gradient of `bad`, 'loss' returns NaN
+  const faulty = (m: Model, faults: Record<number, 'grad' | 'loss'>) => {
+    let call = 0;
+    return async (b: { inputs: Int32Array; targets: Int32Array; B: number; T: number }) => {
+      const f = faults[++call];
+      const res = await m.native.trainStep(b.inputs, b.targets, b.B, b.T, null, b.B * b.T, -100);
+      if (f === 'grad') m.grads[m.tensors.find((t) => t.name === bad)!.offset + 3] = NaN;
+      return f === 'loss' ? NaN : res.loss;
+    };
+  };
+  // stop at the first bad step (call 3): the weights are those after 2 good steps
+  const m = Model.create(CFG, { seed: 2 });
+  const e = await train(m, new Batcher(data, { batchSize: 2, seed: 1 }), cfg, { microStep: faulty(m, { 3: 'grad' }) }).then(() => null, (x) => x);
+  assert.ok(e instanceof UndoError, String(e));
+  assert.match(e.message, /the gradient norm is NaN at step 3 \(first non-finite gradient: tensor "model\.layers\.1\.mlp\.down_proj\.weight"\)/);
+  const ref = Model.create(CFG, { seed: 2 });
+  await train(ref, new Batcher(data, { batchSize: 2, seed: 1 }), { ...cfg, steps: 2 }, {});
+  assert.ok(m.params.every((v, i) => v === ref.params[i]), 'not updated from the bad step');
+  // skip two bad batches (a NaN gradient and a NaN loss): 5 good steps, the two bad batches dropped
+  const s = Model.create(CFG, { seed: 2 });
+  const skips: { step: number; tensor?: string }[] = [];
+  const res = await train(s, new Batcher(data, { batchSize: 2, seed: 1 }), { ...cfg, skipNonfinite: 2 }, { microStep: faulty(s, { 2: 'grad', 4: 'loss' }), onSkip: (x) => skips.push(x) });
+  assert.is(res.state.step, 5);
+  assert.equal(skips.map((x) => [x.step, x.tensor]), [[2, bad], [3, undefined]]);
+  assert.ok(s.params.every(Number.isFinite));
+  assert.equal(res.state.position, { epoch: 0, index: 14 }, '7 batches of 2 consumed');
+  // a third bad batch is one too many
+  const t = Model.create(CFG, { seed: 2 });
+  const e2 = await train(t, new Batcher(data, { batchSize: 2, seed: 1 }), { ...cfg, skipNonfinite: 2 }, { microStep: faulty(t, { 1: 'loss', 2: 'loss', 3: 'loss' }) }).then(() => null, (x) => x);
+  assert.match(String(e2?.message), /the loss is NaN at step 1 after 2 skipped steps/);
 });
 
 test.run();

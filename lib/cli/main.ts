@@ -127,6 +127,7 @@ interface PretrainOpts {
   evalEvery: number;
   evalPerForm: number;
   checkpointEvery: number;
+  skipNonfinite: number;
   docs: number;
   wordProblems: number;
   valFraction: number;
@@ -172,7 +173,7 @@ async function pretrain(o: PretrainOpts): Promise<void> {
   const cfg: TrainConfig = {
     steps: o.steps, gradAccum: o.gradAccum, lr: o.lr, minLr: o.minLr, warmup: o.warmup, schedule: o.schedule,
     weightDecay: o.weightDecay, beta1: 0.9, beta2: 0.95, eps: 1e-8, clip: o.clip, evalEvery: o.evalEvery,
-    checkpointEvery: o.checkpointEvery,
+    checkpointEvery: o.checkpointEvery, skipNonfinite: o.skipNonfinite,
   };
   console.log(`model: ${model.config.family}, ${(model.numParams() / 1e6).toFixed(2)}M parameters; data: ${packed.count} windows of ${o.seqLen} tokens; ` +
     `${native.getIsa()} kernels on ${native.getThreads()} threads`);
@@ -197,6 +198,7 @@ async function pretrain(o: PretrainOpts): Promise<void> {
     outDir: o.out,
     resume: o.resume,
     meta: { kind: 'pretrain', task: o.task ?? null, data: o.data ?? null, ops: o.ops },
+    onSkip: (x) => console.log(`step ${x.step}: ${x.reason}${x.tensor ? ` (first non-finite gradient: ${x.tensor})` : ''}; skipped (${x.skipped} of --skip-nonfinite ${o.skipNonfinite})`),
     ...ui.hooks,
     evaluate,
     stopWhen: stops.length ? (m) => stops.some((f) => f(m)) : undefined,
@@ -243,6 +245,7 @@ export function buildProgram(): Command {
       .option('--eval-every <n>', 'evaluate every n steps (0 = only at the end)', int('--eval-every', 0), 1000)
       .option('--eval-per-form <n>', 'arithmetic eval problems per operation and form', int('--eval-per-form', 1), 100)
       .option('--checkpoint-every <n>', 'checkpoint every n steps (0 = only at the end)', int('--checkpoint-every', 0), 1000)
+      .option('--skip-nonfinite <n>', 'skip up to n steps whose loss or gradient is NaN/Inf (their batches dropped) before stopping', int('--skip-nonfinite', 0), 0)
       .option('--docs <n>', 'arithmetic documents to generate', int('--docs', 1), 400000)
       .option('--word-problems <x>', 'fraction of arithmetic documents that are word problems (the UNDO paper: 0.5)', float('--word-problems', 0, 1), 0.25)
       .option('--val-fraction <x>', 'documents held out for validation loss', float('--val-fraction', 0, 0.5), 0.01)

@@ -33,6 +33,11 @@ export interface TrainConfig extends OptimConfig {
   gradAccum: number;
   evalEvery: number;
   checkpointEvery: number;
+  /**
+   * Optimizer steps whose loss or gradient is not finite that may be skipped (their batches dropped, no update)
+   * before the run stops (default 0: the first one stops it). The weights are never updated from a bad step.
+   */
+  skipNonfinite?: number;
 }
 
 export const DEFAULT_OPTIM: OptimConfig = {
@@ -79,6 +84,8 @@ export interface TrainOptions {
   /** stop early when this returns true for the latest eval metrics */
   stopWhen?: (metrics: Record<string, number>) => boolean;
   signal?: AbortSignal;
+  /** called for each step skipped because its loss or gradient was not finite (TrainConfig.skipNonfinite) */
+  onSkip?: (info: { step: number; reason: string; tensor?: string; skipped: number }) => void;
   /** extra JSON stored in trainer_state.json (e.g. the task), echoed back on resume */
   meta?: Record<string, unknown>;
   /**
@@ -222,6 +229,15 @@ function trimMetrics(dir: string, step: number): void {
   fs.writeFileSync(p, keep.map((l) => l + '\n').join(''));
 }
 
+/** The first model tensor (in layout order) whose gradient holds a NaN or ±Inf, if any. */
+export function firstNonfiniteGrad(model: Model): string | undefined {
+  const g = model.grads;
+  for (const t of model.tensors) {
+    for (let i = t.offset, e = t.offset + t.numel; i < e; i++) if (!Number.isFinite(g[i])) return t.name;
+  }
+  return undefined;
+}
+
 /** Rows of a batch whose target is not IGNORE_INDEX (−100). */
 export function countTargets(b: Batch, ignoreIndex = -100): number {
   let n = 0;
@@ -266,6 +282,7 @@ export async function train(model: Model, batcher: Batcher, cfg: TrainConfig, op
     return r.loss;
   });
   let interrupted = false;
+  let skipped = 0;
   const onSigint = () => {
     interrupted = true;
   };
@@ -302,12 +319,22 @@ export async function train(model: Model, batcher: Batcher, cfg: TrainConfig, op
         loss += await microStep(b, shares[a]);
         state.tokens += b.B * b.T;
       }
-      if (!Number.isFinite(loss)) {
-        throw new UndoError(`training diverged: the loss is ${loss} at step ${state.step + 1}`, 'lower the learning rate (--lr) or enable clipping (--clip 1)');
-      }
       const extra = opts.extraParams;
-      const gradNorm = extra ? Math.hypot(model.native.gradNorm(), Math.sqrt(extra.gradSumSquares())) : model.native.gradNorm();
-      if (!Number.isFinite(gradNorm)) throw new UndoError(`training diverged: the gradient norm is ${gradNorm} at step ${state.step + 1}`);
+      const gradNorm = Number.isFinite(loss) ? (extra ? Math.hypot(model.native.gradNorm(), Math.sqrt(extra.gradSumSquares())) : model.native.gradNorm()) : NaN;
+      if (!Number.isFinite(loss) || !Number.isFinite(gradNorm)) {
+        // a bad step never reaches the weights: skip it (within the allowance) or stop, naming where it went wrong
+        const what = !Number.isFinite(loss) ? `the loss is ${loss}` : `the gradient norm is ${gradNorm}`;
+        const tensor = firstNonfiniteGrad(model);
+        const where = `at step ${state.step + 1}${tensor ? ` (first non-finite gradient: tensor "${tensor}")` : ''}`;
+        if (skipped < (cfg.skipNonfinite ?? 0)) {
+          skipped++;
+          state.position = batcher.position;
+          opts.onSkip?.({ step: state.step + 1, reason: what, tensor, skipped });
+          continue;
+        }
+        throw new UndoError(`training diverged: ${what} ${where}${skipped ? ` after ${skipped} skipped step${skipped > 1 ? 's' : ''}` : ''}; the weights were not updated from it${opts.outDir ? `, and ${opts.outDir} holds the last checkpoint` : ''}`,
+          'lower the learning rate (--lr), enable clipping (--clip 1), or skip a few bad batches (--skip-nonfinite N)');
+      }
       const gradScale = cfg.clip > 0 ? Math.min(1, cfg.clip / (gradNorm + 1e-6)) : 1;
       const lr = lrAt(state.step, cfg);
       const hyper = { lr, beta1: cfg.beta1, beta2: cfg.beta2, eps: cfg.eps, weightDecay: cfg.weightDecay, gradScale };
