@@ -133,6 +133,8 @@ test('bad input for distill / unlearn / noise / undo fails before any work', () 
   assertCleanError(cli(['undo', '--preset', 'everything']), /--preset.*everything/);
   assertCleanError(cli(['project', '--model', llama, '--eta', '3', '--out', out]), /--eta must be in \[0, 1\], got 3/);
   assertCleanError(cli(['undo', '--teacher', llama, '--alpha', '2']), /--alpha/);
+  assertCleanError(cli(['distill', '--teacher', llama, '--skip-nonfinite', '-1', '--out', out]), /--skip-nonfinite/);
+  assertCleanError(cli(['pretrain', '--skip-nonfinite', '1.5', '--out', out]), /--skip-nonfinite/);
   assert.not.ok(fs.existsSync(out), 'a failed command left an output directory');
 });
 

@@ -34,7 +34,7 @@ export interface DistillOpts {
   cache?: string; tail: 'renorm' | 'bucket'; onPolicy: number; student: string; data: string;
   evalData?: string; valFraction: number; loss: LossSpec; topk?: number; temperature: number; beta: number; alpha: number;
   hardWeight: number; out: string; steps: number; lr: number; warmup: number; batchSize: number; seqLen: number;
-  evalEvery: number; target?: number; stopWhen?: StopCondition; docs: number; seed: number; progress: boolean;
+  evalEvery: number; skipNonfinite: number; target?: number; stopWhen?: StopCondition; docs: number; seed: number; progress: boolean;
   threads?: number; isa?: string;
 }
 
@@ -109,6 +109,7 @@ export function registerDistillCommand(program: Command, k: CliKit): void {
       .option('--batch-size <n>', 'sequences per batch', int('--batch-size', 1), 16)
       .option('--seq-len <n>', 'tokens per sequence', int('--seq-len', 2), 128)
       .option('--eval-every <n>', 'evaluate every n steps (0 = only at the end)', int('--eval-every', 0), 1000)
+      .option('--skip-nonfinite <n>', 'skip up to n steps whose loss or gradient is NaN/Inf (their batches dropped) before stopping', int('--skip-nonfinite', 0), 0)
       .option('--stop-when <cond>', 'stop early once an evaluated metric meets this, e.g. val_kl<=0.02, val_loss<=1.1, retain>=0.95 (metrics: val_loss, val_kl with an online teacher, the task\'s own)',
         (v: string) => parseStopCondition(v))
       .option('--target <x>', 'arithmetic: stop when the student\'s retain accuracy is within this of the teacher\'s', float('--target', 0, 1))
@@ -189,7 +190,8 @@ export function registerDistillCommand(program: Command, k: CliKit): void {
       stops.push((m) => (m.retain ?? 0) >= teacherMetrics.retain - o.target!);
     }
     const ui = k.trainingUi(o.steps, o.progress);
-    const r = await distill(student, teacher, batcher, { ...optimCfg(o), evalEvery: o.evalEvery }, {
+    const r = await distill(student, teacher, batcher, { ...optimCfg(o), evalEvery: o.evalEvery, skipNonfinite: o.skipNonfinite }, {
+      onSkip: (x) => console.log(`step ${x.step}: ${x.reason}${x.tensor ? ` (first non-finite gradient: ${x.tensor})` : ''}; skipped (${x.skipped} of --skip-nonfinite ${o.skipNonfinite})`),
       loss: o.loss.name === 'minillm' ? 'rkl' : o.loss.name, miniLlm: o.loss.name === 'minillm' ? {} : undefined, temperature: o.temperature,
       params: lossParams(o),
       hardWeight: o.hardWeight, tail: o.tail, topk: o.topk, onPolicy: o.onPolicy, seed: o.seed, outDir: o.out,
