@@ -8,6 +8,11 @@ import { Rng } from '../lib/core/rng';
 
 export const ROOT = path.join(__dirname, '..', '..');
 export const FIXTURES = path.join(ROOT, 'test', 'fixtures');
+/**
+ * Running against scripts/asan.sh's sanitizer build: ASan's shadow memory inflates RSS, and the instrumented
+ * generic kernels lose the auto-vectorisation their float32 partial sums rely on (≈ 2× the rounding error).
+ */
+export const SANITIZED = process.env.UNDO_SANITIZED === '1';
 
 export function randn(n: number, seed: number, scale = 1): Float32Array {
   const r = new Rng(seed);

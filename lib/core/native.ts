@@ -232,6 +232,16 @@ export interface NativeBinding {
 
 function load(): NativeBinding {
   const root = path.join(__dirname, '..', '..', '..');
+  // UNDO_NATIVE_ADDON=path/undo_native.node: another build of the addon (scripts/asan.sh's sanitizer build)
+  const other = process.env.UNDO_NATIVE_ADDON;
+  if (other) {
+    try {
+      // eslint-disable-next-line @typescript-eslint/no-var-requires
+      return require(path.resolve(other)) as NativeBinding;
+    } catch (e) {
+      throw new UndoError(`could not load the native addon UNDO_NATIVE_ADDON=${other}: ${(e as Error).message}`);
+    }
+  }
   try {
     // eslint-disable-next-line @typescript-eslint/no-var-requires
     return require('node-gyp-build')(root) as NativeBinding;

@@ -491,7 +491,8 @@ static void pack_N(const float* src, int64_t ld, int64_t w, int64_t kc, float sc
       const __m128 sv4 = _mm256_castps256_ps128(sv);
       for (; p < nfull; p++, s += 6, d += 6 * kc) {
         _mm_storeu_ps(d, _mm_mul_ps(sv4, _mm_loadu_ps(s)));
-        _mm_storel_pi((__m64*)(d + 4), _mm_mul_ps(sv4, _mm_castpd_ps(_mm_load_sd((const double*)(s + 4)))));
+        // two floats through movq: _mm_loadl_epi64 reads unaligned (a double load at a float address is undefined behaviour, UBSan)
+        _mm_storel_pi((__m64*)(d + 4), _mm_mul_ps(sv4, _mm_castsi128_ps(_mm_loadl_epi64((const __m128i*)(s + 4)))));
       }
     }
     for (; p < np; p++, s += W, d += (int64_t)W * kc) {

@@ -909,7 +909,8 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
             return Napi::Float32Array::New(env, *n_out, a.ArrayBuffer(), a.ByteOffset());
           }
           auto a = Napi::Float32Array::New(env, out->size());
-          std::memcpy(a.Data(), out->data(), out->size() * sizeof(float));
+          // an empty result: memcpy's pointers may not be null even for 0 bytes (UBSan)
+          if (!out->empty()) std::memcpy(a.Data(), out->data(), out->size() * sizeof(float));
           return a;
         },
         {});
@@ -926,7 +927,7 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
     }
     const size_t n = (size_t)(model_->rows() * model_->config().d);
     auto a = Napi::Float32Array::New(info.Env(), n);
-    std::memcpy(a.Data(), h, n * sizeof(float));
+    if (n) std::memcpy(a.Data(), h, n * sizeof(float));
     return a;
   }
   Napi::Value ZeroGrad(const Napi::CallbackInfo& info) {
@@ -979,7 +980,8 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
         },
         [out](Napi::Env env) {
           auto a = Napi::Float32Array::New(env, out->size());
-          std::memcpy(a.Data(), out->data(), out->size() * sizeof(float));
+          // an empty result: memcpy's pointers may not be null even for 0 bytes (UBSan)
+          if (!out->empty()) std::memcpy(a.Data(), out->data(), out->size() * sizeof(float));
           return a;
         },
         {info[0]});
