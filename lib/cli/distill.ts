@@ -18,7 +18,7 @@ import { KnnStore, KnnTeacher } from '../distill/knn_store';
 import { ByteTokenizer, Tokenizer } from '../data/tokenizer';
 import { ALL_OPS } from '../tasks/arithmetic';
 import { biographyMetrics } from '../tasks/biographies';
-import { parseStopCondition, StopCondition, stopTest, TrainConfig } from '../train/train';
+import { parseStopCondition, skipLine, StopCondition, stopTest, TrainConfig } from '../train/train';
 import { pretrained, STUDIES } from '../undo/study';
 import type { CliKit } from './unlearn';
 import { documentsFrom, packed } from './unlearn';
@@ -191,7 +191,7 @@ export function registerDistillCommand(program: Command, k: CliKit): void {
     }
     const ui = k.trainingUi(o.steps, o.progress);
     const r = await distill(student, teacher, batcher, { ...optimCfg(o), evalEvery: o.evalEvery, skipNonfinite: o.skipNonfinite }, {
-      onSkip: (x) => console.log(`step ${x.step}: ${x.reason}${x.tensor ? ` (first non-finite gradient: ${x.tensor})` : ''}; skipped (${x.skipped} of --skip-nonfinite ${o.skipNonfinite})`),
+      onSkip: (x) => console.log(skipLine(x, o.skipNonfinite)),
       loss: o.loss.name === 'minillm' ? 'rkl' : o.loss.name, miniLlm: o.loss.name === 'minillm' ? {} : undefined, temperature: o.temperature,
       params: lossParams(o),
       hardWeight: o.hardWeight, tail: o.tail, topk: o.topk, onPolicy: o.onPolicy, seed: o.seed, outDir: o.out,

@@ -16,7 +16,7 @@ import { native } from '../core/native';
 import { ALL_OPS, generateArithmeticCorpus, Op } from '../tasks/arithmetic';
 import { biographyMetrics, builtinBiographyDocs } from '../tasks/biographies';
 import { ByteTokenizer, loadAnyTokenizer, Tokenizer } from '../data/tokenizer';
-import { parseStopCondition, StopCondition, stopTest, train, TrainConfig, TrainOptions } from '../train/train';
+import { parseStopCondition, skipLine, StopCondition, stopTest, train, TrainConfig, TrainOptions } from '../train/train';
 import { documentsFrom, registerUndoCommand, registerUnlearningCommands } from './unlearn';
 import { registerPateCommands } from './pate';
 import { registerTeacherCommands } from './teacher';
@@ -198,7 +198,7 @@ async function pretrain(o: PretrainOpts): Promise<void> {
     outDir: o.out,
     resume: o.resume,
     meta: { kind: 'pretrain', task: o.task ?? null, data: o.data ?? null, ops: o.ops },
-    onSkip: (x) => console.log(`step ${x.step}: ${x.reason}${x.tensor ? ` (first non-finite gradient: ${x.tensor})` : ''}; skipped (${x.skipped} of --skip-nonfinite ${o.skipNonfinite})`),
+    onSkip: (x) => console.log(skipLine(x, o.skipNonfinite)),
     ...ui.hooks,
     evaluate,
     stopWhen: stops.length ? (m) => stops.some((f) => f(m)) : undefined,

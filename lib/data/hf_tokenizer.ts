@@ -204,8 +204,12 @@ export function checkTokenizerJson(json: Json, file: string): void {
     }
   } else {
     if (!vocab || typeof vocab !== 'object' || Array.isArray(vocab)) throw bad('"model.vocab"', `must be an object of token → id for a ${type} model`);
-    for (const [k, id] of Object.entries(vocab as Json)) {
-      if (typeof id !== 'number' || !Number.isInteger(id) || id < 0 || id > 2 ** 31 - 1) throw bad(`"model.vocab"[${JSON.stringify(k).slice(0, 40)}]`, `must be a non-negative integer id, got ${JSON.stringify(id)?.slice(0, 40)}`);
+    // ids past the entries are allowed a gap (reserved ranges), not an arbitrary one: the library sizes tables by the largest id
+    const entries = Object.entries(vocab as Json);
+    for (const [k, id] of entries) {
+      const key = `"model.vocab"[${JSON.stringify(k).slice(0, 40)}]`;
+      if (typeof id !== 'number' || !Number.isInteger(id) || id < 0) throw bad(key, `must be a non-negative integer id, got ${JSON.stringify(id)?.slice(0, 40)}`);
+      if (id > entries.length + 65536) throw bad(key, `id ${id} is far past the vocabulary's ${entries.length} entries`);
     }
   }
   const merges = model.merges;
@@ -221,7 +225,6 @@ export function checkTokenizerJson(json: Json, file: string): void {
   const added = json.added_tokens;
   if (added !== undefined && added !== null) {
     if (!Array.isArray(added)) throw bad('"added_tokens"', 'must be a list');
-    // ids past the vocabulary are allowed a gap (reserved ranges), not an arbitrary one: the library sizes tables by the largest id
     const entries = Array.isArray(vocab) ? vocab.length : Object.keys(vocab as Json).length;
     const maxId = entries + added.length + 65536;
     added.forEach((t, i) => {
@@ -231,12 +234,6 @@ export function checkTokenizerJson(json: Json, file: string): void {
       }
       if (o.id > maxId) throw bad(`"added_tokens"[${i}].id`, `${o.id} is far past the vocabulary (${entries} entries; at most ${maxId})`);
     });
-  }
-  if (!Array.isArray(vocab)) {
-    const entries = Object.keys(vocab as Json).length;
-    for (const [k, id] of Object.entries(vocab as Json)) {
-      if ((id as number) > entries + 65536) throw bad(`"model.vocab"[${JSON.stringify(k).slice(0, 40)}]`, `id ${id} is far past the vocabulary's ${entries} entries`);
-    }
   }
 }
 

@@ -229,6 +229,11 @@ function trimMetrics(dir: string, step: number): void {
   fs.writeFileSync(p, keep.map((l) => l + '\n').join(''));
 }
 
+/** The CLI's line for a step skipped under --skip-nonfinite (TrainOptions.onSkip). */
+export function skipLine(x: { step: number; reason: string; tensor?: string; skipped: number }, allowed: number): string {
+  return `step ${x.step}: ${x.reason}${x.tensor ? ` (first non-finite gradient: ${x.tensor})` : ''}; skipped (${x.skipped} of --skip-nonfinite ${allowed})`;
+}
+
 /** The first model tensor (in layout order) whose gradient holds a NaN or ±Inf, if any. */
 export function firstNonfiniteGrad(model: Model): string | undefined {
   const g = model.grads;

@@ -10,7 +10,7 @@
 import * as crypto from 'crypto';
 import * as fs from 'fs';
 import * as path from 'path';
-import { Batcher, Document } from '../data/datasets';
+import { Batcher, Document, packDocuments } from '../data/datasets';
 import { distill } from '../distill/distill';
 import { UndoError } from '../core/errors';
 import { readJson, writeJsonAtomic } from '../core/fsutil';
@@ -19,7 +19,6 @@ import { noiseModel } from '../unlearn/noise';
 import { relearn, RelearnResult } from '../unlearn/relearn';
 import { ALL_OPS, generateArithmeticCorpus, Op, RETAIN_OPS } from '../tasks/arithmetic';
 import { ByteTokenizer } from '../data/tokenizer';
-import { packDocuments } from '../data/datasets';
 import { train, TrainConfig, TrainOptions } from '../train/train';
 import { unlearn, UnlearnMethod, UNLEARN_DEFAULTS, UnlearnStage } from '../unlearn/unlearn';
 import { arithmeticScores, arithmeticTask, dataTask, retainStop, StudyTask, TaskScore } from './tasks';
@@ -270,9 +269,11 @@ export async function runArms(c: StudyConfig, task: StudyTask, models: StudyMode
     const name = `unlearn-only (${armLabel(arm)})`;
     const dir = path.join(armsDir, armSlug(name));
     let u: Model;
+    let record: ArmRecord;
     if (fs.existsSync(path.join(dir, 'arm.json'))) {
       log(`${name}: done earlier, loading ${dir}`);
       u = Model.load(path.join(dir, 'model'));
+      record = readJson<ArmRecord>(path.join(dir, 'arm.json'), 'study arm record');
     } else {
       stopped(name);
       u = base.clone();
@@ -287,10 +288,10 @@ export async function runArms(c: StudyConfig, task: StudyTask, models: StudyMode
       ui?.stop();
       if (r.interrupted) throw new StudyInterrupted(name, o.outDir);
       u.save(path.join(dir, 'model'));
-      writeJsonAtomic(path.join(dir, 'arm.json'), { tokens: 0, seconds: r.state.elapsedSec } satisfies ArmRecord);
+      record = { tokens: 0, seconds: r.state.elapsedSec };
+      writeJsonAtomic(path.join(dir, 'arm.json'), record);
     }
-    const seconds = readJson<ArmRecord>(path.join(dir, 'arm.json'), 'study arm record').seconds;
-    entries.push({ row: { name, kind: 'unlearn', ...(arm.sam ? { sam: arm.sam } : {}), tokens: 0, computeFraction: fraction(0), seconds: { train: seconds } }, model: async () => u });
+    entries.push({ row: { name, kind: 'unlearn', ...(arm.sam ? { sam: arm.sam } : {}), tokens: 0, computeFraction: fraction(0), seconds: { train: record.seconds } }, model: async () => u });
     if (!teacher) teacher = u;
   }
   const teacherModel = teacher!;

@@ -39,11 +39,6 @@ export interface StudyTask {
   attackMetric(m: Model): Promise<number | { value: number; metrics: Record<string, number> }>;
 }
 
-/** Whether `a` is better kept (retain) than `b` in the task's unit. */
-export function better(unit: StudyTask['unit'], a: number, b: number): boolean {
-  return unit === 'accuracy' ? a > b : a < b;
-}
-
 // ---------------------------------------------------------------------------------------------
 // Arithmetic
 // ---------------------------------------------------------------------------------------------
