@@ -34,7 +34,7 @@ export interface DistillOpts {
   cache?: string; tail: 'renorm' | 'bucket'; onPolicy: number; student: string; data: string;
   evalData?: string; valFraction: number; loss: LossSpec; topk?: number; temperature: number; beta: number; alpha: number;
   hardWeight: number; out: string; steps: number; lr: number; warmup: number; batchSize: number; seqLen: number;
-  evalEvery: number; skipNonfinite: number; target?: number; stopWhen?: StopCondition; docs: number; seed: number; progress: boolean;
+  evalEvery: number; checkpointEvery: number; resume?: boolean; skipNonfinite: number; target?: number; stopWhen?: StopCondition; docs: number; seed: number; progress: boolean;
   threads?: number; isa?: string;
 }
 
@@ -109,6 +109,8 @@ export function registerDistillCommand(program: Command, k: CliKit): void {
       .option('--batch-size <n>', 'sequences per batch', int('--batch-size', 1), 16)
       .option('--seq-len <n>', 'tokens per sequence', int('--seq-len', 2), 128)
       .option('--eval-every <n>', 'evaluate every n steps (0 = only at the end)', int('--eval-every', 0), 1000)
+      .option('--checkpoint-every <n>', 'checkpoint the student with its optimizer state every n steps (0 = only at the end)', int('--checkpoint-every', 0), 1000)
+      .option('--resume', 'continue the interrupted run saved in --out (same options; ends bit-identical to an uninterrupted run)')
       .option('--skip-nonfinite <n>', 'skip up to n steps whose loss or gradient is NaN/Inf (their batches dropped) before stopping', int('--skip-nonfinite', 0), 0)
       .option('--stop-when <cond>', 'stop early once an evaluated metric meets this, e.g. val_kl<=0.02, val_loss<=1.1, retain>=0.95 (metrics: val_loss, val_kl with an online teacher, the task\'s own)',
         (v: string) => parseStopCondition(v))
@@ -141,7 +143,7 @@ export function registerDistillCommand(program: Command, k: CliKit): void {
       if (!offline) teacherModel = Model.load(teacherDir);
     }
     const tok = knn?.keyModel.tokenizer ?? teacherModel?.tokenizer ?? (offline ? storeTokenizer(teacherDir!) : new ByteTokenizer());
-    const student = makeStudent(o.student, tok, o.seed);
+    const student = o.resume ? resumedStudent(o.out) : makeStudent(o.student, tok, o.seed);
     if (teacherModel) checkCompatible(student, teacherModel);
     if (knn) checkCompatible(student, knn.keyModel);
     const allDocs = documentsFrom(o.data, '--data', o.docs, o.seed, { tokenizer: student.tokenizer });
@@ -194,7 +196,7 @@ export function registerDistillCommand(program: Command, k: CliKit): void {
       onSkip: (x) => console.log(skipLine(x, o.skipNonfinite)),
       loss: o.loss.name === 'minillm' ? 'rkl' : o.loss.name, miniLlm: o.loss.name === 'minillm' ? {} : undefined, temperature: o.temperature,
       params: lossParams(o),
-      hardWeight: o.hardWeight, tail: o.tail, topk: o.topk, onPolicy: o.onPolicy, seed: o.seed, outDir: o.out,
+      hardWeight: o.hardWeight, tail: o.tail, topk: o.topk, onPolicy: o.onPolicy, seed: o.seed, outDir: o.out, resume: o.resume,
       // the teacher's held-out loss on the same split: `plan --calibrate` reads it as L_T of this run
       meta: { kind: 'distill', teacher: teacherDir ?? o.knnTeacher ?? null, ...(knn ? { knn_teacher: o.knnTeacher } : {}), teacher_val_loss: teacherMetrics?.val_loss ?? null, loss: o.loss.name },
       ...ui.hooks,
@@ -202,6 +204,11 @@ export function registerDistillCommand(program: Command, k: CliKit): void {
       stopWhen: stops.length ? (m) => stops.some((f) => f(m)) : undefined,
     });
     ui.stop();
+    if (r.interrupted) {
+      console.log(`interrupted at step ${r.state.step}: checkpoint saved in ${o.out}; continue with --resume`);
+      process.exitCode = 130;
+      return;
+    }
     const stopped = r.state.step < o.steps && !r.interrupted ? ` (stopped early: ${[o.stopWhen?.text, o.target !== undefined ? `retain within ${o.target} of the teacher` : undefined].filter(Boolean).join(' or ')})` : '';
     console.log(`distilled ${r.state.step} steps (${o.hardWeight === 1 ? 'hard-label CE only' : o.loss.name}${o.loss.param !== undefined ? ':' + o.loss.param : ''}${o.loss.dkd ? `:${o.loss.dkd.alpha},${o.loss.dkd.beta}` : ''}${o.topk ? `, teacher top-${o.topk}` : ''})${stopped}; teacher ${teacherModel ? (teacherModel.numParams() / 1e6).toFixed(2) + 'M' : knn ? 'kNN store ' + o.knnTeacher : 'store ' + teacherDir} → student ${(student.numParams() / 1e6).toFixed(2)}M parameters; saved in ${o.out}`);
     if (r.lastEval) {
@@ -244,9 +251,18 @@ export function makeStudent(spec: string, tok: Tokenizer, seed: number): Model {
       : Model.load(spec);
 }
 
-export function optimCfg(o: { steps: number; lr: number; warmup: number }): Omit<TrainConfig, 'evalEvery'> {
+export function optimCfg(o: { steps: number; lr: number; warmup: number; checkpointEvery?: number }): Omit<TrainConfig, 'evalEvery'> {
   return {
     steps: o.steps, gradAccum: 1, lr: o.lr, warmup: o.warmup, schedule: 'cosine', weightDecay: 0,
-    beta1: 0.9, beta2: 0.95, eps: 1e-8, clip: 1, checkpointEvery: 0,
+    beta1: 0.9, beta2: 0.95, eps: 1e-8, clip: 1, checkpointEvery: o.checkpointEvery ?? 0,
   };
+}
+
+/** The student of `distill --resume`: the checkpoint in --out (its weights; the optimizer state follows in train). */
+export function resumedStudent(out: string): Model {
+  if (!fs.existsSync(path.join(out, 'trainer_state.json'))) {
+    throw new UndoError(`--resume: ${out} holds no checkpoint of a distillation (trainer_state.json is missing)`,
+      fs.existsSync(path.join(out, 'metrics.jsonl')) ? 'the run was stopped before its first checkpoint: start it again without --resume' : 'give the --out of an interrupted distill run');
+  }
+  return Model.load(out);
 }

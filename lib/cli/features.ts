@@ -18,7 +18,7 @@ import { evalPackedLoss } from '../train/evaluate';
 import { stopTest } from '../train/train';
 import type { CliKit } from './unlearn';
 import { documentsFrom, packed } from './unlearn';
-import { DistillOpts, lossParams, makeStudent, optimCfg } from './distill';
+import { DistillOpts, lossParams, makeStudent, optimCfg, resumedStudent } from './distill';
 
 export async function runFeatureDistill(o: DistillOpts, k: CliKit): Promise<void> {
   const dirs = o.teacher ?? [];
@@ -34,7 +34,7 @@ export async function runFeatureDistill(o: DistillOpts, k: CliKit): Promise<void
     return Model.load(d);
   });
   const tok = models[0].tokenizer;
-  const student = makeStudent(o.student, tok, o.seed);
+  const student = o.resume ? resumedStudent(o.out) : makeStudent(o.student, tok, o.seed);
   const layers = models.map((m, i) => {
     const p = pairs.length === 1 ? pairs[0] : pairs[i];
     const what = `--features ${p.student}:${p.teacher} (teacher ${i + 1}, ${dirs[i]})`;
@@ -80,13 +80,18 @@ export async function runFeatureDistill(o: DistillOpts, k: CliKit): Promise<void
   const ui = k.trainingUi(o.steps, o.progress);
   const r = await distillFeatures(student, new Batcher(data, { batchSize: o.batchSize, seed: o.seed }), { ...optimCfg(o), evalEvery: o.evalEvery }, {
     teachers, featureLoss: o.featureLoss, logitLoss: o.loss.name as Exclude<DistillOpts['loss']['name'], 'minillm'>, logitWeight: o.logitWeight, hardWeight: o.hardWeight,
-    temperature: o.temperature, params: lossParams(o), carryFiles: statsFiles, outDir: o.out,
+    temperature: o.temperature, params: lossParams(o), carryFiles: statsFiles, outDir: o.out, resume: o.resume,
     meta: { kind: 'distill-features', teachers: dirs, standardize: o.standardize, features: o.features, loss: o.logitWeight > 0 ? o.loss.name : null },
     ...ui.hooks,
     evaluate,
     stopWhen: o.stopWhen ? stopTest(o.stopWhen) : undefined,
   });
   ui.stop();
+  if (r.interrupted) {
+    console.log(`interrupted at step ${r.state.step}: checkpoint saved in ${o.out}; continue with --resume`);
+    process.exitCode = 130;
+    return;
+  }
   console.log(`feature-distilled ${r.state.step} steps (${o.standardize}, ${o.adaptor} adaptors, ${o.featureLoss}${o.logitWeight > 0 ? `, + ${o.logitWeight}·${o.loss.name}` : ''}${o.hardWeight > 0 ? `, + ${o.hardWeight}·CE` : ''}); ` +
     `${dirs.length} teacher${dirs.length > 1 ? 's' : ''} → student ${(student.numParams() / 1e6).toFixed(2)}M parameters; saved in ${o.out} (adaptors.safetensors, feature_distill.json)`);
   const ev = r.lastEval ?? {};

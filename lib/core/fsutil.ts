@@ -17,6 +17,46 @@ import * as path from 'path';
 import * as crypto from 'crypto';
 import { UndoError, describeError } from './errors';
 
+/**
+ * Crash injection for the kill tests (test/kill.test.ts), as SQLite's crash tests do: with
+ * UNDO_CRASH_AT=POINT:N the process kills itself with SIGKILL the Nth time it reaches POINT, where POINT is
+ * `write` (an atomic file's temporary half written, before fsync and rename) or `swap` (saveDirAtomic between
+ * moving the old directory aside and moving the new one in). Without the variable this is one comparison.
+ */
+const CRASH_AT = /^(write|swap):(\d+)$/.exec(process.env.UNDO_CRASH_AT ?? '');
+let crashCount = 0;
+function crashPoint(point: 'write' | 'swap'): void {
+  if (CRASH_AT && CRASH_AT[1] === point && ++crashCount === Number(CRASH_AT[2])) process.kill(process.pid, 'SIGKILL');
+}
+
+/** ENOSPC or EDQUOT, on the error or the error it wraps (UndoError's cause). */
+export function diskFullCode(e: unknown): string | undefined {
+  for (let x = e, i = 0; x && i < 4; x = (x as { cause?: unknown }).cause, i++) {
+    const code = (x as NodeJS.ErrnoException).code;
+    if (code === 'ENOSPC' || code === 'EDQUOT') return code;
+  }
+  return undefined;
+}
+
+/** The UndoError of a failed write: a full disk says so, and that what was saved before is untouched. */
+function writeError(filePath: string, e: unknown): UndoError {
+  const code = diskFullCode(e);
+  if (code) {
+    return new UndoError(`cannot write ${filePath}: the disk is full (${code})`,
+      { hint: 'free some space or choose an --out on another disk; files saved before are intact (nothing was replaced)', cause: e });
+  }
+  return new UndoError(`cannot write ${filePath}: ${describeError(e)}`, { cause: e });
+}
+
+/** Append to a log file (e.g. metrics.jsonl); a failure (a full disk included) is an UndoError naming the file. */
+export function appendFileOrThrow(filePath: string, data: string): void {
+  try {
+    fs.appendFileSync(filePath, data);
+  } catch (e) {
+    throw writeError(filePath, e);
+  }
+}
+
 /** Data accepted by {@link writeFileAtomic}: one buffer/string, or a list of chunks written back to back. */
 export type AtomicData = Buffer | Uint8Array | string | ReadonlyArray<Uint8Array>;
 
@@ -85,7 +125,15 @@ export function writeFileAtomicStream(filePath: string, fill: (write: (chunk: Ui
   try {
     fd = fs.openSync(tmp, 'wx', opts.mode ?? 0o644);
     const out = fd;
-    fill((chunk) => writeAll(out, chunk));
+    let chunks = 0;
+    fill((chunk) => {
+      if (chunks++ === 0 && chunk.byteLength > 1) {
+        writeAll(out, chunk.subarray(0, chunk.byteLength >> 1));
+        crashPoint('write');
+        writeAll(out, chunk.subarray(chunk.byteLength >> 1));
+      } else writeAll(out, chunk);
+    });
+    if (chunks === 0) crashPoint('write');
     fs.fsyncSync(fd);
     fs.closeSync(fd);
     fd = undefined;
@@ -104,7 +152,7 @@ export function writeFileAtomicStream(filePath: string, fill: (write: (chunk: Ui
       /* the temp file may not exist */
     }
     if (e instanceof UndoError) throw e;
-    throw new UndoError(`cannot write ${filePath}: ${describeError(e)}`, { cause: e });
+    throw writeError(filePath, e);
   }
   try {
     fsyncDir(dir);
@@ -188,4 +236,91 @@ export function sha256File(file: string): string {
   } finally {
     fs.closeSync(fd);
   }
+}
+
+/** Siblings of `dir` left by saveDirAtomic: `.NAME.tmp-PID-MS` (being built) and `.NAME.old-PID-MS` (being replaced). */
+function swapLeftovers(dir: string): { tmp: string[]; old: string[] } {
+  const parent = path.dirname(path.resolve(dir));
+  const base = path.basename(dir);
+  let names: string[];
+  try {
+    names = fs.readdirSync(parent);
+  } catch {
+    return { tmp: [], old: [] };
+  }
+  const pick = (kind: string) => names.filter((n) => n.startsWith(`.${base}.${kind}-`) && /^\d+-\d+$/.test(n.slice(base.length + kind.length + 3)))
+    .sort((a, b) => Number(a.split('-').pop()) - Number(b.split('-').pop())).map((n) => path.join(parent, n));
+  return { tmp: pick('tmp'), old: pick('old') };
+}
+
+/** Whether the process that named a leftover (`.NAME.kind-PID-MS`) is another one still running. */
+function ownerAlive(file: string): boolean {
+  const pid = Number(path.basename(file).split('-').slice(-2)[0]);
+  if (!Number.isInteger(pid) || pid <= 0 || pid === process.pid) return false;
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/**
+ * Repairs what a process killed inside saveDirAtomic left (a hot-journal rollback, as SQLite does on open):
+ * killed between its two renames, `dir` is missing and its previous contents sit whole in `.NAME.old-*`, which
+ * is renamed back; temporaries of killed saves (`.NAME.tmp-*`, never swapped in, so possibly partial) and
+ * replaced directories not yet removed are deleted. Leftovers of a save still running in another process are
+ * left alone. Called by saveDirAtomic before it writes and by Model.load before it reads, so a directory is
+ * always either its previous complete save or its new one. Returns true when `dir` was restored.
+ */
+export function recoverDir(dir: string): boolean {
+  const { tmp, old } = swapLeftovers(dir);
+  if (!tmp.length && !old.length) return false;
+  let restored = false;
+  const stale = (f: string) => !ownerAlive(f);
+  if (!fs.existsSync(dir)) {
+    const prev = old.filter(stale).pop();
+    if (prev) {
+      fs.renameSync(prev, dir);
+      fsyncDir(path.dirname(path.resolve(dir)));
+      restored = true;
+    }
+  }
+  for (const f of [...tmp, ...old]) if (stale(f) && fs.existsSync(f)) fs.rmSync(f, { recursive: true, force: true });
+  return restored;
+}
+
+/**
+ * Build a directory in a temporary sibling (`fill(tmp)`), then swap it into place by rename: readers see the
+ * previous directory or the new one, and a process killed between the two renames leaves the previous one
+ * whole beside it, which recoverDir (run by the next save or Model.load) puts back.
+ */
+export function saveDirAtomic(dir: string, fill: (tmp: string) => void): void {
+  recoverDir(dir);
+  const parent = path.dirname(path.resolve(dir));
+  fs.mkdirSync(parent, { recursive: true });
+  const base = path.basename(dir);
+  const stamp = `${process.pid}-${Date.now()}`;
+  const tmp = path.join(parent, `.${base}.tmp-${stamp}`);
+  fs.rmSync(tmp, { recursive: true, force: true });
+  fs.mkdirSync(tmp);
+  try {
+    fill(tmp);
+  } catch (e) {
+    fs.rmSync(tmp, { recursive: true, force: true });
+    const full = diskFullCode(e);
+    if (full) {
+      throw new UndoError(`cannot save ${dir}: the disk is full (${full}; ${(e as Error).message})`,
+        { hint: `${dir} still holds its previous save, unchanged; free some space (or choose another --out) and run again${fs.existsSync(dir) ? ' (with --resume where the command has it)' : ''}`, cause: e });
+    }
+    throw e;
+  }
+  fsyncDir(tmp);
+  const old = path.join(parent, `.${base}.old-${stamp}`);
+  const had = fs.existsSync(dir);
+  if (had) fs.renameSync(dir, old);
+  crashPoint('swap');
+  fs.renameSync(tmp, dir);
+  fsyncDir(parent);
+  if (had) fs.rmSync(old, { recursive: true, force: true });
 }

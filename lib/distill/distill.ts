@@ -9,7 +9,7 @@ import { Model } from '../models/model';
 import type { Tokenizer } from '../data/tokenizer';
 import { ceObjective, chunkedLogitObjective, logitObjective } from '../train/objectives';
 import { generateIds } from '../models/generate';
-import { Rng } from '../core/rng';
+import { Rng, RngState } from '../core/rng';
 import { batchWindows, TeacherStore, teacherForBatch, TopKSelector } from './teacher_store';
 import { KnnTeacher } from './knn_store';
 import { train, TrainConfig, TrainOptions, TrainResult } from '../train/train';
@@ -149,7 +149,24 @@ export async function distill(student: Model, teacher: Model | TeacherStore | Kn
     stepLoss += loss * share;
     return loss * share;
   };
-  return train(student, batcher, cfg, { ...opts, microStep, onStep: stepHook });
+  // the sampling RNG (on-policy batches, MiniLLM rollouts) and TAID's schedule ride in every checkpoint
+  const runState = {
+    save: () => ({ rng: rng.getState(), step_index: stepIndex, taid: taid ? { t: taid.t, momentum: taid.momentum, prev_loss: taid.prevLoss } : null }),
+    restore: (saved: unknown) => {
+      const r = saved as { rng?: unknown; step_index?: unknown; taid?: { t?: unknown; momentum?: unknown; prev_loss?: unknown } | null };
+      if (!r || !Array.isArray(r.rng) || typeof r.step_index !== 'number') throw new UndoError('distillation run state: expected fields rng and step_index', 'the checkpoint was not written by distill');
+      rng.setState(r.rng as RngState);
+      stepIndex = r.step_index;
+      if (taid) {
+        const t = r.taid;
+        if (!t || typeof t.t !== 'number' || typeof t.momentum !== 'number') throw new UndoError('distillation run state: no TAID schedule (field taid) to resume the taid loss from', 'resume with the loss of the interrupted run');
+        taid.t = t.t;
+        taid.momentum = t.momentum;
+        taid.prevLoss = typeof t.prev_loss === 'number' ? t.prev_loss : null;
+      }
+    },
+  };
+  return train(student, batcher, cfg, { runState, ...opts, microStep, onStep: stepHook });
 }
 
 /** The online teacher's top-k log-probabilities (temperature 1, as a store keeps them) for every row of a batch. */

@@ -7,7 +7,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { UndoError } from '../core/errors';
-import { readJson, writeFileAtomic } from '../core/fsutil';
+import { readJson, recoverDir, saveDirAtomic, writeFileAtomic } from '../core/fsutil';
 import { native, NativeModel, NativeTensorInfo } from '../core/native';
 import { formatShape, WritableDType, WriteTensor } from '../formats/safetensors';
 import {
@@ -207,6 +207,7 @@ export class Model {
    * read straight into native memory), tokenizer.json. Records the raw config and the directory for save().
    */
   static load(dir: string, opts: LoadOptions = {}): Model {
+    recoverDir(dir);
     if (!fs.existsSync(dir) || !fs.statSync(dir).isDirectory()) throw new UndoError(`model directory ${dir} does not exist`);
     const cfgFile = path.join(dir, 'config.json');
     const raw = readJson<Json>(cfgFile, 'model config');
@@ -411,32 +412,7 @@ export function loadModelTokenizer(dir: string, config?: ModelConfig): Tokenizer
   return loadAnyTokenizer(dir, { bos: c.bosTokenId, eos: c.eosTokenId, pad: c.padTokenId });
 }
 
-/** Build a directory in a temporary sibling, then swap it into place by rename. */
-export function saveDirAtomic(dir: string, fill: (tmp: string) => void): void {
-  const parent = path.dirname(path.resolve(dir));
-  fs.mkdirSync(parent, { recursive: true });
-  const base = path.basename(dir);
-  const tmp = path.join(parent, `.${base}.tmp-${process.pid}-${Date.now()}`);
-  fs.rmSync(tmp, { recursive: true, force: true });
-  fs.mkdirSync(tmp);
-  try {
-    fill(tmp);
-  } catch (e) {
-    fs.rmSync(tmp, { recursive: true, force: true });
-    throw e;
-  }
-  const old = path.join(parent, `.${base}.old-${process.pid}-${Date.now()}`);
-  const had = fs.existsSync(dir);
-  if (had) fs.renameSync(dir, old);
-  fs.renameSync(tmp, dir);
-  const fd = fs.openSync(parent, 'r');
-  try {
-    fs.fsyncSync(fd);
-  } finally {
-    fs.closeSync(fd);
-  }
-  if (had) fs.rmSync(old, { recursive: true, force: true });
-}
+export { saveDirAtomic } from '../core/fsutil';
 
 /**
  * Refuse a config the native decoder cannot build: an odd RoPE head dimension, or parameters and gradients that alone would not fit in this machine's memory (sizes from a

@@ -7,7 +7,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { Batch, Batcher, BatcherPosition } from '../data/datasets';
 import { UndoError } from '../core/errors';
-import { readJson } from '../core/fsutil';
+import { appendFileOrThrow, readJson, writeFileAtomic } from '../core/fsutil';
 import { Model } from '../models/model';
 import type { AdamWHyper } from '../core/native';
 import { readSafetensors, serializeSafetensors } from '../formats/safetensors';
@@ -70,6 +70,8 @@ export interface TrainerState {
   tokens: number;
   position: BatcherPosition;
   elapsedSec: number;
+  /** TrainOptions.runState's save() at the checkpoint */
+  run?: unknown;
 }
 
 export interface TrainOptions {
@@ -104,6 +106,18 @@ export interface TrainOptions {
    * restored from) every checkpoint.
    */
   extraParams?: ExtraParams;
+  /**
+   * State of the objective beyond the weights and optimizer (e.g. distillation's sampling RNG and TAID's
+   * schedule): saved as JSON in every checkpoint's trainer_state.json and restored on resume, so a resumed run
+   * continues bit-identically.
+   */
+  runState?: RunState;
+}
+
+/** Objective state carried through checkpoints (TrainOptions.runState). */
+export interface RunState {
+  save(): unknown;
+  restore(saved: unknown): void;
 }
 
 /** Trainable parameters outside the native model, driven by the training loop (TrainOptions.extraParams). */
@@ -193,9 +207,28 @@ export function saveCheckpoint(model: Model, dir: string, state: TrainerState, m
   model.save(dir, extra, { dtype: 'float32' });
 }
 
+/**
+ * A resumed run must be the run that was saved: each field of the saved trainer_state.json meta (the kind of
+ * run, its task, data, loss...) must equal this run's, else the error names the field and both values.
+ */
+function checkResumeMeta(dir: string, saved: Record<string, unknown> | undefined, now: Record<string, unknown> | undefined): void {
+  if (!now) return;
+  for (const [k, v] of Object.entries(now)) {
+    const was = saved?.[k];
+    if (JSON.stringify(was ?? null) !== JSON.stringify(v ?? null)) {
+      throw new UndoError(`cannot resume ${dir}: it was saved by a run with ${k} = ${JSON.stringify(was ?? null)}, this run has ${k} = ${JSON.stringify(v ?? null)}`,
+        'resume with the options of the interrupted run, or start a new one in another --out');
+    }
+  }
+}
+
 /** Restore optimizer and trainer state saved by saveCheckpoint (the weights are loaded with Model.load). */
 export function loadTrainerState(model: Model, dir: string): TrainerState & { meta?: Record<string, unknown> } {
   const statePath = path.join(dir, STATE_FILE);
+  if (!fs.existsSync(statePath)) {
+    throw new UndoError(`${dir} holds no checkpoint to resume (${STATE_FILE} is missing)`, fs.existsSync(path.join(dir, METRICS_FILE))
+      ? 'the run was stopped before its first checkpoint: start it again without --resume' : 'give the --out of an interrupted run');
+  }
   const state = readJson<TrainerState & { meta?: Record<string, unknown> }>(statePath, 'trainer state');
   if (typeof state.step !== 'number' || !state.position) throw new UndoError(`${statePath}: not a trainer state (fields step, position)`);
   const optPath = path.join(dir, OPTIM_FILE);
@@ -211,7 +244,7 @@ export function loadTrainerState(model: Model, dir: string): TrainerState & { me
 function appendMetrics(dir: string | undefined, record: Record<string, unknown>): void {
   if (!dir) return;
   fs.mkdirSync(dir, { recursive: true });
-  fs.appendFileSync(path.join(dir, METRICS_FILE), JSON.stringify(record) + '\n');
+  appendFileOrThrow(path.join(dir, METRICS_FILE), JSON.stringify(record) + '\n');
 }
 
 /** Drop metric lines past `step` (left by a run interrupted after its last checkpoint). */
@@ -226,7 +259,7 @@ function trimMetrics(dir: string, step: number): void {
       return false;
     }
   });
-  fs.writeFileSync(p, keep.map((l) => l + '\n').join(''));
+  writeFileAtomic(p, keep.map((l) => l + '\n').join(''));
 }
 
 /** The CLI's line for a step skipped under --skip-nonfinite (TrainOptions.onSkip). */
@@ -273,7 +306,13 @@ export async function train(model: Model, batcher: Batcher, cfg: TrainConfig, op
   if (opts.resume) {
     if (!opts.outDir) throw new UndoError('--resume needs the output directory of the run');
     state = loadTrainerState(model, opts.outDir);
+    checkResumeMeta(opts.outDir, (state as { meta?: Record<string, unknown> }).meta, opts.meta);
+    delete (state as { meta?: unknown }).meta;
     opts.extraParams?.restore(opts.outDir);
+    if (opts.runState) {
+      if (state.run === undefined) throw new UndoError(`${path.join(opts.outDir, STATE_FILE)}: no run state (field run) to resume this objective from`, 'it was saved by another kind of run');
+      opts.runState.restore(state.run);
+    }
     batcher.position = state.position;
     trimMetrics(opts.outDir, state.step);
   } else if (opts.outDir && fs.existsSync(path.join(opts.outDir, METRICS_FILE))) {
@@ -296,6 +335,7 @@ export async function train(model: Model, batcher: Batcher, cfg: TrainConfig, op
   let lastEval: Record<string, number> | undefined;
   let evaluatedAt = -1;
   const checkpoint = () => {
+    if (opts.runState) state.run = opts.runState.save();
     if (opts.outDir) saveCheckpoint(model, opts.outDir, state, opts.meta, opts.extraParams?.checkpointFiles());
   };
   const runEval = async () => {
