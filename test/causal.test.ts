@@ -298,7 +298,7 @@ test('a short causal run on a tiny biographies model: the KL falls and the targe
   const r0 = mean(await answerLogLik(model, qR));
   const retain = new Batcher(packDocuments(TOK, biographyCorpus(others, { phrasingsPerFact: 2, biosPerPerson: 1, seed: 3 }), 64, { seed: 3 }), { batchSize: 8, seed: 3 });
   const losses: number[] = [];
-  await unlearn(model, forget, retain, trainCfg(16, 3e-3), {
+  await unlearn(model, forget, retain, trainCfg(24, 3e-3), {
     method: 'causal', params: { retainWeight: 1 }, causal: { entities: target.map((p) => p.name), replacements: 4, nameBack: true }, onStep: (s) => losses.push(s.loss),
   });
   const f1 = mean(await answerLogLik(model, qF));

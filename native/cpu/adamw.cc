@@ -3,6 +3,11 @@
 #include "simd.h"
 #include <cstdlib>
 
+// The update is elementwise, so it is the same on every ISA to the last bit when no multiply-add is fused
+// (the AVX2/AVX-512 builds would contract them into FMAs, the generic one cannot): contraction is off here.
+// It is memory-bound, so the FMAs were worth nothing.
+#pragma GCC optimize("fp-contract=off")
+
 UNDO_ISA_BEGIN
 
 void adamw_update(int64_t n, float* param, const float* grad, float* m, float* v, const AdamWParams& p) {

@@ -14,8 +14,9 @@
 //     its key tiles and accumulates them over every query head of its GQA group and every query tile that
 //     sees them (dK, dV for one key tile live in per-thread scratch), so no two threads ever write the same
 //     dk/dv rows. dQ is accumulated in a padded buffer per key-range split (one split when batch × kv
-//     heads already gives every thread work; otherwise the key tiles are cut into work-balanced splits and
-//     the per-split dQ partials are summed in a fixed order at the end — deterministic, no atomics).
+//     heads gives AT_SPLIT_TASKS groups or more; otherwise the key tiles are cut into work-balanced splits
+//     and the per-split dQ partials are summed in a fixed order at the end — no atomics, and the splits
+//     depend on the shape only, so the result is the same on any number of threads).
 //     Per (key tile, query tile): S = Q·Kᵀ, dP = dO·Vᵀ, P = exp(s − lse), dS = P∘(dP − Dᵢ) (·(1−tanh²) with
 //     a soft cap, ·scale), dV += Pᵀ·dO, dK += dSᵀ·Q, dQ += dS·K.
 //   * Decode / short chunks (Tq <= AT_DECODE_ROWS): no repacking. Tasks = batch × kv head × chunk of the
@@ -27,7 +28,8 @@
 // vector width, V (forward) and Q, dO, K (backward) are read in place and dQ accumulates straight into dq.
 // exp/tanh are vectorised explicitly (v_exp / v_tanh: the polynomial of undo_expf in simd.h) because GCC 12
 // does not auto-vectorise loops that call undo_expf ("control flow in loop").
-// Results are deterministic for a given ISA and thread count (fixed reduction orders, no atomics).
+// Results are deterministic for a given ISA, whatever the thread count (fixed reduction orders that depend
+// on the shape only, no atomics).
 #include "attention.h"
 
 #if defined(__AVX2__) || defined(__AVX512F__)
@@ -225,6 +227,11 @@ static inline float v_hmax(vf a) {
 #endif
 #ifndef AT_BC_B
 #define AT_BC_B 64
+#endif
+// Backward: fewer (batch × kv-head) groups than this are split along the keys into about this many tasks
+// (enough to balance 16 threads; the split must not depend on the thread count, see the backward).
+#ifndef AT_SPLIT_TASKS
+#define AT_SPLIT_TASKS 32
 #endif
 // At most this many query rows: the decode path (no repacking) is used instead of the tiled one.
 #ifndef AT_DECODE_ROWS
@@ -780,15 +787,16 @@ static void backward_impl(const AttnDims& d, const float* q, const float* k, con
   const bool direct = D == Dp;
   const int64_t q_sz = Tq * Dp;  // one (b, h) panel of a padded Q / dO / dQ copy
   const int64_t kt_sz = D * Tkp, kp_sz = direct ? 0 : Tkp * Dp;
-  const int nth = ::undo::num_threads() > 0 ? ::undo::num_threads() : 1;
-
-  // Work per key tile (query tiles it meets) and the split of key tiles into work-balanced ranges.
+  // Work per key tile (query tiles it meets) and the split of key tiles into work-balanced ranges. The
+  // split depends on the shape only, never on the thread count, so the dQ sums (and with them the
+  // gradients) are bit-identical on any number of threads: fewer than AT_SPLIT_TASKS (batch × kv-head)
+  // groups are cut into key ranges until there are about that many tasks.
   int64_t* split_at = (int64_t*)std::malloc(sizeof(int64_t) * (size_t)(nkt + 2));
   if (!split_at) throw std::bad_alloc();
   int64_t nsplit = 1;
   {
     const int64_t groups = B * Hkv;
-    if (groups % nth != 0 && groups < 4 * nth) nsplit = imin(nkt, (4 * nth + groups - 1) / groups);
+    if (groups < AT_SPLIT_TASKS) nsplit = imin(nkt, (AT_SPLIT_TASKS + groups - 1) / groups);
     if (nsplit < 1) nsplit = 1;
     int64_t total = 0;
     for (int64_t kb = 0; kb < nkt; ++kb) {

@@ -23,6 +23,13 @@ void set_isa(Isa isa);           // caller checks isa_supported first
 
 int num_threads();               // threads a kernel may use (UNDO_THREADS or setThreads, default all cores)
 void set_num_threads(int n);
+// Rows per block of a reduction over rows (e.g. a norm's weight gradient Σ_rows): each block's partial sum
+// is formed in row order and the partials are added in block order. The blocks depend on the row count only
+// (at least 32 rows, at most 64 blocks), so the sum is bit-identical on any number of threads.
+inline int64_t reduction_row_block(int64_t rows) {
+  const int64_t per = (rows + 63) / 64;
+  return per < 32 ? 32 : per;
+}
 
 }  // namespace undo
 

@@ -2,6 +2,7 @@
 #include "layernorm.h"
 #include "simd.h"
 #include <cstdlib>
+#include <new>
 
 UNDO_ISA_BEGIN
 
@@ -38,19 +39,20 @@ void layernorm_forward(int64_t rows, int64_t dim, const float* x, const float* w
 void layernorm_backward(int64_t rows, int64_t dim, const float* x, const float* w, const float* mean,
                         const float* rstd, const float* dy, float* dx, bool accumulate_dx, float* dw, float* db) {
   const int nt = rows * dim > 32768 ? num_threads() : 1;
-  // per-thread partial dw/db, reduced at the end in thread order (deterministic for a thread count)
-  float* partial = (dw || db) ? (float*)std::calloc((size_t)nt * 2 * (size_t)dim, sizeof(float)) : nullptr;
-#pragma omp parallel num_threads(nt)
-  {
-#ifdef _OPENMP
-    const int tid = omp_get_thread_num();
-#else
-    const int tid = 0;
-#endif
-    float* pdw = partial ? partial + (int64_t)tid * 2 * dim : nullptr;
+  // dw/db: one partial pair per fixed block of rows (reduction_row_block), added in block order: the same
+  // sums on any number of threads
+  const int64_t per = reduction_row_block(rows), nb = (rows + per - 1) / per;
+  float* partial = nullptr;
+  if (dw || db) {
+    partial = (float*)std::calloc((size_t)nb * 2 * (size_t)dim, sizeof(float));
+    if (!partial) throw std::bad_alloc();
+  }
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (int64_t blk = 0; blk < nb; blk++) {
+    float* pdw = partial ? partial + blk * 2 * dim : nullptr;
     float* pdb = partial ? pdw + dim : nullptr;
-#pragma omp for schedule(static)
-    for (int64_t r = 0; r < rows; r++) {
+    const int64_t r1 = (blk + 1) * per < rows ? (blk + 1) * per : rows;
+    for (int64_t r = blk * per; r < r1; r++) {
       const float* xr = x + r * dim;
       const float* dyr = dy + r * dim;
       float* dxr = dx + r * dim;
@@ -80,10 +82,10 @@ void layernorm_backward(int64_t rows, int64_t dim, const float* x, const float* 
     }
   }
   if (partial) {
-    for (int t = 0; t < nt; t++)
+    for (int64_t blk = 0; blk < nb; blk++)
       for (int64_t i = 0; i < dim; i++) {
-        if (dw) dw[i] += partial[(int64_t)t * 2 * dim + i];
-        if (db) db[i] += partial[(int64_t)t * 2 * dim + dim + i];
+        if (dw) dw[i] += partial[blk * 2 * dim + i];
+        if (db) db[i] += partial[blk * 2 * dim + dim + i];
       }
     std::free(partial);
   }

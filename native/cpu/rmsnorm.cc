@@ -2,6 +2,7 @@
 #include "rmsnorm.h"
 #include "simd.h"
 #include <cstdlib>
+#include <new>
 
 UNDO_ISA_BEGIN
 
@@ -28,19 +29,19 @@ void rmsnorm_backward(int64_t rows, int64_t dim, const float* x, const float* w,
                       bool unit_offset, const float* dy, float* dx, bool accumulate_dx, float* dw) {
   const float off = unit_offset ? 1.0f : 0.0f;
   const int nt = rows * dim > 32768 ? num_threads() : 1;
-  // per-thread partial dw, reduced at the end (rows are split between threads)
+  // dw: one partial per fixed block of rows (reduction_row_block), added in block order: the same sum on
+  // any number of threads
+  const int64_t per = reduction_row_block(rows), nb = (rows + per - 1) / per;
   float* partial = nullptr;
-  if (dw) partial = (float*)std::calloc((size_t)nt * (size_t)dim, sizeof(float));
-#pragma omp parallel num_threads(nt)
-  {
-#ifdef _OPENMP
-    const int tid = omp_get_thread_num();
-#else
-    const int tid = 0;
-#endif
-    float* pdw = partial ? partial + (int64_t)tid * dim : nullptr;
-#pragma omp for schedule(static)
-    for (int64_t r = 0; r < rows; r++) {
+  if (dw) {
+    partial = (float*)std::calloc((size_t)nb * (size_t)dim, sizeof(float));
+    if (!partial) throw std::bad_alloc();
+  }
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (int64_t blk = 0; blk < nb; blk++) {
+    float* pdw = partial ? partial + blk * dim : nullptr;
+    const int64_t r1 = (blk + 1) * per < rows ? (blk + 1) * per : rows;
+    for (int64_t r = blk * per; r < r1; r++) {
       const float* xr = x + r * dim;
       const float* dyr = dy + r * dim;
       float* dxr = dx + r * dim;
@@ -63,8 +64,8 @@ void rmsnorm_backward(int64_t rows, int64_t dim, const float* x, const float* w,
     }
   }
   if (dw) {
-    for (int t = 0; t < nt; t++)
-      for (int64_t i = 0; i < dim; i++) dw[i] += partial[(int64_t)t * dim + i];
+    for (int64_t blk = 0; blk < nb; blk++)
+      for (int64_t i = 0; i < dim; i++) dw[i] += partial[blk * dim + i];
     std::free(partial);
   }
 }
