@@ -127,7 +127,7 @@ export function writeFileAtomicStream(filePath: string, fill: (write: (chunk: Ui
     const out = fd;
     let chunks = 0;
     fill((chunk) => {
-      if (chunks++ === 0 && chunk.byteLength > 1) {
+      if (chunks++ === 0 && CRASH_AT && chunk.byteLength > 1) {
         writeAll(out, chunk.subarray(0, chunk.byteLength >> 1));
         crashPoint('write');
         writeAll(out, chunk.subarray(chunk.byteLength >> 1));

@@ -309,10 +309,9 @@ export async function train(model: Model, batcher: Batcher, cfg: TrainConfig, op
     checkResumeMeta(opts.outDir, (state as { meta?: Record<string, unknown> }).meta, opts.meta);
     delete (state as { meta?: unknown }).meta;
     opts.extraParams?.restore(opts.outDir);
-    if (opts.runState) {
-      if (state.run === undefined) throw new UndoError(`${path.join(opts.outDir, STATE_FILE)}: no run state (field run) to resume this objective from`, 'it was saved by another kind of run');
-      opts.runState.restore(state.run);
-    }
+    // checkpoints written before run states existed have none: the objective's state then starts afresh
+    // (exact for objectives that draw no samples)
+    if (opts.runState && state.run !== undefined) opts.runState.restore(state.run);
     batcher.position = state.position;
     trimMetrics(opts.outDir, state.step);
   } else if (opts.outDir && fs.existsSync(path.join(opts.outDir, METRICS_FILE))) {
