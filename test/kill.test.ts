@@ -116,36 +116,36 @@ const trainKills = (steps: number, rng: Rng) => ({
 let teacherDir = '';
 const counts: Record<string, number> = {};
 
-test('pretrain: killed (SIGKILL) at random points and inside checkpoint writes, --resume ends bit-identical to an uninterrupted run', async () => {
-  const ref = path.join(TMP, 'pretrain-ref');
-  const r = run([...PRETRAIN, '--out', ref]);
+/**
+ * A training command's crash test: an uninterrupted reference run, then per kill seed a run killed and resumed
+ * (killAndResume) that must end with the reference's weights, optimizer state, metrics and run state. Returns
+ * the reference directory.
+ */
+async function killTraining(name: string, args: string[], steps: number): Promise<string> {
+  const ref = path.join(TMP, `${name}-ref`);
+  const r = run([...args, '--out', ref]);
   assert.is(r.status, 0, r.out);
-  teacherDir = ref;
+  const file = (d: string, f: string) => sha256File(path.join(d, f));
+  const runState = (d: string) => (JSON.parse(fs.readFileSync(path.join(d, 'trainer_state.json'), 'utf8')) as { run?: unknown }).run;
   for (const seed of KILL_SEEDS) {
-    const dir = path.join(TMP, `pretrain-${seed}`);
-    counts[`pretrain ${seed}`] = await killAndResume(PRETRAIN, dir, r.ms, seed, trainKills(150, new Rng(seed + 1)));
-    assert.ok(counts[`pretrain ${seed}`] >= 3, `only ${counts[`pretrain ${seed}`]} of 5 kills landed`);
-    assert.is(sha256File(path.join(dir, 'model.safetensors')), sha256File(path.join(ref, 'model.safetensors')), 'weights differ from the uninterrupted run');
-    assert.is(sha256File(path.join(dir, 'optimizer.safetensors')), sha256File(path.join(ref, 'optimizer.safetensors')), 'optimizer state differs');
+    const dir = path.join(TMP, `${name}-${seed}`);
+    const kills = counts[`${name} ${seed}`] = await killAndResume(args, dir, r.ms, seed, trainKills(steps, new Rng(seed + 1)));
+    assert.ok(kills >= 3, `${name}: only ${kills} of 5 kills landed`);
+    assert.is(file(dir, 'model.safetensors'), file(ref, 'model.safetensors'), `${name}: weights differ from the uninterrupted run`);
+    assert.is(file(dir, 'optimizer.safetensors'), file(ref, 'optimizer.safetensors'), `${name}: optimizer state differs`);
     assert.equal(metrics(dir), metrics(ref));
+    assert.equal(runState(dir), runState(ref), `${name}: run state (sampling RNG, TAID) differs`);
   }
+  return ref;
+}
+
+test('pretrain: killed (SIGKILL) at random points and inside checkpoint writes, --resume ends bit-identical to an uninterrupted run', async () => {
+  teacherDir = await killTraining('pretrain', PRETRAIN, 150);
 });
 
 test('distill (TAID, on-policy sampling): killed at random points and inside checkpoint writes, --resume ends bit-identical', async () => {
   assert.ok(teacherDir, 'needs the pretrain test\'s model as the teacher');
-  const args = distillArgs(teacherDir);
-  const ref = path.join(TMP, 'distill-ref');
-  const r = run([...args, '--out', ref]);
-  assert.is(r.status, 0, r.out);
-  for (const seed of KILL_SEEDS) {
-    const dir = path.join(TMP, `distill-${seed}`);
-    counts[`distill ${seed}`] = await killAndResume(args, dir, r.ms, seed, trainKills(120, new Rng(seed + 1)));
-    assert.ok(counts[`distill ${seed}`] >= 3, `only ${counts[`distill ${seed}`]} of 5 kills landed`);
-    assert.is(sha256File(path.join(dir, 'model.safetensors')), sha256File(path.join(ref, 'model.safetensors')), 'weights differ from the uninterrupted run');
-    assert.equal(metrics(dir), metrics(ref));
-    const run = (d: string) => (JSON.parse(fs.readFileSync(path.join(d, 'trainer_state.json'), 'utf8')) as { run: unknown }).run;
-    assert.equal(run(dir), run(ref), 'sampling RNG / TAID state differ');
-  }
+  await killTraining('distill', distillArgs(teacherDir), 120);
 });
 
 test('--resume refuses what it cannot continue: no checkpoint yet, or a run with other options (the field named)', () => {
@@ -166,6 +166,18 @@ test('--resume refuses what it cannot continue: no checkpoint yet, or a run with
   const c = run([...PRETRAIN, '--out', path.join(TMP, 'resume-none'), '--resume']);
   assert.is(c.status, 1, c.out);
   assert.match(c.out, /does not exist|holds no checkpoint/);
+});
+
+test('--resume after a kill between the renames of a checkpoint swap: the previous checkpoint is put back and resumed', () => {
+  assert.ok(teacherDir, 'needs the pretrain test\'s reference run');
+  const parent = path.join(TMP, 'mid-swap');
+  fs.mkdirSync(parent);
+  // the state such a kill leaves: OUT moved aside as .OUT.old-PID-MS (a dead pid), the new one never moved in
+  fs.cpSync(teacherDir, path.join(parent, '.run.old-999999-1'), { recursive: true });
+  const r = run([...PRETRAIN, '--out', path.join(parent, 'run'), '--resume']);
+  assert.is(r.status, 0, r.out);
+  assert.equal(fs.readdirSync(parent), ['run']);
+  assert.is(sha256File(path.join(parent, 'run', 'model.safetensors')), sha256File(path.join(teacherDir, 'model.safetensors')));
 });
 
 /** A store after a kill: no manifest yet, or a manifest whose every listed shard is whole (size and sha256). */

@@ -18,7 +18,7 @@ import { KnnStore, KnnTeacher } from '../distill/knn_store';
 import { ByteTokenizer, Tokenizer } from '../data/tokenizer';
 import { ALL_OPS } from '../tasks/arithmetic';
 import { biographyMetrics } from '../tasks/biographies';
-import { parseStopCondition, skipLine, StopCondition, stopTest, TrainConfig } from '../train/train';
+import { checkpointToResume, parseStopCondition, skipLine, StopCondition, stopTest, TrainConfig } from '../train/train';
 import { pretrained, STUDIES } from '../undo/study';
 import type { CliKit } from './unlearn';
 import { documentsFrom, packed } from './unlearn';
@@ -260,9 +260,6 @@ export function optimCfg(o: { steps: number; lr: number; warmup: number; checkpo
 
 /** The student of `distill --resume`: the checkpoint in --out (its weights; the optimizer state follows in train). */
 export function resumedStudent(out: string): Model {
-  if (!fs.existsSync(path.join(out, 'trainer_state.json'))) {
-    throw new UndoError(`--resume: ${out} holds no checkpoint of a distillation (trainer_state.json is missing)`,
-      fs.existsSync(path.join(out, 'metrics.jsonl')) ? 'the run was stopped before its first checkpoint: start it again without --resume' : 'give the --out of an interrupted distill run');
-  }
+  checkpointToResume(out, 'a distillation');
   return Model.load(out);
 }

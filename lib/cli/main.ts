@@ -16,7 +16,7 @@ import { native } from '../core/native';
 import { ALL_OPS, generateArithmeticCorpus, Op } from '../tasks/arithmetic';
 import { biographyMetrics, builtinBiographyDocs } from '../tasks/biographies';
 import { ByteTokenizer, loadAnyTokenizer, Tokenizer } from '../data/tokenizer';
-import { parseStopCondition, skipLine, StopCondition, stopTest, train, TrainConfig, TrainOptions } from '../train/train';
+import { checkpointToResume, parseStopCondition, skipLine, StopCondition, stopTest, train, TrainConfig, TrainOptions } from '../train/train';
 import { documentsFrom, registerUndoCommand, registerUnlearningCommands } from './unlearn';
 import { registerPateCommands } from './pate';
 import { registerTeacherCommands } from './teacher';
@@ -149,6 +149,7 @@ async function pretrain(o: PretrainOpts): Promise<void> {
   let tok: Tokenizer = o.tokenizer ? loadAnyTokenizer(o.tokenizer) : new ByteTokenizer();
   let model: Model;
   if (o.resume) {
+    checkpointToResume(o.out, 'a pretraining');
     model = Model.load(o.out);
     tok = model.tokenizer;
   } else {

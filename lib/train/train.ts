@@ -7,7 +7,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { Batch, Batcher, BatcherPosition } from '../data/datasets';
 import { UndoError } from '../core/errors';
-import { appendFileOrThrow, readJson, writeFileAtomic } from '../core/fsutil';
+import { appendFileOrThrow, readJson, recoverDir, writeFileAtomic } from '../core/fsutil';
 import { Model } from '../models/model';
 import type { AdamWHyper } from '../core/native';
 import { readSafetensors, serializeSafetensors } from '../formats/safetensors';
@@ -222,13 +222,25 @@ function checkResumeMeta(dir: string, saved: Record<string, unknown> | undefined
   }
 }
 
-/** Restore optimizer and trainer state saved by saveCheckpoint (the weights are loaded with Model.load). */
-export function loadTrainerState(model: Model, dir: string): TrainerState & { meta?: Record<string, unknown> } {
+/**
+ * The trainer_state.json of a run to resume in `dir`, or an UndoError saying there is none yet (`what`: the
+ * kind of run, e.g. 'a distillation'). Checked before anything is loaded from the directory, after recoverDir
+ * has put back a checkpoint whose save was killed between its renames.
+ */
+export function checkpointToResume(dir: string, what = 'a training run'): string {
+  recoverDir(dir);  // a save killed mid-swap: its previous checkpoint back first
+  if (!fs.existsSync(dir)) throw new UndoError(`--resume: ${dir} does not exist`, 'give the --out of an interrupted run');
   const statePath = path.join(dir, STATE_FILE);
   if (!fs.existsSync(statePath)) {
-    throw new UndoError(`${dir} holds no checkpoint to resume (${STATE_FILE} is missing)`, fs.existsSync(path.join(dir, METRICS_FILE))
+    throw new UndoError(`--resume: ${dir} holds no checkpoint of ${what} (${STATE_FILE} is missing)`, fs.existsSync(path.join(dir, METRICS_FILE))
       ? 'the run was stopped before its first checkpoint: start it again without --resume' : 'give the --out of an interrupted run');
   }
+  return statePath;
+}
+
+/** Restore optimizer and trainer state saved by saveCheckpoint (the weights are loaded with Model.load). */
+export function loadTrainerState(model: Model, dir: string): TrainerState & { meta?: Record<string, unknown> } {
+  const statePath = checkpointToResume(dir);
   const state = readJson<TrainerState & { meta?: Record<string, unknown> }>(statePath, 'trainer state');
   if (typeof state.step !== 'number' || !state.position) throw new UndoError(`${statePath}: not a trainer state (fields step, position)`);
   const optPath = path.join(dir, OPTIM_FILE);
@@ -302,12 +314,12 @@ export async function train(model: Model, batcher: Batcher, cfg: TrainConfig, op
   if (!(cfg.steps >= 0) || !Number.isInteger(cfg.steps)) throw new UndoError(`steps must be a non-negative integer, got ${cfg.steps}`);
   if (!(cfg.gradAccum >= 1)) throw new UndoError(`gradient accumulation must be >= 1, got ${cfg.gradAccum}`);
   if (!(cfg.lr > 0)) throw new UndoError(`learning rate must be > 0, got ${cfg.lr}`);
-  let state: TrainerState = { step: 0, tokens: 0, position: batcher.position, elapsedSec: 0 };
+  let state: TrainerState & { meta?: Record<string, unknown> } = { step: 0, tokens: 0, position: batcher.position, elapsedSec: 0 };
   if (opts.resume) {
     if (!opts.outDir) throw new UndoError('--resume needs the output directory of the run');
     state = loadTrainerState(model, opts.outDir);
-    checkResumeMeta(opts.outDir, (state as { meta?: Record<string, unknown> }).meta, opts.meta);
-    delete (state as { meta?: unknown }).meta;
+    checkResumeMeta(opts.outDir, state.meta, opts.meta);
+    delete state.meta;
     opts.extraParams?.restore(opts.outDir);
     // checkpoints written before run states existed have none: the objective's state then starts afresh
     // (exact for objectives that draw no samples)
