@@ -35,7 +35,7 @@ export type { StopCondition } from './train/train';
 export { evalPackedLoss, evalDivergence } from './train/evaluate';
 export { distill, checkCompatible } from './distill/distill';
 export type { DistillOptions, MiniLlmOptions } from './distill/distill';
-export { unlearn, UNLEARN_METHODS, UNLEARN_DEFAULTS, defaultUnlearnParams, causalTeacher, findMentions, rewriteWindow } from './unlearn/unlearn';
+export { unlearn, UNLEARN_METHODS, UNLEARN_DEFAULTS, defaultUnlearnParams, causalPlan, causalTeacher, causalObjective, findMentions, rewriteWindow } from './unlearn/unlearn';
 export type { UnlearnMethod, UnlearnOptions, UnlearnParams, CausalOptions } from './unlearn/unlearn';
 export { noiseModel, projectToDistribution } from './unlearn/noise';
 export type { NoiseOptions, ProjectOptions, TargetDistribution } from './unlearn/noise';

