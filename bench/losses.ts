@@ -25,7 +25,7 @@
 import * as os from 'os';
 import { spawnSync } from 'child_process';
 import { native } from '../lib/core/native';
-import { compute } from '../lib/train/losses';
+import { computeSync as compute } from '../lib/train/losses';
 import type { LossName, LossOptions } from '../lib/train/losses';
 import { torchPython } from './common';
 

@@ -37,7 +37,7 @@ async function wholeBatch(cfg: ModelConfig, name: LossName, b: Batch, teachers: 
   }
   await m.native.forward(b.inputs, b.B, b.T);
   const student = await m.native.logits(null);
-  const r = kdLoss.compute(name, {
+  const r = kdLoss.computeSync(name, {
     student, teacher: logits[0], ...(logits.length > 1 ? { studentBase: logits[1], teacherBase: logits[2] } : {}),
     rows: b.B * b.T, vocab: cfg.vocabSize, targets: b.targets, temperature: 2, ...params,
   });

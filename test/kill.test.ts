@@ -268,7 +268,8 @@ diskTest('a full disk: pretrain fails with a clear error naming the disk and --o
     const args = ['pretrain', '--preset', 'micro', '--steps', '6', '--batch-size', '2', '--seq-len', '16', '--docs', '300', '--checkpoint-every', '2',
       '--eval-every', '0', '--eval-per-form', '2', '--warmup', '0', '--out', out, '--no-progress'];
     const r = run(args);
-    assert.is(r.status, 1, r.out);
+    assert.is(r.status, 4, r.out);
+    assert.match(r.out, /code: ERR_DISK_FULL \(exit 4\)/);
     assert.match(r.out, /the disk is full \(ENOSPC/);
     assert.match(r.out, new RegExp(`cannot save ${out.replace(/[/.]/g, '\\$&')}`));
     assert.match(r.out, /still holds its previous save/);
@@ -290,7 +291,8 @@ diskTest('a full disk while caching a teacher: a clear error, and the store\'s l
   try {
     const out = path.join(mnt, 'store');
     const r = run([...cacheArgs(teacherDir), '--out', out]);
-    assert.is(r.status, 1, r.out);
+    assert.is(r.status, 4, r.out);
+    assert.match(r.out, /code: ERR_DISK_FULL/);
     assert.match(r.out, /the disk is full \(ENOSPC\)/);
     assert.not.match(r.out, /at .*\.js:\d+/, 'a stack trace instead of an error');
     const n = storeShards(out);

@@ -13,7 +13,7 @@
  */
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { compute, LOSS_NAMES, TaidSchedule } from '../lib/train/losses';
+import { computeSync as compute, LOSS_NAMES, TaidSchedule } from '../lib/train/losses';
 import type { LossName, LossOptions, TopKTeacher } from '../lib/train/losses';
 import { native } from '../lib/core/native';
 import { Rng } from '../lib/core/rng';

@@ -116,7 +116,7 @@ test('fused distillation head (headKd) equals logits → loss.compute → headGr
     await plain.native.forward(ids, B, T);
     const z = await plain.native.logits(null);
     const tz = usesTeacher ? await teacher.native.logits(null) : undefined;
-    const ref = loss.compute(name, { student: z, teacher: tz, rows: B * T, vocab: plain.config.vocabSize, temperature: 2, ...params });
+    const ref = loss.computeSync(name, { student: z, teacher: tz, rows: B * T, vocab: plain.config.vocabSize, temperature: 2, ...params });
     for (let i = 0; i < ref.grad.length; i++) ref.grad[i] *= 0.5;
     plain.native.zeroGrad();
     await plain.native.headGrad(ref.grad);

@@ -200,6 +200,7 @@ test('non-finite steps: a NaN gradient or loss is named (step, first tensor) and
   const m = Model.create(CFG, { seed: 2 });
   const e = await train(m, new Batcher(data, { batchSize: 2, seed: 1 }), cfg, { microStep: faulty(m, { 3: 'grad' }) }).then(() => null, (x) => x);
   assert.ok(e instanceof UndoError, String(e));
+  assert.is(e.code, 'ERR_NONFINITE');
   assert.match(e.message, /the gradient norm is NaN at step 3 \(first non-finite gradient: tensor "model\.layers\.1\.mlp\.down_proj\.weight"\)/);
   const ref = Model.create(CFG, { seed: 2 });
   await train(ref, new Batcher(data, { batchSize: 2, seed: 1 }), { ...cfg, steps: 2 }, {});

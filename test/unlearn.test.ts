@@ -223,7 +223,7 @@ test('evalDivergence: mean KL over every row, in row chunks, equals loss.compute
     const tl = await base.native.logits(null);
     await student.native.forward(ids, B, T);
     const sl = await student.native.logits(null);
-    total += loss.compute('fkl', { student: sl, teacher: tl, rows: B * T, vocab: CFG.vocabSize, grad: false }).loss * B * T;
+    total += loss.computeSync('fkl', { student: sl, teacher: tl, rows: B * T, vocab: CFG.vocabSize, grad: false }).loss * B * T;
     count += B * T;
   }
   const got = await evalDivergence(student, base, data, { chunkRows: 7 });  // 7: chunks that straddle windows

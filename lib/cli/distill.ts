@@ -8,7 +8,7 @@ import * as path from 'path';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { Batcher, Document, packDocuments, splitTrainVal } from '../data/datasets';
 import { checkCompatible, distill } from '../distill/distill';
-import { UndoError } from '../core/errors';
+import { UndoError, errorClass } from '../core/errors';
 import { evalArithmetic, evalDivergence, evalPackedLoss } from '../train/evaluate';
 import { LOSS_NAMES, LossName } from '../train/losses';
 import { configFromHF, loadModelTokenizer, Model, presetConfig, PRESETS } from '../models/model';
@@ -26,6 +26,10 @@ import { runFeatureDistill } from './features';
 import { STANDARDIZATIONS, Standardization } from '../distill/standardize';
 import { FEATURE_LOSSES, FeatureLoss } from '../distill/features';
 import type { AdaptorKind } from '../distill/adaptor';
+
+/** Errors of this module: code ERR_ARGUMENT unless one names another. */
+const Err = errorClass('ERR_ARGUMENT');
+const NotFoundError = errorClass('ERR_NOT_FOUND');
 
 export interface DistillOpts {
   teacher?: string[];
@@ -121,24 +125,24 @@ export function registerDistillCommand(program: Command, k: CliKit): void {
   ).action(async (o: DistillOpts) => {
     k.applyRuntime(o);
     if (o.features) return runFeatureDistill(o, k);
-    if ((o.teacher?.length ?? 0) > 1) throw new UndoError(`${o.teacher!.length} --teacher given without --features: several teachers are for feature distillation`, 'add --features L:L\' (one per teacher), or give one --teacher');
+    if ((o.teacher?.length ?? 0) > 1) throw new Err(`${o.teacher!.length} --teacher given without --features: several teachers are for feature distillation`, 'add --features L:L\' (one per teacher), or give one --teacher');
     const teacherDir = o.teacher?.[0];
     let teacherModel: Model | undefined;
     let offline = false;
     let knn: { store: KnnStore; keyModel: Model } | undefined;
     if (o.knnTeacher) {
-      if (teacherDir) throw new UndoError('give --teacher or --knn-teacher, not both');
+      if (teacherDir) throw new Err('give --teacher or --knn-teacher, not both');
       const store = KnnStore.open(o.knnTeacher);
       const src = store.manifest.keyModel.source;
-      if (!src || !fs.existsSync(src)) throw new UndoError(`kNN store ${o.knnTeacher}: its key model ${src ?? '(built in memory)'} is not there`, 'the key model must stay where the store was built from (knn-store build --model)');
-      if (teacherHashFromDir(src) !== store.manifest.keyModel.sha256) throw new UndoError(`kNN store ${o.knnTeacher}: the key model ${src} has changed since the store was built`, 'rebuild the store');
+      if (!src || !fs.existsSync(src)) throw new Err(`kNN store ${o.knnTeacher}: its key model ${src ?? '(built in memory)'} is not there`, 'the key model must stay where the store was built from (knn-store build --model)');
+      if (teacherHashFromDir(src) !== store.manifest.keyModel.sha256) throw new Err(`kNN store ${o.knnTeacher}: the key model ${src} has changed since the store was built`, 'rebuild the store');
       knn = { store, keyModel: Model.load(src) };
     } else if (!teacherDir) {
       console.log('no --teacher: using the built-in arithmetic teacher (tiny preset; trained once, then cached)');
       const q = STUDIES.quick;
       teacherModel = await pretrained(q, ALL_OPS, { outDir: o.out, cacheDir: o.cache, log: (m) => console.log(m), hooks: (_s, steps) => (o.progress ? k.trainingUi(steps, true) : { hooks: {}, stop: () => undefined }) });
     } else {
-      if (!fs.existsSync(teacherDir)) throw new UndoError(`--teacher ${teacherDir}: no such directory`);
+      if (!fs.existsSync(teacherDir)) throw new NotFoundError(`--teacher ${teacherDir}: no such directory`);
       offline = fs.existsSync(path.join(teacherDir, 'manifest.json'));
       if (!offline) teacherModel = Model.load(teacherDir);
     }
@@ -188,7 +192,7 @@ export function registerDistillCommand(program: Command, k: CliKit): void {
       stops.push(stopTest(o.stopWhen, known));
     }
     if (o.target !== undefined) {
-      if (teacherMetrics?.retain === undefined) throw new UndoError('--target needs an online teacher and arithmetic data (it compares retain accuracy); use --stop-when for other data');
+      if (teacherMetrics?.retain === undefined) throw new Err('--target needs an online teacher and arithmetic data (it compares retain accuracy); use --stop-when for other data');
       stops.push((m) => (m.retain ?? 0) >= teacherMetrics.retain - o.target!);
     }
     const ui = k.trainingUi(o.steps, o.progress);
@@ -228,7 +232,7 @@ export function registerDistillCommand(program: Command, k: CliKit): void {
  * (a store of another tokenizer is then refused by the store's expectation check).
  */
 function storeTokenizer(dir: string): Tokenizer {
-  const m = readJson<{ teacher?: { source?: unknown }; tokenizer?: { sha256?: unknown } }>(path.join(dir, 'manifest.json'), 'teacher store manifest');
+  const m = readJson<{ teacher?: { source?: unknown }; tokenizer?: { sha256?: unknown } }>(path.join(dir, 'manifest.json'), 'teacher store manifest', 'ERR_TEACHER_STORE');
   const source = m.teacher?.source;
   if (typeof source === 'string' && fs.existsSync(path.join(source, 'tokenizer.json'))) {
     const tok = loadModelTokenizer(source);
@@ -247,7 +251,7 @@ export function lossParams(o: Pick<DistillOpts, 'loss' | 'beta' | 'alpha'>): Rec
 export function makeStudent(spec: string, tok: Tokenizer, seed: number): Model {
   return PRESETS[spec] ? Model.create(presetConfig(spec, tok), { seed }, tok)
     : spec.endsWith('.json') && fs.existsSync(spec) && fs.statSync(spec).isFile()
-      ? Model.create(configFromHF(readJson<Record<string, unknown>>(spec, 'student config'), spec), { seed }, tok)
+      ? Model.create(configFromHF(readJson<Record<string, unknown>>(spec, 'student config', 'ERR_MODEL_CONFIG'), spec), { seed }, tok)
       : Model.load(spec);
 }
 

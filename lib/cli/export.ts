@@ -5,10 +5,13 @@
  */
 import * as fs from 'fs';
 import { Command, Option } from 'commander';
-import { UndoError } from '../core/errors';
+import { UndoError, errorClass } from '../core/errors';
 import { GGUF_TYPES } from '../formats/gguf';
 import { exportGguf, parseGgufType } from '../formats/gguf_model';
 import { Model } from '../models/model';
+
+/** Errors of this module: code ERR_ARGUMENT unless one names another. */
+const Err = errorClass('ERR_ARGUMENT');
 
 interface ExportOpts {
   model: string;
@@ -31,7 +34,7 @@ export function registerExportCommand(program: Command): void {
     .option('--json', 'print the result as JSON')
     .action((o: ExportOpts) => {
       const type = parseGgufType(o.type);
-      if (fs.existsSync(o.gguf) && fs.statSync(o.gguf).isDirectory()) throw new UndoError(`--gguf ${o.gguf} is a directory; give a file name`);
+      if (fs.existsSync(o.gguf) && fs.statSync(o.gguf).isDirectory()) throw new Err(`--gguf ${o.gguf} is a directory; give a file name`);
       const model = Model.load(o.model);
       const r = exportGguf(model, o.gguf, { type, name: o.name, pre: o.ggufPre });
       if (o.json) {

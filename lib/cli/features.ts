@@ -8,7 +8,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { Batcher, Document, packDocuments, splitTrainVal } from '../data/datasets';
-import { UndoError } from '../core/errors';
+import { UndoError, errorClass } from '../core/errors';
 import { Model } from '../models/model';
 import { Adaptor } from '../distill/adaptor';
 import { distillFeatures, featureErrors, FeatureTeacher, parseFeaturePair, teacherFeatureStats } from '../distill/features';
@@ -20,17 +20,21 @@ import type { CliKit } from './unlearn';
 import { documentsFrom, packed } from './unlearn';
 import { DistillOpts, lossParams, makeStudent, optimCfg, resumedStudent } from './distill';
 
+/** Errors of this module: code ERR_ARGUMENT unless one names another. */
+const Err = errorClass('ERR_ARGUMENT');
+const NotFoundError = errorClass('ERR_NOT_FOUND');
+
 export async function runFeatureDistill(o: DistillOpts, k: CliKit): Promise<void> {
   const dirs = o.teacher ?? [];
-  if (!dirs.length) throw new UndoError('--features needs --teacher: one or more teacher model directories (repeat --teacher)');
-  if (o.knnTeacher) throw new UndoError('--features takes model teachers (--teacher), not a kNN store');
-  if (o.topk || o.onPolicy || o.loss.name === 'minillm' || o.loss.name === 'deltakd') throw new UndoError('--features combines with an online logit loss only (no --topk, --on-policy, minillm or deltakd)');
+  if (!dirs.length) throw new Err('--features needs --teacher: one or more teacher model directories (repeat --teacher)');
+  if (o.knnTeacher) throw new Err('--features takes model teachers (--teacher), not a kNN store');
+  if (o.topk || o.onPolicy || o.loss.name === 'minillm' || o.loss.name === 'deltakd') throw new Err('--features combines with an online logit loss only (no --topk, --on-policy, minillm or deltakd)');
   const pairs = o.features!.map(parseFeaturePair);
-  if (pairs.length !== 1 && pairs.length !== dirs.length) throw new UndoError(`${pairs.length} --features for ${dirs.length} --teacher: give one pair per teacher, in order (or one for all)`);
-  if (o.featureWeights && o.featureWeights.length !== dirs.length) throw new UndoError(`--feature-weights has ${o.featureWeights.length} weights for ${dirs.length} teachers`);
+  if (pairs.length !== 1 && pairs.length !== dirs.length) throw new Err(`${pairs.length} --features for ${dirs.length} --teacher: give one pair per teacher, in order (or one for all)`);
+  if (o.featureWeights && o.featureWeights.length !== dirs.length) throw new Err(`--feature-weights has ${o.featureWeights.length} weights for ${dirs.length} teachers`);
   const models = dirs.map((d, i) => {
-    if (!fs.existsSync(d)) throw new UndoError(`--teacher ${d}: no such directory`);
-    if (fs.existsSync(path.join(d, 'manifest.json'))) throw new UndoError(`--teacher ${d}: a top-k store holds logits, not features; feature distillation needs the teacher model (teacher ${i + 1})`);
+    if (!fs.existsSync(d)) throw new NotFoundError(`--teacher ${d}: no such directory`);
+    if (fs.existsSync(path.join(d, 'manifest.json'))) throw new Err(`--teacher ${d}: a top-k store holds logits, not features; feature distillation needs the teacher model (teacher ${i + 1})`);
     return Model.load(d);
   });
   const tok = models[0].tokenizer;
@@ -42,7 +46,7 @@ export async function runFeatureDistill(o: DistillOpts, k: CliKit): Promise<void
       try {
         return f();
       } catch (e) {
-        throw new UndoError(`${what}: ${side} ${(e as Error).message}`);
+        throw new Err(`${what}: ${side} ${(e as Error).message}`);
       }
     };
     return { student: wrap(() => resolveLayer(p.student, student.config.numLayers), 'student'), teacher: wrap(() => resolveLayer(p.teacher, m.config.numLayers), 'teacher') };

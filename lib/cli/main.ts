@@ -4,10 +4,10 @@
  */
 import * as fs from 'fs';
 import * as path from 'path';
-import { Command, InvalidArgumentError, Option } from 'commander';
+import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import * as cliProgress from 'cli-progress';
 import { Batcher, Document, packDocuments, splitTrainVal } from '../data/datasets';
-import { describeError, UndoError } from '../core/errors';
+import { describeError, exitStatus, UndoError, errorClass } from '../core/errors';
 import { arithmeticMetrics, evalArithmetic, evalPackedLoss, evalTextLoss } from '../train/evaluate';
 import { generateText } from '../models/generate';
 import { readJson } from '../core/fsutil';
@@ -25,6 +25,9 @@ import { registerInfoCommand } from './info';
 import { registerExportCommand } from './export';
 import { registerPlanCommand } from './plan';
 import { registerKnnCommands } from './knn';
+
+/** Errors of this module: code ERR_ARGUMENT unless one names another. */
+const Err = errorClass('ERR_ARGUMENT');
 
 function int(name: string, min = 0) {
   return (v: string): number => {
@@ -55,7 +58,7 @@ function applyRuntime(opts: { threads?: number; isa?: string; bf16?: boolean }):
     try {
       native.setIsa(opts.isa);
     } catch (e) {
-      throw new UndoError(`--isa ${opts.isa}: ${(e as Error).message}`, `supported here: ${native.supportedIsas().join(', ')}`);
+      throw new Err(`--isa ${opts.isa}: ${(e as Error).message}`, `supported here: ${native.supportedIsas().join(', ')}`);
     }
   }
 }
@@ -144,8 +147,8 @@ interface PretrainOpts {
 async function pretrain(o: PretrainOpts): Promise<void> {
   applyRuntime(o);
   if (!o.task && !o.data) o.task = 'arithmetic';
-  if (o.task && o.task !== 'arithmetic' && o.task !== 'biographies') throw new UndoError(`unknown task "${o.task}"`, 'built-in tasks: arithmetic, biographies');
-  if (o.task && o.data) throw new UndoError('give either --task or --data, not both');
+  if (o.task && o.task !== 'arithmetic' && o.task !== 'biographies') throw new Err(`unknown task "${o.task}"`, 'built-in tasks: arithmetic, biographies');
+  if (o.task && o.data) throw new Err('give either --task or --data, not both');
   let tok: Tokenizer = o.tokenizer ? loadAnyTokenizer(o.tokenizer) : new ByteTokenizer();
   let model: Model;
   if (o.resume) {
@@ -156,8 +159,8 @@ async function pretrain(o: PretrainOpts): Promise<void> {
     let cfg;
     if (o.config) {
       const file = o.config;
-      cfg = configFromHF(readJson<Record<string, unknown>>(file, 'model config'), file);
-      if (cfg.vocabSize < tok.vocabSize) throw new UndoError(`${file}: vocab_size ${cfg.vocabSize} is smaller than the ${o.tokenizer ? `tokenizer's (${o.tokenizer})` : "byte tokenizer's"} ${tok.vocabSize}`);
+      cfg = configFromHF(readJson<Record<string, unknown>>(file, 'model config', 'ERR_MODEL_CONFIG'), file);
+      if (cfg.vocabSize < tok.vocabSize) throw new Err(`${file}: vocab_size ${cfg.vocabSize} is smaller than the ${o.tokenizer ? `tokenizer's (${o.tokenizer})` : "byte tokenizer's"} ${tok.vocabSize}`);
     } else {
       cfg = presetConfig(o.preset, tok);
     }
@@ -220,7 +223,8 @@ export function buildProgram(): Command {
     .name('undo-native')
     .description('Train, distill and unlearn transformer language models on a native CPU core.')
     .version((JSON.parse(fs.readFileSync(path.join(__dirname, '..', '..', '..', 'package.json'), 'utf8')) as { version: string }).version)
-    .showHelpAfterError('(run with --help for usage)');
+    .showHelpAfterError('(run with --help for usage)')
+    .exitOverride(); // usage errors come back to main() (commander has printed them), which adds the code line
 
   runtimeOptions(
     program.command('pretrain')
@@ -270,14 +274,14 @@ export function buildProgram(): Command {
   ).action(async (o: { model: string; task?: string; ops: Op[]; perForm: number; textFile?: string; json?: boolean; threads?: number; isa?: string }) => {
     applyRuntime(o);
     if (!o.textFile && !o.task) o.task = 'arithmetic';
-    if (o.task && o.task !== 'arithmetic' && o.task !== 'biographies') throw new UndoError(`unknown task "${o.task}"`, 'built-in tasks: arithmetic, biographies');
+    if (o.task && o.task !== 'arithmetic' && o.task !== 'biographies') throw new Err(`unknown task "${o.task}"`, 'built-in tasks: arithmetic, biographies');
     const model = Model.load(o.model);
     if (o.textFile) {
       let text: string;
       try {
         text = fs.readFileSync(o.textFile, 'utf8');
       } catch (e) {
-        throw new UndoError(`cannot read --text-file ${o.textFile}: ${describeError(e)}`);
+        throw new Err(`cannot read --text-file ${o.textFile}: ${describeError(e)}`);
       }
       const r = await evalTextLoss(model, text);
       if (o.json) console.log(JSON.stringify(r));
@@ -331,13 +335,25 @@ export async function main(argv: string[]): Promise<void> {
   } catch (e) {
     for (const bar of liveBars) bar.stop();
     liveBars.clear();
+    const status = exitStatus(e);
     if (e instanceof UndoError) {
       console.error(`error: ${e.message}`);
       if (e.hint) console.error(`hint: ${e.hint}`);
+      console.error(`code: ${e.code} (exit ${status})`);
+      if (process.env.UNDO_DEBUG) console.error(e.stack);
+    } else if (e instanceof CommanderError) {
+      // commander's own exits: --help / --version (status 0) and usage errors, which it has printed already
+      process.exitCode = e.exitCode;
+      if (e.exitCode !== 0) {
+        console.error('code: ERR_ARGUMENT (exit 1)');
+        process.exitCode = 1;
+      }
+      return;
     } else {
       console.error(`error: ${describeError(e)}`);
+      console.error(`this is a bug in undo-native (exit ${status}); UNDO_DEBUG=1 shows where it happened`);
       if (process.env.UNDO_DEBUG) console.error((e as Error).stack);
     }
-    process.exitCode = 1;
+    process.exitCode = status;
   }
 }

@@ -7,7 +7,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import * as cliProgress from 'cli-progress';
-import { UndoError } from '../core/errors';
+import { UndoError, errorClass } from '../core/errors';
 import { readFileOrThrow, writeFileAtomic, writeJsonAtomic } from '../core/fsutil';
 import { Model, presetConfig, PRESETS } from '../models/model';
 import { ByteTokenizer } from '../data/tokenizer';
@@ -24,6 +24,9 @@ import { TrainConfig } from '../train/train';
 import { loadDocuments } from '../data/datasets';
 import { teacherHashFromDir } from '../distill/teacher_store';
 import { optimCfg } from './distill';
+
+/** Errors of this module: code ERR_ARGUMENT unless one names another. */
+const Err = errorClass('ERR_ARGUMENT');
 
 interface TeachersOpts {
   base?: string;
@@ -84,7 +87,7 @@ export function loadPrompts(spec: string): string[] {
   const out = /\.(jsonl|ndjson)$/i.test(spec)
     ? loadDocuments(spec, { field: 'prompt', format: 'jsonl' })
     : readFileOrThrow(spec, 'prompts file').toString('utf8').replace(/^\uFEFF/, '').split(/\r?\n/).filter((l) => l.trim());
-  if (!out.length) throw new UndoError(`${spec} holds no prompts`);
+  if (!out.length) throw new Err(`${spec} holds no prompts`);
   return out;
 }
 
@@ -219,13 +222,13 @@ export function registerPateCommands(program: Command, k: CliKit): void {
     }
     const report: Record<string, unknown> = { scheme: o.scheme, teachers: n, epsilon: eps, delta: o.delta, ...r.stats, complete, responses: r.sequences.length, stopped_by_budget: r.stoppedByBudget };
     const evalTask = o.eval ?? (o.prompts === 'pate-bios' ? 'pate-bios' : undefined);
-    if (evalTask && evalTask !== 'pate-bios') throw new UndoError(`--eval ${evalTask}: unknown task`, 'built-in: pate-bios');
+    if (evalTask && evalTask !== 'pate-bios') throw new Err(`--eval ${evalTask}: unknown task`, 'built-in: pate-bios');
     const releasedTexts = r.sequences.flatMap((s, i) => (s.complete || o.includeIncomplete ? [promptTexts[s.prompt] + texts[i]] : []));
     if (evalTask) report.coverage = pateBiographyCoverage(releasedTexts);
     writeJsonAtomic(path.join(o.out, 'report.json'), report);
     if (o.student) {
       const student = Model.load(o.student);
-      if (student.config.vocabSize !== teachers[0].config.vocabSize) throw new UndoError(`--student ${o.student}: vocabulary ${student.config.vocabSize} differs from the teachers' ${teachers[0].config.vocabSize}`);
+      if (student.config.vocabSize !== teachers[0].config.vocabSize) throw new Err(`--student ${o.student}: vocabulary ${student.config.vocabSize} differs from the teachers' ${teachers[0].config.vocabSize}`);
       const docs = releasedDocuments(student, prompts, r.sequences, o.includeIncomplete);
       const ui = k.trainingUi(o.studentSteps, o.progress);
       const studentDir = path.join(o.out, 'student');

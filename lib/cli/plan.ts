@@ -8,7 +8,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { Command, InvalidArgumentError, Option } from 'commander';
-import { UndoError } from '../core/errors';
+import { UndoError, errorClass } from '../core/errors';
 import { readJson } from '../core/fsutil';
 import { native } from '../core/native';
 import { configFromHF, ModelConfig, presetConfig, PRESETS, setDefaultComputeDtype } from '../models/model';
@@ -19,6 +19,9 @@ import {
 } from '../plan/law';
 import { plan, Plan, StudentCandidate } from '../plan/planner';
 import { measureThroughput, PROBE_CONFIG, Throughput } from '../plan/throughput';
+
+/** Errors of this module: code ERR_ARGUMENT unless one names another. */
+const Err = errorClass('ERR_ARGUMENT');
 
 interface PlanOpts {
   flops?: number; hours?: number; flopsPerSec?: number; probeModel?: string; students?: number[]; student?: string[];
@@ -55,8 +58,8 @@ const collect = (v: string, prev: string[] = []) => [...prev, v];
 function configOf(spec: string, what: string): ModelConfig {
   if (PRESETS[spec]) return presetConfig(spec);
   const file = fs.existsSync(spec) && fs.statSync(spec).isDirectory() ? path.join(spec, 'config.json') : spec;
-  if (!fs.existsSync(file)) throw new UndoError(`${what} ${spec}: no such model directory, config.json or preset`, `presets: ${Object.keys(PRESETS).join(', ')}`);
-  return configFromHF(readJson<Record<string, unknown>>(file, `${what} config`), file);
+  if (!fs.existsSync(file)) throw new Err(`${what} ${spec}: no such model directory, config.json or preset`, `presets: ${Object.keys(PRESETS).join(', ')}`);
+  return configFromHF(readJson<Record<string, unknown>>(file, `${what} config`, 'ERR_MODEL_CONFIG'), file);
 }
 
 const e = (x: number) => x.toExponential(2);
@@ -134,8 +137,8 @@ export function registerPlanCommand(program: Command): void {
     .option('--bf16', 'measure --hours with bf16 matmuls')
     .option('--json', 'print JSON')
     .action(async (o: PlanOpts) => {
-      if (o.flops !== undefined && o.hours !== undefined) throw new UndoError('give the budget once: --flops or --hours');
-      if (o.save && !o.calibrate) throw new UndoError('--save writes a calibrated law; it needs --calibrate');
+      if (o.flops !== undefined && o.hours !== undefined) throw new Err('give the budget once: --flops or --hours');
+      if (o.save && !o.calibrate) throw new Err('--save writes a calibrated law; it needs --calibrate');
       let law: ScalingLaw = o.law ? loadLaw(o.law) : PAPER_LAW;
       let cal: CalibrationResult | undefined;
       if (o.calibrate) {
@@ -168,9 +171,9 @@ export function registerPlanCommand(program: Command): void {
           if (o.json) console.log(JSON.stringify({ calibration: cal }, null, 2));
           return;
         }
-        throw new UndoError('plan needs a compute budget: --flops C or --hours H (or --calibrate RUN... to fit the law)');
+        throw new Err('plan needs a compute budget: --flops C or --hours H (or --calibrate RUN... to fit the law)');
       }
-      if (!o.teacher) throw new UndoError('plan needs the teacher situation: --teacher exists|train|train-cached|free', Object.entries(TEACHER_SITUATIONS).map(([k, v]) => `${k}: ${v.meaning}`).join('; '));
+      if (!o.teacher) throw new Err('plan needs the teacher situation: --teacher exists|train|train-cached|free', Object.entries(TEACHER_SITUATIONS).map(([k, v]) => `${k}: ${v.meaning}`).join('; '));
       let tp: Throughput | undefined;
       let budget = o.flops ?? 0;
       if (o.hours !== undefined) {

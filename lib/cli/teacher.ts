@@ -7,11 +7,14 @@ import * as path from 'path';
 import { Command } from 'commander';
 import * as cliProgress from 'cli-progress';
 import { packDocuments } from '../data/datasets';
-import { UndoError } from '../core/errors';
+import { UndoError, errorClass } from '../core/errors';
 import { Model } from '../models/model';
 import { cacheTeacher, CacheTeacherResult, defaultShardWindows, openTeacherStore, teacherHashFromDir, TopKCodec } from '../distill/teacher_store';
 import type { CliKit } from './unlearn';
 import { documentsFrom } from './unlearn';
+
+/** Errors of this module: code ERR_ARGUMENT unless one names another. */
+const Err = errorClass('ERR_ARGUMENT');
 
 function mib(bytes: number): string {
   return `${(bytes / (1 << 20)).toFixed(bytes < 10 << 20 ? 2 : 1)} MiB`;
@@ -55,11 +58,11 @@ export function registerTeacherCommands(program: Command, k: CliKit): void {
     k.applyRuntime(o);
     const teacher = Model.load(o.teacher);
     if (o.topk > teacher.config.vocabSize) {
-      throw new UndoError(`--topk ${o.topk} is larger than the teacher's vocabulary (${teacher.config.vocabSize})`);
+      throw new Err(`--topk ${o.topk} is larger than the teacher's vocabulary (${teacher.config.vocabSize})`);
     }
     const docs = documentsFrom(o.data, '--data', o.docs, o.seed, { tokenizer: teacher.tokenizer });
     const data = packDocuments(teacher.tokenizer, docs, o.seqLen, { seed: o.seed });
-    if (data.count === 0) throw new UndoError(`--data: not enough text for one window of ${o.seqLen + 1} tokens`);
+    if (data.count === 0) throw new Err(`--data: not enough text for one window of ${o.seqLen + 1} tokens`);
     const recordBytes = new TopKCodec(o.topk, teacher.config.vocabSize).recordBytes;
     const shardWindows = o.shardWindows ?? defaultShardWindows(o.seqLen, recordBytes);
 

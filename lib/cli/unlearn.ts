@@ -7,7 +7,7 @@ import { Batcher, Document, documentText, packDocuments, PackedDataset } from '.
 import { loadDataFile } from '../data/chat';
 import type { Tokenizer } from '../data/tokenizer';
 import { distill } from '../distill/distill';
-import { UndoError } from '../core/errors';
+import { UndoError, errorClass } from '../core/errors';
 import { evalArithmetic } from '../train/evaluate';
 import { Model } from '../models/model';
 import { noiseModel, projectToDistribution } from '../unlearn/noise';
@@ -23,6 +23,9 @@ import { aggregateMarkdown, reportMarkdown } from '../undo/report';
 import { checkCompatible } from '../distill/distill';
 import { teacherHashFromDir } from '../distill/teacher_store';
 import * as path from 'path';
+
+/** Errors of this module: code ERR_ARGUMENT unless one names another. */
+const Err = errorClass('ERR_ARGUMENT');
 
 export interface CliKit {
   int: (name: string, min?: number) => (v: string) => number;
@@ -51,29 +54,29 @@ export interface DataSpecOptions {
 export function documentsFrom(spec: string, what: string, count: number, seed: number, opts: DataSpecOptions = {}): Document[] {
   if (spec.startsWith('biographies')) {
     const part = spec.includes(':') ? spec.slice(spec.indexOf(':') + 1) : 'all';
-    if (part !== 'all' && part !== 'forget' && part !== 'retain') throw new UndoError(`${what} "${spec}": choose biographies:all, biographies:forget or biographies:retain`);
+    if (part !== 'all' && part !== 'forget' && part !== 'retain') throw new Err(`${what} "${spec}": choose biographies:all, biographies:forget or biographies:retain`);
     return builtinBiographyDocs(part, seed);
   }
   if (spec.startsWith('pate-bios')) {
     const part = spec.slice('pate-bios'.length + 1);
-    if (part !== 'public' && part !== 'private') throw new UndoError(`${what} "${spec}": choose pate-bios:public or pate-bios:private`);
+    if (part !== 'public' && part !== 'private') throw new Err(`${what} "${spec}": choose pate-bios:public or pate-bios:private`);
     return pateBiographyDocs(part, seed);
   }
   if (spec === 'language' || spec.startsWith('language:')) return languageDocs(parseLanguageSpec(spec, what), count, seed);
   if (spec.startsWith('arithmetic')) {
     const list = spec.includes(':') ? spec.slice(spec.indexOf(':') + 1).split(',').filter(Boolean) : [...ALL_OPS];
-    for (const op of list) if (!(ALL_OPS as readonly string[]).includes(op)) throw new UndoError(`${what} "${spec}": unknown operation "${op}"`, `operations: ${ALL_OPS.join(',')}`);
+    for (const op of list) if (!(ALL_OPS as readonly string[]).includes(op)) throw new Err(`${what} "${spec}": unknown operation "${op}"`, `operations: ${ALL_OPS.join(',')}`);
     return generateArithmeticCorpus({ ops: list as Op[], count, seed, wordProblemFraction: opts.wordProblems ?? 0.25 });
   }
   const docs = loadDataFile(spec, opts.tokenizer);
-  if (!docs.length) throw new UndoError(`${what} ${spec} holds no documents`);
+  if (!docs.length) throw new Err(`${what} ${spec} holds no documents`);
   return docs;
 }
 
 /** Packs documents for a model; too little text for one window is a clear error naming the option. */
 export function packed(docs: readonly Document[], model: Model, seqLen: number, seed: number, what: string): PackedDataset {
   const p = packDocuments(model.tokenizer, docs, seqLen, { seed });
-  if (p.count === 0) throw new UndoError(`${what}: not enough text for one window of ${seqLen + 1} tokens`);
+  if (p.count === 0) throw new Err(`${what}: not enough text for one window of ${seqLen + 1} tokens`);
   return p;
 }
 
@@ -99,7 +102,7 @@ export function causalEntities(forgetSpec: string, entity: readonly string[], fd
   const part = biographiesPart(forgetSpec);
   const names = entity.length ? [...entity] : part ? builtinBiographyNames(part) : [];
   if (!names.length) {
-    throw new UndoError('--method causal needs the target entity: --entity NAME (repeatable or comma-separated)',
+    throw new Err('--method causal needs the target entity: --entity NAME (repeatable or comma-separated)',
       'the built-in biographies data (--forget biographies:forget) derives the names from its forget split');
   }
   // the same boundary rule as lib/unlearn/unlearn.ts findMentions: ASCII letters, digits and any non-ASCII character are word characters
@@ -110,14 +113,14 @@ export function causalEntities(forgetSpec: string, entity: readonly string[], fd
   });
   const missing = names.filter((n) => !occurs(n));
   if (missing.length) {
-    throw new UndoError(`--entity ${missing.map((m) => JSON.stringify(m)).join(', ')}: not found in any --forget text (${forgetSpec})`,
+    throw new Err(`--entity ${missing.map((m) => JSON.stringify(m)).join(', ')}: not found in any --forget text (${forgetSpec})`,
       'names are matched exactly: case-sensitive, as whole words');
   }
   return names;
 }
 
 function checkUnit(name: string, v: number): number {
-  if (!(v >= 0 && v <= 1)) throw new UndoError(`${name} must be in [0, 1], got ${v}`);
+  if (!(v >= 0 && v <= 1)) throw new Err(`${name} must be in [0, 1], got ${v}`);
   return v;
 }
 
@@ -194,18 +197,18 @@ export function registerUnlearningCommands(program: Command, k: CliKit): void {
     o.entity = o.entity ?? [];
     if (method !== 'causal') {
       const stray = [o.entity.length ? '--entity' : '', o.replacements !== undefined ? '--replacements' : '', o.counterfactualPrompt ? '--counterfactual-prompt' : '', o.nameBack ? '--name-back' : ''].filter(Boolean);
-      if (stray.length) throw new UndoError(`${stray.join(', ')} only ${stray.length === 1 ? 'applies' : 'apply'} to --method causal (got --method ${method})`);
+      if (stray.length) throw new Err(`${stray.join(', ')} only ${stray.length === 1 ? 'applies' : 'apply'} to --method causal (got --method ${method})`);
     }
     const tuned = UNLEARN_DEFAULTS[method];
     o.steps = o.steps ?? tuned.steps;
     o.lr = o.lr ?? tuned.lr;
     o.retainWeight = o.retainWeight ?? tuned.retainWeight;
-    if (o.forget === o.retain) throw new UndoError(`--forget and --retain are the same data (${o.forget})`);
+    if (o.forget === o.retain) throw new Err(`--forget and --retain are the same data (${o.forget})`);
     const model = Model.load(o.model);
     const fdocs = documentsFrom(o.forget, '--forget', o.docs, o.seed + 1, { tokenizer: model.tokenizer });
     const rdocs = documentsFrom(o.retain, '--retain', o.docs, o.seed + 2, { tokenizer: model.tokenizer });
     const fset = new Set(fdocs.map(documentText));
-    if (rdocs.length === fdocs.length && rdocs.every((d) => fset.has(documentText(d)))) throw new UndoError('--forget and --retain hold the same documents');
+    if (rdocs.length === fdocs.length && rdocs.every((d) => fset.has(documentText(d)))) throw new Err('--forget and --retain hold the same documents');
     let causal: CausalOptions | undefined;
     if (method === 'causal') causal = { entities: causalEntities(o.forget, o.entity, fdocs.map(documentText)), replacements: o.replacements, counterfactualPrompt: !!o.counterfactualPrompt, nameBack: !!o.nameBack };
     const forget = new Batcher(packed(fdocs, model, o.seqLen, o.seed, '--forget'), { batchSize: o.batchSize, seed: o.seed });
@@ -342,7 +345,7 @@ export function registerUndoCommand(program: Command, k: CliKit): void {
         run = userStudy(o, hooks, ac.signal);
       } else {
         const stray = ['forget', 'retain', 'oracle', 'fullDistill'].filter((f) => (o as unknown as Record<string, unknown>)[f] !== undefined);
-        if (stray.length) throw new UndoError(`--${stray.map((f) => f.replace(/[A-Z]/g, (c) => '-' + c.toLowerCase())).join(', --')} need${stray.length === 1 ? 's' : ''} --model (your own model and data)`);
+        if (stray.length) throw new Err(`--${stray.map((f) => f.replace(/[A-Z]/g, (c) => '-' + c.toLowerCase())).join(', --')} need${stray.length === 1 ? 's' : ''} --model (your own model and data)`);
         const preset = STUDIES[o.preset];
         // attack options given on the command line replace the preset's attack (budgets: the preset's that fit, and the last step)
         const steps = given('attackSteps') ? o.attackSteps : preset.relearn.steps;
@@ -370,8 +373,8 @@ export function registerUndoCommand(program: Command, k: CliKit): void {
 
 /** `undo --model DIR --forget F --retain R`: the study's arms on the user's model, scored by held-out cross-entropy. */
 function userStudy(o: UndoCliOptions, hooks: StudyOptions['hooks'], signal: AbortSignal): (seed: number, dir: string) => Promise<StudyReport> {
-  if (!o.forget || !o.retain) throw new UndoError('--model needs --forget and --retain (the data to unlearn and the data to keep)');
-  if (o.forget === o.retain) throw new UndoError(`--forget and --retain are the same data (${o.forget})`);
+  if (!o.forget || !o.retain) throw new Err('--model needs --forget and --retain (the data to unlearn and the data to keep)');
+  if (o.forget === o.retain) throw new Err(`--forget and --retain are the same data (${o.forget})`);
   const method = parseMethod(o.method);
   const base = Model.load(o.model!);
   const oracle = o.oracle ? Model.load(o.oracle) : null;
@@ -379,7 +382,7 @@ function userStudy(o: UndoCliOptions, hooks: StudyOptions['hooks'], signal: Abor
     try {
       checkCompatible(oracle, base);
     } catch (e) {
-      throw new UndoError(`--oracle ${o.oracle} does not match --model ${o.model}: ${(e as Error).message}`);
+      throw new Err(`--oracle ${o.oracle} does not match --model ${o.model}: ${(e as Error).message}`);
     }
   }
   const tuned = UNLEARN_DEFAULTS[method];
@@ -409,7 +412,7 @@ function userStudy(o: UndoCliOptions, hooks: StudyOptions['hooks'], signal: Abor
 
 /** `undo --teacher DIR`: noise a copy of an unlearned model and distill the teacher into it. */
 async function undoTeacher(o: UndoCliOptions, k: CliKit): Promise<void> {
-  if (o.alpha.length !== 1) throw new UndoError(`--teacher takes one --alpha, got ${o.alpha.join(',')}`);
+  if (o.alpha.length !== 1) throw new Err(`--teacher takes one --alpha, got ${o.alpha.join(',')}`);
   const alpha = o.alpha[0];
   const steps = o.steps ?? 2000, lr = o.lr ?? 2e-3;
   const out = o.out ?? 'runs/undo';

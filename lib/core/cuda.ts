@@ -13,8 +13,12 @@
 import { spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
-import { UndoError } from './errors';
+import { UndoError, errorClass } from './errors';
 import type { AdamWHyper, NativeKdOptions } from './native';
+
+/** Errors of this module: code ERR_CUDA unless one names another. */
+const Err = errorClass('ERR_CUDA');
+const ArgumentError = errorClass('ERR_ARGUMENT');
 
 const ROOT = path.join(__dirname, '..', '..', '..');
 
@@ -179,13 +183,13 @@ export function resolveDevice(name: string | undefined = 'auto',
   notice: ((line: string) => void) | null = (line) => process.stderr.write(line + '\n')): ResolvedDevice {
   const requested = (name ?? 'auto').toLowerCase();
   if (!DEVICE_NAMES.includes(requested as DeviceName)) {
-    throw new UndoError(`unknown device "${name}"`, 'use --device cpu, cuda or auto');
+    throw new ArgumentError(`unknown device "${name}"`, 'use --device cpu, cuda or auto');
   }
   if (requested === 'cpu') return { kind: 'cpu', requested: 'cpu', cuda: null, info: null };
   const st = loadCuda();
   if (st.binding) return { kind: 'cuda', requested: requested as DeviceName, cuda: st.binding, info: st.info };
   if (requested === 'cuda') {
-    throw new UndoError(`--device cuda: ${st.reason}`,
+    throw new Err(`--device cuda: ${st.reason}`,
       'build the CUDA addon on a machine with an NVIDIA GPU (npm run build:cuda), or use --device cpu|auto');
   }
   const line = `undo-native: using the CPU (${st.reason})`;

@@ -15,7 +15,13 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import * as crypto from 'crypto';
-import { UndoError, describeError } from './errors';
+import { UndoError, UndoErrorCode, describeError, errorClass } from './errors';
+
+/** Errors of this module: code ERR_IO unless one names another. */
+const Err = errorClass('ERR_IO');
+const DiskFullError = errorClass('ERR_DISK_FULL');
+const NotFoundError = errorClass('ERR_NOT_FOUND');
+const ArgumentError = errorClass('ERR_ARGUMENT');
 
 /**
  * Crash injection for the kill tests (test/kill.test.ts), as SQLite's crash tests do: with
@@ -42,10 +48,10 @@ export function diskFullCode(e: unknown): string | undefined {
 function writeError(filePath: string, e: unknown): UndoError {
   const code = diskFullCode(e);
   if (code) {
-    return new UndoError(`cannot write ${filePath}: the disk is full (${code})`,
+    return new DiskFullError(`cannot write ${filePath}: the disk is full (${code})`,
       { hint: 'free some space or choose an --out on another disk; files saved before are intact (nothing was replaced)', cause: e });
   }
-  return new UndoError(`cannot write ${filePath}: ${describeError(e)}`, { cause: e });
+  return new Err(`cannot write ${filePath}: ${describeError(e)}`, { cause: e });
 }
 
 /** Append to a log file (e.g. metrics.jsonl); a failure (a full disk included) is an UndoError naming the file. */
@@ -114,7 +120,7 @@ export function writeFileAtomicStream(filePath: string, fill: (write: (chunk: Ui
   try {
     fs.mkdirSync(dir, { recursive: true });
   } catch (e) {
-    throw new UndoError(`cannot create directory ${dir} for ${filePath}: ${describeError(e)}`);
+    throw new Err(`cannot create directory ${dir} for ${filePath}: ${describeError(e)}`);
   }
   const tmp = path.join(
     dir,
@@ -157,7 +163,7 @@ export function writeFileAtomicStream(filePath: string, fill: (write: (chunk: Ui
   try {
     fsyncDir(dir);
   } catch (e) {
-    throw new UndoError(`wrote ${filePath} but could not fsync its directory ${dir}: ${describeError(e)}`, {
+    throw new Err(`wrote ${filePath} but could not fsync its directory ${dir}: ${describeError(e)}`, {
       cause: e,
     });
   }
@@ -169,9 +175,9 @@ export function writeJsonAtomic(filePath: string, value: unknown, opts: { indent
   try {
     text = JSON.stringify(value, null, opts.indent ?? 2);
   } catch (e) {
-    throw new UndoError(`cannot serialise JSON for ${filePath}: ${describeError(e)}`, { cause: e });
+    throw new ArgumentError(`cannot serialise JSON for ${filePath}: ${describeError(e)}`, { cause: e });
   }
-  if (text === undefined) throw new UndoError(`cannot serialise JSON for ${filePath}: value is not JSON-serialisable`);
+  if (text === undefined) throw new ArgumentError(`cannot serialise JSON for ${filePath}: value is not JSON-serialisable`);
   writeFileAtomic(filePath, text + '\n');
 }
 
@@ -184,24 +190,24 @@ export function readFileOrThrow(filePath: string, what = 'file'): Buffer {
     return fs.readFileSync(filePath);
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
-    if (code === 'ENOENT') throw new UndoError(`${what} not found: ${filePath}`);
-    if (code === 'EISDIR') throw new UndoError(`${what} ${filePath} is a directory, expected a file`);
-    throw new UndoError(`cannot read ${what} ${filePath}: ${describeError(e)}`, { cause: e });
+    if (code === 'ENOENT') throw new NotFoundError(`${what} not found: ${filePath}`);
+    if (code === 'EISDIR') throw new Err(`${what} ${filePath} is a directory, expected a file`);
+    throw new Err(`cannot read ${what} ${filePath}: ${describeError(e)}`, { cause: e });
   }
 }
 
 /**
  * Read and parse a JSON file. `what` describes the file for error messages
  * (e.g. "tokenizer.json", "checkpoint state"). A missing file, an unreadable
- * file or invalid JSON each raise an UndoError naming the file.
+ * file or invalid JSON each raise an UndoError naming the file (invalid JSON: code `code`).
  */
-export function readJson<T = unknown>(filePath: string, what = 'JSON file'): T {
+export function readJson<T = unknown>(filePath: string, what = 'JSON file', code: UndoErrorCode = 'ERR_DATA'): T {
   const text = readFileOrThrow(filePath, what).toString('utf8');
   try {
     // Tolerate a UTF-8 byte-order mark written by some editors.
     return JSON.parse(text.charCodeAt(0) === 0xfeff ? text.slice(1) : text) as T;
   } catch (e) {
-    throw new UndoError(`${what} ${filePath} is not valid JSON: ${describeError(e)}`);
+    throw new UndoError(`${what} ${filePath} is not valid JSON: ${describeError(e)}`, { code, file: filePath });
   }
 }
 
@@ -310,7 +316,7 @@ export function saveDirAtomic(dir: string, fill: (tmp: string) => void): void {
     fs.rmSync(tmp, { recursive: true, force: true });
     const full = diskFullCode(e);
     if (full) {
-      throw new UndoError(`cannot save ${dir}: the disk is full (${full}; ${(e as Error).message})`,
+      throw new DiskFullError(`cannot save ${dir}: the disk is full (${full}; ${(e as Error).message})`,
         { hint: `${dir} still holds its previous save, unchanged; free some space (or choose another --out) and run again${fs.existsSync(dir) ? ' (with --resume where the command has it)' : ''}`, cause: e });
     }
     throw e;

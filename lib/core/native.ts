@@ -4,7 +4,10 @@
  * (native/napi/addon.cc), the work in native/cpu.
  */
 import * as path from 'path';
-import { UndoError } from './errors';
+import { UndoError, errorClass } from './errors';
+
+/** Errors of this module: code ERR_NATIVE unless one names another. */
+const Err = errorClass('ERR_NATIVE');
 
 export interface AttnDims {
   B: number;
@@ -182,6 +185,9 @@ export interface NativeBinding {
   getThreads(): number;
   gemm(ta: boolean, tb: boolean, M: number, N: number, K: number, alpha: number, A: Float32Array, lda: number,
     B: Float32Array, ldb: number, beta: number, C: Float32Array, ldc: number): void;
+  /** gemm on the libuv pool (the event loop stays free); A, B and C must not change until it settles. */
+  gemmAsync(ta: boolean, tb: boolean, M: number, N: number, K: number, alpha: number, A: Float32Array, lda: number,
+    B: Float32Array, ldb: number, beta: number, C: Float32Array, ldc: number): Promise<void>;
   /** C = bf16(alpha·op(A))·bf16(op(B)) + beta·C with fp32 accumulation (AVX512-BF16, else emulated; ≤ 4 rows: fp32) */
   gemmBf16(ta: boolean, tb: boolean, M: number, N: number, K: number, alpha: number, A: Float32Array, lda: number,
     B: Float32Array, ldb: number, beta: number, C: Float32Array, ldc: number): void;
@@ -223,6 +229,8 @@ export interface NativeBinding {
     softcap: number, weights: Float32Array | null, loss: Float32Array, dlogits: Float32Array | null): void;
   /** Distillation/unlearning losses (native/cpu/kd_losses.h); use lib/train/losses.ts `loss.compute`. */
   kdLoss(name: string, opts: NativeKdOptions): { loss: number; count: number };
+  /** kdLoss on the libuv pool; the arrays of `opts` must not change until it settles. */
+  kdLossAsync(name: string, opts: NativeKdOptions): Promise<{ loss: number; count: number }>;
   adamwUpdate(param: Float32Array, grad: Float32Array, m: Float32Array, v: Float32Array,
     h: AdamWHyper & { step: number }): void;
   sumSquares(x: Float32Array): number;
@@ -239,19 +247,72 @@ function load(): NativeBinding {
       // eslint-disable-next-line @typescript-eslint/no-var-requires
       return require(path.resolve(other)) as NativeBinding;
     } catch (e) {
-      throw new UndoError(`could not load the native addon UNDO_NATIVE_ADDON=${other}: ${(e as Error).message}`);
+      throw new Err(`could not load the native addon UNDO_NATIVE_ADDON=${other}: ${(e as Error).message}`);
     }
   }
   try {
     // eslint-disable-next-line @typescript-eslint/no-var-requires
     return require('node-gyp-build')(root) as NativeBinding;
   } catch (e) {
-    throw new UndoError(`could not load the native addon from ${root}/build: ${(e as Error).message}`,
+    throw new Err(`could not load the native addon from ${root}/build: ${(e as Error).message}`,
       'run `npm install` (or `npm run build:native`) to compile it');
   }
 }
 
-export const native: NativeBinding = load();
+/**
+ * The addon's own exceptions (a TypeError for a typed array of the wrong kind or length, an Error from a kernel's
+ * checks) as UndoErrors: ERR_SHAPE when sizes disagree, ERR_OUT_OF_MEMORY for a failed allocation, ERR_ARGUMENT
+ * otherwise; the original stays as `cause`.
+ */
+export function nativeError(e: unknown): unknown {
+  if (e instanceof UndoError || !(e instanceof Error)) return e;
+  const msg = e.message;
+  const code = /bad_alloc|out of memory|cannot allocate/i.test(msg) ? 'ERR_OUT_OF_MEMORY'
+    : /elements, needs|holds? \d+ floats|must hold|rows ?×|bad dims|shape|size|length|too (small|short)|mismatch|exceeds|out of range/i.test(msg) ? 'ERR_SHAPE' : 'ERR_ARGUMENT';
+  return new UndoError(msg, { code, cause: e });
+}
+
+/** `fn` raising UndoErrors; with `rejects` (the …Async functions) a bad argument rejects instead of throwing. */
+function guarded<F extends (...a: never[]) => unknown>(fn: F, rejects = false): F {
+  return function (this: unknown, ...args: never[]) {
+    let r: unknown;
+    try {
+      r = fn.apply(this, args);
+    } catch (e) {
+      if (rejects) return Promise.reject(nativeError(e));
+      throw nativeError(e);
+    }
+    return r instanceof Promise ? r.catch((e: unknown) => { throw nativeError(e); }) : r;
+  } as F;
+}
+
+/**
+ * The binding with every function and NativeModel method raising UndoErrors (nativeError). NativeModel is
+ * subclassed, not proxied, so its instances stay real addon objects that other addon calls can unwrap.
+ */
+function withUndoErrors(b: NativeBinding): NativeBinding {
+  const out: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(b)) out[k] = typeof v === 'function' && k !== 'NativeModel' ? guarded(v as (...a: never[]) => unknown, k.endsWith('Async')) : v;
+  const Base = b.NativeModel as unknown as new (...a: unknown[]) => object;
+  class GuardedModel extends Base {
+    constructor(...args: unknown[]) {
+      try {
+        super(...args);
+      } catch (e) {
+        throw nativeError(e);
+      }
+    }
+  }
+  for (const name of Object.getOwnPropertyNames(Base.prototype)) {
+    const d = Object.getOwnPropertyDescriptor(Base.prototype, name);
+    if (name === 'constructor' || !d || typeof d.value !== 'function') continue;
+    Object.defineProperty(GuardedModel.prototype, name, { value: guarded(d.value), writable: true, configurable: true });
+  }
+  out.NativeModel = GuardedModel;
+  return out as unknown as NativeBinding;
+}
+
+export const native: NativeBinding = withUndoErrors(load());
 
 /** Run `fn` on `n` kernel threads, restoring the previous count afterwards. */
 export function withThreads<T>(n: number, fn: () => T): T {

@@ -7,7 +7,10 @@
  *
  * Not cryptographically secure. Use for data shuffling, sampling and initialisation only.
  */
-import { UndoError } from './errors';
+import { UndoError, errorClass } from './errors';
+
+/** Errors of this module: code ERR_ARGUMENT unless one names another. */
+const Err = errorClass('ERR_ARGUMENT');
 
 /** Serialisable generator state (four 32-bit words). */
 export type RngState = [number, number, number, number];
@@ -33,7 +36,7 @@ function seedToU32(seed: number | string): number {
     return h >>> 0;
   }
   if (typeof seed !== 'number' || !Number.isSafeInteger(seed)) {
-    throw new UndoError(`random seed must be an integer, got ${JSON.stringify(seed)}`);
+    throw new Err(`random seed must be an integer, got ${JSON.stringify(seed)}`);
   }
   const lo = seed >>> 0; // low 32 bits (two's complement for negatives)
   const hi = Math.floor(seed / 4294967296) >>> 0;
@@ -90,9 +93,9 @@ export class Rng {
 
   setState(state: RngState): void {
     if (!Array.isArray(state) || state.length !== 4 || !state.every((w) => Number.isInteger(w) && w >= 0 && w < TWO_POW_32)) {
-      throw new UndoError(`invalid RNG state ${JSON.stringify(state)}: expected four unsigned 32-bit integers`);
+      throw new Err(`invalid RNG state ${JSON.stringify(state)}: expected four unsigned 32-bit integers`);
     }
-    if (state.every((w) => w === 0)) throw new UndoError('invalid RNG state: all words are zero');
+    if (state.every((w) => w === 0)) throw new Err('invalid RNG state: all words are zero');
     [this.s0, this.s1, this.s2, this.s3] = state.map((w) => w | 0);
   }
 
@@ -127,10 +130,10 @@ export class Rng {
   /** Uniform integer in [lo, hi] (both inclusive), without modulo bias. */
   int(lo: number, hiInclusive: number): number {
     if (!Number.isSafeInteger(lo) || !Number.isSafeInteger(hiInclusive) || lo > hiInclusive) {
-      throw new UndoError(`Rng.int: invalid range [${lo}, ${hiInclusive}]`);
+      throw new Err(`Rng.int: invalid range [${lo}, ${hiInclusive}]`);
     }
     const range = hiInclusive - lo + 1;
-    if (range > TWO_POW_32) throw new UndoError(`Rng.int: range [${lo}, ${hiInclusive}] is wider than 2^32`);
+    if (range > TWO_POW_32) throw new Err(`Rng.int: range [${lo}, ${hiInclusive}] is wider than 2^32`);
     if (range === TWO_POW_32) return lo + this.nextU32();
     // Rejection sampling: accept only u below the largest multiple of `range`.
     const limit = TWO_POW_32 - (TWO_POW_32 % range);
@@ -159,13 +162,13 @@ export class Rng {
 
   /** A uniformly chosen element of a non-empty array. */
   pick<T>(array: ArrayLike<T>): T {
-    if (array.length === 0) throw new UndoError('Rng.pick: cannot pick from an empty array');
+    if (array.length === 0) throw new Err('Rng.pick: cannot pick from an empty array');
     return array[this.int(0, array.length - 1)];
   }
 
   /** A random permutation of 0..n-1. */
   permutation(n: number): Uint32Array {
-    if (!Number.isSafeInteger(n) || n < 0 || n >= TWO_POW_32) throw new UndoError(`Rng.permutation: invalid size ${n}`);
+    if (!Number.isSafeInteger(n) || n < 0 || n >= TWO_POW_32) throw new Err(`Rng.permutation: invalid size ${n}`);
     const p = new Uint32Array(n);
     for (let i = 0; i < n; i++) p[i] = i;
     return this.shuffle(p);

@@ -40,11 +40,14 @@
  */
 import * as path from 'path';
 import { Environment, Template } from '@huggingface/jinja';
-import { describeError, UndoError } from '../core/errors';
+import { describeError, UndoError, errorClass } from '../core/errors';
 import { readFileOrThrow } from '../core/fsutil';
 import { loadDocuments, TokenDocument, Document } from './datasets';
 import { HFTokenizer } from './hf_tokenizer';
 import type { Tokenizer } from './tokenizer';
+
+/** Errors of this module: code ERR_DATA unless one names another. */
+const Err = errorClass('ERR_DATA');
 
 /** One chat message. Fields other than role and content (tool_calls, reasoning_content ...) reach the template as they are. */
 export interface ChatMessage {
@@ -123,7 +126,7 @@ function patchJinjaStrip(): void {
 export function chatTemplateOf(tok: Tokenizer, where: string): string {
   if (tok.chatTemplate) return tok.chatTemplate;
   const file = tok instanceof HFTokenizer ? path.join(path.dirname(tok.source), 'tokenizer_config.json') : undefined;
-  throw new UndoError(`${where}: chat data needs a chat template, but the model's tokenizer has none`,
+  throw new Err(`${where}: chat data needs a chat template, but the model's tokenizer has none`,
     file ? `${file} has no "chat_template" (nor is there a chat_template.jinja next to it)`
       : 'the built-in byte tokenizer has no chat template: use a model (or pretrain --tokenizer DIR) whose tokenizer_config.json has a "chat_template"');
 }
@@ -135,7 +138,7 @@ function compile(template: string, where: string): Template {
     try {
       t = new Template(template);
     } catch (e) {
-      throw new UndoError(`${where}: the chat template does not parse: ${describeError(e)}`);
+      throw new Err(`${where}: the chat template does not parse: ${describeError(e)}`);
     }
     templates.set(template, t);
   }
@@ -155,21 +158,21 @@ export function renderChat(template: string, messages: readonly ChatMessage[], t
       bos_token: s.bos ?? '', eos_token: s.eos ?? '', pad_token: s.pad ?? '', unk_token: s.unk ?? '',
     });
   } catch (e) {
-    throw new UndoError(`${where}: the chat template failed to render: ${describeError(e)}`);
+    throw new Err(`${where}: the chat template failed to render: ${describeError(e)}`);
   }
 }
 
 /** Check a message list: an array of {role: string, content}, with at least one assistant turn. */
 export function checkMessages(messages: unknown, where: string): ChatMessage[] {
-  if (!Array.isArray(messages) || messages.length === 0) throw new UndoError(`${where}: "messages" must be a non-empty array of {"role", "content"}`);
+  if (!Array.isArray(messages) || messages.length === 0) throw new Err(`${where}: "messages" must be a non-empty array of {"role", "content"}`);
   messages.forEach((m, i) => {
-    if (!m || typeof m !== 'object' || Array.isArray(m)) throw new UndoError(`${where}: messages[${i}] is not an object`);
+    if (!m || typeof m !== 'object' || Array.isArray(m)) throw new Err(`${where}: messages[${i}] is not an object`);
     const role = (m as ChatMessage).role;
-    if (typeof role !== 'string' || !role) throw new UndoError(`${where}: messages[${i}] has no "role"`, 'each message needs "role" ("system", "user", "assistant", ...) and "content"');
-    if (!('content' in m)) throw new UndoError(`${where}: messages[${i}] (${role}) has no "content"`);
+    if (typeof role !== 'string' || !role) throw new Err(`${where}: messages[${i}] has no "role"`, 'each message needs "role" ("system", "user", "assistant", ...) and "content"');
+    if (!('content' in m)) throw new Err(`${where}: messages[${i}] (${role}) has no "content"`);
   });
   if (!messages.some((m: ChatMessage) => m.role === 'assistant')) {
-    throw new UndoError(`${where}: the conversation has no assistant message, so nothing to train on`, 'chat data is trained on the assistant turns only');
+    throw new Err(`${where}: the conversation has no assistant message, so nothing to train on`, 'chat data is trained on the assistant turns only');
   }
   return messages as ChatMessage[];
 }
@@ -199,14 +202,14 @@ export function renderWithSpans(template: string, messages: readonly ChatMessage
     if (m.role !== 'assistant') return;
     const before = renderChat(template, messages.slice(0, i), tok, true, `${where} (messages[0..${i}) with the generation prompt)`);
     if (!text.startsWith(before)) {
-      throw new UndoError(`${where}: cannot find assistant messages[${i}] in the rendered conversation: the template renders the messages before it differently once more follow`,
+      throw new Err(`${where}: cannot find assistant messages[${i}] in the rendered conversation: the template renders the messages before it differently once more follow`,
         'the chat template must render a conversation prefix (plus the generation prompt) as a prefix of the whole');
     }
     const swapped = messages.map((x, j) => (j === i ? { ...x, content: SENTINEL } : x));
     const other = renderChat(template, swapped, tok, false, `${where} (messages[${i}] content replaced)`);
     const p = commonPrefix(text, other);
     if (p < before.length || !other.includes(SENTINEL)) {
-      throw new UndoError(`${where}: cannot find the content of assistant messages[${i}] in the rendered conversation`,
+      throw new Err(`${where}: cannot find the content of assistant messages[${i}] in the rendered conversation`,
         'the chat template must write an assistant message\'s content into the text');
     }
     const contentEnd = text.length - commonSuffix(text, other, Math.min(text.length, other.length) - p);
@@ -284,11 +287,11 @@ export type RecordKind = 'chat' | 'prompt_completion' | 'text';
 export function recordKind(obj: Record<string, unknown>, where: string): RecordKind {
   if ('messages' in obj) return 'chat';
   if ('prompt' in obj || 'completion' in obj) {
-    for (const f of ['prompt', 'completion']) if (typeof obj[f] !== 'string') throw new UndoError(`${where}: field "${f}" must be a string${obj[f] === undefined ? ' (it is missing)' : ''}`);
+    for (const f of ['prompt', 'completion']) if (typeof obj[f] !== 'string') throw new Err(`${where}: field "${f}" must be a string${obj[f] === undefined ? ' (it is missing)' : ''}`);
     return 'prompt_completion';
   }
   if (typeof obj.text === 'string') return 'text';
-  throw new UndoError(`${where}: the line has none of the fields "messages", "prompt" + "completion" or "text"`,
+  throw new Err(`${where}: the line has none of the fields "messages", "prompt" + "completion" or "text"`,
     'each line is {"messages": [...]}, {"prompt": "...", "completion": "..."} or {"text": "..."}');
 }
 
@@ -296,7 +299,7 @@ export function recordKind(obj: Record<string, unknown>, where: string): RecordK
 export function recordDocument(obj: Record<string, unknown>, tok: Tokenizer | undefined, where: string): Document {
   const kind = recordKind(obj, where);
   if (kind === 'text') return obj.text as string;
-  if (!tok) throw new UndoError(`${where}: ${kind === 'chat' ? 'chat' : 'prompt/completion'} data needs the model's tokenizer here`);
+  if (!tok) throw new Err(`${where}: ${kind === 'chat' ? 'chat' : 'prompt/completion'} data needs the model's tokenizer here`);
   return kind === 'chat' ? chatDocument(obj.messages, tok, where) : promptCompletionDocument(obj.prompt as string, obj.completion as string, tok, where);
 }
 
@@ -320,10 +323,10 @@ export function loadDataFile(file: string, tok?: Tokenizer): Document[] {
     try {
       obj = JSON.parse(line);
     } catch (e) {
-      throw new UndoError(`${where}: line ${i + 1} is not valid JSON (${describeError(e)})`,
+      throw new Err(`${where}: line ${i + 1} is not valid JSON (${describeError(e)})`,
         'each line of a .jsonl dataset is an object: {"messages": [...]}, {"prompt", "completion"} or {"text"}');
     }
-    if (obj === null || typeof obj !== 'object' || Array.isArray(obj)) throw new UndoError(`${where}: line ${i + 1} is not a JSON object`);
+    if (obj === null || typeof obj !== 'object' || Array.isArray(obj)) throw new Err(`${where}: line ${i + 1} is not a JSON object`);
     docs.push(recordDocument(obj as Record<string, unknown>, tok, where));
   }
   return docs;

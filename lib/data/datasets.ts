@@ -29,9 +29,13 @@
  */
 import * as fs from 'fs';
 import * as path from 'path';
-import { UndoError, describeError } from '../core/errors';
+import { UndoError, describeError, errorClass } from '../core/errors';
 import { Rng, mixSeeds } from '../core/rng';
 import type { TokenizerLike } from './tokenizer';
+
+/** Errors of this module: code ERR_DATA unless one names another. */
+const Err = errorClass('ERR_DATA');
+const NotFoundError = errorClass('ERR_NOT_FOUND');
 
 /** Target id that the losses skip (PyTorch's ignore_index). */
 export const IGNORE_INDEX = -100;
@@ -87,9 +91,9 @@ export function loadDocuments(filePath: string, opts: LoadDocumentsOptions = {})
     text = fs.readFileSync(filePath, 'utf8');
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
-    if (code === 'ENOENT') throw new UndoError(`dataset file not found: ${filePath}`);
-    if (code === 'EISDIR') throw new UndoError(`dataset path ${filePath} is a directory, expected a .txt or .jsonl file`);
-    throw new UndoError(`cannot read dataset file ${filePath}: ${describeError(e)}`, { cause: e });
+    if (code === 'ENOENT') throw new NotFoundError(`dataset file not found: ${filePath}`);
+    if (code === 'EISDIR') throw new Err(`dataset path ${filePath} is a directory, expected a .txt or .jsonl file`);
+    throw new Err(`cannot read dataset file ${filePath}: ${describeError(e)}`, { cause: e });
   }
   if (text.charCodeAt(0) === 0xfeff) text = text.slice(1); // UTF-8 byte-order mark
   const ext = path.extname(filePath).toLowerCase();
@@ -117,15 +121,15 @@ function parseJsonl(text: string, filePath: string, field: string): string[] {
     try {
       obj = JSON.parse(line);
     } catch (e) {
-      throw new UndoError(`${where}: line ${i + 1} is not valid JSON (${describeError(e)})`,
+      throw new Err(`${where}: line ${i + 1} is not valid JSON (${describeError(e)})`,
         `each line of a .jsonl dataset must be an object like {"${field}": "..."}`);
     }
     if (obj === null || typeof obj !== 'object' || Array.isArray(obj)) {
-      throw new UndoError(`${where}: line ${i + 1} is not a JSON object`);
+      throw new Err(`${where}: line ${i + 1} is not a JSON object`);
     }
     const value = (obj as Record<string, unknown>)[field];
     if (typeof value !== 'string') {
-      throw new UndoError(`${where}: line ${i + 1} has no string field "${field}"` +
+      throw new Err(`${where}: line ${i + 1} has no string field "${field}"` +
         (value === undefined ? '' : ` (got ${typeof value})`));
     }
     docs.push(value);
@@ -145,7 +149,7 @@ function parseJsonl(text: string, filePath: string, field: string): string[] {
  */
 export function splitTrainVal<T>(docs: readonly T[], valFraction: number, seed: number): { train: T[]; val: T[] } {
   if (typeof valFraction !== 'number' || !(valFraction >= 0 && valFraction < 1)) {
-    throw new UndoError(`validation fraction must be in [0, 1), got ${valFraction}`);
+    throw new Err(`validation fraction must be in [0, 1), got ${valFraction}`);
   }
   const n = docs.length;
   let k = Math.round(n * valFraction);
@@ -186,10 +190,10 @@ export class PackedDataset {
     /** Target ids parallel to `tokens`, IGNORE_INDEX where the loss is masked; absent when nothing is masked. */
     readonly labels?: Int32Array,
   ) {
-    if (labels && labels.length !== tokens.length) throw new UndoError(`packed dataset: ${labels.length} labels for ${tokens.length} tokens`);
-    if (!Number.isSafeInteger(seqLen) || seqLen < 1) throw new UndoError(`sequence length must be a positive integer, got ${seqLen}`);
+    if (labels && labels.length !== tokens.length) throw new Err(`packed dataset: ${labels.length} labels for ${tokens.length} tokens`);
+    if (!Number.isSafeInteger(seqLen) || seqLen < 1) throw new Err(`sequence length must be a positive integer, got ${seqLen}`);
     if (count > 0 && tokens.length < count * seqLen + 1) {
-      throw new UndoError(`packed dataset: ${tokens.length} tokens cannot hold ${count} windows of ${seqLen}+1`);
+      throw new Err(`packed dataset: ${tokens.length} tokens cannot hold ${count} windows of ${seqLen}+1`);
     }
   }
 
@@ -218,7 +222,7 @@ export class PackedDataset {
 
   private check(i: number): void {
     if (!Number.isInteger(i) || i < 0 || i >= this.count) {
-      throw new UndoError(`window index ${i} is out of range (the dataset has ${this.count} windows)`);
+      throw new Err(`window index ${i} is out of range (the dataset has ${this.count} windows)`);
     }
   }
 }
@@ -233,7 +237,7 @@ export function packDocuments(
   seqLen: number,
   opts: PackOptions = {},
 ): PackedDataset {
-  if (!Number.isSafeInteger(seqLen) || seqLen < 1) throw new UndoError(`sequence length must be a positive integer, got ${seqLen}`);
+  if (!Number.isSafeInteger(seqLen) || seqLen < 1) throw new Err(`sequence length must be a positive integer, got ${seqLen}`);
   const order = new Uint32Array(docs.length);
   for (let i = 0; i < order.length; i++) order[i] = i;
   if (opts.shuffle ?? true) new Rng(mixSeeds(opts.seed ?? 0, 'pack')).shuffle(order);
@@ -273,9 +277,9 @@ function encodeForPacking(tokenizer: PackingTokenizer, doc: Document, index: num
     return { ids };
   }
   if (!doc || typeof doc !== 'object' || !(doc.ids instanceof Int32Array) || !(doc.loss instanceof Uint8Array)) {
-    throw new UndoError(`document ${index} is neither a string nor {ids: Int32Array, loss: Uint8Array} (got ${doc === null ? 'null' : typeof doc})`);
+    throw new Err(`document ${index} is neither a string nor {ids: Int32Array, loss: Uint8Array} (got ${doc === null ? 'null' : typeof doc})`);
   }
-  if (doc.loss.length !== doc.ids.length) throw new UndoError(`document ${index}: loss mask has ${doc.loss.length} entries for ${doc.ids.length} tokens`);
+  if (doc.loss.length !== doc.ids.length) throw new Err(`document ${index}: loss mask has ${doc.loss.length} entries for ${doc.ids.length} tokens`);
   return { ids: doc.ids, loss: doc.loss };
 }
 
@@ -329,10 +333,10 @@ export class Batcher implements Iterable<Batch> {
 
   constructor(readonly data: PackedDataset, opts: BatcherOptions) {
     if (!Number.isSafeInteger(opts.batchSize) || opts.batchSize < 1) {
-      throw new UndoError(`batch size must be a positive integer, got ${opts.batchSize}`);
+      throw new Err(`batch size must be a positive integer, got ${opts.batchSize}`);
     }
     if (data.count === 0) {
-      throw new UndoError(`cannot batch an empty dataset: no complete window of ${data.seqLen + 1} tokens`,
+      throw new Err(`cannot batch an empty dataset: no complete window of ${data.seqLen + 1} tokens`,
         'use more documents or a shorter sequence length');
     }
     this.batchSize = opts.batchSize;
@@ -352,12 +356,12 @@ export class Batcher implements Iterable<Batch> {
   }
 
   set position(p: BatcherPosition) {
-    if (!p || typeof p !== 'object') throw new UndoError(`batcher position must be an object {epoch, index}, got ${JSON.stringify(p)}`);
+    if (!p || typeof p !== 'object') throw new Err(`batcher position must be an object {epoch, index}, got ${JSON.stringify(p)}`);
     if (!Number.isSafeInteger(p.epoch) || p.epoch < 0) {
-      throw new UndoError(`batcher position: "epoch" must be a non-negative integer, got ${JSON.stringify(p.epoch)}`);
+      throw new Err(`batcher position: "epoch" must be a non-negative integer, got ${JSON.stringify(p.epoch)}`);
     }
     if (!Number.isSafeInteger(p.index) || p.index < 0 || p.index >= this.data.count) {
-      throw new UndoError(
+      throw new Err(
         `batcher position: "index" must be an integer in [0, ${this.data.count}), got ${JSON.stringify(p.index)}`,
         'the dataset changed since the position was saved?');
     }

@@ -21,10 +21,13 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { Tokenizer as JsTokenizer } from '@huggingface/tokenizers';
-import { UndoError, describeError } from '../core/errors';
+import { UndoError, describeError, errorClass } from '../core/errors';
 import { readFileOrThrow } from '../core/fsutil';
 import { hashVocab } from './tokenizer';
 import type { DecodeOptions, EncodeOptions, SpecialTokenStrings, Tokenizer } from './tokenizer';
+
+/** Errors of this module: code ERR_TOKENIZER unless one names another. */
+const Err = errorClass('ERR_TOKENIZER');
 
 type Json = Record<string, unknown>;
 
@@ -73,14 +76,14 @@ export class HFTokenizer implements Tokenizer {
       const name = names[role];
       if (name !== undefined) {
         const id = lib.token_to_id(name);
-        if (id === undefined) throw new UndoError(`${source}: ${role}_token "${name}" of tokenizer_config.json is not in the vocabulary`);
+        if (id === undefined) throw new Err(`${source}: ${role}_token "${name}" of tokenizer_config.json is not in the vocabulary`);
         return id;
       }
       return fb !== undefined && fb >= 0 && fb < this.vocabSize ? fb : -1;
     };
     this.bos = idOf('bos', fallback.bos);
     this.eos = idOf('eos', fallback.eos);
-    if (this.eos < 0) throw new UndoError(`${source}: no eos token`, 'set eos_token in tokenizer_config.json (or eos_token_id in config.json)');
+    if (this.eos < 0) throw new Err(`${source}: no eos token`, 'set eos_token in tokenizer_config.json (or eos_token_id in config.json)');
     const pad = idOf('pad', fallback.pad);
     this.pad = pad >= 0 ? pad : this.eos;
     this.specialTokens = {
@@ -126,7 +129,7 @@ export class HFTokenizer implements Tokenizer {
     const list = Array.from(ids);
     list.forEach((id, i) => {
       if (!Number.isInteger(id) || id < 0 || id >= this.vocabSize || this.lib.id_to_token(id) === undefined) {
-        throw new UndoError(`cannot decode token id ${id} at position ${i}: not in the vocabulary of ${this.source} (size ${this.vocabSize})`);
+        throw new Err(`cannot decode token id ${id} at position ${i}: not in the vocabulary of ${this.source} (size ${this.vocabSize})`);
       }
     });
     if (!list.length) return '';  // the library refuses an empty list
@@ -167,7 +170,7 @@ function chatTemplateOf(config: Json, files: Record<string, Buffer>, configFile:
   if (Array.isArray(t)) {
     const named = t as Array<{ name?: unknown; template?: unknown }>;
     const pick = named.find((x) => x?.name === 'default') ?? named[0];
-    if (typeof pick?.template !== 'string') throw new UndoError(`${configFile}: chat_template is a list without a "default" template`);
+    if (typeof pick?.template !== 'string') throw new Err(`${configFile}: chat_template is a list without a "default" template`);
     return pick.template;
   }
   return files['chat_template.jinja']?.toString('utf8');
@@ -179,9 +182,9 @@ export function parseJsonFile(data: Buffer, file: string, what: string): Json {
   try {
     v = JSON.parse(data.toString('utf8'));
   } catch (e) {
-    throw new UndoError(`${what} ${file} is not valid JSON: ${describeError(e)}`);
+    throw new Err(`${what} ${file} is not valid JSON: ${describeError(e)}`);
   }
-  if (!v || typeof v !== 'object' || Array.isArray(v)) throw new UndoError(`${what} ${file}: the top level is not a JSON object`);
+  if (!v || typeof v !== 'object' || Array.isArray(v)) throw new Err(`${what} ${file}: the top level is not a JSON object`);
   return v as Json;
 }
 
@@ -192,7 +195,7 @@ export function parseJsonFile(data: Buffer, file: string, what: string): Json {
  * shapes is not defined (some take minutes), so they are refused here, naming the field.
  */
 export function checkTokenizerJson(json: Json, file: string): void {
-  const bad = (field: string, what: string) => new UndoError(`tokenizer file ${file}: ${field} ${what}`, 'a Hugging Face tokenizer.json is expected');
+  const bad = (field: string, what: string) => new Err(`tokenizer file ${file}: ${field} ${what}`, 'a Hugging Face tokenizer.json is expected');
   const model = json.model as Json | undefined;
   if (!model || typeof model !== 'object' || Array.isArray(model)) throw bad('"model"', 'must be an object');
   const type = model.type ?? 'BPE';
@@ -260,7 +263,7 @@ export function loadHFTokenizer(dirOrFile: string, fallback: TokenIdFallbacks = 
     lib = new JsTokenizer(json, config);
     lib.encode('a', { add_special_tokens: false });
   } catch (e) {
-    throw new UndoError(`cannot read tokenizer ${file}: ${describeError(e)}`, { hint: 'a Hugging Face tokenizer.json (BPE, Unigram, WordPiece ...) is expected', cause: e });
+    throw new Err(`cannot read tokenizer ${file}: ${describeError(e)}`, { hint: 'a Hugging Face tokenizer.json (BPE, Unigram, WordPiece ...) is expected', cause: e });
   }
   return new HFTokenizer(lib, config, files, file, fallback, chatTemplateOf(config, files, configFile));
 }

@@ -25,9 +25,12 @@
 import * as crypto from 'crypto';
 import * as fs from 'fs';
 import * as path from 'path';
-import { UndoError } from '../core/errors';
+import { UndoError, errorClass } from '../core/errors';
 import { readFileOrThrow, readJson, writeFileAtomic, writeJsonAtomic } from '../core/fsutil';
 import { HFTokenizer, loadHFTokenizer, parseJsonFile, TokenIdFallbacks } from './hf_tokenizer';
+
+/** Errors of this module: code ERR_TOKENIZER unless one names another. */
+const Err = errorClass('ERR_TOKENIZER');
 
 export { HFTokenizer, loadHFTokenizer } from './hf_tokenizer';
 export type { TokenIdFallbacks } from './hf_tokenizer';
@@ -138,7 +141,7 @@ export class ByteTokenizer implements Tokenizer {
     const bos = layout?.bos ?? 256;
     const eos = layout?.eos ?? 257;
     const pad = layout?.pad ?? 258;
-    if (byteIds.length !== 256) throw new UndoError(`byte tokenizer layout needs 256 byte ids, got ${byteIds.length}`);
+    if (byteIds.length !== 256) throw new Err(`byte tokenizer layout needs 256 byte ids, got ${byteIds.length}`);
     const all = [...Array.from(byteIds), bos, eos, pad];
     const maxId = Math.max(...all);
     const vocabSize = layout?.vocabSize ?? maxId + 1;
@@ -146,10 +149,10 @@ export class ByteTokenizer implements Tokenizer {
     all.forEach((id, i) => {
       const label = i < 256 ? byteTokenString(i) : ['<bos>', '<eos>', '<pad>'][i - 256];
       if (!Number.isInteger(id) || id < 0 || id >= vocabSize) {
-        throw new UndoError(`byte tokenizer layout: id ${id} of ${label} is outside the vocabulary [0, ${vocabSize})`);
+        throw new Err(`byte tokenizer layout: id ${id} of ${label} is outside the vocabulary [0, ${vocabSize})`);
       }
       const other = seen.get(id);
-      if (other !== undefined) throw new UndoError(`byte tokenizer layout: ${label} and ${other} share id ${id}`);
+      if (other !== undefined) throw new Err(`byte tokenizer layout: ${label} and ${other} share id ${id}`);
       seen.set(id, label);
     });
     this.vocabSize = vocabSize;
@@ -215,7 +218,7 @@ export class ByteTokenizer implements Tokenizer {
         continue;
       }
       if (b === -2 || (id !== this.bos && id !== this.eos && id !== this.pad)) {
-        throw new UndoError(`cannot decode token id ${id} at position ${i}: not in the byte tokenizer vocabulary (size ${this.vocabSize})`);
+        throw new Err(`cannot decode token id ${id} at position ${i}: not in the byte tokenizer vocabulary (size ${this.vocabSize})`);
       }
       if (nb > 0) {
         text += this.decoder.decode(bytes.subarray(0, nb));
@@ -233,13 +236,13 @@ export class ByteTokenizer implements Tokenizer {
     if (id === this.eos) return EOS_TOKEN;
     if (id === this.pad) return PAD_TOKEN;
     const b = Number.isInteger(id) && id >= 0 && id < this.vocabSize ? this.idToByte[id] : -1;
-    if (b < 0) throw new UndoError(`token id ${id} is not in the byte tokenizer vocabulary (size ${this.vocabSize})`);
+    if (b < 0) throw new Err(`token id ${id} is not in the byte tokenizer vocabulary (size ${this.vocabSize})`);
     return byteTokenString(b);
   }
 
   /** The id of byte `b` (0..255). */
   byteId(b: number): number {
-    if (!Number.isInteger(b) || b < 0 || b > 255) throw new UndoError(`byte value ${b} is not in 0..255`);
+    if (!Number.isInteger(b) || b < 0 || b > 255) throw new Err(`byte value ${b} is not in 0..255`);
     return this.byteToId[b];
   }
 
@@ -296,7 +299,7 @@ export class ByteTokenizer implements Tokenizer {
 /** `tok` as a ByteTokenizer, or an UndoError saying that `what` works with the byte tokenizer only. */
 export function requireByteTokenizer(tok: Tokenizer, what: string, why?: string): ByteTokenizer {
   if (tok instanceof ByteTokenizer) return tok;
-  throw new UndoError(`${what} works with undo-native's byte tokenizer only; this model has a Hugging Face tokenizer`, why);
+  throw new Err(`${what} works with undo-native's byte tokenizer only; this model has a Hugging Face tokenizer`, why);
 }
 
 /** tokenizer_config.json contents matching {@link ByteTokenizer.toJSON}. */
@@ -322,7 +325,7 @@ export function saveTokenizer(dir: string, tok: Tokenizer): void {
     for (const [name, data] of Object.entries(tok.files)) writeFileAtomic(path.join(dir, name), data);
     return;
   }
-  if (!(tok instanceof ByteTokenizer)) throw new UndoError(`cannot save a tokenizer of kind "${tok.kind}"`);
+  if (!(tok instanceof ByteTokenizer)) throw new Err(`cannot save a tokenizer of kind "${tok.kind}"`);
   writeJsonAtomic(path.join(dir, 'tokenizer.json'), tok.toJSON());
   writeJsonAtomic(path.join(dir, 'tokenizer_config.json'), tokenizerConfig());
 }
@@ -346,9 +349,9 @@ function configTokenName(v: unknown): string | undefined {
 export function loadTokenizer(dirOrFile: string): ByteTokenizer {
   const { file, dir } = tokenizerPaths(dirOrFile);
 
-  const json = readJson<Record<string, unknown>>(file, 'tokenizer file');
+  const json = readJson<Record<string, unknown>>(file, 'tokenizer file', 'ERR_TOKENIZER');
   const unsupported: (why: string) => never = (why) => {
-    throw new UndoError(`unsupported tokenizer ${file}: ${why}`,
+    throw new Err(`unsupported tokenizer ${file}: ${why}`,
       'only byte-level tokenizers written by undo-native (BPE, byte_fallback, "<0xNN>" vocabulary, no merges) can be loaded');
   };
   if (!json || typeof json !== 'object' || Array.isArray(json)) unsupported('top level is not a JSON object');
@@ -383,7 +386,7 @@ export function loadTokenizer(dirOrFile: string): ByteTokenizer {
   let names = { bos: BOS_TOKEN, eos: EOS_TOKEN, pad: PAD_TOKEN };
   const configPath = path.join(dir, 'tokenizer_config.json');
   if (fs.existsSync(configPath)) {
-    const cfg = readJson<Record<string, unknown>>(configPath, 'tokenizer config');
+    const cfg = readJson<Record<string, unknown>>(configPath, 'tokenizer config', 'ERR_TOKENIZER');
     names = {
       bos: configTokenName(cfg?.bos_token) ?? names.bos,
       eos: configTokenName(cfg?.eos_token) ?? names.eos,

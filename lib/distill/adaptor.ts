@@ -6,11 +6,14 @@
  */
 import * as fs from 'fs';
 import * as path from 'path';
-import { UndoError } from '../core/errors';
+import { UndoError, errorClass } from '../core/errors';
 import { AdamWHyper, native } from '../core/native';
 import { Rng } from '../core/rng';
 import { readSafetensors, serializeSafetensors } from '../formats/safetensors';
 import type { ExtraParams } from '../train/train';
+
+/** Errors of this module: code ERR_ARGUMENT unless one names another. */
+const Err = errorClass('ERR_ARGUMENT');
 
 export type AdaptorKind = 'linear' | 'mlp';
 
@@ -44,13 +47,13 @@ export class Adaptor {
 
   /** nn.Linear's initialisation: U(−1/√in, 1/√in) for weights and biases, from the seed. */
   constructor(kind: AdaptorKind, inDim: number, outDim: number, opts: { hidden?: number; seed?: number; prefix?: string } = {}) {
-    if (kind !== 'linear' && kind !== 'mlp') throw new UndoError(`unknown adaptor "${kind}"`, 'one of: linear, mlp');
-    for (const [k, v] of [['input width', inDim], ['output width', outDim]] as const) if (!Number.isInteger(v) || v < 1) throw new UndoError(`adaptor ${k} must be a positive integer, got ${v}`);
+    if (kind !== 'linear' && kind !== 'mlp') throw new Err(`unknown adaptor "${kind}"`, 'one of: linear, mlp');
+    for (const [k, v] of [['input width', inDim], ['output width', outDim]] as const) if (!Number.isInteger(v) || v < 1) throw new Err(`adaptor ${k} must be a positive integer, got ${v}`);
     this.kind = kind;
     this.inDim = inDim;
     this.outDim = outDim;
     this.hidden = kind === 'mlp' ? opts.hidden ?? Math.max(inDim, outDim) : 0;
-    if (kind === 'mlp' && (!Number.isInteger(this.hidden) || this.hidden < 1)) throw new UndoError(`adaptor hidden width must be a positive integer, got ${this.hidden}`);
+    if (kind === 'mlp' && (!Number.isInteger(this.hidden) || this.hidden < 1)) throw new Err(`adaptor hidden width must be a positive integer, got ${this.hidden}`);
     const p = opts.prefix ?? '';
     this.params = kind === 'linear'
       ? [param(`${p}weight`, [outDim, inDim], true), param(`${p}bias`, [outDim], false)]
@@ -67,7 +70,7 @@ export class Adaptor {
   /** y = adaptor(x) for x [rows, inDim]; keeps x (not copied: do not change it before backward) and the MLP activations. */
   forward(x: Float32Array, rows: number): Float32Array {
     const { inDim: di, outDim: dt } = this;
-    if (x.length < rows * di) throw new UndoError(`adaptor: ${rows} rows of width ${di} need ${rows * di} values, got ${x.length}`);
+    if (x.length < rows * di) throw new Err(`adaptor: ${rows} rows of width ${di} need ${rows * di} values, got ${x.length}`);
     this.x = x;
     this.rows = rows;
     const y = new Float32Array(rows * dt);
@@ -94,7 +97,7 @@ export class Adaptor {
   backward(dy: Float32Array): Float32Array {
     const { inDim: di, outDim: dt, rows } = this;
     const x = this.x;
-    if (!x) throw new UndoError('adaptor backward: no forward first');
+    if (!x) throw new Err('adaptor backward: no forward first');
     const dx = new Float32Array(rows * di);
     if (this.kind === 'linear') {
       const [W, b] = this.params;
@@ -176,10 +179,10 @@ export class AdaptorGroup implements ExtraParams {
 
   restore(dir: string): void {
     const file = path.join(dir, ADAPTORS_FILE);
-    if (!fs.existsSync(file)) throw new UndoError(`${file}: missing (the run's adaptor heads)`, 'resume only a feature-distillation run, with the same --features');
+    if (!fs.existsSync(file)) throw new Err(`${file}: missing (the run's adaptor heads)`, 'resume only a feature-distillation run, with the same --features');
     const st = readSafetensors(file);
     const stored = st.metadata.adaptors;
-    if (stored !== JSON.stringify(this.describe())) throw new UndoError(`${file}: its adaptor heads (${stored}) differ from this run's (${JSON.stringify(this.describe())})`, 'resume with the same --features and --adaptor');
+    if (stored !== JSON.stringify(this.describe())) throw new Err(`${file}: its adaptor heads (${stored}) differ from this run's (${JSON.stringify(this.describe())})`, 'resume with the same --features and --adaptor');
     for (const [name, p] of this.named()) {
       p.data.set(st.readTensorF32(name, p.shape));
       p.m.set(st.readTensorF32(`adam_m.${name}`, p.shape));

@@ -3,7 +3,7 @@
  * of lib/train/losses.ts, optionally mixed with the hard-label cross-entropy. Plugs into the shared training loop.
  */
 import { Batch, Batcher } from '../data/datasets';
-import { UndoError } from '../core/errors';
+import { UndoError, errorClass } from '../core/errors';
 import { LossName, TaidSchedule, TopKTeacher } from '../train/losses';
 import { Model } from '../models/model';
 import type { Tokenizer } from '../data/tokenizer';
@@ -13,6 +13,9 @@ import { Rng, RngState } from '../core/rng';
 import { batchWindows, TeacherStore, teacherForBatch, TopKSelector } from './teacher_store';
 import { KnnTeacher } from './knn_store';
 import { train, TrainConfig, TrainOptions, TrainResult } from '../train/train';
+
+/** Errors of this module: code ERR_ARGUMENT unless one names another. */
+const Err = errorClass('ERR_ARGUMENT');
 
 export interface DistillOptions extends TrainOptions {
   loss: LossName;
@@ -70,12 +73,12 @@ export async function studentBatch(student: Model, b: Batch, rng: Rng): Promise<
  */
 export function checkCompatible(student: Model, teacher: Model): void {
   if (student.config.vocabSize !== teacher.config.vocabSize) {
-    throw new UndoError(`student vocab_size ${student.config.vocabSize} differs from the teacher's ${teacher.config.vocabSize}: distillation needs a shared vocabulary`);
+    throw new Err(`student vocab_size ${student.config.vocabSize} differs from the teacher's ${teacher.config.vocabSize}: distillation needs a shared vocabulary`);
   }
   const s = student.tokenizer, t = teacher.tokenizer;
   if (s.vocabHash() !== t.vocabHash()) {
     const what = (k: Tokenizer) => (k.kind === 'byte' ? "undo-native's byte tokenizer" : `a Hugging Face tokenizer of ${k.vocabSize} tokens`);
-    throw new UndoError(`the student and the teacher have different tokenizers (student: ${what(s)}, teacher: ${what(t)}; their token → id maps differ): distillation here matches distributions token by token and needs one vocabulary`,
+    throw new Err(`the student and the teacher have different tokenizers (student: ${what(s)}, teacher: ${what(t)}; their token → id maps differ): distillation here matches distributions token by token and needs one vocabulary`,
       'give the student the teacher\'s tokenizer (a preset student or one made from a config.json gets it automatically)');
   }
 }
@@ -93,23 +96,23 @@ export async function distill(student: Model, teacher: Model | TeacherStore | Kn
   if (teacher instanceof Model) checkCompatible(student, teacher);
   else if (teacher instanceof KnnTeacher) {
     checkCompatible(student, teacher.keyModel);
-    if (teacher.keyModel === student) throw new UndoError('the kNN teacher\'s key model must be another model than the student (load it separately)');
+    if (teacher.keyModel === student) throw new Err('the kNN teacher\'s key model must be another model than the student (load it separately)');
     if (!KNN_LOSSES.has(opts.loss) || opts.miniLlm) {
-      throw new UndoError(`loss ${opts.miniLlm ? 'minillm' : opts.loss} cannot be used with a kNN teacher${opts.loss === 'rkl' ? ' (reverse KL is infinite where the kNN distribution is 0)' : ''}`, `one of: ${[...KNN_LOSSES].join(', ')} (DNKD uses dkd)`);
+      throw new Err(`loss ${opts.miniLlm ? 'minillm' : opts.loss} cannot be used with a kNN teacher${opts.loss === 'rkl' ? ' (reverse KL is infinite where the kNN distribution is 0)' : ''}`, `one of: ${[...KNN_LOSSES].join(', ')} (DNKD uses dkd)`);
     }
-    if (opts.topk) throw new UndoError('--topk applies to an online teacher model; the kNN teacher is already sparse (its k neighbours)');
-  } else if (teacher.vocab !== student.config.vocabSize) throw new UndoError(`teacher store ${teacher.dir} has vocab ${teacher.vocab}, the student ${student.config.vocabSize}`);
+    if (opts.topk) throw new Err('--topk applies to an online teacher model; the kNN teacher is already sparse (its k neighbours)');
+  } else if (teacher.vocab !== student.config.vocabSize) throw new Err(`teacher store ${teacher.dir} has vocab ${teacher.vocab}, the student ${student.config.vocabSize}`);
   // the kNN teacher on its own data: rows leave their own entry out (else the teacher is the gold token at distance 0)
   const knnOwnData = teacher instanceof KnnTeacher && teacher.sameData(batcher.data);
   const knnBuf: { buf?: Float32Array } = {};
   const hw = opts.hardWeight ?? 0;
-  if (!(hw >= 0 && hw <= 1)) throw new UndoError(`hard-label weight must be in [0, 1], got ${hw}`);
+  if (!(hw >= 0 && hw <= 1)) throw new Err(`hard-label weight must be in [0, 1], got ${hw}`);
   const lambda = opts.onPolicy ?? 0;
-  if (!(lambda >= 0 && lambda <= 1)) throw new UndoError(`on-policy fraction must be in [0, 1], got ${lambda}`);
-  if (lambda > 0 && !(teacher instanceof Model)) throw new UndoError('on-policy distillation needs an online teacher model (a store holds only the data it was built on)');
+  if (!(lambda >= 0 && lambda <= 1)) throw new Err(`on-policy fraction must be in [0, 1], got ${lambda}`);
+  if (lambda > 0 && !(teacher instanceof Model)) throw new Err('on-policy distillation needs an online teacher model (a store holds only the data it was built on)');
   const topk = opts.topk ?? 0;
-  if (topk && teacher instanceof TeacherStore) throw new UndoError('--topk applies to an online teacher; a store already holds its own top-k');
-  if (topk && (!Number.isInteger(topk) || topk < 1 || topk > student.config.vocabSize)) throw new UndoError(`top-k must be an integer in [1, vocab = ${student.config.vocabSize}], got ${topk}`);
+  if (topk && teacher instanceof TeacherStore) throw new Err('--topk applies to an online teacher; a store already holds its own top-k');
+  if (topk && (!Number.isInteger(topk) || topk < 1 || topk > student.config.vocabSize)) throw new Err(`top-k must be an integer in [1, vocab = ${student.config.vocabSize}], got ${topk}`);
   const selector = topk ? new TopKSelector(topk, student.config.vocabSize) : null;
   const rng = new Rng(opts.seed ?? 0);
   // TAID: the interpolation weight t follows the loss, step by step (lib/train/losses.ts TaidSchedule)
@@ -134,7 +137,7 @@ export async function distill(student: Model, teacher: Model | TeacherStore | Kn
       }, { scale, temperature: opts.temperature, params });
     }
     if (opts.miniLlm) {
-      if (!(teacher instanceof Model)) throw new UndoError('MiniLLM needs an online teacher model');
+      if (!(teacher instanceof Model)) throw new Err('MiniLLM needs an online teacher model');
       return miniLlmObjective(student, teacher, b, rng, scale, opts.miniLlm);
     }
     const source = !(teacher instanceof Model) ? { teacherTopK: teacherForBatch(teacher, batcher, b), tail: opts.tail }
@@ -154,12 +157,12 @@ export async function distill(student: Model, teacher: Model | TeacherStore | Kn
     save: () => ({ rng: rng.getState(), step_index: stepIndex, taid: taid ? { t: taid.t, momentum: taid.momentum, prev_loss: taid.prevLoss } : null }),
     restore: (saved: unknown) => {
       const r = saved as { rng?: unknown; step_index?: unknown; taid?: { t?: unknown; momentum?: unknown; prev_loss?: unknown } | null };
-      if (!r || !Array.isArray(r.rng) || typeof r.step_index !== 'number') throw new UndoError('distillation run state: expected fields rng and step_index', 'the checkpoint was not written by distill');
+      if (!r || !Array.isArray(r.rng) || typeof r.step_index !== 'number') throw new Err('distillation run state: expected fields rng and step_index', 'the checkpoint was not written by distill');
       rng.setState(r.rng as RngState);
       stepIndex = r.step_index;
       if (taid) {
         const t = r.taid;
-        if (!t || typeof t.t !== 'number' || typeof t.momentum !== 'number') throw new UndoError('distillation run state: no TAID schedule (field taid) to resume the taid loss from', 'resume with the loss of the interrupted run');
+        if (!t || typeof t.t !== 'number' || typeof t.momentum !== 'number') throw new Err('distillation run state: no TAID schedule (field taid) to resume the taid loss from', 'resume with the loss of the interrupted run');
         taid.t = t.t;
         taid.momentum = t.momentum;
         taid.prevLoss = typeof t.prev_loss === 'number' ? t.prev_loss : null;

@@ -16,7 +16,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { Batcher, PackedDataset, WindowBatch, windowBatches } from '../data/datasets';
-import { UndoError } from '../core/errors';
+import { UndoError, errorClass } from '../core/errors';
 import { loss as kdLoss, LossName } from '../train/losses';
 import { Model } from '../models/model';
 import { headChunkRows } from '../train/objectives';
@@ -26,6 +26,9 @@ import { FeatureStats, loadFeatureStats, saveFeatureStats, Standardization, Stan
 import { dataHash, teacherHashFromModel } from './teacher_store';
 import { checkCompatible } from './distill';
 import { resolveLayer } from './knn_store';
+
+/** Errors of this module: code ERR_ARGUMENT unless one names another. */
+const Err = errorClass('ERR_ARGUMENT');
 
 export const FEATURE_LOSSES = ['mse', 'cosine', 'smoothl1'] as const;
 export type FeatureLoss = (typeof FEATURE_LOSSES)[number];
@@ -37,8 +40,8 @@ export type FeatureLoss = (typeof FEATURE_LOSSES)[number];
  */
 export function featureLoss(kind: FeatureLoss, pred: Float32Array, target: Float32Array, rows: number, dim: number,
   opts: { mask?: Uint8Array | null; gradScale?: number; grad?: Float32Array } = {}): { loss: number; count: number; grad: Float32Array } {
-  if (!(FEATURE_LOSSES as readonly string[]).includes(kind)) throw new UndoError(`unknown feature loss "${kind}"`, `one of: ${FEATURE_LOSSES.join(', ')}`);
-  if (pred.length < rows * dim || target.length < rows * dim) throw new UndoError(`feature loss: ${rows} rows of ${dim} need ${rows * dim} values`);
+  if (!(FEATURE_LOSSES as readonly string[]).includes(kind)) throw new Err(`unknown feature loss "${kind}"`, `one of: ${FEATURE_LOSSES.join(', ')}`);
+  if (pred.length < rows * dim || target.length < rows * dim) throw new Err(`feature loss: ${rows} rows of ${dim} need ${rows * dim} values`);
   const mask = opts.mask ?? null;
   const grad = opts.grad ?? new Float32Array(rows * dim);
   grad.fill(0, 0, rows * dim);
@@ -106,9 +109,9 @@ function rowMask(b: WindowBatch): Uint8Array {
 /** Check a resolved (non-negative) layer index against a model, naming the side. */
 export function checkLayer(model: Model, layer: number, what: string): void {
   try {
-    if (layer < 0 || resolveLayer(layer, model.config.numLayers) !== layer) throw new UndoError(`layer ${layer} is negative (resolve it first)`);
+    if (layer < 0 || resolveLayer(layer, model.config.numLayers) !== layer) throw new Err(`layer ${layer} is negative (resolve it first)`);
   } catch (e) {
-    throw new UndoError(`${what} ${(e as Error).message}`);
+    throw new Err(`${what} ${(e as Error).message}`);
   }
 }
 
@@ -125,7 +128,7 @@ export async function computeFeatureStats(model: Model, layer: number, data: Pac
     await model.native.forward(b.inputs, b.B, b.T);
     stats.add(model.native.hidden(layer), b.B * b.T, rowMask(b));
   }
-  if (stats.count < 2) throw new UndoError(`teacher feature statistics: the data has ${stats.count} counted positions (need at least 2)`);
+  if (stats.count < 2) throw new Err(`teacher feature statistics: the data has ${stats.count} counted positions (need at least 2)`);
   return stats;
 }
 
@@ -221,12 +224,12 @@ export async function featureObjective(student: Model, b: WindowBatch, opts: Fea
       const grad = new Float32Array(n * V);
       if (lw > 0) {
         const t = (await teacher.native.logits(idx, tbuf)).subarray(0, n * V);
-        const r = kdLoss.compute(opts.logitLoss ?? 'fkl', { student: s, teacher: t, rows: n, vocab: V, temperature: opts.temperature, targets: tg, ...(opts.params ?? {}), reduction: 'sum', gradScale: (lw * scale) / counted });
+        const r = await kdLoss.compute(opts.logitLoss ?? 'fkl', { student: s, teacher: t, rows: n, vocab: V, temperature: opts.temperature, targets: tg, ...(opts.params ?? {}), reduction: 'sum', gradScale: (lw * scale) / counted });
         total += (lw * sumRows(r.perRow)) / counted;
         for (let j = 0; j < grad.length; j++) grad[j] += r.grad[j];
       }
       if (hw > 0) {
-        const r = kdLoss.compute('ce', { student: s, rows: n, vocab: V, targets: tg, reduction: 'sum', gradScale: (hw * scale) / counted });
+        const r = await kdLoss.compute('ce', { student: s, rows: n, vocab: V, targets: tg, reduction: 'sum', gradScale: (hw * scale) / counted });
         total += (hw * sumRows(r.perRow)) / counted;
         for (let j = 0; j < grad.length; j++) grad[j] += r.grad[j];
       }
@@ -307,23 +310,23 @@ export async function featureErrors(student: Model, teachers: FeatureTeacher[], 
  * feature_distill.json (teachers, layers, standardizations, adaptors) and keeps opts.carryFiles.
  */
 export async function distillFeatures(student: Model, batcher: Batcher, cfg: TrainConfig, opts: FeatureDistillOptions): Promise<TrainResult & { lastFeatureLoss: number[] }> {
-  if (!opts.teachers.length) throw new UndoError('feature distillation needs at least one teacher');
+  if (!opts.teachers.length) throw new Err('feature distillation needs at least one teacher');
   for (const [i, t] of opts.teachers.entries()) {
-    if (t.model === student) throw new UndoError(`teacher ${i + 1} is the student itself (load it separately)`);
+    if (t.model === student) throw new Err(`teacher ${i + 1} is the student itself (load it separately)`);
     checkLayer(student, t.studentLayer, `teacher ${i + 1}: student`);
     checkLayer(t.model, t.teacherLayer, `teacher ${i + 1}: teacher`);
     if (t.model.tokenizer.vocabHash() !== student.tokenizer.vocabHash()) {
-      throw new UndoError(`teacher ${i + 1}${t.name ? ` (${t.name})` : ''} has another tokenizer than the student: feature distillation matches positions token by token and needs one tokenizer`);
+      throw new Err(`teacher ${i + 1}${t.name ? ` (${t.name})` : ''} has another tokenizer than the student: feature distillation matches positions token by token and needs one tokenizer`);
     }
-    if (t.standardizer.dim !== t.model.config.hiddenSize) throw new UndoError(`teacher ${i + 1}: its standardizer has width ${t.standardizer.dim}, the teacher ${t.model.config.hiddenSize}`);
+    if (t.standardizer.dim !== t.model.config.hiddenSize) throw new Err(`teacher ${i + 1}: its standardizer has width ${t.standardizer.dim}, the teacher ${t.model.config.hiddenSize}`);
     if (t.adaptor.inDim !== student.config.hiddenSize || t.adaptor.outDim !== t.model.config.hiddenSize) {
-      throw new UndoError(`teacher ${i + 1}: its adaptor maps ${t.adaptor.inDim} → ${t.adaptor.outDim}, need ${student.config.hiddenSize} → ${t.model.config.hiddenSize}`);
+      throw new Err(`teacher ${i + 1}: its adaptor maps ${t.adaptor.inDim} → ${t.adaptor.outDim}, need ${student.config.hiddenSize} → ${t.model.config.hiddenSize}`);
     }
   }
   const lw = opts.logitWeight ?? 0;
   const hw = opts.hardWeight ?? 0;
-  if (!(lw >= 0 && Number.isFinite(lw))) throw new UndoError(`logit KD weight must be ≥ 0, got ${lw}`);
-  if (!(hw >= 0 && Number.isFinite(hw))) throw new UndoError(`hard-label weight must be ≥ 0, got ${hw}`);
+  if (!(lw >= 0 && Number.isFinite(lw))) throw new Err(`logit KD weight must be ≥ 0, got ${lw}`);
+  if (!(hw >= 0 && Number.isFinite(hw))) throw new Err(`hard-label weight must be ≥ 0, got ${hw}`);
   if (lw > 0) checkCompatible(student, opts.teachers[0].model);
   const log: FeatureLossLog = { perTeacher: opts.teachers.map(() => 0), batches: 0 };
   let last = opts.teachers.map(() => NaN);
@@ -362,7 +365,7 @@ export async function distillFeatures(student: Model, batcher: Batcher, cfg: Tra
 /** Parse `--features L:L'` (student block : teacher block; negative counts from the end, −1 = the last). */
 export function parseFeaturePair(v: string): { student: number; teacher: number } {
   const m = /^\s*(-?\d+)\s*:\s*(-?\d+)\s*$/.exec(v);
-  if (!m) throw new UndoError(`--features "${v}": expected STUDENT_LAYER:TEACHER_LAYER (block indices, e.g. 3:5 or -1:-1)`);
+  if (!m) throw new Err(`--features "${v}": expected STUDENT_LAYER:TEACHER_LAYER (block indices, e.g. 3:5 or -1:-1)`);
   // resolved against each model with knn_store's resolveLayer (negative: from the end)
   return { student: Number(m[1]), teacher: Number(m[2]) };
 }

@@ -10,7 +10,10 @@
  * construction needs other methods (Williamson, Turyn, ...), e.g. 92, 116, 156, 172, 184, are refused by name
  * with the nearest supported orders. Only prime q are used (Paley over GF(pᵏ) is not implemented).
  */
-import { UndoError } from '../core/errors';
+import { UndoError, errorClass } from '../core/errors';
+
+/** Errors of this module: code ERR_ARGUMENT unless one names another. */
+const Err = errorClass('ERR_ARGUMENT');
 
 /** How an order is made: a base construction, or the Kronecker product of two smaller orders. */
 type Plan = { kind: 'sylvester1' } | { kind: 'sylvester2' } | { kind: 'paley1'; q: number } | { kind: 'paley2'; q: number } | { kind: 'kron'; a: number; b: number };
@@ -164,7 +167,7 @@ export function hadamard(n: number, what = 'Hadamard matrix'): Int8Array {
     const [lo, hi] = nearestHadamardOrders(n);
     const why = n > 2 && n % 4 !== 0 ? `no Hadamard matrix of order ${n} exists (orders above 2 are multiples of 4)`
       : `order ${n} needs a construction not built in (Sylvester 2ᵏ, Paley I q+1, Paley II 2(q+1) for primes q, and Kronecker products of these)`;
-    throw new UndoError(`${what}: ${why}; the nearest supported orders are ${[lo, hi].filter((x) => x !== null).join(' and ')}`, 'for this width use another standardization (global, perdim, pca-whiten)');
+    throw new Err(`${what}: ${why}; the nearest supported orders are ${[lo, hi].filter((x) => x !== null).join(' and ')}`, 'for this width use another standardization (global, perdim, pca-whiten)');
   }
   return hadamardPm(n);
 }

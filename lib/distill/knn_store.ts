@@ -37,11 +37,14 @@ import * as os from 'os';
 import * as path from 'path';
 import * as crypto from 'crypto';
 import type { Batch, PackedDataset } from '../data/datasets';
-import { UndoError } from '../core/errors';
+import { UndoError, errorClass } from '../core/errors';
 import { fsyncDir, readJson, sha256File, writeJsonAtomic } from '../core/fsutil';
 import { native } from '../core/native';
 import { Model } from '../models/model';
 import { dataHash, leBytes, teacherHashFromDir, teacherHashFromModel, tokenizerHash } from './teacher_store';
+
+/** Errors of this module: code ERR_TEACHER_STORE unless one names another. */
+const Err = errorClass('ERR_TEACHER_STORE');
 
 export const KNN_FORMAT = 'undo-knn-store';
 export const KNN_VERSION = 1;
@@ -57,7 +60,7 @@ function usearch(): Usearch {
       // eslint-disable-next-line @typescript-eslint/no-require-imports
       usearchModule = require('usearch') as Usearch;
     } catch (e) {
-      throw new UndoError(`the approximate kNN index needs the npm package usearch, which failed to load: ${(e as Error).message}`,
+      throw new Err(`the approximate kNN index needs the npm package usearch, which failed to load: ${(e as Error).message}`,
         'reinstall with npm install (usearch ships prebuilt binaries), or use exact search (--index exact)');
     }
   }
@@ -118,7 +121,7 @@ export interface KnnBuildOptions {
 export function resolveLayer(layer: number, nLayers: number): number {
   const l = layer < 0 ? nLayers + layer : layer;
   if (!Number.isInteger(layer) || l < 0 || l >= nLayers) {
-    throw new UndoError(`layer ${layer} does not exist: the model has ${nLayers} blocks`, `use 0..${nLayers - 1}, or −1 for the last`);
+    throw new Err(`layer ${layer} does not exist: the model has ${nLayers} blocks`, `use 0..${nLayers - 1}, or −1 for the last`);
   }
   return l;
 }
@@ -167,15 +170,15 @@ export async function buildKnnStore(model: Model, data: PackedDataset, opts: Knn
   const layer = resolveLayer(opts.layer ?? -1, model.config.numLayers);
   const d = model.config.hiddenSize, T = data.seqLen;
   const k = opts.k ?? DEFAULT_KNN_K;
-  if (!Number.isInteger(k) || k < 1) throw new UndoError(`k must be a positive integer, got ${k}`);
+  if (!Number.isInteger(k) || k < 1) throw new Err(`k must be a positive integer, got ${k}`);
   const bw = Math.max(1, opts.batchWindows ?? 8);
   let entries = 0;
   for (let w = 0; w < data.count; w++) for (const y of data.targets(w)) if (y >= 0) entries++;
-  if (entries < 2) throw new UndoError(`the data has ${entries} unmasked target tokens: a datastore needs at least 2`);
+  if (entries < 2) throw new Err(`the data has ${entries} unmasked target tokens: a datastore needs at least 2`);
   const kind: IndexKind = (opts.index ?? 'auto') === 'auto' ? (entries >= AUTO_HNSW_ENTRIES ? 'hnsw' : 'exact') : (opts.index as IndexKind);
-  if (kind !== 'exact' && kind !== 'hnsw') throw new UndoError(`index must be exact, hnsw or auto, got ${String(opts.index)}`);
+  if (kind !== 'exact' && kind !== 'hnsw') throw new Err(`index must be exact, hnsw or auto, got ${String(opts.index)}`);
   const hp: HnswParams = { ...DEFAULT_HNSW, ...(opts.hnsw ?? {}) };
-  for (const [name, v] of Object.entries(hp)) if (!Number.isInteger(v) || v < 1) throw new UndoError(`HNSW ${name} must be a positive integer, got ${v}`);
+  for (const [name, v] of Object.entries(hp)) if (!Number.isInteger(v) || v < 1) throw new Err(`HNSW ${name} must be a positive integer, got ${v}`);
   fs.mkdirSync(opts.out, { recursive: true });
   // a store being replaced loses its manifest first: a half-written directory is never taken for a store
   fs.rmSync(path.join(opts.out, KNN_MANIFEST), { force: true });
@@ -325,25 +328,25 @@ export class KnnStore {
     const read = <A extends Float32Array | Int32Array>(name: string, make: (b: ArrayBuffer, n: number) => A, per: number): A => {
       const file = path.join(dir, name);
       const want = m.files[name];
-      if (!want) throw new UndoError(`kNN store ${dir}: ${KNN_MANIFEST} lists no file ${name}`);
-      if (!fs.existsSync(file)) throw new UndoError(`kNN store ${dir}: ${name} is missing`);
+      if (!want) throw new Err(`kNN store ${dir}: ${KNN_MANIFEST} lists no file ${name}`);
+      if (!fs.existsSync(file)) throw new Err(`kNN store ${dir}: ${name} is missing`);
       const size = fs.statSync(file).size;
       if (size !== want.bytes || size !== m.entries * per * 4) {
-        throw new UndoError(`kNN store ${dir}: ${name} has ${size} bytes; the manifest says ${want.bytes} (${m.entries} entries × ${per} × 4)`, 'the store is damaged or was not completely written: rebuild it (undo-native knn-store build)');
+        throw new Err(`kNN store ${dir}: ${name} has ${size} bytes; the manifest says ${want.bytes} (${m.entries} entries × ${per} × 4)`, 'the store is damaged or was not completely written: rebuild it (undo-native knn-store build)');
       }
       const buf = fs.readFileSync(file);
       if (opts.verify && crypto.createHash('sha256').update(buf).digest('hex') !== want.sha256) {
-        throw new UndoError(`kNN store ${dir}: ${name} does not match its sha256 in the manifest`, 'the store is damaged: rebuild it');
+        throw new Err(`kNN store ${dir}: ${name} does not match its sha256 in the manifest`, 'the store is damaged: rebuild it');
       }
       const ab = buf.buffer.slice(buf.byteOffset, buf.byteOffset + buf.byteLength) as ArrayBuffer;
       return make(ab, m.entries * per);
     };
-    if (os.endianness() !== 'LE') throw new UndoError('kNN stores are little-endian; this machine is big-endian');
+    if (os.endianness() !== 'LE') throw new Err('kNN stores are little-endian; this machine is big-endian');
     this.keys = read(FILES.keys, (b, n) => new Float32Array(b, 0, n), m.dim);
     this.values = read(FILES.values, (b, n) => new Int32Array(b, 0, n), 1);
     this.positions = read(FILES.positions, (b, n) => new Int32Array(b, 0, n), 1);
     for (let j = 0; j < m.entries; j++) {
-      if (!(this.values[j] >= 0 && this.values[j] < m.vocab)) throw new UndoError(`kNN store ${dir}: entry ${j} has value ${this.values[j]}, outside the vocabulary (${m.vocab})`);
+      if (!(this.values[j] >= 0 && this.values[j] < m.vocab)) throw new Err(`kNN store ${dir}: entry ${j} has value ${this.values[j]}, outside the vocabulary (${m.vocab})`);
     }
     this.norms = new Float32Array(m.entries);
     for (let j = 0, d = m.dim; j < m.entries; j++) {
@@ -354,29 +357,29 @@ export class KnnStore {
     if (m.index.kind === 'hnsw') {
       const file = path.join(dir, m.index.file ?? FILES.index);
       const want = m.files[m.index.file ?? FILES.index];
-      if (!fs.existsSync(file) || !want) throw new UndoError(`kNN store ${dir}: the HNSW index ${m.index.file} is missing`, 'rebuild the store');
-      if (fs.statSync(file).size !== want.bytes) throw new UndoError(`kNN store ${dir}: ${m.index.file} has ${fs.statSync(file).size} bytes, the manifest says ${want.bytes}`, 'rebuild the store');
-      if (opts.verify && sha256File(file) !== want.sha256) throw new UndoError(`kNN store ${dir}: ${m.index.file} does not match its sha256`, 'rebuild the store');
+      if (!fs.existsSync(file) || !want) throw new Err(`kNN store ${dir}: the HNSW index ${m.index.file} is missing`, 'rebuild the store');
+      if (fs.statSync(file).size !== want.bytes) throw new Err(`kNN store ${dir}: ${m.index.file} has ${fs.statSync(file).size} bytes, the manifest says ${want.bytes}`, 'rebuild the store');
+      if (opts.verify && sha256File(file) !== want.sha256) throw new Err(`kNN store ${dir}: ${m.index.file} does not match its sha256`, 'rebuild the store');
       const U = usearch();
       this.index = new U.Index({ dimensions: m.dim, metric: U.MetricKind.L2sq, quantization: U.ScalarKind.F32, connectivity: m.index.connectivity ?? DEFAULT_HNSW.connectivity, expansion_add: m.index.expansionAdd ?? DEFAULT_HNSW.expansionAdd, expansion_search: m.index.expansionSearch ?? DEFAULT_HNSW.expansionSearch, multi: false });
       // load (not view): a loaded index reserves its search contexts for every hardware thread
       this.index.load(file);
-      if (this.index.size() !== m.entries) throw new UndoError(`kNN store ${dir}: the index holds ${this.index.size()} vectors, the store ${m.entries}`, 'rebuild the store');
+      if (this.index.size() !== m.entries) throw new Err(`kNN store ${dir}: the index holds ${this.index.size()} vectors, the store ${m.entries}`, 'rebuild the store');
     }
   }
 
   /** Open a store; `verify` (default true) checks every file's sha256. Errors name the store and the file. */
   static open(dir: string, opts: { verify?: boolean } = {}): KnnStore {
     const mf = path.join(dir, KNN_MANIFEST);
-    if (!fs.existsSync(mf)) throw new UndoError(`${dir} is not a kNN store (no ${KNN_MANIFEST})`, 'build one with undo-native knn-store build');
-    const m = readJson<KnnManifest>(mf, 'kNN store manifest');
-    if (m.format !== KNN_FORMAT) throw new UndoError(`${mf}: field "format" is ${JSON.stringify(m.format)}, expected "${KNN_FORMAT}"`);
-    if (m.version !== KNN_VERSION) throw new UndoError(`${mf}: store version ${m.version} is not supported (this build reads version ${KNN_VERSION})`);
+    if (!fs.existsSync(mf)) throw new Err(`${dir} is not a kNN store (no ${KNN_MANIFEST})`, 'build one with undo-native knn-store build');
+    const m = readJson<KnnManifest>(mf, 'kNN store manifest', 'ERR_TEACHER_STORE');
+    if (m.format !== KNN_FORMAT) throw new Err(`${mf}: field "format" is ${JSON.stringify(m.format)}, expected "${KNN_FORMAT}"`);
+    if (m.version !== KNN_VERSION) throw new Err(`${mf}: store version ${m.version} is not supported (this build reads version ${KNN_VERSION})`);
     for (const f of ['entries', 'dim', 'vocab', 'k'] as const) {
-      if (!(Number.isInteger(m[f]) && m[f] > 0)) throw new UndoError(`${mf}: field "${f}" must be a positive integer, got ${JSON.stringify(m[f])}`);
+      if (!(Number.isInteger(m[f]) && m[f] > 0)) throw new Err(`${mf}: field "${f}" must be a positive integer, got ${JSON.stringify(m[f])}`);
     }
-    if (!(m.temperature > 0)) throw new UndoError(`${mf}: field "temperature" must be > 0, got ${JSON.stringify(m.temperature)}`);
-    if (m.index?.kind !== 'exact' && m.index?.kind !== 'hnsw') throw new UndoError(`${mf}: field "index.kind" must be "exact" or "hnsw", got ${JSON.stringify(m.index?.kind)}`);
+    if (!(m.temperature > 0)) throw new Err(`${mf}: field "temperature" must be > 0, got ${JSON.stringify(m.temperature)}`);
+    if (m.index?.kind !== 'exact' && m.index?.kind !== 'hnsw') throw new Err(`${mf}: field "index.kind" must be "exact" or "hnsw", got ${JSON.stringify(m.index?.kind)}`);
     return new KnnStore(dir, m, { verify: opts.verify ?? true });
   }
 
@@ -409,10 +412,10 @@ export class KnnStore {
   /** The k nearest entries of n queries (n × dim), ascending by squared L2 distance. */
   search(queries: Float32Array, n: number, k: number, opts: SearchOptions = {}): SearchResult {
     const d = this.dim;
-    if (!Number.isInteger(k) || k < 1) throw new UndoError(`kNN search: k must be a positive integer, got ${k}`);
-    if (queries.length !== n * d) throw new UndoError(`kNN search: ${queries.length} query values for ${n} queries of dimension ${d}`);
+    if (!Number.isInteger(k) || k < 1) throw new Err(`kNN search: k must be a positive integer, got ${k}`);
+    if (queries.length !== n * d) throw new Err(`kNN search: ${queries.length} query values for ${n} queries of dimension ${d}`);
     const ex = opts.excludeEntries;
-    if (ex && ex.length !== n) throw new UndoError(`kNN search: excludeEntries has ${ex.length} entries for ${n} queries`);
+    if (ex && ex.length !== n) throw new Err(`kNN search: excludeEntries has ${ex.length} entries for ${n} queries`);
     const out: SearchResult = { entries: new Int32Array(n * k).fill(-1), distances: new Float32Array(n * k).fill(Infinity), counts: new Int32Array(n), k };
     if (n === 0) return out;
     const extra = ex ? 1 : 0;
@@ -560,17 +563,17 @@ export class KnnTeacher {
 
   constructor(readonly store: KnnStore, readonly keyModel: Model, opts: KnnTeacherOptions = {}) {
     const m = store.manifest;
-    if (keyModel.config.hiddenSize !== m.dim) throw new UndoError(`kNN store ${store.dir} holds keys of dimension ${m.dim}; the key model's hidden size is ${keyModel.config.hiddenSize}`);
-    if (keyModel.config.vocabSize !== m.vocab) throw new UndoError(`kNN store ${store.dir} has vocab ${m.vocab}; the key model ${keyModel.config.vocabSize}`);
-    if (tokenizerHash(keyModel.tokenizer) !== m.tokenizer.sha256) throw new UndoError(`kNN store ${store.dir} was built with another tokenizer than the key model's`);
+    if (keyModel.config.hiddenSize !== m.dim) throw new Err(`kNN store ${store.dir} holds keys of dimension ${m.dim}; the key model's hidden size is ${keyModel.config.hiddenSize}`);
+    if (keyModel.config.vocabSize !== m.vocab) throw new Err(`kNN store ${store.dir} has vocab ${m.vocab}; the key model ${keyModel.config.vocabSize}`);
+    if (tokenizerHash(keyModel.tokenizer) !== m.tokenizer.sha256) throw new Err(`kNN store ${store.dir} was built with another tokenizer than the key model's`);
     resolveLayer(m.keyModel.layer, keyModel.config.numLayers);
     this.k = opts.k ?? m.k;
     this.temperature = opts.temperature ?? m.temperature;
     this.lambda = opts.lambda ?? 1;
     this.exact = !!opts.exact;
-    if (!Number.isInteger(this.k) || this.k < 1) throw new UndoError(`kNN teacher: k must be a positive integer, got ${this.k}`);
-    if (!(this.temperature > 0 && Number.isFinite(this.temperature))) throw new UndoError(`kNN teacher: temperature must be finite and > 0, got ${this.temperature}`);
-    if (!(this.lambda >= 0 && this.lambda <= 1)) throw new UndoError(`kNN teacher: λ must be in [0, 1], got ${this.lambda}`);
+    if (!Number.isInteger(this.k) || this.k < 1) throw new Err(`kNN teacher: k must be a positive integer, got ${this.k}`);
+    if (!(this.temperature > 0 && Number.isFinite(this.temperature))) throw new Err(`kNN teacher: temperature must be finite and > 0, got ${this.temperature}`);
+    if (!(this.lambda >= 0 && this.lambda <= 1)) throw new Err(`kNN teacher: λ must be in [0, 1], got ${this.lambda}`);
   }
 
   /** Whether `data` is the data the store was built on (then queries leave their own entry out). */
@@ -606,7 +609,7 @@ export class KnnTeacher {
 
   /** The teacher's log-probabilities for rows [row0, row0 + n) of the last prepared batch (n × vocab). */
   async rows(row0: number, n: number, out?: Float32Array): Promise<Float32Array> {
-    if (!this.last) throw new UndoError('KnnTeacher.rows: call prepare(batch) first');
+    if (!this.last) throw new Err('KnnTeacher.rows: call prepare(batch) first');
     const V = this.store.vocab;
     const o = knnLogProbs(this.store.values, this.last, n, V, this.temperature, out, row0);
     if (this.lambda < 1) {

@@ -30,7 +30,7 @@
  */
 import * as fs from 'fs';
 import * as path from 'path';
-import { UndoError } from '../core/errors';
+import { UndoError, errorClass } from '../core/errors';
 import { mixSeeds, Rng } from '../core/rng';
 import { readJson, writeJsonAtomic } from '../core/fsutil';
 import { Batcher, Document, packDocuments, TokenDocument } from '../data/datasets';
@@ -38,6 +38,9 @@ import { Model } from '../models/model';
 import { sampleToken } from '../models/generate';
 import { train, TrainConfig, TrainOptions, TrainResult } from '../train/train';
 import { GaussianAccountant, normalQuantile } from './privacy';
+
+/** Errors of this module: code ERR_ARGUMENT unless one names another. */
+const Err = errorClass('ERR_ARGUMENT');
 
 export type VoteScheme = 'hot' | 'independent' | 'cold';
 export const VOTE_SCHEMES: readonly VoteScheme[] = ['hot', 'independent', 'cold'];
@@ -76,7 +79,7 @@ export function castVotes(scheme: VoteScheme, logits: ArrayLike<number>, n: numb
       const s = g ? l * invT + g[j] : l;
       if (s > best) { best = s; arg = j; }
     }
-    if (arg < 0) throw new UndoError(`teacher ${i}: every token has probability 0`);
+    if (arg < 0) throw new Err(`teacher ${i}: every token has probability 0`);
     votes[i] = arg;
   }
   return votes;
@@ -226,29 +229,29 @@ function checkConfig(cfg: PateConfig): Required<PateConfig> {
   const c: Required<PateConfig> = {
     temperature: 1, onAbstain: 'stop', retries: 3, publicConfidence: 1, samples: 1, maxNewTokens: 48, seed: 0, batchSize: 16, ...cfg,
   };
-  if (!VOTE_SCHEMES.includes(c.scheme)) throw new UndoError(`unknown vote scheme "${c.scheme}"`, `choose from ${VOTE_SCHEMES.join(', ')}`);
-  if (!ABSTAIN_POLICIES.includes(c.onAbstain)) throw new UndoError(`unknown abstain policy "${c.onAbstain}"`, `choose from ${ABSTAIN_POLICIES.join(', ')}`);
-  if (!(c.temperature > 0)) throw new UndoError(`temperature must be > 0, got ${c.temperature}`);
-  if (!(c.sigma >= 0) || !(c.thresholdSigma >= 0)) throw new UndoError(`noise scales must be ≥ 0, got σ=${c.sigma}, threshold σ=${c.thresholdSigma}`);
-  if (!Number.isFinite(c.threshold)) throw new UndoError(`threshold must be a number, got ${c.threshold}`);
+  if (!VOTE_SCHEMES.includes(c.scheme)) throw new Err(`unknown vote scheme "${c.scheme}"`, `choose from ${VOTE_SCHEMES.join(', ')}`);
+  if (!ABSTAIN_POLICIES.includes(c.onAbstain)) throw new Err(`unknown abstain policy "${c.onAbstain}"`, `choose from ${ABSTAIN_POLICIES.join(', ')}`);
+  if (!(c.temperature > 0)) throw new Err(`temperature must be > 0, got ${c.temperature}`);
+  if (!(c.sigma >= 0) || !(c.thresholdSigma >= 0)) throw new Err(`noise scales must be ≥ 0, got σ=${c.sigma}, threshold σ=${c.thresholdSigma}`);
+  if (!Number.isFinite(c.threshold)) throw new Err(`threshold must be a number, got ${c.threshold}`);
   for (const [k, v] of [['samples', c.samples], ['maxNewTokens', c.maxNewTokens], ['batchSize', c.batchSize]] as const) {
-    if (!Number.isInteger(v) || v < 1) throw new UndoError(`${k} must be an integer ≥ 1, got ${v}`);
+    if (!Number.isInteger(v) || v < 1) throw new Err(`${k} must be an integer ≥ 1, got ${v}`);
   }
-  if (!Number.isInteger(c.retries) || c.retries < 0) throw new UndoError(`retries must be an integer ≥ 0, got ${c.retries}`);
-  if (!(c.publicConfidence > 0 && c.publicConfidence <= 1)) throw new UndoError(`publicConfidence must be in (0, 1], got ${c.publicConfidence}`);
+  if (!Number.isInteger(c.retries) || c.retries < 0) throw new Err(`retries must be an integer ≥ 0, got ${c.retries}`);
+  if (!(c.publicConfidence > 0 && c.publicConfidence <= 1)) throw new Err(`publicConfidence must be in (0, 1], got ${c.publicConfidence}`);
   return c;
 }
 
 /** Teachers (and the public model) must share one vocabulary and stop tokens. */
 export function checkEnsemble(teachers: readonly Model[], publicModel?: Model, names?: readonly string[]): void {
-  if (teachers.length < 1) throw new UndoError('Hot PATE needs at least one teacher');
+  if (teachers.length < 1) throw new Err('Hot PATE needs at least one teacher');
   const V = teachers[0].config.vocabSize;
   const stops = teachers[0].stopTokenIds().join(',');
   const all = publicModel ? [...teachers, publicModel] : [...teachers];
   all.forEach((m, i) => {
     const name = names?.[i] ?? (i < teachers.length ? `teacher ${i}` : 'the public model');
-    if (m.config.vocabSize !== V) throw new UndoError(`${name}: vocabulary size ${m.config.vocabSize} differs from the first teacher's ${V}`, 'teachers and the public model must share one tokenizer');
-    if (m.stopTokenIds().join(',') !== stops) throw new UndoError(`${name}: stop tokens [${m.stopTokenIds()}] differ from the first teacher's [${stops}]`);
+    if (m.config.vocabSize !== V) throw new Err(`${name}: vocabulary size ${m.config.vocabSize} differs from the first teacher's ${V}`, 'teachers and the public model must share one tokenizer');
+    if (m.stopTokenIds().join(',') !== stops) throw new Err(`${name}: stop tokens [${m.stopTokenIds()}] differ from the first teacher's [${stops}]`);
   });
 }
 
@@ -261,11 +264,11 @@ export async function pateGenerate(teachers: Model[], prompts: readonly Int32Arr
   const c = checkConfig(config);
   const pub = opts.publicModel;
   checkEnsemble(teachers, pub, opts.names);
-  if ((c.onAbstain === 'public' || c.publicConfidence < 1) && !pub) throw new UndoError(`${c.onAbstain === 'public' ? 'onAbstain "public"' : 'publicConfidence < 1'} needs a public model`);
+  if ((c.onAbstain === 'public' || c.publicConfidence < 1) && !pub) throw new Err(`${c.onAbstain === 'public' ? 'onAbstain "public"' : 'publicConfidence < 1'} needs a public model`);
   const nonPrivate = c.sigma === 0 && c.thresholdSigma === 0;
   const acc = opts.accountant;
-  if (!nonPrivate && !acc) throw new UndoError('a private run (σ > 0) needs an accountant with the (ε, δ) budget');
-  if (!nonPrivate && c.sigma === 0) throw new UndoError('σ = 0 with a threshold check releases the exact argmax: not private', 'give σ > 0, or σ = σ₁ = 0 for a non-private reference run');
+  if (!nonPrivate && !acc) throw new Err('a private run (σ > 0) needs an accountant with the (ε, δ) budget');
+  if (!nonPrivate && c.sigma === 0) throw new Err('σ = 0 with a threshold check releases the exact argmax: not private', 'give σ > 0, or σ = σ₁ = 0 for a non-private reference run');
   const cost = queryCosts(c);
   const n = teachers.length;
   const V = teachers[0].config.vocabSize;
@@ -290,7 +293,7 @@ export async function pateGenerate(teachers: Model[], prompts: readonly Int32Arr
   const groups = new Map<number, number[]>();
   for (let q = 0; q < Q; q++) {
     const p = prompts[Math.floor(q / c.samples)];
-    if (p.length === 0) throw new UndoError(`prompt ${Math.floor(q / c.samples)} is empty`);
+    if (p.length === 0) throw new Err(`prompt ${Math.floor(q / c.samples)} is empty`);
     const g = groups.get(p.length) ?? [];
     g.push(q);
     groups.set(p.length, g);
@@ -299,7 +302,7 @@ export async function pateGenerate(teachers: Model[], prompts: readonly Int32Arr
   const logitsAll = new Float32Array(n * V);
   for (const [len, members] of groups) {
     const positions = len + c.maxNewTokens - 1;
-    if (positions > maxPos) throw new UndoError(`prompt length ${len} + ${c.maxNewTokens} new tokens exceeds max_position_embeddings (${maxPos})`);
+    if (positions > maxPos) throw new Err(`prompt length ${len} + ${c.maxNewTokens} new tokens exceeds max_position_embeddings (${maxPos})`);
     for (let s = 0; s < members.length; s += c.batchSize) {
       const rows = members.slice(s, s + c.batchSize);
       const B = rows.length;
@@ -398,8 +401,8 @@ function topProb(logits: Float32Array): { arg: number; prob: number } {
 
 /** Split documents into n disjoint parts of sizes differing by at most one (shuffled by seed, then dealt round-robin). */
 export function partitionDocuments<T>(docs: readonly T[], n: number, seed: number): T[][] {
-  if (!Number.isInteger(n) || n < 1) throw new UndoError(`the number of partitions must be an integer ≥ 1, got ${n}`);
-  if (docs.length < n) throw new UndoError(`${docs.length} documents cannot fill ${n} partitions`, 'give more data or fewer teachers');
+  if (!Number.isInteger(n) || n < 1) throw new Err(`the number of partitions must be an integer ≥ 1, got ${n}`);
+  if (docs.length < n) throw new Err(`${docs.length} documents cannot fill ${n} partitions`, 'give more data or fewer teachers');
   const order = new Rng(mixSeeds(seed, 'pate-partition')).permutation(docs.length);
   const parts: T[][] = Array.from({ length: n }, () => []);
   for (let k = 0; k < order.length; k++) parts[k % n].push(docs[order[k]]);
@@ -439,7 +442,7 @@ export async function trainTeachers(o: TrainTeachersOptions): Promise<{ dirs: st
   if (fs.existsSync(manifestPath)) {
     const m = readJson<{ identity?: unknown; finished?: string[] }>(manifestPath, 'teacher partitions manifest');
     if (JSON.stringify(m.identity) !== JSON.stringify(identity)) {
-      throw new UndoError(`${manifestPath} belongs to another partitioning (${JSON.stringify(m.identity)})`, 'use a new --out directory');
+      throw new Err(`${manifestPath} belongs to another partitioning (${JSON.stringify(m.identity)})`, 'use a new --out directory');
     }
     done = m.finished ?? [];
   }
@@ -454,10 +457,10 @@ export async function trainTeachers(o: TrainTeachersOptions): Promise<{ dirs: st
     const model = typeof o.base === 'string' ? Model.load(o.base) : o.base(i);
     const seed = mixSeeds(o.seed, 'teacher', i);
     const data = packDocuments(model.tokenizer, parts[i], o.seqLen, { seed });
-    if (data.count === 0) throw new UndoError(`partition ${i} (${parts[i].length} documents) holds less than one window of ${o.seqLen + 1} tokens`, 'lower --seq-len or give more data');
+    if (data.count === 0) throw new Err(`partition ${i} (${parts[i].length} documents) holds less than one window of ${o.seqLen + 1} tokens`, 'lower --seq-len or give more data');
     const batcher = new Batcher(data, { batchSize: o.batchSize, seed });
     const r: TrainResult = await train(model, batcher, o.cfg, { outDir: dir, meta: { kind: 'pate-teacher', teacher: i, of: parts.length, documents: parts[i].length }, ...o.trainHooks?.(i) });
-    if (r.interrupted) throw new UndoError(`interrupted while training ${name}; rerun the same command to continue with the unfinished teachers`);
+    if (r.interrupted) throw new Err(`interrupted while training ${name}; rerun the same command to continue with the unfinished teachers`);
     done = [...done.filter((d) => d !== name), name];
     writeJsonAtomic(manifestPath, { identity, sizes, finished: done });
   }
@@ -470,9 +473,9 @@ export function resolveTeacherDirs(args: readonly string[]): string[] {
   const out: string[] = [];
   for (const a of args) {
     if (fs.existsSync(path.join(a, 'config.json'))) { out.push(a); continue; }
-    if (!fs.existsSync(a) || !fs.statSync(a).isDirectory()) throw new UndoError(`--teachers ${a}: not a directory`);
+    if (!fs.existsSync(a) || !fs.statSync(a).isDirectory()) throw new Err(`--teachers ${a}: not a directory`);
     const subs = fs.readdirSync(a).filter((d) => /^teacher-\d+$/.test(d) && fs.existsSync(path.join(a, d, 'config.json'))).sort();
-    if (!subs.length) throw new UndoError(`--teachers ${a}: neither a model directory (config.json) nor a directory of teacher-NNN models`);
+    if (!subs.length) throw new Err(`--teachers ${a}: neither a model directory (config.json) nor a directory of teacher-NNN models`);
     out.push(...subs.map((d) => path.join(a, d)));
   }
   return out;
@@ -506,9 +509,9 @@ export function releasedDocuments(model: Model, prompts: readonly Int32Array[], 
 
 /** Train the student on the released documents (cross-entropy on the completions). */
 export async function trainOnReleased(student: Model, docs: readonly Document[], cfg: TrainConfig, o: { seqLen: number; batchSize: number; seed: number; outDir?: string } & Pick<TrainOptions, 'onStep' | 'onEval' | 'evaluate'>): Promise<TrainResult> {
-  if (!docs.length) throw new UndoError('no released response to train the student on', 'raise the privacy budget, lower the noise or the threshold, or allow incomplete responses');
+  if (!docs.length) throw new Err('no released response to train the student on', 'raise the privacy budget, lower the noise or the threshold, or allow incomplete responses');
   const data = packDocuments(student.tokenizer, docs, o.seqLen, { seed: o.seed });
-  if (data.count === 0) throw new UndoError(`the released data holds less than one window of ${o.seqLen + 1} tokens`, 'lower --seq-len');
+  if (data.count === 0) throw new Err(`the released data holds less than one window of ${o.seqLen + 1} tokens`, 'lower --seq-len');
   const batcher = new Batcher(data, { batchSize: o.batchSize, seed: o.seed });
   return train(student, batcher, cfg, { outDir: o.outDir, meta: { kind: 'pate-student', documents: docs.length }, onStep: o.onStep, onEval: o.onEval, evaluate: o.evaluate });
 }

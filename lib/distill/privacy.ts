@@ -22,7 +22,10 @@
  * adaptively chosen compositions. The analysis is data-independent: unlike the data-dependent bounds of
  * Papernot et al. 2018 and the paper's target charging, a unanimous vote costs as much as a split one.
  */
-import { UndoError } from '../core/errors';
+import { UndoError, errorClass } from '../core/errors';
+
+/** Errors of this module: code ERR_ARGUMENT unless one names another. */
+const Err = errorClass('ERR_ARGUMENT');
 
 export type PrivacyConversion = 'rdp' | 'rdp-classic' | 'gdp';
 export const PRIVACY_CONVERSIONS: readonly PrivacyConversion[] = ['rdp', 'rdp-classic', 'gdp'];
@@ -56,7 +59,7 @@ export function normalQuantile(p: number, upper = false): number {
   if (!(p > 0 && p < 1)) {
     if (p === 0) return upper ? Infinity : -Infinity;
     if (p === 1) return upper ? -Infinity : Infinity;
-    throw new UndoError(`normalQuantile: p must be in [0, 1], got ${p}`);
+    throw new Err(`normalQuantile: p must be in [0, 1], got ${p}`);
   }
   if (upper) return -normalQuantile(p);
   const a = [-3.969683028665376e+01, 2.209460984245205e+02, -2.759285104469687e+02, 1.383577518672690e+02, -3.066479806614716e+01, 2.506628277459239e+00];
@@ -133,7 +136,7 @@ export function epsilonOf(rho: number, delta: number, conversion: PrivacyConvers
 }
 
 function checkDelta(delta: number, where: string): void {
-  if (!(delta > 0 && delta < 1)) throw new UndoError(`${where}: δ must be in (0, 1), got ${delta}`);
+  if (!(delta > 0 && delta < 1)) throw new Err(`${where}: δ must be in (0, 1), got ${delta}`);
 }
 
 export interface AccountantOptions {
@@ -160,10 +163,10 @@ export class GaussianAccountant {
   private counts = new Map<string, number>();
 
   constructor(opts: AccountantOptions) {
-    if (!(opts.epsilon > 0)) throw new UndoError(`privacy budget: ε must be > 0, got ${opts.epsilon}`);
+    if (!(opts.epsilon > 0)) throw new Err(`privacy budget: ε must be > 0, got ${opts.epsilon}`);
     checkDelta(opts.delta, 'privacy budget');
     const conversion = opts.conversion ?? 'rdp';
-    if (!PRIVACY_CONVERSIONS.includes(conversion)) throw new UndoError(`unknown privacy conversion "${conversion}"`, `choose from ${PRIVACY_CONVERSIONS.join(', ')}`);
+    if (!PRIVACY_CONVERSIONS.includes(conversion)) throw new Err(`unknown privacy conversion "${conversion}"`, `choose from ${PRIVACY_CONVERSIONS.join(', ')}`);
     this.epsilonBudget = opts.epsilon;
     this.delta = opts.delta;
     this.conversion = conversion;
@@ -171,7 +174,7 @@ export class GaussianAccountant {
 
   /** ρ of one Gaussian mechanism with noise σ and L2 sensitivity Δ. */
   static rhoOf(sigma: number, sensitivity = 1): number {
-    if (!(sigma > 0)) throw new UndoError(`Gaussian mechanism: σ must be > 0, got ${sigma}`);
+    if (!(sigma > 0)) throw new Err(`Gaussian mechanism: σ must be > 0, got ${sigma}`);
     return (sensitivity * sensitivity) / (2 * sigma * sigma);
   }
 
@@ -203,7 +206,7 @@ export class GaussianAccountant {
 
   /** Charge ρ unconditionally. */
   charge(rho: number, label = 'gaussian'): void {
-    if (!(rho >= 0) || !Number.isFinite(rho)) throw new UndoError(`privacy charge must be a finite ρ ≥ 0, got ${rho}`);
+    if (!(rho >= 0) || !Number.isFinite(rho)) throw new Err(`privacy charge must be a finite ρ ≥ 0, got ${rho}`);
     this.rhoSum += rho;
     this.counts.set(label, (this.counts.get(label) ?? 0) + 1);
   }

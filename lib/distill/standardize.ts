@@ -16,10 +16,13 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { EigenvalueDecomposition, Matrix } from 'ml-matrix';
-import { UndoError } from '../core/errors';
+import { UndoError, errorClass } from '../core/errors';
 import { native } from '../core/native';
 import { readJson, sha256File, writeFileAtomic, writeJsonAtomic } from '../core/fsutil';
 import { normalizedHadamard } from './hadamard';
+
+/** Errors of this module: code ERR_ARGUMENT unless one names another. */
+const Err = errorClass('ERR_ARGUMENT');
 
 export const STANDARDIZATIONS = ['none', 'perdim', 'global', 'pca-whiten', 'phi-s'] as const;
 export type Standardization = (typeof STANDARDIZATIONS)[number];
@@ -37,7 +40,7 @@ export class FeatureStats {
   readonly m2: Float64Array;
 
   constructor(dim: number) {
-    if (!Number.isInteger(dim) || dim < 1) throw new UndoError(`feature statistics: dimension must be a positive integer, got ${dim}`);
+    if (!Number.isInteger(dim) || dim < 1) throw new Err(`feature statistics: dimension must be a positive integer, got ${dim}`);
     this.dim = dim;
     this.mean = new Float64Array(dim);
     this.m2 = new Float64Array(dim * dim);
@@ -46,7 +49,7 @@ export class FeatureStats {
   /** Add the rows of x ([rows, dim] row-major) whose mask entry is non-zero (mask null: all rows). */
   add(x: Float32Array | Float64Array, rows: number, mask: Uint8Array | null = null): void {
     const d = this.dim;
-    if (x.length < rows * d) throw new UndoError(`feature statistics: ${rows} rows of ${d} need ${rows * d} values, got ${x.length}`);
+    if (x.length < rows * d) throw new Err(`feature statistics: ${rows} rows of ${d} need ${rows * d} values, got ${x.length}`);
     const sel: number[] = [];
     for (let r = 0; r < rows; r++) if (!mask || mask[r]) sel.push(r);
     const nb = sel.length;
@@ -83,7 +86,7 @@ export class FeatureStats {
 
   /** The unbiased sample covariance (divisor N − 1), d × d row-major. */
   covariance(): Float64Array {
-    if (this.count < 2) throw new UndoError(`feature statistics: a covariance needs at least 2 rows, got ${this.count}`);
+    if (this.count < 2) throw new Err(`feature statistics: a covariance needs at least 2 rows, got ${this.count}`);
     const c = new Float64Array(this.m2.length);
     for (let i = 0; i < c.length; i++) c[i] = this.m2[i] / (this.count - 1);
     return c;
@@ -126,15 +129,15 @@ export function loadFeatureStats(dir: string, name: string, key: StatsKey): Feat
   const mf = path.join(dir, `${name}.json`);
   if (!fs.existsSync(mf)) return null;
   const m = readJson<{ format?: string; dim?: number; count?: number; key?: StatsKey; file?: string; sha256?: string }>(mf, 'feature statistics manifest');
-  if (m.format !== STATS_FORMAT || !Number.isInteger(m.dim) || typeof m.file !== 'string') throw new UndoError(`${mf}: not a feature statistics manifest (fields format, dim, file)`);
+  if (m.format !== STATS_FORMAT || !Number.isInteger(m.dim) || typeof m.file !== 'string') throw new Err(`${mf}: not a feature statistics manifest (fields format, dim, file)`);
   const same = m.key && Object.keys(key).length === Object.keys(m.key).length && Object.entries(key).every(([k, v]) => m.key![k] === v);
   if (!same) return null;
   const bin = path.join(dir, m.file);
   const d = m.dim!;
-  if (!fs.existsSync(bin)) throw new UndoError(`${bin}: missing (named by ${mf})`);
+  if (!fs.existsSync(bin)) throw new Err(`${bin}: missing (named by ${mf})`);
   const size = fs.statSync(bin).size;
-  if (size !== 8 * (1 + d + d * d)) throw new UndoError(`${bin}: ${size} bytes, expected ${8 * (1 + d + d * d)} for dimension ${d}`);
-  if (sha256File(bin) !== m.sha256) throw new UndoError(`${bin}: checksum mismatch (the file is damaged)`, `delete ${mf} to recompute the statistics`);
+  if (size !== 8 * (1 + d + d * d)) throw new Err(`${bin}: ${size} bytes, expected ${8 * (1 + d + d * d)} for dimension ${d}`);
+  if (sha256File(bin) !== m.sha256) throw new Err(`${bin}: checksum mismatch (the file is damaged)`, `delete ${mf} to recompute the statistics`);
   const buf = fs.readFileSync(bin);
   const s = new FeatureStats(d);
   s.count = buf.readDoubleLE(0);
@@ -191,7 +194,7 @@ export class Standardizer {
 
   /** The transform of `kind` fitted to the statistics. `what` names the features in errors (e.g. "teacher 2 layer 5"). */
   static fit(kind: Standardization, stats: FeatureStats, what = 'features'): Standardizer {
-    if (!(STANDARDIZATIONS as readonly string[]).includes(kind)) throw new UndoError(`unknown standardization "${kind}"`, `one of: ${STANDARDIZATIONS.join(', ')}`);
+    if (!(STANDARDIZATIONS as readonly string[]).includes(kind)) throw new Err(`unknown standardization "${kind}"`, `one of: ${STANDARDIZATIONS.join(', ')}`);
     const d = stats.dim;
     if (kind === 'none') return new Standardizer(kind, d, new Float32Array(d), new Float32Array(d).fill(1), null, null, null);
     const mean = Float32Array.from(stats.mean);
@@ -199,7 +202,7 @@ export class Standardizer {
     if (kind === 'perdim' || kind === 'global') {
       const v = stats.variances();
       const tr = v.reduce((a, b) => a + b, 0) / d;
-      if (!(tr > 0)) throw new UndoError(`${what}: zero variance (every feature is constant over the data)`);
+      if (!(tr > 0)) throw new Err(`${what}: zero variance (every feature is constant over the data)`);
       const floor = 1e-12 * tr;
       const scale = kind === 'perdim' ? Float32Array.from(v, (x) => 1 / Math.sqrt(Math.max(x, floor))) : new Float32Array(d).fill(1 / Math.sqrt(tr));
       return new Standardizer(kind, d, mean, scale, null, null, kind === 'global' ? Math.sqrt(tr) : null);
@@ -208,7 +211,7 @@ export class Standardizer {
     const H = kind === 'phi-s' ? normalizedHadamard(d, `PHI-S for ${what} (width ${d})`) : null;
     const { values, vectors: U } = symmetricEigen(c, d);
     const meanLam = values.reduce((a, b) => a + Math.max(b, 0), 0) / d;
-    if (!(meanLam > 0)) throw new UndoError(`${what}: zero variance (every feature is constant over the data)`);
+    if (!(meanLam > 0)) throw new Err(`${what}: zero variance (every feature is constant over the data)`);
     const A = new Float64Array(d * d), Ai = new Float64Array(d * d);
     let alpha: number | null = null;
     if (kind === 'pca-whiten') {

@@ -60,11 +60,15 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import type { Batch, Batcher, PackedDataset } from '../data/datasets';
-import { describeError, UndoError } from '../core/errors';
+import { describeError, UndoError, errorClass } from '../core/errors';
 import { readJson, sha256Fd, writeFileAtomic, writeJsonAtomic } from '../core/fsutil';
 import type { TopKTeacher } from '../train/losses';
 import { configToHF, Model } from '../models/model';
 import { ByteTokenizer, Tokenizer } from '../data/tokenizer';
+
+/** Errors of this module: code ERR_TEACHER_STORE unless one names another. */
+const Err = errorClass('ERR_TEACHER_STORE');
+const NotFoundError = errorClass('ERR_NOT_FOUND');
 
 export const STORE_FORMAT = 'undo-teacher-topk';
 export const STORE_VERSION = 1;
@@ -231,16 +235,16 @@ export class TopKCodec {
   private readonly r = new BitReader();
 
   constructor(k: number, vocab: number, opts: { headCount?: number; headBits?: number; tailBits?: number } = {}) {
-    if (!Number.isSafeInteger(vocab) || vocab < 1 || vocab > 2 ** 31) throw new UndoError(`top-k codec: vocab must be an integer in [1, 2^31], got ${vocab}`);
-    if (!Number.isSafeInteger(k) || k < 1) throw new UndoError(`top-k codec: k must be a positive integer, got ${k}`);
-    if (k > vocab) throw new UndoError(`top-k k = ${k} is larger than the vocabulary (${vocab})`, 'choose --topk ≤ the teacher\'s vocab_size');
+    if (!Number.isSafeInteger(vocab) || vocab < 1 || vocab > 2 ** 31) throw new Err(`top-k codec: vocab must be an integer in [1, 2^31], got ${vocab}`);
+    if (!Number.isSafeInteger(k) || k < 1) throw new Err(`top-k codec: k must be a positive integer, got ${k}`);
+    if (k > vocab) throw new Err(`top-k k = ${k} is larger than the vocabulary (${vocab})`, 'choose --topk ≤ the teacher\'s vocab_size');
     const headBits = opts.headBits ?? DEFAULT_HEAD_BITS;
     const tailBits = opts.tailBits ?? DEFAULT_TAIL_BITS;
     for (const [name, b] of [['headBits', headBits], ['tailBits', tailBits]] as const) {
-      if (!Number.isInteger(b) || b < 2 || b > 24) throw new UndoError(`top-k codec: ${name} must be an integer in [2, 24], got ${b}`);
+      if (!Number.isInteger(b) || b < 2 || b > 24) throw new Err(`top-k codec: ${name} must be an integer in [2, 24], got ${b}`);
     }
     const headCount = Math.min(opts.headCount ?? DEFAULT_HEAD, k - 1);
-    if (!Number.isInteger(headCount) || headCount < 0) throw new UndoError(`top-k codec: headCount must be a non-negative integer, got ${opts.headCount}`);
+    if (!Number.isInteger(headCount) || headCount < 0) throw new Err(`top-k codec: headCount must be a non-negative integer, got ${opts.headCount}`);
     this.k = k;
     this.vocab = vocab;
     this.idBits = Math.max(1, Math.ceil(Math.log2(vocab)));
@@ -260,15 +264,15 @@ export class TopKCodec {
 
   /** Rebuild a codec from a manifest's encoding; throws (naming `where`) when it is not one this code writes. */
   static fromEncoding(e: TopKEncoding, where: string): TopKCodec {
-    if (!e || typeof e !== 'object') throw new UndoError(`${where}: field "encoding" is missing`);
-    if (e.name !== ENCODING_NAME) throw new UndoError(`${where}: unsupported encoding ${JSON.stringify(e.name)} (field encoding.name)`, `this version reads "${ENCODING_NAME}"`);
+    if (!e || typeof e !== 'object') throw new Err(`${where}: field "encoding" is missing`);
+    if (e.name !== ENCODING_NAME) throw new Err(`${where}: unsupported encoding ${JSON.stringify(e.name)} (field encoding.name)`, `this version reads "${ENCODING_NAME}"`);
     const c = new TopKCodec(e.k, e.vocab, { headCount: e.headCount, headBits: e.headBits, tailBits: e.tailBits });
     const want: Record<string, number> = {
       idBits: c.idBits, headCount: c.headCount, recordBits: c.recordBits, recordBytes: c.recordBytes, lp0Bits: LP0_BITS, lp0Scale: LP0_SCALE,
     };
     for (const [f, v] of Object.entries(want)) {
       const got = (e as unknown as Record<string, unknown>)[f];
-      if (got !== v) throw new UndoError(`${where}: field encoding.${f} is ${JSON.stringify(got)}, but k = ${e.k} and vocab = ${e.vocab} imply ${v}`);
+      if (got !== v) throw new Err(`${where}: field encoding.${f} is ${JSON.stringify(got)}, but k = ${e.k} and vocab = ${e.vocab} imply ${v}`);
     }
     return c;
   }
@@ -283,11 +287,11 @@ export class TopKCodec {
     w.reset(dst, at);
     for (let i = 0; i < k; i++) {
       const id = ids[off + i];
-      if (!(id >= 0 && id < this.vocab) || !Number.isInteger(id)) throw new UndoError(`top-k codec: id ${id} is outside the vocabulary [0, ${this.vocab})`);
+      if (!(id >= 0 && id < this.vocab) || !Number.isInteger(id)) throw new Err(`top-k codec: id ${id} is outside the vocabulary [0, ${this.vocab})`);
       w.put(id, idBits);
     }
     const lp0 = lps[off];
-    if (Number.isNaN(lp0)) throw new UndoError('top-k codec: log-probability is NaN');
+    if (Number.isNaN(lp0)) throw new Err('top-k codec: log-probability is NaN');
     let c0 = Math.round(-lp0 * LP0_SCALE);
     c0 = c0 < 0 ? 0 : c0 > LP0_MAX ? LP0_MAX : c0;
     w.put(c0, LP0_BITS);
@@ -389,7 +393,7 @@ export class TopKSelector {
   private readonly order: number[];
 
   constructor(readonly k: number, readonly vocab: number) {
-    if (!Number.isInteger(k) || k < 1 || k > vocab) throw new UndoError(`top-k k = ${k} must be an integer in [1, vocab = ${vocab}]`);
+    if (!Number.isInteger(k) || k < 1 || k > vocab) throw new Err(`top-k k = ${k} must be an integer in [1, vocab = ${vocab}]`);
     this.ids = new Int32Array(k);
     this.lps = new Float64Array(k);
     this.hv = new Float64Array(k);
@@ -443,14 +447,14 @@ export class TopKSelector {
     for (let i = 0; i < k; i++) order[i] = i;
     order.sort((a, b) => (hv[b] - hv[a]) || (hi[a] - hi[b]));
     const max = hv[order[0]];
-    if (!Number.isFinite(max)) throw new UndoError(`teacher logits are not finite (largest ${max})`, 'the teacher model diverged or its weights are corrupt');
+    if (!Number.isFinite(max)) throw new Err(`teacher logits are not finite (largest ${max})`, 'the teacher model diverged or its weights are corrupt');
     // Σ exp(x − max) over the row; entries below max − 50 add < V·e^−50 and are skipped
     let sum = 0;
     const lo = max - EXP_CUT;
     for (let j = 0; j < vocab; j++) {
       const x = row[off + j];
       if (x >= lo) sum += expNeg(x - max);
-      else if (x !== x) throw new UndoError('teacher logits contain NaN', 'the teacher model diverged or its weights are corrupt');
+      else if (x !== x) throw new Err('teacher logits contain NaN', 'the teacher model diverged or its weights are corrupt');
     }
     let top = 0;
     for (let i = 0; i < k; i++) {
@@ -476,7 +480,7 @@ function hashFile(h: crypto.Hash, file: string, what: string): void {
   try {
     fd = fs.openSync(file, 'r');
   } catch (e) {
-    throw new UndoError(`cannot read ${what} ${file}: ${describeError(e)}`);
+    throw new Err(`cannot read ${what} ${file}: ${describeError(e)}`);
   }
   try {
     const size = fs.fstatSync(fd).size;
@@ -503,7 +507,7 @@ export function teacherHashFromDir(dir: string): string {
   if (!fs.existsSync(single) && fs.existsSync(index)) {
     // a sharded checkpoint: the index, then every shard it names, in name order
     hashFile(h, index, 'teacher weight index');
-    const map = readJson<{ weight_map?: Record<string, string> }>(index, 'weight index').weight_map ?? {};
+    const map = readJson<{ weight_map?: Record<string, string> }>(index, 'weight index', 'ERR_SAFETENSORS').weight_map ?? {};
     for (const f of [...new Set(Object.values(map))].sort()) hashFile(h, path.join(dir, f), 'teacher weight shard');
   } else {
     hashFile(h, single, 'teacher weights');
@@ -671,12 +675,12 @@ function isHex64(v: unknown): v is string {
 export function readManifest(dir: string): TeacherStoreManifest {
   const file = path.join(dir, MANIFEST_FILE);
   if (!fs.existsSync(file)) {
-    if (!fs.existsSync(dir)) throw new UndoError(`teacher store ${dir} does not exist`);
-    throw new UndoError(`teacher store ${dir}: ${MANIFEST_FILE} is missing`, 'build the store with `undo-native cache-teacher`');
+    if (!fs.existsSync(dir)) throw new NotFoundError(`teacher store ${dir} does not exist`);
+    throw new Err(`teacher store ${dir}: ${MANIFEST_FILE} is missing`, 'build the store with `undo-native cache-teacher`');
   }
-  const m = readJson<TeacherStoreManifest>(file, 'teacher store manifest');
+  const m = readJson<TeacherStoreManifest>(file, 'teacher store manifest', 'ERR_TEACHER_STORE');
   const bad = (field: string, why: string): never => {
-    throw new UndoError(`teacher store ${dir}: ${MANIFEST_FILE} field "${field}" ${why}`);
+    throw new Err(`teacher store ${dir}: ${MANIFEST_FILE} field "${field}" ${why}`);
   };
   if (!m || typeof m !== 'object' || Array.isArray(m)) bad('(top level)', 'is not a JSON object');
   if (m.format !== STORE_FORMAT) bad('format', `is ${JSON.stringify(m.format)}, expected "${STORE_FORMAT}"`);
@@ -809,7 +813,7 @@ export class TeacherStore {
     this.verified = new Uint8Array(m.numShards);
     this.scratch = Buffer.alloc(m.seqLen * this.codec.recordBytes);
     if (!m.complete && !opts.allowIncomplete) {
-      throw new UndoError(`teacher store ${dir} is incomplete: ${m.shards.length} of ${m.numShards} shards were written`,
+      throw new Err(`teacher store ${dir} is incomplete: ${m.shards.length} of ${m.numShards} shards were written`,
         'its cache-teacher run was interrupted; finish it with `undo-native cache-teacher ... --resume`');
     }
     // sizes and headers of every shard now (cheap), checksums per the verify mode
@@ -825,7 +829,7 @@ export class TeacherStore {
   }
 
   private fail(s: ShardEntry, why: string): never {
-    throw new UndoError(`teacher store ${this.dir}: shard ${s.file} ${why}`,
+    throw new Err(`teacher store ${this.dir}: shard ${s.file} ${why}`,
       'rebuild the store, or repair it with `undo-native cache-teacher ... --resume` (it recomputes bad shards)');
   }
 
@@ -851,7 +855,7 @@ export class TeacherStore {
     try {
       fd = fs.openSync(path.join(this.dir, s.file), 'r');
     } catch (e) {
-      throw new UndoError(`teacher store ${this.dir}: cannot open shard ${s.file}: ${describeError(e)}`);
+      throw new Err(`teacher store ${this.dir}: cannot open shard ${s.file}: ${describeError(e)}`);
     }
     this.fds.set(s.index, fd);
     if (this.fds.size > this.maxOpen) {
@@ -865,11 +869,11 @@ export class TeacherStore {
   /** The shard entry holding window w. */
   shardOf(w: number): ShardEntry {
     if (!Number.isInteger(w) || w < 0 || w >= this.numWindows) {
-      throw new UndoError(`teacher store ${this.dir}: window ${w} is out of range (the store has ${this.numWindows} windows)`);
+      throw new Err(`teacher store ${this.dir}: window ${w} is out of range (the store has ${this.numWindows} windows)`);
     }
     const idx = Math.floor(w / this.manifest.shardWindows);
     const s = this.entries[idx];
-    if (!s) throw new UndoError(`teacher store ${this.dir}: shard ${shardFileName(idx)} (windows from ${idx * this.manifest.shardWindows}) has not been written`, 'finish the store with `undo-native cache-teacher ... --resume`');
+    if (!s) throw new Err(`teacher store ${this.dir}: shard ${shardFileName(idx)} (windows from ${idx * this.manifest.shardWindows}) has not been written`, 'finish the store with `undo-native cache-teacher ... --resume`');
     return s;
   }
 
@@ -883,12 +887,12 @@ export class TeacherStore {
    * `out` (from allocate, for exactly these many rows) is filled in place when given.
    */
   read(windows: ArrayLike<number>, out?: TopKRows): TopKRows {
-    if (this.closed) throw new UndoError(`teacher store ${this.dir} is closed`);
+    if (this.closed) throw new Err(`teacher store ${this.dir} is closed`);
     const T = this.seqLen;
     const rows = windows.length * T;
     const o = out ?? this.allocate(rows);
     if (o.rows !== rows || o.ids.length !== rows * this.k || o.logprobs.length !== rows * this.k || o.tail.length !== rows) {
-      throw new UndoError(`teacher store ${this.dir}: the output holds ${o.rows} rows, but ${windows.length} windows need ${rows}`);
+      throw new Err(`teacher store ${this.dir}: the output holds ${o.rows} rows, but ${windows.length} windows need ${rows}`);
     }
     const rb = this.codec.recordBytes;
     const len = T * rb;
@@ -925,7 +929,7 @@ function checkExpect(dir: string, m: TeacherStoreManifest, ex: StoreExpectation)
   const cmp = (what: string, field: string, got: string | number, want: string | number | undefined) => {
     if (want === undefined || got === want) return;
     const show = (v: string | number) => (typeof v === 'string' && v.length === 64 ? `${v.slice(0, 12)}…` : String(v));
-    throw new UndoError(`teacher store ${dir} was built for another ${what} (field ${field}: the store has ${show(got)}, expected ${show(want)})`, hint);
+    throw new Err(`teacher store ${dir} was built for another ${what} (field ${field}: the store has ${show(got)}, expected ${show(want)})`, hint);
   };
   cmp('tokenizer', 'tokenizer.sha256', m.tokenizer.sha256, ex.tokenizerHash);
   cmp('data', 'data.sha256', m.data.sha256, ex.dataHash);
@@ -961,7 +965,7 @@ export function batchWindows(batcher: Batcher, batch: Batch): Int32Array {
 /** The stored teacher top-k (rows B·T, the batch's layout) for a batch from `batcher` over the store's data. */
 export function teacherForBatch(store: TeacherStore, batcher: Batcher, batch: Batch, out?: TopKRows): TopKRows {
   if (batch.T !== store.seqLen || batcher.data.count !== store.numWindows) {
-    throw new UndoError(`teacher store ${store.dir} holds ${store.numWindows} windows of ${store.seqLen} tokens; the batcher's data has ${batcher.data.count} of ${batch.T}`);
+    throw new Err(`teacher store ${store.dir} holds ${store.numWindows} windows of ${store.seqLen} tokens; the batcher's data has ${batcher.data.count} of ${batch.T}`);
   }
   return store.read(batchWindows(batcher, batch), out);
 }
@@ -1025,7 +1029,7 @@ export function defaultShardWindows(seqLen: number, recordBytes: number): number
 function sameOrFail(dir: string, field: string, got: unknown, want: unknown): void {
   if (got !== want) {
     const show = (v: unknown) => (typeof v === 'string' && v.length === 64 ? `${v.slice(0, 12)}…` : JSON.stringify(v));
-    throw new UndoError(`cannot resume teacher store ${dir}: it was built with a different ${field} (the store has ${show(got)}, this run ${show(want)})`,
+    throw new Err(`cannot resume teacher store ${dir}: it was built with a different ${field} (the store has ${show(got)}, this run ${show(want)})`,
       'use the same teacher, data, --topk, --seq-len and --shard-windows, or write a new store with another --out');
   }
 }
@@ -1038,22 +1042,22 @@ export async function cacheTeacher(teacher: Model, data: PackedDataset, opts: Ca
   const dir = opts.out;
   const V = teacher.config.vocabSize;
   const k = opts.k;
-  if (!Number.isSafeInteger(k) || k < 1) throw new UndoError(`top-k k must be a positive integer, got ${k}`);
-  if (k > V) throw new UndoError(`top-k k = ${k} is larger than the teacher's vocabulary (${V})`, 'choose --topk ≤ the teacher\'s vocab_size');
-  if (data.count < 1) throw new UndoError('cacheTeacher: the data has no complete window');
+  if (!Number.isSafeInteger(k) || k < 1) throw new Err(`top-k k must be a positive integer, got ${k}`);
+  if (k > V) throw new Err(`top-k k = ${k} is larger than the teacher's vocabulary (${V})`, 'choose --topk ≤ the teacher\'s vocab_size');
+  if (data.count < 1) throw new Err('cacheTeacher: the data has no complete window');
   const T = data.seqLen;
-  if (T > teacher.config.maxPositions) throw new UndoError(`sequence length ${T} exceeds the teacher's max_position_embeddings (${teacher.config.maxPositions})`);
+  if (T > teacher.config.maxPositions) throw new Err(`sequence length ${T} exceeds the teacher's max_position_embeddings (${teacher.config.maxPositions})`);
   const B = opts.batchSize ?? 8;
-  if (!Number.isSafeInteger(B) || B < 1) throw new UndoError(`batch size must be a positive integer, got ${B}`);
+  if (!Number.isSafeInteger(B) || B < 1) throw new Err(`batch size must be a positive integer, got ${B}`);
   const codec = new TopKCodec(k, V);
   const S = opts.shardWindows ?? defaultShardWindows(T, codec.recordBytes);
-  if (!Number.isSafeInteger(S) || S < 1) throw new UndoError(`shard windows must be a positive integer, got ${S}`);
-  if (S * T * codec.recordBytes + SHARD_HEADER_BYTES > 2 ** 31 - 1) throw new UndoError(`a shard of ${S} windows would exceed 2 GiB; use fewer shard windows`);
+  if (!Number.isSafeInteger(S) || S < 1) throw new Err(`shard windows must be a positive integer, got ${S}`);
+  if (S * T * codec.recordBytes + SHARD_HEADER_BYTES > 2 ** 31 - 1) throw new Err(`a shard of ${S} windows would exceed 2 GiB; use fewer shard windows`);
   const N = data.count;
   const numShards = Math.ceil(N / S);
   const log = opts.onLog ?? (() => undefined);
   const id: Identity = { teacher: opts.teacherHash ?? teacherHashFromModel(teacher), tokenizer: tokenizerHash(teacher.tokenizer), data: dataHash(data) };
-  if (!isHex64(id.teacher)) throw new UndoError(`teacher hash must be a 64-digit lower-case hex sha256, got ${JSON.stringify(id.teacher)}`);
+  if (!isHex64(id.teacher)) throw new Err(`teacher hash must be a 64-digit lower-case hex sha256, got ${JSON.stringify(id.teacher)}`);
 
   const manifest: TeacherStoreManifest = {
     format: STORE_FORMAT, version: STORE_VERSION,
@@ -1071,7 +1075,7 @@ export async function cacheTeacher(teacher: Model, data: PackedDataset, opts: Ca
   const manifestFile = path.join(dir, MANIFEST_FILE);
   if (fs.existsSync(manifestFile)) {
     if (!opts.resume) {
-      throw new UndoError(`${dir} already holds a teacher store`, 'pass --resume (resume: true) to continue or repair it, or choose another --out');
+      throw new Err(`${dir} already holds a teacher store`, 'pass --resume (resume: true) to continue or repair it, or choose another --out');
     }
     const old = readManifest(dir);
     sameOrFail(dir, 'teacher (field teacher.sha256)', old.teacher.sha256, id.teacher);
@@ -1096,11 +1100,11 @@ export async function cacheTeacher(teacher: Model, data: PackedDataset, opts: Ca
       }
     }
   } else if (fs.existsSync(dir)) {
-    if (!fs.statSync(dir).isDirectory()) throw new UndoError(`--out ${dir} exists and is not a directory`);
+    if (!fs.statSync(dir).isDirectory()) throw new Err(`--out ${dir} exists and is not a directory`);
     const others = fs.readdirSync(dir).filter((f) => !STALE_TMP.test(f) && !/^shard-\d+\.bin$/.test(f));
     const shards = fs.readdirSync(dir).filter((f) => /^shard-\d+\.bin$/.test(f));
-    if (others.length) throw new UndoError(`--out ${dir} exists and is not a teacher store (it holds ${others.slice(0, 3).join(', ')}${others.length > 3 ? ', ...' : ''})`, 'choose a new or empty directory');
-    if (shards.length && !opts.resume) throw new UndoError(`${dir} holds shard files but no ${MANIFEST_FILE}`, 'pass --resume to rebuild the store there, or choose another --out');
+    if (others.length) throw new Err(`--out ${dir} exists and is not a teacher store (it holds ${others.slice(0, 3).join(', ')}${others.length > 3 ? ', ...' : ''})`, 'choose a new or empty directory');
+    if (shards.length && !opts.resume) throw new Err(`${dir} holds shard files but no ${MANIFEST_FILE}`, 'pass --resume to rebuild the store there, or choose another --out');
   }
   fs.mkdirSync(dir, { recursive: true });
   for (const f of fs.readdirSync(dir)) {
@@ -1123,7 +1127,7 @@ export async function cacheTeacher(teacher: Model, data: PackedDataset, opts: Ca
 
   const sel = new TopKSelector(k, V);
   const chunkRows = opts.logitRows ?? Math.max(1, Math.floor((1 << 24) / V));
-  if (!Number.isSafeInteger(chunkRows) || chunkRows < 1) throw new UndoError(`logitRows must be a positive integer, got ${chunkRows}`);
+  if (!Number.isSafeInteger(chunkRows) || chunkRows < 1) throw new Err(`logitRows must be a positive integer, got ${chunkRows}`);
   const logitBuf = new Float32Array(Math.min(chunkRows, B * T) * V);  // reused by every chunk
   const started = Date.now();
   let tokensThisRun = 0;

@@ -18,12 +18,17 @@
  */
 import * as fs from 'fs';
 import * as path from 'path';
-import { UndoError, describeError } from '../core/errors';
+import { UndoError, describeError, errorClass } from '../core/errors';
 import { fsyncDir, readJson, writeJsonAtomic } from '../core/fsutil';
 import {
   formatShape, HOST_LE, f16ToF32BitsTable, openForRead, product, readFully, readSafetensorsHeader, SafetensorsHeader,
   WritableDType, WriteTensor, writeSafetensorsStream, writtenByteLength,
 } from './safetensors';
+
+/** Errors of this module: code ERR_SAFETENSORS unless one names another. */
+const Err = errorClass('ERR_SAFETENSORS');
+const ArgumentError = errorClass('ERR_ARGUMENT');
+const NotFoundError = errorClass('ERR_NOT_FOUND');
 
 /** The single-file weights name. */
 export const SINGLE_FILE = 'model.safetensors';
@@ -53,11 +58,11 @@ export function parseSize(v: number | string, what = 'size'): number {
     const m = /^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$/i.exec(v);
     const unit = m ? SIZE_UNITS[(m[2] || 'B').toUpperCase()] : undefined;
     if (!m || unit === undefined) {
-      throw new UndoError(`${what}: cannot read ${JSON.stringify(v)} as a size`, 'give bytes, or a number with B, KB, MB, GB, KiB, MiB or GiB, e.g. "2GB"');
+      throw new ArgumentError(`${what}: cannot read ${JSON.stringify(v)} as a size`, 'give bytes, or a number with B, KB, MB, GB, KiB, MiB or GiB, e.g. "2GB"');
     }
     n = Math.floor(Number(m[1]) * unit);
   }
-  if (!Number.isSafeInteger(n) || n < 1) throw new UndoError(`${what}: must be a positive whole number of bytes, got ${JSON.stringify(v)}`);
+  if (!Number.isSafeInteger(n) || n < 1) throw new ArgumentError(`${what}: must be a positive whole number of bytes, got ${JSON.stringify(v)}`);
   return n;
 }
 
@@ -69,7 +74,7 @@ export const TORCH_TO_SAFETENSORS: Readonly<Record<TorchDType, WritableDType>> =
 /** Check a torch dtype name (e.g. a save option); `what` names it in the error. */
 export function parseTorchDType(v: unknown, what = 'dtype'): TorchDType {
   if (v === 'float32' || v === 'bfloat16' || v === 'float16') return v;
-  throw new UndoError(`${what}: unsupported dtype ${JSON.stringify(v)}`, 'choose float32, bfloat16 or float16');
+  throw new ArgumentError(`${what}: unsupported dtype ${JSON.stringify(v)}`, 'choose float32, bfloat16 or float16');
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -154,7 +159,7 @@ export class CheckpointReader {
    * tensor the index names is checked to be in its shard, before this returns.
    */
   static open(dir: string): CheckpointReader {
-    if (!fs.existsSync(dir) || !fs.statSync(dir).isDirectory()) throw new UndoError(`model directory ${dir} does not exist`);
+    if (!fs.existsSync(dir) || !fs.statSync(dir).isDirectory()) throw new NotFoundError(`model directory ${dir} does not exist`);
     const single = path.join(dir, SINGLE_FILE);
     if (fs.existsSync(single)) {
       const header = readSafetensorsHeader(single);
@@ -165,7 +170,7 @@ export class CheckpointReader {
     const indexFile = path.join(dir, INDEX_FILE);
     if (!fs.existsSync(indexFile)) {
       const other = ['pytorch_model.bin', 'pytorch_model.bin.index.json', 'model.pt'].find((f) => fs.existsSync(path.join(dir, f)));
-      throw new UndoError(`${dir}: no ${SINGLE_FILE} or ${INDEX_FILE}`,
+      throw new Err(`${dir}: no ${SINGLE_FILE} or ${INDEX_FILE}`,
         other ? `it holds ${other}: convert the checkpoint to safetensors first` : 'a model directory needs its weights as safetensors');
     }
     const byShard = readIndex(indexFile);
@@ -174,11 +179,11 @@ export class CheckpointReader {
     for (const [shard, names] of [...byShard].sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0))) {
       const file = path.join(dir, shard);
       if (!fs.existsSync(file)) {
-        throw new UndoError(`${indexFile}: shard "${shard}" (weight_map entry for tensor "${names[0]}") does not exist in ${dir}`);
+        throw new Err(`${indexFile}: shard "${shard}" (weight_map entry for tensor "${names[0]}") does not exist in ${dir}`);
       }
       const header = readSafetensorsHeader(file);
       for (const name of names) {
-        if (!header.tensors.has(name)) throw new UndoError(`${indexFile} maps tensor "${name}" to ${shard}, but ${file} has no tensor "${name}"`);
+        if (!header.tensors.has(name)) throw new Err(`${indexFile} maps tensor "${name}" to ${shard}, but ${file} has no tensor "${name}"`);
       }
       addEntries(entries, file, header, names);
       shards.push({ file, bytes: fs.statSync(file).size, tensors: names.length });
@@ -221,7 +226,7 @@ export class CheckpointReader {
     const where = `${e.file}: tensor "${name}" (shape ${formatShape(e.shape)})`;
     if (!opts.columns && !opts.transpose) return e.shape.slice();
     if (e.shape.length !== 2 && !(e.shape.length === 1 && !opts.transpose)) {
-      throw new UndoError(`${where}: ${opts.transpose ? 'transpose needs a 2-D tensor' : 'a column range needs a 1-D or 2-D tensor'}`);
+      throw new Err(`${where}: ${opts.transpose ? 'transpose needs a 2-D tensor' : 'a column range needs a 1-D or 2-D tensor'}`);
     }
     const rows = e.shape.length === 2 ? e.shape[0] : 1;
     const cols = e.shape[e.shape.length - 1];
@@ -229,7 +234,7 @@ export class CheckpointReader {
     if (opts.columns) {
       const [b, end] = opts.columns;
       if (!Number.isInteger(b) || !Number.isInteger(end) || b < 0 || end < b || end > cols) {
-        throw new UndoError(`${where}: column range [${b}, ${end}) is outside [0, ${cols})`);
+        throw new Err(`${where}: column range [${b}, ${end}) is outside [0, ${cols})`);
       }
       width = end - b;
     }
@@ -245,9 +250,9 @@ export class CheckpointReader {
   readInto(name: string, dest: Float32Array, opts: ReadOptions = {}): void {
     const e = this.entry(name);
     const n = product(this.outputShape(name, opts));
-    if (dest.length !== n) throw new UndoError(`${e.file}: tensor "${name}" gives ${n} values, but the destination holds ${dest.length}`);
+    if (dest.length !== n) throw new Err(`${e.file}: tensor "${name}" gives ${n} values, but the destination holds ${dest.length}`);
     if (!readableAsF32(e.dtype)) {
-      throw new UndoError(`${e.file}: tensor "${name}" has dtype ${e.dtype}, which cannot be read as weights`, 'supported: F32, BF16, F16, F64');
+      throw new Err(`${e.file}: tensor "${name}" has dtype ${e.dtype}, which cannot be read as weights`, 'supported: F32, BF16, F16, F64');
     }
     const fd = this.fd(e.file);
     if (!opts.columns && !opts.transpose) {
@@ -277,7 +282,7 @@ export class CheckpointReader {
     const e = this.entries.get(name);
     if (!e) {
       const names = this.names();
-      throw new UndoError(`${this.source}: no tensor "${name}"`,
+      throw new Err(`${this.source}: no tensor "${name}"`,
         names.length ? `it has ${names.length} tensors, e.g. ${names.slice(0, 5).map((n) => `"${n}"`).join(', ')}` : 'it holds no tensors');
     }
     return e;
@@ -384,20 +389,20 @@ function addEntries(entries: Map<string, Entry>, file: string, header: Safetenso
 
 /** Parse model.safetensors.index.json into shard file → tensor names (in index order). */
 function readIndex(indexFile: string): Map<string, string[]> {
-  const json = readJson<Record<string, unknown>>(indexFile, 'checkpoint index');
-  if (!json || typeof json !== 'object' || Array.isArray(json)) throw new UndoError(`${indexFile}: not a JSON object`);
+  const json = readJson<Record<string, unknown>>(indexFile, 'checkpoint index', 'ERR_SAFETENSORS');
+  if (!json || typeof json !== 'object' || Array.isArray(json)) throw new Err(`${indexFile}: not a JSON object`);
   const map = json.weight_map;
-  if (!map || typeof map !== 'object' || Array.isArray(map)) throw new UndoError(`${indexFile}: field "weight_map" is missing or not an object`);
+  if (!map || typeof map !== 'object' || Array.isArray(map)) throw new Err(`${indexFile}: field "weight_map" is missing or not an object`);
   const byShard = new Map<string, string[]>();
   for (const [name, shard] of Object.entries(map as Record<string, unknown>)) {
     if (typeof shard !== 'string' || !shard || shard !== path.basename(shard) || shard === '.' || shard === '..') {
-      throw new UndoError(`${indexFile}: weight_map entry for tensor "${name}" must be a file name in the same directory, got ${JSON.stringify(shard)}`);
+      throw new Err(`${indexFile}: weight_map entry for tensor "${name}" must be a file name in the same directory, got ${JSON.stringify(shard)}`);
     }
     const list = byShard.get(shard);
     if (list) list.push(name);
     else byShard.set(shard, [name]);
   }
-  if (byShard.size === 0) throw new UndoError(`${indexFile}: field "weight_map" lists no tensors`);
+  if (byShard.size === 0) throw new Err(`${indexFile}: field "weight_map" lists no tensors`);
   return byShard;
 }
 

@@ -14,9 +14,12 @@
  * through writeFileAtomicStream: a temporary sibling renamed over the destination at the end, nothing left
  * behind on failure. What goes in a model's GGUF (names, metadata, vocabulary) is lib/formats/gguf_model.ts.
  */
-import { UndoError } from '../core/errors';
+import { UndoError, errorClass } from '../core/errors';
 import { writeFileAtomicStream } from '../core/fsutil';
 import { float32ToBf16Bits, float32ToF16Bits } from './safetensors';
+
+/** Errors of this module: code ERR_GGUF unless one names another. */
+const Err = errorClass('ERR_GGUF');
 
 /** Weight encodings `export --gguf --type` offers. */
 export const GGUF_TYPES = ['f32', 'f16', 'bf16', 'q8_0'] as const;
@@ -66,7 +69,7 @@ export function encodedBytes(type: GgufType, n: number): number {
 
 /** Q8_0 blocks of `src` (length a multiple of 32) into `out` (34 bytes per block), as ggml's reference quantizer. */
 export function quantizeQ8_0(src: Float32Array, out: Uint8Array = new Uint8Array(encodedBytes('q8_0', src.length))): Uint8Array {
-  if (src.length % Q8_0_BLOCK !== 0) throw new UndoError(`internal: Q8_0 needs a multiple of ${Q8_0_BLOCK} values, got ${src.length}`);
+  if (src.length % Q8_0_BLOCK !== 0) throw new Err(`internal: Q8_0 needs a multiple of ${Q8_0_BLOCK} values, got ${src.length}`);
   const view = new DataView(out.buffer, out.byteOffset, out.byteLength);
   const d16 = new Uint16Array(1);
   const dSrc = new Float32Array(1);
@@ -154,12 +157,12 @@ class ByteWriter {
 
 function writeValue(w: ByteWriter, key: string, v: GgufValue): void {
   const num = (x: number, what: string) => {
-    if (!Number.isFinite(x)) throw new UndoError(`GGUF metadata ${key}: ${what} ${x} is not a finite number`);
+    if (!Number.isFinite(x)) throw new Err(`GGUF metadata ${key}: ${what} ${x} is not a finite number`);
     return x;
   };
   switch (v.type) {
     case 'u32':
-      if (!Number.isInteger(v.value) || v.value < 0 || v.value > 0xffffffff) throw new UndoError(`GGUF metadata ${key}: ${v.value} is not a u32`);
+      if (!Number.isInteger(v.value) || v.value < 0 || v.value > 0xffffffff) throw new Err(`GGUF metadata ${key}: ${v.value} is not a u32`);
       w.u32(KV.u32); w.u32(v.value); return;
     case 'i32': w.u32(KV.i32); w.i32(num(v.value, 'value')); return;
     case 'u64': w.u32(KV.u64); w.u64(v.value); return;
@@ -183,7 +186,7 @@ const CHUNK = 1 << 20;
 export function writeGguf(file: string, metadata: GgufMetadata, tensors: readonly GgufTensor[]): { bytes: number } {
   const keys = new Set<string>();
   for (const [k] of metadata) {
-    if (keys.has(k)) throw new UndoError(`internal: GGUF metadata key ${k} given twice`);
+    if (keys.has(k)) throw new Err(`internal: GGUF metadata key ${k} given twice`);
     keys.add(k);
   }
   const names = new Set<string>();
@@ -203,14 +206,14 @@ export function writeGguf(file: string, metadata: GgufMetadata, tensors: readonl
   let offset = 0;
   const sizes: number[] = [];
   for (const t of tensors) {
-    if (names.has(t.name)) throw new UndoError(`internal: GGUF tensor ${t.name} given twice`);
+    if (names.has(t.name)) throw new Err(`internal: GGUF tensor ${t.name} given twice`);
     names.add(t.name);
     const n = t.shape.reduce((a, b) => a * b, 1);
     if (t.shape.length < 1 || t.shape.length > 4 || !t.shape.every((d) => Number.isInteger(d) && d > 0)) {
-      throw new UndoError(`GGUF tensor ${t.name}: shape [${t.shape.join(', ')}] is not 1 to 4 positive dims`);
+      throw new Err(`GGUF tensor ${t.name}: shape [${t.shape.join(', ')}] is not 1 to 4 positive dims`);
     }
     if (t.type === 'q8_0' && t.shape[t.shape.length - 1] % Q8_0_BLOCK !== 0) {
-      throw new UndoError(`GGUF tensor ${t.name}: Q8_0 needs rows of a multiple of ${Q8_0_BLOCK} values, shape [${t.shape.join(', ')}]`);
+      throw new Err(`GGUF tensor ${t.name}: Q8_0 needs rows of a multiple of ${Q8_0_BLOCK} values, shape [${t.shape.join(', ')}]`);
     }
     w.str(t.name);
     w.u32(t.shape.length);
@@ -229,7 +232,7 @@ export function writeGguf(file: string, metadata: GgufMetadata, tensors: readonl
     tensors.forEach((t, i) => {
       const data = t.data();
       const n = t.shape.reduce((a, b) => a * b, 1);
-      if (data.length !== n) throw new UndoError(`internal: GGUF tensor ${t.name} has ${data.length} values, shape [${t.shape.join(', ')}] needs ${n}`);
+      if (data.length !== n) throw new Err(`internal: GGUF tensor ${t.name} has ${data.length} values, shape [${t.shape.join(', ')}] needs ${n}`);
       for (let s = 0; s < n; s += CHUNK) write(encodeTensor(t.type, data.subarray(s, Math.min(n, s + CHUNK))));
       const pad = (GGUF_ALIGNMENT - (sizes[i] % GGUF_ALIGNMENT)) % GGUF_ALIGNMENT;
       if (pad) write(zeros.subarray(0, pad));

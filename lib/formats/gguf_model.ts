@@ -13,11 +13,14 @@
  * requested type, except Q8_0 on rows that are not a multiple of 32 values, which fall back to F16.
  */
 import * as path from 'path';
-import { UndoError } from '../core/errors';
+import { UndoError, errorClass } from '../core/errors';
 import type { Model } from '../models/model';
 import { ARCHITECTURES, FAMILIES, GgufArchitecture, ModelConfig, slidingLayers } from '../models/config';
 import { GGUF_TYPES, GgufMetadata, GgufTensor, GgufType, LLAMA_FTYPE, Q8_0_BLOCK, writeGguf } from './gguf';
 import { ggufVocab } from './gguf_vocab';
+
+/** Errors of this module: code ERR_GGUF unless one names another. */
+const Err = errorClass('ERR_GGUF');
 
 export interface GgufExportOptions {
   /** weight encoding of the matrices (default f16, like llama.cpp's converter) */
@@ -46,7 +49,7 @@ export function ggufArchitecture(c: ModelConfig): GgufArchitecture {
   const g = ARCHITECTURES[c.family].gguf;
   if (typeof g === 'string') {
     const ok = FAMILIES.filter((f) => typeof ARCHITECTURES[f].gguf !== 'string');
-    throw new UndoError(`model_type ${JSON.stringify(c.family)} cannot be exported to GGUF (${g}); GGUF export supports: ${ok.join(', ')}`);
+    throw new Err(`model_type ${JSON.stringify(c.family)} cannot be exported to GGUF (${g}); GGUF export supports: ${ok.join(', ')}`);
   }
   return g;
 }
@@ -54,14 +57,14 @@ export function ggufArchitecture(c: ModelConfig): GgufArchitecture {
 /** A GGUF type from a user's string, or an UndoError naming --type. */
 export function parseGgufType(t: string): GgufType {
   const v = t.toLowerCase();
-  if (!(GGUF_TYPES as readonly string[]).includes(v)) throw new UndoError(`--type ${JSON.stringify(t)} is not offered for GGUF; choose one of: ${GGUF_TYPES.join(', ')}`);
+  if (!(GGUF_TYPES as readonly string[]).includes(v)) throw new Err(`--type ${JSON.stringify(t)} is not offered for GGUF; choose one of: ${GGUF_TYPES.join(', ')}`);
   return v as GgufType;
 }
 
 /** The configurations llama.cpp's architecture cannot express, refused with the config.json field named. */
 function checkExpressible(c: ModelConfig, g: GgufArchitecture): string[] {
   const notes: string[] = [];
-  const field = (f: string, why: string) => new UndoError(`config.json field ${f}: ${why}`, `llama.cpp's ${g.arch} architecture cannot express it`);
+  const field = (f: string, why: string) => new Err(`config.json field ${f}: ${why}`, `llama.cpp's ${g.arch} architecture cannot express it`);
   const expectAct = g.arch === 'gemma2' || g.arch === 'gpt2' ? 'gelu_tanh' : 'silu';
   if (c.activation !== expectAct) throw field('hidden_act', `activation ${c.activation} where ${g.arch} computes ${expectAct}`);
   if (c.ropeScaling) {
@@ -204,7 +207,7 @@ function ggufTensors(model: Model, g: GgufArchitecture, type: GgufType, fallback
     if (!gname) {
       const m = /^model\.layers\.(\d+)\.(.+)\.(weight|bias)$/.exec(t.name);
       const base = m ? names[m[2]] : undefined;
-      if (!m || !base) throw new UndoError(`internal: decoder tensor ${t.name} has no GGUF name`);
+      if (!m || !base) throw new Err(`internal: decoder tensor ${t.name} has no GGUF name`);
       const L = m[1], kind = m[3];
       const isQ = m[2] === 'self_attn.q_proj', isK = m[2] === 'self_attn.k_proj', isV = m[2] === 'self_attn.v_proj';
       if (g.fusedQkv && (isK || isV)) continue;
@@ -251,7 +254,7 @@ export function exportGguf(model: Model, file: string, opts: GgufExportOptions =
   const c = model.config;
   const type = parseGgufType(opts.type ?? 'f16');
   const g = ggufArchitecture(c);
-  if (g.interleavedRope && c.headDim % 2 !== 0) throw new UndoError(`config.json field head_dim: ${c.headDim} is odd; RoPE needs an even head size`);
+  if (g.interleavedRope && c.headDim % 2 !== 0) throw new Err(`config.json field head_dim: ${c.headDim} is odd; RoPE needs an even head size`);
   const notes = checkExpressible(c, g);
   const stop = model.stopTokenIds().find((id) => id !== model.tokenizer.eos);
   const vocab = ggufVocab(model.tokenizer, c.vocabSize, { pre: opts.pre, eotId: stop });

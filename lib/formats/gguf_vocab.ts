@@ -14,10 +14,13 @@
  * Ids the model has beyond the tokenizer's (padded vocabularies) become "[PADn]" tokens typed UNUSED, as
  * llama.cpp's converter does. Unigram and WordPiece tokenizers have no mapping here: an error names the field.
  */
-import { UndoError } from '../core/errors';
+import { UndoError, errorClass } from '../core/errors';
 import { ByteTokenizer, Tokenizer } from '../data/tokenizer';
 import { HFTokenizer } from '../data/hf_tokenizer';
 import { GgufMetadata } from './gguf';
+
+/** Errors of this module: code ERR_GGUF unless one names another. */
+const Err = errorClass('ERR_GGUF');
 
 type Json = Record<string, unknown>;
 
@@ -100,16 +103,16 @@ function spmStyle(j: Json): { spm: boolean; addSpacePrefix: boolean } {
 }
 
 function mergeStrings(merges: unknown, source: string): string[] {
-  if (!Array.isArray(merges)) throw new UndoError(`${source}: field model.merges must be a list`);
+  if (!Array.isArray(merges)) throw new Err(`${source}: field model.merges must be a list`);
   return merges.map((m, i) => {
     if (typeof m === 'string') return m;
     if (Array.isArray(m) && m.length === 2 && typeof m[0] === 'string' && typeof m[1] === 'string') {
       if (m[0].includes(' ') || m[1].includes(' ')) {
-        throw new UndoError(`${source}: merge ${i} ${JSON.stringify(m)} has a space in a token, which GGUF's "a b" merges cannot spell`);
+        throw new Err(`${source}: merge ${i} ${JSON.stringify(m)} has a space in a token, which GGUF's "a b" merges cannot spell`);
       }
       return `${m[0]} ${m[1]}`;
     }
-    throw new UndoError(`${source}: model.merges[${i}] is neither "a b" nor ["a", "b"]`);
+    throw new Err(`${source}: model.merges[${i}] is neither "a b" nor ["a", "b"]`);
   });
 }
 
@@ -131,7 +134,7 @@ function specialIds(tok: Tokenizer, vocabSize: number, opts: VocabOptions, add: 
 /** Pad the token list to the model's vocabulary with "[PADn]" tokens typed UNUSED. */
 function padTo(tokens: Array<string | undefined>, types: number[], vocabSize: number, source: string): string[] {
   if (tokens.length > vocabSize) {
-    throw new UndoError(`${source}: the tokenizer has ids up to ${tokens.length - 1} but the model's vocab_size is ${vocabSize}`,
+    throw new Err(`${source}: the tokenizer has ids up to ${tokens.length - 1} but the model's vocab_size is ${vocabSize}`,
       'GGUF needs one token per row of the embedding');
   }
   const out = new Array<string>(vocabSize);
@@ -175,15 +178,15 @@ function hfVocab(tok: HFTokenizer, vocabSize: number, opts: VocabOptions): GgufV
   try {
     j = JSON.parse(tok.files['tokenizer.json'].toString('utf8')) as Json;
   } catch (e) {
-    throw new UndoError(`${source}: cannot parse tokenizer.json: ${(e as Error).message}`);
+    throw new Err(`${source}: cannot parse tokenizer.json: ${(e as Error).message}`);
   }
   const model = j.model as Json | undefined;
   if (!model || model.type !== 'BPE') {
-    throw new UndoError(`${source}: field model.type ${JSON.stringify(model?.type)} has no GGUF tokenizer type here`,
+    throw new Err(`${source}: field model.type ${JSON.stringify(model?.type)} has no GGUF tokenizer type here`,
       'supported: BPE (byte-level like GPT-2 / Llama 3 / Qwen, or SentencePiece-style with byte_fallback like Gemma / Llama 2)');
   }
   const vocab = model.vocab as Record<string, number> | undefined;
-  if (!vocab || typeof vocab !== 'object') throw new UndoError(`${source}: field model.vocab is missing`);
+  if (!vocab || typeof vocab !== 'object') throw new Err(`${source}: field model.vocab is missing`);
   const tokens: Array<string | undefined> = [];
   for (const [s, id] of Object.entries(vocab)) tokens[id] = s;
   const types: number[] = new Array(Math.max(vocabSize, tokens.length)).fill(TOKEN_TYPE.normal);
@@ -231,11 +234,11 @@ function hfVocab(tok: HFTokenizer, vocabSize: number, opts: VocabOptions): GgufV
   const decoder = j.decoder as Json | null;
   const byteLevel = typeOf(decoder) === 'ByteLevel' || describePre(j.pre_tokenizer).includes('ByteLevel');
   if (!byteLevel) {
-    throw new UndoError(`${source}: a BPE tokenizer that is neither byte-level (ByteLevel decoder) nor SentencePiece-style (byte_fallback with "▁") has no GGUF tokenizer type here`,
+    throw new Err(`${source}: a BPE tokenizer that is neither byte-level (ByteLevel decoder) nor SentencePiece-style (byte_fallback with "▁") has no GGUF tokenizer type here`,
       `its pre_tokenizer is ${describePre(j.pre_tokenizer)}, its decoder ${typeOf(decoder)}`);
   }
   if (!pre) {
-    throw new UndoError(`${source}: field pre_tokenizer (${describePre(j.pre_tokenizer)}) is not one undo-native can name for llama.cpp ` +
+    throw new Err(`${source}: field pre_tokenizer (${describePre(j.pre_tokenizer)}) is not one undo-native can name for llama.cpp ` +
       `(tokenizer.ggml.pre; recognised: ${KNOWN_PRE.slice(0, 4).join(', ')}); if you know llama.cpp's name for it, pass --gguf-pre NAME`);
   }
   const all = padTo(tokens, types, vocabSize, source);
@@ -256,5 +259,5 @@ function hfVocab(tok: HFTokenizer, vocabSize: number, opts: VocabOptions): GgufV
 export function ggufVocab(tok: Tokenizer, vocabSize: number, opts: VocabOptions = {}): GgufVocab {
   if (tok instanceof ByteTokenizer) return byteVocab(tok, vocabSize, opts);
   if (tok instanceof HFTokenizer) return hfVocab(tok, vocabSize, opts);
-  throw new UndoError(`tokenizer of kind ${JSON.stringify((tok as Tokenizer).kind)} has no GGUF mapping`);
+  throw new Err(`tokenizer of kind ${JSON.stringify((tok as Tokenizer).kind)} has no GGUF mapping`);
 }

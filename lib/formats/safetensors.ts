@@ -28,8 +28,12 @@
  */
 import * as fs from 'fs';
 import { constants as bufferConstants } from 'buffer';
-import { UndoError, describeError } from '../core/errors';
+import { UndoError, describeError, errorClass } from '../core/errors';
 import { writeFileAtomic } from '../core/fsutil';
+
+/** Errors of this module: code ERR_SAFETENSORS unless one names another. */
+const Err = errorClass('ERR_SAFETENSORS');
+const NotFoundError = errorClass('ERR_NOT_FOUND');
 
 // ---------------------------------------------------------------------------------------------
 // Types
@@ -117,7 +121,7 @@ const MAX_HEADER_BYTES = 100_000_000;
 export const HOST_LE = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
 
 function fail(source: string, msg: string, hint?: string): never {
-  throw new UndoError(`safetensors file ${source}: ${msg}`, hint);
+  throw new Err(`safetensors file ${source}: ${msg}`, hint);
 }
 
 /** Number of elements of a shape (1 for a scalar). */
@@ -291,15 +295,15 @@ export function openForRead(path: string): number {
     const fd = fs.openSync(path, 'r');
     if (fs.fstatSync(fd).isDirectory()) {
       fs.closeSync(fd);
-      throw new UndoError(`safetensors file ${path} is a directory`);
+      throw new Err(`safetensors file ${path} is a directory`);
     }
     return fd;
   } catch (e) {
     if (e instanceof UndoError) throw e;
     const code = (e as NodeJS.ErrnoException).code;
-    if (code === 'ENOENT') throw new UndoError(`safetensors file not found: ${path}`);
-    if (code === 'EISDIR') throw new UndoError(`safetensors file ${path} is a directory`);
-    throw new UndoError(`cannot open safetensors file ${path}: ${describeError(e)}`, { cause: e });
+    if (code === 'ENOENT') throw new NotFoundError(`safetensors file not found: ${path}`);
+    if (code === 'EISDIR') throw new Err(`safetensors file ${path} is a directory`);
+    throw new Err(`cannot open safetensors file ${path}: ${describeError(e)}`, { cause: e });
   }
 }
 
@@ -315,7 +319,7 @@ export function readFully(fd: number, buf: Uint8Array, pos: number, path: string
     try {
       n = fs.readSync(fd, buf, off, Math.min(MAX_CHUNK, buf.byteLength - off), pos + off);
     } catch (e) {
-      throw new UndoError(`cannot read safetensors file ${path}: ${describeError(e)}`, { cause: e });
+      throw new Err(`cannot read safetensors file ${path}: ${describeError(e)}`, { cause: e });
     }
     if (n === 0) fail(path, `file is truncated: expected ${buf.byteLength + pos} bytes, could only read ${pos + off}`);
     off += n;
@@ -799,6 +803,6 @@ export function writeSafetensorsStream(
   } catch (e) {
     if (fd !== undefined) fs.closeSync(fd);
     if (created) fs.rmSync(path, { force: true });
-    throw new UndoError(`cannot write safetensors file ${path}: ${describeError(e)}`, { cause: e });
+    throw new Err(`cannot write safetensors file ${path}: ${describeError(e)}`, { cause: e });
   }
 }

@@ -8,9 +8,12 @@
  * Conv1D [in, out] weights and fused c_attn are converted on load and back on save). Nothing else in the code
  * branches on the architecture.
  */
-import { UndoError } from '../core/errors';
+import { UndoError, errorClass } from '../core/errors';
 import { DecoderSizes, NativeDecoderSpec, NativeRope } from '../core/native';
 import { ByteTokenizer, TokenizerLike } from '../data/tokenizer';
+
+/** Errors of this module: code ERR_MODEL_CONFIG unless one names another. */
+const Err = errorClass('ERR_MODEL_CONFIG');
 
 /** The supported Hugging Face `model_type`s. */
 export type Family = 'llama' | 'mistral' | 'qwen2' | 'qwen3' | 'gemma2' | 'gemma3_text' | 'gpt2';
@@ -191,8 +194,8 @@ export const ARCHITECTURES: Record<Family, Architecture> = {
     extra: {
       read: (raw, file) => {
         for (const f of ['scale_attn_by_inverse_layer_idx', 'add_cross_attention'] as const)
-          if (raw[f] === true) throw new UndoError(`${file}: field "${f}" = true is not supported`, 'supported: GPT-2 as GPT2LMHeadModel defines it by default');
-        if (raw.scale_attn_weights === false) throw new UndoError(`${file}: field "scale_attn_weights" = false is not supported`);
+          if (raw[f] === true) throw new Err(`${file}: field "${f}" = true is not supported`, 'supported: GPT-2 as GPT2LMHeadModel defines it by default');
+        if (raw.scale_attn_weights === false) throw new Err(`${file}: field "scale_attn_weights" = false is not supported`);
       },
       write: (c) => ({ n_ctx: c.maxPositions, scale_attn_weights: true }),
     },
@@ -207,13 +210,13 @@ export const FAMILIES = Object.keys(ARCHITECTURES) as Family[];
 function num(cfg: Json, field: string, file: string, dflt?: number, opts: { int?: boolean; min?: number; max?: number } = {}): number {
   const v = cfg[field];
   if (v === undefined || v === null) {
-    if (dflt === undefined) throw new UndoError(`${file}: missing field "${field}"`);
+    if (dflt === undefined) throw new Err(`${file}: missing field "${field}"`);
     return dflt;
   }
-  if (typeof v !== 'number' || !Number.isFinite(v)) throw new UndoError(`${file}: field "${field}" must be a number, got ${JSON.stringify(v)}`);
-  if (opts.int && !Number.isInteger(v)) throw new UndoError(`${file}: field "${field}" must be an integer, got ${v}`);
-  if (opts.min !== undefined && v < opts.min) throw new UndoError(`${file}: field "${field}" must be >= ${opts.min}, got ${v}`);
-  if (opts.max !== undefined && v > opts.max) throw new UndoError(`${file}: field "${field}" must be <= ${opts.max}, got ${v}`);
+  if (typeof v !== 'number' || !Number.isFinite(v)) throw new Err(`${file}: field "${field}" must be a number, got ${JSON.stringify(v)}`);
+  if (opts.int && !Number.isInteger(v)) throw new Err(`${file}: field "${field}" must be an integer, got ${v}`);
+  if (opts.min !== undefined && v < opts.min) throw new Err(`${file}: field "${field}" must be >= ${opts.min}, got ${v}`);
+  if (opts.max !== undefined && v > opts.max) throw new Err(`${file}: field "${field}" must be <= ${opts.max}, got ${v}`);
   return v;
 }
 
@@ -222,11 +225,11 @@ const ROPE_TYPES = ['default', 'linear', 'dynamic', 'llama3'];
 /** HF rope_scaling / rope_parameters → RopeScaling (null for the default RoPE). */
 function parseRopeScaling(v: unknown, field: string, file: string, maxPos: number): RopeScaling | null {
   if (v === undefined || v === null) return null;
-  if (typeof v !== 'object' || Array.isArray(v)) throw new UndoError(`${file}: field "${field}" must be an object`);
+  if (typeof v !== 'object' || Array.isArray(v)) throw new Err(`${file}: field "${field}" must be an object`);
   const o = v as Json;
   const type = o.rope_type ?? o.type ?? 'default';
   if (typeof type !== 'string' || !ROPE_TYPES.includes(type)) {
-    throw new UndoError(`${file}: ${field}.rope_type ${JSON.stringify(type)} is not supported`, `supported: ${ROPE_TYPES.join(', ')}`);
+    throw new Err(`${file}: ${field}.rope_type ${JSON.stringify(type)} is not supported`, `supported: ${ROPE_TYPES.join(', ')}`);
   }
   if (type === 'default') return null;
   const factor = num(o, 'factor', `${file} (${field})`, undefined, { min: 1e-9 });
@@ -235,7 +238,7 @@ function parseRopeScaling(v: unknown, field: string, file: string, maxPos: numbe
     out.lowFreqFactor = num(o, 'low_freq_factor', `${file} (${field})`);
     out.highFreqFactor = num(o, 'high_freq_factor', `${file} (${field})`);
     out.originalMaxPositions = num(o, 'original_max_position_embeddings', `${file} (${field})`, undefined, { int: true, min: 1 });
-    if (!(out.highFreqFactor > out.lowFreqFactor)) throw new UndoError(`${file}: ${field}.high_freq_factor must be > low_freq_factor`);
+    if (!(out.highFreqFactor > out.lowFreqFactor)) throw new Err(`${file}: ${field}.high_freq_factor must be > low_freq_factor`);
   } else if (type === 'dynamic') {
     out.originalMaxPositions = num(o, 'original_max_position_embeddings', `${file} (${field})`, maxPos, { int: true, min: 1 });
   }
@@ -261,7 +264,7 @@ export function configFromHF(cfg: Json, file = 'config.json'): ModelConfig {
     const hint = type === 'gemma3'
       ? 'this is the multimodal Gemma-3 config; point at a text-only checkpoint (model_type "gemma3_text")'
       : `supported: ${FAMILIES.map((f) => JSON.stringify(f)).join(', ')}`;
-    throw new UndoError(`${file}: unsupported model_type ${JSON.stringify(type)} (field model_type)`, hint);
+    throw new Err(`${file}: unsupported model_type ${JSON.stringify(type)} (field model_type)`, hint);
   }
   const family = type as Family;
   const A = ARCHITECTURES[family];
@@ -271,14 +274,14 @@ export function configFromHF(cfg: Json, file = 'config.json'): ModelConfig {
   const hidden = num(cfg, name('hidden', 'hidden_size'), file, undefined, int);
   const heads = num(cfg, name('heads', 'num_attention_heads'), file, undefined, int);
   const kv = num(cfg, name('kvHeads', 'num_key_value_heads'), file, heads, int);
-  if (heads % kv !== 0) throw new UndoError(`${file}: num_attention_heads (${heads}) is not a multiple of num_key_value_heads (${kv})`);
+  if (heads % kv !== 0) throw new Err(`${file}: num_attention_heads (${heads}) is not a multiple of num_key_value_heads (${kv})`);
   const headDim = num(cfg, 'head_dim', file, A.defaults.headDim ?? hidden / heads, int);
   const actField = name('act', 'hidden_act');
   const act = String(cfg[actField] ?? cfg.hidden_act ?? A.defaults.act);
   let activation: 'silu' | 'gelu_tanh';
   if (act === 'silu' || act === 'swish') activation = 'silu';
   else if (act === 'gelu_pytorch_tanh' || act === 'gelu_tanh' || act === 'gelu_new') activation = 'gelu_tanh';
-  else throw new UndoError(`${file}: unsupported activation ${JSON.stringify(act)} (field ${actField})`, 'supported: silu, gelu_pytorch_tanh, gelu_new');
+  else throw new Err(`${file}: unsupported activation ${JSON.stringify(act)} (field ${actField})`, 'supported: silu, gelu_pytorch_tanh, gelu_new');
   const maxPos = num(cfg, name('maxPos', 'max_position_embeddings'), file, A.defaults.maxPos, int);
   // an int, a list of ints (the first is the one id; eos keeps the list), null (none: −1) or absent (default)
   const tokenIds = (f: string): number[] | null | undefined => {
@@ -287,7 +290,7 @@ export function configFromHF(cfg: Json, file = 'config.json'): ModelConfig {
     if (v === null) return null;
     const list = Array.isArray(v) ? v : [v];
     if (list.length === 0 || !list.every((x) => Number.isInteger(x))) {
-      throw new UndoError(`${file}: field "${f}" must be a token id or a list of token ids, got ${JSON.stringify(v)}`);
+      throw new Err(`${file}: field "${f}" must be a token id or a list of token ids, got ${JSON.stringify(v)}`);
     }
     return list as number[];
   };
@@ -297,7 +300,7 @@ export function configFromHF(cfg: Json, file = 'config.json'): ModelConfig {
   };
   const bool = (f: string) => {
     const v = cfg[f];
-    if (v !== undefined && v !== null && typeof v !== 'boolean') throw new UndoError(`${file}: field "${f}" must be true or false, got ${JSON.stringify(v)}`);
+    if (v !== undefined && v !== null && typeof v !== 'boolean') throw new Err(`${file}: field "${f}" must be true or false, got ${JSON.stringify(v)}`);
     return v === true;
   };
   // rope: transformers ≤ 4.x rope_theta + rope_scaling; 5.x rope_parameters (per layer kind for Gemma-3)
@@ -313,7 +316,7 @@ export function configFromHF(cfg: Json, file = 'config.json'): ModelConfig {
     if (local && A.localRope) {
       if (typeof local.rope_theta === 'number') ropeLocalTheta = local.rope_theta;
       if (parseRopeScaling(local, 'rope_parameters.sliding_attention', file, maxPos)) {
-        throw new UndoError(`${file}: rope scaling on sliding-window layers (rope_parameters.sliding_attention) is not supported`);
+        throw new Err(`${file}: rope scaling on sliding-window layers (rope_parameters.sliding_attention) is not supported`);
       }
     }
   }
@@ -352,7 +355,7 @@ export function configFromHF(cfg: Json, file = 'config.json'): ModelConfig {
     // transformers' configs without the field ignore it; a bias on the MLP is a different model, refused
     else if (f === 'mlp_bias') {
       const readers = FAMILIES.filter((t) => ARCHITECTURES[t].biasFields.includes(f));
-      throw new UndoError(`${file}: field "mlp_bias" = true is not supported for model_type "${family}"`, `supported for: ${readers.join(', ')}`);
+      throw new Err(`${file}: field "mlp_bias" = true is not supported for model_type "${family}"`, `supported for: ${readers.join(', ')}`);
     }
   }
   if (ropeScaling) out.ropeScaling = ropeScaling;
@@ -361,10 +364,10 @@ export function configFromHF(cfg: Json, file = 'config.json'): ModelConfig {
   if (cfg.layer_types !== undefined && cfg.layer_types !== null) {
     const lt = cfg.layer_types;
     if (!Array.isArray(lt) || lt.length !== out.numLayers || lt.some((t) => t !== 'sliding_attention' && t !== 'full_attention')) {
-      throw new UndoError(`${file}: field "layer_types" must list "sliding_attention" or "full_attention" for each of the ${out.numLayers} layers`);
+      throw new Err(`${file}: field "layer_types" must list "sliding_attention" or "full_attention" for each of the ${out.numLayers} layers`);
     }
     sliding = lt.map((t) => t === 'sliding_attention');
-    if (sliding.some((x) => x) && out.slidingWindow <= 0) throw new UndoError(`${file}: field "layer_types" has sliding layers but "sliding_window" is not set`);
+    if (sliding.some((x) => x) && out.slidingWindow <= 0) throw new Err(`${file}: field "layer_types" has sliding layers but "sliding_window" is not set`);
   } else if (out.slidingWindow > 0) {
     sliding = Array.from({ length: out.numLayers }, (_, l) => A.sliding(l, out, cfg));
   }
@@ -374,7 +377,7 @@ export function configFromHF(cfg: Json, file = 'config.json'): ModelConfig {
     const derived = slidingLayers(out);
     if (sliding.some((x, l) => x !== derived[l])) out.layerTypes = sliding.map((x) => (x ? 'sliding_attention' : 'full_attention'));
   }
-  if (ropeScaling && A.learnedPositions) throw new UndoError(`${file}: rope_scaling on a model without RoPE`);
+  if (ropeScaling && A.learnedPositions) throw new Err(`${file}: rope_scaling on a model without RoPE`);
   A.extra?.read(cfg, file, out);
   return out;
 }
@@ -389,7 +392,7 @@ export function slidingLayers(c: ModelConfig): boolean[] {
 /** The Hugging Face config.json object for a config. */
 export function configToHF(c: ModelConfig): Json {
   const A = ARCHITECTURES[c.family];
-  if (!A) throw new UndoError(`unknown model family ${JSON.stringify(c.family)}`, `supported: ${FAMILIES.join(', ')}`);
+  if (!A) throw new Err(`unknown model family ${JSON.stringify(c.family)}`, `supported: ${FAMILIES.join(', ')}`);
   const name = (k: keyof NonNullable<Architecture['fields']>, dflt: string) => A.fields?.[k] ?? dflt;
   const act = c.activation === 'silu' ? 'silu' : A.defaults.act === 'silu' ? 'gelu_pytorch_tanh' : A.defaults.act;
   const o: Json = {
@@ -446,7 +449,7 @@ function ropeSpec(theta: number, s: RopeScaling | null | undefined): NativeRope 
 /** The native decoder's switches for a config: its architecture's row applied to its sizes. */
 export function decoderSpec(c: ModelConfig): NativeDecoderSpec {
   const A = ARCHITECTURES[c.family];
-  if (!A) throw new UndoError(`unknown model family ${JSON.stringify(c.family)}`, `supported: ${FAMILIES.join(', ')}`);
+  if (!A) throw new Err(`unknown model family ${JSON.stringify(c.family)}`, `supported: ${FAMILIES.join(', ')}`);
   const b = A.biases(c);
   const sliding = slidingLayers(c);
   return {
@@ -544,6 +547,6 @@ export const PRESETS: Record<string, Omit<ModelConfig, 'vocabSize' | 'bosTokenId
 
 export function presetConfig(name: string, tok: Pick<TokenizerLike, 'vocabSize' | 'bos' | 'eos' | 'pad'> = new ByteTokenizer()): ModelConfig {
   const p = PRESETS[name];
-  if (!p) throw new UndoError(`unknown preset "${name}"`, `choose one of: ${Object.keys(PRESETS).join(', ')}`);
+  if (!p) throw new Err(`unknown preset "${name}"`, `choose one of: ${Object.keys(PRESETS).join(', ')}`);
   return { ...p, vocabSize: tok.vocabSize, bosTokenId: tok.bos, eosTokenId: tok.eos, padTokenId: tok.pad };
 }

@@ -2,9 +2,12 @@
  * Text generation with the native KV cache: greedy, temperature, top-k and top-p sampling. Prompts of the
  * same token length run as one batch (prefill once, then one token per step).
  */
-import { UndoError } from '../core/errors';
+import { UndoError, errorClass } from '../core/errors';
 import { Model } from './model';
 import { Rng } from '../core/rng';
+
+/** Errors of this module: code ERR_ARGUMENT unless one names another. */
+const Err = errorClass('ERR_ARGUMENT');
 
 export interface SampleOptions {
   maxNewTokens?: number;
@@ -124,7 +127,7 @@ export async function generateIds(model: Model, prompts: Int32Array[], opts: Sam
   // group by prompt length so each batch shares positions
   const groups = new Map<number, number[]>();
   prompts.forEach((p, i) => {
-    if (p.length === 0) throw new UndoError(`prompt ${i} is empty`);
+    if (p.length === 0) throw new Err(`prompt ${i} is empty`);
     const g = groups.get(p.length) ?? [];
     g.push(i);
     groups.set(p.length, g);
@@ -134,7 +137,7 @@ export async function generateIds(model: Model, prompts: Int32Array[], opts: Sam
     // the last sampled token is never fed back: len + maxNew − 1 positions run through the model
     const positions = len + Math.max(1, maxNew) - 1;
     if (positions > model.config.maxPositions) {
-      throw new UndoError(`prompt length ${len} + ${maxNew} new tokens exceeds the model's max_position_embeddings (${model.config.maxPositions})`);
+      throw new Err(`prompt length ${len} + ${maxNew} new tokens exceeds the model's max_position_embeddings (${model.config.maxPositions})`);
     }
     for (let s = 0; s < members.length; s += batchSize) {
       const rows = members.slice(s, s + batchSize);

@@ -5,10 +5,14 @@
  */
 import * as fs from 'fs';
 import * as path from 'path';
-import { UndoError, describeError } from '../core/errors';
+import { UndoError, describeError, errorClass } from '../core/errors';
 import { readJson } from '../core/fsutil';
 import { CheckpointReader } from '../formats/checkpoint';
 import { configFromHF, decoderSpec, isIgnoredHfTensor, ModelConfig } from './config';
+
+/** Errors of this module: code ERR_MODEL_CONFIG unless one names another. */
+const Err = errorClass('ERR_MODEL_CONFIG');
+const NotFoundError = errorClass('ERR_NOT_FOUND');
 
 type Json = Record<string, unknown>;
 
@@ -170,14 +174,14 @@ export interface ModelInfoOptions {
 
 function teacherConfig(dir: string): ModelConfig {
   const file = path.join(dir, 'config.json');
-  return configFromHF(readJson<Json>(file, 'teacher config'), file);
+  return configFromHF(readJson<Json>(file, 'teacher config', 'ERR_MODEL_CONFIG'), file);
 }
 
 /** Describe a model directory from config.json and the safetensors headers, without loading any weights. */
 export function modelInfo(dir: string, opts: ModelInfoOptions = {}): ModelInfo {
-  if (!fs.existsSync(dir) || !fs.statSync(dir).isDirectory()) throw new UndoError(`model directory ${dir} does not exist`);
+  if (!fs.existsSync(dir) || !fs.statSync(dir).isDirectory()) throw new NotFoundError(`model directory ${dir} does not exist`);
   const cfgFile = path.join(dir, 'config.json');
-  const raw = readJson<Json>(cfgFile, 'model config');
+  const raw = readJson<Json>(cfgFile, 'model config', 'ERR_MODEL_CONFIG');
   let config: ModelConfig | undefined;
   let memoryError: string | undefined;
   try {

@@ -6,7 +6,7 @@
  */
 import * as fs from 'fs';
 import * as path from 'path';
-import { UndoError } from '../core/errors';
+import { UndoError, errorClass } from '../core/errors';
 import { readJson, recoverDir, saveDirAtomic, writeFileAtomic } from '../core/fsutil';
 import { native, NativeModel, NativeTensorInfo } from '../core/native';
 import { formatShape, WritableDType, WriteTensor } from '../formats/safetensors';
@@ -19,6 +19,14 @@ import { configFromHF, configToHF, decoderSpec, isIgnoredHfTensor, ModelConfig, 
 import { gatherHf } from './layout';
 import { nativeParamCount } from './info';
 import * as os from 'os';
+
+/** Errors of this module: code ERR_MODEL_CONFIG unless one names another. */
+const Err = errorClass('ERR_MODEL_CONFIG');
+const NotFoundError = errorClass('ERR_NOT_FOUND');
+const WeightsError = errorClass('ERR_SAFETENSORS');
+const TokenizerError = errorClass('ERR_TOKENIZER');
+const ArgumentError = errorClass('ERR_ARGUMENT');
+const OutOfMemoryError = errorClass('ERR_OUT_OF_MEMORY');
 
 type Json = Record<string, unknown>;
 
@@ -70,7 +78,7 @@ export function architectureMapping(config: ModelConfig, decoder: readonly Nativ
     let c = 0;
     for (const part of m.parts) {
       const t = numel.get(part);
-      if (!t) throw new UndoError(`internal: mapping names an unknown decoder tensor "${part}"`);
+      if (!t) throw new Err(`internal: mapping names an unknown decoder tensor "${part}"`);
       const width = m.transpose ? t.shape[0] : t.numel;
       sources.set(part, { name: m.hf, transpose: m.transpose, ...(m.parts.length > 1 ? { columns: [c, c + width] as const } : {}) });
       c += width;
@@ -142,7 +150,7 @@ export const COMPUTE_DTYPES: readonly ComputeDtype[] = ['fp32', 'bf16'];
 let defaultCompute: ComputeDtype = 'fp32';
 /** The precision new models start with (the CLI's --bf16 sets it). */
 export function setDefaultComputeDtype(d: ComputeDtype): void {
-  if (!COMPUTE_DTYPES.includes(d)) throw new UndoError(`compute dtype "${d}" is not supported`, `supported: ${COMPUTE_DTYPES.join(', ')}`);
+  if (!COMPUTE_DTYPES.includes(d)) throw new ArgumentError(`compute dtype "${d}" is not supported`, `supported: ${COMPUTE_DTYPES.join(', ')}`);
   defaultCompute = d;
 }
 export function defaultComputeDtype(): ComputeDtype {
@@ -155,7 +163,7 @@ export function generationEosIds(gen: Json, file: string): number[] {
   if (v === undefined || v === null) return [];
   const list = Array.isArray(v) ? v : [v];
   if (!list.every((x) => Number.isInteger(x) && (x as number) >= 0)) {
-    throw new UndoError(`${file}: field "eos_token_id" must be a token id or a list of token ids, got ${JSON.stringify(v)}`);
+    throw new Err(`${file}: field "eos_token_id" must be a token id or a list of token ids, got ${JSON.stringify(v)}`);
   }
   return list as number[];
 }
@@ -191,7 +199,7 @@ export class Model {
   }
 
   setComputeDtype(d: ComputeDtype): void {
-    if (!COMPUTE_DTYPES.includes(d)) throw new UndoError(`compute dtype "${d}" is not supported`, `supported: ${COMPUTE_DTYPES.join(', ')}`);
+    if (!COMPUTE_DTYPES.includes(d)) throw new ArgumentError(`compute dtype "${d}" is not supported`, `supported: ${COMPUTE_DTYPES.join(', ')}`);
     this.native.setBf16(d === 'bf16');
   }
 
@@ -208,15 +216,15 @@ export class Model {
    */
   static load(dir: string, opts: LoadOptions = {}): Model {
     recoverDir(dir);
-    if (!fs.existsSync(dir) || !fs.statSync(dir).isDirectory()) throw new UndoError(`model directory ${dir} does not exist`);
+    if (!fs.existsSync(dir) || !fs.statSync(dir).isDirectory()) throw new NotFoundError(`model directory ${dir} does not exist`);
     const cfgFile = path.join(dir, 'config.json');
-    const raw = readJson<Json>(cfgFile, 'model config');
+    const raw = readJson<Json>(cfgFile, 'model config', 'ERR_MODEL_CONFIG');
     const config = configFromHF(raw, cfgFile);
     const tokFile = path.join(dir, 'tokenizer.json');
     const hasTok = fs.existsSync(tokFile);
     const tokenizer = loadModelTokenizer(dir, config);
     if (hasTok && tokenizer.vocabSize > config.vocabSize) {
-      throw new UndoError(`${tokFile}: the tokenizer has ${tokenizer.vocabSize} tokens but ${cfgFile} says vocab_size ${config.vocabSize}`);
+      throw new TokenizerError(`${tokFile}: the tokenizer has ${tokenizer.vocabSize} tokens but ${cfgFile} says vocab_size ${config.vocabSize}`);
     }
     const reader = CheckpointReader.open(dir);
     try {
@@ -224,7 +232,7 @@ export class Model {
       const held = reader.names().reduce((a, n) => a + reader.info(n).numel, 0);
       const needed = nativeParamCount(config);
       if (needed > 2 * held + (1 << 20)) {
-        throw new UndoError(`${cfgFile} describes a model of ${needed.toLocaleString('en-US')} parameters, but ${reader.source} holds ${held.toLocaleString('en-US')} values`,
+        throw new WeightsError(`${cfgFile} describes a model of ${needed.toLocaleString('en-US')} parameters, but ${reader.source} holds ${held.toLocaleString('en-US')} values`,
           'the config\'s sizes (hidden_size, intermediate_size, num_hidden_layers, vocab_size, head counts) do not match the weights');
       }
       const m = new Model(config, tokenizer);
@@ -269,24 +277,24 @@ export class Model {
     const list = (names: string[]) => names.slice(0, 5).join(', ') + (names.length > 5 ? `, ... (${names.length} in all)` : '');
     const missing = plan.flatMap(({ dest, from }) => sourcesOf(from).filter((n) => !reader.has(n))
       .map((n) => (n === dest.name ? `"${n}"` : `"${n}" (for "${dest.name}")`)));
-    if (missing.length) throw new UndoError(`${reader.source}: missing tensor${missing.length > 1 ? 's' : ''} ${list(missing)} (needed by the config)`);
+    if (missing.length) throw new WeightsError(`${reader.source}: missing tensor${missing.length > 1 ? 's' : ''} ${list(missing)} (needed by the config)`);
     for (const { dest, from } of plan) {
       for (const name of sourcesOf(from)) {
         const info = reader.info(name);
         if (!readableAsF32(info.dtype)) {
-          throw new UndoError(`${info.file}: tensor "${name}" has dtype ${info.dtype}, which cannot be loaded as weights`, 'supported: F32, BF16, F16, F64');
+          throw new WeightsError(`${info.file}: tensor "${name}" has dtype ${info.dtype}, which cannot be loaded as weights`, 'supported: F32, BF16, F16, F64');
         }
       }
       if (isCustom(from)) continue;
       const shape = reader.outputShape(from.name, from);
       if (shape.length !== dest.shape.length || shape.some((d, i) => d !== dest.shape[i])) {
-        throw new UndoError(`${reader.info(from.name).file}: tensor "${from.name}" has shape ${formatShape(shape)} but the config implies ` +
+        throw new WeightsError(`${reader.info(from.name).file}: tensor "${from.name}" has shape ${formatShape(shape)} but the config implies ` +
           `${formatShape(dest.shape)}${from.name === dest.name ? '' : ` for "${dest.name}"`}`);
       }
     }
     const used = new Set(plan.flatMap(({ from }) => sourcesOf(from)));
     const extra = reader.names().filter((n) => !used.has(n) && !mapping.ignore?.(n));
-    if (extra.length) throw new UndoError(`${reader.source}: unexpected tensors for this config: ${list(extra)}`);
+    if (extra.length) throw new WeightsError(`${reader.source}: unexpected tensors for this config: ${list(extra)}`);
     return plan;
   }
 
@@ -326,7 +334,7 @@ export class Model {
 
   tensorInfo(name: string): NativeTensorInfo {
     const t = this.byName.get(name);
-    if (!t) throw new UndoError(`the model has no tensor "${name}"`);
+    if (!t) throw new ArgumentError(`the model has no tensor "${name}"`);
     return t;
   }
 
@@ -408,7 +416,7 @@ export class Model {
 export function loadModelTokenizer(dir: string, config?: ModelConfig): Tokenizer {
   if (!fs.existsSync(path.join(dir, 'tokenizer.json'))) return new ByteTokenizer();
   const cfgFile = path.join(dir, 'config.json');
-  const c = config ?? configFromHF(readJson<Json>(cfgFile, 'model config'), cfgFile);
+  const c = config ?? configFromHF(readJson<Json>(cfgFile, 'model config', 'ERR_MODEL_CONFIG'), cfgFile);
   return loadAnyTokenizer(dir, { bos: c.bosTokenId, eos: c.eosTokenId, pad: c.padTokenId });
 }
 
@@ -421,12 +429,12 @@ export { saveDirAtomic } from '../core/fsutil';
 export function checkAllocatable(config: ModelConfig): void {
   const sp = decoderSpec(config);
   if (!sp.learnedPositions && sp.headDim % 2 !== 0) {
-    throw new UndoError(`the model config's head_dim is ${sp.headDim}; RoPE rotates pairs of dimensions, so it must be even`, 'head_dim defaults to hidden_size / num_attention_heads');
+    throw new Err(`the model config's head_dim is ${sp.headDim}; RoPE rotates pairs of dimensions, so it must be even`, 'head_dim defaults to hidden_size / num_attention_heads');
   }
   const n = nativeParamCount(config);
   const bytes = 2 * 4 * n;  // fp32 parameters and gradients, allocated with the model
   if (!Number.isSafeInteger(n) || bytes > os.totalmem()) {
-    throw new UndoError(`the model config asks for ${Number.isFinite(n) ? n.toLocaleString('en-US') : String(n)} parameters (${(bytes / 2 ** 30).toFixed(1)} GiB with gradients), more than this machine's ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB`,
+    throw new OutOfMemoryError(`the model config asks for ${Number.isFinite(n) ? n.toLocaleString('en-US') : String(n)} parameters (${(bytes / 2 ** 30).toFixed(1)} GiB with gradients), more than this machine's ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB`,
       `sizes: hidden_size ${config.hiddenSize}, intermediate_size ${config.intermediateSize}, num_hidden_layers ${config.numLayers}, vocab_size ${config.vocabSize}, heads ${config.numHeads}/${config.numKvHeads} × ${config.headDim}`);
   }
 }

@@ -7,7 +7,7 @@
  */
 import * as fs from 'fs';
 import * as path from 'path';
-import { UndoError } from '../core/errors';
+import { UndoError, errorClass } from '../core/errors';
 import { readJson, writeJsonAtomic } from '../core/fsutil';
 import { levenbergMarquardt } from '../core/optimize';
 import { configFromHF } from '../models/config';
@@ -15,6 +15,10 @@ import {
   DISTILLATION_KEYS, DistillationCoefficients, distilledLoss, nonEmbeddingParams, PAPER_LAW, ScalingLaw, SUPERVISED_KEYS,
   SupervisedCoefficients, supervisedLoss,
 } from './law';
+
+/** Errors of this module: code ERR_ARGUMENT unless one names another. */
+const Err = errorClass('ERR_ARGUMENT');
+const NotFoundError = errorClass('ERR_NOT_FOUND');
 
 export interface SupervisedPoint { params: number; tokens: number; loss: number; source?: string }
 export interface DistillPoint extends SupervisedPoint { teacherLoss: number }
@@ -58,7 +62,7 @@ export interface CalibrateOptions {
 
 /** Read a points file: JSON lines of {params, tokens, loss} (supervised) or {params, tokens, teacher_loss, loss} (distillation). */
 export function readPointsFile(file: string): CalibrationData {
-  if (!fs.existsSync(file)) throw new UndoError(`${file} does not exist`);
+  if (!fs.existsSync(file)) throw new NotFoundError(`${file} does not exist`);
   const out: CalibrationData = { supervised: [], distill: [] };
   fs.readFileSync(file, 'utf8').split('\n').forEach((line, i) => {
     if (!line.trim()) return;
@@ -66,12 +70,12 @@ export function readPointsFile(file: string): CalibrationData {
     try {
       o = JSON.parse(line) as Record<string, unknown>;
     } catch (e) {
-      throw new UndoError(`${file}:${i + 1}: not JSON (${(e as Error).message})`);
+      throw new Err(`${file}:${i + 1}: not JSON (${(e as Error).message})`);
     }
     const num = (k: string, need: boolean) => {
       const v = o[k];
       if (v === undefined && !need) return undefined;
-      if (typeof v !== 'number' || !(v > 0) || !Number.isFinite(v)) throw new UndoError(`${file}:${i + 1}: "${k}" must be a positive number, got ${JSON.stringify(v)}`);
+      if (typeof v !== 'number' || !(v > 0) || !Number.isFinite(v)) throw new Err(`${file}:${i + 1}: "${k}" must be a positive number, got ${JSON.stringify(v)}`);
       return v;
     };
     const p = { params: num('params', true)!, tokens: num('tokens', true)!, loss: num('loss', true)!, source: `${file}:${i + 1}` };
@@ -93,14 +97,14 @@ export function readRunPoints(dirs: string[], opts: { allEvals?: boolean } = {})
   for (const dir of dirs) {
     const cfgFile = path.join(dir, 'config.json');
     const metricsFile = path.join(dir, 'metrics.jsonl');
-    if (!fs.existsSync(cfgFile)) throw new UndoError(`${dir}: no config.json (give a run directory written by pretrain or distill --out)`);
-    if (!fs.existsSync(metricsFile)) throw new UndoError(`${dir}: no metrics.jsonl (give a run directory written by pretrain or distill --out)`);
-    const params = nonEmbeddingParams(configFromHF(readJson<Record<string, unknown>>(cfgFile, 'model config'), cfgFile));
+    if (!fs.existsSync(cfgFile)) throw new Err(`${dir}: no config.json (give a run directory written by pretrain or distill --out)`);
+    if (!fs.existsSync(metricsFile)) throw new Err(`${dir}: no metrics.jsonl (give a run directory written by pretrain or distill --out)`);
+    const params = nonEmbeddingParams(configFromHF(readJson<Record<string, unknown>>(cfgFile, 'model config', 'ERR_MODEL_CONFIG'), cfgFile));
     const stateFile = path.join(dir, 'trainer_state.json');
-    const meta = fs.existsSync(stateFile) ? (readJson<{ meta?: Record<string, unknown> }>(stateFile, 'trainer state').meta ?? {}) : {};
+    const meta = fs.existsSync(stateFile) ? (readJson<{ meta?: Record<string, unknown> }>(stateFile, 'trainer state', 'ERR_CHECKPOINT').meta ?? {}) : {};
     const teacherLoss = typeof meta.teacher_val_loss === 'number' ? meta.teacher_val_loss : undefined;
     if (meta.kind === 'distill' && teacherLoss === undefined) {
-      throw new UndoError(`${stateFile}: a distillation run without its teacher's val_loss (an offline teacher store has none)`, 'give its points in a points file with "teacher_loss", or leave the run out');
+      throw new Err(`${stateFile}: a distillation run without its teacher's val_loss (an offline teacher store has none)`, 'give its points in a points file with "teacher_loss", or leave the run out');
     }
     const tokensAt = new Map<number, number>();
     const evals: Array<{ step: number; loss: number }> = [];
@@ -110,14 +114,14 @@ export function readRunPoints(dirs: string[], opts: { allEvals?: boolean } = {})
       try {
         r = JSON.parse(line);
       } catch {
-        throw new UndoError(`${metricsFile}:${i + 1}: not JSON`);
+        throw new Err(`${metricsFile}:${i + 1}: not JSON`);
       }
       if (typeof r.step !== 'number') return;
       if (typeof r.tokens === 'number') tokensAt.set(r.step, r.tokens);
       if (r.eval && typeof r.eval.val_loss === 'number' && Number.isFinite(r.eval.val_loss)) evals.push({ step: r.step, loss: r.eval.val_loss });
     });
     const usable = evals.filter((e) => e.step > 0 && tokensAt.has(e.step));
-    if (!usable.length) throw new UndoError(`${metricsFile}: no evaluation with val_loss after a training step (run with a held-out split and --eval-every)`);
+    if (!usable.length) throw new Err(`${metricsFile}: no evaluation with val_loss after a training step (run with a held-out split and --eval-every)`);
     for (const e of opts.allEvals ? usable : usable.slice(-1)) {
       const p = { params, tokens: tokensAt.get(e.step)!, loss: e.loss, source: `${dir}@${e.step}` };
       if (teacherLoss !== undefined) out.distill.push({ ...p, teacherLoss });
@@ -151,9 +155,9 @@ function fitGeneric<K extends string, C extends Record<K, number>>(
   keys: readonly K[], free: K[], space: Record<K, { log: boolean; lo: number; hi: number }>, start: C, starts: Array<Partial<C>>,
   observed: number[], sources: Array<string | undefined>, predict: (c: C, i: number) => number, huber: number, bounds: Partial<Record<K, [number, number]>> = {},
 ): GenericFit<C> {
-  for (const k of free) if (!keys.includes(k)) throw new UndoError(`unknown coefficient "${k}"`, `choose from: ${keys.join(', ')}`);
+  for (const k of free) if (!keys.includes(k)) throw new Err(`unknown coefficient "${k}"`, `choose from: ${keys.join(', ')}`);
   const n = observed.length;
-  if (n <= free.length) throw new UndoError(`fitting ${free.length} coefficients (${free.join(', ')}) needs more than ${free.length} points; got ${n}`, 'add runs, use --all-evals, or fit fewer coefficients');
+  if (n <= free.length) throw new Err(`fitting ${free.length} coefficients (${free.join(', ')}) needs more than ${free.length} points; got ${n}`, 'add runs, use --all-evals, or fit fewer coefficients');
   const lo = free.map((k) => bounds[k]?.[0] ?? space[k].lo);
   const hi = free.map((k) => bounds[k]?.[1] ?? space[k].hi);
   const toVec = (c: C) => free.map((k, j) => Math.min(hi[j], Math.max(lo[j], space[k].log ? Math.log(c[k]) : c[k])));
@@ -228,7 +232,7 @@ export function fitDistillation(points: DistillPoint[], supervised: SupervisedCo
 /** Calibrate both laws to the data (a law whose points are absent is kept from the start law). */
 export function calibrate(data: CalibrationData, opts: CalibrateOptions = {}): CalibrationResult {
   const start = opts.start ?? PAPER_LAW;
-  if (!data.supervised.length && !data.distill.length) throw new UndoError('calibration found no points');
+  if (!data.supervised.length && !data.distill.length) throw new Err('calibration found no points');
   const sup = data.supervised.length ? fitSupervised(data.supervised, opts) : undefined;
   const supervised = sup?.coefficients ?? { ...start.supervised };
   const dist = data.distill.length ? fitDistillation(data.distill, supervised, opts) : undefined;
@@ -249,11 +253,11 @@ export function saveLaw(file: string, r: CalibrationResult): void {
 export function loadLaw(file: string): ScalingLaw {
   const o = readJson<{ source?: unknown; supervised?: Record<string, unknown>; distillation?: Record<string, unknown> }>(file, 'scaling-law file');
   const pick = <K extends string>(obj: Record<string, unknown> | undefined, keys: readonly K[], what: string): Record<K, number> => {
-    if (!obj || typeof obj !== 'object') throw new UndoError(`${file}: no "${what}" object`);
+    if (!obj || typeof obj !== 'object') throw new Err(`${file}: no "${what}" object`);
     const out = {} as Record<K, number>;
     for (const k of keys) {
       const v = obj[k];
-      if (typeof v !== 'number' || !Number.isFinite(v)) throw new UndoError(`${file}: ${what}.${k} must be a number, got ${JSON.stringify(v)}`);
+      if (typeof v !== 'number' || !Number.isFinite(v)) throw new Err(`${file}: ${what}.${k} must be a number, got ${JSON.stringify(v)}`);
       out[k] = v;
     }
     return out;

@@ -6,12 +6,15 @@
  * The allocation is the paper's eq. 10 problem (minimise L_S over D_S, N_T, D_T at total FLOPs = C), solved
  * here by a grid with golden-section refinement (deterministic, well under a second).
  */
-import { UndoError } from '../core/errors';
+import { UndoError, errorClass } from '../core/errors';
 import { minimize1D, minimizeBox } from '../core/optimize';
 import {
   distillationFlops, distilledLoss, FITTED_RANGE, FlopShape, formatCount, forwardFlopsPerToken, PAPER_LAW, PAPER_SHAPE, rangeWarnings,
   ScalingLaw, supervisedLoss, TEACHER_SITUATIONS, TeacherSituation,
 } from './law';
+
+/** Errors of this module: code ERR_ARGUMENT unless one names another. */
+const Err = errorClass('ERR_ARGUMENT');
 
 export interface StudentCandidate {
   /** how it is printed: "1.82B", or a model directory */
@@ -95,22 +98,22 @@ function teacherFlops(t: TeacherSpec, shape: FlopShape, params = t.params): numb
 
 /** Check a plan's inputs; throws an UndoError naming the field. */
 export function validatePlan(o: PlanOptions): void {
-  if (!(o.budget > 0) || !Number.isFinite(o.budget)) throw new UndoError(`budget must be a positive number of FLOPs, got ${o.budget}`);
-  if (!o.students.length) throw new UndoError('plan needs at least one candidate student size');
-  for (const s of o.students) if (!(s.params > 0)) throw new UndoError(`student ${s.name}: parameters must be positive, got ${s.params}`);
+  if (!(o.budget > 0) || !Number.isFinite(o.budget)) throw new Err(`budget must be a positive number of FLOPs, got ${o.budget}`);
+  if (!o.students.length) throw new Err('plan needs at least one candidate student size');
+  for (const s of o.students) if (!(s.params > 0)) throw new Err(`student ${s.name}: parameters must be positive, got ${s.params}`);
   const t = o.teacher;
-  if (!(t.situation in TEACHER_SITUATIONS)) throw new UndoError(`unknown teacher situation "${t.situation}"`, `choose one of: ${Object.keys(TEACHER_SITUATIONS).join(', ')}`);
+  if (!(t.situation in TEACHER_SITUATIONS)) throw new Err(`unknown teacher situation "${t.situation}"`, `choose one of: ${Object.keys(TEACHER_SITUATIONS).join(', ')}`);
   const E = (o.law ?? PAPER_LAW).supervised.E;
-  if (t.loss !== undefined && !(t.loss > 0)) throw new UndoError(`teacher loss must be positive, got ${t.loss}`);
-  if (t.loss !== undefined && t.loss <= E) throw new UndoError(`teacher loss ${t.loss} is at or below the law's irreducible loss E = ${E}`);
-  if (t.params !== undefined && !(t.params > 0)) throw new UndoError(`teacher parameters must be positive, got ${t.params}`);
-  if (t.tokens !== undefined && !(t.tokens > 0)) throw new UndoError(`teacher tokens must be positive, got ${t.tokens}`);
+  if (t.loss !== undefined && !(t.loss > 0)) throw new Err(`teacher loss must be positive, got ${t.loss}`);
+  if (t.loss !== undefined && t.loss <= E) throw new Err(`teacher loss ${t.loss} is at or below the law's irreducible loss E = ${E}`);
+  if (t.params !== undefined && !(t.params > 0)) throw new Err(`teacher parameters must be positive, got ${t.params}`);
+  if (t.tokens !== undefined && !(t.tokens > 0)) throw new Err(`teacher tokens must be positive, got ${t.tokens}`);
   if (t.situation === 'exists') {
-    if (t.params === undefined && t.flopsPerToken === undefined) throw new UndoError('an existing teacher needs its size (--teacher-params or --teacher-model): the budget pays for its logits');
-    if (t.loss === undefined && t.tokens === undefined) throw new UndoError('an existing teacher needs its loss (--teacher-loss) or its training tokens (--teacher-tokens) to predict it');
+    if (t.params === undefined && t.flopsPerToken === undefined) throw new Err('an existing teacher needs its size (--teacher-params or --teacher-model): the budget pays for its logits');
+    if (t.loss === undefined && t.tokens === undefined) throw new Err('an existing teacher needs its loss (--teacher-loss) or its training tokens (--teacher-tokens) to predict it');
   }
   if ((t.situation === 'train' || t.situation === 'train-cached') && t.loss !== undefined) {
-    throw new UndoError(`a teacher that is trained within the budget gets its loss from the supervised law; --teacher-loss does not apply to "${t.situation}"`);
+    throw new Err(`a teacher that is trained within the budget gets its loss from the supervised law; --teacher-loss does not apply to "${t.situation}"`);
   }
 }
 

@@ -28,8 +28,11 @@
  * space); the model greedily generates a few tokens; the first whitespace-delimited piece is
  * parsed as a float and is correct if it is within 1e-6 of the answer.
  */
-import { UndoError } from '../core/errors';
+import { UndoError, errorClass } from '../core/errors';
 import { Rng, mixSeeds } from '../core/rng';
+
+/** Errors of this module: code ERR_ARGUMENT unless one names another. */
+const Err = errorClass('ERR_ARGUMENT');
 
 export type Op = 'add' | 'sub' | 'mul' | 'div';
 export type ArithmeticForm = 'equation' | 'word_problem';
@@ -259,7 +262,7 @@ export function pythonFloatString(x: number): string {
 
 function checkOp(op: unknown, where: string): asserts op is Op {
   if (!ALL_OPS.includes(op as Op)) {
-    throw new UndoError(`${where}: unknown arithmetic operation ${JSON.stringify(op)}`, `valid operations: ${ALL_OPS.join(', ')}`);
+    throw new Err(`${where}: unknown arithmetic operation ${JSON.stringify(op)}`, `valid operations: ${ALL_OPS.join(', ')}`);
   }
 }
 
@@ -309,7 +312,7 @@ export function generateEquation(op: Op, rng: Rng): ArithmeticProblem {
 export function fillTemplate(template: string, slots: Readonly<Record<string, string | number>>): string {
   return template.replace(/\{(\w+)\}/g, (_, key: string) => {
     const v = slots[key];
-    if (v === undefined) throw new UndoError(`template slot {${key}} has no value in "${template}"`);
+    if (v === undefined) throw new Err(`template slot {${key}} has no value in "${template}"`);
     return String(v);
   });
 }
@@ -340,7 +343,7 @@ export function generateWordProblem(op: Op, rng: Rng, split: 'train' | 'val' = '
 
 function checkOps(ops: readonly Op[] | undefined, where: string): readonly Op[] {
   const list = ops ?? ALL_OPS;
-  if (!Array.isArray(list) || list.length === 0) throw new UndoError(`${where}: "ops" must be a non-empty list of operations`);
+  if (!Array.isArray(list) || list.length === 0) throw new Err(`${where}: "ops" must be a non-empty list of operations`);
   list.forEach((op) => checkOp(op, where));
   return list;
 }
@@ -364,9 +367,9 @@ export function generateArithmeticCorpus(opts: CorpusOptions): string[] {
   const ops = checkOps(opts.ops, 'generateArithmeticCorpus');
   const { count, seed } = opts;
   const fraction = opts.wordProblemFraction ?? 0.5;
-  if (!Number.isSafeInteger(count) || count < 0) throw new UndoError(`generateArithmeticCorpus: "count" must be a non-negative integer, got ${count}`);
+  if (!Number.isSafeInteger(count) || count < 0) throw new Err(`generateArithmeticCorpus: "count" must be a non-negative integer, got ${count}`);
   if (typeof fraction !== 'number' || !(fraction >= 0 && fraction <= 1)) {
-    throw new UndoError(`generateArithmeticCorpus: "wordProblemFraction" must be in [0, 1], got ${fraction}`);
+    throw new Err(`generateArithmeticCorpus: "wordProblemFraction" must be in [0, 1], got ${fraction}`);
   }
   const rng = new Rng(mixSeeds(seed, 'arithmetic-corpus'));
   const numWord = Math.round(count * fraction);
@@ -409,7 +412,7 @@ export function arithmeticEvalSet(opts: EvalSetOptions = {}): ArithmeticEvalItem
   const ops = checkOps(opts.ops, 'arithmeticEvalSet');
   const perForm = opts.perForm ?? 100;
   const seed = opts.seed ?? 42;
-  if (!Number.isSafeInteger(perForm) || perForm < 0) throw new UndoError(`arithmeticEvalSet: "perForm" must be a non-negative integer, got ${perForm}`);
+  if (!Number.isSafeInteger(perForm) || perForm < 0) throw new Err(`arithmeticEvalSet: "perForm" must be a non-negative integer, got ${perForm}`);
   const items: ArithmeticEvalItem[] = [];
   for (const op of ops) {
     for (const form of FORMS) {
@@ -477,7 +480,7 @@ export function scoreArithmetic(results: readonly ArithmeticResult[]): Arithmeti
   const counts = new Map<string, { n: number; ok: number }>();
   for (const r of results) {
     checkOp(r.op, 'scoreArithmetic');
-    if (!FORMS.includes(r.form)) throw new UndoError(`scoreArithmetic: unknown form ${JSON.stringify(r.form)}`);
+    if (!FORMS.includes(r.form)) throw new Err(`scoreArithmetic: unknown form ${JSON.stringify(r.form)}`);
     for (const key of [`${r.op}:${r.form}`, `${r.op}:all`]) {
       const c = counts.get(key) ?? { n: 0, ok: 0 };
       c.n++;

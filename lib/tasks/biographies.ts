@@ -31,11 +31,14 @@
  *    non-members (Mann–Whitney U with average ranks, so ties count one half).
  */
 import { Batch } from '../data/datasets';
-import { UndoError } from '../core/errors';
+import { UndoError, errorClass } from '../core/errors';
 import { generateIds } from '../models/generate';
 import { Model } from '../models/model';
 import { rowCE } from '../train/objectives';
 import { Rng, mixSeeds } from '../core/rng';
+
+/** Errors of this module: code ERR_ARGUMENT unless one names another. */
+const Err = errorClass('ERR_ARGUMENT');
 
 export type Attribute = 'birthYear' | 'birthCity' | 'profession' | 'hobby' | 'employer';
 export const ATTRIBUTES: readonly Attribute[] = ['birthYear', 'birthCity', 'profession', 'hobby', 'employer'];
@@ -160,8 +163,8 @@ export interface GeneratePeopleOptions {
 /** `count` fictional people with distinct names; the same (count, seed) always gives the same people. */
 export function generatePeople(opts: GeneratePeopleOptions): Person[] {
   const { count } = opts;
-  if (!Number.isSafeInteger(count) || count < 0) throw new UndoError(`generatePeople: "count" must be a non-negative integer, got ${count}`);
-  if (count > 10000) throw new UndoError(`generatePeople: "count" must be at most 10000, got ${count}`);
+  if (!Number.isSafeInteger(count) || count < 0) throw new Err(`generatePeople: "count" must be a non-negative integer, got ${count}`);
+  if (count > 10000) throw new Err(`generatePeople: "count" must be at most 10000, got ${count}`);
   const rng = new Rng(mixSeeds(opts.seed ?? 0, 'biographies-people'));
   const used = new Set<string>();
   const people: Person[] = [];
@@ -197,8 +200,8 @@ export interface ReplacementNameOptions {
  * Deterministic by (count, seed, exclude).
  */
 export function replacementNames(count: number, opts: ReplacementNameOptions = {}): string[] {
-  if (!Number.isSafeInteger(count) || count < 0) throw new UndoError(`replacementNames: "count" must be a non-negative integer, got ${count}`);
-  if (count > 10000) throw new UndoError(`replacementNames: "count" must be at most 10000, got ${count}`);
+  if (!Number.isSafeInteger(count) || count < 0) throw new Err(`replacementNames: "count" must be a non-negative integer, got ${count}`);
+  if (count > 10000) throw new Err(`replacementNames: "count" must be at most 10000, got ${count}`);
   const builtin = builtinBiographies();
   const banned = new Set([...builtin.people, ...builtin.heldOutPeople].map((p) => p.name).concat(opts.exclude ?? []).flatMap((n) => n.split(/\s+/)));
   const clash = (name: string) => name.split(' ').some((w) => banned.has(w));
@@ -206,7 +209,7 @@ export function replacementNames(count: number, opts: ReplacementNameOptions = {
   const used = new Set<string>();
   const out: string[] = [];
   for (let tries = 0; out.length < count; tries++) {
-    if (tries > 100 * count + 10000) throw new UndoError(`replacementNames: could not draw ${count} distinct names`);
+    if (tries > 100 * count + 10000) throw new Err(`replacementNames: could not draw ${count} distinct names`);
     const first = cap(Array.from({ length: rng.int(2, 3) }, () => rng.pick(FIRST_SYLLABLES)).join(''));
     const last = cap(Array.from({ length: rng.int(2, 3) }, () => rng.pick(LAST_SYLLABLES)).join(''));
     const name = `${first} ${last}`;
@@ -248,7 +251,7 @@ export interface CorpusOptions {
 
 function checkPhrasings(n: number | undefined, where: string): number {
   const v = n ?? 4;
-  if (!Number.isInteger(v) || v < 1 || v > 4) throw new UndoError(`${where}: "phrasingsPerFact" must be an integer in 1..4, got ${n}`);
+  if (!Number.isInteger(v) || v < 1 || v > 4) throw new Err(`${where}: "phrasingsPerFact" must be an integer in 1..4, got ${n}`);
   return v;
 }
 
@@ -273,7 +276,7 @@ export function biographyCorpus(people: readonly Person[], opts: CorpusOptions =
   const n = checkPhrasings(opts.phrasingsPerFact, 'biographyCorpus');
   const bios = opts.biosPerPerson ?? 2;
   if (!Number.isInteger(bios) || bios < 0 || bios > BIO_TEMPLATES.length) {
-    throw new UndoError(`biographyCorpus: "biosPerPerson" must be an integer in 0..${BIO_TEMPLATES.length}, got ${opts.biosPerPerson}`);
+    throw new Err(`biographyCorpus: "biosPerPerson" must be an integer in 0..${BIO_TEMPLATES.length}, got ${opts.biosPerPerson}`);
   }
   const seed = opts.seed ?? 0;
   const docs = factSentences(people, { phrasingsPerFact: n });
@@ -306,7 +309,7 @@ export function factQueries(people: readonly Person[], opts: QueryOptions = {}):
   const heldOut = opts.heldOut ?? true;
   const n = checkPhrasings(opts.phrasingsPerFact, 'factQueries');
   const attrs = opts.attributes ?? ATTRIBUTES;
-  for (const a of attrs) if (!ATTRIBUTES.includes(a)) throw new UndoError(`factQueries: unknown attribute ${JSON.stringify(a)}`, `choose from ${ATTRIBUTES.join(', ')}`);
+  for (const a of attrs) if (!ATTRIBUTES.includes(a)) throw new Err(`factQueries: unknown attribute ${JSON.stringify(a)}`, `choose from ${ATTRIBUTES.join(', ')}`);
   const out: FactQuery[] = [];
   for (const p of people) {
     for (const a of attrs) {
@@ -325,12 +328,12 @@ export function splitForget(people: readonly Person[], opts: { forget: number | 
   const f = opts.forget;
   let inForget: (p: Person, i: number) => boolean;
   if (typeof f === 'number') {
-    if (!Number.isInteger(f) || f < 0 || f > people.length) throw new UndoError(`splitForget: "forget" must be an integer in 0..${people.length}, got ${f}`);
+    if (!Number.isInteger(f) || f < 0 || f > people.length) throw new Err(`splitForget: "forget" must be an integer in 0..${people.length}, got ${f}`);
     inForget = (_p, i) => i < f;
   } else {
     const names = new Set(f);
     for (const name of names) {
-      if (!people.some((p) => p.name === name)) throw new UndoError(`splitForget: no person named ${JSON.stringify(name)}`);
+      if (!people.some((p) => p.name === name)) throw new Err(`splitForget: no person named ${JSON.stringify(name)}`);
     }
     inForget = (p) => names.has(p.name);
   }
@@ -388,7 +391,7 @@ export async function extractionStrength(model: Model, queries: readonly FactQue
   const prompts = queries.map((q) => tok.encode(q.prompt, { bos: true }));
   const answers = queries.map((q, i) => {
     const a = tok.encode(q.answer);
-    if (a.length === 0) throw new UndoError(`extractionStrength: query ${i} has an empty answer`);
+    if (a.length === 0) throw new Err(`extractionStrength: query ${i} has an empty answer`);
     return a;
   });
   const minPrefix = answers.map((a) => a.length); // k* = n unless found below
@@ -426,9 +429,9 @@ export async function extractionStrength(model: Model, queries: readonly FactQue
  * statistic with average ranks, i.e. P(score⁺ > score⁻) + ½·P(score⁺ = score⁻).
  */
 export function rocAuc(pos: readonly number[], neg: readonly number[]): number {
-  if (!pos.length || !neg.length) throw new UndoError(`rocAuc: needs at least one member and one non-member (got ${pos.length} and ${neg.length})`);
+  if (!pos.length || !neg.length) throw new Err(`rocAuc: needs at least one member and one non-member (got ${pos.length} and ${neg.length})`);
   const all = [...pos.map((s) => ({ s, p: true })), ...neg.map((s) => ({ s, p: false }))];
-  if (all.some((x) => Number.isNaN(x.s))) throw new UndoError('rocAuc: a score is NaN');
+  if (all.some((x) => Number.isNaN(x.s))) throw new Err('rocAuc: a score is NaN');
   all.sort((a, b) => a.s - b.s);
   let rankSumPos = 0;
   for (let i = 0; i < all.length;) {
@@ -458,15 +461,15 @@ export interface MembershipOptions {
  */
 export async function membershipScores(model: Model, texts: readonly string[], opts: MembershipOptions = {}): Promise<number[]> {
   const method = opts.method ?? 'loss';
-  if (method !== 'loss' && method !== 'mink') throw new UndoError(`membership: unknown method ${JSON.stringify(method)}`, 'choose loss or mink');
+  if (method !== 'loss' && method !== 'mink') throw new Err(`membership: unknown method ${JSON.stringify(method)}`, 'choose loss or mink');
   const k = opts.k ?? 0.2;
-  if (!(k > 0 && k <= 1)) throw new UndoError(`membership: "k" must be in (0, 1], got ${opts.k}`);
+  if (!(k > 0 && k <= 1)) throw new Err(`membership: "k" must be in (0, 1], got ${opts.k}`);
   const bs = opts.batchSize ?? 16;
   const tok = model.tokenizer;
   const maxT = model.config.maxPositions;
   const ids = texts.map((t, i) => {
     const x = tok.encode(t, { bos: true });
-    if (x.length < 2) throw new UndoError(`membership: text ${i} is empty`);
+    if (x.length < 2) throw new Err(`membership: text ${i} is empty`);
     return x.subarray(0, maxT + 1);
   });
   const scores: number[] = [];

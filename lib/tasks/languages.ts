@@ -16,7 +16,10 @@
  * document is a paragraph of 3–7 sentences.
  */
 import { Rng, mixSeeds } from '../core/rng';
-import { UndoError } from '../core/errors';
+import { UndoError, errorClass } from '../core/errors';
+
+/** Errors of this module: code ERR_ARGUMENT unless one names another. */
+const Err = errorClass('ERR_ARGUMENT');
 
 export const LANGUAGE_NAMES = ['velan', 'kyrish'] as const;
 export type LanguageName = (typeof LANGUAGE_NAMES)[number];
@@ -44,7 +47,7 @@ function words(rng: Rng, n: number, syllable: () => string, minSyl: number, maxS
   const out: string[] = [];
   let guard = 0;
   while (out.length < n) {
-    if (++guard > n * 1000) throw new UndoError('language generator: ran out of distinct words (a bug)');
+    if (++guard > n * 1000) throw new Err('language generator: ran out of distinct words (a bug)');
     const k = rng.int(minSyl, maxSyl);
     let w = '';
     for (let i = 0; i < k; i++) w += syllable();
@@ -194,7 +197,7 @@ export function sentence(lang: LanguageName, rng: Rng): string {
 
 /** `count` documents (paragraphs of 3–7 sentences) of one language, or of both in alternation with 'all'. */
 export function languageDocs(lang: LanguageName | 'all', count: number, seed: number): string[] {
-  if (!Number.isSafeInteger(count) || count < 0) throw new UndoError(`document count must be a non-negative integer, got ${count}`);
+  if (!Number.isSafeInteger(count) || count < 0) throw new Err(`document count must be a non-negative integer, got ${count}`);
   const rng = new Rng(mixSeeds(seed, 'language-docs', lang));
   const docs: string[] = [];
   for (let i = 0; i < count; i++) {
@@ -211,7 +214,7 @@ export function languageDocs(lang: LanguageName | 'all', count: number, seed: nu
 export function parseLanguageSpec(spec: string, what: string): LanguageName | 'all' {
   const part = spec.includes(':') ? spec.slice(spec.indexOf(':') + 1) : 'all';
   if (part !== 'all' && !(LANGUAGE_NAMES as readonly string[]).includes(part)) {
-    throw new UndoError(`${what} "${spec}": choose language:velan (kept, Latin script), language:kyrish (forgotten, Cyrillic) or language:all`);
+    throw new Err(`${what} "${spec}": choose language:velan (kept, Latin script), language:kyrish (forgotten, Cyrillic) or language:all`);
   }
   return part as LanguageName | 'all';
 }

@@ -2,12 +2,15 @@
  * Evaluation: greedy exact-match accuracy on the arithmetic task (per operation and form), the mean
  * next-token cross-entropy of a text under a model, and a teacher–student divergence on held-out data.
  */
-import { UndoError } from '../core/errors';
+import { UndoError, errorClass } from '../core/errors';
 import { compute as computeLoss, LossName } from './losses';
 import { generateIds } from '../models/generate';
 import { Model } from '../models/model';
 import { PackedDataset, windowBatches } from '../data/datasets';
 import { arithmeticEvalSet, ArithmeticScore, isCorrect, Op, scoreArithmetic } from '../tasks/arithmetic';
+
+/** Errors of this module: code ERR_ARGUMENT unless one names another. */
+const Err = errorClass('ERR_ARGUMENT');
 
 export interface ArithmeticEvalOptions {
   ops?: readonly Op[];
@@ -52,7 +55,7 @@ export function arithmeticMetrics(s: ArithmeticScore): Record<string, number> {
  */
 export async function evalTextLoss(model: Model, text: string, window = Math.min(model.config.maxPositions, 1024)): Promise<{ loss: number; tokens: number }> {
   const ids = model.tokenizer.encode(text, { bos: true });
-  if (ids.length < 2) throw new UndoError('the text is empty: nothing to predict');
+  if (ids.length < 2) throw new Err('the text is empty: nothing to predict');
   let total = 0;
   let count = 0;
   for (let start = 0; start + 1 < ids.length; start += window) {
@@ -129,7 +132,7 @@ export async function evalDivergence(
   const T = data.seqLen;
   const bs = opts.batchSize ?? 8;
   const V = student.config.vocabSize;
-  if (teacher.config.vocabSize !== V) throw new UndoError(`evalDivergence: teacher vocab ${teacher.config.vocabSize} ≠ student vocab ${V}`);
+  if (teacher.config.vocabSize !== V) throw new Err(`evalDivergence: teacher vocab ${teacher.config.vocabSize} ≠ student vocab ${V}`);
   let total = 0;
   let count = 0;
   const chunk = opts.chunkRows ?? Math.max(1, Math.floor(DIVERGENCE_CHUNK_FLOATS / V));
@@ -140,7 +143,7 @@ export async function evalDivergence(
     for (let r0 = 0; r0 < B * T; r0 += chunk) {
       const rows = Int32Array.from({ length: Math.min(chunk, B * T - r0) }, (_, j) => r0 + j);
       const [tl, sl] = [await teacher.native.logits(rows, tbuf), await student.native.logits(rows, sbuf)];
-      const r = computeLoss(opts.loss ?? 'fkl', { student: sl, teacher: tl, rows: rows.length, vocab: V, temperature: opts.temperature ?? 1, grad: false, ...(opts.params ?? {}) });
+      const r = await computeLoss(opts.loss ?? 'fkl', { student: sl, teacher: tl, rows: rows.length, vocab: V, temperature: opts.temperature ?? 1, grad: false, ...(opts.params ?? {}) });
       total += r.loss * rows.length;
       count += rows.length;
     }

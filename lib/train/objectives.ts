@@ -7,7 +7,10 @@ import { Batch } from '../data/datasets';
 import { loss as kdLoss, LossName, TopKTeacher } from './losses';
 import { Model } from '../models/model';
 import { HEAD_CHUNK_FLOATS_FLOOR } from '../models/info';
-import { UndoError } from '../core/errors';
+import { UndoError, errorClass } from '../core/errors';
+
+/** Errors of this module: code ERR_ARGUMENT unless one names another. */
+const Err = errorClass('ERR_ARGUMENT');
 
 /**
  * scale · mean next-token cross-entropy over the batch's unmasked target tokens (targets ≠ −100; scale < 0
@@ -66,7 +69,7 @@ export async function logitObjective(
   const tl = opts.teacherLogits;
   const tm = opts.teacher, sb = opts.studentBase, tb = opts.teacherBase;
   if (name === 'deltakd' && !tl && !(tm && sb && tb)) {
-    throw new UndoError('deltakd needs the teacher, the student before distillation and the teacher before its fine-tuning (teacher, studentBase, teacherBase)');
+    throw new Err('deltakd needs the teacher, the student before distillation and the teacher before its fine-tuning (teacher, studentBase, teacherBase)');
   }
   for (const m of [tm, sb, tb]) if (m) await m.native.forward(b.inputs, b.B, b.T);
   const bufs = new Map<Model, Float32Array>();
@@ -116,7 +119,7 @@ export async function chunkedLogitObjective(
     const idx = Int32Array.from({ length: n }, (_, i) => r0 + i);
     const student = (await model.native.logits(idx, sbuf)).subarray(0, n * vocab);
     const t = await teacherRows(r0, idx);
-    const r = kdLoss.compute(name, {
+    const r = await kdLoss.compute(name, {
       student, ...t, rows: n, vocab, temperature: opts.temperature, targets: b.targets.subarray(r0, r0 + n),
       ...(opts.params ?? {}), reduction: 'sum', gradScale: scale / counted,
     });

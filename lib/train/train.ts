@@ -6,11 +6,17 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { Batch, Batcher, BatcherPosition } from '../data/datasets';
-import { UndoError } from '../core/errors';
+import { UndoError, errorClass } from '../core/errors';
 import { appendFileOrThrow, readJson, recoverDir, writeFileAtomic } from '../core/fsutil';
 import { Model } from '../models/model';
 import type { AdamWHyper } from '../core/native';
 import { readSafetensors, serializeSafetensors } from '../formats/safetensors';
+
+/** Errors of this module: code ERR_ARGUMENT unless one names another. */
+const Err = errorClass('ERR_ARGUMENT');
+const CheckpointError = errorClass('ERR_CHECKPOINT');
+const NotFoundError = errorClass('ERR_NOT_FOUND');
+const NonFiniteError = errorClass('ERR_NONFINITE');
 
 export type Schedule = 'constant' | 'linear' | 'cosine';
 
@@ -154,12 +160,12 @@ export interface StopCondition {
  */
 export function parseStopCondition(text: string, what = '--stop-when'): StopCondition {
   const m = /^\s*([A-Za-z_][\w/.:-]*)\s*(<=|>=|<|>)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:e[-+]?\d+)?)\s*$/i.exec(text);
-  if (!m) throw new UndoError(`${what} "${text}": expected METRIC<=VALUE or METRIC>=VALUE (also < and >), e.g. val_loss<=1.2 or retain>=0.95`);
+  if (!m) throw new Err(`${what} "${text}": expected METRIC<=VALUE or METRIC>=VALUE (also < and >), e.g. val_loss<=1.2 or retain>=0.95`);
   return { metric: m[1], op: m[2] as StopCondition['op'], value: Number(m[3]), text: text.trim() };
 }
 
 function noSuchMetric(c: StopCondition, names: Iterable<string>): UndoError {
-  return new UndoError(`--stop-when ${c.text}: the evaluation has no metric "${c.metric}"`,
+  return new Err(`--stop-when ${c.text}: the evaluation has no metric "${c.metric}"`,
     `metrics evaluated: ${[...names].sort().join(', ') || '(none)'}`);
 }
 
@@ -216,7 +222,7 @@ function checkResumeMeta(dir: string, saved: Record<string, unknown> | undefined
   for (const [k, v] of Object.entries(now)) {
     const was = saved?.[k];
     if (JSON.stringify(was ?? null) !== JSON.stringify(v ?? null)) {
-      throw new UndoError(`cannot resume ${dir}: it was saved by a run with ${k} = ${JSON.stringify(was ?? null)}, this run has ${k} = ${JSON.stringify(v ?? null)}`,
+      throw new CheckpointError(`cannot resume ${dir}: it was saved by a run with ${k} = ${JSON.stringify(was ?? null)}, this run has ${k} = ${JSON.stringify(v ?? null)}`,
         'resume with the options of the interrupted run, or start a new one in another --out');
     }
   }
@@ -229,10 +235,10 @@ function checkResumeMeta(dir: string, saved: Record<string, unknown> | undefined
  */
 export function checkpointToResume(dir: string, what = 'a training run'): string {
   recoverDir(dir);  // a save killed mid-swap: its previous checkpoint back first
-  if (!fs.existsSync(dir)) throw new UndoError(`--resume: ${dir} does not exist`, 'give the --out of an interrupted run');
+  if (!fs.existsSync(dir)) throw new NotFoundError(`--resume: ${dir} does not exist`, 'give the --out of an interrupted run');
   const statePath = path.join(dir, STATE_FILE);
   if (!fs.existsSync(statePath)) {
-    throw new UndoError(`--resume: ${dir} holds no checkpoint of ${what} (${STATE_FILE} is missing)`, fs.existsSync(path.join(dir, METRICS_FILE))
+    throw new CheckpointError(`--resume: ${dir} holds no checkpoint of ${what} (${STATE_FILE} is missing)`, fs.existsSync(path.join(dir, METRICS_FILE))
       ? 'the run was stopped before its first checkpoint: start it again without --resume' : 'give the --out of an interrupted run');
   }
   return statePath;
@@ -241,8 +247,8 @@ export function checkpointToResume(dir: string, what = 'a training run'): string
 /** Restore optimizer and trainer state saved by saveCheckpoint (the weights are loaded with Model.load). */
 export function loadTrainerState(model: Model, dir: string): TrainerState & { meta?: Record<string, unknown> } {
   const statePath = checkpointToResume(dir);
-  const state = readJson<TrainerState & { meta?: Record<string, unknown> }>(statePath, 'trainer state');
-  if (typeof state.step !== 'number' || !state.position) throw new UndoError(`${statePath}: not a trainer state (fields step, position)`);
+  const state = readJson<TrainerState & { meta?: Record<string, unknown> }>(statePath, 'trainer state', 'ERR_CHECKPOINT');
+  if (typeof state.step !== 'number' || !state.position) throw new CheckpointError(`${statePath}: not a trainer state (fields step, position)`);
   const optPath = path.join(dir, OPTIM_FILE);
   const st = readSafetensors(optPath);
   const m = st.readTensorF32('adam_m', [model.numParams()]);
@@ -311,12 +317,12 @@ export function stepShares(batches: Batch[], ignoreIndex = -100): number[] {
  * cfg.gradAccum micro-batches; the loss is the mean next-token cross-entropy over all their unmasked target tokens.
  */
 export async function train(model: Model, batcher: Batcher, cfg: TrainConfig, opts: TrainOptions = {}): Promise<TrainResult> {
-  if (!(cfg.steps >= 0) || !Number.isInteger(cfg.steps)) throw new UndoError(`steps must be a non-negative integer, got ${cfg.steps}`);
-  if (!(cfg.gradAccum >= 1)) throw new UndoError(`gradient accumulation must be >= 1, got ${cfg.gradAccum}`);
-  if (!(cfg.lr > 0)) throw new UndoError(`learning rate must be > 0, got ${cfg.lr}`);
+  if (!(cfg.steps >= 0) || !Number.isInteger(cfg.steps)) throw new Err(`steps must be a non-negative integer, got ${cfg.steps}`);
+  if (!(cfg.gradAccum >= 1)) throw new Err(`gradient accumulation must be >= 1, got ${cfg.gradAccum}`);
+  if (!(cfg.lr > 0)) throw new Err(`learning rate must be > 0, got ${cfg.lr}`);
   let state: TrainerState & { meta?: Record<string, unknown> } = { step: 0, tokens: 0, position: batcher.position, elapsedSec: 0 };
   if (opts.resume) {
-    if (!opts.outDir) throw new UndoError('--resume needs the output directory of the run');
+    if (!opts.outDir) throw new Err('--resume needs the output directory of the run');
     state = loadTrainerState(model, opts.outDir);
     checkResumeMeta(opts.outDir, state.meta, opts.meta);
     delete state.meta;
@@ -388,7 +394,7 @@ export async function train(model: Model, batcher: Batcher, cfg: TrainConfig, op
           opts.onSkip?.({ step: state.step + 1, reason: what, tensor, skipped });
           continue;
         }
-        throw new UndoError(`training diverged: ${what} ${where}${skipped ? ` after ${skipped} skipped step${skipped > 1 ? 's' : ''}` : ''}; the weights were not updated from it${opts.outDir ? `, and ${opts.outDir} holds the last checkpoint` : ''}`,
+        throw new NonFiniteError(`training diverged: ${what} ${where}${skipped ? ` after ${skipped} skipped step${skipped > 1 ? 's' : ''}` : ''}; the weights were not updated from it${opts.outDir ? `, and ${opts.outDir} holds the last checkpoint` : ''}`,
           'lower the learning rate (--lr), enable clipping (--clip 1), or skip a few bad batches (--skip-nonfinite N)');
       }
       const gradScale = cfg.clip > 0 ? Math.min(1, cfg.clip / (gradNorm + 1e-6)) : 1;

@@ -12,7 +12,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { Batcher, Document, packDocuments } from '../data/datasets';
 import { distill } from '../distill/distill';
-import { UndoError } from '../core/errors';
+import { UndoError, errorClass } from '../core/errors';
 import { readJson, writeJsonAtomic } from '../core/fsutil';
 import { Model, presetConfig } from '../models/model';
 import { noiseModel } from '../unlearn/noise';
@@ -23,6 +23,9 @@ import { train, TrainConfig, TrainOptions } from '../train/train';
 import { unlearn, UnlearnMethod, UNLEARN_DEFAULTS, UnlearnStage } from '../unlearn/unlearn';
 import { arithmeticScores, arithmeticTask, dataTask, retainStop, StudyTask, TaskScore } from './tasks';
 import { FORGET_LANGUAGE, languageDocs, RETAIN_LANGUAGE } from '../tasks/languages';
+
+/** Errors of this module: code ERR_ARGUMENT unless one names another. */
+const Err = errorClass('ERR_ARGUMENT');
 
 export { arithmeticScores, retainStop };
 
@@ -263,7 +266,7 @@ export async function runArms(c: StudyConfig, task: StudyTask, models: StudyMode
   const fraction = (tokens: number) => (models.oracleTokens ? tokens / models.oracleTokens : NaN);
 
   const arms: UnlearnArm[] = c.methods.map((m) => (typeof m === 'string' ? { method: m } : m));
-  if (!arms.length) throw new UndoError('the study needs at least one unlearning method');
+  if (!arms.length) throw new Err('the study needs at least one unlearning method');
   let teacher: Model | null = null;
   for (const arm of arms) {
     const name = `unlearn-only (${armLabel(arm)})`;
@@ -404,7 +407,7 @@ function checkManifest(dir: string, identity: Record<string, unknown>): void {
           return [`${prefix}${k === 'methods' ? 'methods[0] (the teacher)' : k}`];
         });
       const keys = diff(old, now, '');
-      throw new UndoError(`${dir} holds a study with other settings (${keys.join(', ')} differ${keys.length === 1 ? 's' : ''})`,
+      throw new Err(`${dir} holds a study with other settings (${keys.join(', ')} differ${keys.length === 1 ? 's' : ''})`,
         'arms (unlearn-only methods, UNDO α values) may be added to a study; for other settings choose another --out, or remove that directory');
     }
   }
@@ -478,7 +481,7 @@ export interface AggregateReport {
 
 /** Mean ± standard deviation over seeds, model by model (rows matched by name, in the first seed's order). */
 export function aggregateReports(reports: readonly StudyReport[], seeds: readonly number[], elapsedSec: number): AggregateReport {
-  if (!reports.length) throw new UndoError('no study reports to aggregate');
+  if (!reports.length) throw new Err('no study reports to aggregate');
   const budgets = reports[0].study.relearn.budgets;
   const rows = reports[0].rows.map((r0) => {
     const same = reports.map((r) => r.rows.find((x) => x.name === r0.name));
@@ -505,8 +508,8 @@ export function aggregateReports(reports: readonly StudyReport[], seeds: readonl
  */
 export async function runSeeds(seeds: readonly number[], o: Pick<StudyOptions, 'outDir' | 'log'>,
   run: (seed: number, outDir: string) => Promise<StudyReport>): Promise<{ reports: StudyReport[]; aggregate?: AggregateReport }> {
-  if (!seeds.length) throw new UndoError('--seeds: give at least one seed');
-  if (new Set(seeds).size !== seeds.length) throw new UndoError(`--seeds ${seeds.join(',')}: a seed is repeated`);
+  if (!seeds.length) throw new Err('--seeds: give at least one seed');
+  if (new Set(seeds).size !== seeds.length) throw new Err(`--seeds ${seeds.join(',')}: a seed is repeated`);
   const t0 = Date.now();
   if (seeds.length === 1) return { reports: [await run(seeds[0], o.outDir)] };
   const reports: StudyReport[] = [];

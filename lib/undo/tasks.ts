@@ -6,11 +6,14 @@
  */
 import { Document, packDocuments, PackedDataset, splitTrainVal } from '../data/datasets';
 import type { PackingTokenizer } from '../data/datasets';
-import { UndoError } from '../core/errors';
+import { UndoError, errorClass } from '../core/errors';
 import { evalArithmetic, evalPackedLossAccuracy } from '../train/evaluate';
 import { Model } from '../models/model';
 import { ALL_OPS, FORGET_OPS, generateArithmeticCorpus, Op, RETAIN_OPS } from '../tasks/arithmetic';
 import { TrainOptions } from '../train/train';
+
+/** Errors of this module: code ERR_ARGUMENT unless one names another. */
+const Err = errorClass('ERR_ARGUMENT');
 
 /** A model's scores on a task: retain and forget in the task's unit, and every metric by name. */
 export interface TaskScore {
@@ -138,11 +141,11 @@ export function dataTask(tok: PackingTokenizer, o: DataTaskOptions): StudyTask {
   const vf = o.valFraction ?? 0.1;
   const pack = (docs: readonly Document[], what: string, salt: number) => {
     const p = packDocuments(tok, docs, o.seqLen, { seed: o.seed + salt });
-    if (p.count === 0) throw new UndoError(`${what}: not enough text for one window of ${o.seqLen + 1} tokens`, 'give more documents or a shorter --seq-len');
+    if (p.count === 0) throw new Err(`${what}: not enough text for one window of ${o.seqLen + 1} tokens`, 'give more documents or a shorter --seq-len');
     return p;
   };
   const split = (docs: readonly Document[], what: string, salt: number) => {
-    if (docs.length < 2) throw new UndoError(`${what}: ${docs.length} document${docs.length === 1 ? '' : 's'}; a held-out part needs at least 2`);
+    if (docs.length < 2) throw new Err(`${what}: ${docs.length} document${docs.length === 1 ? '' : 's'}; a held-out part needs at least 2`);
     const s = splitTrainVal(docs, vf, o.seed + salt);
     return { train: pack(s.train, `${what} (training part)`, salt), val: pack(s.val, `${what} (held-out ${Math.round(vf * 100)}%)`, salt + 10) };
   };

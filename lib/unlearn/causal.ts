@@ -4,13 +4,16 @@
  * lib/unlearn/unlearn.ts as method 'causal'.
  */
 import { Batch, Batcher, PackedDataset } from '../data/datasets';
-import { UndoError } from '../core/errors';
+import { UndoError, errorClass } from '../core/errors';
 import { loss as kdLoss } from '../train/losses';
 import { headChunkRows } from '../train/objectives';
 import { Model } from '../models/model';
 import { mixSeeds } from '../core/rng';
 import { replacementNames } from '../tasks/biographies';
 import type { Tokenizer } from '../data/tokenizer';
+
+/** Errors of this module: code ERR_ARGUMENT unless one names another. */
+const Err = errorClass('ERR_ARGUMENT');
 
 // ---------------------------------------------------------------------------------------------
 // Causal intervention ("Revisiting Who's Harry Potter", Liu, Zhang, Jaakkola & Chang; research notes
@@ -171,23 +174,23 @@ function nameForms(tokenizer: Tokenizer, name: string, space: Int32Array): { pre
 /** Validate the options and draw the replacement names (deterministic by seed). */
 export function causalPlan(tokenizer: Tokenizer, opts: CausalOptions): CausalPlan {
   const n = opts.replacements ?? CAUSAL_DEFAULT_REPLACEMENTS;
-  if (!Number.isInteger(n) || n < 1) throw new UndoError(`causal: the number of counterfactual rewrites must be an integer >= 1, got ${n}`, 'set --replacements N (N = 1 is a single counterfactual name)');
-  if (n > 1000) throw new UndoError(`causal: at most 1000 counterfactual rewrites, got ${n}`);
+  if (!Number.isInteger(n) || n < 1) throw new Err(`causal: the number of counterfactual rewrites must be an integer >= 1, got ${n}`, 'set --replacements N (N = 1 is a single counterfactual name)');
+  if (n > 1000) throw new Err(`causal: at most 1000 counterfactual rewrites, got ${n}`);
   const entities: string[] = [];
   for (const raw of opts.entities ?? []) {
-    if (typeof raw !== 'string') throw new UndoError(`causal: entity names must be strings, got ${JSON.stringify(raw)}`);
+    if (typeof raw !== 'string') throw new Err(`causal: entity names must be strings, got ${JSON.stringify(raw)}`);
     const e = raw.trim();
-    if (!e) throw new UndoError('causal: an entity name is empty');
+    if (!e) throw new Err('causal: an entity name is empty');
     if (!entities.includes(e)) entities.push(e);
   }
   if (!entities.length) {
-    throw new UndoError('causal: no target entity given', 'name the person(s) to forget with --entity NAME (the built-in biographies data derives them from the forget split)');
+    throw new Err('causal: no target entity given', 'name the person(s) to forget with --entity NAME (the built-in biographies data derives them from the forget split)');
   }
   const E = entities.length;
   let pool: string[];
   if (opts.names) {
     pool = [...new Set(opts.names.map((s) => s.trim()).filter(Boolean))].filter((s) => !entities.includes(s));
-    if (pool.length < n * E) throw new UndoError(`causal: ${n} rewrites of ${E} entities need ${n * E} distinct replacement names that are not entities, got ${pool.length}`);
+    if (pool.length < n * E) throw new Err(`causal: ${n} rewrites of ${E} entities need ${n * E} distinct replacement names that are not entities, got ${pool.length}`);
   } else {
     pool = replacementNames(n * E, { seed: mixSeeds(opts.seed ?? 0, 'causal'), exclude: [...entities, ...(opts.exclude ?? [])] });
   }
@@ -275,13 +278,13 @@ export function rewriteWindow(seq: ArrayLike<number>, mentions: readonly Mention
     if (m < sorted.length && sorted[m].start === t) {
       const x = replacementIds[sorted[m].entity];
       const r = x instanceof Int32Array ? x : x?.[sorted[m].form ?? 0];
-      if (!r) throw new UndoError(`rewriteWindow: no replacement for entity ${sorted[m].entity}`);
+      if (!r) throw new Err(`rewriteWindow: no replacement for entity ${sorted[m].entity}`);
       for (const x of r) ids.push(x);
       t = Math.max(t + 1, sorted[m].end);
       m++;
       continue;
     }
-    if (m < sorted.length && sorted[m].start < t) throw new UndoError('rewriteWindow: mentions overlap');
+    if (m < sorted.length && sorted[m].start < t) throw new Err('rewriteWindow: mentions overlap');
     map[t] = ids.length;
     ids.push(seq[t]);
     t++;
@@ -327,7 +330,7 @@ export class CounterfactualAverage {
   private readonly picks = new Map<number, Float64Array>();
 
   constructor(readonly rows: number, readonly vocab: number, readonly n: number, readonly nameBack?: NameBackSpec) {
-    if (!Number.isInteger(n) || n < 1) throw new UndoError(`CounterfactualAverage: n must be an integer >= 1, got ${n}`);
+    if (!Number.isInteger(n) || n < 1) throw new Err(`CounterfactualAverage: n must be an integer >= 1, got ${n}`);
     this.sum = new Float64Array(rows * vocab);
   }
 
@@ -599,7 +602,7 @@ export async function causalObjective(model: Model, original: Model, b: Batch, p
       const n = Math.min(chunk, g1 * T - c0);
       const student = (await model.native.logits(Int32Array.from({ length: n }, (_, i) => c0 + i), sbuf)).subarray(0, n * V);
       const at = c0 - g0 * T;
-      const res = kdLoss.compute('fkl', { student, teacher: teacher.subarray(at * V, (at + n) * V), rows: n, vocab: V, mask: mask.subarray(at, at + n), reduction: 'sum' });
+      const res = await kdLoss.compute('fkl', { student, teacher: teacher.subarray(at * V, (at + n) * V), rows: n, vocab: V, mask: mask.subarray(at, at + n), reduction: 'sum' });
       for (let i = 0; i < n; i++) {
         const r = Math.floor((c0 + i) / T);
         if (!counts[r]) continue;
@@ -620,7 +623,7 @@ export function checkEntitiesPresent(plan: CausalPlan, data: PackedDataset): voi
   const found = new Set(findMentions(data.tokens, plan).map((m) => m.entity));
   const missing = plan.entities.filter((_e, i) => !found.has(i));
   if (missing.length) {
-    throw new UndoError(`causal: ${missing.map((m) => JSON.stringify(m)).join(', ')} ${missing.length === 1 ? 'does' : 'do'} not occur in the forget data`,
+    throw new Err(`causal: ${missing.map((m) => JSON.stringify(m)).join(', ')} ${missing.length === 1 ? 'does' : 'do'} not occur in the forget data`,
       'entities are matched exactly (case-sensitive, whole words, as the tokenizer writes the name alone or after a space); check the spelling or the --forget data');
   }
 }

@@ -16,9 +16,12 @@
  * the arithmetic done here in TypeScript is element-wise and order-independent, so the result is bit-identical for
  * any thread count, across calls, and does not change for one tensor when other tensors are added or renamed.
  */
-import { UndoError } from '../core/errors';
+import { UndoError, errorClass } from '../core/errors';
 import { Model } from '../models/model';
 import { native, NativeTensorInfo } from '../core/native';
+
+/** Errors of this module: code ERR_ARGUMENT unless one names another. */
+const Err = errorClass('ERR_ARGUMENT');
 
 // ---------------------------------------------------------------------------------------------------------------
 // Noise (UNDO)
@@ -60,7 +63,7 @@ export function noiseStream(tensorName: string): string {
 
 /** (fan_in, fan_out) as torch.nn.init computes them: shape [out, in, ...receptive field]. */
 export function fans(shape: readonly number[]): { fanIn: number; fanOut: number } {
-  if (shape.length < 2) throw new UndoError(`fan_in/fan_out need a tensor of at least 2 dimensions, got shape [${shape}]`);
+  if (shape.length < 2) throw new Err(`fan_in/fan_out need a tensor of at least 2 dimensions, got shape [${shape}]`);
   let receptive = 1;
   for (let i = 2; i < shape.length; i++) receptive *= shape[i];
   return { fanIn: shape[1] * receptive, fanOut: shape[0] * receptive };
@@ -79,14 +82,14 @@ export function isMatrix(t: NativeTensorInfo): boolean {
 
 function checkUnit(name: string, v: unknown): number {
   if (typeof v !== 'number' || !(v >= 0 && v <= 1)) {
-    throw new UndoError(`${name} must be a number in [0, 1], got ${typeof v === 'number' ? v : JSON.stringify(v)}`);
+    throw new Err(`${name} must be a number in [0, 1], got ${typeof v === 'number' ? v : JSON.stringify(v)}`);
   }
   return v;
 }
 
 function checkStd(v: unknown, what: string): number {
   if (typeof v !== 'number' || !Number.isFinite(v) || !(v > 0)) {
-    throw new UndoError(`${what} must be a finite number > 0, got ${typeof v === 'number' ? v : JSON.stringify(v)}`);
+    throw new Err(`${what} must be a finite number > 0, got ${typeof v === 'number' ? v : JSON.stringify(v)}`);
   }
   return v;
 }
@@ -121,14 +124,14 @@ export function noiseModel(model: Model, opts: NoiseOptions): void {
   const beta = checkUnit('beta', opts.beta);
   const seed = opts.seed ?? 0;
   if (typeof seed !== 'number' || !Number.isSafeInteger(seed) || seed < 0) {
-    throw new UndoError(`seed must be a non-negative integer, got ${typeof seed === 'number' ? seed : JSON.stringify(seed)}`);
+    throw new Err(`seed must be a non-negative integer, got ${typeof seed === 'number' ? seed : JSON.stringify(seed)}`);
   }
   const dist = opts.dist ?? 'xavier';
   if (dist !== 'xavier' && dist !== 'normal') {
-    throw new UndoError(`dist must be "xavier" or "normal", got ${JSON.stringify(dist)}`);
+    throw new Err(`dist must be "xavier" or "normal", got ${JSON.stringify(dist)}`);
   }
   if (opts.std !== undefined && dist !== 'normal') {
-    throw new UndoError(`std applies only to dist "normal" (got std ${opts.std} with dist "${dist}")`,
+    throw new Err(`std applies only to dist "normal" (got std ${opts.std} with dist "${dist}")`,
       'the Xavier bound is fixed by each matrix\'s shape; drop std or use dist "normal"');
   }
   const std = dist === 'normal' ? checkStd(opts.std ?? NOISE_DEFAULT_STD, 'std') : 0;
@@ -323,26 +326,26 @@ export function projectToDistribution(model: Model, opts: ProjectOptions): void 
   const eta = checkUnit('eta', opts.eta);
   const target = opts.target;
   if (target instanceof Float32Array) {
-    if (target.length === 0) throw new UndoError('target sample is empty');
+    if (target.length === 0) throw new Err('target sample is empty');
     for (let k = 0; k < target.length; k++) {
-      if (!Number.isFinite(target[k])) throw new UndoError(`target sample holds a non-finite value (${target[k]} at index ${k})`);
+      if (!Number.isFinite(target[k])) throw new Err(`target sample holds a non-finite value (${target[k]} at index ${k})`);
       if (k > 0 && target[k] < target[k - 1]) {
-        throw new UndoError(`target sample must be sorted ascending, but element ${k} (${target[k]}) < element ${k - 1} (${target[k - 1]})`,
+        throw new Err(`target sample must be sorted ascending, but element ${k} (${target[k]}) < element ${k - 1} (${target[k - 1]})`,
           'sort it first, e.g. sample.slice().sort()');
       }
     }
-    if (opts.std !== undefined) throw new UndoError(`std applies only to a "normal" or "uniform" target (got std ${opts.std} with a sample target)`);
+    if (opts.std !== undefined) throw new Err(`std applies only to a "normal" or "uniform" target (got std ${opts.std} with a sample target)`);
   } else if (target !== 'normal' && target !== 'uniform') {
-    throw new UndoError(`target must be "normal", "uniform" or a sorted Float32Array sample, got ${JSON.stringify(target)}`);
+    throw new Err(`target must be "normal", "uniform" or a sorted Float32Array sample, got ${JSON.stringify(target)}`);
   }
   const fixedStd = opts.std === undefined ? undefined : checkStd(opts.std, 'std');
   const match = opts.match ?? (() => true);
   const selected = model.tensors.filter((t) => isMatrix(t) && match(t.name));
-  if (selected.length === 0) throw new UndoError('projectToDistribution: no weight matrix of the model matches');
+  if (selected.length === 0) throw new Err('projectToDistribution: no weight matrix of the model matches');
   for (const t of selected) {
     const w = model.tensor(t.name);
     for (let i = 0; i < w.length; i++) {
-      if (!Number.isFinite(w[i])) throw new UndoError(`tensor "${t.name}" holds a non-finite value (${w[i]} at index ${i})`);
+      if (!Number.isFinite(w[i])) throw new Err(`tensor "${t.name}" holds a non-finite value (${w[i]} at index ${i})`);
     }
   }
   if (eta === 0) return;

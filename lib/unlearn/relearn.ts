@@ -4,9 +4,12 @@
  * the sweep at each evaluation step (undo.md §6: LR sweep, constant LR, warm-up 1, clip 1, no decay).
  */
 import { Batcher, PackedDataset } from '../data/datasets';
-import { UndoError } from '../core/errors';
+import { UndoError, errorClass } from '../core/errors';
 import { Model } from '../models/model';
 import { train } from '../train/train';
+
+/** Errors of this module: code ERR_ARGUMENT unless one names another. */
+const Err = errorClass('ERR_ARGUMENT');
 
 export const DEFAULT_RELEARN_LRS = [1e-3, 7e-4, 4e-4, 1e-4, 7e-5, 5e-5, 1e-5];
 
@@ -49,8 +52,8 @@ export interface RelearnResult {
 
 export async function relearn(model: Model, data: PackedDataset, opts: RelearnOptions): Promise<RelearnResult> {
   const lrs = opts.lrs ?? DEFAULT_RELEARN_LRS;
-  if (!lrs.length || lrs.some((lr) => !(lr > 0))) throw new UndoError(`relearn: learning rates must be positive, got ${lrs.join(',')}`);
-  if (!(opts.evalEvery >= 1)) throw new UndoError('relearn: evalEvery must be >= 1');
+  if (!lrs.length || lrs.some((lr) => !(lr > 0))) throw new Err(`relearn: learning rates must be positive, got ${lrs.join(',')}`);
+  if (!(opts.evalEvery >= 1)) throw new Err('relearn: evalEvery must be >= 1');
   const sign = opts.direction === 'min' ? -1 : 1;
   const curves: RelearnResult['curves'] = [];
   const measure = async (m: Model): Promise<Omit<CurvePoint, 'step'>> => {

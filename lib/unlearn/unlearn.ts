@@ -5,13 +5,16 @@
  * is an objective on a forget batch (plus a retain batch) plugged into the shared training loop (lib/train/train.ts).
  */
 import { Batch, Batcher } from '../data/datasets';
-import { UndoError } from '../core/errors';
+import { UndoError, errorClass } from '../core/errors';
 import { Model } from '../models/model';
 import { ceObjective, chunkedLogitObjective, headChunkRows, logitObjective, rowCE } from '../train/objectives';
 import { mixSeeds, Rng } from '../core/rng';
 import { repNoiseObjective, REPNOISE_DEFAULTS } from './repnoise';
 import { train, TrainConfig, TrainOptions, TrainResult } from '../train/train';
 import { CausalCache, CausalOptions, CausalPlan, causalObjective, causalPlan, checkEntitiesPresent, windowContext } from './causal';
+
+/** Errors of this module: code ERR_ARGUMENT unless one names another. */
+const Err = errorClass('ERR_ARGUMENT');
 
 export const UNLEARN_METHODS = ['gradascent', 'graddiff', 'npo', 'simnpo', 'maxent', 'repnoise', 'rmu', 'whp', 'causal'] as const;
 export type UnlearnMethod = (typeof UNLEARN_METHODS)[number];
@@ -81,7 +84,7 @@ export function defaultUnlearnParams(method: UnlearnMethod, model: Model): Unlea
 export function parseMethod(name: string): UnlearnMethod {
   const m = name.toLowerCase().replace(/[-_]/g, '');
   if (!(UNLEARN_METHODS as readonly string[]).includes(m)) {
-    throw new UndoError(`unknown unlearning method "${name}"`, `choose one of: ${UNLEARN_METHODS.join(', ')}`);
+    throw new Err(`unknown unlearning method "${name}"`, `choose one of: ${UNLEARN_METHODS.join(', ')}`);
   }
   return m as UnlearnMethod;
 }
@@ -108,7 +111,7 @@ async function npoObjective(model: Model, ref: Model | null, b: Batch, p: Unlear
   const nllTheta = perSequence(rowsTheta, B, T);
   let nllRef: Float64Array = new Float64Array(B);
   if (!simple) {
-    if (!ref) throw new UndoError('NPO needs a reference model');
+    if (!ref) throw new Err('NPO needs a reference model');
     nllRef = perSequence(await rowCE(ref, b), B, T);
   }
   const weights = new Float32Array(B * T);
@@ -182,8 +185,8 @@ export async function unlearn(model: Model, forget: Batcher, retain: Batcher | n
   // a steered layer given without its first trained layer: the three layers ending at it
   if (opts.params?.rmuLayer !== undefined && opts.params.rmuFirstLayer === undefined) p.rmuFirstLayer = Math.max(0, p.rmuLayer - 2);
   const method = opts.method;
-  if (p.rmuLayer < 0 || p.rmuLayer >= model.config.numLayers) throw new UndoError(`--rmu-layer ${p.rmuLayer} is outside [0, ${model.config.numLayers})`);
-  if (p.retainWeight > 0 && !retain) throw new UndoError(`${method} with a retain weight needs retain data (--retain)`);
+  if (p.rmuLayer < 0 || p.rmuLayer >= model.config.numLayers) throw new Err(`--rmu-layer ${p.rmuLayer} is outside [0, ${model.config.numLayers})`);
+  if (p.retainWeight > 0 && !retain) throw new Err(`${method} with a retain weight needs retain data (--retain)`);
   let ref: Model | null = null;
   if (method === 'npo') ref = opts.reference ?? model.clone();
   let reinforced: Model | null = null;
@@ -200,7 +203,7 @@ export async function unlearn(model: Model, forget: Batcher, retain: Batcher | n
   let contextWidth = 0;
   const causalCache: CausalCache = {};
   if (method === 'causal') {
-    if (!opts.causal) throw new UndoError('method causal needs the target entities', 'name them with --entity NAME (the built-in biographies data derives them from the forget split)');
+    if (!opts.causal) throw new Err('method causal needs the target entities', 'name them with --entity NAME (the built-in biographies data derives them from the forget split)');
     plan = causalPlan(model.tokenizer, { ...opts.causal, seed: opts.causal.seed ?? p.seed });
     checkEntitiesPresent(plan, forget.data);
     contextWidth = Math.max(...plan.entityForms.flat().map((ids) => ids.length)) + 1;
@@ -264,8 +267,8 @@ export async function unlearn(model: Model, forget: Batcher, retain: Batcher | n
     return loss * share;
   };
   const rho = opts.sam ?? 0;
-  if (rho < 0) throw new UndoError(`SAM ρ must be >= 0, got ${rho}`);
-  if (rho > 0 && cfg.gradAccum !== 1) throw new UndoError('SAM needs gradient accumulation 1');
+  if (rho < 0) throw new Err(`SAM ρ must be >= 0, got ${rho}`);
+  if (rho > 0 && cfg.gradAccum !== 1) throw new Err('SAM needs gradient accumulation 1');
   const microStep = async (fb: Batch, share: number): Promise<number> => {
     const rb = retain && p.retainWeight > 0 ? retain.next() : null;
     if (rho === 0) return objective(fb, rb, share);

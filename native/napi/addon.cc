@@ -66,7 +66,45 @@ Napi::Value GetThreads(const Napi::CallbackInfo& info) { return Napi::Number::Ne
 
 // gemm / gemmBf16 / gemmBf16Packed share the argument checks; mode 0 fp32, 1 bf16, 2 bf16 with op(B) prepacked
 // (undo::Bf16Packed, the LM head's path)
-Napi::Value GemmImpl(const Napi::CallbackInfo& info, int mode) {
+// Runs `work` on the libuv pool (no model lock: the caller's own arrays); resolves with undefined. `keep`: the
+// typed arrays `work` uses, held until it is done (not copied: the caller must not change them meanwhile).
+class PoolTask : public Napi::AsyncWorker {
+ public:
+  PoolTask(Napi::Env env, std::function<void()> work, std::vector<Napi::Value> keep)
+      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), work_(std::move(work)) {
+    for (auto& v : keep)
+      if (v.IsObject()) keep_.push_back(Napi::Persistent(v.As<Napi::Object>()));
+  }
+  Napi::Promise promise() { return deferred_.Promise(); }
+  void Execute() override {
+    try {
+      work_();
+    } catch (const std::exception& e) {
+      SetError(e.what());
+    }
+  }
+  void OnOK() override { deferred_.Resolve(Env().Undefined()); }
+  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  std::function<void()> work_;
+  std::vector<Napi::ObjectReference> keep_;
+};
+
+// `work` now (returns undefined) or, when async, on the pool (returns its Promise)
+Napi::Value run_now_or_pooled(Napi::Env env, bool async, std::function<void()> work, std::vector<Napi::Value> keep) {
+  if (!async) {
+    work();
+    return env.Undefined();
+  }
+  auto* t = new PoolTask(env, std::move(work), std::move(keep));
+  Napi::Promise p = t->promise();
+  t->Queue();
+  return p;
+}
+
+Napi::Value GemmImpl(const Napi::CallbackInfo& info, int mode, bool async = false) {
   const bool ta = flag(info, 0), tb = flag(info, 1);
   const int64_t M = num(info, 2, "M"), N = num(info, 3, "N"), K = num(info, 4, "K");
   const float alpha = (float)dbl(info, 5, "alpha");
@@ -79,18 +117,22 @@ Napi::Value GemmImpl(const Napi::CallbackInfo& info, int mode) {
   auto A = f32(info, 6, "A", need(arows, acols, lda));
   auto B = f32(info, 8, "B", need(brows, bcols, ldb));
   auto C = f32(info, 11, "C", need(M, N, ldc));
-  if (mode == 2) {
-    undo::Bf16Packed Bp;
-    Bp.pack(tb, N, K, B.Data(), ldb);
-    undo::gemm_bf16_packed(Bp, ta, M, alpha, A.Data(), lda, beta, C.Data(), ldc);
-  } else if (mode == 1) {
-    undo::gemm_bf16(ta, tb, M, N, K, alpha, A.Data(), lda, B.Data(), ldb, beta, C.Data(), ldc);
-  } else {
-    undo::gemm(ta, tb, M, N, K, alpha, A.Data(), lda, B.Data(), ldb, beta, C.Data(), ldc);
-  }
-  return info.Env().Undefined();
+  const float *a = A.Data(), *b = B.Data();
+  float* c = C.Data();
+  return run_now_or_pooled(info.Env(), async, [=]() {
+    if (mode == 2) {
+      undo::Bf16Packed Bp;
+      Bp.pack(tb, N, K, b, ldb);
+      undo::gemm_bf16_packed(Bp, ta, M, alpha, a, lda, beta, c, ldc);
+    } else if (mode == 1) {
+      undo::gemm_bf16(ta, tb, M, N, K, alpha, a, lda, b, ldb, beta, c, ldc);
+    } else {
+      undo::gemm(ta, tb, M, N, K, alpha, a, lda, b, ldb, beta, c, ldc);
+    }
+  }, {A, B, C});
 }
 Napi::Value Gemm(const Napi::CallbackInfo& info) { return GemmImpl(info, 0); }
+Napi::Value GemmAsync(const Napi::CallbackInfo& info) { return GemmImpl(info, 0, true); }
 Napi::Value GemmBf16(const Napi::CallbackInfo& info) { return GemmImpl(info, 1); }
 Napi::Value GemmBf16Packed(const Napi::CallbackInfo& info) { return GemmImpl(info, 2); }
 Napi::Value Bf16Native(const Napi::CallbackInfo& info) { return Napi::Boolean::New(info.Env(), undo::bf16_native()); }
@@ -332,9 +374,10 @@ void kd_params(Napi::Object o, undo::KdArgs* a) {
   a->t2_scale = o.Get("t2Scale").ToBoolean().Value();
 }
 
-Napi::Value KdLoss(const Napi::CallbackInfo& info) {
+// kdLoss's arguments, checked on the JS thread; returns the options object (which holds the typed arrays).
+Napi::Object kd_loss_args(const Napi::CallbackInfo& info, undo::KdArgs* ap) {
   Napi::Env env = info.Env();
-  undo::KdArgs a;
+  undo::KdArgs& a = *ap;
   Napi::Object o = kd_loss_options(info, &a);
   // a typed array field of exactly `len` elements (or absent when !required)
   auto arr = [&](const char* f, napi_typedarray_type type, size_t len, bool required) -> void* {
@@ -358,7 +401,11 @@ Napi::Value KdLoss(const Napi::CallbackInfo& info) {
   a.grad_scale = field(o, "gradScale", 1.0);
   a.row_loss = (float*)arr("perRow", napi_float32_array, R, true);
   a.grad = (float*)arr("grad", napi_float32_array, n, false);
-  const undo::KdResult r = undo::kd_loss(a);
+  return o;
+}
+
+// {loss, count}, or the kernel's complaint (a bad id or target names its row) thrown as a JS exception.
+Napi::Value kd_result(Napi::Env env, const undo::KdResult& r) {
   if (r.status != undo::KdStatus::ok) {
     throw_kd_row_status(env, r.status, r.bad_row, r.bad_value);
     throw Napi::TypeError::New(env, std::string("kdLoss: ") + r.message);
@@ -367,6 +414,53 @@ Napi::Value KdLoss(const Napi::CallbackInfo& info) {
   out.Set("loss", Napi::Number::New(env, r.loss));
   out.Set("count", Napi::Number::New(env, (double)r.counted));
   return out;
+}
+
+Napi::Value KdLoss(const Napi::CallbackInfo& info) {
+  undo::KdArgs a;
+  kd_loss_args(info, &a);
+  return kd_result(info.Env(), undo::kd_loss(a));
+}
+
+// kdLossAsync(name, opts) → Promise<{loss, count}>: kdLoss on the libuv pool. The arguments are checked here,
+// synchronously (a bad one throws); the typed arrays are not copied: the options object is kept alive until the
+// promise settles, and the caller must not change the arrays before then.
+class KdLossTask : public Napi::AsyncWorker {
+ public:
+  KdLossTask(Napi::Env env, const undo::KdArgs& a, Napi::Object keep)
+      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), args_(a), keep_(Napi::Persistent(keep)) {}
+  Napi::Promise promise() { return deferred_.Promise(); }
+  void Execute() override {
+    try {
+      result_ = undo::kd_loss(args_);
+    } catch (const std::exception& e) {
+      SetError(e.what());
+    }
+  }
+  void OnOK() override {
+    Napi::HandleScope scope(Env());
+    try {
+      deferred_.Resolve(kd_result(Env(), result_));
+    } catch (const Napi::Error& e) {
+      deferred_.Reject(e.Value());
+    }
+  }
+  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  undo::KdArgs args_;
+  undo::KdResult result_{};
+  Napi::ObjectReference keep_;
+};
+
+Napi::Value KdLossAsync(const Napi::CallbackInfo& info) {
+  undo::KdArgs a;
+  Napi::Object o = kd_loss_args(info, &a);
+  auto* t = new KdLossTask(info.Env(), a, o);
+  Napi::Promise p = t->promise();
+  t->Queue();
+  return p;
 }
 // adamwUpdate(param, grad, m, v, {lr, beta1, beta2, eps, weightDecay, gradScale, step})
 Napi::Value AdamwUpdate(const Napi::CallbackInfo& info) {
@@ -1017,6 +1111,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("embeddingBackward", Napi::Function::New(env, EmbeddingBackward));
   exports.Set("crossEntropy", Napi::Function::New(env, CrossEntropy));
   exports.Set("kdLoss", Napi::Function::New(env, KdLoss));
+  exports.Set("kdLossAsync", Napi::Function::New(env, KdLossAsync));
+  exports.Set("gemmAsync", Napi::Function::New(env, GemmAsync));
   exports.Set("adamwUpdate", Napi::Function::New(env, AdamwUpdate));
   exports.Set("sumSquares", Napi::Function::New(env, SumSquares));
   exports.Set("fillRandom", Napi::Function::New(env, FillRandom));
