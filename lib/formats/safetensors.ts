@@ -121,7 +121,7 @@ const MAX_HEADER_BYTES = 100_000_000;
 export const HOST_LE = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
 
 function fail(source: string, msg: string, hint?: string): never {
-  throw new Err(`safetensors file ${source}: ${msg}`, hint);
+  throw new Err(`safetensors file ${source}: ${msg}`, { hint, file: source });
 }
 
 /** Number of elements of a shape (1 for a scalar). */
