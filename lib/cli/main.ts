@@ -343,11 +343,8 @@ export async function main(argv: string[]): Promise<void> {
       if (process.env.UNDO_DEBUG) console.error(e.stack);
     } else if (e instanceof CommanderError) {
       // commander's own exits: --help / --version (status 0) and usage errors, which it has printed already
-      process.exitCode = e.exitCode;
-      if (e.exitCode !== 0) {
-        console.error('code: ERR_ARGUMENT (exit 1)');
-        process.exitCode = 1;
-      }
+      if (e.exitCode !== 0) console.error('code: ERR_ARGUMENT (exit 1)');
+      process.exitCode = e.exitCode === 0 ? 0 : 1;
       return;
     } else {
       console.error(`error: ${describeError(e)}`);

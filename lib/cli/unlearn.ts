@@ -16,7 +16,7 @@ import { ALL_OPS, FORGET_OPS, generateArithmeticCorpus, Op } from '../tasks/arit
 import { languageDocs, parseLanguageSpec } from '../tasks/languages';
 import { biographyMetrics, builtinBiographyDocs, builtinBiographyNames, pateBiographyDocs } from '../tasks/biographies';
 import { TrainConfig, TrainOptions } from '../train/train';
-import { CAUSAL_DEFAULT_REPLACEMENTS, CausalOptions, parseMethod, unlearn, UNLEARN_DEFAULTS, UNLEARN_METHODS } from '../unlearn/unlearn';
+import { CAUSAL_DEFAULT_REPLACEMENTS, CausalOptions, isWordChar, parseMethod, unlearn, UNLEARN_DEFAULTS, UNLEARN_METHODS } from '../unlearn/unlearn';
 import { arithmeticScores, defaultStudyOut, retainStop, runArms, runSeeds, runStudy, StudyConfig, StudyInterrupted, StudyOptions, StudyReport, STUDIES } from '../undo/study';
 import { dataTask } from '../undo/tasks';
 import { aggregateMarkdown, reportMarkdown } from '../undo/report';
@@ -105,8 +105,8 @@ export function causalEntities(forgetSpec: string, entity: readonly string[], fd
     throw new Err('--method causal needs the target entity: --entity NAME (repeatable or comma-separated)',
       'the built-in biographies data (--forget biographies:forget) derives the names from its forget split');
   }
-  // the same boundary rule as lib/unlearn/unlearn.ts findMentions: ASCII letters, digits and any non-ASCII character are word characters
-  const wordAt = (d: string, i: number) => i >= 0 && i < d.length && (/[0-9A-Za-z]/.test(d[i]) || d.charCodeAt(i) > 0x7f);
+  // the boundary rule of findMentions (lib/unlearn/causal.ts)
+  const wordAt = (d: string, i: number) => i >= 0 && i < d.length && isWordChar(d[i]);
   const occurs = (name: string) => fdocs.some((d) => {
     for (let i = d.indexOf(name); i >= 0; i = d.indexOf(name, i + 1)) if (!wordAt(d, i - 1) && !wordAt(d, i + name.length)) return true;
     return false;

@@ -122,7 +122,7 @@ export interface CausalPlan {
 }
 
 /** Word characters of the mention boundaries: ASCII letters and digits, any other non-ASCII character but white space. */
-function isWordChar(c: string): boolean {
+export function isWordChar(c: string): boolean {
   const code = c.charCodeAt(0);
   if (code < 0x80) return (code >= 0x30 && code <= 0x39) || (code >= 0x41 && code <= 0x5a) || (code >= 0x61 && code <= 0x7a);
   return !/\s/u.test(c);
@@ -596,7 +596,11 @@ export async function causalObjective(model: Model, original: Model, b: Batch, p
     else {
       const wp: WindowPlans = { mentions: all.mentions.slice(g0, g1), rewrites: all.rewrites.slice(g0, g1), mask };
       teacher = logOf(await averageTeacher(original, b, plan, wp), mask, V);
-      if (cache) Object.assign(cache, g0 === 0 && g1 === B ? { batch: b, logits: teacher } : { batch: undefined, logits: undefined });
+      if (cache) {
+        const whole = g0 === 0 && g1 === B; // only a one-group batch is kept
+        cache.batch = whole ? b : undefined;
+        cache.logits = whole ? teacher : undefined;
+      }
     }
     for (let c0 = g0 * T; c0 < g1 * T; c0 += chunk) {
       const n = Math.min(chunk, g1 * T - c0);
