@@ -58,6 +58,7 @@
         "native/cpu/cpu_features.cc",
         "native/cpu/model.cc",
         "native/cpu/random.cc",
+        "native/cpu/noise.cc",
         "native/napi/addon.cc"
       ],
       "dependencies": ["undo_kernels_generic", "undo_kernels_avx2", "undo_kernels_avx512", "undo_kernels_bf16"],

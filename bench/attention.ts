@@ -54,9 +54,9 @@ function timeOurs(B: number, T: number, H: number, D: number, reps: number): Tim
   const fwd: number[] = [], fb: number[] = [];
   for (let r = 0; r <= reps; r++) {
     const t0 = process.hrtime.bigint();
-    native.attentionForward(d, q, k, v, out, lse);
+    native.attentionForwardSync(d, q, k, v, out, lse);
     const t1 = process.hrtime.bigint();
-    native.attentionBackward(d, q, k, v, out, dout, lse, dq, dk, dv);
+    native.attentionBackwardSync(d, q, k, v, out, dout, lse, dq, dk, dv);
     const t2 = process.hrtime.bigint();
     if (r === 0) continue; // warm-up
     fwd.push(Number(t1 - t0) / 1e6);
@@ -76,12 +76,12 @@ function measureOurPeakRss(B: number, T: number, H: number, D: number, threads: 
     const q = mk(n), k = mk(n), v = mk(n), g = mk(n), out = mk(n), lse = mk(B * H * T), dq = mk(n), dk = mk(n), dv = mk(n);
     const tiny = { B: 1, Tq: 130, Tk: 130, Hq: 1, Hkv: 1, D };  // start the OpenMP threads first
     const tq = mk(130 * D), to = mk(130 * D), tl = mk(130);
-    native.attentionForward(tiny, tq, tq, tq, to, tl);
-    native.attentionBackward(tiny, tq, tq, tq, to, tq, tl, mk(130 * D), mk(130 * D), mk(130 * D));
+    native.attentionForwardSync(tiny, tq, tq, tq, to, tl);
+    native.attentionBackwardSync(tiny, tq, tq, tq, to, tq, tl, mk(130 * D), mk(130 * D), mk(130 * D));
     const d = { B, Tq: T, Tk: T, Hq: H, Hkv: H, D };
     const before = process.resourceUsage().maxRSS;
-    native.attentionForward(d, q, k, v, out, lse);
-    native.attentionBackward(d, q, k, v, out, g, lse, dq, dk, dv);
+    native.attentionForwardSync(d, q, k, v, out, lse);
+    native.attentionBackwardSync(d, q, k, v, out, g, lse, dq, dk, dv);
     const after = process.resourceUsage().maxRSS;
     process.stdout.write(JSON.stringify({ kib: after - before }));`;
   // The kernel reads peak RSS lazily (per-thread / per-CPU RSS counters), so one run can under-report:

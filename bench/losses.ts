@@ -119,8 +119,8 @@ export async function benchLosses(): Promise<object> {
   const student = new Float32Array(ROWS * vmax);
   const grad = new Float32Array(ROWS * vmax);
   const teacher = new Float32Array(ROWS * 32768);
-  native.fillRandom(student, 1, 'bench-losses', 'normal', 0, 2);
-  native.fillRandom(teacher, 2, 'bench-losses', 'normal', 0, 2);
+  native.fillRandomSync(student, 1, 'bench-losses', 'normal', 0, 2);
+  native.fillRandomSync(teacher, 2, 'bench-losses', 'normal', 0, 2);
   const perRow = new Float32Array(ROWS);
   const iota = Int32Array.from({ length: ROWS }, (_, i) => i);
 
@@ -139,7 +139,7 @@ export async function benchLosses(): Promise<object> {
     };
     const items: Item[] = [
       { name: 'copy_memmove', V, rows: ROWS, bytes: 2 * n * 4, run: () => g.set(z), times: [], cpu: [] },
-      { name: 'copy_native_threaded', V, rows: ROWS, bytes: 2 * n * 4, run: () => native.embeddingForward(ROWS, V, iota, z, 1, g), times: [], cpu: [] },
+      { name: 'copy_native_threaded', V, rows: ROWS, bytes: 2 * n * 4, run: () => native.embeddingForwardSync(ROWS, V, iota, z, 1, g), times: [], cpu: [] },
       { name: 'topk_fkl_renorm', V, rows: ROWS, bytes: 2 * n * 4 + ROWS * K * 8 + ROWS * 4, run: opt('fkl', { teacher: tk, tail: 'renorm' }), times: [], cpu: [] },
       { name: 'topk_fkl_bucket', V, rows: ROWS, bytes: 2 * n * 4 + ROWS * K * 8 + ROWS * 4, run: opt('fkl', { teacher: tk, tail: 'bucket' }), times: [], cpu: [] },
       { name: 'rkl_full', V, rows: fr, bytes: 3 * nf * 4 + fr * 4,

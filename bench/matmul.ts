@@ -45,7 +45,7 @@ interface OurTiming { gflops: number; medianGflops: number; msPerCall: number; c
 function timeOurs(s: Shape, repeatS = 0.3, repeats = 3): OurTiming {
   const A = randomArray(s.M * s.K, 1), B = randomArray(s.K * s.N, 2), C = new Float32Array(s.M * s.N);
   const lda = s.ta ? s.M : s.K, ldb = s.tb ? s.K : s.N, beta = s.ta ? 1 : 0;
-  const call = () => native.gemm(s.ta, s.tb, s.M, s.N, s.K, 1, A, lda, B, ldb, beta, C, s.N);
+  const call = () => native.gemmSync(s.ta, s.tb, s.M, s.N, s.K, 1, A, lda, B, ldb, beta, C, s.N);
   call();
   let t0 = nowS();
   call();

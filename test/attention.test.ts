@@ -181,7 +181,7 @@ function check(what: string, e: number, tol = TOL): void {
 
 function forward(d: Dims, x: Inputs): { out: Float32Array; lse: Float32Array } {
   const out = new Float32Array(nq(d)).fill(12345), lse = new Float32Array(d.B * d.Hq * d.Tq).fill(12345);
-  native.attentionForward(d as AttnDims, x.q, x.k, x.v, out, lse);
+  native.attentionForwardSync(d as AttnDims, x.q, x.k, x.v, out, lse);
   return { out, lse };
 }
 
@@ -195,7 +195,7 @@ function checkForwardBackward(d: Dims, seed: number): void {
     check(`${name} out`, err(out, ref.out, ref.outMag));
     check(`${name} lse`, err(lse, ref.lse, ref.lseMag));
     const dq = new Float32Array(nq(d)).fill(7), dk = new Float32Array(nkv(d)).fill(7), dv = new Float32Array(nkv(d)).fill(7);
-    native.attentionBackward(d as AttnDims, x.q, x.k, x.v, out, x.dout, lse, dq, dk, dv);
+    native.attentionBackwardSync(d as AttnDims, x.q, x.k, x.v, out, x.dout, lse, dq, dk, dv);
     check(`${name} dq`, err(dq, ref.dq, ref.dqMag));
     check(`${name} dk`, err(dk, ref.dk, ref.dkMag));
     check(`${name} dv`, err(dv, ref.dv, ref.dvMag));
@@ -237,7 +237,7 @@ test('decode and chunked prefill: q_offset > 0, strided KV cache (NaN past Tk), 
             check(`[${isa}] ${label(d)} out`, err(out, ref.out, ref.outMag));
             check(`[${isa}] ${label(d)} lse`, err(lse, ref.lse, ref.lseMag));
             const out2 = new Float32Array(nq(d));
-            native.attentionForward(d as AttnDims, x.q, x.k, x.v, out2, null);
+            native.attentionForwardSync(d as AttnDims, x.q, x.k, x.v, out2, null);
             assert.equal(Array.from(out2), Array.from(out), 'lse = null gives the same output');
           });
         }
@@ -255,7 +255,7 @@ test('backward agrees with central finite differences of the reference (and of t
     };
     const lossKernel = (y: Inputs) => {
       const out = new Float32Array(nq(d));
-      native.attentionForward(d as AttnDims, y.q, y.k, y.v, out, null);
+      native.attentionForwardSync(d as AttnDims, y.q, y.k, y.v, out, null);
       let L = 0;
       for (let i = 0; i < w.length; i++) L += out[i] * w[i];
       return L;
@@ -263,7 +263,7 @@ test('backward agrees with central finite differences of the reference (and of t
     forEachIsa((isa) => {
       const { out, lse } = forward(d, x);
       const g = { q: new Float32Array(nq(d)), k: new Float32Array(nkv(d)), v: new Float32Array(nkv(d)) };
-      native.attentionBackward(d as AttnDims, x.q, x.k, x.v, out, w, lse, g.q, g.k, g.v);
+      native.attentionBackwardSync(d as AttnDims, x.q, x.k, x.v, out, w, lse, g.q, g.k, g.v);
       let gmax = 0;
       for (const a of [g.q, g.k, g.v]) for (const e of a) gmax = Math.max(gmax, Math.abs(e));
       let eRef = 0, eKer = 0;

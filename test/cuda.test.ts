@@ -127,7 +127,7 @@ gpuTest('fillRandom is bit-identical to the CPU (normal, uniform)', (g) => {
       ['uniform', -3, 5]] as const) {
       const c = new Float32Array(n);
       const d = new Float32Array(n).fill(NaN);
-      native.fillRandom(c, seed, stream, kind, a, b);
+      native.fillRandomSync(c, seed, stream, kind, a, b);
       g.fillRandom(d, seed, stream, kind, a, b);
       assert.ok(bitEqual(d, c), `${kind}(${a}, ${b}) n=${n} seed=${seed} "${stream}": ${mismatches(d, c)}`);
     }
@@ -141,7 +141,7 @@ gpuTest('noiseMix equals fillRandom + the TypeScript mix of lib/unlearn/noise.ts
       const w = randn(n, 11, 0.05);
       const keep = Math.fround(1 - alpha), scale = Math.fround(alpha * beta);
       const noise = new Float32Array(n);
-      native.fillRandom(noise, 5, 'undo.noise/t', kind, a, b);
+      native.fillRandomSync(noise, 5, 'undo.noise/t', kind, a, b);
       const want = new Float32Array(n);
       for (let i = 0; i < n; i++) want[i] = keep * w[i] + scale * noise[i];
       const got = new Float32Array(w);
@@ -165,16 +165,16 @@ gpuTest('adamwUpdate: 10 steps, bit-identical to the generic CPU build, 1e-6 to 
     return { p, m, v };
   };
   const gr = run((p, gr2, m, v, h) => g.adamwUpdate(p, gr2, m, v, h as never));
-  const generic = withIsa('generic', () => run((p, gr2, m, v, h) => native.adamwUpdate(p, gr2, m, v, h as never)));
+  const generic = withIsa('generic', () => run((p, gr2, m, v, h) => native.adamwUpdateSync(p, gr2, m, v, h as never)));
   for (const k of ['p', 'm', 'v'] as const) assert.ok(bitEqual(gr[k], generic[k]), `${k}: ${mismatches(gr[k], generic[k])}`);
-  const best = run((p, gr2, m, v, h) => native.adamwUpdate(p, gr2, m, v, h as never));
+  const best = run((p, gr2, m, v, h) => native.adamwUpdateSync(p, gr2, m, v, h as never));
   for (const k of ['p', 'm', 'v'] as const) close(gr[k], best[k], 1e-6, `adamw ${k} vs ${native.getIsa()}`);
 });
 
 gpuTest('sumSquares', (g) => {
   for (const n of [0, 1, 4097, 1_000_003]) {
     const x = randn(n, n + 3, 0.3);
-    closeNum(g.sumSquares(x), native.sumSquares(x), 1e-6, `sumSquares n=${n}`);
+    closeNum(g.sumSquares(x), native.sumSquaresSync(x), 1e-6, `sumSquares n=${n}`);
   }
 });
 
@@ -186,7 +186,7 @@ gpuTest('rmsnorm forward and backward (Llama and Gemma offsets, accumulate, dw)'
       const x = randn(rows * dim, rows + dim, 1.5), w = randn(dim, 3, 0.2), dy = randn(rows * dim, 9);
       const yc = new Float32Array(rows * dim), yg = new Float32Array(rows * dim);
       const rc = new Float32Array(rows), rg = new Float32Array(rows);
-      native.rmsnormForward(rows, dim, x, w, 1e-6, unit, yc, rc);
+      native.rmsnormForwardSync(rows, dim, x, w, 1e-6, unit, yc, rc);
       g.rmsnormForward(rows, dim, x, w, 1e-6, unit, yg, rg);
       const tag = `rows=${rows} dim=${dim} unit=${unit}`;
       close(yg, yc, TOL, `y ${tag}`);
@@ -195,7 +195,7 @@ gpuTest('rmsnorm forward and backward (Llama and Gemma offsets, accumulate, dw)'
         const dx0 = randn(rows * dim, 77);
         const dxc = new Float32Array(dx0), dxg = new Float32Array(dx0);
         const dwc = randn(dim, 5), dwg = new Float32Array(dwc);
-        native.rmsnormBackward(rows, dim, x, w, rc, unit, dy, dxc, accumulate, dwc);
+        native.rmsnormBackwardSync(rows, dim, x, w, rc, unit, dy, dxc, accumulate, dwc);
         g.rmsnormBackward(rows, dim, x, w, rc, unit, dy, dxg, accumulate, dwg);
         close(dxg, dxc, TOL, `dx ${tag} acc=${accumulate}`);
         close(dwg, dwc, TOL, `dw ${tag} acc=${accumulate}`);
@@ -218,7 +218,7 @@ gpuTest('crossEntropy: ignored rows, weights, soft-capping, fp32 and bf16 logits
           const z = half ? bf16(logits) : logits;
           const lc = new Float32Array(rows), lg = new Float32Array(rows);
           const dc = new Float32Array(rows * vocab), dg = new Float32Array(rows * vocab);
-          native.crossEntropy(rows, vocab, z, targets, -100, softcap, w, lc, dc);
+          native.crossEntropySync(rows, vocab, z, targets, -100, softcap, w, lc, dc);
           g.crossEntropy(rows, vocab, logits, targets, -100, softcap, w, lg, dg, { bf16: half });
           const tag = `${rows}x${vocab} softcap=${softcap} weights=${!!w} bf16=${half}`;
           close(lg, lc, TOL, `loss ${tag}`);
@@ -244,7 +244,7 @@ gpuTest('gemm: the three training forms, odd shapes, alpha/beta, strided, defaul
         const A = randn((ta ? K : M) * lda, M + N + K), B = randn((tb ? N : K) * ldb, M * 3 + K);
         const C0 = randn(M * ldc, 5);
         const want = new Float32Array(C0);
-        native.gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, want, ldc);
+        native.gemmSync(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, want, ldc);
         for (const tiled of [false, true]) {
           const got = new Float32Array(C0);
           g.gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, got, ldc, { tiled });
@@ -268,7 +268,7 @@ function kdParity(g: CudaBinding, name: string, o: KdOpts, tag: string, tol = TO
     if (o.teacher) cpuOpts.teacher = bf16(o.teacher);
   }
   delete (cpuOpts as { bf16?: boolean }).bf16;
-  const c = native.kdLoss(name, cpuOpts);
+  const c = native.kdLossSync(name, cpuOpts);
   const gper = new Float32Array(o.rows), ggrad = new Float32Array(n).fill(NaN);
   const r = g.kdLoss(name, { ...o, perRow: gper, grad: ggrad });
   assert.is(r.count, c.count, `${tag}: count`);
@@ -402,7 +402,7 @@ gpuTest('kdLoss on long rows (vocab 131079) and extreme logits (±1e4, −inf co
     assert.ok(per.every((x) => Number.isFinite(x)), `extreme ${name}: finite`);
   }
   const per = new Float32Array(4), pc = new Float32Array(4);
-  native.kdLoss('maxent', { rows: 4, vocab: V, student: s, perRow: pc });
+  native.kdLossSync('maxent', { rows: 4, vocab: V, student: s, perRow: pc });
   g.kdLoss('maxent', { rows: 4, vocab: V, student: s, perRow: per });
   assert.equal(Array.from(per), Array.from(pc), 'maxent with −inf columns');
 });
@@ -421,7 +421,7 @@ gpuTest('kdLoss errors match the CPU (bad / repeated ids, bad targets, losses no
     return 'no error';
   };
   const both = (name: string, o: Omit<NativeKdOptions, 'perRow'>) => {
-    const c = err(() => native.kdLoss(name, { ...o, perRow: new Float32Array(rows) }));
+    const c = err(() => native.kdLossSync(name, { ...o, perRow: new Float32Array(rows) }));
     const gg = err(() => g.kdLoss(name, { ...o, perRow: new Float32Array(rows) }));
     assert.is(gg, c, `${name}: same error`);
     assert.is.not(c, 'no error');

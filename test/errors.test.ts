@@ -81,8 +81,8 @@ test('the API: each kind of bad input has its code', async () => {
   const V = 7;
   assert.is(await codeOf(() => loss.compute('fkl', { student: new Float32Array(2 * V), teacher: new Float32Array(V), rows: 2, vocab: V })), 'ERR_SHAPE');
   assert.is(await codeOf(() => loss.compute('nope' as 'fkl', { student: new Float32Array(V), teacher: new Float32Array(V), rows: 1, vocab: V })), 'ERR_ARGUMENT');
-  assert.is(await codeOf(() => native.gemm(false, false, 4, 4, 4, 1, new Float32Array(3), 4, new Float32Array(16), 4, 0, new Float32Array(16), 4)), 'ERR_SHAPE');
-  assert.is(await codeOf(() => native.gemm(false, false, 4, 4, 4, 1, [1, 2] as unknown as Float32Array, 4, new Float32Array(16), 4, 0, new Float32Array(16), 4)), 'ERR_ARGUMENT');
+  assert.is(await codeOf(() => native.gemmSync(false, false, 4, 4, 4, 1, new Float32Array(3), 4, new Float32Array(16), 4, 0, new Float32Array(16), 4)), 'ERR_SHAPE');
+  assert.is(await codeOf(() => native.gemmSync(false, false, 4, 4, 4, 1, [1, 2] as unknown as Float32Array, 4, new Float32Array(16), 4, 0, new Float32Array(16), 4)), 'ERR_ARGUMENT');
   assert.is(await codeOf(() => native.setIsa('sse9')), 'ERR_ARGUMENT');
   // a model method, sync and async: the instance is still a real addon object (other calls unwrap it)
   assert.is(await codeOf(() => m.native.forward(new Int32Array(3), 2, 8)), 'ERR_SHAPE');

@@ -29,7 +29,7 @@ test('Hadamard matrices are orthogonal (H·Hᵀ = n·I) for powers of two, Paley
     const H = hadamard(n);
     const Hf = Float32Array.from(H);
     const G = new Float32Array(n * n);
-    native.gemm(false, true, n, n, n, 1, Hf, n, Hf, n, 0, G, n); // exact: integer sums < 2²⁴
+    native.gemmSync(false, true, n, n, n, 1, Hf, n, Hf, n, 0, G, n); // exact: integer sums < 2²⁴
     for (let i = 0; i < n; i++) for (let j = 0; j < n; j++) {
       if (G[i * n + j] !== (i === j ? n : 0)) assert.unreachable(`order ${n}: (H·Hᵀ)[${i}][${j}] = ${G[i * n + j]}`);
     }

@@ -156,13 +156,13 @@ test('rmsnorm forward: y and rstd match float64 (Llama w and Gemma 1+w), rstd op
       forEachIsa((isa) => {
         const y = filled(rows * dim, NaN);
         const rstd = filled(rows, NaN);
-        native.rmsnormForward(rows, dim, x, w, eps, unit, y, rstd);
+        native.rmsnormForwardSync(rows, dim, x, w, eps, unit, y, rstd);
         const tag = `${isa} unit=${unit} ${rows}x${dim}`;
         // float32: the sum of squares carries ~√dim·u relative error; 1e-5 leaves >10× margin.
         assertClose(y, ref.y, 1e-5, `${tag} y`);
         assertClose(rstd, ref.rstd, 1e-5, `${tag} rstd`);
         const y2 = filled(rows * dim, NaN);
-        native.rmsnormForward(rows, dim, x, w, eps, unit, y2, null);
+        native.rmsnormForwardSync(rows, dim, x, w, eps, unit, y2, null);
         assert.ok(bitEqual(y, y2), `${tag} y without rstd output`);
       });
     }
@@ -177,7 +177,7 @@ test('rmsnorm forward: eps is added to mean(x²) (tiny inputs)', () => {
     const eps = 1e-5; // comparable to mean(x²) ≈ 1e-6: a misplaced eps changes y by O(1)
     const y = new Float32Array(dim);
     const rstd = new Float32Array(1);
-    native.rmsnormForward(1, dim, x, w, eps, false, y, rstd);
+    native.rmsnormForwardSync(1, dim, x, w, eps, false, y, rstd);
     const ref = rmsnormRef(1, dim, x, w, eps, false);
     assertClose(y, ref.y, 1e-5, `${isa} y`);
     assertClose(rstd, ref.rstd, 1e-5, `${isa} rstd`);
@@ -197,13 +197,13 @@ test('rmsnorm backward: dx (overwrite and accumulate), dw accumulates, vs float6
         const tag = `${isa} unit=${unit} ${rows}x${dim}`;
         const y = new Float32Array(n);
         const rstd = new Float32Array(rows);
-        native.rmsnormForward(rows, dim, x, w, eps, unit, y, rstd);
+        native.rmsnormForwardSync(rows, dim, x, w, eps, unit, y, rstd);
 
         // overwrite: dx starts as NaN, which must not leak through
         const dx = filled(n, NaN);
         const dw0 = randn(dim, 24 + dim);
         const dw = dw0.slice();
-        native.rmsnormBackward(rows, dim, x, w, rstd, unit, c, dx, false, dw);
+        native.rmsnormBackwardSync(rows, dim, x, w, rstd, unit, c, dx, false, dw);
         // dx = s·g·dy − x·s³·(Σ dy·g·x)/dim: two terms that partly cancel (for dim 1 almost entirely, dx ≈ 0),
         // so the float32 error is a few u of the first term's size, not of dx's.
         const gScale = Math.max(maxAbs(ref.dx), ...Array.from(w, (v) => Math.abs((unit ? 1 : 0) + v))) * maxAbs(c) * maxAbs(rstd);
@@ -214,13 +214,13 @@ test('rmsnorm backward: dx (overwrite and accumulate), dw accumulates, vs float6
         // accumulate: dx starts at D0 and must end at D0 + dx
         const d0 = randn(n, 25 + dim);
         const dxAcc = d0.slice();
-        native.rmsnormBackward(rows, dim, x, w, rstd, unit, c, dxAcc, true, null);
+        native.rmsnormBackwardSync(rows, dim, x, w, rstd, unit, c, dxAcc, true, null);
         assertScaled(dxAcc, Float64Array.from(ref.dx, (v, i) => v + d0[i]), gScale + maxAbs(d0), 1e-5, `${tag} dx accumulate`);
 
         if (dim < 7) return; // dim 1: y ≈ sign(x)·g, not smooth enough at the FD step
         const L = (): number => {
           const yy = new Float32Array(n);
-          native.rmsnormForward(rows, dim, x, w, eps, unit, yy, null);
+          native.rmsnormForwardSync(rows, dim, x, w, eps, unit, yy, null);
           return dot64(c, yy);
         };
         // Perturbing x moves one row (≤ 1031 outputs): rounding ≈ √1031·6e-8·3/2e-2 ≈ 3e-4 worst case.
@@ -280,7 +280,7 @@ test('rope: matches rotate_half with theta 10000 and a position offset; inverse 
         const tag = `${isa} ${B}x${T}x${H}x${D} off=${off}`;
         for (const inverse of [false, true]) {
           const x = x0.slice();
-          native.ropeApply(B, T, H, D, x, 10000, off, inverse);
+          native.ropeApplySync(B, T, H, D, x, 10000, off, inverse);
           // same fp32 angles as HF: only the rotation's own float32 rounding (~2u) remains
           assertClose(x, refs[+inverse][0], 1e-6, `${tag} inv=${inverse}`);
           // exact angles: fp32 angle rounding adds ≈ pos·u ≤ 1037·6e-8 ≈ 6e-5
@@ -289,7 +289,7 @@ test('rope: matches rotate_half with theta 10000 and a position offset; inverse 
         }
         // round trip and norm preservation
         const x = x0.slice();
-        native.ropeApply(B, T, H, D, x, 10000, off, false);
+        native.ropeApplySync(B, T, H, D, x, 10000, off, false);
         for (let v = 0; v < n / D; v++) {
           let n0 = 0;
           let n1 = 0;
@@ -299,7 +299,7 @@ test('rope: matches rotate_half with theta 10000 and a position offset; inverse 
           }
           assert.ok(Math.abs(Math.sqrt(n1) - Math.sqrt(n0)) <= 1e-6 * Math.sqrt(n0) + 1e-30, `${tag} norm of head vector ${v}`);
         }
-        native.ropeApply(B, T, H, D, x, 10000, off, true);
+        native.ropeApplySync(B, T, H, D, x, 10000, off, true);
         assertClose(x, x0, 1e-6, `${tag} round trip`);
       });
     }
@@ -312,8 +312,8 @@ test('rope: the offset shifts positions (off=k equals the tail of a sequence k l
     const x0 = randn((T + k) * H * D, 41);
     const long = x0.slice();
     const tail = x0.slice(k * H * D);
-    native.ropeApply(1, T + k, H, D, long, 500, 0, false);
-    native.ropeApply(1, T, H, D, tail, 500, k, false);
+    native.ropeApplySync(1, T + k, H, D, long, 500, 0, false);
+    native.ropeApplySync(1, T, H, D, tail, 500, k, false);
     assert.ok(bitEqual(tail, long.slice(k * H * D)), `${isa} offset tail`);
     assertClose(tail, ropeRef(1, T, H, D, x0.slice(k * H * D), 500, k, false, true), 1e-6, `${isa} theta 500`);
   });
@@ -327,10 +327,10 @@ test('rope backward: inverse is the adjoint (gradient) of the forward, vs finite
       const x = randn(n, 51 + D);
       const c = randn(n, 52 + D);
       const gx = c.slice();
-      native.ropeApply(B, T, H, D, gx, 10000, 3, true); // ∂(Σ c·R x)/∂x = Rᵀc = R⁻¹c
+      native.ropeApplySync(B, T, H, D, gx, 10000, 3, true); // ∂(Σ c·R x)/∂x = Rᵀc = R⁻¹c
       const L = (): number => {
         const y = x.slice();
-        native.ropeApply(B, T, H, D, y, 10000, 3, false);
+        native.ropeApplySync(B, T, H, D, y, 10000, 3, false);
         return dot64(c, y);
       };
       // L is linear in x: no truncation error; rounding ≈ √D·u·3/2e-2 ≤ 2e-4
@@ -388,12 +388,12 @@ test('glu forward/backward: swiglu and geglu (tanh GELU) vs float64 and finite d
       forEachIsa((isa) => {
         const tag = `${isa} ${kind} n=${n}`;
         const out = filled(n, NaN);
-        native.gluForward(kind, gate, up, out);
+        native.gluForwardSync(kind, gate, up, out);
         // undo_expf / undo_tanhf are accurate to a few u (tanh to ~1e-7 absolute)
         assertEach(out, want, 1e-5, 1e-6, `${tag} out`);
         const dg = filled(n, NaN);
         const du = filled(n, NaN);
-        native.gluBackward(kind, gate, up, c, dg, du);
+        native.gluBackwardSync(kind, gate, up, c, dg, du);
         assertEach(du, duWant, 1e-5, 1e-6, `${tag} dup`);
         assertEach(dg, dgWant, 1e-5, dgAtol, `${tag} dgate`);
 
@@ -405,14 +405,14 @@ test('glu forward/backward: swiglu and geglu (tanh GELU) vs float64 and finite d
         const gm = gate.map((v) => v - h * Math.max(1, Math.abs(v)));
         const op = new Float32Array(n);
         const om = new Float32Array(n);
-        native.gluForward(kind, gp, up, op);
-        native.gluForward(kind, gm, up, om);
+        native.gluForwardSync(kind, gp, up, op);
+        native.gluForwardSync(kind, gm, up, om);
         const fdg = Float64Array.from(op, (v, i) => (c[i] * (v - om[i])) / (gp[i] - gm[i]));
         assertEach(dg, fdg, 2e-3, 2e-3, `${tag} dgate vs finite differences`);
         const upP = up.map((v) => v + 0.01);
         const upM = up.map((v) => v - 0.01);
-        native.gluForward(kind, gate, upP, op);
-        native.gluForward(kind, gate, upM, om);
+        native.gluForwardSync(kind, gate, upP, op);
+        native.gluForwardSync(kind, gate, upM, om);
         const fdu = Float64Array.from(op, (v, i) => (c[i] * (v - om[i])) / (upP[i] - upM[i]));
         assertEach(du, fdu, 2e-3, 2e-3, `${tag} dup vs finite differences`);
       });
@@ -431,8 +431,8 @@ test('glu: large |gate| (±30 … ±1e4) gives finite, correct values and gradie
       const out = new Float32Array(n);
       const dg = new Float32Array(n);
       const du = new Float32Array(n);
-      native.gluForward(kind, gate, up, out);
-      native.gluBackward(kind, gate, up, c, dg, du);
+      native.gluForwardSync(kind, gate, up, out);
+      native.gluBackwardSync(kind, gate, up, c, dg, du);
       assert.ok(allFinite(out) && allFinite(dg) && allFinite(du), `${isa} ${kind}: non-finite output for large |gate|`);
       const want = new Float64Array(n);
       const dgWant = new Float64Array(n);
@@ -467,7 +467,7 @@ test('embedding forward: rows of table × scale (bit-exact), odd and threaded sh
       for (let k = 0; k < rows * dim; k++) want[k] = table[ids[Math.floor(k / dim)] * dim + (k % dim)] * s32;
       forEachIsa((isa) => {
         const out = filled(rows * dim, NaN);
-        native.embeddingForward(rows, dim, ids, table, scale, out);
+        native.embeddingForwardSync(rows, dim, ids, table, scale, out);
         assert.ok(bitEqual(out, want), `${isa} ${rows}x${dim} scale ${scale}: max error ${relErr(out, want)}`);
       });
     }
@@ -486,7 +486,7 @@ test('embedding backward: repeated ids accumulate, dtable is added to, threaded 
       const dout = randn(rows * dim, 92 + dim);
       const d0 = randn(vocab * dim, 93 + dim);
       const dt = d0.slice();
-      native.embeddingBackward(rows, dim, ids, dout, scale, dt);
+      native.embeddingBackwardSync(rows, dim, ids, dout, scale, dt);
       const want = Float64Array.from(d0);
       const s32 = Math.fround(scale);
       for (let k = 0; k < rows; k++)
@@ -499,8 +499,8 @@ test('embedding backward: repeated ids accumulate, dtable is added to, threaded 
       // The threads split columns, so each element is summed in row order whatever the thread count.
       const a = d0.slice();
       const b = d0.slice();
-      withThreads(1, () => native.embeddingBackward(rows, dim, ids, dout, scale, a));
-      withThreads(2, () => native.embeddingBackward(rows, dim, ids, dout, scale, b));
+      withThreads(1, () => native.embeddingBackwardSync(rows, dim, ids, dout, scale, a));
+      withThreads(2, () => native.embeddingBackwardSync(rows, dim, ids, dout, scale, b));
       assert.ok(bitEqual(a, dt) && bitEqual(b, dt), `${tag}: result depends on the thread count or run`);
 
       // gradient: L = Σ c·forward(table) is linear in the table; ∂L/∂table = backward(c)
@@ -508,10 +508,10 @@ test('embedding backward: repeated ids accumulate, dtable is added to, threaded 
       const table = randn(vocab * dim, 94 + dim);
       const c = dout;
       const g = new Float32Array(vocab * dim);
-      native.embeddingBackward(rows, dim, ids, c, scale, g);
+      native.embeddingBackwardSync(rows, dim, ids, c, scale, g);
       const L = (): number => {
         const o = new Float32Array(rows * dim);
-        native.embeddingForward(rows, dim, ids, table, scale, o);
+        native.embeddingForwardSync(rows, dim, ids, table, scale, o);
         return dot64(c, o);
       };
       const someUsed = Array.from(ids.slice(0, 3), (id) => id * dim + (dim - 1));
@@ -573,7 +573,7 @@ test('crossEntropy: loss and dlogits vs float64, softcap 0/5, weights, ignore in
           const tag = `${isa} ${rows}x${vocab} cap=${cap} weighted=${weighted}`;
           const loss = filled(rows, NaN);
           const dl = filled(n, NaN);
-          native.crossEntropy(rows, vocab, logits, targets, -100, cap, weights, loss, dl);
+          native.crossEntropySync(rows, vocab, logits, targets, -100, cap, weights, loss, dl);
           // loss ≈ log(vocab) + O(3): float32 lse carries a few u of |m| + log s
           assertEach(loss, ref.loss, 1e-5, 1e-5, `${tag} loss`);
           // probabilities: ~2u from undo_expf + the float sum's relative error ≲ 1e-6
@@ -588,14 +588,14 @@ test('crossEntropy: loss and dlogits vs float64, softcap 0/5, weights, ignore in
           }
           // loss only (dlogits null) gives the same losses
           const loss2 = new Float32Array(rows);
-          native.crossEntropy(rows, vocab, logits, targets, -100, cap, weights, loss2, null);
+          native.crossEntropySync(rows, vocab, logits, targets, -100, cap, weights, loss2, null);
           assert.ok(bitEqual(loss, loss2), `${tag} loss without dlogits`);
 
           // finite differences of L = Σ_r w_r·loss_r. The loss (≲ 15) rounds to ~1e-6; with h = 3e-2 that is
           // ≈ 2e-5 in the quotient; truncation h²·|∂³|/6 ≲ 1e-4·max(1, 1/cap²).
           const L = (): number => {
             const l = new Float32Array(rows);
-            native.crossEntropy(rows, vocab, logits, targets, -100, cap, weights, l, null);
+            native.crossEntropySync(rows, vocab, logits, targets, -100, cap, weights, l, null);
             let s = 0;
             for (let k = 0; k < rows; k++) s += (weights ? weights[k] : 1) * l[k];
             return s;
@@ -627,7 +627,7 @@ test('crossEntropy: extreme logits (±1e4, -Infinity) give finite loss and gradi
       const weights = Float32Array.from([1, 0.5, 2, 1]);
       const loss = new Float32Array(rows);
       const dl = new Float32Array(rows * vocab);
-      native.crossEntropy(rows, vocab, logits, targets, -100, cap, weights, loss, dl);
+      native.crossEntropySync(rows, vocab, logits, targets, -100, cap, weights, loss, dl);
       const tag = `${isa} cap=${cap}`;
       assert.ok(allFinite(loss) && allFinite(dl), `${tag}: non-finite loss or gradient`);
       const ref = xentRef(rows, vocab, logits, targets, -100, cap, weights);
@@ -661,10 +661,10 @@ test('crossEntropy: dlogits may alias logits (in place), also on the threaded pa
       forEachIsa((isa) => {
         const loss = new Float32Array(rows);
         const dl = new Float32Array(rows * vocab);
-        native.crossEntropy(rows, vocab, logits, targets, -1, cap, weights, loss, dl);
+        native.crossEntropySync(rows, vocab, logits, targets, -1, cap, weights, loss, dl);
         const inplace = logits.slice();
         const loss2 = new Float32Array(rows);
-        native.crossEntropy(rows, vocab, inplace, targets, -1, cap, weights, loss2, inplace);
+        native.crossEntropySync(rows, vocab, inplace, targets, -1, cap, weights, loss2, inplace);
         const tag = `${isa} ${rows}x${vocab} cap=${cap}`;
         assert.ok(bitEqual(loss, loss2), `${tag} loss in place`);
         assert.ok(bitEqual(dl, inplace), `${tag} dlogits in place`);
@@ -718,7 +718,7 @@ test('adamwUpdate: 3 steps follow float64 PyTorch AdamW (decoupled decay, bias c
       const p = p0.slice();
       const m = new Float32Array(n);
       const v = new Float32Array(n);
-      grads.forEach((g, k) => native.adamwUpdate(p, g, m, v, { ...h, step: k + 1 }));
+      grads.forEach((g, k) => native.adamwUpdateSync(p, g, m, v, { ...h, step: k + 1 }));
       const tag = `${isa} n=${n}`;
       // float32 state vs float64: a few u per step on m, v; the update m/(√v/√bc2 + eps) ≈ O(lr) adds
       // ~1e-7 absolute to p = O(1)
@@ -736,7 +736,7 @@ test('adamwUpdate: defaults (beta2 0.999, no decay, gradScale 1), pure decay, th
     const g = randn(n, 142);
     const m = new Float32Array(n);
     const v = new Float32Array(n);
-    native.adamwUpdate(p.slice(), g, m, v, { lr: 1e-3, step: 1 });
+    native.adamwUpdateSync(p.slice(), g, m, v, { lr: 1e-3, step: 1 });
     const pr = Float64Array.from(p);
     const mr = new Float64Array(n);
     const vr = new Float64Array(n);
@@ -746,7 +746,7 @@ test('adamwUpdate: defaults (beta2 0.999, no decay, gradScale 1), pure decay, th
 
     // zero gradient and zero state: p ← p·(1 − lr·wd) exactly as a float32 product
     const q = p.slice();
-    native.adamwUpdate(q, new Float32Array(n), new Float32Array(n), new Float32Array(n), { lr: 0.5, weightDecay: 0.2, step: 4 });
+    native.adamwUpdateSync(q, new Float32Array(n), new Float32Array(n), new Float32Array(n), { lr: 0.5, weightDecay: 0.2, step: 4 });
     const decay = Math.fround(1 - Math.fround(Math.fround(0.5) * Math.fround(0.2)));
     for (let i = 0; i < n; i++) assert.is(q[i], Math.fround(p[i] * decay), `${isa} decay element ${i}`);
 
@@ -756,7 +756,7 @@ test('adamwUpdate: defaults (beta2 0.999, no decay, gradScale 1), pure decay, th
       const pp = randn(N, 143);
       const mm = randn(N, 144, 0.1);
       const vv = randn(N, 145, 0.1).map((x) => x * x);
-      native.adamwUpdate(pp, randn(N, 146), mm, vv, { lr: 1e-2, weightDecay: 0.1, gradScale: 0.5, step: 7 });
+      native.adamwUpdateSync(pp, randn(N, 146), mm, vv, { lr: 1e-2, weightDecay: 0.1, gradScale: 0.5, step: 7 });
       return [pp, mm, vv];
     });
     const a = run(1);
@@ -771,15 +771,15 @@ test('sumSquares: float64 sum, odd sizes, bit-identical for 1 and 2 threads', ()
       const x = randn(n, 151 + n, 3);
       let want = 0;
       for (let i = 0; i < n; i++) want += x[i] * x[i];
-      const got = native.sumSquares(x);
+      const got = native.sumSquaresSync(x);
       // float32 partials over 4096-element chunks (SIMD lanes), summed in double: ≲ 1e-6 relative
       assert.ok(Math.abs(got - want) <= (SANITIZED ? 4e-6 : 1e-6) * want + (n === 0 ? 0 : 1e-30), `${isa} n=${n}: ${got} vs ${want}`);
       if (n === 0) assert.is(got, 0);
     }
     const x = randn(100003, 152);
-    const s1 = withThreads(1, () => native.sumSquares(x));
-    const s2 = withThreads(2, () => native.sumSquares(x));
-    const s2b = withThreads(2, () => native.sumSquares(x));
+    const s1 = withThreads(1, () => native.sumSquaresSync(x));
+    const s2 = withThreads(2, () => native.sumSquaresSync(x));
+    const s2b = withThreads(2, () => native.sumSquaresSync(x));
     assert.ok(Object.is(s1, s2) && Object.is(s2, s2b), `${isa}: ${s1} (1 thread) vs ${s2} / ${s2b} (2 threads)`);
   });
 });
@@ -790,7 +790,7 @@ test("fillRandom 'normal': mean 0, std 1, Gaussian shape (CLT bounds), mean/std 
   const n = 200001; // odd: the last element is the first half of a Box–Muller pair
   for (const [mu, sd] of [[0, 1], [3, 2]]) {
     const x = new Float32Array(n);
-    native.fillRandom(x, 1234, 'model.layers.0.mlp.up_proj.weight', 'normal', mu, sd);
+    native.fillRandomSync(x, 1234, 'model.layers.0.mlp.up_proj.weight', 'normal', mu, sd);
     assert.ok(allFinite(x), 'finite');
     let s = 0;
     let s2 = 0;
@@ -820,7 +820,7 @@ test("fillRandom 'uniform': values in [a, b), mean and variance (CLT bounds), ne
   const n = 200001;
   const [a, b] = [-2, 3];
   const x = new Float32Array(n);
-  native.fillRandom(x, 99, 'u', 'uniform', a, b);
+  native.fillRandomSync(x, 99, 'u', 'uniform', a, b);
   let s = 0;
   let s2 = 0;
   let lag = 0;
@@ -845,7 +845,7 @@ test("fillRandom 'uniform': values in [a, b), mean and variance (CLT bounds), ne
   // in float32, and 1 + 1·(1 − 2^-24) rounds to 2. Both must still stay below b.
   for (const [lo, hi] of [[0, 1], [1, 2], [-0.5, 0.5]]) {
     const y = new Float32Array(4);
-    native.fillRandom(y, 2459305, 'u', 'uniform', lo, hi);
+    native.fillRandomSync(y, 2459305, 'u', 'uniform', lo, hi);
     for (let i = 0; i < 4; i++) assert.ok(y[i] >= lo && y[i] < hi, `[${lo}, ${hi}): element ${i} = ${y[i]}`);
     assert.ok(y[2] > hi - 1e-6 * (hi - lo + Math.abs(hi)), `[${lo}, ${hi}): element 2 = ${y[2]} should be just below ${hi}`);
   }
@@ -856,7 +856,7 @@ test('fillRandom: counter-based (thread-, ISA- and length-independent); seeds an
   for (const kind of ['normal', 'uniform'] as const) {
     const gen = (seed: number, stream: string, len = n): Float32Array => {
       const x = new Float32Array(len);
-      native.fillRandom(x, seed, stream, kind, 0, 1);
+      native.fillRandomSync(x, seed, stream, kind, 0, 1);
       return x;
     };
     const a = withThreads(1, () => gen(7, 's'));
@@ -919,31 +919,31 @@ test('layernorm forward/backward: y, mean, rstd, dx (overwrite and accumulate), 
     forEachIsa((isa) => {
       const tag = `${isa} ${rows}x${dim}`;
       const y = filled(n, NaN), mean = filled(rows, NaN), rstd = filled(rows, NaN);
-      native.layernormForward(rows, dim, x, w, b, eps, y, mean, rstd);
+      native.layernormForwardSync(rows, dim, x, w, b, eps, y, mean, rstd);
       assertScaled(y, ref.y, maxAbs(ref.y) + 1, 2e-6, `${tag} y`);
       assertClose(mean, ref.mean, SANITIZED ? 4e-6 : 1e-6, `${tag} mean`);
       if (dim > 1) assertClose(rstd, ref.rstd, 2e-5, `${tag} rstd`);
       const yNoBias = filled(n, NaN);
-      native.layernormForward(rows, dim, x, w, null, eps, yNoBias, null, null);
+      native.layernormForwardSync(rows, dim, x, w, null, eps, yNoBias, null, null);
       assertScaled(yNoBias, Float64Array.from(ref.y, (v, i) => v - b[i % dim]), maxAbs(ref.y) + 1, 2e-6, `${tag} y without bias`);
 
       const dx = filled(n, NaN);
       const dw0 = randn(dim, 35 + dim), db0 = randn(dim, 36 + dim);
       const dw = dw0.slice(), db = db0.slice();
-      native.layernormBackward(rows, dim, x, w, mean, rstd, c, dx, false, dw, db);
+      native.layernormBackwardSync(rows, dim, x, w, mean, rstd, c, dx, false, dw, db);
       const gScale = (maxAbs(ref.dx) + maxAbs(w)) * maxAbs(c) * maxAbs(rstd);
       assertScaled(dx, ref.dx, gScale, 2e-5, `${tag} dx`);
       assertClose(dw, Float64Array.from(ref.dw, (v, i) => v + dw0[i]), 3e-5, `${tag} dw`);
       assertClose(db, Float64Array.from(ref.db, (v, i) => v + db0[i]), 3e-5, `${tag} db`);
       const d0 = randn(n, 37 + dim);
       const acc = d0.slice();
-      native.layernormBackward(rows, dim, x, w, mean, rstd, c, acc, true, null, null);
+      native.layernormBackwardSync(rows, dim, x, w, mean, rstd, c, acc, true, null, null);
       assertScaled(acc, Float64Array.from(ref.dx, (v, i) => v + d0[i]), gScale + maxAbs(d0), 2e-5, `${tag} dx accumulate`);
 
       if (dim < 7) return; // dim 1: y = b exactly, no gradient through x
       const L = (): number => {
         const yy = new Float32Array(n);
-        native.layernormForward(rows, dim, x, w, b, eps, yy, null, null);
+        native.layernormForwardSync(rows, dim, x, w, b, eps, yy, null, null);
         return dot64(c, yy);
       };
       fdCheck(`${tag} dx`, x, pick(n, 10, 38 + dim), 1e-2, L, dx, 5e-3, 3e-3);
@@ -964,17 +964,17 @@ test('biasAdd adds b to every row; biasGrad adds the column sums (threaded path 
     const out: Float32Array[] = [];
     forEachIsa((isa) => {
       const yy = y.slice();
-      native.biasAdd(rows, n, b, yy);
+      native.biasAddSync(rows, n, b, yy);
       assertClose(yy, want, 1e-6, `${isa} ${rows}x${n} biasAdd`);
       const db = db0.slice();
-      native.biasGrad(rows, n, dy, db);
+      native.biasGradSync(rows, n, dy, db);
       assertScaled(db, Float64Array.from(sums, (v, i) => v + db0[i]), Math.sqrt(rows) * 4, 1e-6, `${isa} ${rows}x${n} biasGrad`);
       out.push(db);
     });
     for (const t of [1, 2]) {
       const db = withThreads(t, () => {
         const d = db0.slice();
-        native.biasGrad(rows, n, dy, d);
+        native.biasGradSync(rows, n, dy, d);
         return d;
       });
       assert.ok(bitEqual(db, out[out.length - 1]), `biasGrad ${rows}x${n}: ${t} threads give the same bits`);
@@ -992,19 +992,19 @@ test('act forward/backward: SiLU and tanh-GELU alone vs float64 and finite diffe
       const dout = randn(n, 52 + n);
       forEachIsa((isa) => {
         const y = filled(n, NaN), dx = filled(n, NaN);
-        native.actForward(kind, x, y);
-        native.actBackward(kind, x, dout, dx);
+        native.actForwardSync(kind, x, y);
+        native.actBackwardSync(kind, x, dout, dx);
         const yRef = Float64Array.from(x, (g) => actRef(kind, g)[0]);
         const dRef = Float64Array.from(x, (g, i) => dout[i] * actRef(kind, g)[1]);
         assertEach(y, yRef, 1e-5, 1e-6, `${isa} ${kind} n=${n} act`);
         assertEach(dx, dRef, 1e-5, dgateAtol(x, filled(n, 1), dout), `${isa} ${kind} n=${n} dact`);
         const alias = dout.slice();
-        native.actBackward(kind, x, alias, alias);
+        native.actBackwardSync(kind, x, alias, alias);
         assert.ok(bitEqual(alias, dx), `${isa} ${kind} n=${n}: in place equals out of place`);
         if (n === 33) {
           const L = () => {
             const yy = new Float32Array(n);
-            native.actForward(kind, x, yy);
+            native.actForwardSync(kind, x, yy);
             return dot64(dout, yy);
           };
           fdCheck(`${isa} ${kind} dx`, x, pick(n, 8, 53, [20, 25]), 1e-3, L, dx, 2e-3, 1e-3);

@@ -695,8 +695,8 @@ test('errors: bad name, lengths, k > vocab, ids out of range or repeated, missin
   throwsUndo(() => compute('fkl', { ...base, grad: new Float32Array(5) }), /grad has 5 elements/);
   throwsUndo(() => compute('fkl', { ...base, grad: student }), /grad must not share memory with student/);
   // the addon checks lengths itself as well (memory safety when called directly)
-  assert.throws(() => native.kdLoss('fkl', { rows, vocab, student, teacher: teacher.subarray(3), perRow: new Float32Array(rows) }), /teacher has 30 elements/);
-  assert.throws(() => native.kdLoss('nope', { rows, vocab, student, perRow: new Float32Array(rows) }), /unknown loss 'nope'/);
+  assert.throws(() => native.kdLossSync('fkl', { rows, vocab, student, teacher: teacher.subarray(3), perRow: new Float32Array(rows) }), /teacher has 30 elements/);
+  assert.throws(() => native.kdLossSync('nope', { rows, vocab, student, perRow: new Float32Array(rows) }), /unknown loss 'nope'/);
   assert.is(LOSS_NAMES.length, 12);
 });
 

@@ -68,7 +68,7 @@ function problem(ta: boolean, tb: boolean, M: number, N: number, K: number, pad:
 function runGemm(p: Problem, alpha: number, beta: number, nanC: boolean): number {
   const C = p.C0.slice();
   if (nanC) for (let i = 0; i < p.M; i++) for (let j = 0; j < p.N; j++) C[i * p.ldc + j] = NaN;
-  native.gemm(p.ta, p.tb, p.M, p.N, p.K, alpha, p.A, p.lda, p.B, p.ldb, beta, C, p.ldc);
+  native.gemmSync(p.ta, p.tb, p.M, p.N, p.K, alpha, p.A, p.lda, p.B, p.ldb, beta, C, p.ldc);
   let worst = 0;
   for (let i = 0; i < p.M; i++) {
     for (let j = 0; j < p.ldc && i * p.ldc + j < C.length; j++) {
@@ -151,9 +151,9 @@ test('gemm: K = 0 gives beta·C (beta = 0 overwrites NaN), M or N = 0 touches no
   forEachIsa((isa) => {
     const empty = new Float32Array(1);
     const C = new Float32Array(5 * 9).fill(NaN);
-    native.gemm(false, true, 5, 7, 0, 1, empty, 1, empty, 1, 0, C, 9);
+    native.gemmSync(false, true, 5, 7, 0, 1, empty, 1, empty, 1, 0, C, 9);
     const D = new Float32Array(5 * 9).fill(2);
-    native.gemm(true, false, 5, 7, 0, 1, empty, 5, empty, 7, 0.5, D, 9);
+    native.gemmSync(true, false, 5, 7, 0, 1, empty, 5, empty, 7, 0.5, D, 9);
     for (let i = 0; i < 5; i++) {
       for (let j = 0; j < 9; j++) {
         if (j < 7) {
@@ -167,8 +167,8 @@ test('gemm: K = 0 gives beta·C (beta = 0 overwrites NaN), M or N = 0 touches no
     }
     const E = new Float32Array(4).fill(3);
     const A = randomArray(10, 1), B = randomArray(10, 2);
-    native.gemm(false, false, 0, 2, 5, 1, A, 5, B, 2, 0, E, 2);
-    native.gemm(false, false, 2, 0, 5, 1, A, 5, B, 2, 0, E, 2);
+    native.gemmSync(false, false, 0, 2, 5, 1, A, 5, B, 2, 0, E, 2);
+    native.gemmSync(false, false, 2, 0, 5, 1, A, 5, B, 2, 0, E, 2);
     assert.equal(Array.from(E), [3, 3, 3, 3], `${isa}: empty gemm wrote C`);
   });
 });

@@ -53,7 +53,7 @@ function make(ta: boolean, tb: boolean, M: number, N: number, K: number, pad: nu
 function worstError(p: Case, alpha: number, beta: number, nanC: boolean, round: boolean): number {
   const C = p.C0.slice();
   if (nanC) for (let i = 0; i < p.M; i++) for (let j = 0; j < p.N; j++) C[i * p.ldc + j] = NaN;
-  native.gemmBf16(p.ta, p.tb, p.M, p.N, p.K, alpha, p.A, p.lda, p.B, p.ldb, beta, C, p.ldc);
+  native.gemmBf16Sync(p.ta, p.tb, p.M, p.N, p.K, alpha, p.A, p.lda, p.B, p.ldb, beta, C, p.ldc);
   const r = (x: number) => (round ? bf16(x) : x);
   const a = new Float64Array(p.K);
   let worst = 0;
@@ -127,7 +127,7 @@ test('gemmBf16 really rounds to bf16 (error vs the fp32 product ≫ fp32 roundin
     const M = 20, N = 40, K = 70;
     const A = new Float32Array(M * K).fill(1 + 2 ** -8 + 2 ** -9), B = new Float32Array(N * K).fill(3 + 2 ** -8);
     const C = new Float32Array(M * N);
-    native.gemmBf16(false, true, M, N, K, 1, A, K, B, K, 0, C, N);
+    native.gemmBf16Sync(false, true, M, N, K, 1, A, K, B, K, 0, C, N);
     const want = K * (1 + 2 ** -7) * 3;
     for (let i = 0; i < M * N; i++) assert.is(C[i], want, `${isa}: C[${i}] = ${C[i]}, want ${want} (fp32 would give ${K * (1 + 2 ** -8 + 2 ** -9) * (3 + 2 ** -8)})`);
     const p = make(false, true, 64, 48, 256, 0, 99);
@@ -152,8 +152,8 @@ test('gemmBf16Packed (op(B) packed once, as the LM head does) equals gemmBf16 bi
             const p = make(ta, tb, M, N, K, seed % 3, seed++);
             for (const [alpha, beta] of [[1, 0], [-0.75, 0.5]]) {
               const want = p.C0.slice(), got = p.C0.slice();
-              native.gemmBf16(ta, tb, M, N, K, alpha, p.A, p.lda, p.B, p.ldb, beta, want, p.ldc);
-              native.gemmBf16Packed(ta, tb, M, N, K, alpha, p.A, p.lda, p.B, p.ldb, beta, got, p.ldc);
+              native.gemmBf16Sync(ta, tb, M, N, K, alpha, p.A, p.lda, p.B, p.ldb, beta, want, p.ldc);
+              native.gemmBf16PackedSync(ta, tb, M, N, K, alpha, p.A, p.lda, p.B, p.ldb, beta, got, p.ldc);
               for (let i = 0; i < got.length; i++) {
                 if (!Object.is(got[i], want[i])) {
                   assert.unreachable(`${isa} threads=${th} ta=${ta} tb=${tb} M=${M} N=${N} K=${K} alpha=${alpha} beta=${beta}: ` +

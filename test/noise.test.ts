@@ -74,7 +74,7 @@ test('noise of a tensor depends only on (seed, tensor name, index): fillRandom w
     if (t.shape.length === 2) {
       const a = xavierBound(t.shape);
       const noise = new Float32Array(t.numel);
-      native.fillRandom(noise, 5, noiseStream(t.name), 'uniform', -a, a);
+      native.fillRandomSync(noise, 5, noiseStream(t.name), 'uniform', -a, a);
       for (let i = 0; i < t.numel; i++) expect[i] = keep * old[i] + scale * noise[i];
     } else {
       for (let i = 0; i < t.numel; i++) expect[i] = keep * old[i];

@@ -176,26 +176,36 @@ export interface NativeKdOptions {
   grad?: Float32Array | null;
 }
 
-export interface NativeBinding {
+/** The addon's functions that are not kernels: ISA and thread control, and the model class. */
+export interface NativeCore {
   supportedIsas(): string[];
   getIsa(): string;
   bestIsa(): string;
   setIsa(name: string): void;
   setThreads(n: number): void;
   getThreads(): number;
+  /** whether gemmBf16 (and the models' bf16 compute) runs the AVX512-BF16 kernel now (cpuid and the active ISA) */
+  bf16Native(): boolean;
+  /** RoPE inverse frequencies [D/2] with HF's rope scalings, for a sequence of seqLen positions */
+  ropeInvFreq(D: number, seqLen: number, rope: NativeRope): Float64Array;
+  NativeModel: new (config: NativeDecoderSpec) => NativeModel;
+}
+
+/**
+ * The kernels, as their blocking forms: NativeBinding has each twice, `nameSync` (these signatures, on the calling
+ * thread) and `name` (the same work on the libuv pool, returning a Promise of the same result, so the event loop
+ * stays free). The typed arrays are not copied: the caller must not change (or transfer) them until the Promise
+ * settles.
+ */
+export interface NativeKernels {
   gemm(ta: boolean, tb: boolean, M: number, N: number, K: number, alpha: number, A: Float32Array, lda: number,
     B: Float32Array, ldb: number, beta: number, C: Float32Array, ldc: number): void;
-  /** gemm on the libuv pool (the event loop stays free); A, B and C must not change until it settles. */
-  gemmAsync(ta: boolean, tb: boolean, M: number, N: number, K: number, alpha: number, A: Float32Array, lda: number,
-    B: Float32Array, ldb: number, beta: number, C: Float32Array, ldc: number): Promise<void>;
   /** C = bf16(alpha·op(A))·bf16(op(B)) + beta·C with fp32 accumulation (AVX512-BF16, else emulated; ≤ 4 rows: fp32) */
   gemmBf16(ta: boolean, tb: boolean, M: number, N: number, K: number, alpha: number, A: Float32Array, lda: number,
     B: Float32Array, ldb: number, beta: number, C: Float32Array, ldc: number): void;
   /** gemmBf16 with op(B) packed once first (undo::Bf16Packed, the bf16 LM head's path): the same result, bit for bit */
   gemmBf16Packed(ta: boolean, tb: boolean, M: number, N: number, K: number, alpha: number, A: Float32Array, lda: number,
     B: Float32Array, ldb: number, beta: number, C: Float32Array, ldc: number): void;
-  /** whether gemmBf16 (and the models' bf16 compute) runs the AVX512-BF16 kernel now (cpuid and the active ISA) */
-  bf16Native(): boolean;
   attentionForward(d: AttnDims, q: Float32Array, k: Float32Array, v: Float32Array, out: Float32Array,
     lse: Float32Array | null): void;
   attentionBackward(d: AttnDims, q: Float32Array, k: Float32Array, v: Float32Array, out: Float32Array,
@@ -213,8 +223,6 @@ export interface NativeBinding {
   biasGrad(rows: number, n: number, dy: Float32Array, db: Float32Array): void;
   ropeApply(B: number, T: number, H: number, D: number, x: Float32Array, theta: number, posOffset: number,
     inverse: boolean): void;
-  /** RoPE inverse frequencies [D/2] with HF's rope scalings, for a sequence of seqLen positions */
-  ropeInvFreq(D: number, seqLen: number, rope: NativeRope): Float64Array;
   gluForward(kind: 'swiglu' | 'geglu', gate: Float32Array, up: Float32Array, out: Float32Array): void;
   gluBackward(kind: 'swiglu' | 'geglu', gate: Float32Array, up: Float32Array, dout: Float32Array,
     dgate: Float32Array, dup: Float32Array): void;
@@ -229,30 +237,58 @@ export interface NativeBinding {
     softcap: number, weights: Float32Array | null, loss: Float32Array, dlogits: Float32Array | null): void;
   /** Distillation/unlearning losses (native/cpu/kd_losses.h); use lib/train/losses.ts `loss.compute`. */
   kdLoss(name: string, opts: NativeKdOptions): { loss: number; count: number };
-  /** kdLoss on the libuv pool; the arrays of `opts` must not change until it settles. */
-  kdLossAsync(name: string, opts: NativeKdOptions): Promise<{ loss: number; count: number }>;
   adamwUpdate(param: Float32Array, grad: Float32Array, m: Float32Array, v: Float32Array,
     h: AdamWHyper & { step: number }): void;
   sumSquares(x: Float32Array): number;
   fillRandom(out: Float32Array, seed: number, stream: string, kind: 'normal' | 'uniform', a: number, b: number): void;
-  NativeModel: new (config: NativeDecoderSpec) => NativeModel;
+  /**
+   * UNDO's noise on one tensor in place: w ← keep·w + scale·N evaluated in double (native/cpu/noise.h), N drawn as
+   * fillRandom(out, seed, stream, kind, a, b) would draw it over the whole tensor; kind 'none': w ← keep·w.
+   */
+  noiseBlend(w: Float32Array, keep: number, scale: number, kind: 'none' | 'normal' | 'uniform', seed: number, stream: string,
+    a: number, b: number): void;
+  /** The stable ascending order of x (ties by index, −0 before +0) into `order` [x.length] (radix sort). */
+  argsortF32(x: Float32Array, order: Uint32Array): void;
+  /** w[order[r]] ← (1−eta)·w[order[r]] + eta·tq[r] in double, for every rank r (the projection's step). */
+  rankBlend(w: Float32Array, order: Uint32Array, tq: Float64Array, eta: number): void;
+
 }
 
-function load(): NativeBinding {
+/** The names of NativeKernels, in the order the addon registers them. */
+export const KERNEL_NAMES = ['gemm', 'gemmBf16', 'gemmBf16Packed', 'attentionForward', 'attentionBackward', 'rmsnormForward',
+  'rmsnormBackward', 'layernormForward', 'layernormBackward', 'biasAdd', 'biasGrad', 'actForward', 'actBackward', 'ropeApply',
+  'gluForward', 'gluBackward', 'embeddingForward', 'embeddingBackward', 'crossEntropy', 'kdLoss', 'adamwUpdate', 'sumSquares',
+  'fillRandom', 'noiseBlend', 'argsortF32', 'rankBlend'] as const satisfies readonly (keyof NativeKernels)[];
+
+/** A kernel's pooled form: the same arguments, its result as a Promise. */
+export type Pooled<F> = F extends (...a: infer A) => infer R ? (...a: A) => Promise<R> : never;
+
+/**
+ * The compiled CPU addon's API: the core functions above, each kernel as `nameSync` (blocking) and `name` (on the
+ * libuv pool, a Promise) — Node's own naming (fs.readFile / fs.readFileSync).
+ */
+export type NativeBinding = NativeCore
+  & { [K in keyof NativeKernels as `${K}Sync`]: NativeKernels[K] }
+  & { [K in keyof NativeKernels]: Pooled<NativeKernels[K]> };
+
+/** What the .node file exports: each kernel as `name` (blocking) and `nameAsync` (pooled). */
+type NativeAddon = NativeCore & NativeKernels & { [K in keyof NativeKernels as `${K}Async`]: Pooled<NativeKernels[K]> };
+
+function load(): NativeAddon {
   const root = path.join(__dirname, '..', '..', '..');
   // UNDO_NATIVE_ADDON=path/undo_native.node: another build of the addon (scripts/asan.sh's sanitizer build)
   const other = process.env.UNDO_NATIVE_ADDON;
   if (other) {
     try {
       // eslint-disable-next-line @typescript-eslint/no-var-requires
-      return require(path.resolve(other)) as NativeBinding;
+      return require(path.resolve(other)) as NativeAddon;
     } catch (e) {
       throw new Err(`could not load the native addon UNDO_NATIVE_ADDON=${other}: ${(e as Error).message}`);
     }
   }
   try {
     // eslint-disable-next-line @typescript-eslint/no-var-requires
-    return require('node-gyp-build')(root) as NativeBinding;
+    return require('node-gyp-build')(root) as NativeAddon;
   } catch (e) {
     throw new Err(`could not load the native addon from ${root}/build: ${(e as Error).message}`,
       'run `npm install` (or `npm run build:native`) to compile it');
@@ -290,9 +326,20 @@ function guarded<F extends (...a: never[]) => unknown>(fn: F, rejects = false): 
  * The binding with every function and NativeModel method raising UndoErrors (nativeError). NativeModel is
  * subclassed, not proxied, so its instances stay real addon objects that other addon calls can unwrap.
  */
-function withUndoErrors(b: NativeBinding): NativeBinding {
+function withUndoErrors(b: NativeAddon): NativeBinding {
   const out: Record<string, unknown> = {};
-  for (const [k, v] of Object.entries(b)) out[k] = typeof v === 'function' && k !== 'NativeModel' ? guarded(v as (...a: never[]) => unknown, k.endsWith('Async')) : v;
+  const kernels = new Set<string>(KERNEL_NAMES);
+  for (const [k, v] of Object.entries(b)) {
+    if (typeof v !== 'function' || k === 'NativeModel') out[k] = v;
+    else if (kernels.has(k)) out[`${k}Sync`] = guarded(v as (...a: never[]) => unknown);
+    else if (k.endsWith('Async') && kernels.has(k.slice(0, -5))) out[k.slice(0, -5)] = guarded(v as (...a: never[]) => unknown, true);
+    else out[k] = guarded(v as (...a: never[]) => unknown);
+  }
+  for (const k of KERNEL_NAMES) {
+    if (typeof out[k] !== 'function' || typeof out[`${k}Sync`] !== 'function') {
+      throw new Err(`the native addon lacks ${k} / ${k}Async: it is older than this package`, 'rebuild it: npm rebuild undo-native (or npm run build:native)');
+    }
+  }
   const Base = b.NativeModel as unknown as new (...a: unknown[]) => object;
   class GuardedModel extends Base {
     constructor(...args: unknown[]) {

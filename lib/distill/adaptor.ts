@@ -76,18 +76,18 @@ export class Adaptor {
     const y = new Float32Array(rows * dt);
     if (this.kind === 'linear') {
       const [W, b] = this.params;
-      native.gemm(false, true, rows, dt, di, 1, x, di, W.data, di, 0, y, dt);
-      native.biasAdd(rows, dt, b.data, y);
+      native.gemmSync(false, true, rows, dt, di, 1, x, di, W.data, di, 0, y, dt);
+      native.biasAddSync(rows, dt, b.data, y);
       return y;
     }
     const [W1, b1, W2, b2] = this.params;
     const H = this.hidden;
     const h = new Float32Array(rows * H), a = new Float32Array(rows * H);
-    native.gemm(false, true, rows, H, di, 1, x, di, W1.data, di, 0, h, H);
-    native.biasAdd(rows, H, b1.data, h);
-    native.actForward('geglu', h, a);
-    native.gemm(false, true, rows, dt, H, 1, a, H, W2.data, H, 0, y, dt);
-    native.biasAdd(rows, dt, b2.data, y);
+    native.gemmSync(false, true, rows, H, di, 1, x, di, W1.data, di, 0, h, H);
+    native.biasAddSync(rows, H, b1.data, h);
+    native.actForwardSync('geglu', h, a);
+    native.gemmSync(false, true, rows, dt, H, 1, a, H, W2.data, H, 0, y, dt);
+    native.biasAddSync(rows, dt, b2.data, y);
     this.h = h;
     this.a = a;
     return y;
@@ -101,21 +101,21 @@ export class Adaptor {
     const dx = new Float32Array(rows * di);
     if (this.kind === 'linear') {
       const [W, b] = this.params;
-      native.gemm(true, false, dt, di, rows, 1, dy, dt, x, di, 1, W.grad, di);
-      native.biasGrad(rows, dt, dy, b.grad);
-      native.gemm(false, false, rows, di, dt, 1, dy, dt, W.data, di, 0, dx, di);
+      native.gemmSync(true, false, dt, di, rows, 1, dy, dt, x, di, 1, W.grad, di);
+      native.biasGradSync(rows, dt, dy, b.grad);
+      native.gemmSync(false, false, rows, di, dt, 1, dy, dt, W.data, di, 0, dx, di);
       return dx;
     }
     const [W1, b1, W2, b2] = this.params;
     const H = this.hidden;
     const da = new Float32Array(rows * H), dh = new Float32Array(rows * H);
-    native.gemm(true, false, dt, H, rows, 1, dy, dt, this.a!, H, 1, W2.grad, H);
-    native.biasGrad(rows, dt, dy, b2.grad);
-    native.gemm(false, false, rows, H, dt, 1, dy, dt, W2.data, H, 0, da, H);
-    native.actBackward('geglu', this.h!, da, dh);
-    native.gemm(true, false, H, di, rows, 1, dh, H, x, di, 1, W1.grad, di);
-    native.biasGrad(rows, H, dh, b1.grad);
-    native.gemm(false, false, rows, di, H, 1, dh, H, W1.data, di, 0, dx, di);
+    native.gemmSync(true, false, dt, H, rows, 1, dy, dt, this.a!, H, 1, W2.grad, H);
+    native.biasGradSync(rows, dt, dy, b2.grad);
+    native.gemmSync(false, false, rows, H, dt, 1, dy, dt, W2.data, H, 0, da, H);
+    native.actBackwardSync('geglu', this.h!, da, dh);
+    native.gemmSync(true, false, H, di, rows, 1, dh, H, x, di, 1, W1.grad, di);
+    native.biasGradSync(rows, H, dh, b1.grad);
+    native.gemmSync(false, false, rows, di, H, 1, dh, H, W1.data, di, 0, dx, di);
     return dx;
   }
 
@@ -153,13 +153,13 @@ export class AdaptorGroup implements ExtraParams {
 
   gradSumSquares(): number {
     let s = 0;
-    for (const p of this.params) s += native.sumSquares(p.grad);
+    for (const p of this.params) s += native.sumSquaresSync(p.grad);
     return s;
   }
 
   adamw(h: AdamWHyper, step: number): void {
     this.step = step;
-    for (const p of this.params) native.adamwUpdate(p.data, p.grad, p.m, p.v, { ...h, weightDecay: p.decay ? h.weightDecay ?? 0 : 0, step });
+    for (const p of this.params) native.adamwUpdateSync(p.data, p.grad, p.m, p.v, { ...h, weightDecay: p.decay ? h.weightDecay ?? 0 : 0, step });
   }
 
   checkpointFiles(): Record<string, Buffer> {

@@ -482,7 +482,7 @@ export class KnnStore {
       for (let e0 = 0; e0 < N; e0 += EB) {
         const ne = Math.min(EB, N - e0);
         // dots[i, j] = q_i · key_(e0 + j)
-        native.gemm(false, true, nq, ne, d, 1, queries.subarray(q0 * d, (q0 + nq) * d), d, this.keys.subarray(e0 * d, (e0 + ne) * d), d, 0, dots, ne);
+        native.gemmSync(false, true, nq, ne, d, 1, queries.subarray(q0 * d, (q0 + nq) * d), d, this.keys.subarray(e0 * d, (e0 + ne) * d), d, 0, dots, ne);
         for (let i = 0; i < nq; i++) {
           const qi = q0 + i, base = qi * k, skip = ex ? ex[qi] : -1;
           let c = cnt[qi];

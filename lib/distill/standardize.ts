@@ -270,5 +270,5 @@ export class Standardizer {
 
 /** out[r] = M·x[r] for rows of x ([rows, d]) and M [d, d] row-major: out = x·Mᵀ, through the native GEMM. */
 function gemmRows(x: Float32Array, rows: number, d: number, M: Float32Array, out: Float32Array): void {
-  native.gemm(false, true, rows, d, d, 1, x, d, M, d, 0, out, d);
+  native.gemmSync(false, true, rows, d, d, 1, x, d, M, d, 0, out, d);
 }

@@ -279,7 +279,7 @@ export function computeSync(name: LossName, opts: LossOptions): LossResult {
   if (rows === 0) return { loss: 0, perRow, grad, count: 0 };
   let r: { loss: number; count: number };
   try {
-    r = native.kdLoss(name, nat);
+    r = native.kdLossSync(name, nat);
   } catch (e) {
     throw kernelError(name, e);
   }
@@ -297,7 +297,7 @@ export async function compute(name: LossName, opts: LossOptions): Promise<LossRe
   if (rows === 0) return { loss: 0, perRow, grad, count: 0 };
   let r: { loss: number; count: number };
   try {
-    r = await native.kdLossAsync(name, nat);
+    r = await native.kdLoss(name, nat);
   } catch (e) {
     throw kernelError(name, e);
   }

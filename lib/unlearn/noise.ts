@@ -11,7 +11,7 @@
  *   transport map sends the weight of rank r to the target distribution's quantile at r, so the step is: sort the
  *   weights, and move each one a fraction η of the way to the target quantile of its rank.
  *
- * Both are deterministic. The noise is drawn by native.fillRandom (Philox4x32-10, native/cpu/random.cc) keyed by
+ * Both are deterministic. The noise is drawn by native.noiseBlend (Philox4x32-10, native/cpu/random.cc) keyed by
  * (seed, stream, element index) with the stream derived from the tensor name only ({@link noiseStream}), and all
  * the arithmetic done here in TypeScript is element-wise and order-independent, so the result is bit-identical for
  * any thread count, across calls, and does not change for one tensor when other tensors are added or renamed.
@@ -153,9 +153,9 @@ export function noiseModel(model: Model, opts: NoiseOptions): void {
     const n = scratch.subarray(0, t.numel);
     if (dist === 'xavier') {
       const a = xavierBound(t.shape);
-      native.fillRandom(n, seed, noiseStream(t.name), 'uniform', -a, a);
+      native.fillRandomSync(n, seed, noiseStream(t.name), 'uniform', -a, a);
     } else {
-      native.fillRandom(n, seed, noiseStream(t.name), 'normal', 0, std);
+      native.fillRandomSync(n, seed, noiseStream(t.name), 'normal', 0, std);
     }
     for (let i = 0; i < w.length; i++) w[i] = keep * w[i] + scale * n[i];
   }

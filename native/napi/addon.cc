@@ -25,6 +25,7 @@
 #include "kd_losses.h"
 #include "matmul.h"
 #include "model.h"
+#include "noise.h"
 #include "random.h"
 #include "rmsnorm.h"
 #include "layernorm.h"
@@ -62,7 +63,10 @@ Napi::Value SetThreads(const Napi::CallbackInfo& info) {
 }
 Napi::Value GetThreads(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), undo::num_threads()); }
 
-// ---------- kernels (synchronous; for tests, benches and small library calls)
+// ---------- kernels: each is registered twice (see Init): `name` runs now, `nameAsync` runs on the libuv pool
+// and returns a Promise (the Napi::Function's data pointer tells which: pooled(info)). The arguments are
+// checked on the JS thread either way; the typed arrays are not copied (the caller must not change them until
+// the Promise settles; lib/core/native.ts documents it).
 
 // gemm / gemmBf16 / gemmBf16Packed share the argument checks; mode 0 fp32, 1 bf16, 2 bf16 with op(B) prepacked
 // (undo::Bf16Packed, the LM head's path)
@@ -70,8 +74,10 @@ Napi::Value GetThreads(const Napi::CallbackInfo& info) { return Napi::Number::Ne
 // typed arrays `work` uses, held until it is done (not copied: the caller must not change them meanwhile).
 class PoolTask : public Napi::AsyncWorker {
  public:
-  PoolTask(Napi::Env env, std::function<void()> work, std::vector<Napi::Value> keep)
-      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), work_(std::move(work)) {
+  PoolTask(Napi::Env env, std::function<void()> work, std::vector<Napi::Value> keep,
+           std::shared_ptr<double> result = nullptr)
+      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), work_(std::move(work)),
+        result_(std::move(result)) {
     for (auto& v : keep)
       if (v.IsObject()) keep_.push_back(Napi::Persistent(v.As<Napi::Object>()));
   }
@@ -83,28 +89,36 @@ class PoolTask : public Napi::AsyncWorker {
       SetError(e.what());
     }
   }
-  void OnOK() override { deferred_.Resolve(Env().Undefined()); }
+  void OnOK() override {
+    deferred_.Resolve(result_ ? Napi::Number::New(Env(), *result_) : Env().Undefined());
+  }
   void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
 
  private:
   Napi::Promise::Deferred deferred_;
   std::function<void()> work_;
+  std::shared_ptr<double> result_;
   std::vector<Napi::ObjectReference> keep_;
 };
 
-// `work` now (returns undefined) or, when async, on the pool (returns its Promise)
-Napi::Value run_now_or_pooled(Napi::Env env, bool async, std::function<void()> work, std::vector<Napi::Value> keep) {
+// whether this call is the pooled twin (`nameAsync`, registered with a non-null data pointer)
+bool pooled(const Napi::CallbackInfo& info) { return info.Data() != nullptr; }
+
+// `work` now (returns undefined, or the number it stores in `result`) or, when async, on the pool (returns its
+// Promise of the same)
+Napi::Value run_now_or_pooled(Napi::Env env, bool async, std::function<void()> work, std::vector<Napi::Value> keep,
+                              std::shared_ptr<double> result = nullptr) {
   if (!async) {
     work();
-    return env.Undefined();
+    return result ? Napi::Number::New(env, *result) : env.Undefined();
   }
-  auto* t = new PoolTask(env, std::move(work), std::move(keep));
+  auto* t = new PoolTask(env, std::move(work), std::move(keep), std::move(result));
   Napi::Promise p = t->promise();
   t->Queue();
   return p;
 }
 
-Napi::Value GemmImpl(const Napi::CallbackInfo& info, int mode, bool async = false) {
+Napi::Value GemmImpl(const Napi::CallbackInfo& info, int mode, bool async) {
   const bool ta = flag(info, 0), tb = flag(info, 1);
   const int64_t M = num(info, 2, "M"), N = num(info, 3, "N"), K = num(info, 4, "K");
   const float alpha = (float)dbl(info, 5, "alpha");
@@ -131,10 +145,9 @@ Napi::Value GemmImpl(const Napi::CallbackInfo& info, int mode, bool async = fals
     }
   }, {A, B, C});
 }
-Napi::Value Gemm(const Napi::CallbackInfo& info) { return GemmImpl(info, 0); }
-Napi::Value GemmAsync(const Napi::CallbackInfo& info) { return GemmImpl(info, 0, true); }
-Napi::Value GemmBf16(const Napi::CallbackInfo& info) { return GemmImpl(info, 1); }
-Napi::Value GemmBf16Packed(const Napi::CallbackInfo& info) { return GemmImpl(info, 2); }
+Napi::Value Gemm(const Napi::CallbackInfo& info) { return GemmImpl(info, 0, pooled(info)); }
+Napi::Value GemmBf16(const Napi::CallbackInfo& info) { return GemmImpl(info, 1, pooled(info)); }
+Napi::Value GemmBf16Packed(const Napi::CallbackInfo& info) { return GemmImpl(info, 2, pooled(info)); }
 Napi::Value Bf16Native(const Napi::CallbackInfo& info) { return Napi::Boolean::New(info.Env(), undo::bf16_native()); }
 
 undo::AttnDims attn_dims(Napi::Object o) {
@@ -161,8 +174,14 @@ Napi::Value AttentionForward(const Napi::CallbackInfo& info) {
   const size_t nkv = (size_t)((d.B - 1) * d.kv_bstride + d.Tk * d.Hkv * d.D);
   auto q = f32(info, 1, "q", nq), k = f32(info, 2, "k", nkv), v = f32(info, 3, "v", nkv), out = f32(info, 4, "out", nq);
   auto lse = f32(info, 5, "lse", (size_t)(d.B * d.Hq * d.Tq), true);
-  undo::attention_forward(d, q.Data(), k.Data(), v.Data(), out.Data(), data(lse));
-  return info.Env().Undefined();
+  auto* k_p = k.Data();
+  auto* lse_p = data(lse);
+  auto* out_p = out.Data();
+  auto* q_p = q.Data();
+  auto* v_p = v.Data();
+  return run_now_or_pooled(info.Env(), pooled(info), [=]() {
+    undo::attention_forward(d, q_p, k_p, v_p, out_p, lse_p);
+  }, {k, lse, out, q, v});
 }
 
 Napi::Value AttentionBackward(const Napi::CallbackInfo& info) {
@@ -173,9 +192,19 @@ Napi::Value AttentionBackward(const Napi::CallbackInfo& info) {
   auto q = f32(info, 1, "q", nq), k = f32(info, 2, "k", nkv), v = f32(info, 3, "v", nkv);
   auto out = f32(info, 4, "out", nq), dout = f32(info, 5, "dout", nq), lse = f32(info, 6, "lse", (size_t)(d.B * d.Hq * d.Tq));
   auto dq = f32(info, 7, "dq", nq), dk = f32(info, 8, "dk", nkv), dv = f32(info, 9, "dv", nkv);
-  undo::attention_backward(d, q.Data(), k.Data(), v.Data(), out.Data(), dout.Data(), lse.Data(), dq.Data(), dk.Data(),
-                           dv.Data());
-  return info.Env().Undefined();
+  auto* dk_p = dk.Data();
+  auto* dout_p = dout.Data();
+  auto* dq_p = dq.Data();
+  auto* dv_p = dv.Data();
+  auto* lse_p = lse.Data();
+  auto* k_p = k.Data();
+  auto* out_p = out.Data();
+  auto* q_p = q.Data();
+  auto* v_p = v.Data();
+  return run_now_or_pooled(info.Env(), pooled(info), [=]() {
+    undo::attention_backward(d, q_p, k_p, v_p, out_p, dout_p, lse_p, dq_p, dk_p,
+                             dv_p);
+  }, {dk, dout, dq, dv, k, lse, out, q, v});
 }
 
 // rmsnormForward(rows, dim, x, w, eps, unitOffset, y, rstd|null)
@@ -184,8 +213,15 @@ Napi::Value RmsnormForward(const Napi::CallbackInfo& info) {
   const size_t n = (size_t)(rows * dim);
   auto x = f32(info, 2, "x", n), w = f32(info, 3, "w", (size_t)dim), y = f32(info, 6, "y", n);
   auto rstd = f32(info, 7, "rstd", (size_t)rows, true);
-  undo::rmsnorm_forward(rows, dim, x.Data(), w.Data(), (float)dbl(info, 4, "eps"), flag(info, 5), y.Data(), data(rstd));
-  return info.Env().Undefined();
+  auto* rstd_p = data(rstd);
+  auto* w_p = w.Data();
+  auto* x_p = x.Data();
+  auto* y_p = y.Data();
+  const auto arg1 = (float)dbl(info, 4, "eps");
+  const auto arg2 = flag(info, 5);
+  return run_now_or_pooled(info.Env(), pooled(info), [=]() {
+    undo::rmsnorm_forward(rows, dim, x_p, w_p, arg1, arg2, y_p, rstd_p);
+  }, {rstd, w, x, y});
 }
 // rmsnormBackward(rows, dim, x, w, rstd, unitOffset, dy, dx, accumulate, dw|null)
 Napi::Value RmsnormBackward(const Napi::CallbackInfo& info) {
@@ -193,9 +229,18 @@ Napi::Value RmsnormBackward(const Napi::CallbackInfo& info) {
   const size_t n = (size_t)(rows * dim);
   auto x = f32(info, 2, "x", n), w = f32(info, 3, "w", (size_t)dim), rstd = f32(info, 4, "rstd", (size_t)rows);
   auto dy = f32(info, 6, "dy", n), dx = f32(info, 7, "dx", n), dw = f32(info, 9, "dw", (size_t)dim, true);
-  undo::rmsnorm_backward(rows, dim, x.Data(), w.Data(), rstd.Data(), flag(info, 5), dy.Data(), dx.Data(), flag(info, 8),
-                         data(dw));
-  return info.Env().Undefined();
+  auto* dw_p = data(dw);
+  auto* dx_p = dx.Data();
+  auto* dy_p = dy.Data();
+  auto* rstd_p = rstd.Data();
+  const auto arg1 = flag(info, 5);
+  const auto arg2 = flag(info, 8);
+  auto* w_p = w.Data();
+  auto* x_p = x.Data();
+  return run_now_or_pooled(info.Env(), pooled(info), [=]() {
+    undo::rmsnorm_backward(rows, dim, x_p, w_p, rstd_p, arg1, dy_p, dx_p, arg2,
+                           dw_p);
+  }, {dw, dx, dy, rstd, w, x});
 }
 // ropeApply(B, T, H, D, x, theta, posOffset, inverse)
 Napi::Value RopeApply(const Napi::CallbackInfo& info) {
@@ -210,8 +255,11 @@ Napi::Value RopeApply(const Napi::CallbackInfo& info) {
   undo::rope_inv_freq(rp, D, off + T, inv.data());
   std::vector<float> c((size_t)((off + T) * D / 2)), s(c.size());
   undo::rope_tables_from(inv.data(), off + T, D, c.data(), s.data());
-  undo::rope_apply(B, T, H, D, x.Data(), c.data(), s.data(), off, flag(info, 7));
-  return info.Env().Undefined();
+  auto* x_p = x.Data();
+  const auto arg1 = flag(info, 7);
+  return run_now_or_pooled(info.Env(), pooled(info), [=]() {
+    undo::rope_apply(B, T, H, D, x_p, c.data(), s.data(), off, arg1);
+  }, {x});
 }
 undo::GluKind glu_kind(const Napi::CallbackInfo& info, size_t i) {
   std::string k = info[i].ToString();
@@ -225,8 +273,16 @@ Napi::Value LayernormForward(const Napi::CallbackInfo& info) {
   const size_t n = (size_t)(rows * dim);
   auto x = f32(info, 2, "x", n), w = f32(info, 3, "w", (size_t)dim), b = f32(info, 4, "b", (size_t)dim, true);
   auto y = f32(info, 6, "y", n), mean = f32(info, 7, "mean", (size_t)rows, true), rstd = f32(info, 8, "rstd", (size_t)rows, true);
-  undo::layernorm_forward(rows, dim, x.Data(), w.Data(), data(b), (float)dbl(info, 5, "eps"), y.Data(), data(mean), data(rstd));
-  return info.Env().Undefined();
+  auto* b_p = data(b);
+  auto* mean_p = data(mean);
+  auto* rstd_p = data(rstd);
+  auto* w_p = w.Data();
+  auto* x_p = x.Data();
+  auto* y_p = y.Data();
+  const auto arg1 = (float)dbl(info, 5, "eps");
+  return run_now_or_pooled(info.Env(), pooled(info), [=]() {
+    undo::layernorm_forward(rows, dim, x_p, w_p, b_p, arg1, y_p, mean_p, rstd_p);
+  }, {b, mean, rstd, w, x, y});
 }
 // layernormBackward(rows, dim, x, w, mean, rstd, dy, dx, accumulate, dw|null, db|null)
 Napi::Value LayernormBackward(const Napi::CallbackInfo& info) {
@@ -236,22 +292,38 @@ Napi::Value LayernormBackward(const Napi::CallbackInfo& info) {
   auto mean = f32(info, 4, "mean", (size_t)rows), rstd = f32(info, 5, "rstd", (size_t)rows);
   auto dy = f32(info, 6, "dy", n), dx = f32(info, 7, "dx", n);
   auto dw = f32(info, 9, "dw", (size_t)dim, true), db = f32(info, 10, "db", (size_t)dim, true);
-  undo::layernorm_backward(rows, dim, x.Data(), w.Data(), mean.Data(), rstd.Data(), dy.Data(), dx.Data(), flag(info, 8),
-                           data(dw), data(db));
-  return info.Env().Undefined();
+  auto* db_p = data(db);
+  auto* dw_p = data(dw);
+  auto* dx_p = dx.Data();
+  auto* dy_p = dy.Data();
+  auto* mean_p = mean.Data();
+  auto* rstd_p = rstd.Data();
+  const auto arg1 = flag(info, 8);
+  auto* w_p = w.Data();
+  auto* x_p = x.Data();
+  return run_now_or_pooled(info.Env(), pooled(info), [=]() {
+    undo::layernorm_backward(rows, dim, x_p, w_p, mean_p, rstd_p, dy_p, dx_p, arg1,
+                             dw_p, db_p);
+  }, {db, dw, dx, dy, mean, rstd, w, x});
 }
 // biasAdd(rows, n, b, y) / biasGrad(rows, n, dy, db)
 Napi::Value BiasAdd(const Napi::CallbackInfo& info) {
   const int64_t rows = num(info, 0, "rows"), n = num(info, 1, "n");
   auto b = f32(info, 2, "b", (size_t)n), y = f32(info, 3, "y", (size_t)(rows * n));
-  undo::bias_add(rows, n, b.Data(), y.Data());
-  return info.Env().Undefined();
+  auto* b_p = b.Data();
+  auto* y_p = y.Data();
+  return run_now_or_pooled(info.Env(), pooled(info), [=]() {
+    undo::bias_add(rows, n, b_p, y_p);
+  }, {b, y});
 }
 Napi::Value BiasGrad(const Napi::CallbackInfo& info) {
   const int64_t rows = num(info, 0, "rows"), n = num(info, 1, "n");
   auto dy = f32(info, 2, "dy", (size_t)(rows * n)), db = f32(info, 3, "db", (size_t)n);
-  undo::bias_grad(rows, n, dy.Data(), db.Data());
-  return info.Env().Undefined();
+  auto* db_p = db.Data();
+  auto* dy_p = dy.Data();
+  return run_now_or_pooled(info.Env(), pooled(info), [=]() {
+    undo::bias_grad(rows, n, dy_p, db_p);
+  }, {db, dy});
 }
 // {theta, scaling, factor, lowFreqFactor, highFreqFactor, originalMaxPositions} → RopeParams (lib/core/native.ts NativeRope)
 undo::RopeParams rope_params(Napi::Env env, Napi::Value v) {
@@ -287,16 +359,23 @@ Napi::Value ActForward(const Napi::CallbackInfo& info) {
   auto x = f32(info, 1, "x", 0);
   const size_t n = x.ElementLength();
   auto out = f32(info, 2, "out", n);
-  undo::act_forward((int64_t)n, kind, x.Data(), out.Data());
-  return info.Env().Undefined();
+  auto* out_p = out.Data();
+  auto* x_p = x.Data();
+  return run_now_or_pooled(info.Env(), pooled(info), [=]() {
+    undo::act_forward((int64_t)n, kind, x_p, out_p);
+  }, {out, x});
 }
 Napi::Value ActBackward(const Napi::CallbackInfo& info) {
   auto kind = glu_kind(info, 0);
   auto x = f32(info, 1, "x", 0);
   const size_t n = x.ElementLength();
   auto dout = f32(info, 2, "dout", n), dx = f32(info, 3, "dx", n);
-  undo::act_backward((int64_t)n, kind, x.Data(), dout.Data(), dx.Data());
-  return info.Env().Undefined();
+  auto* dout_p = dout.Data();
+  auto* dx_p = dx.Data();
+  auto* x_p = x.Data();
+  return run_now_or_pooled(info.Env(), pooled(info), [=]() {
+    undo::act_backward((int64_t)n, kind, x_p, dout_p, dx_p);
+  }, {dout, dx, x});
 }
 // gluForward(kind, gate, up, out)
 Napi::Value GluForward(const Napi::CallbackInfo& info) {
@@ -304,8 +383,12 @@ Napi::Value GluForward(const Napi::CallbackInfo& info) {
   auto gate = f32(info, 1, "gate", 0);
   const size_t n = gate.ElementLength();
   auto up = f32(info, 2, "up", n), out = f32(info, 3, "out", n);
-  undo::glu_forward((int64_t)n, kind, gate.Data(), up.Data(), out.Data());
-  return info.Env().Undefined();
+  auto* gate_p = gate.Data();
+  auto* out_p = out.Data();
+  auto* up_p = up.Data();
+  return run_now_or_pooled(info.Env(), pooled(info), [=]() {
+    undo::glu_forward((int64_t)n, kind, gate_p, up_p, out_p);
+  }, {gate, out, up});
 }
 // gluBackward(kind, gate, up, dout, dgate, dup)
 Napi::Value GluBackward(const Napi::CallbackInfo& info) {
@@ -313,8 +396,14 @@ Napi::Value GluBackward(const Napi::CallbackInfo& info) {
   auto gate = f32(info, 1, "gate", 0);
   const size_t n = gate.ElementLength();
   auto up = f32(info, 2, "up", n), dout = f32(info, 3, "dout", n), dg = f32(info, 4, "dgate", n), du = f32(info, 5, "dup", n);
-  undo::glu_backward((int64_t)n, kind, gate.Data(), up.Data(), dout.Data(), dg.Data(), du.Data());
-  return info.Env().Undefined();
+  auto* dg_p = dg.Data();
+  auto* dout_p = dout.Data();
+  auto* du_p = du.Data();
+  auto* gate_p = gate.Data();
+  auto* up_p = up.Data();
+  return run_now_or_pooled(info.Env(), pooled(info), [=]() {
+    undo::glu_backward((int64_t)n, kind, gate_p, up_p, dout_p, dg_p, du_p);
+  }, {dg, dout, du, gate, up});
 }
 // embeddingForward(rows, dim, ids, table, scale, out) / embeddingBackward(rows, dim, ids, dout, scale, dtable)
 Napi::Value EmbeddingForward(const Napi::CallbackInfo& info) {
@@ -326,8 +415,13 @@ Napi::Value EmbeddingForward(const Napi::CallbackInfo& info) {
   for (int64_t r = 0; r < rows; r++)
     if (idp[r] < 0 || idp[r] >= vocab) type_error(info.Env(), "embedding: id " + std::to_string(idp[r]) + " out of range");
   auto out = f32(info, 5, "out", (size_t)(rows * dim));
-  undo::embedding_forward(rows, dim, ids.Data(), table.Data(), (float)dbl(info, 4, "scale"), out.Data());
-  return info.Env().Undefined();
+  auto* ids_p = ids.Data();
+  auto* out_p = out.Data();
+  auto* table_p = table.Data();
+  const auto arg1 = (float)dbl(info, 4, "scale");
+  return run_now_or_pooled(info.Env(), pooled(info), [=]() {
+    undo::embedding_forward(rows, dim, ids_p, table_p, arg1, out_p);
+  }, {ids, out, table});
 }
 Napi::Value EmbeddingBackward(const Napi::CallbackInfo& info) {
   const int64_t rows = num(info, 0, "rows"), dim = num(info, 1, "dim");
@@ -338,8 +432,13 @@ Napi::Value EmbeddingBackward(const Napi::CallbackInfo& info) {
   const int32_t* idp = ids.Data();
   for (int64_t r = 0; r < rows; r++)
     if (idp[r] < 0 || idp[r] >= vocab) type_error(info.Env(), "embedding: id " + std::to_string(idp[r]) + " out of range");
-  undo::embedding_backward(rows, dim, ids.Data(), dout.Data(), (float)dbl(info, 4, "scale"), dtable.Data());
-  return info.Env().Undefined();
+  auto* dout_p = dout.Data();
+  auto* dtable_p = dtable.Data();
+  auto* ids_p = ids.Data();
+  const auto arg1 = (float)dbl(info, 4, "scale");
+  return run_now_or_pooled(info.Env(), pooled(info), [=]() {
+    undo::embedding_backward(rows, dim, ids_p, dout_p, arg1, dtable_p);
+  }, {dout, dtable, ids});
 }
 // crossEntropy(rows, vocab, logits, targets, ignoreIndex, softcap, weights|null, loss, dlogits|null)
 Napi::Value CrossEntropy(const Napi::CallbackInfo& info) {
@@ -354,9 +453,16 @@ Napi::Value CrossEntropy(const Napi::CallbackInfo& info) {
   auto weights = f32(info, 6, "weights", (size_t)rows, true);
   auto loss = f32(info, 7, "loss", (size_t)rows);
   auto dl = f32(info, 8, "dlogits", (size_t)(rows * vocab), true);
-  undo::cross_entropy(rows, vocab, logits.Data(), vocab, targets.Data(), ignore, (float)dbl(info, 5, "softcap"),
-                      data(weights), loss.Data(), data(dl));
-  return info.Env().Undefined();
+  auto* dl_p = data(dl);
+  auto* logits_p = logits.Data();
+  auto* loss_p = loss.Data();
+  auto* targets_p = targets.Data();
+  auto* weights_p = data(weights);
+  const auto arg1 = (float)dbl(info, 5, "softcap");
+  return run_now_or_pooled(info.Env(), pooled(info), [=]() {
+    undo::cross_entropy(rows, vocab, logits_p, vocab, targets_p, ignore, arg1,
+                        weights_p, loss_p, dl_p);
+  }, {dl, logits, loss, targets, weights});
 }
 // kdLoss(name, {rows, vocab, validVocab?, student, teacher?, topkIds?, topkLogprobs?, k?, tail?, studentBase?,
 //   teacherBase?, targets?, ignoreIndex?, mask?, temperature?, beta?, alpha?, t?, lambda?, dkdAlpha?, dkdBeta?,
@@ -471,12 +577,20 @@ Napi::Value AdamwUpdate(const Napi::CallbackInfo& info) {
   undo::AdamWParams h{(float)field(o, "lr", 0, true), (float)field(o, "beta1", 0.9), (float)field(o, "beta2", 0.999),
                       (float)field(o, "eps", 1e-8), (float)field(o, "weightDecay", 0.0), (float)field(o, "gradScale", 1.0),
                       (int64_t)field(o, "step", 0, true)};
-  undo::adamw_update((int64_t)n, p.Data(), g.Data(), m.Data(), v.Data(), h);
-  return info.Env().Undefined();
+  auto* g_p = g.Data();
+  auto* m_p = m.Data();
+  auto* p_p = p.Data();
+  auto* v_p = v.Data();
+  return run_now_or_pooled(info.Env(), pooled(info), [=]() {
+    undo::adamw_update((int64_t)n, p_p, g_p, m_p, v_p, h);
+  }, {g, m, p, v});
 }
 Napi::Value SumSquares(const Napi::CallbackInfo& info) {
   auto x = f32(info, 0, "x", 0);
-  return Napi::Number::New(info.Env(), undo::sum_squares((int64_t)x.ElementLength(), x.Data()));
+  const float* xp = x.Data();
+  const int64_t n = (int64_t)x.ElementLength();
+  auto result = std::make_shared<double>(0);
+  return run_now_or_pooled(info.Env(), pooled(info), [=]() { *result = undo::sum_squares(n, xp); }, {x}, result);
 }
 // fillRandom(out, seed, streamName, 'normal'|'uniform', a, b)
 Napi::Value FillRandom(const Napi::CallbackInfo& info) {
@@ -484,13 +598,66 @@ Napi::Value FillRandom(const Napi::CallbackInfo& info) {
   const uint64_t seed = (uint64_t)num(info, 1, "seed");
   std::string stream = info[2].ToString(), kind = info[3].ToString();
   const float a = (float)dbl(info, 4, "a"), b = (float)dbl(info, 5, "b");
-  if (kind == "normal")
-    undo::fill_normal(x.Data(), (int64_t)x.ElementLength(), seed, undo::stream_of(stream.c_str()), a, b);
-  else if (kind == "uniform")
-    undo::fill_uniform(x.Data(), (int64_t)x.ElementLength(), seed, undo::stream_of(stream.c_str()), a, b);
-  else
-    type_error(info.Env(), "fillRandom: kind must be normal or uniform");
-  return info.Env().Undefined();
+  if (kind != "normal" && kind != "uniform") type_error(info.Env(), "fillRandom: kind must be normal or uniform");
+  float* xp = x.Data();
+  const int64_t n = (int64_t)x.ElementLength();
+  const uint64_t st = undo::stream_of(stream.c_str());
+  const bool normal = kind == "normal";
+  return run_now_or_pooled(info.Env(), pooled(info), [=]() {
+    if (normal) undo::fill_normal(xp, n, seed, st, a, b);
+    else undo::fill_uniform(xp, n, seed, st, a, b);
+  }, {x});
+}
+// noiseBlend(w, keep, scale, kind 'none'|'normal'|'uniform', seed, streamName, a, b): UNDO's noise on one tensor in
+// place, w ← keep·w + scale·N in double (noise.h), N drawn as fillRandom(seed, streamName, kind, a, b) would
+Napi::Value NoiseBlend(const Napi::CallbackInfo& info) {
+  auto w = f32(info, 0, "w", 0);
+  const float keep = (float)dbl(info, 1, "keep"), scale = (float)dbl(info, 2, "scale");
+  const std::string kind = info[3].ToString();
+  undo::NoiseKind k;
+  if (kind == "none") k = undo::NoiseKind::none;
+  else if (kind == "normal") k = undo::NoiseKind::normal;
+  else if (kind == "uniform") k = undo::NoiseKind::uniform;
+  else type_error(info.Env(), "noiseBlend: kind must be none, normal or uniform");
+  const uint64_t seed = (uint64_t)num(info, 4, "seed");
+  const uint64_t st = undo::stream_of(info[5].ToString().Utf8Value().c_str());
+  const float a = (float)dbl(info, 6, "a"), b = (float)dbl(info, 7, "b");
+  float* wp = w.Data();
+  const int64_t n = (int64_t)w.ElementLength();
+  return run_now_or_pooled(info.Env(), pooled(info), [=]() { undo::noise_blend(wp, n, keep, scale, k, seed, st, a, b); }, {w});
+}
+// argsortF32(x, order: Uint32Array [n]): the stable ascending order of x (noise.h)
+Napi::Value ArgsortF32(const Napi::CallbackInfo& info) {
+  auto x = f32(info, 0, "x", 0);
+  const size_t n = x.ElementLength();
+  if (!info[1].IsTypedArray() || info[1].As<Napi::TypedArray>().TypedArrayType() != napi_uint32_array)
+    type_error(info.Env(), "argsortF32: order must be a Uint32Array");
+  auto order = info[1].As<Napi::Uint32Array>();
+  if (order.ElementLength() != n)
+    type_error(info.Env(), "argsortF32: order holds " + std::to_string(order.ElementLength()) + " elements, needs " + std::to_string(n));
+  const float* xp = x.Data();
+  uint32_t* op = order.Data();
+  return run_now_or_pooled(info.Env(), pooled(info), [=]() { undo::argsort_f32(xp, (int64_t)n, op); }, {x, order});
+}
+// rankBlend(w, order: Uint32Array [n], tq: Float64Array [n], eta): w[order[r]] ← (1−eta)·w[order[r]] + eta·tq[r]
+Napi::Value RankBlend(const Napi::CallbackInfo& info) {
+  auto w = f32(info, 0, "w", 0);
+  const size_t n = w.ElementLength();
+  if (!info[1].IsTypedArray() || info[1].As<Napi::TypedArray>().TypedArrayType() != napi_uint32_array)
+    type_error(info.Env(), "rankBlend: order must be a Uint32Array");
+  if (!info[2].IsTypedArray() || info[2].As<Napi::TypedArray>().TypedArrayType() != napi_float64_array)
+    type_error(info.Env(), "rankBlend: tq must be a Float64Array");
+  auto order = info[1].As<Napi::Uint32Array>();
+  auto tq = info[2].As<Napi::Float64Array>();
+  if (order.ElementLength() != n || tq.ElementLength() != n)
+    type_error(info.Env(), "rankBlend: order and tq must hold " + std::to_string(n) + " elements (w's length)");
+  const uint32_t* op = order.Data();
+  for (size_t r = 0; r < n; r++)
+    if (op[r] >= n) type_error(info.Env(), "rankBlend: order[" + std::to_string(r) + "] = " + std::to_string(op[r]) + " out of range");
+  const double eta = dbl(info, 3, "eta");
+  float* wp = w.Data();
+  const double* tp = tq.Data();
+  return run_now_or_pooled(info.Env(), pooled(info), [=]() { undo::rank_blend(wp, (int64_t)n, op, tp, eta); }, {w, order, tq});
 }
 
 // ---------- asynchronous tasks
@@ -1089,33 +1256,42 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("setIsa", Napi::Function::New(env, SetIsa));
   exports.Set("setThreads", Napi::Function::New(env, SetThreads));
   exports.Set("getThreads", Napi::Function::New(env, GetThreads));
-  exports.Set("gemm", Napi::Function::New(env, Gemm));
-  exports.Set("gemmBf16", Napi::Function::New(env, GemmBf16));
-  exports.Set("gemmBf16Packed", Napi::Function::New(env, GemmBf16Packed));
+  // a kernel and its pooled twin `nameAsync` (pooled(info) tells them apart)
+  auto both = [&](const char* name, Napi::Value (*fn)(const Napi::CallbackInfo&)) {
+    exports.Set(name, Napi::Function::New(env, fn, name));
+    const std::string pooled_name = std::string(name) + "Async";
+    static int pooled_tag = 1;
+    exports.Set(pooled_name, Napi::Function::New(env, fn, pooled_name, &pooled_tag));
+  };
+  both("gemm", Gemm);
+  both("gemmBf16", GemmBf16);
+  both("gemmBf16Packed", GemmBf16Packed);
   exports.Set("bf16Native", Napi::Function::New(env, Bf16Native));
-  exports.Set("attentionForward", Napi::Function::New(env, AttentionForward));
-  exports.Set("attentionBackward", Napi::Function::New(env, AttentionBackward));
-  exports.Set("rmsnormForward", Napi::Function::New(env, RmsnormForward));
-  exports.Set("rmsnormBackward", Napi::Function::New(env, RmsnormBackward));
-  exports.Set("layernormForward", Napi::Function::New(env, LayernormForward));
-  exports.Set("layernormBackward", Napi::Function::New(env, LayernormBackward));
-  exports.Set("biasAdd", Napi::Function::New(env, BiasAdd));
-  exports.Set("biasGrad", Napi::Function::New(env, BiasGrad));
+  both("attentionForward", AttentionForward);
+  both("attentionBackward", AttentionBackward);
+  both("rmsnormForward", RmsnormForward);
+  both("rmsnormBackward", RmsnormBackward);
+  both("layernormForward", LayernormForward);
+  both("layernormBackward", LayernormBackward);
+  both("biasAdd", BiasAdd);
+  both("biasGrad", BiasGrad);
   exports.Set("ropeInvFreq", Napi::Function::New(env, RopeInvFreq));
-  exports.Set("actForward", Napi::Function::New(env, ActForward));
-  exports.Set("actBackward", Napi::Function::New(env, ActBackward));
-  exports.Set("ropeApply", Napi::Function::New(env, RopeApply));
-  exports.Set("gluForward", Napi::Function::New(env, GluForward));
-  exports.Set("gluBackward", Napi::Function::New(env, GluBackward));
-  exports.Set("embeddingForward", Napi::Function::New(env, EmbeddingForward));
-  exports.Set("embeddingBackward", Napi::Function::New(env, EmbeddingBackward));
-  exports.Set("crossEntropy", Napi::Function::New(env, CrossEntropy));
+  both("actForward", ActForward);
+  both("actBackward", ActBackward);
+  both("ropeApply", RopeApply);
+  both("gluForward", GluForward);
+  both("gluBackward", GluBackward);
+  both("embeddingForward", EmbeddingForward);
+  both("embeddingBackward", EmbeddingBackward);
+  both("crossEntropy", CrossEntropy);
   exports.Set("kdLoss", Napi::Function::New(env, KdLoss));
   exports.Set("kdLossAsync", Napi::Function::New(env, KdLossAsync));
-  exports.Set("gemmAsync", Napi::Function::New(env, GemmAsync));
-  exports.Set("adamwUpdate", Napi::Function::New(env, AdamwUpdate));
-  exports.Set("sumSquares", Napi::Function::New(env, SumSquares));
-  exports.Set("fillRandom", Napi::Function::New(env, FillRandom));
+  both("adamwUpdate", AdamwUpdate);
+  both("sumSquares", SumSquares);
+  both("fillRandom", FillRandom);
+  both("noiseBlend", NoiseBlend);
+  both("argsortF32", ArgsortF32);
+  both("rankBlend", RankBlend);
   exports.Set("NativeModel", ModelWrap::Init(env));
   return exports;
 }
