@@ -38,7 +38,7 @@ export { distill, checkCompatible } from './distill/distill';
 export type { DistillOptions, MiniLlmOptions } from './distill/distill';
 export { unlearn, UNLEARN_METHODS, UNLEARN_DEFAULTS, defaultUnlearnParams, causalPlan, causalTeacher, causalObjective, findMentions, rewriteWindow } from './unlearn/unlearn';
 export type { UnlearnMethod, UnlearnOptions, UnlearnParams, CausalOptions } from './unlearn/unlearn';
-export { noiseModel, projectToDistribution } from './unlearn/noise';
+export { noiseModel, noiseModelSync, projectToDistribution, projectToDistributionSync } from './unlearn/noise';
 export type { NoiseOptions, ProjectOptions, TargetDistribution } from './unlearn/noise';
 export { relearn, DEFAULT_RELEARN_LRS, PAPER_RELEARN_LRS } from './unlearn/relearn';
 export type { RelearnOptions, RelearnResult, CurvePoint } from './unlearn/relearn';

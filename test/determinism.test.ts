@@ -15,7 +15,7 @@ import { native } from '../lib/core/native';
 import { sha256File } from '../lib/core/fsutil';
 import { Rng } from '../lib/core/rng';
 import { Model } from '../lib/models/model';
-import { noiseModel } from '../lib/unlearn/noise';
+import { noiseModelSync } from '../lib/unlearn/noise';
 import { bitEqual, ROOT, tinyConfig } from './helpers';
 
 const TMP = fs.mkdtempSync(path.join(os.tmpdir(), 'undo-det-'));
@@ -58,7 +58,7 @@ test('across ISA paths: init, noise and AdamW bit-identical; forward and trainin
       native.setIsa(isa);
       const m = Model.create(cfg, { seed: 5, std: 0.05 });
       const init = m.params.slice();
-      noiseModel(m, { alpha: 0.5, beta: 0.1, seed: 3 });
+      noiseModelSync(m, { alpha: 0.5, beta: 0.1, seed: 3 });
       const noised = m.params.slice();
       const r = new Rng(1);
       for (let i = 0; i < m.grads.length; i++) m.grads[i] = r.normal() * 0.01;

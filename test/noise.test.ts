@@ -9,7 +9,7 @@ import { UndoError } from '../lib/core/errors';
 import { Model, ModelConfig } from '../lib/models/model';
 import { native, withThreads } from '../lib/core/native';
 import {
-  argsortF32, invNormalCdf, NOISE_DEFAULT_STD, noiseModel, noiseStream, projectToDistribution, targetQuantiles,
+  argsortF32, invNormalCdf, NOISE_DEFAULT_STD, noiseModel, noiseModelSync, noiseStream, projectToDistribution, projectToDistributionSync, targetQuantiles,
   xavierBound,
 } from '../lib/unlearn/noise';
 import { bitEqual, randn, throwsUndo, tinyConfig } from './helpers';
@@ -52,7 +52,7 @@ test('noise is bit-identical for 1, 2 and 4 threads and across calls (xavier and
   for (const dist of ['xavier', 'normal'] as const) {
     const runs = [1, 2, 4, 1].map((threads) => {
       const m = base.clone();
-      withThreads(threads, () => noiseModel(m, { alpha: 0.6, beta: 0.1, seed: 111, dist }));
+      withThreads(threads, () => noiseModelSync(m, { alpha: 0.6, beta: 0.1, seed: 111, dist }));
       return m.params;
     });
     assert.not.ok(bitEqual(runs[0], base.params), `${dist}: the model changed`);
@@ -65,7 +65,7 @@ test('noise of a tensor depends only on (seed, tensor name, index): fillRandom w
   const before = m.clone();
   const alpha = 0.7;
   const beta = 0.3;
-  noiseModel(m, { alpha, beta, seed: 5 });
+  noiseModelSync(m, { alpha, beta, seed: 5 });
   const keep = Math.fround(1 - alpha);
   const scale = Math.fround(alpha * beta);
   for (const t of m.tensors) {
@@ -89,8 +89,8 @@ test('noise of a tensor does not change when other tensors are added (more layer
   const bigBase = randomModel(big.config, 9);
   big.params.set(bigBase.params);
   for (const t of small.tensors) big.tensor(t.name).set(small.tensor(t.name)); // shared names start equal
-  noiseModel(small, { alpha: 1, beta: 1, seed: 3 });
-  noiseModel(big, { alpha: 1, beta: 1, seed: 3 });
+  noiseModelSync(small, { alpha: 1, beta: 1, seed: 3 });
+  noiseModelSync(big, { alpha: 1, beta: 1, seed: 3 });
   for (const t of small.tensors) assert.ok(bitEqual(small.tensor(t.name), big.tensor(t.name)), t.name);
   // the added tensors got noise too (the untied head is a matrix), and tensors of equal shape get different noise
   const head = big.tensor('lm_head.weight');
@@ -99,7 +99,7 @@ test('noise of a tensor does not change when other tensors are added (more layer
   assert.not.ok(bitEqual(head, big.tensor('model.embed_tokens.weight')));
   // another seed, other noise
   const other = randomModel(tinyConfig('llama', { numLayers: 2 }));
-  noiseModel(other, { alpha: 1, beta: 1, seed: 4 });
+  noiseModelSync(other, { alpha: 1, beta: 1, seed: 4 });
   assert.not.ok(bitEqual(other.tensor('model.embed_tokens.weight'), small.tensor('model.embed_tokens.weight')));
 });
 
@@ -107,7 +107,7 @@ test('noise is independent of Model.create\'s init with the same seed', () => {
   const cfg = tinyConfig('llama');
   const init = Model.create(cfg, { seed: 7, init: 'xavier' });
   const noised = init.clone();
-  noiseModel(noised, { alpha: 1, beta: 1, seed: 7 });
+  noiseModelSync(noised, { alpha: 1, beta: 1, seed: 7 });
   for (const t of init.tensors) {
     if (t.shape.length !== 2) continue;
     const a = init.tensor(t.name);
@@ -130,8 +130,8 @@ test('alpha = 0 leaves the model bit-identical (any beta, dist)', () => {
     const m = randomModel(tinyConfig(family));
     m.tensor('model.embed_tokens.weight')[3] = -0;
     const before = m.params.slice();
-    noiseModel(m, { alpha: 0, beta: 1, seed: 1 });
-    noiseModel(m, { alpha: 0, beta: 0.5, dist: 'normal', std: 0.1 });
+    noiseModelSync(m, { alpha: 0, beta: 1, seed: 1 });
+    noiseModelSync(m, { alpha: 0, beta: 0.5, dist: 'normal', std: 0.1 });
     assert.ok(bitEqual(m.params, before), family);
   }
 });
@@ -139,7 +139,7 @@ test('alpha = 0 leaves the model bit-identical (any beta, dist)', () => {
 test('alpha = 1, beta = 1: pure Xavier-uniform noise per matrix (bound, mean, variance); vectors become 0', () => {
   const cfg = tinyConfig('llama', { hiddenSize: 64, intermediateSize: 128, numHeads: 4, numKvHeads: 2, headDim: 16, tieWordEmbeddings: false });
   const m = randomModel(cfg);
-  noiseModel(m, { alpha: 1, beta: 1, seed: 42 });
+  noiseModelSync(m, { alpha: 1, beta: 1, seed: 42 });
   let matrices = 0;
   for (const t of m.tensors) {
     const w = m.tensor(t.name);
@@ -166,7 +166,7 @@ test('alpha = 1, beta = 1, dist normal: N(0, std) with the default std 0.02 and 
   const cfg = tinyConfig('gemma2', { hiddenSize: 64, intermediateSize: 128, headDim: 16 });
   for (const std of [undefined, 0.1]) {
     const m = randomModel(cfg);
-    noiseModel(m, { alpha: 1, beta: 1, seed: 2, dist: 'normal', std });
+    noiseModelSync(m, { alpha: 1, beta: 1, seed: 2, dist: 'normal', std });
     const s = std ?? NOISE_DEFAULT_STD;
     assert.is(NOISE_DEFAULT_STD, 0.02);
     for (const t of m.tensors) {
@@ -190,9 +190,9 @@ test('vectors (norm gains) are only scaled by (1−alpha), whatever beta, seed a
     const a = base.clone();
     const b = base.clone();
     const c = base.clone();
-    noiseModel(a, { alpha: 0.3, beta: 1, seed: 1 });
-    noiseModel(b, { alpha: 0.3, beta: 0.1, seed: 2, dist: 'normal' });
-    noiseModel(c, { alpha: 0.3, beta: 0 });
+    noiseModelSync(a, { alpha: 0.3, beta: 1, seed: 1 });
+    noiseModelSync(b, { alpha: 0.3, beta: 0.1, seed: 2, dist: 'normal' });
+    noiseModelSync(c, { alpha: 0.3, beta: 0 });
     const keep = Math.fround(0.7);
     for (const t of base.tensors) {
       const old = base.tensor(t.name);
@@ -211,25 +211,25 @@ test('vectors (norm gains) are only scaled by (1−alpha), whatever beta, seed a
   }
   // Gemma stores w in (1+w): alpha = 1 sets every norm to the identity scale (w = 0)
   const g = randomModel(tinyConfig('gemma2'));
-  noiseModel(g, { alpha: 1, beta: 0.1, seed: 1 });
+  noiseModelSync(g, { alpha: 1, beta: 0.1, seed: 1 });
   for (const t of g.tensors) if (t.shape.length === 1) assert.ok(g.tensor(t.name).every((x) => x === 0), t.name);
 });
 
 test('invalid options throw an UndoError naming the option and value, before touching the model', () => {
   const m = randomModel(tinyConfig('llama'));
   const before = m.params.slice();
-  throwsUndo(() => noiseModel(m, { alpha: 1.5, beta: 0.1 }), /alpha.*\[0, 1\].*1\.5/);
-  throwsUndo(() => noiseModel(m, { alpha: -0.1, beta: 0.1 }), /alpha.*-0\.1/);
-  throwsUndo(() => noiseModel(m, { alpha: NaN, beta: 0.1 }), /alpha.*NaN/);
-  throwsUndo(() => noiseModel(m, { alpha: '0.5' as unknown as number, beta: 0.1 }), /alpha.*"0\.5"/);
-  throwsUndo(() => noiseModel(m, { alpha: 0.5, beta: 2 }), /beta.*\[0, 1\].*2/);
-  throwsUndo(() => noiseModel(m, { alpha: 0.5, beta: -1 }), /beta.*-1/);
-  throwsUndo(() => noiseModel(m, { alpha: 0.5, beta: Infinity }), /beta.*Infinity/);
-  throwsUndo(() => noiseModel(m, { alpha: 0.5, beta: 0.1, seed: -1 }), /seed.*-1/);
-  throwsUndo(() => noiseModel(m, { alpha: 0.5, beta: 0.1, seed: 1.5 }), /seed.*1\.5/);
-  throwsUndo(() => noiseModel(m, { alpha: 0.5, beta: 0.1, dist: 'gauss' as 'normal' }), /dist.*"gauss"/);
-  throwsUndo(() => noiseModel(m, { alpha: 0.5, beta: 0.1, dist: 'normal', std: 0 }), /std.*0/);
-  throwsUndo(() => noiseModel(m, { alpha: 0.5, beta: 0.1, std: 0.1 }), /std.*xavier/);
+  throwsUndo(() => noiseModelSync(m, { alpha: 1.5, beta: 0.1 }), /alpha.*\[0, 1\].*1\.5/);
+  throwsUndo(() => noiseModelSync(m, { alpha: -0.1, beta: 0.1 }), /alpha.*-0\.1/);
+  throwsUndo(() => noiseModelSync(m, { alpha: NaN, beta: 0.1 }), /alpha.*NaN/);
+  throwsUndo(() => noiseModelSync(m, { alpha: '0.5' as unknown as number, beta: 0.1 }), /alpha.*"0\.5"/);
+  throwsUndo(() => noiseModelSync(m, { alpha: 0.5, beta: 2 }), /beta.*\[0, 1\].*2/);
+  throwsUndo(() => noiseModelSync(m, { alpha: 0.5, beta: -1 }), /beta.*-1/);
+  throwsUndo(() => noiseModelSync(m, { alpha: 0.5, beta: Infinity }), /beta.*Infinity/);
+  throwsUndo(() => noiseModelSync(m, { alpha: 0.5, beta: 0.1, seed: -1 }), /seed.*-1/);
+  throwsUndo(() => noiseModelSync(m, { alpha: 0.5, beta: 0.1, seed: 1.5 }), /seed.*1\.5/);
+  throwsUndo(() => noiseModelSync(m, { alpha: 0.5, beta: 0.1, dist: 'gauss' as 'normal' }), /dist.*"gauss"/);
+  throwsUndo(() => noiseModelSync(m, { alpha: 0.5, beta: 0.1, dist: 'normal', std: 0 }), /std.*0/);
+  throwsUndo(() => noiseModelSync(m, { alpha: 0.5, beta: 0.1, std: 0.1 }), /std.*xavier/);
   assert.ok(bitEqual(m.params, before), 'the model changed');
 });
 
@@ -291,12 +291,12 @@ test('projection: eta = 0 is a no-op; eta = 1 gives the target quantiles exactly
   const cfg = tinyConfig('llama', { hiddenSize: 64, intermediateSize: 128, headDim: 16 });
   const base = randomModel(cfg);
   const same = base.clone();
-  projectToDistribution(same, { eta: 0, target: 'normal', std: 0.05 });
+  projectToDistributionSync(same, { eta: 0, target: 'normal', std: 0.05 });
   assert.ok(bitEqual(same.params, base.params));
 
   for (const target of ['normal', 'uniform'] as const) {
     const m = base.clone();
-    projectToDistribution(m, { eta: 1, target, std: 0.05 });
+    projectToDistributionSync(m, { eta: 1, target, std: 0.05 });
     for (const t of m.tensors) {
       const old = base.tensor(t.name);
       const w = m.tensor(t.name);
@@ -326,9 +326,9 @@ test('projection: eta = 0 is a no-op; eta = 1 gives the target quantiles exactly
 test('projection: intermediate eta interpolates between the weights and the eta = 1 result, keeping the order', () => {
   const base = randomModel(tinyConfig('gemma2'));
   const full = base.clone();
-  projectToDistribution(full, { eta: 1, target: 'normal', std: 0.02 });
+  projectToDistributionSync(full, { eta: 1, target: 'normal', std: 0.02 });
   const half = base.clone();
-  projectToDistribution(half, { eta: 0.3, target: 'normal', std: 0.02 });
+  projectToDistributionSync(half, { eta: 0.3, target: 'normal', std: 0.02 });
   for (const t of base.tensors) {
     if (t.shape.length !== 2) continue;
     const w0 = base.tensor(t.name);
@@ -349,7 +349,7 @@ test('projection: normal target sample statistics; default std is the Xavier std
   const base = randomModel(cfg);
   const m = base.clone();
   const isMlp = (name: string) => name.includes('.mlp.');
-  projectToDistribution(m, { eta: 1, target: 'normal', match: isMlp });
+  projectToDistributionSync(m, { eta: 1, target: 'normal', match: isMlp });
   for (const t of m.tensors) {
     const w = m.tensor(t.name);
     if (!isMlp(t.name)) {
@@ -365,7 +365,7 @@ test('projection: normal target sample statistics; default std is the Xavier std
     assert.ok(Math.abs(mo.maxAbs - Math.fround(-xs * invNormalCdf(0.5 / n))) < 1e-7);
   }
   const u = base.clone();
-  projectToDistribution(u, { eta: 1, target: 'uniform' });
+  projectToDistributionSync(u, { eta: 1, target: 'uniform' });
   for (const t of u.tensors) {
     if (t.shape.length !== 2) continue;
     const bound = xavierBound(t.shape);
@@ -383,7 +383,7 @@ test('projection onto a reference sample: same size gives the sample exactly, ot
   // a skewed reference distribution (lognormal), sorted
   const sample = randn(n, 77, 0.5).map(Math.exp).sort();
   const m = base.clone();
-  projectToDistribution(m, { eta: 1, target: sample, match: only });
+  projectToDistributionSync(m, { eta: 1, target: sample, match: only });
   const w = m.tensor(name);
   const order = argsortF32(base.tensor(name));
   for (let r = 0; r < n; r++) assert.is(w[order[r]], sample[r], `rank ${r}`);
@@ -392,7 +392,7 @@ test('projection onto a reference sample: same size gives the sample exactly, ot
   // a sample of a different size: the result stays within its range and follows its quantiles
   const small = randn(501, 78, 0.5).map(Math.exp).sort();
   const m2 = base.clone();
-  projectToDistribution(m2, { eta: 1, target: small, match: only });
+  projectToDistributionSync(m2, { eta: 1, target: small, match: only });
   const w2 = m2.tensor(name).slice().sort();
   assert.is(w2[0], small[0]);
   assert.is(w2[n - 1], small[500]);
@@ -400,26 +400,80 @@ test('projection onto a reference sample: same size gives the sample exactly, ot
   assert.ok(Math.abs(median - small[250]) < 1e-3 * small[250], `median ${median} vs ${small[250]}`);
   // a one-element sample makes every weight that value
   const m3 = base.clone();
-  projectToDistribution(m3, { eta: 1, target: new Float32Array([0.25]), match: only });
+  projectToDistributionSync(m3, { eta: 1, target: new Float32Array([0.25]), match: only });
   assert.ok(m3.tensor(name).every((x) => x === 0.25));
 });
 
 test('projection: invalid options throw an UndoError naming the option, before touching the model', () => {
   const m = randomModel(tinyConfig('llama'));
   const before = m.params.slice();
-  throwsUndo(() => projectToDistribution(m, { eta: 1.2, target: 'normal' }), /eta.*\[0, 1\].*1\.2/);
-  throwsUndo(() => projectToDistribution(m, { eta: -0.5, target: 'normal' }), /eta.*-0\.5/);
-  throwsUndo(() => projectToDistribution(m, { eta: 0.5, target: 'laplace' as 'normal' }), /target.*"laplace"/);
-  throwsUndo(() => projectToDistribution(m, { eta: 0.5, target: 'normal', std: -1 }), /std.*-1/);
-  throwsUndo(() => projectToDistribution(m, { eta: 0.5, target: new Float32Array([1, 0]) }), /sorted/);
-  throwsUndo(() => projectToDistribution(m, { eta: 0.5, target: new Float32Array([0, NaN]) }), /non-finite/);
-  throwsUndo(() => projectToDistribution(m, { eta: 0.5, target: new Float32Array(0) }), /empty/);
-  throwsUndo(() => projectToDistribution(m, { eta: 0.5, target: new Float32Array([0]), std: 1 }), /std/);
-  throwsUndo(() => projectToDistribution(m, { eta: 0.5, target: 'normal', match: () => false }), /no weight matrix/);
+  throwsUndo(() => projectToDistributionSync(m, { eta: 1.2, target: 'normal' }), /eta.*\[0, 1\].*1\.2/);
+  throwsUndo(() => projectToDistributionSync(m, { eta: -0.5, target: 'normal' }), /eta.*-0\.5/);
+  throwsUndo(() => projectToDistributionSync(m, { eta: 0.5, target: 'laplace' as 'normal' }), /target.*"laplace"/);
+  throwsUndo(() => projectToDistributionSync(m, { eta: 0.5, target: 'normal', std: -1 }), /std.*-1/);
+  throwsUndo(() => projectToDistributionSync(m, { eta: 0.5, target: new Float32Array([1, 0]) }), /sorted/);
+  throwsUndo(() => projectToDistributionSync(m, { eta: 0.5, target: new Float32Array([0, NaN]) }), /non-finite/);
+  throwsUndo(() => projectToDistributionSync(m, { eta: 0.5, target: new Float32Array(0) }), /empty/);
+  throwsUndo(() => projectToDistributionSync(m, { eta: 0.5, target: new Float32Array([0]), std: 1 }), /std/);
+  throwsUndo(() => projectToDistributionSync(m, { eta: 0.5, target: 'normal', match: () => false }), /no weight matrix/);
   m.tensor('model.layers.0.mlp.up_proj.weight')[5] = NaN;
   before[m.tensorInfo('model.layers.0.mlp.up_proj.weight').offset + 5] = NaN;
-  throwsUndo(() => projectToDistribution(m, { eta: 0.5, target: 'normal' }), /up_proj.*non-finite/);
+  throwsUndo(() => projectToDistributionSync(m, { eta: 0.5, target: 'normal' }), /up_proj.*non-finite/);
   assert.ok(bitEqual(m.params, before), 'the model changed');
+});
+
+// ---------------------------------------------------------------------------------------------------------------
+// the pooled forms (noiseModel / projectToDistribution) against the blocking ones
+
+test('noiseModel (pooled) gives the bits of noiseModelSync; bad options reject with ERR_ARGUMENT', async () => {
+  const cfg = tinyConfig('llama', { hiddenSize: 256, numLayers: 1, numHeads: 4, numKvHeads: 2, headDim: 64, intermediateSize: 96 });
+  const base = randomModel(cfg);
+  for (const opts of [{ alpha: 0.6, beta: 0.1, seed: 111 }, { alpha: 0.3, beta: 0.5, seed: 2, dist: 'normal' as const, std: 0.05 },
+    { alpha: 0.25, beta: 0, seed: 0 }]) {
+    const a = base.clone(), b = base.clone();
+    noiseModelSync(a, opts);
+    await noiseModel(b, opts);
+    assert.not.ok(bitEqual(a.params, base.params), 'the model changed');
+    assert.ok(bitEqual(a.params, b.params), `pooled noise differs for ${JSON.stringify(opts)}`);
+  }
+  const e = await noiseModel(base.clone(), { alpha: 2, beta: 0 }).then(() => null, (x: UndoError) => x);
+  assert.ok(e instanceof UndoError && e.code === 'ERR_ARGUMENT', String(e));
+});
+
+test('projectToDistribution (pooled) gives the bits of projectToDistributionSync for each target', async () => {
+  // up_proj 96×256 = 24576 and the embedding 259×256 > SLICE/2: several slices per tensor
+  const cfg = tinyConfig('llama', { hiddenSize: 256, numLayers: 1, numHeads: 4, numKvHeads: 2, headDim: 64, intermediateSize: 96 });
+  const base = randomModel(cfg);
+  const sample = Float32Array.from(randn(1001, 9, 0.05)).sort();
+  for (const opts of [{ eta: 0.5, target: 'normal' as const }, { eta: 1, target: 'uniform' as const }, { eta: 0.3, target: 'uniform' as const, std: 0.01 },
+    { eta: 0.7, target: sample }]) {
+    const a = base.clone(), b = base.clone();
+    projectToDistributionSync(a, opts);
+    await projectToDistribution(b, opts);
+    assert.not.ok(bitEqual(a.params, base.params), 'the model changed');
+    assert.ok(bitEqual(a.params, b.params), `pooled projection differs for eta ${opts.eta} ${opts.target instanceof Float32Array ? 'sample' : opts.target}`);
+  }
+  const bad = base.clone();
+  bad.tensor(bad.tensors.find((t) => t.shape.length === 2)!.name)[7] = NaN;
+  const e = await projectToDistribution(bad, { eta: 0.5, target: 'normal' }).then(() => null, (x: UndoError) => x);
+  assert.ok(e instanceof UndoError && e.code === 'ERR_ARGUMENT' && /non-finite/.test(e.message), String(e));
+});
+
+test('native argsortF32 (blocking and pooled) is the stable order of the TypeScript reference; rankBlend checks its arguments', async () => {
+  const x = randn(200003, 4, 1);
+  for (let i = 0; i < x.length; i += 97) x[i] = x[(i * 31) % x.length]; // ties
+  x[5] = -0; x[6] = 0; x[7] = -0; x[8] = Infinity; x[9] = -Infinity;
+  const ref = argsortF32(x);
+  const o1 = new Uint32Array(x.length), o2 = new Uint32Array(x.length);
+  native.argsortF32Sync(x, o1);
+  await native.argsortF32(x, o2);
+  const same = (a: Uint32Array, b: Uint32Array) => a.length === b.length && a.every((v, i) => v === b[i]);
+  assert.ok(same(o1, ref) && same(o2, ref));
+  const w = new Float32Array(4);
+  throwsUndo(() => native.rankBlendSync(w, Uint32Array.of(0, 1, 2, 9), new Float64Array(4), 0.5), /out of range/);
+  throwsUndo(() => native.rankBlendSync(w, new Uint32Array(3), new Float64Array(4), 0.5), /must hold 4/);
+  const e = await native.argsortF32(x, new Uint32Array(3)).then(() => null, (err: UndoError) => err);
+  assert.ok(e instanceof UndoError && e.code === 'ERR_SHAPE', String(e));
 });
 
 test.run();

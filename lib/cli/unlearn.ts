@@ -136,12 +136,12 @@ export function registerUnlearningCommands(program: Command, k: CliKit): void {
       .addOption(new Option('--dist <d>', 'noise distribution').choices(['xavier', 'normal']).default('xavier'))
       .option('--seed <n>', 'noise seed (Philox, keyed by tensor name)', int('--seed', 0), 0)
       .requiredOption('--out <dir>', 'output model directory'),
-  ).action((o: { model: string; alpha: number; beta: number; dist: 'xavier' | 'normal'; seed: number; out: string; threads?: number; isa?: string }) => {
+  ).action(async (o: { model: string; alpha: number; beta: number; dist: 'xavier' | 'normal'; seed: number; out: string; threads?: number; isa?: string }) => {
     k.applyRuntime(o);
     checkUnit('--alpha', o.alpha);
     checkUnit('--beta', o.beta);
     const m = Model.load(o.model);
-    noiseModel(m, { alpha: o.alpha, beta: o.beta, seed: o.seed, dist: o.dist });
+    await noiseModel(m, { alpha: o.alpha, beta: o.beta, seed: o.seed, dist: o.dist });
     m.save(o.out);
     console.log(`noised (α=${o.alpha}, β=${o.beta}, ${o.dist}, seed ${o.seed}) → ${o.out}`);
   });
@@ -154,11 +154,11 @@ export function registerUnlearningCommands(program: Command, k: CliKit): void {
       .addOption(new Option('--target <dist>', 'target distribution').choices(['normal', 'uniform']).default('uniform'))
       .option('--std <x>', 'target std (default: each matrix\'s Xavier std)', float('--std', 0))
       .requiredOption('--out <dir>', 'output model directory'),
-  ).action((o: { model: string; eta: number; target: 'normal' | 'uniform'; std?: number; out: string; threads?: number; isa?: string }) => {
+  ).action(async (o: { model: string; eta: number; target: 'normal' | 'uniform'; std?: number; out: string; threads?: number; isa?: string }) => {
     k.applyRuntime(o);
     checkUnit('--eta', o.eta);
     const m = Model.load(o.model);
-    projectToDistribution(m, { eta: o.eta, target: o.target, std: o.std });
+    await projectToDistribution(m, { eta: o.eta, target: o.target, std: o.std });
     m.save(o.out);
     console.log(`projected (η=${o.eta}, ${o.target}) → ${o.out}`);
   });
@@ -418,7 +418,7 @@ async function undoTeacher(o: UndoCliOptions, k: CliKit): Promise<void> {
   const out = o.out ?? 'runs/undo';
   const teacher = Model.load(o.teacher!);
   const student = teacher.clone();
-  noiseModel(student, { alpha, beta: o.beta, seed: o.seed });
+  await noiseModel(student, { alpha, beta: o.beta, seed: o.seed });
   const docs = documentsFrom(o.data, '--data', 200000, o.seed, { tokenizer: teacher.tokenizer });
   const batcher = new Batcher(packed(docs, student, 128, o.seed, '--data'), { batchSize: 16, seed: o.seed });
   const arith = o.data.startsWith('arithmetic');

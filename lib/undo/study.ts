@@ -303,7 +303,7 @@ export async function runArms(c: StudyConfig, task: StudyTask, models: StudyMode
   log(`teacher (${armLabel(arms[0])}): retain ${unit(teacherScore.retain)}, forget ${unit(teacherScore.forget)}`);
 
   // a distillation arm: resumed from its checkpoint when one is there, saved with arm.json when it finishes
-  const distillArm = async (name: string, kind: 'distill' | 'undo', fresh: () => Model, extra: Partial<ModelRow>) => {
+  const distillArm = async (name: string, kind: 'distill' | 'undo', fresh: () => Model | Promise<Model>, extra: Partial<ModelRow>) => {
     const dir = path.join(armsDir, armSlug(name));
     const modelDir = path.join(dir, 'model');
     let record: ArmRecord;
@@ -313,7 +313,7 @@ export async function runArms(c: StudyConfig, task: StudyTask, models: StudyMode
     } else {
       stopped(name);
       const resume = fs.existsSync(path.join(modelDir, 'trainer_state.json'));
-      const student = resume ? Model.load(modelDir) : fresh();
+      const student = resume ? Model.load(modelDir) : await fresh();
       log(`${name}: ${resume ? 'continuing the distillation from its checkpoint' : 'distilling'}`);
       const ui = o.hooks?.(name, c.distillMaxSteps);
       const r = await distill(student, teacherModel, new Batcher(task.mixture, { batchSize: c.batchSize, seed: c.seed + 7 }),
@@ -330,9 +330,9 @@ export async function runArms(c: StudyConfig, task: StudyTask, models: StudyMode
   };
   if (c.fullDistill) await distillArm('unlearn + full distill', 'distill', () => Model.create(base.config, { seed: c.seed + 100 }, tok), {});
   for (const alpha of c.alphas) {
-    await distillArm(`UNDO α=${alpha}`, 'undo', () => {
+    await distillArm(`UNDO α=${alpha}`, 'undo', async () => {
       const student = teacherModel.clone();
-      noiseModel(student, { alpha, beta: c.beta, seed: c.seed });
+      await noiseModel(student, { alpha, beta: c.beta, seed: c.seed });
       return student;
     }, { alpha });
   }

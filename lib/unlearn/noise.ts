@@ -119,7 +119,19 @@ function checkStd(v: unknown, what: string): number {
  * tensor's shape through the Xavier bound. The work buffer holds the largest matrix (fillRandom indexes elements
  * from the start of the buffer it fills, so a tensor's noise is drawn in one call).
  */
-export function noiseModel(model: Model, opts: NoiseOptions): void {
+export async function noiseModel(model: Model, opts: NoiseOptions): Promise<void> {
+  for (const op of noisePlan(model, opts)) await native.noiseBlend(...op);
+}
+
+/** {@link noiseModel} on the calling thread (blocks the event loop for the whole model): the same bits. */
+export function noiseModelSync(model: Model, opts: NoiseOptions): void {
+  for (const op of noisePlan(model, opts)) native.noiseBlendSync(...op);
+}
+
+type NoiseOp = Parameters<typeof native.noiseBlendSync>;
+
+/** The options checked, then one native.noiseBlend call per tensor (none when α = 0). */
+function noisePlan(model: Model, opts: NoiseOptions): NoiseOp[] {
   const alpha = checkUnit('alpha', opts.alpha);
   const beta = checkUnit('beta', opts.beta);
   const seed = opts.seed ?? 0;
@@ -135,30 +147,20 @@ export function noiseModel(model: Model, opts: NoiseOptions): void {
       'the Xavier bound is fixed by each matrix\'s shape; drop std or use dist "normal"');
   }
   const std = dist === 'normal' ? checkStd(opts.std ?? NOISE_DEFAULT_STD, 'std') : 0;
-  if (alpha === 0) return;
+  if (alpha === 0) return [];
 
   const keep = Math.fround(1 - alpha);
   const scale = Math.fround(alpha * beta);
   const withNoise = scale !== 0;
-  let maxNumel = 0;
-  if (withNoise) for (const t of model.tensors) if (isMatrix(t)) maxNumel = Math.max(maxNumel, t.numel);
-  const scratch = new Float32Array(maxNumel);
-
-  for (const t of model.tensors) {
+  return model.tensors.map((t): NoiseOp => {
     const w = model.tensor(t.name);
-    if (!isMatrix(t) || !withNoise) {
-      for (let i = 0; i < w.length; i++) w[i] = keep * w[i];
-      continue;
-    }
-    const n = scratch.subarray(0, t.numel);
+    if (!isMatrix(t) || !withNoise) return [w, keep, 0, 'none', seed, noiseStream(t.name), 0, 0];
     if (dist === 'xavier') {
       const a = xavierBound(t.shape);
-      native.fillRandomSync(n, seed, noiseStream(t.name), 'uniform', -a, a);
-    } else {
-      native.fillRandomSync(n, seed, noiseStream(t.name), 'normal', 0, std);
+      return [w, keep, scale, 'uniform', seed, noiseStream(t.name), -a, a];
     }
-    for (let i = 0; i < w.length; i++) w[i] = keep * w[i] + scale * n[i];
-  }
+    return [w, keep, scale, 'normal', seed, noiseStream(t.name), 0, std];
+  });
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -240,37 +242,55 @@ export function invNormalCdf(p: number): number {
  */
 export function targetQuantiles(n: number, target: 'normal' | 'uniform' | Float32Array, std = 1): Float64Array {
   const out = new Float64Array(n);
-  if (target === 'normal') {
-    // evaluate the lower half, where (r+0.5)/n has no cancellation, and mirror it
-    for (let r = 0; r < n >> 1; r++) {
-      const v = std * invNormalCdf((r + 0.5) / n);
-      out[r] = v;
-      out[n - 1 - r] = -v;
-    }
-  } else if (target === 'uniform') {
-    uniformGrid(out, std * Math.sqrt(3));
-  } else {
-    const m = target.length;
-    for (let r = 0; r < n; r++) {
-      const x = ((2 * r + 1) * m - n) / (2 * n); // position in the sample: (r+0.5)/n·m − 0.5
-      if (x <= 0) out[r] = target[0];
-      else if (x >= m - 1) out[r] = target[m - 1];
-      else {
-        const k = Math.floor(x);
-        const f = x - k;
-        out[r] = f === 0 ? target[k] : target[k] + f * (target[k + 1] - target[k]);
-      }
-    }
-  }
-  for (let r = 1; r < n; r++) if (out[r] < out[r - 1]) out[r] = out[r - 1];
+  for (const _ of quantileSlices(out, target, std)) { /* runs to the end */ }
   return out;
 }
 
-/** The quantiles (r+0.5)/n of U(±bound): bound·(2r+1−n)/n. */
-function uniformGrid(out: Float64Array, bound: number): Float64Array {
+/** targetQuantiles into `out` (its length is n), yielding after each slice of about SLICE elements. */
+function* quantileSlices(out: Float64Array, target: 'normal' | 'uniform' | Float32Array, std = 1): Generator<undefined, void, void> {
   const n = out.length;
-  for (let r = 0; r < n; r++) out[r] = (bound * (2 * r + 1 - n)) / n;
-  return out;
+  if (target === 'normal') {
+    // evaluate the lower half, where (r+0.5)/n has no cancellation, and mirror it
+    const half = n >> 1;
+    for (let r0 = 0; r0 < half; r0 += SLICE) {
+      for (let r = r0, end = Math.min(half, r0 + SLICE); r < end; r++) {
+        const v = std * invNormalCdf((r + 0.5) / n);
+        out[r] = v;
+        out[n - 1 - r] = -v;
+      }
+      yield;
+    }
+  } else if (target === 'uniform') {
+    yield* uniformSlices(out, std * Math.sqrt(3));
+  } else {
+    const m = target.length;
+    for (let r0 = 0; r0 < n; r0 += SLICE) {
+      for (let r = r0, end = Math.min(n, r0 + SLICE); r < end; r++) {
+        const x = ((2 * r + 1) * m - n) / (2 * n); // position in the sample: (r+0.5)/n·m − 0.5
+        if (x <= 0) out[r] = target[0];
+        else if (x >= m - 1) out[r] = target[m - 1];
+        else {
+          const k = Math.floor(x);
+          const f = x - k;
+          out[r] = f === 0 ? target[k] : target[k] + f * (target[k + 1] - target[k]);
+        }
+      }
+      yield;
+    }
+  }
+  for (let r0 = 1; r0 < n; r0 += SLICE) {
+    for (let r = r0, end = Math.min(n, r0 + SLICE); r < end; r++) if (out[r] < out[r - 1]) out[r] = out[r - 1];
+    yield;
+  }
+}
+
+/** The quantiles (r+0.5)/n of U(±bound): bound·(2r+1−n)/n, into `out`, in slices. */
+function* uniformSlices(out: Float64Array, bound: number): Generator<undefined, void, void> {
+  const n = out.length;
+  for (let r0 = 0; r0 < n; r0 += SLICE) {
+    for (let r = r0, end = Math.min(n, r0 + SLICE); r < end; r++) out[r] = (bound * (2 * r + 1 - n)) / n;
+    yield;
+  }
 }
 
 /**
@@ -322,7 +342,28 @@ export function argsortF32(x: Float32Array): Uint32Array {
  * Throws an UndoError for η outside [0, 1], a bad target or std, a `match` that selects no matrix, or a selected
  * matrix holding NaN/Infinity (before any tensor is modified).
  */
-export function projectToDistribution(model: Model, opts: ProjectOptions): void {
+export async function projectToDistribution(model: Model, opts: ProjectOptions): Promise<void> {
+  const steps = projectionSteps(model, opts);
+  for (let r = steps.next(); !r.done; r = steps.next(r.value ? await r.value : undefined)) {
+    if (!r.value) await new Promise<void>((resolve) => setImmediate(resolve));
+  }
+}
+
+/** {@link projectToDistribution} on the calling thread (blocks the event loop): the same bits. */
+export function projectToDistributionSync(model: Model, opts: ProjectOptions): void {
+  const steps = projectionSteps(model, opts, true);
+  for (let r = steps.next(); !r.done; r = steps.next()) { /* each step ran synchronously */ }
+}
+
+/** Elements of JavaScript work between two yields of projectionSteps (a few milliseconds). */
+const SLICE = 1 << 17;
+
+/**
+ * The projection as a sequence of steps: it yields `undefined` after each slice of JavaScript work (a point where
+ * the async form lets the event loop run) or the Promise of a pooled kernel, whose result the async form awaits.
+ * With `sync`, kernels run on the calling thread and it yields only undefined. Both orders do the same arithmetic.
+ */
+function* projectionSteps(model: Model, opts: ProjectOptions, sync = false): Generator<Promise<void> | undefined, void, void> {
   const eta = checkUnit('eta', opts.eta);
   const target = opts.target;
   if (target instanceof Float32Array) {
@@ -344,8 +385,11 @@ export function projectToDistribution(model: Model, opts: ProjectOptions): void 
   if (selected.length === 0) throw new Err('projectToDistribution: no weight matrix of the model matches');
   for (const t of selected) {
     const w = model.tensor(t.name);
-    for (let i = 0; i < w.length; i++) {
-      if (!Number.isFinite(w[i])) throw new Err(`tensor "${t.name}" holds a non-finite value (${w[i]} at index ${i})`);
+    for (let i0 = 0; i0 < w.length; i0 += SLICE) {
+      for (let i = i0, end = Math.min(w.length, i0 + SLICE); i < end; i++) {
+        if (!Number.isFinite(w[i])) throw new Err(`tensor "${t.name}" holds a non-finite value (${w[i]} at index ${i})`);
+      }
+      yield;
     }
   }
   if (eta === 0) return;
@@ -353,21 +397,20 @@ export function projectToDistribution(model: Model, opts: ProjectOptions): void 
   for (const t of selected) {
     const w = model.tensor(t.name);
     const n = w.length;
-    let tq: Float64Array;
-    if (target instanceof Float32Array) tq = targetQuantiles(n, target);
-    else if (fixedStd !== undefined) tq = targetQuantiles(n, target, fixedStd);
+    const tq = new Float64Array(n);
+    if (target instanceof Float32Array) yield* quantileSlices(tq, target);
+    else if (fixedStd !== undefined) yield* quantileSlices(tq, target, fixedStd);
     else if (target === 'uniform') {
       // the Xavier-uniform bound itself (not std·√3), so that the grid matches xavierBound exactly
-      tq = uniformGrid(new Float64Array(n), xavierBound(t.shape));
+      yield* uniformSlices(tq, xavierBound(t.shape));
     } else {
       const { fanIn, fanOut } = fans(t.shape);
-      tq = targetQuantiles(n, target, Math.sqrt(2 / (fanIn + fanOut)));
+      yield* quantileSlices(tq, target, Math.sqrt(2 / (fanIn + fanOut)));
     }
-    const order = argsortF32(w);
-    const keep = 1 - eta;
-    for (let r = 0; r < n; r++) {
-      const i = order[r];
-      w[i] = keep * w[i] + eta * tq[r];
-    }
+    const order = new Uint32Array(n);
+    if (sync) native.argsortF32Sync(w, order);
+    else yield native.argsortF32(w, order);
+    if (sync) native.rankBlendSync(w, order, tq, eta);
+    else yield native.rankBlend(w, order, tq, eta);
   }
 }
