@@ -28,15 +28,10 @@ const bar = (s) => {
   process.stdout.write(`\r[${'#'.repeat(done)}${'.'.repeat(20 - done)}] ${s.step}/${steps}  loss ${s.loss.toFixed(3)}  ${s.tokensPerSec.toFixed(0)} tok/s`);
 };
 // MaxEnt (UNDO's unlearning teacher): push the forget predictions to uniform, keep CE on retain (weight 4).
-// Fresh batchers with the same seeds each run: resume moves the forget batcher to its checkpointed position;
-// the retain batcher's position rides in the checkpoint through runState (unlearn does not save it itself),
-// so the resumed job ends with the same weights as one that never stopped.
-const job = (m, opts) => {
-  const retain = new data.Batcher(retainSet, { batchSize: 16, seed: 5 });
-  const runState = { save: () => retain.position, restore: (p) => { retain.position = p; } };
-  return unlearn(m, new data.Batcher(forgetSet, { batchSize: 16, seed: 4 }), retain, cfg(steps, 1e-3),
-    { method: 'maxent', params: { retainWeight: 4 }, outDir, runState, onStep: bar, ...opts });
-};
+// Fresh batchers with the same seeds each run: resume moves both to their checkpointed positions (the checkpoint
+// holds the forget and the retain data's), so the resumed job ends with the same weights as one that never stopped.
+const job = (m, opts) => unlearn(m, new data.Batcher(forgetSet, { batchSize: 16, seed: 4 }), new data.Batcher(retainSet, { batchSize: 16, seed: 5 }),
+  cfg(steps, 1e-3), { method: 'maxent', params: { retainWeight: 4 }, outDir, onStep: bar, ...opts });
 
 // 1. abort after step ABORT_AT (the check runs before each step, so the job stops right there)
 const controller = new AbortController();

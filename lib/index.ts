@@ -28,6 +28,8 @@ export type { WeightMapping, TensorSource, CustomSource, LoadOptions, SaveOption
 export { modelInfo, estimateMemory, nativeParamCount } from './models/info';
 export type { ModelInfo, ModelInfoOptions, MemoryEstimate } from './models/info';
 export { UndoError, isUndoError, ERROR_CODES, exitStatus } from './core/errors';
+export { retag } from './core/progress';
+export type { JobName, JobProgress } from './core/progress';
 export type { UndoErrorCode, UndoErrorOptions } from './core/errors';
 export { loss, TaidSchedule } from './train/losses';
 export type { LossName, LossOptions, LossResult, TopKTeacher, TaidScheduleOptions } from './train/losses';

@@ -3,6 +3,7 @@
  * top-k store from cache-teacher); student from a preset or a directory; held-out evaluation every N steps
  * (validation CE, the teacher–student divergence, the task's own metrics) and early stopping on any of them.
  */
+import { interruptSignal } from './interrupt';
 import * as fs from 'fs';
 import * as path from 'path';
 import { Command, InvalidArgumentError, Option } from 'commander';
@@ -140,7 +141,7 @@ export function registerDistillCommand(program: Command, k: CliKit): void {
     } else if (!teacherDir) {
       console.log('no --teacher: using the built-in arithmetic teacher (tiny preset; trained once, then cached)');
       const q = STUDIES.quick;
-      teacherModel = await pretrained(q, ALL_OPS, { outDir: o.out, cacheDir: o.cache, log: (m) => console.log(m), hooks: (_s, steps) => (o.progress ? k.trainingUi(steps, true) : { hooks: {}, stop: () => undefined }) });
+      teacherModel = await pretrained(q, ALL_OPS, { outDir: o.out, cacheDir: o.cache, log: (m) => console.log(m), hooks: (_s, steps) => k.trainingUi(steps, o.progress), signal: interruptSignal() });
     } else {
       if (!fs.existsSync(teacherDir)) throw new NotFoundError(`--teacher ${teacherDir}: no such directory`);
       offline = fs.existsSync(path.join(teacherDir, 'manifest.json'));

@@ -2,6 +2,7 @@
  * The command line (commander): pretrain, eval, generate, info. Each command is a thin shell over the
  * library API; errors print one clear line and exit non-zero.
  */
+import { interruptSignal } from './interrupt';
 import * as fs from 'fs';
 import * as path from 'path';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
@@ -96,7 +97,8 @@ function trainingUi(steps: number, enabled: boolean) {
     : undefined;
   bar?.start(steps, 0, { loss: '-', tps: '-' });
   if (bar) liveBars.add(bar);
-  const hooks: Pick<TrainOptions, 'onStep' | 'onEval'> = {
+  const hooks: Pick<TrainOptions, 'onStep' | 'onEval' | 'signal'> = {
+    signal: interruptSignal(),
     onStep: (s) => bar?.update(s.step, { loss: s.loss.toFixed(4), tps: Math.round(s.tokensPerSec) }),
     onEval: (step, m) => {
       const msg = `[eval @ ${step}] ` + Object.entries(m).map(([k, v]) => `${k}=${k.endsWith('loss') || k.startsWith('val_') || k.startsWith('mia') ? v.toFixed(4) : pct(v)}`).join(' ');

@@ -32,7 +32,7 @@ export interface CliKit {
   float: (name: string, min?: number, max?: number) => (v: string) => number;
   runtimeOptions: (cmd: Command) => Command;
   applyRuntime: (o: { threads?: number; isa?: string; bf16?: boolean }) => void;
-  trainingUi: (steps: number, enabled: boolean) => { hooks: Pick<TrainOptions, 'onStep' | 'onEval'>; stop: () => void };
+  trainingUi: (steps: number, enabled: boolean) => { hooks: Pick<TrainOptions, 'onStep' | 'onEval' | 'signal'>; stop: () => void };
   printArithmeticTable: (m: Record<string, number>) => void;
   arithmeticMetrics: (s: Awaited<ReturnType<typeof evalArithmetic>>) => Record<string, number>;
 }
@@ -336,7 +336,7 @@ export function registerUndoCommand(program: Command, k: CliKit): void {
     const onSigint = () => ac.abort();
     process.on('SIGINT', onSigint);
     const seeds = o.seeds ?? [o.seed];
-    const hooks = (_stage: string, steps: number) => (o.progress ? k.trainingUi(steps, true) : { hooks: {}, stop: () => undefined });
+    const hooks = (_stage: string, steps: number) => k.trainingUi(steps, o.progress);
     try {
       let out: string;
       let run: (seed: number, dir: string) => Promise<StudyReport>;
@@ -358,6 +358,10 @@ export function registerUndoCommand(program: Command, k: CliKit): void {
           { outDir: dir, cacheDir: o.cache, log: (m) => console.log(m), hooks, signal: ac.signal });
       }
       const { reports, aggregate } = await runSeeds(seeds, { outDir: out, log: (m) => console.log(m) }, run);
+      if (reports[reports.length - 1]?.interrupted) {
+        process.exitCode = 130; // runStudy logged where it stopped and that the same command continues there
+        return;
+      }
       console.log('');
       console.log(aggregate ? aggregateMarkdown(aggregate) : reportMarkdown(reports[0]));
       console.log(`report: ${out}/report.md, ${out}/report.json, ${out}/pareto.svg${aggregate ? ` (each seed's in ${out}/seed-N/)` : ''}`);

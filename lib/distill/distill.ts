@@ -169,7 +169,7 @@ export async function distill(student: Model, teacher: Model | TeacherStore | Kn
       }
     },
   };
-  return train(student, batcher, cfg, { runState, ...opts, microStep, onStep: stepHook });
+  return train(student, batcher, cfg, { runState, job: 'distill', ...opts, microStep, onStep: stepHook });
 }
 
 /** The online teacher's top-k log-probabilities (temperature 1, as a store keeps them) for every row of a batch. */

@@ -345,6 +345,7 @@ export async function distillFeatures(student: Model, batcher: Batcher, cfg: Tra
   const onStep = opts.onStep;
   const r = await train(student, batcher, cfg, {
     ...opts,
+    job: opts.job ?? 'distill',
     extraParams: group,
     microStep: async (b, share) => {
       const o = await featureObjective(student, b, opts, share);

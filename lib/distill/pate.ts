@@ -422,7 +422,7 @@ export interface TrainTeachersOptions {
   /** Shown in partitions.json (e.g. the data spec). */
   dataName?: string;
   onTeacher?: (i: number, n: number, skipped: boolean) => void;
-  trainHooks?: (i: number) => Pick<TrainOptions, 'onStep' | 'onEval'>;
+  trainHooks?: (i: number) => Pick<TrainOptions, 'onStep' | 'onEval' | 'onProgress' | 'signal'>;
 }
 
 export const PARTITIONS_FILE = 'partitions.json';
@@ -508,10 +508,10 @@ export function releasedDocuments(model: Model, prompts: readonly Int32Array[], 
 }
 
 /** Train the student on the released documents (cross-entropy on the completions). */
-export async function trainOnReleased(student: Model, docs: readonly Document[], cfg: TrainConfig, o: { seqLen: number; batchSize: number; seed: number; outDir?: string } & Pick<TrainOptions, 'onStep' | 'onEval' | 'evaluate'>): Promise<TrainResult> {
+export async function trainOnReleased(student: Model, docs: readonly Document[], cfg: TrainConfig, o: { seqLen: number; batchSize: number; seed: number; outDir?: string } & Pick<TrainOptions, 'onStep' | 'onEval' | 'evaluate' | 'onProgress' | 'signal'>): Promise<TrainResult> {
   if (!docs.length) throw new Err('no released response to train the student on', 'raise the privacy budget, lower the noise or the threshold, or allow incomplete responses');
   const data = packDocuments(student.tokenizer, docs, o.seqLen, { seed: o.seed });
   if (data.count === 0) throw new Err(`the released data holds less than one window of ${o.seqLen + 1} tokens`, 'lower --seq-len');
   const batcher = new Batcher(data, { batchSize: o.batchSize, seed: o.seed });
-  return train(student, batcher, cfg, { outDir: o.outDir, meta: { kind: 'pate-student', documents: docs.length }, onStep: o.onStep, onEval: o.onEval, evaluate: o.evaluate });
+  return train(student, batcher, cfg, { outDir: o.outDir, meta: { kind: 'pate-student', documents: docs.length }, onStep: o.onStep, onEval: o.onEval, evaluate: o.evaluate, onProgress: o.onProgress, signal: o.signal });
 }

@@ -55,6 +55,7 @@
  * removes stale temporary files, recomputes what is missing or corrupt and continues. Shards are
  * deterministic: a resumed store is byte-identical to an uninterrupted one (same batch size and ISA).
  */
+import { JobProgress } from '../core/progress';
 import * as crypto from 'crypto';
 import * as fs from 'fs';
 import * as os from 'os';
@@ -974,7 +975,8 @@ export function teacherForBatch(store: TeacherStore, batcher: Batcher, batch: Ba
 // Writing
 // ---------------------------------------------------------------------------------------------
 
-export interface CacheProgress {
+/** cache-teacher's progress: the common fields of a job (lib/core/progress.ts; done/total count windows) and its own. */
+export interface CacheProgress extends JobProgress {
   windowsDone: number;
   windows: number;
   tokensDone: number;
@@ -1137,9 +1139,11 @@ export async function cacheTeacher(teacher: Model, data: PackedDataset, opts: Ca
   let interrupted = false;
   const progress = () => {
     const elapsedSec = (Date.now() - started) / 1000;
+    const tokensPerSec = tokensThisRun / Math.max(elapsedSec, 1e-9);
     opts.onProgress?.({
+      job: 'cache-teacher', done: windowsDone, total: N, tokens_per_sec: tokensPerSec, elapsed_sec: elapsedSec,
       windowsDone, windows: N, tokensDone: windowsDone * T, tokens: N * T, shardsDone: done.size, shards: numShards,
-      tokensPerSec: tokensThisRun / Math.max(elapsedSec, 1e-9), elapsedSec,
+      tokensPerSec, elapsedSec,
     });
   };
   progress();

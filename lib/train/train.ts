@@ -3,6 +3,7 @@
  * periodic evaluation, JSONL metrics, atomic checkpoints with optimizer state, exact resume, and a clean
  * stop (checkpoint first) on Ctrl-C or an AbortSignal.
  */
+import { JobName, JobProgress } from '../core/progress';
 import * as fs from 'fs';
 import * as path from 'path';
 import { Batch, Batcher, BatcherPosition } from '../data/datasets';
@@ -86,11 +87,19 @@ export interface TrainOptions {
   /** continue from the state saved in outDir */
   resume?: boolean;
   onStep?: (info: StepInfo) => void;
+  /** progress after each step and each evaluation, the fields of metrics.jsonl (lib/core/progress.ts) */
+  onProgress?: (p: JobProgress) => void;
+  /** the job named in progress events (default 'train'; distill and unlearn set theirs) */
+  job?: JobName;
   /** called every evalEvery steps and at the end; returns metrics that are logged */
   evaluate?: (step: number) => Promise<Record<string, number>>;
   onEval?: (step: number, metrics: Record<string, number>) => void;
   /** stop early when this returns true for the latest eval metrics */
   stopWhen?: (metrics: Record<string, number>) => boolean;
+  /**
+   * Stops training at the next step boundary: the checkpoint is saved (with outDir) and train resolves with
+   * `interrupted: true` (lib/core/progress.ts). The library does not listen to SIGINT; the CLI maps Ctrl-C here.
+   */
   signal?: AbortSignal;
   /** called for each step skipped because its loss or gradient was not finite (TrainConfig.skipNonfinite) */
   onSkip?: (info: { step: number; reason: string; tensor?: string; skipped: number }) => void;
@@ -332,8 +341,13 @@ export async function train(model: Model, batcher: Batcher, cfg: TrainConfig, op
     if (opts.runState && state.run !== undefined) opts.runState.restore(state.run);
     batcher.position = state.position;
     trimMetrics(opts.outDir, state.step);
-  } else if (opts.outDir && fs.existsSync(path.join(opts.outDir, METRICS_FILE))) {
-    fs.rmSync(path.join(opts.outDir, METRICS_FILE));
+  } else {
+    // a new run gets a new optimizer (as a new torch.optim.AdamW would): moments and step from zero, whatever an
+    // earlier train() on this model left in them
+    model.native.adamM().fill(0);
+    model.native.adamV().fill(0);
+    model.native.setAdamStep(0);
+    if (opts.outDir && fs.existsSync(path.join(opts.outDir, METRICS_FILE))) fs.rmSync(path.join(opts.outDir, METRICS_FILE));
   }
   const microStep = opts.microStep ?? (async (b: Batch, share: number) => {
     const n = countTargets(b);
@@ -344,10 +358,7 @@ export async function train(model: Model, batcher: Batcher, cfg: TrainConfig, op
   });
   let interrupted = false;
   let skipped = 0;
-  const onSigint = () => {
-    interrupted = true;
-  };
-  process.on('SIGINT', onSigint);
+  const job: JobName = opts.job ?? 'train';
   const started = Date.now() - state.elapsedSec * 1000;
   let lastEval: Record<string, number> | undefined;
   let evaluatedAt = -1;
@@ -361,63 +372,62 @@ export async function train(model: Model, batcher: Batcher, cfg: TrainConfig, op
     evaluatedAt = state.step;
     appendMetrics(opts.outDir, { step: state.step, eval: lastEval });
     opts.onEval?.(state.step, lastEval);
+    opts.onProgress?.({ job, done: state.step, total: cfg.steps, step: state.step, elapsed_sec: (Date.now() - started) / 1000, eval: lastEval });
     return opts.stopWhen ? opts.stopWhen(lastEval) : false;
   };
-  try {
-    while (state.step < cfg.steps) {
-      if (interrupted || opts.signal?.aborted) {
-        interrupted = true;
-        break;
-      }
-      model.native.zeroGrad();
-      opts.extraParams?.zeroGrad();
-      let loss = 0;
-      // all micro-batches of the step first: their unmasked tokens together normalise the loss (stepShares)
-      const batches: Batch[] = [];
-      for (let a = 0; a < cfg.gradAccum; a++) batches.push(batcher.next());
-      const shares = stepShares(batches);
-      for (let a = 0; a < cfg.gradAccum; a++) {
-        const b = batches[a];
-        loss += await microStep(b, shares[a]);
-        state.tokens += b.B * b.T;
-      }
-      const extra = opts.extraParams;
-      const gradNorm = Number.isFinite(loss) ? (extra ? Math.hypot(model.native.gradNorm(), Math.sqrt(extra.gradSumSquares())) : model.native.gradNorm()) : NaN;
-      if (!Number.isFinite(loss) || !Number.isFinite(gradNorm)) {
-        // a bad step never reaches the weights: skip it (within the allowance) or stop, naming where it went wrong
-        const what = !Number.isFinite(loss) ? `the loss is ${loss}` : `the gradient norm is ${gradNorm}`;
-        const tensor = firstNonfiniteGrad(model);
-        const where = `at step ${state.step + 1}${tensor ? ` (first non-finite gradient: tensor "${tensor}")` : ''}`;
-        if (skipped < (cfg.skipNonfinite ?? 0)) {
-          skipped++;
-          state.position = batcher.position;
-          opts.onSkip?.({ step: state.step + 1, reason: what, tensor, skipped });
-          continue;
-        }
-        throw new NonFiniteError(`training diverged: ${what} ${where}${skipped ? ` after ${skipped} skipped step${skipped > 1 ? 's' : ''}` : ''}; the weights were not updated from it${opts.outDir ? `, and ${opts.outDir} holds the last checkpoint` : ''}`,
-          'lower the learning rate (--lr), enable clipping (--clip 1), or skip a few bad batches (--skip-nonfinite N)');
-      }
-      const gradScale = cfg.clip > 0 ? Math.min(1, cfg.clip / (gradNorm + 1e-6)) : 1;
-      const lr = lrAt(state.step, cfg);
-      const hyper = { lr, beta1: cfg.beta1, beta2: cfg.beta2, eps: cfg.eps, weightDecay: cfg.weightDecay, gradScale };
-      await model.native.adamw(hyper);
-      extra?.adamw(hyper, state.step + 1);
-      state.step++;
-      state.position = batcher.position;
-      const elapsedSec = (Date.now() - started) / 1000;
-      state.elapsedSec = elapsedSec;
-      const info: StepInfo = { step: state.step, loss, lr, gradNorm, tokens: state.tokens, tokensPerSec: state.tokens / Math.max(elapsedSec, 1e-9), elapsedSec };
-      appendMetrics(opts.outDir, { step: info.step, loss, lr, grad_norm: gradNorm, tokens: info.tokens, tokens_per_sec: info.tokensPerSec, elapsed_sec: elapsedSec });
-      opts.onStep?.(info);
-      let stop = false;
-      if (cfg.evalEvery > 0 && state.step % cfg.evalEvery === 0) stop = await runEval();
-      if (cfg.checkpointEvery > 0 && state.step % cfg.checkpointEvery === 0 && state.step < cfg.steps) checkpoint();
-      if (stop) break;
+  while (state.step < cfg.steps) {
+    if (opts.signal?.aborted) {
+      interrupted = true;
+      break;
     }
-    if (!interrupted && evaluatedAt !== state.step) await runEval();
-    checkpoint();
-  } finally {
-    process.off('SIGINT', onSigint);
+    model.native.zeroGrad();
+    opts.extraParams?.zeroGrad();
+    let loss = 0;
+    // all micro-batches of the step first: their unmasked tokens together normalise the loss (stepShares)
+    const batches: Batch[] = [];
+    for (let a = 0; a < cfg.gradAccum; a++) batches.push(batcher.next());
+    const shares = stepShares(batches);
+    for (let a = 0; a < cfg.gradAccum; a++) {
+      const b = batches[a];
+      loss += await microStep(b, shares[a]);
+      state.tokens += b.B * b.T;
+    }
+    const extra = opts.extraParams;
+    const gradNorm = Number.isFinite(loss) ? (extra ? Math.hypot(model.native.gradNorm(), Math.sqrt(extra.gradSumSquares())) : model.native.gradNorm()) : NaN;
+    if (!Number.isFinite(loss) || !Number.isFinite(gradNorm)) {
+      // a bad step never reaches the weights: skip it (within the allowance) or stop, naming where it went wrong
+      const what = !Number.isFinite(loss) ? `the loss is ${loss}` : `the gradient norm is ${gradNorm}`;
+      const tensor = firstNonfiniteGrad(model);
+      const where = `at step ${state.step + 1}${tensor ? ` (first non-finite gradient: tensor "${tensor}")` : ''}`;
+      if (skipped < (cfg.skipNonfinite ?? 0)) {
+        skipped++;
+        state.position = batcher.position;
+        opts.onSkip?.({ step: state.step + 1, reason: what, tensor, skipped });
+        continue;
+      }
+      throw new NonFiniteError(`training diverged: ${what} ${where}${skipped ? ` after ${skipped} skipped step${skipped > 1 ? 's' : ''}` : ''}; the weights were not updated from it${opts.outDir ? `, and ${opts.outDir} holds the last checkpoint` : ''}`,
+        'lower the learning rate (--lr), enable clipping (--clip 1), or skip a few bad batches (--skip-nonfinite N)');
+    }
+    const gradScale = cfg.clip > 0 ? Math.min(1, cfg.clip / (gradNorm + 1e-6)) : 1;
+    const lr = lrAt(state.step, cfg);
+    const hyper = { lr, beta1: cfg.beta1, beta2: cfg.beta2, eps: cfg.eps, weightDecay: cfg.weightDecay, gradScale };
+    await model.native.adamw(hyper);
+    extra?.adamw(hyper, state.step + 1);
+    state.step++;
+    state.position = batcher.position;
+    const elapsedSec = (Date.now() - started) / 1000;
+    state.elapsedSec = elapsedSec;
+    const info: StepInfo = { step: state.step, loss, lr, gradNorm, tokens: state.tokens, tokensPerSec: state.tokens / Math.max(elapsedSec, 1e-9), elapsedSec };
+    const line = { step: info.step, loss, lr, grad_norm: gradNorm, tokens: info.tokens, tokens_per_sec: info.tokensPerSec, elapsed_sec: elapsedSec };
+    appendMetrics(opts.outDir, line);
+    opts.onStep?.(info);
+    opts.onProgress?.({ job, done: state.step, total: cfg.steps, ...line });
+    let stop = false;
+    if (cfg.evalEvery > 0 && state.step % cfg.evalEvery === 0) stop = await runEval();
+    if (cfg.checkpointEvery > 0 && state.step % cfg.checkpointEvery === 0 && state.step < cfg.steps) checkpoint();
+    if (stop) break;
   }
+  if (!interrupted && evaluatedAt !== state.step) await runEval();
+  checkpoint();
   return { state, interrupted, lastEval };
 }

@@ -7,6 +7,7 @@
  * side by side (outDir/seed-N/) and aggregate into mean ± standard deviation. Writes report.json, report.md
  * and an SVG Pareto plot (lib/undo/report.ts).
  */
+import { JobProgress, retag } from '../core/progress';
 import * as crypto from 'crypto';
 import * as fs from 'fs';
 import * as path from 'path';
@@ -146,6 +147,12 @@ export interface StudyReport {
   task?: { name: string; unit: StudyTask['unit'] };
   rows: ModelRow[];
   elapsedSec: number;
+  /**
+   * runStudy was stopped by its signal in the arm `stoppedIn`: `rows` is empty, what finished is saved in outDir,
+   * and the same call continues there
+   */
+  interrupted?: boolean;
+  stoppedIn?: string;
 }
 
 export interface StudyOptions {
@@ -154,8 +161,13 @@ export interface StudyOptions {
   log?: (msg: string) => void;
   /** progress hooks for long training stages */
   hooks?: (stage: string, steps: number) => { hooks: Pick<TrainOptions, 'onStep' | 'onEval'>; stop: () => void };
-  /** stops the study at the next step; what finished is kept, and the same call continues where it stopped */
+  /**
+   * Stops the study at the next step: what finished is kept, runStudy resolves with `interrupted: true`, and the
+   * same call continues where it stopped (lib/core/progress.ts).
+   */
   signal?: AbortSignal;
+  /** progress of every training stage (job 'undo', stage: the arm, e.g. "UNDO α=0.5", or "pretrain …") */
+  onProgress?: (p: JobProgress) => void;
 }
 
 /** The study was stopped (signal or Ctrl-C); every finished arm is saved in `dir` and a rerun continues at `arm`. */
@@ -209,7 +221,7 @@ async function pretrainCached(c: StudyConfig, prefix: string, label: string, key
   o.log?.(`${resume ? 'continuing' : 'pretraining'} on ${label} (${c.pretrainSteps} steps; cached in ${dir})`);
   const ui = o.hooks?.(`pretrain ${label}`, c.pretrainSteps);
   const r = await train(model, new Batcher(data, { batchSize: c.batchSize, seed }), trainCfg(c.pretrainSteps, c.pretrainLr, 100, 'cosine', 0, 500),
-    { ...(ui?.hooks ?? {}), outDir: dir, resume, signal: o.signal });
+    { ...(ui?.hooks ?? {}), outDir: dir, resume, signal: o.signal, onProgress: retag(o.onProgress, 'undo', `pretrain ${label}`) });
   ui?.stop();
   if (r.interrupted) throw new StudyInterrupted(`pretraining on ${label}`, dir);
   // the finished model without optimizer state: its presence (and no trainer_state.json) marks the cache entry done
@@ -285,7 +297,7 @@ export async function runArms(c: StudyConfig, task: StudyTask, models: StudyMode
       const ui = o.hooks?.(name, p.steps);
       const r = await unlearn(u, new Batcher(task.forget, { batchSize: c.batchSize, seed: c.seed }), new Batcher(task.retain, { batchSize: c.batchSize, seed: c.seed + 1 }),
         trainCfg(p.steps, p.lr, 0, 'constant'), {
-          method: arm.method, sam: arm.sam, signal: o.signal, ...(ui?.hooks ?? {}),
+          method: arm.method, sam: arm.sam, ...(ui?.hooks ?? {}), signal: o.signal, onProgress: retag(o.onProgress, 'undo', name),
           params: p.retainWeight !== undefined ? { seed: c.seed, retainWeight: p.retainWeight } : { seed: c.seed },
         });
       ui?.stop();
@@ -318,7 +330,7 @@ export async function runArms(c: StudyConfig, task: StudyTask, models: StudyMode
       const ui = o.hooks?.(name, c.distillMaxSteps);
       const r = await distill(student, teacherModel, new Batcher(task.mixture, { batchSize: c.batchSize, seed: c.seed + 7 }),
         trainCfg(c.distillMaxSteps, c.distillLr, 50, 'cosine', c.distillEvalEvery, 5 * c.distillEvalEvery), {
-          loss: 'fkl', seed: c.seed, ...(ui?.hooks ?? {}), outDir: modelDir, resume, signal: o.signal,
+          loss: 'fkl', seed: c.seed, ...(ui?.hooks ?? {}), outDir: modelDir, resume, signal: o.signal, onProgress: retag(o.onProgress, 'undo', name),
           ...task.retainStop(student, teacherScore, c.tolerance),
         });
       ui?.stop();
@@ -352,6 +364,7 @@ export async function runArms(c: StudyConfig, task: StudyTask, models: StudyMode
       const attack = await relearn(model, task.attack, {
         lrs: c.relearn.lrs, steps: c.relearn.steps, evalEvery: c.relearn.evalEvery, batchSize: c.batchSize, seed: attackSeed,
         metric: (m) => task.attackMetric(m), direction: task.unit === 'accuracy' ? 'max' : 'min', signal: o.signal,
+        onProgress: o.onProgress && ((p) => o.onProgress!({ ...p, job: 'undo', stage: `attack on ${row.name}, ${p.stage}` })),
       });
       if (attack.interrupted) throw new StudyInterrupted(`the attack on ${row.name}`, o.outDir);
       done = { score, attack, seconds: (Date.now() - t1) / 1000 };
@@ -420,6 +433,16 @@ function checkManifest(dir: string, identity: Record<string, unknown>): void {
  */
 export async function runStudy(c: StudyConfig, o: StudyOptions): Promise<StudyReport> {
   const t0 = Date.now();
+  try {
+    return await studyArms(c, o, t0);
+  } catch (e) {
+    if (!(e instanceof StudyInterrupted)) throw e;
+    o.log?.(e.message);
+    return { study: c, rows: [], elapsedSec: (Date.now() - t0) / 1000, interrupted: true, stoppedIn: e.arm };
+  }
+}
+
+async function studyArms(c: StudyConfig, o: StudyOptions, t0: number): Promise<StudyReport> {
   let base: Model, oracle: Model | null, task: StudyTask;
   if ((c.task ?? 'arithmetic') === 'language') {
     base = await pretrainedLanguage(c, 'all', o);
@@ -508,6 +531,7 @@ export function aggregateReports(reports: readonly StudyReport[], seeds: readonl
  */
 export async function runSeeds(seeds: readonly number[], o: Pick<StudyOptions, 'outDir' | 'log'>,
   run: (seed: number, outDir: string) => Promise<StudyReport>): Promise<{ reports: StudyReport[]; aggregate?: AggregateReport }> {
+  // a seed whose report is interrupted ends the loop: the result then holds the reports so far, the last interrupted
   if (!seeds.length) throw new Err('--seeds: give at least one seed');
   if (new Set(seeds).size !== seeds.length) throw new Err(`--seeds ${seeds.join(',')}: a seed is repeated`);
   const t0 = Date.now();
@@ -515,7 +539,9 @@ export async function runSeeds(seeds: readonly number[], o: Pick<StudyOptions, '
   const reports: StudyReport[] = [];
   for (const seed of seeds) {
     o.log?.(`— seed ${seed} —`);
-    reports.push(await run(seed, path.join(o.outDir, `seed-${seed}`)));
+    const r = await run(seed, path.join(o.outDir, `seed-${seed}`));
+    reports.push(r);
+    if (r.interrupted) return { reports }; // no aggregate: the same call continues at this seed
   }
   const aggregate = aggregateReports(reports, seeds, (Date.now() - t0) / 1000);
   const { writeAggregate } = await import('./report');

@@ -3,6 +3,7 @@
  * learning rate of a sweep, evaluating a metric every k steps. The attacker's curve is the best value over
  * the sweep at each evaluation step (undo.md §6: LR sweep, constant LR, warm-up 1, clip 1, no decay).
  */
+import { JobProgress, retag } from '../core/progress';
 import { Batcher, PackedDataset } from '../data/datasets';
 import { UndoError, errorClass } from '../core/errors';
 import { Model } from '../models/model';
@@ -28,6 +29,8 @@ export interface RelearnOptions {
   direction?: 'max' | 'min';
   /** stops the sweep (the result then holds the curves run so far; `interrupted` is set) */
   signal?: AbortSignal;
+  /** progress of each learning rate's run (job 'relearn', stage "lr=<lr>"; lib/core/progress.ts) */
+  onProgress?: (p: JobProgress) => void;
   onCurve?: (lr: number, points: CurvePoint[]) => void;
 }
 
@@ -75,6 +78,7 @@ export async function relearn(model: Model, data: PackedDataset, opts: RelearnOp
       eps: 1e-8, clip: 1, evalEvery: opts.evalEvery, checkpointEvery: 0,
     }, {
       signal: opts.signal,
+      onProgress: retag(opts.onProgress, 'relearn', `lr=${lr}`),
       evaluate: async (step) => {
         const p = await measure(m);
         points.push({ step, ...p });

@@ -4,13 +4,13 @@
  * causal-intervention generalisation (method 'causal', "Revisiting WHP"; its teacher is lib/unlearn/causal.ts). Each
  * is an objective on a forget batch (plus a retain batch) plugged into the shared training loop (lib/train/train.ts).
  */
-import { Batch, Batcher } from '../data/datasets';
+import { Batch, Batcher, BatcherPosition } from '../data/datasets';
 import { UndoError, errorClass } from '../core/errors';
 import { Model } from '../models/model';
 import { ceObjective, chunkedLogitObjective, headChunkRows, logitObjective, rowCE } from '../train/objectives';
-import { mixSeeds, Rng } from '../core/rng';
+import { mixSeeds, Rng, RngState } from '../core/rng';
 import { repNoiseObjective, REPNOISE_DEFAULTS } from './repnoise';
-import { train, TrainConfig, TrainOptions, TrainResult } from '../train/train';
+import { RunState, train, TrainConfig, TrainOptions, TrainResult } from '../train/train';
 import { CausalCache, CausalOptions, CausalPlan, causalObjective, causalPlan, checkEntitiesPresent, windowContext } from './causal';
 
 /** Errors of this module: code ERR_ARGUMENT unless one names another. */
@@ -168,7 +168,11 @@ async function rmuObjective(model: Model, b: Batch, p: UnlearnParams, u: Float32
 export interface UnlearnOptions extends TrainOptions {
   method: UnlearnMethod;
   params?: Partial<UnlearnParams>;
-  /** frozen reference for NPO (default: a copy of the model before unlearning) */
+  /**
+   * The model before unlearning, which NPO (its reference), WHP (the baseline it reinforces) and causal intervention
+   * (the original model) keep frozen. Default: a copy of `model` when the run starts; a resumed run of those methods
+   * (resume: true) must pass it, since the checkpoint holds only the unlearned weights.
+   */
   reference?: Model;
   /** sharpness-aware minimisation radius ρ around any method (0 = off; the UNDO authors use 0.05) */
   sam?: number;
@@ -187,15 +191,24 @@ export async function unlearn(model: Model, forget: Batcher, retain: Batcher | n
   const method = opts.method;
   if (p.rmuLayer < 0 || p.rmuLayer >= model.config.numLayers) throw new Err(`--rmu-layer ${p.rmuLayer} is outside [0, ${model.config.numLayers})`);
   if (p.retainWeight > 0 && !retain) throw new Err(`${method} with a retain weight needs retain data (--retain)`);
+  // the frozen model before unlearning: given, or this model now (a resumed model is no longer it)
+  const before = (): Model => {
+    if (opts.reference) return opts.reference;
+    if (opts.resume) {
+      throw new Err(`resuming ${method} needs the model before unlearning as \`reference\`: the checkpoint holds only the unlearned weights`,
+        'pass reference: Model.load(<the directory unlearning started from>)');
+    }
+    return model.clone();
+  };
   let ref: Model | null = null;
-  if (method === 'npo') ref = opts.reference ?? model.clone();
+  if (method === 'npo') ref = before();
   let reinforced: Model | null = null;
   let baseline: Model | null = null;
   if (method === 'whp') {
     // Who's Harry Potter (Eldan & Russinovich 2023): a reinforced model fine-tuned further on the forget data
     // shows which tokens the forget data boosts; generic targets v_base − α·ReLU(v_reinforced − v_base)
-    baseline = model.clone();
-    reinforced = model.clone();
+    baseline = before();
+    reinforced = baseline.clone();
     await train(reinforced, forget, { ...cfg, steps: p.whpReinforceSteps, lr: p.whpReinforceLr, evalEvery: 0, checkpointEvery: 0 }, {});
   }
   let plan: CausalPlan | null = null;
@@ -207,7 +220,7 @@ export async function unlearn(model: Model, forget: Batcher, retain: Batcher | n
     plan = causalPlan(model.tokenizer, { ...opts.causal, seed: opts.causal.seed ?? p.seed });
     checkEntitiesPresent(plan, forget.data);
     contextWidth = Math.max(...plan.entityForms.flat().map((ids) => ids.length)) + 1;
-    original = model.clone();
+    original = before();
   }
   // RepNoise's sampled positions and noise; SAM's second pass on a batch draws new ones, as a fresh noise sample
   const repRng = method === 'repnoise' ? new Rng(mixSeeds(p.seed, 'repnoise')) : null;
@@ -286,8 +299,24 @@ export async function unlearn(model: Model, forget: Batcher, retain: Batcher | n
     model.params.set(saved);
     return loss;
   };
+  // what a resumed run needs beyond the weights, the optimizer and the forget data's position: the retain data's
+  // position, RepNoise's generator and the caller's own run state
+  const userState = opts.runState;
+  const runState: RunState = {
+    save: () => ({ retain: retain?.position ?? null, repnoise: repRng?.getState() ?? null, user: userState?.save() ?? null }),
+    restore: (saved: unknown) => {
+      const st = saved as { retain?: BatcherPosition | null; repnoise?: RngState | null; user?: unknown };
+      if (st && typeof st === 'object' && 'user' in st) {
+        if (retain && st.retain) retain.position = st.retain;
+        if (repRng && st.repnoise) repRng.setState(st.repnoise);
+        if (userState && st.user !== null) userState.restore(st.user);
+      } else if (userState) {
+        userState.restore(saved); // a checkpoint from before unlearn kept its own state
+      }
+    },
+  };
   try {
-    return await train(model, forget, cfg, { ...opts, microStep });
+    return await train(model, forget, cfg, { job: 'unlearn', ...opts, microStep, runState });
   } finally {
     if (method === 'rmu') model.setFrozen(() => true, false);
   }
