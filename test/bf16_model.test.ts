@@ -32,7 +32,7 @@ function batch(V: number): { ids: Int32Array; targets: Int32Array } {
 
 async function run(m: Model, V: number): Promise<{ loss: number; logits: Float32Array; grads: Float32Array }> {
   const { ids, targets } = batch(V);
-  m.native.zeroGrad();
+  m.native.zeroGradSync();
   await m.native.forward(ids, B, T);
   const logits = await m.native.logits(null);
   const r = await m.native.trainStep(ids, targets, B, T, null, 0, -100);
@@ -113,7 +113,7 @@ test('bf16 compute: the LM head packed once for several row chunks gives the los
   m.setComputeDtype('bf16');
   console.log(`  head: ${native.bf16Native() ? 'packed AVX512-BF16 kernel' : 'emulated (no packing on this CPU)'}`);
   const { ids, targets } = batch(V);
-  m.native.zeroGrad();
+  m.native.zeroGradSync();
   const r = await m.native.trainStep(ids, targets, B, T, null, 0, -100);
   const packed = m.grads.slice();
   await m.native.forward(ids, B, T);
@@ -133,14 +133,14 @@ test('bf16 compute: the LM head packed once for several row chunks gives the los
   }
   want /= N;
   assert.ok(Math.abs(r.loss - want) < 1e-5 * want, `loss ${r.loss} vs ${want} from the unpacked logits`);
-  m.native.zeroGrad();
+  m.native.zeroGradSync();
   await m.native.forward(ids, B, T);
   await m.native.headGrad(dl);
   await m.native.backward(true, null);
   const unpacked = m.grads.slice();
   // the same step in fp32: the distance bf16 rounding itself puts between two computations
   m.setComputeDtype('fp32');
-  m.native.zeroGrad();
+  m.native.zeroGradSync();
   await m.native.trainStep(ids, targets, B, T, null, 0, -100);
   const fp32 = m.grads;
   // packed vs unpacked differ only where dz (native fp32 vs the float64 above) rounds to another bf16, then
@@ -166,7 +166,7 @@ test('bf16 compute: 30 training steps follow the fp32 loss curve within 1.5%', a
         ids[i] = tok;
         targets[i] = (tok * 5 + 1) % 61;  // a learnable map
       }
-      m.native.zeroGrad();
+      m.native.zeroGradSync();
       const r = await m.native.trainStep(ids, targets, B, T, null, 0, -100);
       await m.native.adamw({ lr: 3e-3, beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0, gradScale: 1 });
       curve.push(r.loss);

@@ -42,7 +42,7 @@ async function wholeBatch(cfg: ModelConfig, name: LossName, b: Batch, teachers: 
     rows: b.B * b.T, vocab: cfg.vocabSize, targets: b.targets, temperature: 2, ...params,
   });
   for (let i = 0; i < r.grad.length; i++) r.grad[i] *= scale;
-  m.native.zeroGrad();
+  m.native.zeroGradSync();
   await m.native.headGrad(r.grad);
   await m.native.backward(true, null);
   return { loss: r.loss, grads: m.grads.slice() };
@@ -56,7 +56,7 @@ for (const cfg of [CFG, GEMMA2]) {
     const teacher = Model.create(cfg, { seed: 8 });
     const ref = await wholeBatch(cfg, 'fkl', b, [teacher], 0.7);
     const m = Model.create(cfg, { seed: 7 });
-    m.native.zeroGrad();
+    m.native.zeroGradSync();
     await teacher.native.forward(b.inputs, b.B, b.T);
     const V = cfg.vocabSize;
     const loss = await chunkedLogitObjective(m, b, 'fkl', async (_r0, idx) => ({ teacher: (await teacher.native.logits(idx)).slice(0, idx.length * V) }), { scale: 0.7, temperature: 2, chunk: 5 });
@@ -75,7 +75,7 @@ test('deltakd through logitObjective (teacher, studentBase, teacherBase models) 
   const [t, sb, tb] = [8, 9, 10].map((seed) => Model.create(CFG, { seed }));
   const ref = await wholeBatch(CFG, 'deltakd', b, [t, sb, tb], 0.5, { lambda: 0.3 });
   const m = Model.create(CFG, { seed: 7 });
-  m.native.zeroGrad();
+  m.native.zeroGradSync();
   const loss = await logitObjective(m, b, 'deltakd', { teacher: t, studentBase: sb, teacherBase: tb, scale: 0.5, temperature: 2, params: { lambda: 0.3 } });
   assert.ok(Math.abs(loss - ref.loss) < 1e-5 * Math.abs(ref.loss), `${loss} vs ${ref.loss}`);
   assertClose(m.grads, ref.grads, 2e-5, 'deltakd gradient');

@@ -70,7 +70,7 @@ test('across ISA paths: init, noise and AdamW bit-identical; forward and trainin
       const logits = await m.native.logits(Int32Array.from({ length: B * T }, (_, i) => i), new Float32Array(B * T * cfg.vocabSize));
       const losses: number[] = [];
       for (let s = 0; s < 3; s++) {
-        m.native.zeroGrad();
+        m.native.zeroGradSync();
         losses.push((await m.native.trainStep(ids.subarray(0, B * T), ids.subarray(1), B, T, null, 0, -100)).loss);
         await m.native.adamw({ lr: 1e-3, beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0, gradScale: 1 });
       }

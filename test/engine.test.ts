@@ -135,10 +135,10 @@ async function trainThreeSteps(cfg: ModelConfig, B: number, T: number, threads: 
   const losses: number[] = [];
   for (let s = 0; s < 3; s++) {
     const ids = randomIds(B * T + 1, cfg.vocabSize, 100 + s);
-    m.native.zeroGrad();
+    m.native.zeroGradSync();
     const r = await m.native.trainStep(ids.subarray(0, B * T), ids.subarray(1), B, T, null, 0, -100);
     losses.push(r.loss);
-    const norm = m.native.gradNorm();
+    const norm = m.native.gradNormSync();
     await m.native.adamw({ lr: 1e-2, beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.1, gradScale: Math.min(1, 1 / (norm + 1e-6)) });
   }
   return { init, final: m.params.slice(), losses };
@@ -257,7 +257,7 @@ for (const family of ['llama', 'gemma2'] as const) {
       return s;
     };
     await objective();
-    m.native.zeroGrad();
+    m.native.zeroGradSync();
     const hg: (Float32Array | null)[] = new Array(L).fill(null);
     hg[l] = g;
     await m.native.backward(false, hg);
@@ -299,7 +299,7 @@ for (const family of ['llama', 'gemma2'] as const) {
     }
     // injecting at the last layer with useHead=false touches every layer but not the final norm / head
     await m.native.forward(ids, B, T);
-    m.native.zeroGrad();
+    m.native.zeroGradSync();
     const top: (Float32Array | null)[] = new Array(L).fill(null);
     top[L - 1] = g;
     await m.native.backward(false, top);
@@ -315,7 +315,7 @@ for (const family of ['llama', 'gemma2'] as const) {
     const B = 2, T = 8;
     const ids = randomIds(B * T + 1, cfg.vocabSize, 31);
     const step = async (m: Model) => {
-      m.native.zeroGrad();
+      m.native.zeroGradSync();
       const r = await m.native.trainStep(ids.subarray(0, B * T), ids.subarray(1), B, T, null, 0, -100);
       return r.loss;
     };
@@ -423,7 +423,7 @@ for (const family of ['llama', 'gemma2'] as const) {
     const targets = randomIds(N, cfg.vocabSize, 41);
     const m = Model.create(cfg, { seed: 6, std: 0.1 });
     const gradsFor = async (t: Int32Array, w: Float32Array | null, normalizer: number) => {
-      m.native.zeroGrad();
+      m.native.zeroGradSync();
       const r = await m.native.trainStep(ids, t, B, T, w, normalizer, -100);
       return { loss: r.loss, grads: m.grads.slice() };
     };
@@ -538,7 +538,7 @@ test('the event loop stays responsive while a long trainStep runs on the thread 
     let ticks = 0;
     const timer = setInterval(() => ticks++, 10);
     const t0 = Date.now();
-    m.native.zeroGrad();
+    m.native.zeroGradSync();
     const p = m.native.trainStep(ids.subarray(0, B * T), ids.subarray(1), B, T, null, 0, -100);
     const syncMs = Date.now() - t0;
     await p;

@@ -239,7 +239,7 @@ test('the feature objective (two teachers of other widths, adaptors, logit KD an
   }
   b.targets[5] = -100;
   const opts = { teachers, featureLoss: 'mse' as const, logitLoss: 'fkl' as const, logitWeight: 0.3, hardWeight: 0.2 };
-  student.native.zeroGrad();
+  student.native.zeroGradSync();
   for (const t of teachers) for (const p of t.adaptor.params) p.grad.fill(0);
   const base = await featureObjective(student, b, opts, 1);
   assert.ok(base.perTeacher.every((x) => x > 0), 'both teachers contribute');

@@ -82,7 +82,7 @@ test('accumulation over 3 differently masked micro-batches = one batch of all 3 
   const big = concat(mb);
   const ref = Model.create(CFG, { seed: 5 });
   const expected = await meanCeIndependent(ref, big);
-  ref.native.zeroGrad();
+  ref.native.zeroGradSync();
   const one = await ref.native.trainStep(big.inputs, big.targets, big.B, big.T, null, 0, -100);
   assert.ok(Math.abs(one.loss - expected) < 1e-5 * expected, `${one.loss} vs ${expected}`);
   for (const objective of ['default', 'ceObjective'] as const) {
@@ -98,7 +98,7 @@ test('accumulation over 3 differently masked micro-batches = one batch of all 3 
   }
   // the old B·T normalisation would be off by the unmasked fraction (16/30): the test can tell them apart
   const m = Model.create(CFG, { seed: 5 });
-  m.native.zeroGrad();
+  m.native.zeroGradSync();
   const bt = await m.native.trainStep(big.inputs, big.targets, big.B, big.T, null, big.B * big.T, -100);
   assert.ok(Math.abs(bt.loss - expected) > 0.3 * expected);
 });
@@ -115,7 +115,7 @@ test('half-masked batch: the trained loss is the mean CE over the unmasked token
   await train(m, fixedBatcher([b]), STEP, { onStep: (s) => { loss = s.loss; } });
   assert.ok(Math.abs(loss - expected) < 1e-5 * expected, `${loss} vs ${expected}`);
   const m2 = Model.create(CFG, { seed: 9 });
-  m2.native.zeroGrad();
+  m2.native.zeroGradSync();
   const ce = await ceObjective(m2, b, 0.5);
   assert.ok(Math.abs(ce - expected) < 1e-5 * expected, `ceObjective ${ce} vs ${expected}`);
 });

@@ -34,7 +34,7 @@ for (const family of CASES) {
       const logits = await m.native.logits(null);
       assertClose(logits, exp.readTensorF32('logits'), 1e-4, `${isa} logits`);
       for (let l = 0; l < m.config.numLayers; l++) assertClose(m.native.hidden(l), exp.readTensorF32(`hidden.${l}`), 1e-4, `${isa} hidden.${l}`);
-      m.native.zeroGrad();
+      m.native.zeroGradSync();
       const r = await m.native.headLoss(targets, null, -100, 0, true, null);
       const loss = exp.readTensorF32('loss')[0];
       assert.ok(Math.abs(r.loss - loss) <= 1e-4 * Math.abs(loss), `${isa} loss ${r.loss} vs ${loss}`);
@@ -75,7 +75,7 @@ for (const family of CASES) {
       for (let v = 0; v < V; v++) g[r * V + v] = Math.exp(z[r * V + v] - mx) / s / n;
       g[r * V + targets[r]] -= 1 / n;
     }
-    m.native.zeroGrad();
+    m.native.zeroGradSync();
     await m.native.headGrad(g);
     await m.native.backward(true, null);
     for (const [name, gr] of m.hfTensors(m.grads)) assertClose(gr.data, exp.readTensorF32(`grad.${name}`), 1e-3, `grad ${name}`);
@@ -87,10 +87,10 @@ for (const family of CASES) {
     const want = exp.readTensorF32('adamw_losses');
     const got: number[] = [];
     for (let s = 0; s < 10; s++) {
-      m.native.zeroGrad();
+      m.native.zeroGradSync();
       const r = await m.native.trainStep(ids, targets, B, T, null, 0, -100);
       got.push(r.loss);
-      const norm = m.native.gradNorm();
+      const norm = m.native.gradNormSync();
       await m.native.adamw({ lr: 1e-2, beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.1, gradScale: Math.min(1, 1 / (norm + 1e-6)) });
     }
     for (let s = 0; s < 10; s++) assert.ok(Math.abs(got[s] - want[s]) <= 1e-4 * Math.max(1, Math.abs(want[s])), `step ${s}: ${got[s]} vs ${want[s]}`);
@@ -108,7 +108,7 @@ test('fused distillation head (headKd) equals logits → loss.compute → headGr
     const fused = Model.load(dir);
     await teacher.native.forward(ids, B, T);
     await fused.native.forward(ids, B, T);
-    fused.native.zeroGrad();
+    fused.native.zeroGradSync();
     const usesTeacher = name !== 'maxent';
     const r = await fused.native.headKd(name, usesTeacher ? teacher.native : null, { ...params, temperature: 2, scale: 0.5 });
     await fused.native.backward(true, null);
@@ -118,7 +118,7 @@ test('fused distillation head (headKd) equals logits → loss.compute → headGr
     const tz = usesTeacher ? await teacher.native.logits(null) : undefined;
     const ref = loss.computeSync(name, { student: z, teacher: tz, rows: B * T, vocab: plain.config.vocabSize, temperature: 2, ...params });
     for (let i = 0; i < ref.grad.length; i++) ref.grad[i] *= 0.5;
-    plain.native.zeroGrad();
+    plain.native.zeroGradSync();
     await plain.native.headGrad(ref.grad);
     await plain.native.backward(true, null);
     assert.ok(Math.abs(r.loss - 0.5 * ref.loss) <= 1e-5 * Math.abs(ref.loss), `${name}: ${r.loss} vs ${0.5 * ref.loss}`);

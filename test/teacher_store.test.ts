@@ -20,7 +20,7 @@ import { loss } from '../lib/train/losses';
 import { Model, ModelConfig, presetConfig } from '../lib/models/model';
 import { Rng } from '../lib/core/rng';
 import {
-  cacheTeacher, CacheTeacherResult, dataHash, expectationFor, fromHalf, openTeacherStore, shardFileName, teacherForBatch,
+  cacheTeacher, CacheTeacherResult, dataHash, expectationFor, fromHalf, openTeacherStore, shardFileName, teacherForBatch, teacherForBatchSync,
   teacherHashFromDir, toHalf, tokenizerHash, TopKCodec, TopKSelector,
 } from '../lib/distill/teacher_store';
 import { ByteTokenizer } from '../lib/data/tokenizer';
@@ -209,7 +209,7 @@ test('a teacher with vocab 131072 writes 199-byte records end to end', async () 
   assert.is(r.manifest.encoding.idBits, 17);
   assert.is(fs.statSync(path.join(out, 'shard-00000.bin')).size, 96 + 16 * 199);
   const store = openTeacherStore(out, { expect: expectationFor(big, data), verify: 'open' });
-  const got = store.read([0, 1]);
+  const got = store.readSync([0, 1]);
   const ref = await referenceRows(big, data, 2, 2);
   for (let row = 0; row < 16; row++) {
     const want = sortTopK(ref[row], K);
@@ -244,7 +244,7 @@ test('round trip through a tiny teacher: ids exact, log-probs within the bound, 
   const ref = await referenceRows(teacher, DATA, SHARD_W, BATCH);
   const store = openTeacherStore(REF, { expect: expectationFor(teacher, DATA) });
   const wins = [22, 0, 7, 7, 13];
-  const got = store.read(wins);
+  const got = store.readSync(wins);
   assert.is(got.rows, wins.length * T);
   assert.is(got.k, K);
   let worstHead = 0;
@@ -288,9 +288,9 @@ test('round trip through a tiny teacher: ids exact, log-probs within the bound, 
     }
   }
   // reading into a reused output
-  const again = store.read(wins, got);
+  const again = store.readSync(wins, got);
   assert.is(again, got);
-  throwsUndoWith(() => store.read([23]), /window 23 is out of range/, 'window out of range');
+  throwsUndoWith(() => store.readSync([23]), /window 23 is out of range/, 'window out of range');
   store.close();
 });
 
@@ -300,8 +300,8 @@ test('logits fetched in row chunks give the same store', async () => {
   const a = openTeacherStore(REF);
   const b = openTeacherStore(d, { verify: 'open' });
   const all = Array.from({ length: DATA.count }, (_, i) => i);
-  const x = a.read(all);
-  const y = b.read(all);
+  const x = a.readSync(all);
+  const y = b.readSync(all);
   assert.equal(Array.from(y.ids), Array.from(x.ids));
   let worst = 0;
   for (let i = 0; i < x.logprobs.length; i++) worst = Math.max(worst, Math.abs(x.logprobs[i] - y.logprobs[i]));
@@ -310,19 +310,22 @@ test('logits fetched in row chunks give the same store', async () => {
   b.close();
 });
 
-test('teacherForBatch returns the rows of the batch a Batcher hands out', () => {
+test('teacherForBatch (and teacherForBatchSync) returns the rows of the batch a Batcher hands out', async () => {
   const store = openTeacherStore(REF, { expect: expectationFor(teacher, DATA) });
   const batcher = new Batcher(DATA, { batchSize: 6, seed: 3 });
   for (let step = 0; step < 6; step++) { // straddles epochs (23 windows)
     const batch = batcher.next();
-    const got = teacherForBatch(store, batcher, batch);
+    const got = teacherForBatchSync(store, batcher, batch);
+    const pooled = await teacherForBatch(store, batcher, batch);
+    assert.equal(Array.from(pooled.ids), Array.from(got.ids));
+    assert.equal(Array.from(pooled.logprobs), Array.from(got.logprobs));
     assert.is(got.rows, 6 * T);
     for (let b = 0; b < 6; b++) {
       // find the window by its inputs, then compare with a direct read
       const inputs = batch.inputs.subarray(b * T, (b + 1) * T);
       let w = -1;
       for (let i = 0; i < DATA.count && w < 0; i++) if (DATA.inputs(i).every((x, j) => x === inputs[j])) w = i;
-      const one = store.read([w]);
+      const one = store.readSync([w]);
       assert.equal(Array.from(got.ids.subarray(b * T * K, (b + 1) * T * K)), Array.from(one.ids), `step ${step} row ${b}`);
     }
   }
@@ -365,8 +368,8 @@ test('an interrupted run (abort, stale temp file) resumes to identical shards', 
   assert.ok(!fs.existsSync(path.join(d, shardFileName(2))));
   throwsUndoWith(() => openTeacherStore(d), /is incomplete: 2 of 5 shards/, 'incomplete store');
   const partial = openTeacherStore(d, { allowIncomplete: true });
-  assert.is(partial.read([9]).rows, T);
-  throwsUndoWith(() => partial.read([10]), /shard-00002\.bin .*has not been written/, 'unwritten shard');
+  assert.is(partial.readSync([9]).rows, T);
+  throwsUndoWith(() => partial.readSync([10]), /shard-00002\.bin .*has not been written/, 'unwritten shard');
   partial.close();
   // a crash while shard 2 was being written leaves its temporary file behind
   const stale = path.join(d, `${shardFileName(2)}.tmp-99999-0123456789ab`);
@@ -404,12 +407,12 @@ test('corrupt, truncated and foreign shards are refused naming the store, the sh
   const e = throwsUndoWith(() => openTeacherStore(d, { verify: 'open' }), /shard shard-00001\.bin is corrupt: .*\(field sha256\)/, 'corrupt, verify open');
   assert.ok(e.message.includes(d), 'names the store');
   const lazy = openTeacherStore(d);
-  assert.is(lazy.read([0, 4]).rows, 2 * T);
-  throwsUndoWith(() => lazy.read([5]), /shard-00001\.bin is corrupt/, 'corrupt, lazy');
-  assert.is(lazy.read([22]).rows, T);
+  assert.is(lazy.readSync([0, 4]).rows, 2 * T);
+  throwsUndoWith(() => lazy.readSync([5]), /shard-00001\.bin is corrupt/, 'corrupt, lazy');
+  assert.is(lazy.readSync([22]).rows, T);
   lazy.close();
   const noCheck = openTeacherStore(d, { verify: 'none' });
-  assert.is(noCheck.read([5]).rows, T);
+  assert.is(noCheck.readSync([5]).rows, T);
   noCheck.close();
   // resume repairs it
   const r = await cacheTeacher(teacher, DATA, { k: K, out: d, shardWindows: SHARD_W, batchSize: BATCH, resume: true });

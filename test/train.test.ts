@@ -35,10 +35,10 @@ test('gradient accumulation: two micro-batches of 1 give the gradient of one bat
   const ids = Int32Array.from({ length: 2 * T }, () => r.int(0, CFG.vocabSize - 1));
   const tg = Int32Array.from({ length: 2 * T }, () => r.int(0, CFG.vocabSize - 1));
   const a = Model.create(CFG, { seed: 5 });
-  a.native.zeroGrad();
+  a.native.zeroGradSync();
   const ra = await a.native.trainStep(ids, tg, 2, T, null, 0, -100);
   const b = Model.create(CFG, { seed: 5 });
-  b.native.zeroGrad();
+  b.native.zeroGradSync();
   let lb = 0;
   for (let m = 0; m < 2; m++) {
     lb += (await b.native.trainStep(ids.slice(m * T, (m + 1) * T), tg.slice(m * T, (m + 1) * T), 1, T, null, 2 * T, -100)).loss;

@@ -271,7 +271,7 @@ test('MiniLLM: the reverse KL to the teacher on the student\'s own samples falls
     await base.native.forward(sb.inputs, sb.B, sb.T);
     await m.native.forward(sb.inputs, sb.B, sb.T);
     const r = await m.native.headKd('rkl', base.native, {});
-    m.native.zeroGrad();
+    m.native.zeroGradSync();
     return r.loss;
   };
   const student = Model.create(CFG, { seed: 14 });

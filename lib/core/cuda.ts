@@ -15,6 +15,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { UndoError, errorClass } from './errors';
 import type { AdamWHyper, NativeKdOptions } from './native';
+import { guarded, nativeError } from './native';
 
 /** Errors of this module: code ERR_CUDA unless one names another. */
 const Err = errorClass('ERR_CUDA');
@@ -109,6 +110,23 @@ let cached: CudaStatus | null = null;
  * Load the CUDA addon once (cached). Never throws: the status says why there is no binding. Set UNDO_CUDA_PROBE=0 to
  * skip the child-process check (it costs one node start, ~50 ms).
  */
+/**
+ * The CUDA addon's exceptions as UndoErrors: a CUDA / cuBLAS runtime failure is ERR_CUDA (an allocation failure
+ * ERR_OUT_OF_MEMORY), a bad argument ERR_SHAPE / ERR_ARGUMENT as for the CPU addon (nativeError); cause kept.
+ */
+export function cudaError(e: unknown): unknown {
+  if (e instanceof UndoError || !(e instanceof Error)) return e;
+  if (/out of memory|cudaErrorMemoryAllocation|bad_alloc/i.test(e.message)) return new UndoError(e.message, { code: 'ERR_OUT_OF_MEMORY', cause: e });
+  if (/\bcuda|cublas|device|kernel launch|driver/i.test(e.message) && !(e instanceof TypeError)) return new UndoError(e.message, { code: 'ERR_CUDA', cause: e });
+  return nativeError(e);
+}
+
+function cudaErrors(b: CudaBinding): CudaBinding {
+  const out: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(b)) out[k] = typeof v === 'function' ? guarded(v as (...a: never[]) => unknown, false, cudaError) : v;
+  return out as unknown as CudaBinding;
+}
+
 export function loadCuda(): CudaStatus {
   if (cached) return cached;
   const file = cudaAddonCandidates().find((f) => fs.existsSync(f)) ?? '';
@@ -128,7 +146,7 @@ export function loadCuda(): CudaStatus {
   let binding: CudaBinding;
   try {
     // eslint-disable-next-line @typescript-eslint/no-var-requires
-    binding = require(file) as CudaBinding;
+    binding = cudaErrors(require(file) as CudaBinding);
   } catch (e) {
     status.reason = `could not load the CUDA addon ${file}: ${(e as Error).message}`;
     return status;

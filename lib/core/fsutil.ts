@@ -169,6 +169,74 @@ export function writeFileAtomicStream(filePath: string, fill: (write: (chunk: Ui
   }
 }
 
+/**
+ * {@link writeFileAtomic} without blocking the event loop: the same protocol (temporary sibling, fsync, rename,
+ * directory fsync) through fs.promises; the chunks must not change until the Promise settles.
+ */
+export async function writeFileAtomicAsync(filePath: string, data: AtomicData, opts: { mode?: number } = {}): Promise<void> {
+  const chunks: ReadonlyArray<Uint8Array> =
+    typeof data === 'string' ? [Buffer.from(data, 'utf8')] : data instanceof Uint8Array ? [data] : data;
+  const dir = path.dirname(path.resolve(filePath));
+  try {
+    await fs.promises.mkdir(dir, { recursive: true });
+  } catch (e) {
+    throw new Err(`cannot create directory ${dir} for ${filePath}: ${describeError(e)}`);
+  }
+  const tmp = path.join(dir, `${path.basename(filePath)}.tmp-${process.pid}-${crypto.randomBytes(6).toString('hex')}`);
+  let fh: fs.promises.FileHandle | undefined;
+  try {
+    fh = await fs.promises.open(tmp, 'wx', opts.mode ?? 0o644);
+    const write = async (buf: Uint8Array) => {
+      for (let off = 0; off < buf.byteLength;) {
+        const { bytesWritten } = await fh!.write(buf, off, Math.min(1 << 30, buf.byteLength - off));
+        if (bytesWritten <= 0) throw new Error(`write returned ${bytesWritten}`);
+        off += bytesWritten;
+      }
+    };
+    let n = 0;
+    for (const chunk of chunks) {
+      if (n++ === 0 && CRASH_AT && chunk.byteLength > 1) {
+        await write(chunk.subarray(0, chunk.byteLength >> 1));
+        crashPoint('write');
+        await write(chunk.subarray(chunk.byteLength >> 1));
+      } else await write(chunk);
+    }
+    if (n === 0) crashPoint('write');
+    await fh.sync();
+    await fh.close();
+    fh = undefined;
+    await fs.promises.rename(tmp, filePath);
+  } catch (e) {
+    if (fh !== undefined) await fh.close().catch(() => undefined);
+    await fs.promises.unlink(tmp).catch(() => undefined);
+    if (e instanceof UndoError) throw e;
+    throw writeError(filePath, e);
+  }
+  try {
+    fsyncDir(dir);
+  } catch (e) {
+    throw new Err(`wrote ${filePath} but could not fsync its directory ${dir}: ${describeError(e)}`, { cause: e });
+  }
+}
+
+/** {@link sha256Fd} without blocking the event loop (reads through fs.read on the libuv pool). */
+export async function sha256FdAsync(fd: number, size: number, buf: Buffer = Buffer.allocUnsafe(1 << 22)): Promise<string> {
+  const h = crypto.createHash('sha256');
+  let pos = 0;
+  while (pos < size) {
+    const n = await readAt(fd, buf, 0, Math.min(buf.length, size - pos), pos);
+    if (n <= 0) break;
+    h.update(buf.subarray(0, n));
+    pos += n;
+  }
+  return h.digest('hex');
+}
+
+/** fs.read as a Promise of the bytes read. */
+export function readAt(fd: number, buf: Uint8Array, offset: number, length: number, position: number): Promise<number> {
+  return new Promise((resolve, reject) => fs.read(fd, buf, offset, length, position, (err, n) => (err ? reject(err) : resolve(n))));
+}
+
 /** Atomically write `value` as JSON (pretty-printed with `indent` spaces, trailing newline). */
 export function writeJsonAtomic(filePath: string, value: unknown, opts: { indent?: number } = {}): void {
   let text: string;

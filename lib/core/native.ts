@@ -139,8 +139,12 @@ export interface NativeModel {
     topkIds?: Int32Array; topkLogprobs?: Float32Array; k?: number; tail?: 'renorm' | 'bucket';
   }): Promise<LossResult>;
   hidden(layer: number): Float32Array;
-  zeroGrad(): void;
-  gradNorm(): number;
+  /** zero the gradients (on the pool, after the work queued on this model); zeroGradSync blocks */
+  zeroGrad(): Promise<void>;
+  zeroGradSync(): void;
+  /** the global L2 norm of the gradients (on the pool); gradNormSync blocks */
+  gradNorm(): Promise<number>;
+  gradNormSync(): number;
   adamw(h: AdamWHyper): Promise<void>;
   cacheBegin(B: number, capacity: number): void;
   cacheStep(ids: Int32Array, T: number): Promise<Float32Array>;
@@ -308,17 +312,20 @@ export function nativeError(e: unknown): unknown {
   return new UndoError(msg, { code, cause: e });
 }
 
-/** `fn` raising UndoErrors; with `rejects` (the …Async functions) a bad argument rejects instead of throwing. */
-function guarded<F extends (...a: never[]) => unknown>(fn: F, rejects = false): F {
+/**
+ * `fn` raising UndoErrors (`toUndo`, default nativeError); with `rejects` (the pooled forms) a bad argument rejects
+ * instead of throwing. lib/core/cuda.ts guards the CUDA addon's functions with it too.
+ */
+export function guarded<F extends (...a: never[]) => unknown>(fn: F, rejects = false, toUndo: (e: unknown) => unknown = nativeError): F {
   return function (this: unknown, ...args: never[]) {
     let r: unknown;
     try {
       r = fn.apply(this, args);
     } catch (e) {
-      if (rejects) return Promise.reject(nativeError(e));
-      throw nativeError(e);
+      if (rejects) return Promise.reject(toUndo(e));
+      throw toUndo(e);
     }
-    return r instanceof Promise ? r.catch((e: unknown) => { throw nativeError(e); }) : r;
+    return r instanceof Promise ? r.catch((e: unknown) => { throw toUndo(e); }) : r;
   } as F;
 }
 

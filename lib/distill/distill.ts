@@ -140,7 +140,7 @@ export async function distill(student: Model, teacher: Model | TeacherStore | Kn
       if (!(teacher instanceof Model)) throw new Err('MiniLLM needs an online teacher model');
       return miniLlmObjective(student, teacher, b, rng, scale, opts.miniLlm);
     }
-    const source = !(teacher instanceof Model) ? { teacherTopK: teacherForBatch(teacher, batcher, b), tail: opts.tail }
+    const source = !(teacher instanceof Model) ? { teacherTopK: await teacherForBatch(teacher, batcher, b), tail: opts.tail }
       : selector ? { teacherTopK: await onlineTopK(teacher, b, selector), tail: opts.tail } : { teacher };
     return logitObjective(student, b, opts.loss, { ...source, scale, temperature: opts.temperature, params });
   };

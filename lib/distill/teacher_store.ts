@@ -62,7 +62,7 @@ import * as os from 'os';
 import * as path from 'path';
 import type { Batch, Batcher, PackedDataset } from '../data/datasets';
 import { describeError, UndoError, errorClass } from '../core/errors';
-import { readJson, sha256Fd, writeFileAtomic, writeJsonAtomic } from '../core/fsutil';
+import { readAt, readJson, sha256Fd, sha256FdAsync, writeFileAtomicAsync, writeJsonAtomic } from '../core/fsutil';
 import type { TopKTeacher } from '../train/losses';
 import { configToHF, Model } from '../models/model';
 import { ByteTokenizer, Tokenizer } from '../data/tokenizer';
@@ -883,18 +883,64 @@ export class TeacherStore {
     return { ids: new Int32Array(rows * this.k), logprobs: new Float32Array(rows * this.k), k: this.k, rows, tail: new Float32Array(rows) };
   }
 
-  /**
-   * The teacher's top-k for the given windows, row-major: row b·seqLen + t is window windows[b], position t.
-   * `out` (from allocate, for exactly these many rows) is filled in place when given.
-   */
-  read(windows: ArrayLike<number>, out?: TopKRows): TopKRows {
+  /** The output for `windows` (given, checked, or new). */
+  private output(windows: ArrayLike<number>, out?: TopKRows): TopKRows {
     if (this.closed) throw new Err(`teacher store ${this.dir} is closed`);
-    const T = this.seqLen;
-    const rows = windows.length * T;
+    const rows = windows.length * this.seqLen;
     const o = out ?? this.allocate(rows);
     if (o.rows !== rows || o.ids.length !== rows * this.k || o.logprobs.length !== rows * this.k || o.tail.length !== rows) {
       throw new Err(`teacher store ${this.dir}: the output holds ${o.rows} rows, but ${windows.length} windows need ${rows}`);
     }
+    return o;
+  }
+
+  /**
+   * The teacher's top-k for the given windows, row-major: row b·seqLen + t is window windows[b], position t.
+   * `out` (from allocate, for exactly these many rows) is filled in place when given. The reads (and a lazy
+   * shard's checksum) go through the libuv pool, so the event loop stays free; the same values as readSync.
+   * `out` must not be read or changed until the Promise settles.
+   */
+  async read(windows: ArrayLike<number>, out?: TopKRows): Promise<TopKRows> {
+    const o = this.output(windows, out);
+    const ws = Array.from(windows);
+    const T = this.seqLen;
+    const rb = this.codec.recordBytes;
+    const len = T * rb;
+    const buf = Buffer.alloc(len); // per call: concurrent reads never share a buffer
+    for (let b = 0; b < ws.length; b++) {
+      const w = ws[b];
+      const s = this.shardOf(w);
+      if (this.verifyMode === 'lazy' && !this.verified[s.index]) await this.verifyAsync(s);
+      const pos = SHARD_HEADER_BYTES + (w - s.firstWindow) * len;
+      const fd = this.fd(s);
+      for (let got = 0; got < len;) {
+        const n = await readAt(fd, buf, got, len - got, pos + got);
+        if (n <= 0) this.fail(s, `is truncated: window ${w} ends past the end of the file (field bytes)`);
+        got += n;
+      }
+      if (this.closed) throw new Err(`teacher store ${this.dir} was closed during a read`);
+      for (let t = 0; t < T; t++) {
+        const row = b * T + t;
+        o.tail[row] = this.codec.decode(buf, t * rb, o.ids, o.logprobs, row * this.k);
+      }
+    }
+    return o;
+  }
+
+  /** A lazy shard's full check (size, header, sha256) with the checksum read off the event loop. */
+  private async verifyAsync(s: ShardEntry): Promise<void> {
+    const why = checkShard(this.dir, this.manifest, this.codec, s, this.hashBuffer(), false);
+    if (why) this.fail(s, why);
+    const fd = this.fd(s);
+    const sum = await sha256FdAsync(fd, s.bytes, Buffer.allocUnsafe(1 << 20));
+    if (sum !== s.sha256) this.fail(s, `is corrupt: its sha256 is ${sum.slice(0, 16)}…, the manifest lists ${s.sha256.slice(0, 16)}… (field sha256)`);
+    this.verified[s.index] = 1;
+  }
+
+  /** {@link read} on the calling thread (blocking file reads). */
+  readSync(windows: ArrayLike<number>, out?: TopKRows): TopKRows {
+    const o = this.output(windows, out);
+    const T = this.seqLen;
     const rb = this.codec.recordBytes;
     const len = T * rb;
     const buf = this.scratch;
@@ -964,11 +1010,20 @@ export function batchWindows(batcher: Batcher, batch: Batch): Int32Array {
 }
 
 /** The stored teacher top-k (rows B·T, the batch's layout) for a batch from `batcher` over the store's data. */
-export function teacherForBatch(store: TeacherStore, batcher: Batcher, batch: Batch, out?: TopKRows): TopKRows {
+export async function teacherForBatch(store: TeacherStore, batcher: Batcher, batch: Batch, out?: TopKRows): Promise<TopKRows> {
+  return store.read(checkedWindows(store, batcher, batch), out);
+}
+
+/** {@link teacherForBatch} with blocking reads. */
+export function teacherForBatchSync(store: TeacherStore, batcher: Batcher, batch: Batch, out?: TopKRows): TopKRows {
+  return store.readSync(checkedWindows(store, batcher, batch), out);
+}
+
+function checkedWindows(store: TeacherStore, batcher: Batcher, batch: Batch): Int32Array {
   if (batch.T !== store.seqLen || batcher.data.count !== store.numWindows) {
     throw new Err(`teacher store ${store.dir} holds ${store.numWindows} windows of ${store.seqLen} tokens; the batcher's data has ${batcher.data.count} of ${batch.T}`);
   }
-  return store.read(batchWindows(batcher, batch), out);
+  return batchWindows(batcher, batch);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1180,7 +1235,7 @@ export async function cacheTeacher(teacher: Model, data: PackedDataset, opts: Ca
       if (b0 + nb < nw) progress();
     }
     const file = shardFileName(si);
-    writeFileAtomic(path.join(dir, file), buf);
+    await writeFileAtomicAsync(path.join(dir, file), buf);
     done.set(si, { file, index: si, firstWindow: first, numWindows: nw, bytes: buf.length, sha256: crypto.createHash('sha256').update(buf).digest('hex') });
     shardsWritten++;
     writeManifest();

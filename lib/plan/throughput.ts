@@ -41,7 +41,7 @@ export async function measureThroughput(opts: { config?: ModelConfig; seq?: numb
     targets[i] = rng.int(0, config.vocabSize - 1);
   }
   const step = async () => {
-    model.native.zeroGrad();
+    await model.native.zeroGrad();
     await model.native.trainStep(ids, targets, B, seq, null, B * seq, -100);
     await model.native.adamw({ lr: 1e-4, beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0, gradScale: 1 });
   };

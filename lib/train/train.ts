@@ -380,7 +380,7 @@ export async function train(model: Model, batcher: Batcher, cfg: TrainConfig, op
       interrupted = true;
       break;
     }
-    model.native.zeroGrad();
+    await model.native.zeroGrad();
     opts.extraParams?.zeroGrad();
     let loss = 0;
     // all micro-batches of the step first: their unmasked tokens together normalise the loss (stepShares)
@@ -393,7 +393,7 @@ export async function train(model: Model, batcher: Batcher, cfg: TrainConfig, op
       state.tokens += b.B * b.T;
     }
     const extra = opts.extraParams;
-    const gradNorm = Number.isFinite(loss) ? (extra ? Math.hypot(model.native.gradNorm(), Math.sqrt(extra.gradSumSquares())) : model.native.gradNorm()) : NaN;
+    const gradNorm = Number.isFinite(loss) ? (extra ? Math.hypot((await model.native.gradNorm()), Math.sqrt(extra.gradSumSquares())) : (await model.native.gradNorm())) : NaN;
     if (!Number.isFinite(loss) || !Number.isFinite(gradNorm)) {
       // a bad step never reaches the weights: skip it (within the allowance) or stop, naming where it went wrong
       const what = !Number.isFinite(loss) ? `the loss is ${loss}` : `the gradient norm is ${gradNorm}`;

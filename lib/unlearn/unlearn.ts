@@ -287,14 +287,14 @@ export async function unlearn(model: Model, forget: Batcher, retain: Batcher | n
     if (rho === 0) return objective(fb, rb, share);
     // SAM (Foret et al. 2021): gradient at θ + ρ·g/‖g‖ on the same batches, applied at θ
     await objective(fb, rb, share);
-    const norm = model.native.gradNorm();
+    const norm = (await model.native.gradNorm());
     const saved = model.params.slice();
     if (norm > 0) {
       const g = model.grads;
       const k = rho / norm;
       for (let i = 0; i < g.length; i++) model.params[i] += k * g[i];
     }
-    model.native.zeroGrad();
+    await model.native.zeroGrad();
     const loss = await objective(fb, rb, share);
     model.params.set(saved);
     return loss;

@@ -723,7 +723,8 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
                         InstanceMethod("forward", &ModelWrap::Forward), InstanceMethod("headLoss", &ModelWrap::HeadLoss),
                         InstanceMethod("backward", &ModelWrap::Backward), InstanceMethod("trainStep", &ModelWrap::TrainStep),
                         InstanceMethod("logits", &ModelWrap::Logits), InstanceMethod("headGrad", &ModelWrap::HeadGrad), InstanceMethod("headGradRows", &ModelWrap::HeadGradRows), InstanceMethod("headKd", &ModelWrap::HeadKd), InstanceMethod("hidden", &ModelWrap::Hidden),
-                        InstanceMethod("zeroGrad", &ModelWrap::ZeroGrad), InstanceMethod("gradNorm", &ModelWrap::GradNorm),
+                        InstanceMethod("zeroGradSync", &ModelWrap::ZeroGrad), InstanceMethod("gradNormSync", &ModelWrap::GradNorm),
+                        InstanceMethod("zeroGrad", &ModelWrap::ZeroGradAsync), InstanceMethod("gradNorm", &ModelWrap::GradNormAsync),
                         InstanceMethod("adamw", &ModelWrap::Adamw), InstanceMethod("cacheBegin", &ModelWrap::CacheBegin),
                         InstanceMethod("cacheStep", &ModelWrap::CacheStep)});
   }
@@ -878,8 +879,9 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
     if (B <= 0 || T <= 0) type_error(info.Env(), "forward: B and T must be positive");
     auto ids = i32(info, 0, "ids", (size_t)(B * T));
     auto m = model_;
-    int32_t* p = ids.Data();
-    return run_task(info.Env(), m, [m, p, B, T] { m->forward(p, B, T); }, nullptr, {info[0]});
+    // copied now (B·T ints): the caller may reuse ids as soon as forward returns its Promise
+    auto v = std::make_shared<std::vector<int32_t>>(ids.Data(), ids.Data() + (size_t)(B * T));
+    return run_task(info.Env(), m, [m, v, B, T] { m->forward(v->data(), B, T); }, nullptr, {});
   }
   struct LossOut {
     double loss = 0, counted = 0;
@@ -901,13 +903,18 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
     auto row_loss = f32(info, 5, "rowLoss", N, true);
     auto m = model_;
     auto r = std::make_shared<LossOut>();
-    int32_t* tp = targets.Data();
-    float *wp = data(weights), *rp = data(row_loss);
-    const size_t tlen = targets.ElementLength(), wlen = wp ? weights.ElementLength() : 0,
-                 rlen = rp ? row_loss.ElementLength() : 0;
+    // targets and weights are copied now (the caller may reuse them at once); rowLoss is written when it settles
+    auto tv = std::make_shared<std::vector<int32_t>>(targets.Data(), targets.Data() + targets.ElementLength());
+    auto wv = std::make_shared<std::vector<float>>();
+    if (!weights.IsEmpty()) wv->assign(weights.Data(), weights.Data() + weights.ElementLength());
+    float* rp = data(row_loss);
+    const size_t tlen = tv->size(), wlen = wv->size(), rlen = rp ? row_loss.ElementLength() : 0;
+    const bool has_w = !weights.IsEmpty();
     return run_task(
         info.Env(), m,
         [=] {
+          const int32_t* tp = tv->data();
+          const float* wp = has_w ? wv->data() : nullptr;
           // re-checked under the lock: a forward queued before this call may have changed the row count
           const size_t n = (size_t)m->rows();
           if (tlen < n || (wp && wlen < n) || (rp && rlen < n))
@@ -915,7 +922,7 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
                                         " rows of the last forward");
           r->loss = m->head_loss(tp, wp, ignore, normalizer, bwd, rp, &r->counted);
         },
-        [r](Napi::Env env) { return loss_value(env, *r); }, {info[0], info[1], info[5]});
+        [r](Napi::Env env) { return loss_value(env, *r); }, {info[5]});
   }
   std::vector<const float*> hidden_grads(const Napi::CallbackInfo& info, size_t i, std::vector<Napi::Value>* keep) {
     std::vector<const float*> hg;
@@ -968,16 +975,20 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
     const int32_t ignore = (int32_t)num(info, 6, "ignoreIndex");
     auto m = model_;
     auto r = std::make_shared<LossOut>();
-    int32_t *ip = ids.Data(), *tp = targets.Data();
-    float* wp = data(weights);
+    // ids, targets and weights are copied now: the caller may reuse them as soon as the Promise is returned
+    auto iv = std::make_shared<std::vector<int32_t>>(ids.Data(), ids.Data() + N);
+    auto tv = std::make_shared<std::vector<int32_t>>(targets.Data(), targets.Data() + N);
+    auto wv = std::make_shared<std::vector<float>>();
+    if (!weights.IsEmpty()) wv->assign(weights.Data(), weights.Data() + N);
+    const bool has_w = !weights.IsEmpty();
     return run_task(
         info.Env(), m,
         [=] {
-          m->forward(ip, B, T);
-          r->loss = m->head_loss(tp, wp, ignore, normalizer, true, nullptr, &r->counted);
+          m->forward(iv->data(), B, T);
+          r->loss = m->head_loss(tv->data(), has_w ? wv->data() : nullptr, ignore, normalizer, true, nullptr, &r->counted);
           m->backward(true, {});
         },
-        [r](Napi::Env env) { return loss_value(env, *r); }, {info[0], info[1], info[4]});
+        [r](Napi::Env env) { return loss_value(env, *r); }, {});
   }
   // headKd(name, teacher: NativeModel | null, {temperature, beta, alpha, t, lambda, dkdAlpha, dkdBeta, t2Scale,
   // scale, targets?, ignoreIndex?}) → Promise<{loss, counted}>: the fused distillation head. For every chunk of
@@ -1199,6 +1210,16 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
   Napi::Value GradNorm(const Napi::CallbackInfo& info) {
     std::lock_guard<std::mutex> lock(model_->mutex());
     return Napi::Number::New(info.Env(), model_->grad_norm());
+  }
+  // zeroGrad() / gradNorm() → Promise: the O(parameters) passes on the pool, after the model's queued work
+  Napi::Value ZeroGradAsync(const Napi::CallbackInfo& info) {
+    auto m = model_;
+    return run_task(info.Env(), m, [m] { m->zero_grad(); }, nullptr, {});
+  }
+  Napi::Value GradNormAsync(const Napi::CallbackInfo& info) {
+    auto m = model_;
+    auto r = std::make_shared<double>(0);
+    return run_task(info.Env(), m, [m, r] { *r = m->grad_norm(); }, [r](Napi::Env env) { return Napi::Number::New(env, *r); }, {});
   }
   // adamw({lr, beta1, beta2, eps, weightDecay, gradScale}) → Promise<void>
   Napi::Value Adamw(const Napi::CallbackInfo& info) {

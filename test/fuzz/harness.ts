@@ -326,7 +326,7 @@ async function storeTarget(): Promise<FuzzTarget> {
       const st = openTeacherStore(dir, { verify: 'none', allowIncomplete: true });
       try {
         const n = Math.min(st.numWindows, 4);
-        st.read(Array.from({ length: n }, (_, i) => i));
+        st.readSync(Array.from({ length: n }, (_, i) => i));
       } finally {
         st.close();
       }

@@ -69,7 +69,7 @@ async function main(): Promise<void> {
     // a whole trained copy: parameters, gradients and both AdamW moments touched
     await phase('model copy', async () => {
       copy = student.clone();
-      copy.native.zeroGrad();
+      copy.native.zeroGradSync();
       copy.native.adamM().fill(0);
       copy.native.adamV().fill(0);
     });
@@ -77,7 +77,7 @@ async function main(): Promise<void> {
     await phase('unlearn(whp)', () => unlearn(student, new Batcher(data, { batchSize: B, shuffle: false }), null, cfg, { method: 'whp', params: { whpReinforceSteps: 1, retainWeight: 0 } }), 2);
     const [sb, tb] = [student.clone(), teacher.clone()];
     await phase('deltakd', async () => {
-      student.native.zeroGrad();
+      student.native.zeroGradSync();
       await logitObjective(student, batch, 'deltakd', { teacher, studentBase: sb, teacherBase: tb, params: { lambda: 0.5 } });
     });
     await phase('generate', () => generateIds(student, Array.from({ length: B }, (_, b) => toks.slice(b * 7, b * 7 + 5)), { maxNewTokens: 16, temperature: 1, topP: 0.9, seed: 1 }));
