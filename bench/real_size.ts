@@ -82,9 +82,9 @@ async function child(name: string, mode: string, dtype: 'fp32' | 'bf16', steps: 
     const t0 = process.hrtime.bigint();
     for (let s = 0; s < steps; s++) {
       const { ids, targets } = markovBatch(V, Tc, 1000 + s);
-      m.native.zeroGrad();
+      m.native.zeroGradSync();
       const r = await m.native.trainStep(ids, targets, 1, Tc, null, 0, -100);
-      const norm = m.native.gradNorm();
+      const norm = m.native.gradNormSync();
       const lr = 1e-3 * Math.min(1, (s + 1) / 20);
       await m.native.adamw({ lr, beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.0, gradScale: Math.min(1, 1 / (norm + 1e-6)) });
       curve.push(r.loss);
@@ -101,9 +101,9 @@ async function child(name: string, mode: string, dtype: 'fp32' | 'bf16', steps: 
       };
     } else if (mode === 'train') {
       fn = async () => {
-        m.native.zeroGrad();
+        m.native.zeroGradSync();
         out.loss = (await m.native.trainStep(ids, targets, B, T, null, 0, -100)).loss;
-        const norm = m.native.gradNorm();
+        const norm = m.native.gradNormSync();
         await m.native.adamw({ lr: 1e-4, beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0, gradScale: Math.min(1, 1 / (norm + 1e-6)) });
       };
     } else if (mode === 'kd_head') {

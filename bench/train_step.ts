@@ -15,9 +15,9 @@ export async function benchTrainStep(opts: { B?: number; T?: number } = {}): Pro
   const ids = new Int32Array(B * T).map((_, i) => (i * 7919) % cfg.vocabSize);
   const targets = new Int32Array(B * T).map((_, i) => (i * 104729 + 3) % cfg.vocabSize);
   const step = async () => {
-    model.native.zeroGrad();
+    model.native.zeroGradSync();
     await model.native.trainStep(ids, targets, B, T, null, 0, -100);
-    const norm = model.native.gradNorm();
+    const norm = model.native.gradNormSync();
     await model.native.adamw({ lr: 1e-3, beta1: 0.9, beta2: 0.95, weightDecay: 0, gradScale: Math.min(1, 1 / (norm + 1e-6)) });
   };
   const sec = await timeIt(step, 5);
